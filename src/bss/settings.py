@@ -1,0 +1,56 @@
+"""All settings in one typed place: environment variables `BSS_*`, documented defaults.
+
+Backends are chosen by URL-style settings; the embedded choice (files under the data dir)
+is the default, so `bss serve` needs nothing else installed or started.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MAX_FILE_BYTES = 536_870_912  # 0.5 GB, the documented file limit
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BSS_", extra="ignore")
+
+    data_dir: Path = Path("./bss-data")
+    #: Relational store (jobs, members, users, segments, configs). Default: SQLite in data_dir.
+    database_url: str | None = None
+    #: Membership store. Default: the embedded DuckDB file in data_dir.
+    store_url: str | None = None
+    public_url: str | None = None
+
+    token_ttl_seconds: int = 7200
+    logins_per_window: int = 10
+    login_window_seconds: int = 300
+    upload_url_ttl_seconds: int = 300
+    max_file_bytes: int = MAX_FILE_BYTES
+    #: Decompressed bytes a file may expand to (gzip bomb guard): 10 x the file limit.
+    max_decompressed_bytes: int = 10 * MAX_FILE_BYTES
+    max_upload_seconds: int = 5400
+    max_pending_jobs: int = 200
+    requests_per_minute: int = 1000
+    history_days: int = 30
+    file_retention_days: int = 3
+    #: How much decompressed input the engine parses at once; bounds memory per chunk.
+    chunk_bytes: int = 16 << 20
+    workers: int = 1
+    worker_poll_seconds: float = 0.5
+    #: A worker that has not renewed its claim on a job for this long is presumed dead.
+    job_lease_seconds: int = 60
+    sweep_seconds: int = 3600
+
+    admin_username: str | None = None
+    admin_password: str | None = None
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'bss.db').resolve()}"
+
+    @cached_property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"duckdb://{(self.data_dir / 'memberships.duckdb').resolve()}"
