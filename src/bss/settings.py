@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     job_lease_seconds: int = 60
     sweep_seconds: int = 3600
 
+    #: Passive upload: S3-compatible endpoint (unset: AWS itself), regions scanned, cadence.
+    s3_endpoint_url: str | None = None
+    passive_regions: str = "us-east-2,us-west-2,eu-north-1,eu-west-1"
+    passive_scan_seconds: int = 300
+    #: A submitted file younger than this is presumed still being written.
+    passive_min_age_seconds: int = 60
+    #: Scan S3 buckets (needs credentials through boto3's chain); the local folder is always on.
+    passive_s3_enabled: bool = False
+
     admin_username: str | None = None
     admin_password: str | None = None
 

@@ -10,6 +10,7 @@ import io
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -74,13 +75,17 @@ class GzipStream(io.RawIOBase):
         self._pending = b""
         if not data:
             if self._started and not self._inflater.eof:
-                raise InputError("corrupt_gzip", "gzip stream ends before its end marker (truncated)")
+                raise InputError(
+                    "corrupt_gzip", "gzip stream ends before its end marker (truncated)"
+                )
             self._eof = True
             return
         if self._inflater.eof:
             # Another gzip member follows (concatenated gzip files are valid gzip).
             if not data.startswith(GZIP_MAGIC[:1]):
-                raise InputError("corrupt_gzip", "bytes after the end of the gzip stream are not gzip")
+                raise InputError(
+                    "corrupt_gzip", "bytes after the end of the gzip stream are not gzip"
+                )
             self._inflater = isal_zlib.decompressobj(31)
         self._started = True
         room = min(self._limit - self._produced + 1, self._step)
@@ -109,9 +114,22 @@ def _refuse_other_compression(head: bytes) -> None:
             )
 
 
+@dataclass(slots=True)
+class InputFile:
+    """An opened upload: its format, its decompressed bytes, and how far it has been read."""
+
+    kind: Kind
+    stream: BinaryIO
+    size: int
+    _raw: BinaryIO
+
+    def fraction_read(self) -> float:
+        """Share of the file on disk consumed so far (compressed bytes for gzip)."""
+        return min(1.0, self._raw.tell() / self.size) if self.size else 1.0
+
+
 @contextmanager
-def open_input(path: Path, max_decompressed_bytes: int) -> Iterator[tuple[Kind, BinaryIO, int]]:
-    """Yield (kind, decompressed byte stream, size of the file on disk)."""
+def open_input(path: Path, max_decompressed_bytes: int) -> Iterator[InputFile]:
     size = path.stat().st_size
     with path.open("rb") as raw:
         head = raw.read(16)
@@ -128,4 +146,4 @@ def open_input(path: Path, max_decompressed_bytes: int) -> Iterator[tuple[Kind, 
             stream = raw  # type: ignore[assignment]
             inner_head = head
         kind: Kind = "avro" if inner_head.startswith(AVRO_MAGIC) else "legacy"
-        yield kind, stream, size
+        yield InputFile(kind, stream, size, raw)

@@ -22,7 +22,9 @@ APPLY_SCHEMA = pa.schema(
         ("segment_id", pa.int64()),
         ("value", pa.int64()),  # null when the file gave none
         ("timestamp", pa.int64()),  # UNIX seconds the membership starts
-        ("expires_at", pa.int64()),  # UNIX seconds; null on a removal
+        # UNIX seconds. A removal keeps its row (a tombstone, so that a replayed older job
+        # cannot resurrect the pair) until this time too: now + the 180-day maximum.
+        ("expires_at", pa.int64()),
         ("removed", pa.bool_()),
         ("seq", pa.int64()),
     ]
@@ -63,6 +65,6 @@ class MembershipStore(Protocol):
         """Live members per segment id (segments without members are absent)."""
 
     def purge_expired(self, now: int) -> int:
-        """Drop expired, removed and superseded rows; return how many rows went."""
+        """Drop superseded rows and pairs whose latest row has expired; return rows dropped."""
 
     def close(self) -> None: ...

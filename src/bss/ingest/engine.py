@@ -1,0 +1,396 @@
+"""The ingest engine: validate parsed chunks against the registry and config, apply, count, report.
+
+One pass over the file, a chunk at a time, everything vectorized with Polars. Memory is
+bounded by the chunk size plus 8 bytes per distinct line (the duplicate-line check).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from bss.formats import InputError, ParsedChunk, open_input, read_chunks
+from bss.formats.config import DEFAULT_SEGMENT_LOG_LINES, BatchSegmentConfig
+from bss.formats.records import EXPIRATION_MEMBER_DEFAULT, EXPIRATION_REMOVE, REASON_DUPLICATE
+from bss.ingest.registry import SegmentRegistry
+from bss.ingest.report import ErrorReport
+from bss.ingest.result import IngestResult
+from bss.store.base import APPLY_SCHEMA, JOB_SEQ_SPAN, MembershipStore
+
+MAX_LIFETIME_SECONDS = 180 * 24 * 3600
+
+#: Error code of a job stopped because num_invalid_before_error was exceeded.
+TOO_MANY_INVALID = "too_many_invalid_lines"
+
+# Pair statuses, in order of precedence; the names are the counters they feed.
+VALID = "num_valid"
+INVALID_SEGMENT = "num_invalid_segment"
+UNAUTH_SEGMENT = "num_unauth_segment"
+INACTIVE_SEGMENT = "num_inactive_segment"
+INVALID_TIMESTAMP = "num_invalid_timestamp"
+OTHER_ERROR = "num_other_error"
+PAST_EXPIRATION = "num_past_expiration"
+#: Counters of problems with a segment count each segment once per job.
+DEDUPLICATED = (INVALID_SEGMENT, UNAUTH_SEGMENT, INACTIVE_SEGMENT, PAST_EXPIRATION)
+
+
+@dataclass
+class _SeenLines:
+    """64-bit hashes of every well-formed line so far, sorted, to find duplicate lines."""
+
+    hashes: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+
+    def mark_repeats(self, hashes: np.ndarray) -> np.ndarray:
+        """True where a hash was seen in an earlier chunk or earlier in this one; then remember all."""
+        earlier = np.zeros(len(hashes), dtype=bool)
+        if len(self.hashes):
+            idx = np.searchsorted(self.hashes, hashes)
+            idx[idx == len(self.hashes)] = 0
+            earlier = self.hashes[idx] == hashes
+        _, first = np.unique(hashes, return_index=True)
+        repeat_here = np.ones(len(hashes), dtype=bool)
+        repeat_here[first] = False
+        fresh = np.sort(hashes[~(earlier | repeat_here)])
+        # Two sorted runs: the stable sort merges them in linear time.
+        self.hashes = np.sort(np.concatenate([self.hashes, fresh]), kind="stable")
+        return earlier | repeat_here
+
+
+class _Job:
+    """The state of one file's ingestion across chunks."""
+
+    def __init__(
+        self,
+        *,
+        member_id: int,
+        job_no: int,
+        config: BatchSegmentConfig,
+        registry: SegmentRegistry,
+        store: MembershipStore,
+        now: int,
+        report: ErrorReport,
+    ) -> None:
+        self.member_id = member_id
+        self.config = config
+        self.store = store
+        self.now = now
+        self.report = report
+        self.result = IngestResult()
+        self.seq_base = job_no * JOB_SEQ_SPAN
+        self.pairs_seen = 0
+        self.invalid_lines = 0
+        self.seen = _SeenLines()
+        self.problem_segments: dict[str, set[str]] = {name: set() for name in DEDUPLICATED}
+        self.added: Counter[int] = Counter()
+        self.removed: Counter[int] = Counter()
+        owners = sorted(config.authorized_owners(member_id))
+        segments = registry.frame
+        self.by_id = segments.select(
+            pl.col("id").alias("seg_id"),
+            pl.col("member_id").alias("_owner"),
+            pl.col("state").alias("_state"),
+            pl.col("expire_minutes").alias("_seg_expire"),
+        )
+        self.by_code = segments.select(
+            pl.col("member_id").alias("_code_owner"),
+            pl.col("code_key").alias("_code_key"),
+            pl.col("id").alias("_code_id"),
+            pl.col("state").alias("_code_state"),
+            pl.col("expire_minutes").alias("_code_expire"),
+        ).filter(pl.col("_code_key").is_not_null())
+        self.owners = pl.Series("owners", owners, dtype=pl.Int64)
+
+    # -- lines ---------------------------------------------------------------------------
+
+    def _mark_duplicates(self, lines: pl.DataFrame) -> pl.DataFrame:
+        well_formed = lines["format_error"].is_null().to_numpy()
+        hashes = lines["raw"].hash(seed=0).to_numpy()
+        repeats = np.zeros(len(lines), dtype=bool)
+        repeats[well_formed] = self.seen.mark_repeats(hashes[well_formed])
+        if not repeats.any():
+            return lines
+        return lines.with_columns(
+            format_error=pl.when(pl.Series(repeats))
+            .then(pl.lit(REASON_DUPLICATE))
+            .otherwise(pl.col("format_error"))
+        )
+
+    def _cut_at_invalid_limit(
+        self, lines: pl.DataFrame, pairs: pl.DataFrame
+    ) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
+        """Keep lines up to the one that takes the invalid count past num_invalid_before_error."""
+        limit = self.config.num_invalid_before_error
+        if limit is None:
+            return lines, pairs, False
+        invalid = (lines["format_error"].is_not_null() | lines["user_error"].is_not_null()).cast(
+            pl.Int64
+        )
+        running = invalid.cum_sum() + self.invalid_lines
+        over = (running > limit).arg_true()
+        if over.is_empty():
+            return lines, pairs, False
+        last_line = lines["line_no"][int(over[0])]
+        return (
+            lines.filter(pl.col("line_no") <= last_line),
+            pairs.filter(pl.col("line_no") <= last_line),
+            True,
+        )
+
+    # -- pairs ---------------------------------------------------------------------------
+
+    def _resolve(self, pairs: pl.DataFrame) -> pl.DataFrame:
+        """Attach the registry's view of each pair's segment and decide its status."""
+        now, max_expiry = self.now, self.now + MAX_LIFETIME_SECONDS
+        pairs = pairs.with_columns(
+            _code_owner=pl.coalesce(pl.col("seg_member_id"), pl.lit(self.member_id, pl.Int64)),
+            _code_key=pl.col("seg_code").str.to_lowercase(),
+        )
+        pairs = pairs.join(self.by_id, on="seg_id", how="left").join(
+            self.by_code, on=["_code_owner", "_code_key"], how="left"
+        )
+        by_code = pl.col("seg_id").is_null()
+        pairs = pairs.with_columns(
+            segment_id=pl.when(by_code).then(pl.col("_code_id")).otherwise(pl.col("seg_id")),
+            _found=pl.when(by_code)
+            .then(pl.col("_code_id").is_not_null())
+            .otherwise(pl.col("_owner").is_not_null()),
+            _owner=pl.when(by_code).then(pl.col("_code_owner")).otherwise(pl.col("_owner")),
+            _state=pl.when(by_code).then(pl.col("_code_state")).otherwise(pl.col("_state")),
+            _seg_expire=pl.when(by_code)
+            .then(pl.col("_code_expire"))
+            .otherwise(pl.col("_seg_expire")),
+            _segment_ref=pl.when(by_code)
+            .then(pl.col("_code_owner").cast(pl.String) + pl.lit(":") + pl.col("seg_code"))
+            .otherwise(pl.col("seg_id").cast(pl.String)),
+        )
+        expiration = pl.col("expiration")
+        given = expiration.is_not_null() & (expiration != EXPIRATION_MEMBER_DEFAULT)
+        effective = (
+            pl.when(given)
+            .then(expiration)
+            .when(pl.col("_seg_expire").is_not_null())
+            .then(pl.col("_seg_expire"))
+            .otherwise(pl.lit(self.config.default_expiration, pl.Int64))
+        )
+        start = (
+            pl.when(pl.col("timestamp").is_not_null() & (pl.col("timestamp") > 0))
+            .then(pl.col("timestamp"))
+            .otherwise(pl.lit(now, pl.Int64))
+        )
+        pairs = pairs.with_columns(
+            removed=pl.col("removal") | (effective == EXPIRATION_REMOVE),
+            timestamp=start,
+            # 0 means the maximum lifetime from now; nothing lives past it; a removal's
+            # tombstone lives that long too.
+            expires_at=pl.when((effective <= 0) | pl.col("removal"))
+            .then(pl.lit(max_expiry, pl.Int64))
+            .otherwise(pl.min_horizontal(start + effective * 60, pl.lit(max_expiry, pl.Int64))),
+        )
+        status = (
+            pl.when(~pl.col("_found"))
+            .then(pl.lit(INVALID_SEGMENT))
+            .when(~pl.col("_owner").is_in(self.owners))
+            .then(pl.lit(UNAUTH_SEGMENT))
+            .when(pl.col("_state") != "active")
+            .then(pl.lit(INACTIVE_SEGMENT))
+            .when(pl.col("timestamp_invalid"))
+            .then(pl.lit(INVALID_TIMESTAMP))
+            .when(pl.col("value_invalid") | pl.col("expiration_invalid"))
+            .then(pl.lit(OTHER_ERROR))
+            .when(~pl.col("removed") & (pl.col("expires_at") <= now))
+            .then(pl.lit(PAST_EXPIRATION))
+            .otherwise(pl.lit(VALID))
+        )
+        return pairs.with_columns(status=status)
+
+    def process(self, chunk: ParsedChunk) -> bool:
+        """Validate and apply one chunk; True when the job must stop here."""
+        lines = self._mark_duplicates(chunk.lines)
+        lines, pairs, stop = self._cut_at_invalid_limit(lines, chunk.pairs)
+        counters = self.result.counters
+        self.result.lines_read += len(lines)
+        format_bad = lines["format_error"].is_not_null()
+        user_bad = ~format_bad & lines["user_error"].is_not_null()
+        n_format, n_user = int(format_bad.sum()), int(user_bad.sum())
+        counters.num_invalid_format += n_format
+        counters.num_invalid_user += n_user
+        counters.num_valid_user += len(lines) - n_format - n_user
+        self.invalid_lines += n_format + n_user
+
+        good_lines = lines.filter(~format_bad & ~user_bad).select(
+            "line_no", "user_kind", "user_key"
+        )
+        if not pairs.is_empty() and not pairs["line_no"].is_sorted():
+            pairs = pairs.sort("line_no", "pos")
+        # File order index of every pair, before any is dropped, so that seq is stable.
+        pairs = pairs.with_row_index("_index", offset=self.pairs_seen)
+        self.pairs_seen += len(pairs)
+        pairs = self._resolve(pairs.join(good_lines, on="line_no", how="inner"))
+
+        valid = pairs.filter(pl.col("status") == VALID)
+        self._apply(valid)
+        self._count_pairs(pairs, valid)
+        self._report(lines, format_bad, user_bad, pairs)
+        return stop
+
+    def _apply(self, valid: pl.DataFrame) -> None:
+        if valid.is_empty():
+            return
+        batch = valid.select(
+            "user_kind",
+            "user_key",
+            "segment_id",
+            "value",
+            "timestamp",
+            "expires_at",
+            "removed",
+            seq=pl.col("_index").cast(pl.Int64) + self.seq_base,
+        )
+        self.store.apply(batch.to_arrow().cast(APPLY_SCHEMA))
+
+    def _count_pairs(self, pairs: pl.DataFrame, valid: pl.DataFrame) -> None:
+        counters = self.result.counters
+        counters.num_valid += len(valid)
+        per_segment = valid.group_by("segment_id", "removed").len()
+        for segment_id, removed, n in per_segment.iter_rows():
+            (self.removed if removed else self.added)[segment_id] += n
+            if removed:
+                self.result.pairs_removed += n
+            else:
+                self.result.pairs_added += n
+        problems = pairs.filter(pl.col("status") != VALID)
+        if problems.is_empty():
+            return
+        for status, n in problems.group_by("status").len().iter_rows():
+            if status not in DEDUPLICATED:
+                setattr(counters, status, getattr(counters, status) + n)
+        for status in DEDUPLICATED:
+            refs = problems.filter(pl.col("status") == status)["_segment_ref"].unique()
+            self.problem_segments[status].update(refs.to_list())
+            setattr(counters, status, len(self.problem_segments[status]))
+
+    def _report(
+        self, lines: pl.DataFrame, format_bad: pl.Series, user_bad: pl.Series, pairs: pl.DataFrame
+    ) -> None:
+        line_entries = pl.concat(
+            [
+                lines.filter(format_bad).select(
+                    "line_no",
+                    pos=pl.lit(-1, pl.Int32),
+                    counter=pl.lit("num_invalid_format"),
+                    reason="format_error",
+                    raw="raw",
+                ),
+                lines.filter(user_bad).select(
+                    "line_no",
+                    pos=pl.lit(-1, pl.Int32),
+                    counter=pl.lit("num_invalid_user"),
+                    reason="user_error",
+                    raw="raw",
+                ),
+            ]
+        )
+        problems = pairs.filter(pl.col("status") != VALID)
+        if not problems.is_empty():
+            reasons = (
+                pl.when(pl.col("status") == INVALID_SEGMENT)
+                .then(pl.lit("segment ") + pl.col("_segment_ref") + pl.lit(" does not exist"))
+                .when(pl.col("status") == UNAUTH_SEGMENT)
+                .then(
+                    pl.lit("segment ") + pl.col("_segment_ref") + pl.lit(" is not yours to write")
+                )
+                .when(pl.col("status") == INACTIVE_SEGMENT)
+                .then(pl.lit("segment ") + pl.col("_segment_ref") + pl.lit(" is inactive"))
+                .when(pl.col("status") == INVALID_TIMESTAMP)
+                .then(pl.lit("TIMESTAMP is not whole UNIX seconds"))
+                .when(pl.col("value_invalid"))
+                .then(pl.lit("VALUE outside -2147483648..2147483647"))
+                .when(pl.col("expiration_invalid"))
+                .then(pl.lit("EXPIRATION below -2"))
+                .otherwise(
+                    pl.lit("segment ")
+                    + pl.col("_segment_ref")
+                    + pl.lit(" expired before processing")
+                )
+            )
+            raw_of = lines.select("line_no", "raw")
+            pair_entries = problems.select("line_no", "pos", counter="status", reason=reasons).join(
+                raw_of, on="line_no", how="left"
+            )
+            line_entries = pl.concat([line_entries, pair_entries])
+        if not line_entries.is_empty():
+            self.report.add(line_entries.sort("line_no", "pos").drop("pos"))
+
+    # -- results -------------------------------------------------------------------------
+
+    def finish(self) -> IngestResult:
+        self.result.error_log_lines = self.report.log_lines() if self.report.total else None
+        self.result.segment_log_lines = _segment_log(self.added, self.removed)
+        return self.result
+
+
+def _segment_log(added: Counter[int], removed: Counter[int]) -> str:
+    """`added:` and `removed:` lists of SEG_ID:COUNT, by count descending, each capped."""
+
+    def ranked(counts: Counter[int]) -> list[str]:
+        order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [f"{seg}:{n}" for seg, n in order[:DEFAULT_SEGMENT_LOG_LINES]]
+
+    return "\n".join(["added:", *ranked(added), "removed:", *ranked(removed)])
+
+
+def ingest_file(
+    path: Path,
+    *,
+    member_id: int,
+    job_no: int,
+    config: BatchSegmentConfig,
+    registry: SegmentRegistry,
+    store: MembershipStore,
+    now: int,
+    error_report_path: Path | None = None,
+    max_decompressed_bytes: int,
+    chunk_bytes: int = 16 << 20,
+    progress: Callable[[float], None] | None = None,
+) -> IngestResult:
+    """Validate and apply one uploaded file; never raises for bad input.
+
+    A file that cannot be read (corrupt, refused compression, too large once decompressed)
+    or that passes num_invalid_before_error ends with `error_code` set; what was applied
+    before that stays applied, as documented.
+    """
+    with ErrorReport(error_report_path, config.num_error_log_lines) as report:
+        job = _Job(
+            member_id=member_id,
+            job_no=job_no,
+            config=config,
+            registry=registry,
+            store=store,
+            now=now,
+            report=report,
+        )
+        try:
+            with open_input(path, max_decompressed_bytes) as source:
+                chunks = read_chunks(
+                    source, config=config, member_id=member_id, chunk_bytes=chunk_bytes
+                )
+                for chunk in chunks:
+                    stop = job.process(chunk)
+                    if progress is not None:
+                        progress(source.fraction_read())
+                    if stop:
+                        job.result.error_code = TOO_MANY_INVALID
+                        job.result.error_message = (
+                            "more than num_invalid_before_error "
+                            f"({config.num_invalid_before_error}) invalid lines"
+                        )
+                        break
+        except InputError as exc:
+            job.result.error_code = exc.error_code
+            job.result.error_message = exc.message
+        return job.finish()
