@@ -48,8 +48,9 @@ def validate(
     from bss.ingest.engine import ingest_file
     from bss.ingest.registry import SegmentRegistry
     from bss.settings import Settings
-    from bss.store import open_store
+    from bss.store import MembershipStore
     from bss.store.dry import DryRunStore
+    from bss.store.embedded import EmbeddedStore
 
     try:
         cfg = load_config(json.loads(config.read_text())) if config else BatchSegmentConfig()
@@ -63,9 +64,13 @@ def validate(
         )
     registry = SegmentRegistry.from_records(raw_segments)
     settings = Settings(data_dir=data_dir)
+    store: MembershipStore
+    job_no = 1
     if apply:
         data_dir.mkdir(parents=True, exist_ok=True)
-        store = open_store(settings.resolved_store_url)
+        embedded = EmbeddedStore(settings.resolved_store_url.removeprefix("duckdb://"))
+        job_no = embedded.last_job_no() + 1  # later local runs win over earlier ones
+        store = embedded
     else:
         store = DryRunStore()
     started = time.monotonic()
@@ -73,7 +78,7 @@ def validate(
         result = ingest_file(
             file,
             member_id=member_id,
-            job_no=int(time.time()),
+            job_no=job_no,
             config=cfg,
             registry=registry,
             store=store,

@@ -1,0 +1,166 @@
+"""Ingest throughput against a parse-only floor measured in the same run.
+
+Writes a deterministic legacy file of N lines (1 to 6 segments a line, 63-bit UIDs, 2,000
+segments, mixed expirations including removals), then times, each in a fresh process:
+
+  (a) DuckDB reading the file and splitting it into typed user/segment pairs: the floor a
+      data engineer would reach for instead;
+  (b) our complete path (parse, validate, count, report, apply) into a fresh embedded store.
+
+Prints pairs per second for both, the ratio b/a and each side's peak RSS.
+
+    python benchmarks/bench_ingest.py --lines 2000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SEGMENTS = 2000
+MEMBER_ID = 958
+OUT = Path(__file__).parent / "out"
+
+
+def write_file(path: Path, n_lines: int, seed: int = 7) -> int:
+    """Write the file in blocks; return the number of pairs in it."""
+    rng = np.random.default_rng(seed)
+    expirations = np.array([0, 1440, 10080, 43200, -1])
+    pairs = 0
+    with path.open("w", encoding="latin-1") as out:
+        for start in range(0, n_lines, 200_000):
+            n = min(200_000, n_lines - start)
+            uids = rng.integers(1, 2**63, n, dtype=np.int64)
+            counts = rng.integers(1, 7, n)
+            total = int(counts.sum())
+            pairs += total
+            segs = rng.integers(1, SEGMENTS + 1, total)
+            exps = expirations[rng.integers(0, len(expirations), total)]
+            blocks = [f"{s}:{e}" for s, e in zip(segs.tolist(), exps.tolist(), strict=True)]
+            pos = 0
+            lines = []
+            for uid, k in zip(uids.tolist(), counts.tolist(), strict=True):
+                lines.append(f"{uid},{';'.join(blocks[pos : pos + k])}\n")
+                pos += k
+            out.write("".join(lines))
+    return pairs
+
+
+def run_duckdb(path: Path) -> dict[str, float]:
+    import duckdb
+
+    con = duckdb.connect()
+    started = time.perf_counter()
+    con.execute(
+        f"""
+        CREATE TEMP TABLE pairs AS
+        WITH lines AS (
+            SELECT line FROM read_csv('{path}', columns={{'line': 'VARCHAR'}}, delim='\\x01',
+                                      header=false, quote='', escape='')
+        ), blocks AS (
+            SELECT split_part(line, ',', 1) AS uid,
+                   unnest(string_split(split_part(line, ',', 2), ';')) AS block
+            FROM lines
+        )
+        SELECT uid::UBIGINT AS uid, split_part(block, ':', 1)::BIGINT AS seg_id,
+               split_part(block, ':', 2)::BIGINT AS expiration
+        FROM blocks
+        """
+    )
+    elapsed = time.perf_counter() - started
+    (n,) = con.execute("SELECT count(*) FROM pairs").fetchone()  # type: ignore[misc]
+    return {"seconds": elapsed, "pairs": n}
+
+
+def run_bss(path: Path) -> dict[str, float]:
+    from bss.formats.config import BatchSegmentConfig
+    from bss.ingest.engine import ingest_file
+    from bss.ingest.registry import SegmentRegistry
+    from bss.store.embedded import EmbeddedStore
+
+    registry = SegmentRegistry.from_records(
+        {"id": i, "code": f"seg{i}", "member_id": MEMBER_ID} for i in range(1, SEGMENTS + 1)
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        store = EmbeddedStore(Path(tmp) / "m.duckdb")
+        started = time.perf_counter()
+        result = ingest_file(
+            path,
+            member_id=MEMBER_ID,
+            job_no=1,
+            config=BatchSegmentConfig(),
+            registry=registry,
+            store=store,
+            now=int(time.time()),
+            error_report_path=Path(tmp) / "errors.csv",
+            max_decompressed_bytes=10 * 536_870_912,
+        )
+        elapsed = time.perf_counter() - started
+        store.close()
+    assert result.error_code is None, result.error_message
+    return {"seconds": elapsed, "pairs": result.counters.num_valid}
+
+
+def child(which: str, path: Path) -> None:
+    figures = run_duckdb(path) if which == "duckdb" else run_bss(path)
+    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(figures))
+
+
+def measure(which: str, path: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", which, "--file", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=2_000_000)
+    parser.add_argument("--skip-duckdb", action="store_true", help="only our path (RSS runs)")
+    parser.add_argument("--child", choices=["duckdb", "bss"])
+    parser.add_argument("--file", type=Path)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.file)
+        return
+
+    OUT.mkdir(exist_ok=True)
+    path = OUT / f"legacy-{args.lines}.txt"
+    if not path.exists():
+        print(f"writing {path} ...", flush=True)
+        write_file(path, args.lines)
+    size_mb = path.stat().st_size / 1e6
+    print(f"file: {args.lines:,} lines, {size_mb:.0f} MB")
+    ours = measure("bss", path)
+    print(
+        f"bss    complete path: {ours['seconds']:7.2f} s  {ours['pairs'] / ours['seconds']:12,.0f} pairs/s"
+        f"  peak RSS {ours['peak_rss_mb']:.0f} MB"
+    )
+    if args.skip_duckdb:
+        return
+    floor = measure("duckdb", path)
+    print(
+        f"duckdb parse floor:   {floor['seconds']:7.2f} s  {floor['pairs'] / floor['seconds']:12,.0f} pairs/s"
+        f"  peak RSS {floor['peak_rss_mb']:.0f} MB"
+    )
+    if floor["pairs"] != ours["pairs"]:
+        print(f"note: pair counts differ: duckdb {floor['pairs']:,} vs bss valid {ours['pairs']:,}")
+    print(f"ratio bss/duckdb: {ours['seconds'] / floor['seconds']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
