@@ -1,0 +1,813 @@
+"""The Avro reader: an Avro object container file -> ParsedChunk records.
+
+One Avro record is one "line": a user (`uid`, a union of ID types) and its `segments`.
+Members may register their own schema, so the writer schema in the file header is what we
+read with; it must have a `uid` field and a `segments` array of records, and the `uid`
+branches are recognised by their record NAME (`ifa`, `xfa`, `external_id`, `device_id`,
+`eid`) or, for `anid`, by being a long (the published schema writes anid as a plain long).
+
+The container framing (header, blocks, sync markers, codecs) is read here rather than by
+fastavro, so that every block is checked (sync marker, record count, snappy CRC) and every
+decompression is bounded; the decompressed blocks are handed to fastavro as a null-codec
+stream and fastavro only decodes records. Any damage to the file is reported as
+InputError("corrupt_avro"), never as another exception.
+"""
+
+from __future__ import annotations
+
+import bz2
+import json
+import lzma
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any, BinaryIO
+
+import cramjam
+import fastavro
+import polars as pl
+
+from bss.formats.config import BatchSegmentConfig
+from bss.formats.detect import AVRO_MAGIC, InputError
+from bss.formats.records import (
+    DEVICE_DOMAINS,
+    LINE_SCHEMA,
+    MAX_SEGMENTS_PER_LINE,
+    MAX_TIMESTAMP_SECONDS,
+    MAX_UID,
+    MAX_VALUE,
+    MIN_VALUE,
+    PAIR_SCHEMA,
+    ParsedChunk,
+    UserKind,
+)
+
+__all__ = [
+    "DEFAULT_MAX_BLOCK_BYTES",
+    "PUBLISHED_SCHEMA_FILE",
+    "SUPPORTED_CODECS",
+    "UID_BRANCHES",
+    "iter_avro_chunks",
+    "published_schema",
+]
+
+#: Name of the published schema file, shipped in the `bss.formats.schema` package data.
+PUBLISHED_SCHEMA_FILE = "xandr_user.avsc"
+#: The `uid` branches we recognise, by (short) name.
+UID_BRANCHES = ("anid", "ifa", "xfa", "external_id", "device_id", "eid")
+#: Container codecs we can read (the Avro specification's codecs, less zstandard).
+SUPPORTED_CODECS = ("null", "deflate", "snappy", "bzip2", "xz")
+#: Upper bound on one block, compressed or decompressed: more is taken as corruption (or a
+#: decompression bomb). Real writers use blocks of tens of kilobytes to a few megabytes.
+DEFAULT_MAX_BLOCK_BYTES = 256 << 20
+#: Upper bound on the header (magic, metadata incl. the schema, sync marker).
+MAX_HEADER_BYTES = 16 << 20
+
+CORRUPT = "corrupt_avro"
+SCHEMA_INVALID = "avro_schema_invalid"
+
+_SYNC_SIZE = 16
+_READ_SIZE = 1 << 20
+
+ERR_NO_UID_TYPE = "uid has no recognised ID type"
+ERR_NO_SEGMENTS = "no segments"
+ERR_TOO_MANY_SEGMENTS = f"more than {MAX_SEGMENTS_PER_LINE} segments"
+ERR_NO_ID_NOR_CODE = "segment has neither id nor code"
+ERR_SEGMENT_NOT_RECORD = "segment is not a record"
+ERR_SEGMENT_ID_NOT_INT = "segment id is not an integer"
+
+_KIND_ANID = int(UserKind.ANID)
+_KIND_IFA = int(UserKind.IFA)
+_KIND_XFA = int(UserKind.XFA)
+_KIND_EXTERNAL = int(UserKind.EXTERNAL)
+_KIND_DEVICE = int(UserKind.DEVICE)
+_KIND_EID = int(UserKind.EID)
+
+_to_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
+@lru_cache(maxsize=1)
+def _published_schema_text() -> str:
+    return (resources.files("bss.formats.schema") / PUBLISHED_SCHEMA_FILE).read_text("utf-8")
+
+
+def published_schema() -> dict[str, Any]:
+    """The published BSS Avro schema (namespace xandr.avro, record user), as a fresh dict."""
+    return json.loads(_published_schema_text())
+
+
+# --------------------------------------------------------------------------------------
+# Container framing
+# --------------------------------------------------------------------------------------
+
+
+class _Source:
+    """The uploaded byte stream, read in large pieces; counts the bytes consumed."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._buf = b""
+        self._pos = 0
+        self.offset = 0  # bytes consumed by the parser so far
+        self._eof = False
+
+    def _more(self) -> bool:
+        if self._eof:
+            return False
+        try:
+            data = self._stream.read(_READ_SIZE)
+        except InputError:
+            raise
+        except OSError as exc:
+            raise InputError(CORRUPT, f"cannot read the Avro file: {exc}") from exc
+        if not data:
+            self._eof = True
+            return False
+        self._buf = self._buf[self._pos :] + data if self._pos < len(self._buf) else bytes(data)
+        self._pos = 0
+        return True
+
+    def at_eof(self) -> bool:
+        return self._pos >= len(self._buf) and not self._more()
+
+    def read_exact(self, size: int, what: str) -> bytes:
+        """`size` bytes, or InputError if the file ends first. Memory grows only with data read."""
+        if self._pos + size <= len(self._buf):
+            out = self._buf[self._pos : self._pos + size]
+            self._pos += size
+            self.offset += size
+            return out
+        parts = [self._buf[self._pos :]]
+        have = len(parts[0])
+        self._buf, self._pos = b"", 0
+        while have < size:
+            if not self._more():
+                raise InputError(
+                    CORRUPT,
+                    f"Avro file is truncated: it ends inside {what} "
+                    f"(at byte {self.offset + have}, {size - have} more bytes expected)",
+                )
+            take = min(size - have, len(self._buf))
+            parts.append(self._buf[:take])
+            self._pos = take
+            have += take
+        self.offset += size
+        return b"".join(parts)
+
+    def read_long(self, what: str) -> int:
+        """A zig-zag varint long."""
+        shift = 0
+        accum = 0
+        for _ in range(10):
+            if self._pos >= len(self._buf) and not self._more():
+                raise InputError(
+                    CORRUPT,
+                    f"Avro file is truncated: it ends inside {what} (at byte {self.offset})",
+                )
+            byte = self._buf[self._pos]
+            self._pos += 1
+            self.offset += 1
+            accum |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return (accum >> 1) ^ -(accum & 1)
+            shift += 7
+        raise InputError(CORRUPT, f"Avro file is corrupt: {what} is not a valid long")
+
+
+@dataclass(slots=True)
+class _Header:
+    meta: dict[str, bytes]
+    sync: bytes
+    schema_json: bytes
+    codec: str
+
+
+def _read_header(src: _Source) -> _Header:
+    magic = src.read_exact(len(AVRO_MAGIC), "the file header")
+    if magic != AVRO_MAGIC:
+        raise InputError(CORRUPT, "not an Avro object container file (bad magic bytes)")
+    meta: dict[str, bytes] = {}
+    total = 0
+    while True:
+        count = src.read_long("the header metadata")
+        if count == 0:
+            break
+        if count < 0:
+            count = -count
+            src.read_long("the header metadata")  # block size in bytes; not needed
+        if count > 100_000:
+            raise InputError(CORRUPT, "Avro file header is corrupt (metadata entry count)")
+        for _ in range(count):
+            parts = []
+            for what in ("a header metadata key", "a header metadata value"):
+                size = src.read_long(what)
+                total += max(size, 0)
+                if size < 0 or total > MAX_HEADER_BYTES:
+                    raise InputError(CORRUPT, f"Avro file header is corrupt ({what} length)")
+                parts.append(src.read_exact(size, what))
+            try:
+                key = parts[0].decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(CORRUPT, "Avro file header is corrupt (metadata key)") from exc
+            meta[key] = parts[1]
+    sync = src.read_exact(_SYNC_SIZE, "the header sync marker")
+    schema_json = meta.get("avro.schema")
+    if schema_json is None:
+        raise InputError(CORRUPT, "Avro file header has no avro.schema entry")
+    try:
+        codec = meta.get("avro.codec", b"null").decode("utf-8") or "null"
+    except UnicodeDecodeError as exc:
+        raise InputError(CORRUPT, "Avro file header is corrupt (avro.codec)") from exc
+    if codec not in SUPPORTED_CODECS:
+        raise InputError(
+            "unsupported_compression",
+            f"Avro file uses the {codec!r} codec; supported codecs are "
+            + ", ".join(SUPPORTED_CODECS),
+        )
+    return _Header(meta=meta, sync=sync, schema_json=schema_json, codec=codec)
+
+
+def _encode_long(value: int) -> bytes:
+    n = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _encode_bytes(data: bytes) -> bytes:
+    return _encode_long(len(data)) + data
+
+
+def _null_codec_header(header: _Header) -> bytes:
+    entries = {"avro.schema": header.schema_json, "avro.codec": b"null"}
+    body = b"".join(_encode_bytes(k.encode()) + _encode_bytes(v) for k, v in entries.items())
+    return AVRO_MAGIC + _encode_long(len(entries)) + body + _encode_long(0) + header.sync
+
+
+class _Budget:
+    """Decompressed bytes allowed per block and (optionally) for the whole file."""
+
+    def __init__(self, max_block_bytes: int, max_total_bytes: int | None) -> None:
+        self.max_block = max_block_bytes
+        self.remaining = max_total_bytes
+
+    def limit(self) -> int:
+        if self.remaining is None:
+            return self.max_block
+        return min(self.max_block, self.remaining)
+
+    def check(self, size: int, block_no: int) -> None:
+        if size > self.max_block:
+            raise InputError(
+                "decompression_limit_exceeded",
+                f"Avro block {block_no} expands to more than {self.max_block} bytes",
+            )
+        if self.remaining is not None and size > self.remaining:
+            raise InputError(
+                "decompression_limit_exceeded",
+                "Avro file expands to more than the allowed number of bytes when decompressed",
+            )
+
+    def spend(self, size: int, block_no: int) -> None:
+        self.check(size, block_no)
+        if self.remaining is not None:
+            self.remaining -= size
+
+
+def _decompress(codec: str, data: bytes, budget: _Budget, block_no: int) -> bytes:
+    """One block's data, decompressed; never more than the budget's limit + 1 bytes."""
+    limit = budget.limit()
+    try:
+        if codec == "deflate":
+            return zlib.decompressobj(-15).decompress(data, limit + 1)
+        if codec == "snappy":
+            if len(data) < 4:
+                raise InputError(CORRUPT, f"Avro block {block_no}: snappy block has no checksum")
+            body, crc = data[:-4], data[-4:]
+            size = cramjam.snappy.decompress_raw_len(body)
+            budget.check(size, block_no)
+            out = bytes(cramjam.snappy.decompress_raw(body))
+            if zlib.crc32(out) != int.from_bytes(crc, "big"):
+                raise InputError(CORRUPT, f"Avro block {block_no}: snappy checksum mismatch")
+            return out
+        if codec == "bzip2":
+            return bz2.BZ2Decompressor().decompress(data, limit + 1)
+        if codec == "xz":
+            return lzma.LZMADecompressor().decompress(data, limit + 1)
+    except InputError:
+        raise
+    except (
+        zlib.error,
+        OSError,
+        EOFError,
+        ValueError,
+        lzma.LZMAError,
+        cramjam.DecompressionError,
+    ) as exc:
+        raise InputError(
+            CORRUPT, f"Avro block {block_no} cannot be decompressed ({codec}): {exc}"
+        ) from exc
+    return data  # null
+
+
+def _iter_blocks(src: _Source, header: _Header, budget: _Budget) -> Iterator[tuple[int, bytes]]:
+    """(record count, decompressed data) per block, after checking its framing."""
+    block_no = 0
+    while not src.at_eof():
+        block_no += 1
+        count = src.read_long(f"the record count of block {block_no}")
+        size = src.read_long(f"the size of block {block_no}")
+        if count < 0 or size < 0:
+            raise InputError(CORRUPT, f"Avro block {block_no} has a negative record count or size")
+        if size > budget.max_block:
+            raise InputError(
+                CORRUPT,
+                f"Avro block {block_no} claims {size} bytes, more than the limit of "
+                f"{budget.max_block} bytes per block",
+            )
+        data = src.read_exact(size, f"block {block_no}")
+        if src.read_exact(_SYNC_SIZE, f"the sync marker after block {block_no}") != header.sync:
+            raise InputError(
+                CORRUPT, f"Avro file is corrupt: sync marker mismatch after block {block_no}"
+            )
+        if header.codec != "null":
+            data = _decompress(header.codec, data, budget, block_no)
+        budget.spend(len(data), block_no)
+        # Every record takes at least one byte (its segments array), so a count above the
+        # data size can only come from corruption.
+        if count > len(data):
+            raise InputError(
+                CORRUPT, f"Avro block {block_no} claims {count} records in {len(data)} bytes"
+            )
+        if count:
+            yield count, data
+
+
+class _NullCodecStream:
+    """What fastavro reads: the header and the checked, decompressed blocks, codec null."""
+
+    def __init__(self, header: bytes, sync: bytes, blocks: Iterator[tuple[int, bytes]]) -> None:
+        self._sync = sync
+        self._blocks = blocks
+        self._pieces: list[bytes] = [header]
+        self._cur = b""
+        self._pos = 0
+
+    def _next_piece(self) -> bool:
+        if not self._pieces:
+            block = next(self._blocks, None)
+            if block is None:
+                return False
+            count, data = block
+            self._pieces = [_encode_long(count) + _encode_long(len(data)), data, self._sync]
+        self._cur = self._pieces.pop(0)
+        self._pos = 0
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        cur, pos = self._cur, self._pos
+        if size < 0:
+            parts = [cur[pos:]]
+            while self._next_piece():
+                parts.append(self._cur)
+            self._cur, self._pos = b"", 0
+            return b"".join(parts)
+        end = pos + size
+        if end <= len(cur):
+            self._pos = end
+            if pos == 0 and end == len(cur):
+                return cur
+            return cur[pos:end]
+        parts = [cur[pos:]]
+        need = size - (len(cur) - pos)
+        while need > 0 and self._next_piece():
+            take = self._cur[:need] if need < len(self._cur) else self._cur
+            parts.append(take)
+            self._pos = len(take)
+            need -= len(take)
+        if need > 0:
+            self._cur, self._pos = b"", 0
+        return b"".join(parts)
+
+
+# --------------------------------------------------------------------------------------
+# Writer schema
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Plan:
+    """How to interpret records of one writer schema."""
+
+    uid_is_union: bool
+    #: Avro type name of the integer branch ("long" or "int"), if the uid has one.
+    int_branch: str | None = None
+    #: Full record name -> branch short name, for the recognised record branches.
+    record_branches: dict[str, str] = field(default_factory=dict)
+    #: When the uid is not a union: its branch short name (None if unrecognised).
+    single_branch: str | None = None
+
+
+def _short(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def _resolve(schema: Any, named: dict[str, Any]) -> Any:
+    seen = 0
+    while isinstance(schema, str) and schema in named and seen < 100:
+        schema = named[schema]
+        seen += 1
+    if isinstance(schema, dict) and schema.get("type") in named:
+        return _resolve(schema["type"], named)
+    if isinstance(schema, dict) and isinstance(schema.get("type"), (dict, list)):
+        return schema["type"]
+    return schema
+
+
+def _type_name(schema: Any) -> str | None:
+    if isinstance(schema, str):
+        return schema
+    if isinstance(schema, dict):
+        kind = schema.get("type")
+        return kind if isinstance(kind, str) else None
+    return None
+
+
+def _branch_of(schema: Any) -> tuple[str | None, str | None]:
+    """(branch short name, full record name) for one uid branch schema."""
+    kind = _type_name(schema)
+    if kind in ("long", "int") and not (isinstance(schema, dict) and "logicalType" in schema):
+        return "anid", None
+    if kind == "record" and isinstance(schema, dict):
+        full = str(schema.get("name", ""))
+        short = _short(full)
+        if short in UID_BRANCHES and short != "anid":
+            return short, full
+    return None, None
+
+
+def _plan(schema_json: bytes) -> tuple[_Plan, Any]:
+    try:
+        schema = json.loads(schema_json)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(
+            CORRUPT, f"Avro file header is corrupt: schema is not JSON ({exc})"
+        ) from exc
+    named: dict[str, Any] = {}
+    try:
+        parsed = fastavro.parse_schema(schema, named, _write_hint=False, _force=True)
+    except Exception as exc:  # fastavro raises several types for a bad schema
+        raise InputError(
+            SCHEMA_INVALID, f"writer schema is not a valid Avro schema: {exc}"
+        ) from exc
+    top = _resolve(parsed, named)
+    if _type_name(top) != "record" or not isinstance(top, dict):
+        raise InputError(SCHEMA_INVALID, "writer schema must be a record with uid and segments")
+    fields = {f.get("name"): f.get("type") for f in top.get("fields", []) if isinstance(f, dict)}
+    missing = [name for name in ("uid", "segments") if name not in fields]
+    if missing:
+        raise InputError(
+            SCHEMA_INVALID,
+            "writer schema has no "
+            + " and no ".join(f"`{m}` field" for m in missing)
+            + f" (its fields: {', '.join(str(f) for f in fields) or 'none'})",
+        )
+
+    uid = _resolve(fields["uid"], named)
+    if isinstance(uid, list):
+        plan = _Plan(uid_is_union=True)
+        for branch in uid:
+            branch = _resolve(branch, named)
+            short, full = _branch_of(branch)
+            if short == "anid":
+                name = _type_name(branch)
+                if plan.int_branch is None or name == "long":
+                    plan.int_branch = name
+            elif short is not None and full is not None:
+                plan.record_branches[full] = short
+        recognised = plan.int_branch is not None or bool(plan.record_branches)
+    else:
+        short, _full = _branch_of(uid)
+        plan = _Plan(uid_is_union=False, single_branch=short)
+        recognised = short is not None
+    if not recognised:
+        raise InputError(
+            SCHEMA_INVALID,
+            "writer schema's `uid` has no recognised ID type: it must be a long (anid) or a "
+            "union including anid (long) or records named " + ", ".join(UID_BRANCHES[1:]),
+        )
+
+    segments = _resolve(fields["segments"], named)
+    items = _resolve(segments.get("items"), named) if _type_name(segments) == "array" else None
+    if isinstance(items, list):  # a union of item types: it must hold the segment record
+        records = [_resolve(b, named) for b in items]
+        items = next((b for b in records if _type_name(b) == "record"), None)
+    if _type_name(items) != "record" or not isinstance(items, dict):
+        raise InputError(SCHEMA_INVALID, "writer schema's `segments` must be an array of records")
+    seg_fields = {f.get("name") for f in items.get("fields", []) if isinstance(f, dict)}
+    if not seg_fields & {"id", "code"}:
+        raise InputError(
+            SCHEMA_INVALID, "writer schema's segment record has neither an `id` nor a `code` field"
+        )
+    return plan, schema
+
+
+# --------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return str(value)
+
+
+def _int(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise TypeError(value)
+
+
+class _Users:
+    """uid branch value -> (user_kind, user_key, user_error)."""
+
+    def __init__(self, config: BatchSegmentConfig, member_id: int) -> None:
+        self.default_owner = config.external_member_uid or member_id
+
+    def user(self, branch: str, value: Any) -> tuple[int | None, str | None, str | None]:
+        if branch == "anid":
+            if type(value) is not int:
+                return None, None, "anid is not an integer"
+            if value == 0:
+                return None, None, "anid 0 is not a valid user ID"
+            return _KIND_ANID, str(value & MAX_UID), None
+        if not isinstance(value, dict):
+            return None, None, f"{branch} is not a record"
+        get = value.get
+        if branch == "ifa":
+            ident, kind = _text(get("id")), _text(get("type"))
+            if not ident or not kind:
+                return None, None, "ifa id is empty" if not ident else "ifa type is empty"
+            return _KIND_IFA, f"{kind.lower()}:{ident.lower()}", None
+        if branch == "device_id":
+            ident, domain = _text(get("id")), _text(get("domain")).lower()
+            if not ident:
+                return None, None, "device_id id is empty"
+            if domain not in DEVICE_DOMAINS:
+                return None, None, f"device_id domain {domain!r} is not supported"
+            return _KIND_DEVICE, f"{domain}:{ident.lower()}", None
+        if branch == "external_id":
+            ident = _text(get("id"))
+            if not ident:
+                return None, None, "external_id id is empty"
+            try:
+                owner = _int(get("member_id")) or self.default_owner
+            except TypeError:
+                return None, None, "external_id member_id is not an integer"
+            return _KIND_EXTERNAL, f"{owner}:{ident}", None
+        if branch == "eid":
+            source, ident = _text(get("source")), _text(get("id"))
+            if not source or not ident:
+                return None, None, "eid source is empty" if not source else "eid id is empty"
+            return _KIND_EID, f"{source.lower()}:{ident}", None
+        if branch == "xfa":
+            ip = _text(get("ip"))
+            if not ip:
+                return None, None, "xfa ip is empty"
+            make, model = get("device_make_id"), get("device_model_id")
+            make = 0 if make is None else make
+            model = 0 if model is None else model
+            return _KIND_XFA, f"{make}:{model}:{ip}", None
+        return None, None, ERR_NO_UID_TYPE
+
+
+class _Columns:
+    """Column lists for one chunk; built into frames once per chunk."""
+
+    __slots__ = (
+        "line_no", "raw", "format_error", "user_kind", "user_key", "user_error",
+        "p_line", "p_pos", "p_id", "p_code", "p_member", "p_exp", "p_ts", "p_value",
+        "p_ts_bad", "p_value_bad", "p_exp_bad",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, [])
+
+    def pair_lists(self) -> tuple[list[Any], ...]:
+        return (
+            self.p_line, self.p_pos, self.p_id, self.p_code, self.p_member, self.p_exp,
+            self.p_ts, self.p_value, self.p_ts_bad, self.p_value_bad, self.p_exp_bad,
+        )  # fmt: skip
+
+    def frames(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        lines = pl.DataFrame(
+            {
+                "line_no": self.line_no,
+                "raw": self.raw,
+                "format_error": self.format_error,
+                "user_kind": self.user_kind,
+                "user_key": self.user_key,
+                "user_error": self.user_error,
+            },
+            schema=LINE_SCHEMA,
+        )
+        pairs = pl.DataFrame(
+            {
+                "line_no": self.p_line,
+                "pos": self.p_pos,
+                "seg_id": self.p_id,
+                "seg_code": self.p_code,
+                "seg_member_id": self.p_member,
+                "expiration": self.p_exp,
+                "timestamp": self.p_ts,
+                "value": self.p_value,
+                "removal": [False] * len(self.p_line),
+                "timestamp_invalid": self.p_ts_bad,
+                "value_invalid": self.p_value_bad,
+                "expiration_invalid": self.p_exp_bad,
+            },
+            schema=PAIR_SCHEMA,
+        )
+        return lines, pairs
+
+
+def _segments(cols: _Columns, line_no: int, segments: list[Any]) -> str | None:
+    """Append one record's pairs; on a format error, append nothing and return the reason."""
+    p_line, p_pos, p_id, p_code, p_member = (
+        cols.p_line, cols.p_pos, cols.p_id, cols.p_code, cols.p_member
+    )  # fmt: skip
+    p_exp, p_ts, p_value = cols.p_exp, cols.p_ts, cols.p_value
+    p_ts_bad, p_value_bad, p_exp_bad = cols.p_ts_bad, cols.p_value_bad, cols.p_exp_bad
+    start = len(p_line)
+    error: str | None = None
+    for pos, seg in enumerate(segments):
+        if type(seg) is tuple:  # a union of segment record types (return_record_name)
+            seg = seg[1]
+        if type(seg) is not dict:
+            error = ERR_SEGMENT_NOT_RECORD
+            break
+        get = seg.get
+        seg_id = get("id")
+        if type(seg_id) is not int:
+            if seg_id is None:
+                seg_id = 0
+            elif isinstance(seg_id, str) and seg_id.isascii() and seg_id.strip().isdigit():
+                seg_id = int(seg_id)
+            else:
+                error = ERR_SEGMENT_ID_NOT_INT
+                break
+        code = get("code")
+        if seg_id:
+            code = None
+            seg_member = None  # MEMBER_ID only goes with SEG_CODE
+        else:
+            seg_id = None
+            if code is not None and type(code) is not str:
+                code = str(code)
+            if not code:
+                error = ERR_NO_ID_NOR_CODE
+                break
+            seg_member = get("member_id") or None
+            if seg_member is not None and type(seg_member) is not int:
+                seg_member = None
+        exp = get("expiration")
+        exp_bad = False
+        if exp is not None and (type(exp) is not int or exp < -2):
+            exp, exp_bad = None, True
+        ts = get("timestamp")
+        ts_bad = False
+        if ts is not None:
+            if type(ts) is not int or ts < 0 or ts > MAX_TIMESTAMP_SECONDS:
+                ts, ts_bad = None, True
+            elif ts == 0:
+                ts = None
+        value = get("value")
+        value_bad = False
+        if value is not None and (type(value) is not int or not MIN_VALUE <= value <= MAX_VALUE):
+            value, value_bad = None, True
+        p_line.append(line_no)
+        p_pos.append(pos)
+        p_id.append(seg_id)
+        p_code.append(code)
+        p_member.append(seg_member)
+        p_exp.append(exp)
+        p_ts.append(ts)
+        p_value.append(value)
+        p_ts_bad.append(ts_bad)
+        p_value_bad.append(value_bad)
+        p_exp_bad.append(exp_bad)
+    if error is not None:
+        for column in cols.pair_lists():
+            del column[start:]
+    return error
+
+
+def iter_avro_chunks(
+    stream: BinaryIO,
+    config: BatchSegmentConfig,
+    member_id: int,
+    records_per_chunk: int = 100_000,
+    *,
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
+    max_decompressed_bytes: int | None = None,
+) -> Iterator[ParsedChunk]:
+    """Parse an Avro object container file into chunks of `records_per_chunk` records.
+
+    Raises InputError: "corrupt_avro" (bad header, bad or truncated block, sync marker
+    mismatch, undecodable record), "avro_schema_invalid" (no `uid` / `segments`, or a uid
+    with no recognisable ID type), "unsupported_compression" (an unknown codec),
+    "decompression_limit_exceeded" (a block or the file expands past the limits).
+    Records already yielded stay valid: an error ends the file where it is found.
+    """
+    if records_per_chunk < 1:
+        raise ValueError("records_per_chunk must be at least 1")
+    src = _Source(stream)
+    header = _read_header(src)
+    plan, _schema = _plan(header.schema_json)
+    budget = _Budget(max_block_bytes, max_decompressed_bytes)
+    decoded = _NullCodecStream(
+        _null_codec_header(header), header.sync, _iter_blocks(src, header, budget)
+    )
+    try:
+        reader = fastavro.reader(decoded, return_record_name=True)  # type: ignore[arg-type]
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(SCHEMA_INVALID, f"writer schema cannot be read: {exc}") from exc
+
+    users = _Users(config, member_id)
+    user_of = users.user
+    uid_is_union = plan.uid_is_union
+    int_branch = plan.int_branch
+    record_branches = plan.record_branches
+    single_branch = plan.single_branch
+
+    records = iter(reader)
+    line_no = 0
+    cols = _Columns()
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            break
+        except InputError:
+            raise
+        except Exception as exc:  # anything fastavro raises on damaged data
+            raise InputError(
+                CORRUPT, f"Avro record {line_no + 1} cannot be decoded: {type(exc).__name__}: {exc}"
+            ) from exc
+        line_no += 1
+        format_error: str | None = None
+        kind = key = user_error = None
+
+        uid = record.get("uid")
+        branch: str | None
+        if uid_is_union:
+            if type(uid) is tuple:
+                branch = record_branches.get(uid[0])
+                uid = uid[1]
+                record["uid"] = {branch or _short(str(record["uid"][0])): uid}
+            elif type(uid) is int and int_branch is not None:
+                branch = "anid"
+                record["uid"] = {int_branch: uid}
+            else:
+                branch = None
+        else:
+            branch = single_branch
+        if branch is None:
+            format_error = ERR_NO_UID_TYPE
+        else:
+            segments = record.get("segments")
+            if not segments:
+                format_error = ERR_NO_SEGMENTS
+            elif len(segments) > MAX_SEGMENTS_PER_LINE:
+                format_error = ERR_TOO_MANY_SEGMENTS
+            else:
+                format_error = _segments(cols, line_no, segments)
+            if format_error is None:
+                kind, key, user_error = user_of(branch, uid)
+
+        cols.line_no.append(line_no)
+        cols.raw.append(_to_json(record))
+        cols.format_error.append(format_error)
+        cols.user_kind.append(kind)
+        cols.user_key.append(key)
+        cols.user_error.append(user_error)
+        if len(cols.line_no) >= records_per_chunk:
+            lines, pairs = cols.frames()
+            yield ParsedChunk(lines=lines, pairs=pairs, input_offset=src.offset)
+            cols = _Columns()
+    if cols.line_no:
+        lines, pairs = cols.frames()
+        yield ParsedChunk(lines=lines, pairs=pairs, input_offset=src.offset)
