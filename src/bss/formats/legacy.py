@@ -1,0 +1,485 @@
+"""The legacy text format: one user per line, SEG blocks joined by configurable separators.
+
+    UID SEP1 SEG (SEP2 SEG)* [SEP4 SEG (SEP2 SEG)*] [SEP5 DOMAIN-or-device-type]
+    SEG = FIELD (SEP3 FIELD)*   in the order of the member's `segment_fields`
+
+Everything here is vectorized with Polars expressions: a chunk of text becomes one row per
+line (`LINE_SCHEMA`) and one row per SEG block of every well-formed line (`PAIR_SCHEMA`)
+without a Python loop per line or per block.
+
+Reasons are reported the way a left-to-right reader would meet them: first the line's
+shape (SEPARATOR1, counts of SEPARATOR4 / SEPARATOR5, what follows SEPARATOR5, no blocks,
+too many blocks), then the first bad SEG block in file order (empty block, wrong number of
+fields, then its fields in `segment_fields` order). The user ID is only judged on lines
+without a format error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import polars as pl
+
+from bss.formats.config import BatchSegmentConfig
+from bss.formats.records import (
+    LEGACY_DEVICE_TYPES,
+    LINE_SCHEMA,
+    MAX_SEGMENTS_PER_LINE,
+    MAX_TIMESTAMP_SECONDS,
+    MAX_VALUE,
+    MIN_VALUE,
+    PAIR_SCHEMA,
+    REASON_ILLEGAL_FIELDS,
+    ParsedChunk,
+    UserKind,
+)
+
+__all__ = [
+    "MAX_LINE_BYTES",
+    "iter_legacy_chunks",
+    "parse_legacy_text",
+]
+
+#: A line longer than this (in bytes, i.e. Latin-1 characters, without its terminator) is a
+#: format error and its `raw` is cut to this length. The longest sensible line (1800 blocks
+#: of six fields and a 100-character SEG_CODE) is far below it. It bounds the reader's memory
+#: when a file has no line breaks.
+MAX_LINE_BYTES = 1 << 20
+MAX_SEG_CODE_CHARS = 100
+MAX_EXTERNAL_UID_CHARS = 128
+
+# Format errors (the text is what the job's error log shows after the raw line).
+REASON_LINE_TOO_LONG = f"line longer than {MAX_LINE_BYTES} bytes"
+REASON_NO_SEPARATOR1 = "missing SEPARATOR1"
+REASON_MANY_SEPARATOR1 = "more than one SEPARATOR1"
+REASON_MANY_SEPARATOR4 = "more than one SEPARATOR4"
+REASON_MANY_SEPARATOR5 = "more than one SEPARATOR5"
+REASON_EMPTY_AFTER_SEPARATOR5 = "empty value after SEPARATOR5"
+REASON_SHA1MAC = "device type 6 (sha1mac) is deprecated"
+REASON_UNKNOWN_DEVICE_TYPE = "unknown device type "  # followed by the number as written
+REASON_NO_SEGMENTS = "no segments"
+REASON_EMPTY_BLOCK = "empty SEG block"
+REASON_TOO_MANY_SEGMENTS = f"more than {MAX_SEGMENTS_PER_LINE} segments on one line"
+REASON_BAD_SEG_ID = "SEG_ID is not a positive integer"
+REASON_EMPTY_SEG_CODE = "SEG_CODE is empty"
+REASON_LONG_SEG_CODE = f"SEG_CODE is longer than {MAX_SEG_CODE_CHARS} characters"
+REASON_BAD_MEMBER_ID = "MEMBER_ID is not a positive integer"
+REASON_BAD_EXPIRATION = "EXPIRATION is not an integer"
+REASON_BAD_VALUE = "VALUE is not an integer"
+
+# User errors.
+USER_ERROR_ANID = "invalid user ID"
+USER_ERROR_EXTERNAL = "invalid external user ID"
+USER_ERROR_DEVICE = "invalid {domain} device ID"
+
+#: What counts as whitespace (blank lines, user IDs): Unicode White_Space, which within
+#: Latin-1 is TAB, LF, VT, FF, CR, SPACE, NEL (0x85) and NBSP (0xA0).
+WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0"
+_WHITESPACE_BYTES = WHITESPACE.encode("latin-1")
+
+_HEX = "[0-9A-Fa-f]"
+_UUID_RE = f"^{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}$"
+_DEVICE_ID_RE = {
+    "idfa": _UUID_RE,
+    "aaid": _UUID_RE,
+    "windowsadid": _UUID_RE,
+    "rida": _UUID_RE,
+    "sha1udid": f"^{_HEX}{{40}}$",
+    "openudid": f"^{_HEX}{{40}}$",
+    "md5udid": f"^{_HEX}{{32}}$",
+}
+_INT_RE = r"^-?[0-9]+$"
+_DIGITS_RE = r"^[0-9]+$"
+
+_EMPTY_STR_LIST = pl.lit([], dtype=pl.List(pl.String))
+
+
+def parse_legacy_text(
+    text: str, first_line_no: int, config: BatchSegmentConfig, member_id: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Parse complete lines (decoded as Latin-1) into (lines, pairs).
+
+    `first_line_no` is the physical number of the first line of `text`; blank lines count
+    for numbering but give no row.
+    """
+    raw = pl.Series("raw", [text], dtype=pl.String).str.split("\n").explode()
+    frame = (
+        pl.DataFrame([raw])
+        .lazy()
+        .with_row_index("line_no")
+        .select(
+            (pl.col("line_no").cast(pl.Int64) + first_line_no).alias("line_no"),
+            pl.col("raw").str.strip_suffix("\r"),
+        )
+        .filter(pl.col("raw").str.contains(r"\S"))
+    )
+    return _parse_lines(frame, config, member_id)
+
+
+def iter_legacy_chunks(
+    stream: BinaryIO, config: BatchSegmentConfig, member_id: int, chunk_bytes: int
+) -> Iterator[ParsedChunk]:
+    """Read `stream` `chunk_bytes` at a time and parse each run of complete lines.
+
+    Memory stays bounded by `chunk_bytes` plus one line of at most MAX_LINE_BYTES: the part
+    of an overlong line beyond that is skipped (the line is then a format error anyway).
+    """
+    if chunk_bytes < 1:
+        raise ValueError("chunk_bytes must be positive")
+    carry = bytearray()
+    # While an overlong line is being skipped: whether its skipped part had non-whitespace.
+    skipping = False
+    skipped_non_blank = False
+    next_line_no = 1
+    consumed = 0
+
+    def flush(piece: bytes, offset: int) -> ParsedChunk:
+        nonlocal next_line_no
+        lines, pairs = parse_legacy_text(piece.decode("latin-1"), next_line_no, config, member_id)
+        next_line_no += piece.count(b"\n")
+        return ParsedChunk(lines=lines, pairs=pairs, input_offset=offset)
+
+    while True:
+        data = stream.read(chunk_bytes)
+        if not data:
+            break
+        base = consumed
+        consumed += len(data)
+        start = 0
+        if skipping:
+            end = data.find(b"\n")
+            rest = data if end < 0 else data[:end]
+            skipped_non_blank = skipped_non_blank or bool(rest.translate(None, _WHITESPACE_BYTES))
+            if end < 0:
+                continue
+            # The overlong line ends here: its kept head plus one stand-in character that
+            # says whether anything non-blank was cut off.
+            carry += b"x" if skipped_non_blank else b" "
+            skipping = False
+            start = end
+        cut = data.rfind(b"\n", start)
+        if cut < 0:
+            carry += data[start:] if start else data
+            if len(carry) > MAX_LINE_BYTES + 1:
+                skipped_non_blank = bool(carry[MAX_LINE_BYTES:].translate(None, _WHITESPACE_BYTES))
+                del carry[MAX_LINE_BYTES:]
+                skipping = True
+            continue
+        if carry:
+            carry += data[start : cut + 1]
+            piece = bytes(carry)
+        else:
+            piece = data[start : cut + 1] if (start or cut + 1 < len(data)) else data
+        carry = bytearray(data[cut + 1 :])
+        if len(carry) > MAX_LINE_BYTES + 1:
+            skipped_non_blank = bool(carry[MAX_LINE_BYTES:].translate(None, _WHITESPACE_BYTES))
+            del carry[MAX_LINE_BYTES:]
+            skipping = True
+        yield flush(piece, base + cut + 1)
+    if skipping:
+        carry += b"x" if skipped_non_blank else b" "
+    if carry:
+        yield flush(bytes(carry), consumed)
+
+
+# --------------------------------------------------------------------------------------
+# The vectorized parser
+# --------------------------------------------------------------------------------------
+
+
+def _splitn2(expr: pl.Expr, sep: str) -> tuple[pl.Expr, pl.Expr]:
+    """(before the first `sep`, after it or null when there is none)."""
+    parts = expr.str.splitn(sep, 2)
+    return parts.struct.field("field_0"), parts.struct.field("field_1")
+
+
+def _blocks(part: pl.Expr, sep2: str | None) -> pl.Expr:
+    if sep2 is None:
+        return pl.concat_list([part])
+    return part.str.split(sep2)
+
+
+def _lit(text: str) -> pl.Expr:
+    return pl.lit(text, dtype=pl.String)
+
+
+def _parse_lines(
+    frame: pl.LazyFrame, config: BatchSegmentConfig, member_id: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    sep1 = config.separator_1
+    sep2, sep3 = config.separator_2, config.separator_3
+    sep4, sep5 = config.separator_4, config.separator_5
+    raw = pl.col("raw")
+
+    # -- stage 1: UID / rest, separator counts ---------------------------------------------
+    uid, rest = _splitn2(raw, sep1)
+    stage1 = [uid.alias("uid"), rest.alias("rest"), raw.str.len_bytes().alias("_len")]
+    if sep1 != sep3:
+        stage1.append(raw.str.count_matches(sep1, literal=True).alias("_n1"))
+    if sep4 is not None:
+        stage1.append(raw.str.count_matches(sep4, literal=True).alias("_n4"))
+    if sep5 is not None:
+        stage1.append(raw.str.count_matches(sep5, literal=True).alias("_n5"))
+    frame = frame.with_columns(stage1)
+
+    # -- stage 2: body / what follows SEPARATOR5 -----------------------------------------
+    if sep5 is not None:
+        body, tail = _splitn2(pl.col("rest"), sep5)
+        frame = frame.with_columns(body.alias("_body"), tail.alias("_tail"))
+        tail = pl.col("_tail")
+        domain = tail.replace_strict(LEGACY_DEVICE_TYPES, default=None, return_dtype=pl.String)
+        frame = frame.with_columns(
+            domain.alias("_domain"),
+            tail.str.contains(_DIGITS_RE).alias("_tail_digits"),
+        )
+    else:
+        frame = frame.with_columns(pl.col("rest").alias("_body"))
+
+    # -- stage 3: adds / removals ------------------------------------------------------------
+    if sep4 is not None:
+        adds, removes = _splitn2(pl.col("_body"), sep4)
+        frame = frame.with_columns(adds.alias("_adds"), removes.alias("_removes"))
+        adds, removes = pl.col("_adds"), pl.col("_removes")
+        has_removes = removes.is_not_null() & (removes != "")
+        no_segments = (adds == "") & ~has_removes
+        add_list = (
+            pl.when((adds == "") & has_removes).then(_EMPTY_STR_LIST).otherwise(_blocks(adds, sep2))
+        )
+        remove_list = _blocks(removes, sep2).fill_null(_EMPTY_STR_LIST)
+        frame = frame.with_columns(add_list.alias("_add_list"), remove_list.alias("_remove_list"))
+        frame = frame.with_columns(
+            pl.col("_add_list").list.len().cast(pl.Int32).alias("_n_adds"),
+            pl.concat_list("_add_list", "_remove_list").alias("_blocks"),
+        )
+    else:
+        no_segments = pl.col("_body") == ""
+        frame = frame.with_columns(_blocks(pl.col("_body"), sep2).alias("_blocks"))
+        frame = frame.with_columns(pl.col("_blocks").list.len().cast(pl.Int32).alias("_n_adds"))
+    frame = frame.with_columns(pl.col("_blocks").list.len().cast(pl.Int32).alias("_n_blocks"))
+
+    # -- line-level format errors, in the order a reader meets them ---------------------------
+    err = pl.when(pl.col("_len") > MAX_LINE_BYTES).then(_lit(REASON_LINE_TOO_LONG))
+    err = err.when(pl.col("rest").is_null()).then(_lit(REASON_NO_SEPARATOR1))
+    if sep1 != sep3:
+        err = err.when(pl.col("_n1") > 1).then(_lit(REASON_MANY_SEPARATOR1))
+    if sep4 is not None:
+        err = err.when(pl.col("_n4") > 1).then(_lit(REASON_MANY_SEPARATOR4))
+    if sep5 is not None:
+        tail = pl.col("_tail")
+        err = (
+            err.when(pl.col("_n5") > 1)
+            .then(_lit(REASON_MANY_SEPARATOR5))
+            .when(tail == "")
+            .then(_lit(REASON_EMPTY_AFTER_SEPARATOR5))
+            .when(tail == "6")
+            .then(_lit(REASON_SHA1MAC))
+            .when(pl.col("_tail_digits") & pl.col("_domain").is_null())
+            .then(pl.concat_str(_lit(REASON_UNKNOWN_DEVICE_TYPE), tail))
+        )
+    err = (
+        err.when(no_segments)
+        .then(_lit(REASON_NO_SEGMENTS))
+        .when(pl.col("_n_blocks") > MAX_SEGMENTS_PER_LINE)
+        .then(_lit(REASON_TOO_MANY_SEGMENTS))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+
+    # -- the user ID -------------------------------------------------------------------------
+    uid = pl.col("uid")
+    null_str = pl.lit(None, dtype=pl.String)
+    null_kind = pl.lit(None, dtype=pl.UInt8)
+    if config.use_external_uids:
+        owner = config.external_member_uid or member_id
+        ok = uid.str.len_chars().is_between(1, MAX_EXTERNAL_UID_CHARS) & ~uid.str.contains(r"\s")
+        kind = pl.when(ok).then(pl.lit(int(UserKind.EXTERNAL), dtype=pl.UInt8))
+        key = pl.when(ok).then(pl.concat_str(_lit(f"{owner}:"), uid))
+        uerr = pl.when(ok).then(null_str).otherwise(_lit(USER_ERROR_EXTERNAL))
+    else:
+        anid = uid.cast(pl.UInt64, strict=False)
+        ok = anid.is_not_null() & (anid > 0) & ~uid.str.starts_with("+")
+        kind = pl.when(ok).then(pl.lit(int(UserKind.ANID), dtype=pl.UInt8))
+        key = pl.when(ok).then(anid.cast(pl.String))
+        uerr = pl.when(ok).then(null_str).otherwise(_lit(USER_ERROR_ANID))
+    if sep5 is not None:
+        domain = pl.col("_domain")
+        dev_uid = pl.when(domain.is_not_null()).then(uid)
+        dev_ok = pl.lit(False)
+        for regex in sorted(set(_DEVICE_ID_RE.values())):
+            names = [d for d, r in _DEVICE_ID_RE.items() if r == regex]
+            dev_ok = pl.when(domain.is_in(names)).then(dev_uid.str.contains(regex)).otherwise(dev_ok)
+        dev_ok = dev_ok.fill_null(False)
+        is_dev = domain.is_not_null()
+        kind = (
+            pl.when(is_dev)
+            .then(pl.when(dev_ok).then(pl.lit(int(UserKind.DEVICE), dtype=pl.UInt8)))
+            .otherwise(kind)
+        )
+        key = (
+            pl.when(is_dev)
+            .then(pl.when(dev_ok).then(pl.concat_str(domain, _lit(":"), dev_uid.str.to_lowercase())))
+            .otherwise(key)
+        )
+        uerr = (
+            pl.when(is_dev)
+            .then(
+                pl.when(dev_ok)
+                .then(null_str)
+                .otherwise(pl.concat_str(_lit("invalid "), domain, _lit(" device ID")))
+            )
+            .otherwise(uerr)
+        )
+
+    frame = frame.with_columns(
+        err.alias("format_error"),
+        kind.alias("user_kind"),
+        key.alias("user_key"),
+        uerr.alias("user_error"),
+        pl.when(pl.col("_len") > MAX_LINE_BYTES)
+        .then(raw.str.slice(0, MAX_LINE_BYTES))
+        .otherwise(raw)
+        .alias("raw"),
+    )
+    lines = frame.select(
+        "line_no", "raw", "format_error", "user_kind", "user_key", "user_error", "_blocks", "_n_adds"
+    ).collect()
+
+    # -- SEG blocks ---------------------------------------------------------------------------
+    pairs, block_errors = _parse_blocks(lines, config)
+
+    if block_errors.height:
+        lines = lines.join(block_errors, on="line_no", how="left", maintain_order="left")
+        lines = lines.with_columns(pl.coalesce("format_error", "_block_error").alias("format_error"))
+        pairs = pairs.filter(~pl.col("line_no").is_in(block_errors.get_column("line_no").implode()))
+    bad = pl.col("format_error").is_not_null()
+    lines = lines.select(
+        "line_no",
+        "raw",
+        "format_error",
+        pl.when(bad).then(null_kind).otherwise(pl.col("user_kind")).alias("user_kind"),
+        pl.when(bad).then(null_str).otherwise(pl.col("user_key")).alias("user_key"),
+        pl.when(bad).then(null_str).otherwise(pl.col("user_error")).alias("user_error"),
+    )
+    return lines.cast(LINE_SCHEMA), pairs.select(list(PAIR_SCHEMA)).cast(PAIR_SCHEMA)
+
+
+def _int_syntax(text: pl.Expr, parsed: pl.Expr) -> pl.Expr:
+    """Optional '-' then digits (any number of them). `parsed` is `text` cast to Int64."""
+    # The Int64 cast accepts exactly [+-]?[0-9]+ that fits; only overflow needs the regex.
+    overflow = pl.when(parsed.is_null()).then(text).str.contains(_INT_RE).fill_null(False)
+    return (parsed.is_not_null() & ~text.str.starts_with("+")) | overflow
+
+
+def _parse_blocks(
+    lines: pl.DataFrame, config: BatchSegmentConfig
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Explode the SEG blocks of well-formed lines; return (pairs, first block error per line)."""
+    fields = config.segment_fields
+    n_fields = len(fields)
+    sep3 = config.separator_3
+
+    good = lines.lazy().filter(pl.col("format_error").is_null()).select(
+        "line_no", "_blocks", "_n_adds"
+    )
+    good = good.with_columns(
+        (pl.col("_blocks").list.len().cum_sum() - pl.col("_blocks").list.len())
+        .cast(pl.Int64)
+        .alias("_start")
+    )
+    exploded = good.explode("_blocks").with_columns(
+        (pl.int_range(pl.len(), dtype=pl.Int64) - pl.col("_start")).cast(pl.Int32).alias("pos")
+    )
+    block = pl.col("_blocks")
+
+    if n_fields > 1:
+        parts = block.str.splitn(sep3, n_fields + 1)
+        field_exprs = [parts.struct.field(f"field_{i}") for i in range(n_fields)]
+        count_err = parts.struct.field(f"field_{n_fields}").is_not_null() | field_exprs[
+            -1
+        ].is_null()
+        exploded = exploded.with_columns(
+            [f.alias(f"_f{i}") for i, f in enumerate(field_exprs)] + [count_err.alias("_count_err")]
+        )
+    else:
+        exploded = exploded.with_columns(block.alias("_f0"))
+        count_err = block.str.contains(sep3, literal=True) if sep3 is not None else pl.lit(False)
+        exploded = exploded.with_columns(count_err.alias("_count_err"))
+
+    block_err = (
+        pl.when(block == "")
+        .then(_lit(REASON_EMPTY_BLOCK))
+        .when(pl.col("_count_err"))
+        .then(_lit(REASON_ILLEGAL_FIELDS))
+    )
+    out: dict[str, pl.Expr] = {
+        "seg_id": pl.lit(None, dtype=pl.Int64),
+        "seg_code": pl.lit(None, dtype=pl.String),
+        "seg_member_id": pl.lit(None, dtype=pl.Int64),
+        "expiration": pl.lit(None, dtype=pl.Int64),
+        "timestamp": pl.lit(None, dtype=pl.Int64),
+        "value": pl.lit(None, dtype=pl.Int64),
+        "timestamp_invalid": pl.lit(False),
+        "value_invalid": pl.lit(False),
+        "expiration_invalid": pl.lit(False),
+    }
+    casts = []
+    for i, name in enumerate(fields):
+        text = pl.col(f"_f{i}")
+        num = pl.col(f"_n{i}")
+        if name != "SEG_CODE":
+            casts.append(text.cast(pl.Int64, strict=False).alias(f"_n{i}"))
+        if name in ("SEG_ID", "MEMBER_ID"):
+            bad = num.is_null() | (num <= 0) | text.str.starts_with("+")
+            reason = REASON_BAD_SEG_ID if name == "SEG_ID" else REASON_BAD_MEMBER_ID
+            block_err = block_err.when(bad).then(_lit(reason))
+            out["seg_id" if name == "SEG_ID" else "seg_member_id"] = num
+        elif name == "SEG_CODE":
+            length = text.str.len_chars()
+            block_err = (
+                block_err.when(length == 0)
+                .then(_lit(REASON_EMPTY_SEG_CODE))
+                .when(length > MAX_SEG_CODE_CHARS)
+                .then(_lit(REASON_LONG_SEG_CODE))
+            )
+            out["seg_code"] = text
+        elif name == "EXPIRATION":
+            syntax = _int_syntax(text, num)
+            block_err = block_err.when(~syntax).then(_lit(REASON_BAD_EXPIRATION))
+            ok = num >= -2
+            out["expiration"] = pl.when(ok).then(num)
+            out["expiration_invalid"] = ~ok.fill_null(False)
+        elif name == "VALUE":
+            syntax = _int_syntax(text, num)
+            block_err = block_err.when(~syntax).then(_lit(REASON_BAD_VALUE))
+            ok = num.is_between(MIN_VALUE, MAX_VALUE)
+            out["value"] = pl.when(ok).then(num)
+            out["value_invalid"] = ~ok.fill_null(False)
+        elif name == "TIMESTAMP":
+            ok = (
+                (num >= 0)
+                & (num <= MAX_TIMESTAMP_SECONDS)
+                & ~text.str.starts_with("+")
+                & ~text.str.starts_with("-")
+            ).fill_null(False)
+            out["timestamp"] = pl.when(ok).then(num)
+            out["timestamp_invalid"] = ~ok
+        else:  # pragma: no cover - config validation rejects unknown names
+            raise ValueError(f"unknown SEG field {name!r}")
+    block_err = block_err.otherwise(pl.lit(None, dtype=pl.String))
+
+    if casts:
+        exploded = exploded.with_columns(casts)
+    exploded = exploded.with_columns(
+        block_err.alias("_block_error"),
+        (pl.col("pos") >= pl.col("_n_adds")).alias("removal"),
+        *[expr.alias(name) for name, expr in out.items()],
+    ).collect()
+
+    errors = (
+        exploded.lazy()
+        .filter(pl.col("_block_error").is_not_null())
+        .select("line_no", "_block_error")
+        .unique(subset="line_no", keep="first", maintain_order=True)
+        .collect()
+    )
+    return exploded.select(list(PAIR_SCHEMA)), errors
