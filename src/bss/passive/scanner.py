@@ -1,0 +1,471 @@
+"""The passive-upload scanner: submitted/ -> a job -> done/ or failed/, exactly once.
+
+`run_passive(settings, job_service, stop_event)` is the loop `bss serve` and `bss worker`
+run in a thread. Each scan (every BSS_PASSIVE_SCAN_SECONDS) it visits every area (the
+local folder of every known member that has one, and, with BSS_PASSIVE_S3_ENABLED, every
+existing bucket bss-<member_id>-<region>) and:
+
+1. resumes abandoned claims of that area (a scanner died; its lease expired): a claim
+   without a job starts over, a claim with a job waits for the job and finishes the move;
+2. claims every new, old-enough file with an INSERT into `passive_claims` (the unique
+   identity means exactly one scanner wins), downloads it to the data dir, hands it to
+   `JobService.submit_file`, and records the job;
+3. between scans, polls the jobs it started (without blocking scanning), and when a job
+   reaches `completed` or `error` moves the file to done/ or failed/
+   `<relative name>-<JOB_ID>`, then marks the claim `moved`.
+
+Every step is idempotent and recorded before the next one starts, so a crash anywhere
+(including between S3's copy and delete) is finished by the next scanner without a
+second job, and without losing the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from bss.passive.claims import ClaimStore, claim_identity, utcnow
+from bss.passive.folder import FolderBackend
+from bss.passive.models import CLAIMED, JOB_CREATED, MOVED, passive_claims
+from bss.passive.storage import (
+    DONE,
+    FAILED,
+    MoveError,
+    PassiveArea,
+    PassiveBackend,
+    SubmittedFile,
+    destination_key,
+)
+
+log = logging.getLogger(__name__)
+
+FINAL_PHASES = {"completed": DONE, "error": FAILED}
+
+FILESIZE_LIMIT_EXCEEDED = "FILESIZE_LIMIT_EXCEEDED"
+FILESIZE_MESSAGE = "Member exceeds maximum byte size allowed for a file"
+EMPTY_FILE = "EMPTY_FILE"
+EMPTY_MESSAGE = "The file is empty (0 bytes)"
+
+
+@dataclass(slots=True)
+class _InFlight:
+    claim_id: int
+    area: PassiveArea
+    file: SubmittedFile
+    work_key: str
+    job_id: str | None = None
+    #: a step failed (storage or job service unreachable, ...): retry not before this
+    retry_at: float = 0.0
+    failures: int = 0
+    outcome: str | None = None
+    dest_key: str | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class ScanStats:
+    """What one scan/poll did (for logs and tests)."""
+
+    claimed: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+    moved: list[str] = field(default_factory=list)
+
+
+def default_backends(settings: Any) -> list[PassiveBackend]:
+    backends: list[PassiveBackend] = [FolderBackend(Path(settings.data_dir) / "passive")]
+    if getattr(settings, "passive_s3_enabled", False):
+        from bss.passive.s3 import S3Backend
+
+        regions = [r.strip() for r in settings.passive_regions.split(",") if r.strip()]
+        backends.append(S3Backend(regions, endpoint_url=settings.s3_endpoint_url))
+    return backends
+
+
+def members_from_db(engine: Engine) -> Callable[[], list[int]]:
+    """Known members: every row of the members table."""
+
+    def known() -> list[int]:
+        from bss.accounts.models import members
+
+        with engine.connect() as conn:
+            return [int(m) for m in conn.execute(select(members.c.id)).scalars()]
+
+    return known
+
+
+def _engine_of(job_service: Any, settings: Any) -> Engine:
+    for name in ("engine", "db", "_engine", "_db"):
+        candidate = getattr(job_service, name, None)
+        if isinstance(candidate, Engine):
+            return candidate
+    from bss.db import make_engine
+
+    return make_engine(settings.resolved_database_url)
+
+
+class PassiveScanner:
+    def __init__(
+        self,
+        settings: Any,
+        job_service: Any,
+        *,
+        engine: Engine | None = None,
+        backends: list[PassiveBackend] | None = None,
+        member_ids: Callable[[], Iterable[int]] | None = None,
+        owner: str | None = None,
+        lease_seconds: float | None = None,
+        min_age_seconds: float | None = None,
+        retry_seconds: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.jobs = job_service
+        self.engine = engine or _engine_of(job_service, settings)
+        passive_claims.create(self.engine, checkfirst=True)
+        self.claims = ClaimStore(self.engine)
+        self.backends = backends if backends is not None else default_backends(settings)
+        self.member_ids = member_ids or members_from_db(self.engine)
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        scan = float(getattr(settings, "passive_scan_seconds", 300))
+        self.lease_seconds = float(
+            lease_seconds
+            if lease_seconds is not None
+            else getattr(settings, "passive_lease_seconds", None) or max(900.0, 3 * scan)
+        )
+        self.min_age = float(
+            min_age_seconds if min_age_seconds is not None else settings.passive_min_age_seconds
+        )
+        self.retry_seconds = float(retry_seconds if retry_seconds is not None else min(scan, 60))
+        self.max_file_bytes = int(settings.max_file_bytes)
+        self.tmp_dir = Path(settings.data_dir) / "passive-tmp"
+        self.inflight: dict[int, _InFlight] = {}
+        self._last_renew = 0.0
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self, stop_event: threading.Event) -> None:
+        scan_every = float(getattr(self.settings, "passive_scan_seconds", 300))
+        poll_every = float(getattr(self.settings, "passive_poll_seconds", 2.0) or 2.0)
+        poll_every = max(0.05, min(poll_every, scan_every))
+        next_scan = 0.0
+        while not stop_event.is_set():
+            now = time.monotonic()
+            if now >= next_scan:
+                next_scan = now + scan_every
+                try:
+                    self.scan_once()
+                except Exception:  # noqa: BLE001 - the loop must survive anything
+                    log.exception("passive scan failed")
+            try:
+                self.poll_once()
+            except Exception:  # noqa: BLE001
+                log.exception("passive poll failed")
+            stop_event.wait(poll_every)
+
+    # -- one scan ----------------------------------------------------------------------
+
+    def areas(self) -> list[PassiveArea]:
+        members = list(self.member_ids())
+        out: list[PassiveArea] = []
+        for backend in self.backends:
+            try:
+                out.extend(backend.areas(members))
+            except Exception:  # noqa: BLE001 - one unreachable backend must not stop the rest
+                log.exception("listing %s areas failed", backend.backend)
+        return out
+
+    def scan_once(self) -> ScanStats:
+        stats = ScanStats()
+        for area in self.areas():
+            try:
+                self._scan_area(area, stats)
+            except Exception:  # noqa: BLE001
+                log.exception("scanning %s failed", area.location)
+        return stats
+
+    def _scan_area(self, area: PassiveArea, stats: ScanStats) -> None:
+        area.ensure_layout()
+        listing = area.list_submitted()
+        now = utcnow()
+        # 1. abandoned claims at this place (their scanner died)
+        for row in self.claims.pending(area.location):
+            if row["id"] in self.inflight:
+                continue
+            if row["lease_until"] is not None and row["lease_until"] > now:
+                continue  # a live scanner holds it
+            if not self.claims.take_over(row, self.owner, self.lease_seconds):
+                continue
+            log.warning("taking over abandoned passive claim %s (%s)", row["id"], row["source_key"])
+            stats.resumed.append(row["source_key"])
+            self._resume(area, row)
+        # 2. new files
+        min_age = timedelta(seconds=self.min_age)
+        for file in listing.files:
+            if file.key in listing.busy or listing.now - file.modified < min_age:
+                stats.waiting.append(file.key)
+                continue
+            identity = claim_identity(area.backend, area.location, file.key, file.fingerprint)
+            existing = self.claims.get(identity)
+            if existing is not None:
+                if existing["state"] == MOVED and existing["dest_key"]:
+                    self._redo_move(area, existing, file)
+                continue
+            token = identity[:16]
+            row = self.claims.insert(
+                identity=identity,
+                backend=area.backend,
+                location=area.location,
+                member_id=area.member_id,
+                source_key=file.key,
+                fingerprint=file.fingerprint,
+                size=file.size,
+                owner=self.owner,
+                lease_seconds=self.lease_seconds,
+                work_key=area.work_key(file, token),
+            )
+            if row is None:
+                continue  # another scanner won the INSERT
+            stats.claimed.append(file.key)
+            flight = _InFlight(row["id"], area, file, row["work_key"])
+            self.inflight[row["id"]] = flight
+            self._start(flight, fresh=True)
+
+    def _file_of(self, row: dict[str, Any]) -> SubmittedFile:
+        return SubmittedFile(
+            key=row["source_key"],
+            size=int(row["size"] or 0),
+            fingerprint=row["fingerprint"],
+            modified=row["created_at"],
+        )
+
+    def _resume(self, area: PassiveArea, row: dict[str, Any]) -> None:
+        flight = _InFlight(
+            row["id"], area, self._file_of(row), row["work_key"] or row["source_key"]
+        )
+        flight.job_id = row["job_id"]
+        flight.outcome, flight.dest_key, flight.error = (
+            row["outcome"],
+            row["dest_key"],
+            row["error"],
+        )
+        self.inflight[row["id"]] = flight
+        if row["state"] == CLAIMED:
+            self._start(flight, fresh=False)
+        # JOB_CREATED: the next poll waits for the job and finishes the move
+
+    def _redo_move(self, area: PassiveArea, row: dict[str, Any], file: SubmittedFile) -> None:
+        """A claim says moved but the file is still in submitted/: finish the (idempotent) move."""
+        try:
+            area.move(row["work_key"] or row["source_key"], row["dest_key"], file)
+        except Exception:  # noqa: BLE001
+            log.exception("finishing the move of %s failed", row["source_key"])
+
+    # -- starting a job ----------------------------------------------------------------
+
+    def _start(self, flight: _InFlight, *, fresh: bool) -> None:
+        """Take the file and create its job (state claimed -> job_created)."""
+        area, file = flight.area, flight.file
+        try:
+            if not area.take(file, flight.work_key):
+                # Gone, or rewritten since we listed it (the new version is a new claim).
+                log.info("passive file %s vanished or changed before it was taken", file.key)
+                self.claims.release(flight.claim_id, self.owner)
+                self.inflight.pop(flight.claim_id, None)
+                return
+            job = self._create_job(area, file, flight.work_key)
+        except Exception as exc:  # noqa: BLE001 - transient: keep the claim, retry later
+            flight.failures += 1
+            flight.retry_at = time.monotonic() + min(self.retry_seconds * flight.failures, 3600)
+            log.warning("starting the job for %s failed (%s); will retry", file.key, exc)
+            return
+        if not self.claims.set_job(flight.claim_id, self.owner, job["job_id"], job.get("id")):
+            # We lost the claim meanwhile (our lease expired and someone took over). The
+            # job exists and will be found by its source_key, but the file is theirs now.
+            log.error("lost passive claim %s while creating job %s", flight.claim_id, job["job_id"])
+            self.inflight.pop(flight.claim_id, None)
+            return
+        flight.job_id = job["job_id"]
+        flight.failures = 0
+        flight.retry_at = 0.0
+
+    def _create_job(self, area: PassiveArea, file: SubmittedFile, work_key: str) -> dict:
+        common = dict(upload_source=area.backend, source_key=file.key)
+        if file.size == 0:
+            return self._rejected_job(area.member_id, file, EMPTY_FILE, EMPTY_MESSAGE, **common)
+        if file.size > self.max_file_bytes:
+            return self._rejected_job(
+                area.member_id, file, FILESIZE_LIMIT_EXCEEDED, FILESIZE_MESSAGE, **common
+            )
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.upload"
+        try:
+            area.fetch(work_key, file, tmp)
+            return self.jobs.submit_file(area.member_id, tmp, **common)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _rejected_job(
+        self,
+        member_id: int,
+        file: SubmittedFile,
+        error_code: str,
+        message: str,
+        *,
+        upload_source: str,
+        source_key: str,
+    ) -> dict:
+        """A job that is already in phase error (the file is never processed)."""
+        kwargs = dict(
+            upload_source=upload_source,
+            source_key=source_key,
+            file_bytes=file.size,
+            error_code=error_code,
+            error_message=message,
+        )
+        submit_rejected = getattr(self.jobs, "submit_rejected", None)
+        if submit_rejected is not None:
+            return submit_rejected(member_id, **kwargs)
+        return _insert_rejected_job(self.jobs, self.engine, member_id, **kwargs)
+
+    # -- between scans -----------------------------------------------------------------
+
+    def poll_once(self) -> ScanStats:
+        """Renew our leases, retry failed starts, and move files whose job finished."""
+        stats = ScanStats()
+        now = time.monotonic()
+        if self.inflight and now - self._last_renew >= self.lease_seconds / 4:
+            still_ours = self.claims.renew(list(self.inflight), self.owner, self.lease_seconds)
+            for claim_id in list(self.inflight):
+                if claim_id not in still_ours:
+                    log.error("passive claim %s was taken over by another scanner", claim_id)
+                    self.inflight.pop(claim_id, None)
+            self._last_renew = now
+        for flight in list(self.inflight.values()):
+            if flight.retry_at > time.monotonic():
+                continue
+            if flight.job_id is None:
+                self._start(flight, fresh=False)
+                continue
+            try:
+                self._check(flight, stats)
+            except Exception as exc:  # noqa: BLE001 - transient: retry later
+                flight.failures += 1
+                flight.retry_at = time.monotonic() + min(self.retry_seconds * flight.failures, 3600)
+                log.warning("finishing %s failed (%s); will retry", flight.file.key, exc)
+        return stats
+
+    def _check(self, flight: _InFlight, stats: ScanStats) -> None:
+        if flight.dest_key is None:
+            job = self.jobs.get_job(flight.job_id)
+            if job is None:
+                outcome, error = FAILED, f"job {flight.job_id} no longer exists"
+            else:
+                phase = job.get("phase")
+                if phase not in FINAL_PHASES:
+                    return  # still running
+                outcome = FINAL_PHASES[phase]
+                error = job.get("error_code") if phase == "error" else None
+            dest = destination_key(
+                outcome,
+                flight.file.relative,
+                flight.job_id,  # type: ignore[arg-type]
+                max_key_bytes=flight.area.max_key_bytes(),
+                max_component_bytes=flight.area.max_component_bytes(),
+            )
+            if not self.claims.set_outcome(flight.claim_id, self.owner, outcome, dest, error):
+                row = self.claims.by_id(flight.claim_id)
+                if row is None or row["owner"] != self.owner:
+                    self.inflight.pop(flight.claim_id, None)
+                    return
+                outcome, dest, error = row["outcome"], row["dest_key"], row["error"]
+            flight.outcome, flight.dest_key, flight.error = outcome, dest, error
+        move_error = None
+        try:
+            flight.area.move(flight.work_key, flight.dest_key, flight.file)
+        except MoveError as exc:
+            # Neither source nor destination exists: someone deleted the file. Nothing can
+            # be moved; record it rather than retry forever.
+            move_error = str(exc)
+            log.error("%s", exc)
+        self.claims.set_moved(flight.claim_id, self.owner, error=move_error)
+        self.inflight.pop(flight.claim_id, None)
+        stats.moved.append(flight.dest_key)
+
+    def drain(self, timeout: float = 60.0, interval: float = 0.05) -> None:
+        """Poll until nothing is in flight (tests, and a clean shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self.inflight and time.monotonic() < deadline:
+            self.poll_once()
+            if self.inflight:
+                time.sleep(interval)
+        if self.inflight:
+            raise TimeoutError(f"passive jobs still in flight: {sorted(self.inflight)}")
+
+
+def _insert_rejected_job(
+    job_service: Any,
+    engine: Engine,
+    member_id: int,
+    *,
+    upload_source: str,
+    source_key: str,
+    file_bytes: int,
+    error_code: str,
+    error_message: str,
+) -> dict:
+    """Fallback while JobService has no submit_rejected: write the failed job row directly.
+
+    Same shape as a failed upload: phase error, counters 0, logs null, no file kept.
+    """
+    from sqlalchemy import insert
+
+    from bss.db import now_s
+    from bss.jobs.models import jobs
+    from bss.jobs.service import new_job_id
+
+    now = now_s()
+    job_id = new_job_id()
+    with engine.begin() as conn:
+        conn.execute(
+            insert(jobs).values(
+                job_id=job_id,
+                member_id=member_id,
+                phase="error",
+                upload_url=None,
+                upload_source=upload_source,
+                source_key=source_key,
+                created_on=now,
+                last_modified=now,
+                start_time=now,
+                completed_time=now,
+                percent_complete=0,
+                error_code=error_code,
+                error_message=error_message,
+                file_path=None,
+                file_bytes=file_bytes,
+                file_lines=0,
+            )
+        )
+    job = job_service.get_job(job_id)
+    if job is None:  # pragma: no cover - we just wrote it
+        raise RuntimeError(f"rejected job {job_id} not found after insert")
+    return job
+
+
+def run_passive(settings: Any, job_service: Any, stop_event: threading.Event) -> None:
+    """Scan passive uploads until stop_event is set (the loop `bss serve` / `bss worker` run)."""
+    PassiveScanner(settings, job_service).run(stop_event)
+
+
+__all__ = ["PassiveScanner", "ScanStats", "run_passive", "JOB_CREATED", "CLAIMED", "MOVED"]
