@@ -85,6 +85,7 @@ def run_bss(path: Path) -> dict[str, float]:
     from bss.formats.config import BatchSegmentConfig
     from bss.ingest.engine import ingest_file
     from bss.ingest.registry import SegmentRegistry
+    from bss.settings import Settings
     from bss.store.embedded import EmbeddedStore
 
     registry = SegmentRegistry.from_records(
@@ -103,6 +104,7 @@ def run_bss(path: Path) -> dict[str, float]:
             now=int(time.time()),
             error_report_path=Path(tmp) / "errors.csv",
             max_decompressed_bytes=10 * 536_870_912,
+            chunk_bytes=int(os.environ.get("BSS_CHUNK_BYTES", Settings().chunk_bytes)),
         )
         elapsed = time.perf_counter() - started
         store.close()

@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     history_days: int = 30
     file_retention_days: int = 3
     #: How much decompressed input the engine parses at once; bounds memory per chunk.
-    chunk_bytes: int = 16 << 20
+    chunk_bytes: int = 4 << 20
     workers: int = 1
     worker_poll_seconds: float = 0.5
     #: A worker that has not renewed its claim on a job for this long is presumed dead.

@@ -6,13 +6,16 @@ bounded by the chunk size plus 8 bytes per distinct line (the duplicate-line che
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from bss.formats import InputError, ParsedChunk, open_input, read_chunks
 from bss.formats.config import DEFAULT_SEGMENT_LOG_LINES, BatchSegmentConfig
@@ -39,26 +42,69 @@ PAST_EXPIRATION = "num_past_expiration"
 DEDUPLICATED = (INVALID_SEGMENT, UNAUTH_SEGMENT, INACTIVE_SEGMENT, PAST_EXPIRATION)
 
 
-@dataclass
 class _SeenLines:
-    """64-bit hashes of every well-formed line so far, sorted, to find duplicate lines."""
+    """64-bit hashes of every well-formed line so far, to find duplicate lines.
 
-    hashes: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+    A byte-per-slot filter (64 MiB, fixed) answers "surely new" for most lines with one
+    memory access; only its hits are checked exactly against the sorted list of hashes.
+    """
+
+    FILTER_BITS = 26
+
+    def __init__(self) -> None:
+        self.hashes = np.empty(0, dtype=np.uint64)
+        self.filter = np.zeros(1 << self.FILTER_BITS, dtype=np.uint8)
+        self.shift = np.uint64(64 - self.FILTER_BITS)
 
     def mark_repeats(self, hashes: np.ndarray) -> np.ndarray:
         """True where a hash was seen in an earlier chunk or earlier in this one; then remember all."""
-        earlier = np.zeros(len(hashes), dtype=bool)
-        if len(self.hashes):
-            idx = np.searchsorted(self.hashes, hashes)
+        repeats = ~pl.Series(hashes).is_first_distinct().to_numpy()
+        slots = hashes >> self.shift
+        candidates = np.flatnonzero(self.filter[slots] & ~repeats)
+        if len(candidates) and len(self.hashes):
+            wanted = hashes[candidates]
+            idx = np.searchsorted(self.hashes, wanted)
             idx[idx == len(self.hashes)] = 0
-            earlier = self.hashes[idx] == hashes
-        _, first = np.unique(hashes, return_index=True)
-        repeat_here = np.ones(len(hashes), dtype=bool)
-        repeat_here[first] = False
-        fresh = np.sort(hashes[~(earlier | repeat_here)])
+            repeats[candidates[self.hashes[idx] == wanted]] = True
+        fresh = hashes[~repeats]
+        self.filter[fresh >> self.shift] = 1
         # Two sorted runs: the stable sort merges them in linear time.
-        self.hashes = np.sort(np.concatenate([self.hashes, fresh]), kind="stable")
-        return earlier | repeat_here
+        self.hashes = np.sort(np.concatenate([self.hashes, np.sort(fresh)]), kind="stable")
+        return repeats
+
+
+class _StoreWriter:
+    """Applies batches on a thread of its own, so the store writes one chunk while the
+    engine parses the next. At most one batch waits, which keeps memory bounded."""
+
+    def __init__(self, store: MembershipStore) -> None:
+        self._store = store
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="bss-store-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._store.apply(batch)
+                except BaseException as exc:  # re-raised on the engine's thread
+                    self._error = exc
+
+    def put(self, batch: pa.Table) -> None:
+        self._raise_if_failed()
+        self._queue.put(batch)
+
+    def close(self) -> None:
+        """Wait until every batch is applied; re-raise a store failure."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 class _Job:
@@ -77,7 +123,7 @@ class _Job:
     ) -> None:
         self.member_id = member_id
         self.config = config
-        self.store = store
+        self.writer = _StoreWriter(store)
         self.now = now
         self.report = report
         self.result = IngestResult()
@@ -251,7 +297,7 @@ class _Job:
             "removed",
             seq=pl.col("_index").cast(pl.Int64) + self.seq_base,
         )
-        self.store.apply(batch.to_arrow().cast(APPLY_SCHEMA))
+        self.writer.put(batch.to_arrow().cast(APPLY_SCHEMA))
 
     def _count_pairs(self, pairs: pl.DataFrame, valid: pl.DataFrame) -> None:
         counters = self.result.counters
@@ -329,6 +375,7 @@ class _Job:
     # -- results -------------------------------------------------------------------------
 
     def finish(self) -> IngestResult:
+        self.writer.close()
         self.result.error_log_lines = self.report.log_lines() if self.report.total else None
         self.result.segment_log_lines = _segment_log(self.added, self.removed)
         return self.result
@@ -355,7 +402,7 @@ def ingest_file(
     now: int,
     error_report_path: Path | None = None,
     max_decompressed_bytes: int,
-    chunk_bytes: int = 16 << 20,
+    chunk_bytes: int = 4 << 20,
     progress: Callable[[float], None] | None = None,
 ) -> IngestResult:
     """Validate and apply one uploaded file; never raises for bad input.
@@ -393,4 +440,8 @@ def ingest_file(
         except InputError as exc:
             job.result.error_code = exc.error_code
             job.result.error_message = exc.message
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                job.writer.close()  # stop the writer thread; the original error matters
+            raise
         return job.finish()
