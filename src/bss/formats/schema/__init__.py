@@ -1,0 +1,1 @@
+"""Package data: the published BSS Avro schema (xandr_user.avsc)."""

@@ -1,0 +1,626 @@
+"""The Avro reader: files written by fastavro and by the Apache `avro` package, every uid
+branch, the segment rules, custom schemas, corrupt files and chunking.
+
+Java avro-tools is not available in this environment, so no file here is written by it;
+the Apache Python package writes the same container format (and its bzip2/deflate codecs).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+
+import fastavro
+import polars as pl
+import pytest
+from avro_util import segment, user, write_apache, write_fastavro
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bss.formats import open_input, read_chunks
+from bss.formats.avro import (
+    DEFAULT_MAX_BLOCK_BYTES,
+    iter_avro_chunks,
+    published_schema,
+)
+from bss.formats.config import BatchSegmentConfig
+from bss.formats.detect import InputError
+from bss.formats.records import (
+    LINE_SCHEMA,
+    MAX_SEGMENTS_PER_LINE,
+    MAX_TIMESTAMP_SECONDS,
+    PAIR_SCHEMA,
+    UserKind,
+)
+
+MEMBER = 958
+CONFIG = BatchSegmentConfig()
+
+
+def parse(data: bytes, config: BatchSegmentConfig = CONFIG, **kwargs) -> tuple[pl.DataFrame, ...]:
+    chunks = list(iter_avro_chunks(io.BytesIO(data), config, MEMBER, **kwargs))
+    lines = pl.concat([c.lines for c in chunks]) if chunks else pl.DataFrame(schema=LINE_SCHEMA)
+    pairs = pl.concat([c.pairs for c in chunks]) if chunks else pl.DataFrame(schema=PAIR_SCHEMA)
+    return lines, pairs
+
+
+def error_of(data: bytes, **kwargs) -> InputError:
+    with pytest.raises(InputError) as info:
+        parse(data, **kwargs)
+    return info.value
+
+
+def custom_schema(uid_branches: list, segment_fields: list | None = None, extra=()) -> dict:
+    """A member's own schema: a subset of uid branches, optional extra fields."""
+    seg_fields = segment_fields or [
+        {"name": "id", "type": "int", "default": 0},
+        {"name": "code", "type": "string", "default": ""},
+        {"name": "member_id", "type": "int", "default": 0},
+        {"name": "expiration", "type": "int", "default": 0},
+        {"name": "timestamp", "type": "long", "default": 0},
+        {"name": "value", "type": "int", "default": 0},
+    ]
+    return {
+        "type": "record",
+        "name": "member_user",
+        "namespace": "com.example",
+        "fields": [
+            {"name": "uid", "type": uid_branches},
+            *extra,
+            {
+                "name": "segments",
+                "type": {
+                    "type": "array",
+                    "items": {"type": "record", "name": "segment", "fields": seg_fields},
+                },
+            },
+        ],
+    }
+
+
+IFA = {"type": "record", "name": "ifa", "fields": [
+    {"name": "id", "type": "string"}, {"name": "type", "type": "string"}]}  # fmt: skip
+EID = {"type": "record", "name": "eid", "fields": [
+    {"name": "source", "type": "string"}, {"name": "id", "type": "string"}]}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# The published schema
+# --------------------------------------------------------------------------------------
+
+
+def test_published_schema_is_shipped_and_valid():
+    s = published_schema()
+    assert (s["namespace"], s["name"], s["type"]) == ("xandr.avro", "user", "record")
+    uid, segments = s["fields"]
+    assert uid["name"] == "uid" and segments["name"] == "segments"
+    assert uid["type"][0]["type"] == "long"  # anid is a plain long branch
+    names = [b.get("name") for b in uid["type"]]
+    assert names == ["anid", "ifa", "xfa", "external_id", "device_id", "eid"]
+    items = segments["type"]["items"]
+    defaults = {f["name"]: f["default"] for f in items["fields"]}
+    assert defaults == {
+        "id": 0, "code": "", "member_id": 0, "expiration": 0, "timestamp": 0, "value": 0,
+    }  # fmt: skip
+    fastavro.parse_schema(s)
+    import avro.schema
+
+    avro.schema.parse(json.dumps(s))
+
+
+# --------------------------------------------------------------------------------------
+# Every uid branch, with every writer and codec
+# --------------------------------------------------------------------------------------
+
+ALL_BRANCHES = [
+    # (branch, value, expected kind, expected key)
+    ("anid", 12345678900987654, UserKind.ANID, "12345678900987654"),
+    ("anid", -1, UserKind.ANID, "18446744073709551615"),
+    ("anid", -6101027440228797295, UserKind.ANID, str(-6101027440228797295 + 2**64)),
+    ("ifa", {"id": "AEBE52E7-03EE-455A-B3C4-E57283966239", "type": "IDFA"}, UserKind.IFA,
+     "idfa:aebe52e7-03ee-455a-b3c4-e57283966239"),
+    ("xfa", {"device_model_id": 41, "device_make_id": 7, "ip": "203.0.113.9"}, UserKind.XFA,
+     "7:41:203.0.113.9"),
+    ("external_id", {"id": "CustomerABC", "member_id": 1234}, UserKind.EXTERNAL,
+     "1234:CustomerABC"),
+    ("external_id", {"id": "CustomerABC", "member_id": 0}, UserKind.EXTERNAL,
+     f"{MEMBER}:CustomerABC"),
+    ("device_id", {"id": "958CBA26-F338-43F3-8BB0-ED821582DAAE", "domain": "idfa"},
+     UserKind.DEVICE, "idfa:958cba26-f338-43f3-8bb0-ed821582daae"),
+    ("device_id", {"id": "Abc", "domain": "lgudid"}, UserKind.DEVICE, "lgudid:abc"),
+    ("eid", {"source": "LiveRamp.com", "id": "XY1000aBc"}, UserKind.EID,
+     "liveramp.com:XY1000aBc"),
+]  # fmt: skip
+
+WRITERS = [
+    ("fastavro", "null"),
+    ("fastavro", "deflate"),
+    ("fastavro", "snappy"),
+    ("fastavro", "bzip2"),
+    ("fastavro", "xz"),
+    ("apache", "null"),
+    ("apache", "deflate"),
+    ("apache", "snappy"),
+    ("apache", "bzip2"),
+]
+
+
+def write(writer: str, records: list, codec: str, **kwargs) -> bytes:
+    if writer == "fastavro":
+        return write_fastavro(records, codec=codec, **kwargs)
+    return write_apache(records, codec=codec, **kwargs)
+
+
+@pytest.mark.parametrize(("writer", "codec"), WRITERS)
+def test_every_uid_branch(writer, codec):
+    records = [
+        user(branch, value, [segment(id=100 + i, expiration=1440), segment(code=f"c{i}")])
+        for i, (branch, value, _, _) in enumerate(ALL_BRANCHES)
+    ]
+    lines, pairs = parse(write(writer, records, codec))
+    assert lines.schema == pl.Schema(LINE_SCHEMA)
+    assert pairs.schema == pl.Schema(PAIR_SCHEMA)
+    assert lines["line_no"].to_list() == list(range(1, len(ALL_BRANCHES) + 1))
+    assert lines["format_error"].to_list() == [None] * len(ALL_BRANCHES)
+    assert lines["user_error"].to_list() == [None] * len(ALL_BRANCHES)
+    assert lines["user_kind"].to_list() == [int(k) for _, _, k, _ in ALL_BRANCHES]
+    assert lines["user_key"].to_list() == [key for _, _, _, key in ALL_BRANCHES]
+    expected_pairs = []
+    for i in range(len(ALL_BRANCHES)):
+        expected_pairs.append(
+            {"line_no": i + 1, "pos": 0, "seg_id": 100 + i, "seg_code": None,
+             "seg_member_id": None, "expiration": 1440, "timestamp": None, "value": 0,
+             "removal": False, "timestamp_invalid": False, "value_invalid": False,
+             "expiration_invalid": False}
+        )  # fmt: skip
+        expected_pairs.append(
+            {"line_no": i + 1, "pos": 1, "seg_id": None, "seg_code": f"c{i}",
+             "seg_member_id": None, "expiration": 0, "timestamp": None, "value": 0,
+             "removal": False, "timestamp_invalid": False, "value_invalid": False,
+             "expiration_invalid": False}
+        )  # fmt: skip
+    assert pairs.to_dicts() == expected_pairs
+
+
+def test_raw_is_compact_json_of_the_record():
+    records = [
+        user("anid", 12345, [segment(id=123)]),
+        user("device_id", {"id": "958cba26", "domain": "aaid"}, [segment(code="x", member_id=5)]),
+    ]
+    lines, _ = parse(write_fastavro(records))
+    seg = '"code":"","member_id":0,"expiration":0,"timestamp":0,"value":0'
+    assert lines["raw"].to_list() == [
+        '{"uid":{"long":12345},"segments":[{"id":123,' + seg + "}]}",
+        '{"uid":{"device_id":{"id":"958cba26","domain":"aaid"}},"segments":[{"id":0,'
+        '"code":"x","member_id":5,"expiration":0,"timestamp":0,"value":0}]}',
+    ]
+
+
+def test_external_id_owner_defaults_to_external_member_uid():
+    config = BatchSegmentConfig(external_member_uid=777, use_external_uids=True)
+    records = [
+        user("external_id", {"id": "u1", "member_id": 0}, [segment(id=1)]),
+        user("external_id", {"id": "u2", "member_id": 55}, [segment(id=1)]),
+    ]
+    lines, _ = parse(write_fastavro(records), config=config)
+    assert lines["user_key"].to_list() == ["777:u1", "55:u2"]
+
+
+@pytest.mark.parametrize(
+    ("branch", "value", "error"),
+    [
+        ("anid", 0, "anid 0 is not a valid user ID"),
+        ("ifa", {"id": "", "type": "idfa"}, "ifa id is empty"),
+        ("ifa", {"id": "abc", "type": ""}, "ifa type is empty"),
+        ("xfa", {"device_model_id": 1, "device_make_id": 2, "ip": ""}, "xfa ip is empty"),
+        ("external_id", {"id": "", "member_id": 3}, "external_id id is empty"),
+        ("device_id", {"id": "", "domain": "idfa"}, "device_id id is empty"),
+        ("eid", {"source": "", "id": "x"}, "eid source is empty"),
+        ("eid", {"source": "netid.de", "id": ""}, "eid id is empty"),
+    ],
+)
+def test_invalid_user_ids_are_user_errors(branch, value, error):
+    lines, pairs = parse(write_fastavro([user(branch, value, [segment(id=9)])]))
+    row = lines.row(0, named=True)
+    assert (row["format_error"], row["user_kind"], row["user_key"]) == (None, None, None)
+    assert row["user_error"] == error
+    assert pairs["seg_id"].to_list() == [9]  # pairs kept: the engine drops user errors
+
+
+def test_device_domain_outside_the_known_set_is_a_user_error():
+    device = {"type": "record", "name": "device_id", "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "domain", "type": {"type": "enum", "name": "domain",
+                                    "symbols": ["idfa", "sha1mac", "RIDA"]}}]}  # fmt: skip
+    s = custom_schema([device])
+    records = [
+        {"uid": {"id": "A", "domain": "sha1mac"}, "segments": [segment(id=1)]},
+        {"uid": {"id": "B", "domain": "RIDA"}, "segments": [segment(id=1)]},
+    ]
+    lines, _ = parse(write_fastavro(records, writer_schema=s))
+    assert lines["user_error"].to_list() == ["device_id domain 'sha1mac' is not supported", None]
+    assert lines["user_key"].to_list() == [None, "rida:b"]
+
+
+# --------------------------------------------------------------------------------------
+# Segment rules
+# --------------------------------------------------------------------------------------
+
+
+def test_segment_fields():
+    segs = [
+        segment(id=5, code="ignored", member_id=77, expiration=-1, timestamp=1320689131, value=7),
+        segment(code="auto_intender", member_id=400, expiration=-2),
+        segment(code="own_code", expiration=0, value=-2_147_483_648),
+        segment(id=6, expiration=-3),
+        segment(id=7, timestamp=-1),
+        segment(id=8, timestamp=MAX_TIMESTAMP_SECONDS),
+        segment(id=9, value=2_147_483_647),
+    ]
+    lines, pairs = parse(write_fastavro([user("anid", 42, segs)]))
+    assert lines["format_error"].to_list() == [None]
+    cols = ["seg_id", "seg_code", "seg_member_id", "expiration", "timestamp", "value",
+            "removal", "timestamp_invalid", "value_invalid", "expiration_invalid"]  # fmt: skip
+    assert pairs.select(cols).rows() == [
+        (5, None, None, -1, 1320689131, 7, False, False, False, False),
+        (None, "auto_intender", 400, -2, None, 0, False, False, False, False),
+        (None, "own_code", None, 0, None, -2_147_483_648, False, False, False, False),
+        (6, None, None, None, None, 0, False, False, False, True),
+        (7, None, None, 0, None, 0, False, True, False, False),
+        (8, None, None, 0, MAX_TIMESTAMP_SECONDS, 0, False, False, False, False),
+        (9, None, None, 0, None, 2_147_483_647, False, False, False, False),
+    ]  # fmt: skip
+    assert pairs["pos"].to_list() == list(range(7))
+
+
+def test_wide_custom_types_flag_out_of_range_values():
+    fields = [
+        {"name": "id", "type": "long", "default": 0},
+        {"name": "expiration", "type": "long", "default": 0},
+        {"name": "timestamp", "type": "long", "default": 0},
+        {"name": "value", "type": ["null", "long"], "default": None},
+    ]
+    s = custom_schema(["long"], segment_fields=fields)
+    segs = [
+        {"id": 1, "expiration": 5, "timestamp": MAX_TIMESTAMP_SECONDS + 1, "value": 2**31},
+        {"id": 2, "expiration": -(2**40), "timestamp": 10, "value": -(2**31) - 1},
+        {"id": 3, "expiration": 2**40, "timestamp": 0, "value": None},
+    ]
+    _, pairs = parse(write_fastavro([{"uid": 1, "segments": segs}], writer_schema=s))
+    cols = ["seg_id", "seg_code", "expiration", "timestamp", "value", "timestamp_invalid",
+            "value_invalid", "expiration_invalid"]  # fmt: skip
+    assert pairs.select(cols).rows() == [
+        (1, None, 5, None, None, True, True, False),
+        (2, None, None, 10, None, False, True, True),
+        (3, None, 2**40, None, None, False, False, False),
+    ]
+
+
+def test_absent_segment_fields_are_null():
+    s = custom_schema(["long"], segment_fields=[{"name": "code", "type": "string"}])
+    _, pairs = parse(write_fastavro([{"uid": 1, "segments": [{"code": "abc"}]}], writer_schema=s))
+    assert pairs.row(0, named=True) == {
+        "line_no": 1, "pos": 0, "seg_id": None, "seg_code": "abc", "seg_member_id": None,
+        "expiration": None, "timestamp": None, "value": None, "removal": False,
+        "timestamp_invalid": False, "value_invalid": False, "expiration_invalid": False,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("segs", "error"),
+    [
+        ([], "no segments"),
+        ([segment(id=1), segment(expiration=5)], "segment has neither id nor code"),
+        (
+            [segment(id=1)] * (MAX_SEGMENTS_PER_LINE + 1),
+            f"more than {MAX_SEGMENTS_PER_LINE} segments",
+        ),
+    ],
+)
+def test_format_errors_drop_the_whole_record(segs, error):
+    records = [
+        user("anid", 1, [segment(id=3)]),
+        user("anid", 2, segs),
+        user("anid", 3, [segment(id=4)]),
+    ]
+    lines, pairs = parse(write_fastavro(records))
+    assert lines["format_error"].to_list() == [None, error, None]
+    assert lines["user_kind"].to_list() == [1, None, 1]
+    assert lines["user_key"].to_list() == ["1", None, "3"]
+    assert pairs.select("line_no", "seg_id").rows() == [(1, 3), (3, 4)]
+
+
+def test_max_segments_per_record_is_accepted():
+    segs = [segment(id=i + 1) for i in range(MAX_SEGMENTS_PER_LINE)]
+    lines, pairs = parse(write_fastavro([user("anid", 1, segs)]))
+    assert lines["format_error"].to_list() == [None]
+    assert pairs.height == MAX_SEGMENTS_PER_LINE
+    assert pairs["pos"].to_list() == list(range(MAX_SEGMENTS_PER_LINE))
+
+
+# --------------------------------------------------------------------------------------
+# Custom schemas
+# --------------------------------------------------------------------------------------
+
+
+def test_custom_schema_with_extra_fields_and_a_subset_of_branches():
+    seg_fields = [
+        {"name": "note", "type": "string", "default": ""},
+        {"name": "code", "type": ["null", "string"], "default": None},
+        {"name": "id", "type": ["null", "int"], "default": None},
+        {"name": "expiration", "type": "int", "default": 0},
+        {"name": "weight", "type": "double", "default": 1.5},
+    ]
+    extra = [
+        {"name": "source_file", "type": "string"},
+        {"name": "attrs", "type": {"type": "map", "values": "bytes"}},
+    ]
+    s = custom_schema(["null", EID, IFA], segment_fields=seg_fields, extra=extra)
+    records = [
+        {"uid": ("com.example.eid", {"source": "NetID.de", "id": "Q1"}), "source_file": "a",
+         "attrs": {"k": b"\x00\xff"},
+         "segments": [{"note": "n", "code": None, "id": 10, "expiration": 60, "weight": 2.0}]},
+        {"uid": ("com.example.ifa", {"id": "X", "type": "aaid"}), "source_file": "b", "attrs": {},
+         "segments": [{"note": "", "code": "cc", "id": None, "expiration": -1, "weight": 0.0}]},
+        {"uid": None, "source_file": "c", "attrs": {}, "segments": [{"id": 1}]},
+    ]  # fmt: skip
+    lines, pairs = parse(write_fastavro(records, writer_schema=s))
+    assert lines["user_kind"].to_list() == [UserKind.EID, UserKind.IFA, None]
+    assert lines["user_key"].to_list() == ["netid.de:Q1", "aaid:x", None]
+    assert lines["format_error"].to_list() == [None, None, "uid has no recognised ID type"]
+    assert json.loads(lines["raw"][0])["uid"] == {"eid": {"source": "NetID.de", "id": "Q1"}}
+    assert json.loads(lines["raw"][0])["attrs"] == {"k": str(b"\x00\xff")}
+    assert pairs.select("line_no", "seg_id", "seg_code", "expiration", "value").rows() == [
+        (1, 10, None, 60, None),
+        (2, None, "cc", -1, None),
+    ]
+
+
+def test_uid_that_is_a_single_record_or_a_plain_long():
+    lines, _ = parse(write_fastavro([{"uid": {"id": "a", "type": "T"}, "segments": [segment(id=1)]}],
+                                    writer_schema=custom_schema(IFA)))  # fmt: skip
+    assert lines.select("user_kind", "user_key").row(0) == (UserKind.IFA, "t:a")
+    lines, _ = parse(write_fastavro([{"uid": -2, "segments": [segment(id=1)]}],
+                                    writer_schema=custom_schema("long")))  # fmt: skip
+    assert lines.select("user_kind", "user_key").row(0) == (UserKind.ANID, str(2**64 - 2))
+    assert json.loads(lines["raw"][0])["uid"] == -2
+
+
+def test_unknown_uid_branch_is_a_format_error():
+    other = {"type": "record", "name": "cookie", "fields": [{"name": "v", "type": "string"}]}
+    s = custom_schema(["long", other, "string"])
+    records = [
+        {"uid": ("com.example.cookie", {"v": "x"}), "segments": [segment(id=1)]},
+        {"uid": "abc", "segments": [segment(id=1)]},
+        {"uid": 5, "segments": [segment(id=1)]},
+    ]
+    lines, pairs = parse(write_fastavro(records, writer_schema=s))
+    assert lines["format_error"].to_list() == ["uid has no recognised ID type"] * 2 + [None]
+    assert json.loads(lines["raw"][0])["uid"] == {"cookie": {"v": "x"}}
+    assert pairs["line_no"].to_list() == [3]
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ([{"name": "segments", "type": {"type": "array", "items": "int"}}], "no `uid` field"),
+        ([{"name": "uid", "type": "long"}], "no `segments` field"),
+        ([{"name": "x", "type": "long"}], "no `uid` field and no `segments` field"),
+        ([{"name": "uid", "type": "string"},
+          {"name": "segments", "type": {"type": "array", "items": "int"}}], "no recognised ID"),
+        ([{"name": "uid", "type": "long"}, {"name": "segments", "type": "string"}],
+         "array of records"),
+        ([{"name": "uid", "type": "long"},
+          {"name": "segments", "type": {"type": "array", "items": {
+              "type": "record", "name": "s", "fields": [{"name": "v", "type": "int"}]}}}],
+         "neither an `id` nor a `code`"),
+    ],
+)  # fmt: skip
+def test_schema_without_uid_or_segments_is_rejected(fields, needle):
+    s = {"type": "record", "name": "other", "fields": fields}
+    err = error_of(write_fastavro([], writer_schema=s))
+    assert err.error_code == "avro_schema_invalid"
+    assert needle in err.message
+
+
+def test_non_record_schema_is_rejected():
+    buf = io.BytesIO()
+    fastavro.writer(buf, {"type": "array", "items": "long"}, [[1, 2]])
+    assert error_of(buf.getvalue()).error_code == "avro_schema_invalid"
+
+
+# --------------------------------------------------------------------------------------
+# Corrupt files
+# --------------------------------------------------------------------------------------
+
+
+def sample_records(n: int = 60) -> list:
+    out = []
+    for i in range(n):
+        branch, value, _, _ = ALL_BRANCHES[i % len(ALL_BRANCHES)]
+        out.append(user(branch, value, [segment(id=i + 1, value=i), segment(code=f"s{i}")]))
+    return out
+
+
+def header_length(data: bytes) -> int:
+    """Offset of the first block: the header ends with the first sync marker."""
+    reader = fastavro.reader(io.BytesIO(data))
+    sync = reader._header["sync"]  # noqa: SLF001
+    return data.index(sync) + len(sync)
+
+
+def test_not_avro_and_empty():
+    assert error_of(b"").error_code == "corrupt_avro"
+    assert error_of(b"Obj").error_code == "corrupt_avro"
+    assert error_of(b"12345,1:2\n").error_code == "corrupt_avro"
+    assert parse(write_fastavro([]))[0].height == 0  # a valid file without records
+
+
+def test_sync_marker_mismatch():
+    data = bytearray(write_fastavro(sample_records(), sync_interval=200))
+    last_sync = data.rindex(data[header_length(data) - 16 : header_length(data)])
+    data[last_sync + 3] ^= 0xFF
+    err = error_of(bytes(data))
+    assert err.error_code == "corrupt_avro"
+    assert "sync marker" in err.message
+
+
+def test_snappy_checksum_is_verified():
+    data = bytearray(write_fastavro(sample_records(5), codec="snappy"))
+    data[-17] ^= 0x01  # last byte of the only block's CRC
+    err = error_of(bytes(data))
+    assert (err.error_code, "checksum" in err.message) == ("corrupt_avro", True)
+
+
+def test_unknown_codec_is_refused():
+    data = write_fastavro(sample_records(3), codec="deflate").replace(b"deflate", b"brotlix", 1)
+    err = error_of(data)
+    assert err.error_code == "unsupported_compression"
+    assert "brotlix" in err.message
+
+
+def test_decompression_bomb_is_bounded():
+    bomb = [user("anid", 1, [segment(code="x" * 100_000)])] * 20  # ~2 MB, compresses to kB
+    data = write_fastavro(bomb, codec="deflate", sync_interval=10**9)
+    assert len(data) < 100_000
+    assert error_of(data, max_block_bytes=1 << 20).error_code == "decompression_limit_exceeded"
+    err = error_of(data, max_decompressed_bytes=1 << 20)
+    assert err.error_code == "decompression_limit_exceeded"
+    assert parse(data)[0].height == 20  # within the default limit of DEFAULT_MAX_BLOCK_BYTES
+    assert DEFAULT_MAX_BLOCK_BYTES >= 64 << 20
+
+
+def test_block_claiming_more_records_than_bytes():
+    data = bytearray(write_fastavro(sample_records(3)))
+    start = header_length(data)
+    assert data[start] == 6  # the record count, zig-zag encoded: 3
+    data[start : start + 1] = bytes([0xFE, 0xFF, 0x3F])  # 524287 records
+    err = error_of(bytes(data))
+    assert err.error_code == "corrupt_avro"
+    assert "claims 524287 records" in err.message
+
+
+@pytest.mark.parametrize("codec", ["null", "deflate", "snappy"])
+def test_truncated_at_every_offset_of_a_small_file(codec):
+    records = sample_records(12)
+    data = write_fastavro(records, codec=codec, sync_interval=300)
+    full, _ = parse(data)
+    raws = full["raw"].to_list()
+    for cut in range(len(data)):
+        check_prefix_or_corrupt(data[:cut], raws)
+
+
+def check_prefix_or_corrupt(data: bytes, raws: list[str]) -> None:
+    try:
+        lines, _ = parse(data)
+    except InputError as exc:
+        assert exc.error_code == "corrupt_avro", exc.message
+        return
+    assert lines["raw"].to_list() == raws[: lines.height]
+
+
+CORRUPTION_FILES = {
+    codec: write_fastavro(sample_records(40), codec=codec, sync_interval=400)
+    for codec in ("null", "deflate", "snappy")
+}
+CORRUPTION_FILES["apache-deflate"] = write_apache(sample_records(40), codec="deflate")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(sorted(CORRUPTION_FILES)),
+    cut=st.floats(0, 1),
+)
+def test_truncated_files_parse_a_prefix_or_fail_cleanly(name, cut):
+    data = CORRUPTION_FILES[name]
+    raws = parse(data)[0]["raw"].to_list()
+    check_prefix_or_corrupt(data[: int(len(data) * cut)], raws)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(sorted(CORRUPTION_FILES)),
+    flips=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 255)), min_size=1, max_size=4),
+    cut=st.one_of(st.none(), st.floats(0, 1)),
+)
+def test_flipped_bytes_fail_cleanly(name, flips, cut):
+    data = bytearray(CORRUPTION_FILES[name])
+    head = header_length(bytes(data))
+    positions = []
+    for where, mask in flips:
+        pos = min(int(where * len(data)), len(data) - 1)
+        data[pos] ^= mask
+        positions.append(pos)
+    if cut is not None:
+        data = data[: int(len(data) * cut)]
+    try:
+        lines, pairs = parse(bytes(data))
+    except InputError as exc:
+        allowed = {"corrupt_avro"}
+        if min(positions) < head:  # the header, schema and codec included, was damaged
+            allowed |= {"avro_schema_invalid", "unsupported_compression"}
+        assert exc.error_code in allowed, (exc.error_code, exc.message)
+        return
+    assert lines.schema == pl.Schema(LINE_SCHEMA)
+    assert pairs.schema == pl.Schema(PAIR_SCHEMA)
+
+
+def test_reading_is_streamed():
+    class Counting(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self.inner = io.BytesIO(data)
+            self.consumed = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer) -> int:
+            n = self.inner.readinto(buffer)
+            self.consumed += n
+            return n
+
+    records = [user("anid", i + 1, [segment(id=1, code="x" * 200)]) for i in range(30_000)]
+    data = write_fastavro(records)
+    stream = Counting(data)
+    chunks = iter_avro_chunks(stream, CONFIG, MEMBER, records_per_chunk=1000)
+    first = next(chunks)
+    assert first.lines.height == 1000
+    assert stream.consumed < len(data) // 2  # not the whole file
+    assert 0 < first.input_offset <= stream.consumed
+    offsets = [first.input_offset] + [c.input_offset for c in chunks]
+    assert offsets == sorted(offsets) and offsets[-1] == len(data)
+
+
+# --------------------------------------------------------------------------------------
+# Chunking, and the way in through read_chunks (gzip)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", ["null", "deflate"])
+def test_chunking_invariance(codec):
+    records = sample_records(57)
+    records[10] = user("anid", 0, [segment(id=1)])
+    records[20] = user("anid", 5, [])
+    data = write_fastavro(records, codec=codec, sync_interval=500)
+    one = list(iter_avro_chunks(io.BytesIO(data), CONFIG, MEMBER, records_per_chunk=1))
+    big = list(iter_avro_chunks(io.BytesIO(data), CONFIG, MEMBER, records_per_chunk=100_000))
+    seven = list(iter_avro_chunks(io.BytesIO(data), CONFIG, MEMBER, records_per_chunk=7))
+    assert [c.lines.height for c in one] == [1] * 57
+    assert len(big) == 1 and len(seven) == 9
+    for chunks in (one, seven):
+        assert pl.concat([c.lines for c in chunks]).equals(big[0].lines)
+        assert pl.concat([c.pairs for c in chunks]).equals(big[0].pairs)
+    assert one[-1].input_offset == big[0].input_offset == len(data)
+
+
+def test_gzipped_avro_through_read_chunks(tmp_path):
+    records = sample_records(25)
+    path = tmp_path / "upload.avro.gz"
+    path.write_bytes(gzip.compress(write_fastavro(records, codec="deflate")))
+    with open_input(path, 10 << 20) as source:
+        assert source.kind == "avro"
+        chunks = list(read_chunks(source, config=CONFIG, member_id=MEMBER, chunk_bytes=1 << 20))
+    lines = pl.concat([c.lines for c in chunks])
+    assert lines.height == 25
+    assert lines["user_key"].to_list()[:2] == [ALL_BRANCHES[0][3], ALL_BRANCHES[1][3]]
