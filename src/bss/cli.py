@@ -99,5 +99,145 @@ def validate(
         raise typer.Exit(1)
 
 
+def _settings(**overrides: object):  # type: ignore[no-untyped-def]
+    from bss.settings import Settings
+
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8080, "--port", help="TCP port."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Database, stores, uploads (default ./bss-data or BSS_DATA_DIR)."),
+    public_url: str | None = typer.Option(None, "--public-url", help="Base of upload URLs handed to clients (default: the request's base URL)."),
+    workers: int | None = typer.Option(None, "--workers", help="Worker threads processing jobs (BSS_WORKERS)."),
+) -> None:
+    """Run the HTTP API with its workers and retention sweeps (nothing else to start)."""
+    from bss.api.logs import configure_logging
+    from bss.api.server import serve as run
+
+    configure_logging()
+    run(_settings(data_dir=data_dir, public_url=public_url, workers=workers), host, port)
+
+
+@app.command()
+def worker(
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Same data dir / BSS_DATABASE_URL as the API."),
+    workers: int | None = typer.Option(None, "--workers", help="Worker threads (BSS_WORKERS)."),
+) -> None:
+    """Process queued jobs only (no HTTP); run several for more throughput."""
+    from bss.api.logs import configure_logging
+    from bss.api.server import run_worker
+
+    configure_logging()
+    run_worker(_settings(data_dir=data_dir, workers=workers))
+
+
+_URL = typer.Option("http://127.0.0.1:8080", "--url", envvar="BSS_URL", help="Service base URL.")
+_USER = typer.Option(..., "--username", envvar="BSS_USERNAME", help="Login (or BSS_USERNAME).")
+_PASS = typer.Option(..., "--password", envvar="BSS_PASSWORD", help="Password (or BSS_PASSWORD).")
+_MEMBER = typer.Option(..., "--member-id", help="The member the job belongs to.")
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
+@app.command()
+def upload(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Segment file (gzip or plain, legacy or Avro)."),
+    member_id: int = _MEMBER,
+    url: str = _URL,
+    username: str = _USER,
+    password: str = _PASS,
+    poll: float = typer.Option(1.0, "--poll", help="Seconds between status checks."),
+) -> None:
+    """Upload a file, follow the job until completed or error, print the job as JSON."""
+    import httpx
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from bss.client import BssClient, BssError
+
+    try:
+        with BssClient(url, username, password) as client:
+            job = client.create_job(member_id)
+            size = file.stat().st_size
+            with Progress(
+                "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                transient=False,
+            ) as bar:
+                up = bar.add_task("uploading", total=size)
+                client.upload(job["upload_url"], file, progress=lambda n: bar.advance(up, n))
+                work = bar.add_task("processing", total=100)
+
+                def on_update(j: dict) -> None:
+                    bar.update(work, completed=j.get("percent_complete") or 0, description=j["phase"])
+
+                final = client.wait(member_id, job["job_id"], poll=poll, on_update=on_update)
+    except (BssError, httpx.HTTPError) as exc:
+        raise _fail(exc) from exc
+    json.dump(final, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    if final["phase"] != "completed":
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    job_id: str = typer.Argument(..., help="The job_id (40 characters)."),
+    member_id: int = _MEMBER,
+    url: str = _URL,
+    username: str = _USER,
+    password: str = _PASS,
+) -> None:
+    """Print one job as JSON."""
+    import httpx
+
+    from bss.client import BssClient, BssError
+
+    try:
+        with BssClient(url, username, password) as client:
+            job = client.get_job(member_id, job_id)
+    except (BssError, httpx.HTTPError) as exc:
+        raise _fail(exc) from exc
+    json.dump(job, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+@app.command()
+def jobs(
+    member_id: int = _MEMBER,
+    url: str = _URL,
+    username: str = _USER,
+    password: str = _PASS,
+    start_element: int = typer.Option(0, "--start-element"),
+    num_elements: int = typer.Option(100, "--num-elements"),
+    sort: str | None = typer.Option(None, "--sort", help="e.g. last_modified.desc"),
+) -> None:
+    """List the member's jobs of the last 30 days as a table."""
+    import httpx
+    from rich.console import Console
+    from rich.table import Table
+
+    from bss.client import BssClient, BssError
+
+    try:
+        with BssClient(url, username, password) as client:
+            body = client.list_jobs(member_id, start_element=start_element, num_elements=num_elements, sort=sort)
+    except (BssError, httpx.HTTPError) as exc:
+        raise _fail(exc) from exc
+    table = Table(title=f"jobs of member {member_id} ({body['count']} total)")
+    for col in ("id", "job_id", "phase", "percent", "num_valid", "error_code", "last_modified"):
+        table.add_column(col)
+    for j in body["batch_segment_upload_job"]:
+        table.add_row(
+            str(j["id"]), j["job_id"], j["phase"], str(j["percent_complete"]), str(j["num_valid"]),
+            str(j["error_code"] or ""), j["last_modified"],
+        )
+    Console().print(table)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()

@@ -1,14 +1,27 @@
 """The relational store (members, users, segments, configs, jobs, passive claims).
 
 One SQLAlchemy Core code path for SQLite (the embedded default) and PostgreSQL; each domain
-declares its tables on `metadata` in its own module.
+declares its tables on `metadata` in its own module, and `init_db` imports them all.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import time
+from datetime import UTC, datetime
+
 from sqlalchemy import Engine, MetaData, create_engine, event
 
 metadata = MetaData()
+
+#: Modules declaring tables on `metadata`; the passive one is another engineer's.
+TABLE_MODULES = (
+    "bss.accounts.models",
+    "bss.segments.models",
+    "bss.jobs.models",
+    "bss.passive.models",
+)
 
 
 def make_engine(url: str) -> Engine:
@@ -21,7 +34,43 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def init_db(engine: Engine) -> None:
+    """Create every domain's tables (idempotent)."""
+    for name in TABLE_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+    metadata.create_all(engine)
+
+
+def now_s() -> int:
+    """Current UNIX time in whole seconds (what every table stores)."""
+    return int(time.time())
+
+
+def fmt_ts(ts: int | float | None) -> str | None:
+    """UNIX seconds -> the documented "YYYY-MM-DD HH:MM:SS" (UTC); None stays None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def parse_ts(text: str) -> int:
+    """The documented date form (also with "+" or "T" between date and time) -> UNIX seconds."""
+    value = text.strip().replace("+", " ").replace("T", " ")
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
+        try:
+            return int(datetime.strptime(value, fmt).replace(tzinfo=UTC).timestamp())
+        except ValueError:
+            continue
+    raise ValueError(f"not a date: {text!r}; use YYYY-MM-DD HH:MM:SS")

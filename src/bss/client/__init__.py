@@ -1,0 +1,181 @@
+"""`BssClient`: a small Python client for the documented API (httpx, streaming uploads).
+
+    client = BssClient("http://127.0.0.1:8080", "user", "password")
+    job = client.upload_file(member_id=1, path=Path("segments.txt.gz"))
+    print(job["phase"], job["num_valid"])
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+CHUNK = 1 << 20
+FINAL_PHASES = ("completed", "error")
+
+
+class BssError(Exception):
+    """An ERROR envelope (or a non-JSON failure) from the service."""
+
+    def __init__(self, status_code: int, response: dict[str, Any]) -> None:
+        self.status_code = status_code
+        self.response = response
+        self.error_id = response.get("error_id")
+        self.error_code = response.get("error_code")
+        self.errors = response.get("errors")
+        text = response.get("error") or "; ".join(response.get("errors") or []) or str(response)
+        super().__init__(f"HTTP {status_code}: {self.error_id or self.error_code}: {text}")
+
+
+class BssClient:
+    def __init__(self, base_url: str, username: str, password: str, *, timeout: float = 60.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.username = username
+        self.password = password
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self.token: str | None = None
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> BssClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _unwrap(resp: httpx.Response) -> dict[str, Any]:
+        try:
+            body = resp.json()["response"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BssError(resp.status_code, {"error": resp.text[:500]}) from exc
+        if body.get("status") != "OK":
+            raise BssError(resp.status_code, body)
+        return body
+
+    def login(self) -> str:
+        resp = self.http.post("/auth", json={"auth": {"username": self.username, "password": self.password}})
+        self.token = self._unwrap(resp)["token"]
+        return self.token
+
+    def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """Send with the token; log in again once when the service answers NOAUTH."""
+        if self.token is None:
+            self.login()
+        for attempt in (0, 1):
+            headers = {**kwargs.pop("headers", {}), "Authorization": self.token or ""}
+            resp = self.http.request(method, path, headers=headers, **kwargs)
+            try:
+                return self._unwrap(resp)
+            except BssError as exc:
+                if exc.error_id == "NOAUTH" and attempt == 0:
+                    self.login()
+                    continue
+                if resp.status_code == 429 and exc.error_code == "RATE_EXCEEDED" and attempt == 0:
+                    time.sleep(min(60, int(resp.headers.get("Retry-After", "1"))))
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _one(job: Any) -> dict[str, Any]:
+        return job[0] if isinstance(job, list) else job
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def create_job(self, member_id: int) -> dict[str, Any]:
+        body = self.request("POST", "/batch-segment", params={"member_id": member_id})
+        return self._one(body["batch_segment_upload_job"])
+
+    def upload(
+        self, upload_url: str, path: Path, *, progress: Callable[[int], None] | None = None
+    ) -> dict[str, Any]:
+        """Stream the file to the job's upload URL (never read whole into memory)."""
+        size = path.stat().st_size
+
+        def chunks() -> Iterator[bytes]:
+            with path.open("rb") as fh:
+                while block := fh.read(CHUNK):
+                    if progress is not None:
+                        progress(len(block))
+                    yield block
+
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(size),
+            "Authorization": self.token or "",
+        }
+        resp = self.http.post(upload_url, content=chunks(), headers=headers, timeout=None)
+        return self._one(self._unwrap(resp)["batch_segment_upload_job"])
+
+    def get_job(self, member_id: int, job_id: str) -> dict[str, Any]:
+        body = self.request("GET", "/batch-segment", params={"member_id": member_id, "job_id": job_id})
+        return self._one(body["batch_segment_upload_job"])
+
+    def list_jobs(
+        self, member_id: int, *, start_element: int = 0, num_elements: int = 100, sort: str | None = None
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"member_id": member_id, "start_element": start_element, "num_elements": num_elements}
+        if sort:
+            params["sort"] = sort
+        return self.request("GET", "/batch-segment", params=params)
+
+    def wait(
+        self,
+        member_id: int,
+        job_id: str,
+        *,
+        poll: float = 1.0,
+        timeout: float | None = None,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get_job(member_id, job_id)
+            if on_update is not None:
+                on_update(job)
+            if job["phase"] in FINAL_PHASES:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['phase']} after {timeout}s")
+            time.sleep(poll)
+
+    def upload_file(
+        self, member_id: int, path: Path, *, wait: bool = True, poll: float = 1.0, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Create a job, stream the file, and (by default) wait until completed or error."""
+        job = self.create_job(member_id)
+        self.upload(job["upload_url"], path)
+        if not wait:
+            return self.get_job(member_id, job["job_id"])
+        return self.wait(member_id, job["job_id"], poll=poll, timeout=timeout)
+
+    def error_report(self, member_id: int, job_id: str) -> str:
+        if self.token is None:
+            self.login()
+        resp = self.http.get(
+            "/batch-segment/error-report",
+            params={"member_id": member_id, "job_id": job_id},
+            headers={"Authorization": self.token or ""},
+        )
+        if resp.status_code != 200:
+            self._unwrap(resp)
+        return resp.text
+
+    # --- lookups ----------------------------------------------------------------------------
+
+    def user_segments(self, member_id: int | None = None, **user: Any) -> list[dict[str, Any]]:
+        params = {**user}
+        if member_id is not None:
+            params["member_id"] = member_id
+        return self.request("GET", "/user-segments", params=params)["segments"]
+
+
+__all__ = ["BssClient", "BssError"]

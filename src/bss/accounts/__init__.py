@@ -1,0 +1,1 @@
+"""Members, users, login tokens."""

@@ -1,0 +1,310 @@
+"""Accounts: password hashing (argon2), logins, tokens, members and users."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Engine, delete, func, insert, select, update
+
+from bss.accounts.models import logins, members, tokens, users
+from bss.api.envelope import ApiError, noauth, notfound, syntax
+from bss.db import fmt_ts, now_s
+from bss.settings import Settings
+
+USER_TYPES = ("admin", "member", "data_provider")
+_hasher = PasswordHasher()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: int
+    username: str
+    user_type: str
+    member_id: int | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user_type == "admin"
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def ensure_admin(db: Engine, settings: Settings) -> None:
+    """First start: create the admin named by BSS_ADMIN_USERNAME / BSS_ADMIN_PASSWORD."""
+    if not (settings.admin_username and settings.admin_password):
+        return
+    with db.begin() as conn:
+        exists = conn.execute(
+            select(users.c.id).where(users.c.username == settings.admin_username)
+        ).first()
+        if exists:
+            return
+        now = now_s()
+        conn.execute(
+            insert(users).values(
+                username=settings.admin_username,
+                password_hash=hash_password(settings.admin_password),
+                user_type="admin",
+                member_id=None,
+                created_on=now,
+                last_modified=now,
+            )
+        )
+
+
+def login(db: Engine, settings: Settings, username: str, password: str) -> str:
+    with db.connect() as conn:
+        row = conn.execute(select(users).where(users.c.username == username)).mappings().first()
+    if row is None or not verify_password(row["password_hash"], password):
+        raise ApiError("UNAUTH", "No match found for user/pass", http_status=401)
+    now = now_s()
+    with db.begin() as conn:
+        recent = conn.execute(
+            select(func.count())
+            .select_from(logins)
+            .where(logins.c.user_id == row["id"], logins.c.at > now - settings.login_window_seconds)
+        ).scalar_one()
+        if recent >= settings.logins_per_window:
+            raise ApiError(
+                "UNAUTH",
+                f"Too many logins: at most {settings.logins_per_window} per "
+                f"{settings.login_window_seconds // 60} minutes per user; reuse your token",
+                http_status=429,
+                error_code="LOGIN_RATE_EXCEEDED",
+                headers={"Retry-After": str(settings.login_window_seconds)},
+            )
+        conn.execute(insert(logins).values(user_id=row["id"], at=now))
+        token = secrets.token_hex(24)
+        conn.execute(
+            insert(tokens).values(
+                token_hash=_token_hash(token),
+                user_id=row["id"],
+                expires_at=now + settings.token_ttl_seconds,
+            )
+        )
+    return token
+
+
+def principal_for_token(db: Engine, token: str | None) -> Principal:
+    if not token:
+        raise noauth()
+    with db.connect() as conn:
+        row = (
+            conn.execute(
+                select(users.c.id, users.c.username, users.c.user_type, users.c.member_id, tokens.c.expires_at)
+                .select_from(tokens.join(users, users.c.id == tokens.c.user_id))
+                .where(tokens.c.token_hash == _token_hash(token))
+            )
+            .mappings()
+            .first()
+        )
+    if row is None or row["expires_at"] <= now_s():
+        raise noauth("Authentication failed - token expired or invalid; log in again")
+    return Principal(row["id"], row["username"], row["user_type"], row["member_id"])
+
+
+def logout(db: Engine, token: str) -> None:
+    with db.begin() as conn:
+        conn.execute(delete(tokens).where(tokens.c.token_hash == _token_hash(token)))
+
+
+def purge_auth(db: Engine, settings: Settings) -> None:
+    now = now_s()
+    with db.begin() as conn:
+        conn.execute(delete(tokens).where(tokens.c.expires_at <= now))
+        conn.execute(delete(logins).where(logins.c.at <= now - settings.login_window_seconds))
+
+
+# --- members -------------------------------------------------------------------------------
+
+
+def member_out(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "state": row["state"],
+        "created_on": fmt_ts(row["created_on"]),
+        "last_modified": fmt_ts(row["last_modified"]),
+    }
+
+
+def list_members(db: Engine, member_id: int | None = None) -> list[dict[str, Any]]:
+    q = select(members).order_by(members.c.id)
+    if member_id is not None:
+        q = q.where(members.c.id == member_id)
+    with db.connect() as conn:
+        return [member_out(r) for r in conn.execute(q).mappings()]
+
+
+def get_member(db: Engine, member_id: int) -> dict[str, Any]:
+    found = list_members(db, member_id)
+    if not found:
+        raise notfound(f"member {member_id} not found")
+    return found[0]
+
+
+def create_member(db: Engine, data: dict[str, Any]) -> dict[str, Any]:
+    now = now_s()
+    values: dict[str, Any] = {
+        "name": str(data.get("name") or ""),
+        "state": _state(data.get("state", "active")),
+        "created_on": now,
+        "last_modified": now,
+    }
+    if data.get("id") is not None:
+        values["id"] = _int(data["id"], "id")
+    with db.begin() as conn:
+        if "id" in values and conn.execute(select(members.c.id).where(members.c.id == values["id"])).first():
+            raise syntax(f"member {values['id']} already exists")
+        new_id = conn.execute(insert(members).values(**values)).inserted_primary_key[0]
+    return get_member(db, int(new_id))
+
+
+def update_member(db: Engine, member_id: int, data: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {"last_modified": now_s()}
+    if "name" in data:
+        values["name"] = str(data["name"] or "")
+    if "state" in data:
+        values["state"] = _state(data["state"])
+    with db.begin() as conn:
+        if conn.execute(update(members).where(members.c.id == member_id).values(**values)).rowcount == 0:
+            raise notfound(f"member {member_id} not found")
+    return get_member(db, member_id)
+
+
+def delete_member(db: Engine, member_id: int) -> None:
+    with db.begin() as conn:
+        conn.execute(delete(users).where(users.c.member_id == member_id))
+        if conn.execute(delete(members).where(members.c.id == member_id)).rowcount == 0:
+            raise notfound(f"member {member_id} not found")
+
+
+def member_exists(db: Engine, member_id: int) -> bool:
+    with db.connect() as conn:
+        return conn.execute(select(members.c.id).where(members.c.id == member_id)).first() is not None
+
+
+# --- users ---------------------------------------------------------------------------------
+
+
+def user_out(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "username": row["username"],
+        "user_type": row["user_type"],
+        "member_id": row["member_id"],
+        "created_on": fmt_ts(row["created_on"]),
+        "last_modified": fmt_ts(row["last_modified"]),
+    }
+
+
+def list_users(db: Engine, *, user_id: int | None = None, member_id: int | None = None) -> list[dict[str, Any]]:
+    q = select(users).order_by(users.c.id)
+    if user_id is not None:
+        q = q.where(users.c.id == user_id)
+    if member_id is not None:
+        q = q.where(users.c.member_id == member_id)
+    with db.connect() as conn:
+        return [user_out(r) for r in conn.execute(q).mappings()]
+
+
+def get_user(db: Engine, user_id: int) -> dict[str, Any]:
+    found = list_users(db, user_id=user_id)
+    if not found:
+        raise notfound(f"user {user_id} not found")
+    return found[0]
+
+
+def _check_user_fields(db: Engine, user_type: str, member_id: int | None) -> None:
+    if user_type not in USER_TYPES:
+        raise syntax(f"user_type must be one of {', '.join(USER_TYPES)}")
+    if user_type != "admin":
+        if member_id is None:
+            raise syntax("member_id is required for member and data_provider users")
+        if not member_exists(db, member_id):
+            raise syntax(f"member {member_id} does not exist")
+
+
+def create_user(db: Engine, data: dict[str, Any]) -> dict[str, Any]:
+    username = str(data.get("username") or "").strip()
+    password = data.get("password")
+    if not username or not isinstance(password, str) or len(password) < 8:
+        raise syntax("username and a password of at least 8 characters are required")
+    user_type = str(data.get("user_type") or "member")
+    member_id = _int(data["member_id"], "member_id") if data.get("member_id") is not None else None
+    _check_user_fields(db, user_type, member_id)
+    now = now_s()
+    with db.begin() as conn:
+        if conn.execute(select(users.c.id).where(users.c.username == username)).first():
+            raise syntax(f"username {username!r} is taken")
+        new_id = conn.execute(
+            insert(users).values(
+                username=username,
+                password_hash=hash_password(password),
+                user_type=user_type,
+                member_id=None if user_type == "admin" else member_id,
+                created_on=now,
+                last_modified=now,
+            )
+        ).inserted_primary_key[0]
+    return get_user(db, int(new_id))
+
+
+def update_user(db: Engine, user_id: int, data: dict[str, Any]) -> dict[str, Any]:
+    current = get_user(db, user_id)
+    values: dict[str, Any] = {"last_modified": now_s()}
+    if data.get("password") is not None:
+        if not isinstance(data["password"], str) or len(data["password"]) < 8:
+            raise syntax("password must have at least 8 characters")
+        values["password_hash"] = hash_password(data["password"])
+    user_type = str(data.get("user_type") or current["user_type"])
+    member_id = data.get("member_id", current["member_id"])
+    member_id = _int(member_id, "member_id") if member_id is not None else None
+    _check_user_fields(db, user_type, member_id)
+    values["user_type"] = user_type
+    values["member_id"] = None if user_type == "admin" else member_id
+    with db.begin() as conn:
+        conn.execute(update(users).where(users.c.id == user_id).values(**values))
+        if "password_hash" in values:  # a new password ends existing sessions
+            conn.execute(delete(tokens).where(tokens.c.user_id == user_id))
+    return get_user(db, user_id)
+
+
+def delete_user(db: Engine, user_id: int) -> None:
+    with db.begin() as conn:
+        conn.execute(delete(tokens).where(tokens.c.user_id == user_id))
+        conn.execute(delete(logins).where(logins.c.user_id == user_id))
+        if conn.execute(delete(users).where(users.c.id == user_id)).rowcount == 0:
+            raise notfound(f"user {user_id} not found")
+
+
+def _state(value: Any) -> str:
+    text = str(value or "active").lower()
+    if text not in ("active", "inactive"):
+        raise syntax("state must be active or inactive")
+    return text
+
+
+def _int(value: Any, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise syntax(f"{name} must be an integer") from exc

@@ -1,0 +1,127 @@
+"""The FastAPI application: `create_app(settings)`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse
+from sqlalchemy import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bss.accounts.service import ensure_admin
+from bss.accounts.views import router as accounts_router
+from bss.api.deps import RateLimiter
+from bss.api.envelope import ApiError
+from bss.api.lookup import router as lookup_router
+from bss.api.metrics import COUNTERS, render
+from bss.db import init_db, make_engine
+from bss.jobs.service import JobService
+from bss.jobs.views import router as jobs_router
+from bss.jobs.worker import StoreHandle
+from bss.segments.views import router as segments_router
+from bss.settings import Settings
+
+log = logging.getLogger("bss.api")
+
+_HTTP_IDS = {401: "NOAUTH", 403: "UNAUTH", 404: "NOTFOUND", 405: "SYNTAX", 413: "SYNTAX", 429: "SYSTEM"}
+
+
+class AccessLog:
+    """Pure ASGI access log (keeps request bodies streaming untouched)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def _send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, _send)
+        finally:
+            COUNTERS.inc("bss_http_requests_total")
+            client = scope.get("client")
+            log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status[0],
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                    "client": client[0] if client else None,
+                },
+            )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    db: Engine | None = None,
+    stores: StoreHandle | None = None,
+) -> FastAPI:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if db is None:
+        db = make_engine(settings.resolved_database_url)
+        init_db(db)
+    ensure_admin(db, settings)
+    app = FastAPI(
+        title="Batch Segment Service",
+        version="0.1.0",
+        description="Self-hostable Batch Segment Service; every response is wrapped as {\"response\": {...}}.",
+    )
+    app.state.settings = settings
+    app.state.db = db
+    app.state.jobs = JobService(db, settings)
+    app.state.stores = stores or StoreHandle(settings.resolved_store_url)
+    app.state.limiter = RateLimiter(settings.requests_per_minute)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> Any:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> Any:
+        error_id = _HTTP_IDS.get(exc.status_code, "SYNTAX" if exc.status_code < 500 else "SYSTEM")
+        return ApiError(error_id, str(exc.detail), http_status=exc.status_code).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> Any:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return ApiError("SYNTAX", f"{where}: {first.get('msg', 'invalid request')}", http_status=400).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Any:
+        log.exception("unhandled error", extra={"path": request.url.path})
+        return ApiError("SYSTEM", "Internal error; see the server log", http_status=500).response()
+
+    app.add_middleware(AccessLog)
+
+    app.include_router(accounts_router)
+    app.include_router(segments_router)
+    app.include_router(jobs_router)
+    app.include_router(lookup_router)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(
+            render(app.state.jobs.counts_by_phase()), media_type="text/plain; version=0.0.4"
+        )
+
+    @app.get("/health", tags=["ops"], summary="Liveness")
+    def health() -> Any:
+        return {"response": {"status": "OK", "dbg_info": {"output_term": None}}}
+
+    return app

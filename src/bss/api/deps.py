@@ -1,0 +1,125 @@
+"""Request-scoped helpers: the caller (token from header or cookie), member scope, throttling."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from bss.accounts.service import Principal, principal_for_token
+from bss.api.envelope import ApiError, syntax, unauth
+
+TOKEN_COOKIE = "bss_token"
+
+
+def token_of(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        header = header.strip()
+        scheme, _, rest = header.partition(" ")
+        if rest and scheme.lower() in ("bearer", "token"):
+            header = rest.strip()
+        return header or None
+    return request.cookies.get(TOKEN_COOKIE)
+
+
+def principal(request: Request) -> Principal:
+    """Dependency: the authenticated caller (NOAUTH otherwise); throttled per member."""
+    found = principal_for_token(request.app.state.db, token_of(request))
+    request.state.principal = found
+    if found.member_id is not None:
+        request.app.state.limiter.hit(f"member:{found.member_id}")
+    else:
+        member = request.query_params.get("member_id")
+        request.app.state.limiter.hit(f"member:{member}" if member else f"user:{found.user_id}")
+    return found
+
+
+async def principal_async(request: Request) -> Principal:
+    return await run_in_threadpool(principal, request)
+
+
+def require_admin(p: Principal) -> None:
+    if not p.is_admin:
+        raise unauth("This service is available to admin users only")
+
+
+def member_scope(p: Principal, member_id: Any, *, required: bool = True) -> int | None:
+    """The member a request acts for: a non-admin only ever acts for its own member."""
+    if member_id in (None, ""):
+        if p.is_admin:
+            if required:
+                raise syntax("member_id is required")
+            return None
+        return p.member_id
+    try:
+        mid = int(member_id)
+    except (TypeError, ValueError) as exc:
+        raise syntax("member_id must be an integer") from exc
+    if not p.is_admin and mid != p.member_id:
+        raise unauth(f"You have no access to member {mid}")
+    return mid
+
+
+def can_touch(p: Principal, member_id: int) -> bool:
+    return p.is_admin or p.member_id == member_id
+
+
+class RateLimiter:
+    """Fixed one-minute windows per key (per process): HTTP 429 + Retry-After when over."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._lock = threading.Lock()
+        self._windows: dict[str, tuple[int, int]] = {}
+
+    def hit(self, key: str) -> None:
+        if self.per_minute <= 0:
+            return
+        now = time.time()
+        window = int(now // 60)
+        with self._lock:
+            start, count = self._windows.get(key, (window, 0))
+            if start != window:
+                start, count = window, 0
+            count += 1
+            self._windows[key] = (start, count)
+            if len(self._windows) > 10_000:
+                self._windows = {k: v for k, v in self._windows.items() if v[0] == window}
+        if count > self.per_minute:
+            retry = max(1, int((window + 1) * 60 - now) + 1)
+            raise ApiError(
+                "SYSTEM",
+                f"Too many requests: at most {self.per_minute} per minute per member",
+                http_status=429,
+                error_code="RATE_EXCEEDED",
+                headers={"Retry-After": str(retry)},
+            )
+
+
+def int_param(request: Request, name: str, default: int | None = None, *, minimum: int | None = None) -> int | None:
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise syntax(f"{name} must be an integer") from exc
+    if minimum is not None and value < minimum:
+        raise syntax(f"{name} must be at least {minimum}")
+    return value
+
+
+async def json_body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        import json
+
+        return json.loads(raw)
+    except ValueError as exc:
+        raise syntax(f"request body is not valid JSON: {exc}") from exc

@@ -1,0 +1,484 @@
+"""Batch segment upload jobs: creation, upload state, the queue, history and retention.
+
+The `jobs` table is the queue: a worker claims the oldest waiting job by setting a lease
+(`claimed_until`) with a guarded UPDATE (PostgreSQL: after SELECT ... FOR UPDATE SKIP
+LOCKED), renews it while working, and a job whose lease ran out is claimed again.
+
+`JobService(engine_or_db, settings)` is also the entry point the passive scanners use:
+`submit_file(...)` and `get_job(...)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import string
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
+
+from bss.api.envelope import (
+    ERR_PENDING,
+    RATE_LIMIT_EXCEEDED,
+    syntax,
+    upload_limit,
+)
+from bss.db import fmt_ts, init_db, is_sqlite, make_engine, now_s
+from bss.ingest.result import COUNTER_NAMES
+from bss.jobs.models import PHASES, jobs
+from bss.settings import Settings
+
+log = logging.getLogger("bss.jobs")
+
+_ALPHABET = string.ascii_letters + string.digits
+JOB_ID_LENGTH = 40
+#: Phases in which a job waits for (or is being worked by) a worker.
+QUEUED_PHASES = ("validating", "processing")
+UPLOAD_SOURCES = ("api", "s3", "folder")
+
+#: Fields one may filter and sort the job history by (GET /batch-segment/meta).
+SORT_FIELDS = {
+    "id": "int",
+    "job_id": "string",
+    "member_id": "int",
+    "phase": "string",
+    "upload_source": "string",
+    "created_on": "date",
+    "last_modified": "date",
+    "start_time": "date",
+    "uploaded_time": "date",
+    "validated_time": "date",
+    "completed_time": "date",
+    "percent_complete": "int",
+    **{name: "int" for name in COUNTER_NAMES},
+}
+FILTER_FIELDS = {
+    "id": "int",
+    "job_id": "string",
+    "phase": "string",
+    "upload_source": "string",
+    "min_last_modified": "date",
+    "max_last_modified": "date",
+}
+
+
+def new_job_id() -> str:
+    """40 random alphanumerics (~238 bits): the upload URL is unguessable."""
+    return "".join(secrets.choice(_ALPHABET) for _ in range(JOB_ID_LENGTH))
+
+
+class JobService:
+    def __init__(self, engine_or_db: Engine | str, settings: Settings) -> None:
+        if isinstance(engine_or_db, str):
+            engine_or_db = make_engine(engine_or_db)
+            init_db(engine_or_db)
+        self.db: Engine = engine_or_db
+        self.settings = settings
+        self.uploads_dir = settings.data_dir / "uploads"
+        self.reports_dir = settings.data_dir / "reports"
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        self.reports_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- presentation --------------------------------------------------------------------
+
+    def job_out(self, row: Any, now: int | None = None) -> dict[str, Any]:
+        now = now_s() if now is None else now
+        phase, error_code = row["phase"], row["error_code"]
+        last_modified = row["last_modified"]
+        if phase == "starting" and self._url_expired(row, now):
+            phase, error_code = "error", "upload_url_expired"
+        out: dict[str, Any] = {
+            "id": row["id"],
+            "job_id": row["job_id"],
+            "member_id": row["member_id"],
+            "phase": phase,
+            "upload_url": row["upload_url"],
+            "upload_source": row["upload_source"],
+            "source_key": row["source_key"],
+            "start_time": fmt_ts(row["start_time"]),
+            "uploaded_time": fmt_ts(row["uploaded_time"]),
+            "validated_time": fmt_ts(row["validated_time"]),
+            "completed_time": fmt_ts(row["completed_time"]),
+            "error_code": error_code,
+            "error_message": row["error_message"],
+            "time_to_process": row["time_to_process"],
+            "percent_complete": row["percent_complete"],
+        }
+        for name in COUNTER_NAMES:
+            out[name] = row[name]
+        out["error_log_lines"] = row["error_log_lines"]
+        out["segment_log_lines"] = row["segment_log_lines"]
+        out["created_on"] = fmt_ts(row["created_on"])
+        out["last_modified"] = fmt_ts(last_modified)
+        return out
+
+    def _url_expired(self, row: Any, now: int) -> bool:
+        return row["created_on"] <= now - self.settings.upload_url_ttl_seconds
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def job_row(self, job_id: str) -> Any | None:
+        with self.db.connect() as conn:
+            return conn.execute(select(jobs).where(jobs.c.job_id == job_id)).mappings().first()
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        """The job object (documented fields plus upload_source/source_key), or None."""
+        row = self.job_row(job_id)
+        return None if row is None else self.job_out(row)
+
+    def list_jobs(
+        self,
+        member_id: int | None,
+        *,
+        start: int = 0,
+        num: int = 100,
+        sort: str | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        now = now_s()
+        q = select(jobs).where(jobs.c.created_on >= now - self.settings.history_days * 86400)
+        if member_id is not None:
+            q = q.where(jobs.c.member_id == member_id)
+        for key, value in (filters or {}).items():
+            if value is None:
+                continue
+            if key == "min_last_modified":
+                q = q.where(jobs.c.last_modified >= value)
+            elif key == "max_last_modified":
+                q = q.where(jobs.c.last_modified <= value)
+            elif key == "id":
+                q = q.where(jobs.c.id == value)
+            elif key in ("job_id", "phase", "upload_source"):
+                q = q.where(jobs.c[key] == value)
+        order = [jobs.c.id.desc()]
+        if sort:
+            field, _, direction = sort.partition(".")
+            if field not in SORT_FIELDS:
+                raise syntax(f"cannot sort by {field!r}; see /batch-segment/meta")
+            if direction not in ("", "asc", "desc"):
+                raise syntax("sort must look like FIELD.asc or FIELD.desc")
+            col = jobs.c[field]
+            order = [col.desc() if direction == "desc" else col.asc(), jobs.c.id.asc()]
+        with self.db.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(q.subquery())).scalar_one()
+            rows = conn.execute(q.order_by(*order).offset(start).limit(num)).mappings().all()
+        return total, [self.job_out(r, now) for r in rows]
+
+    def counts_by_phase(self) -> dict[str, int]:
+        with self.db.connect() as conn:
+            rows = conn.execute(select(jobs.c.phase, func.count()).group_by(jobs.c.phase)).all()
+        counts = dict.fromkeys(PHASES, 0)
+        counts.update({phase: n for phase, n in rows})
+        return counts
+
+    def pending_count(self, member_id: int) -> int:
+        with self.db.connect() as conn:
+            return conn.execute(
+                select(func.count()).select_from(jobs).where(
+                    jobs.c.member_id == member_id, jobs.c.phase.in_(QUEUED_PHASES)
+                )
+            ).scalar_one()
+
+    def usage(self, member_id: int, now: int | None = None) -> dict[str, int]:
+        """Bytes and lines uploaded in the last hour / day (finished uploads)."""
+        now = now_s() if now is None else now
+        out = {}
+        with self.db.connect() as conn:
+            for window, seconds in (("hour", 3600), ("day", 86400)):
+                b, n = conn.execute(
+                    select(func.coalesce(func.sum(jobs.c.file_bytes), 0), func.coalesce(func.sum(jobs.c.file_lines), 0))
+                    .where(jobs.c.member_id == member_id, jobs.c.uploaded_time > now - seconds)
+                ).one()
+                out[f"bytes_{window}"] = int(b)
+                out[f"lines_{window}"] = int(n)
+        return out
+
+    # --- job creation and the upload ------------------------------------------------------
+
+    def create_job(self, member_id: int, base_url: str) -> dict[str, Any]:
+        """A new job in phase "starting"; an older unused URL of the member is invalidated."""
+        if self.pending_count(member_id) >= self.settings.max_pending_jobs:
+            raise upload_limit(RATE_LIMIT_EXCEEDED, ERR_PENDING, 429)
+        now = now_s()
+        job_id = new_job_id()
+        with self.db.begin() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.member_id == member_id, jobs.c.phase == "starting")
+                .values(
+                    phase="error",
+                    error_code="upload_url_replaced",
+                    error_message="a newer upload URL was requested; only one URL is valid at a time",
+                    last_modified=now,
+                )
+            )
+            new_id = conn.execute(
+                insert(jobs).values(
+                    job_id=job_id,
+                    member_id=member_id,
+                    phase="starting",
+                    upload_url=f"{base_url.rstrip('/')}/segment-upload/{job_id}",
+                    upload_source="api",
+                    created_on=now,
+                    last_modified=now,
+                    percent_complete=0,
+                )
+            ).inserted_primary_key[0]
+            row = conn.execute(select(jobs).where(jobs.c.id == new_id)).mappings().one()
+        return self.job_out(row, now)
+
+    def expire_urls(self, now: int | None = None) -> int:
+        now = now_s() if now is None else now
+        with self.db.begin() as conn:
+            return conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.phase == "starting",
+                    jobs.c.created_on <= now - self.settings.upload_url_ttl_seconds,
+                )
+                .values(
+                    phase="error",
+                    error_code="upload_url_expired",
+                    error_message="nothing was uploaded to the URL in time",
+                    last_modified=now,
+                )
+            ).rowcount
+
+    def begin_upload(self, row: Any, max_concurrent: int) -> bool:
+        """starting -> uploading, atomically, if fewer than max_concurrent uploads run."""
+        now = now_s()
+        member_id = row["member_id"]
+        other = jobs.alias("other")
+        running = (
+            select(func.count())
+            .select_from(other)
+            .where(other.c.member_id == member_id, other.c.phase == "uploading")
+            .scalar_subquery()
+        )
+        with self.db.begin() as conn:
+            if not is_sqlite(self.db):
+                from bss.accounts.models import members
+
+                conn.execute(select(members.c.id).where(members.c.id == member_id).with_for_update())
+            n = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == row["id"], jobs.c.phase == "starting", running < max_concurrent)
+                .values(phase="uploading", start_time=now, last_modified=now)
+            ).rowcount
+        return n == 1
+
+    def finish_upload(self, job_pk: int, part: Path, nbytes: int, nlines: int) -> None:
+        final = self.uploads_dir / self.job_id_of(job_pk)
+        os.replace(part, final)
+        now = now_s()
+        with self.db.begin() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_pk)
+                .values(
+                    phase="validating",
+                    uploaded_time=now,
+                    last_modified=now,
+                    file_path=str(final),
+                    file_bytes=nbytes,
+                    file_lines=nlines,
+                )
+            )
+
+    def fail_upload(self, job_pk: int, message: str, *, error_code: str = "uploading-error") -> None:
+        """The upload failed: phase error, counters 0, logs null, nothing kept."""
+        now = now_s()
+        values: dict[str, Any] = dict.fromkeys(COUNTER_NAMES, 0)
+        with self.db.begin() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_pk, jobs.c.phase.in_(("starting", "uploading")))
+                .values(
+                    phase="error",
+                    error_code=error_code,
+                    error_message=message,
+                    error_log_lines=None,
+                    segment_log_lines=None,
+                    percent_complete=0,
+                    file_path=None,
+                    file_bytes=0,
+                    file_lines=0,
+                    last_modified=now,
+                    **values,
+                )
+            )
+
+    def job_id_of(self, job_pk: int) -> str:
+        with self.db.connect() as conn:
+            return conn.execute(select(jobs.c.job_id).where(jobs.c.id == job_pk)).scalar_one()
+
+    def part_path(self, job_id: str) -> Path:
+        return self.uploads_dir / f".{job_id}.part"
+
+    # --- passive uploads --------------------------------------------------------------------
+
+    def submit_file(self, member_id: int, source_path: Path, *, upload_source: str, source_key: str) -> dict[str, Any]:
+        """Move (or copy) a file into job storage as a job already uploaded and queued."""
+        if upload_source not in UPLOAD_SOURCES:
+            raise ValueError(f"upload_source must be one of {UPLOAD_SOURCES}")
+        job_id = new_job_id()
+        final = self.uploads_dir / job_id
+        part = self.part_path(job_id)
+        try:
+            os.replace(source_path, part)
+        except OSError:
+            shutil.copyfile(source_path, part)
+        os.replace(part, final)
+        nbytes = final.stat().st_size
+        now = now_s()
+        with self.db.begin() as conn:
+            new_id = conn.execute(
+                insert(jobs).values(
+                    job_id=job_id,
+                    member_id=member_id,
+                    phase="validating",
+                    upload_url=None,
+                    upload_source=upload_source,
+                    source_key=source_key,
+                    created_on=now,
+                    last_modified=now,
+                    start_time=now,
+                    uploaded_time=now,
+                    file_path=str(final),
+                    file_bytes=nbytes,
+                    file_lines=0,
+                    percent_complete=0,
+                )
+            ).inserted_primary_key[0]
+            row = conn.execute(select(jobs).where(jobs.c.id == new_id)).mappings().one()
+        log.info("job submitted", extra={"job_id": job_id, "member_id": member_id, "upload_source": upload_source})
+        return self.job_out(row, now)
+
+    # --- the queue ---------------------------------------------------------------------------
+
+    def claim_next(self, worker_id: str) -> Any | None:
+        """Claim the oldest waiting job (or one whose worker's lease ran out)."""
+        now = now_s()
+        lease = now + self.settings.job_lease_seconds
+        free = or_(jobs.c.claimed_until.is_(None), jobs.c.claimed_until < now)
+        waiting = and_(jobs.c.phase.in_(QUEUED_PHASES), free)
+        with self.db.begin() as conn:
+            q = select(jobs.c.id).where(waiting).order_by(jobs.c.id).limit(1)
+            if not is_sqlite(self.db):
+                q = q.with_for_update(skip_locked=True)
+            job_pk = conn.execute(q).scalar()
+            if job_pk is None:
+                return None
+            n = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_pk, waiting)
+                .values(claimed_until=lease, claimed_by=worker_id, attempts=jobs.c.attempts + 1)
+            ).rowcount
+            if n != 1:
+                return None
+            return conn.execute(select(jobs).where(jobs.c.id == job_pk)).mappings().one()
+
+    def renew(self, job_pk: int, worker_id: str, **values: Any) -> bool:
+        """Extend the lease (and write progress); False when another worker owns the job."""
+        now = now_s()
+        with self.db.begin() as conn:
+            return (
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_pk, jobs.c.claimed_by == worker_id, jobs.c.phase.in_(QUEUED_PHASES))
+                    .values(claimed_until=now + self.settings.job_lease_seconds, **values)
+                ).rowcount
+                == 1
+            )
+
+    def start_processing(self, job_pk: int, worker_id: str) -> None:
+        with self.db.begin() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_pk, jobs.c.claimed_by == worker_id, jobs.c.processing_started.is_(None))
+                .values(processing_started=int(time.time() * 1000))
+            )
+
+    def finish(self, job_pk: int, worker_id: str, values: dict[str, Any]) -> bool:
+        now = now_s()
+        with self.db.connect() as conn:
+            started = conn.execute(select(jobs.c.processing_started).where(jobs.c.id == job_pk)).scalar()
+        minutes = (time.time() * 1000 - (started or time.time() * 1000)) / 60000
+        values = {
+            **values,
+            "time_to_process": f"{minutes:.2f}",
+            "last_modified": now,
+            "claimed_until": None,
+        }
+        if values.get("phase") == "completed":
+            values.setdefault("completed_time", now)
+            values["percent_complete"] = 100
+        with self.db.begin() as conn:
+            row = conn.execute(select(jobs.c.validated_time).where(jobs.c.id == job_pk)).first()
+            if row is not None and row[0] is None:
+                values.setdefault("validated_time", now)
+            return (
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_pk, jobs.c.claimed_by == worker_id, jobs.c.phase.in_(QUEUED_PHASES))
+                    .values(**values)
+                ).rowcount
+                == 1
+            )
+
+    def release(self, job_pk: int, worker_id: str, retry_in: int) -> None:
+        """Give a job back after an infrastructure failure; it is retried after `retry_in` s."""
+        with self.db.begin() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_pk, jobs.c.claimed_by == worker_id)
+                .values(claimed_until=now_s() + retry_in)
+            )
+
+    # --- retention ---------------------------------------------------------------------------
+
+    def sweep(self, now: int | None = None) -> dict[str, int]:
+        """Expire unused URLs, delete old uploaded files and old job history."""
+        now = now_s() if now is None else now
+        expired = self.expire_urls(now)
+        files = 0
+        file_cutoff = now - self.settings.file_retention_days * 86400
+        with self.db.connect() as conn:
+            old_files = conn.execute(
+                select(jobs.c.id, jobs.c.file_path).where(
+                    jobs.c.file_path.is_not(None),
+                    jobs.c.file_deleted == 0,
+                    jobs.c.phase.in_(("completed", "error")),
+                    jobs.c.uploaded_time < file_cutoff,
+                )
+            ).all()
+        for job_pk, path in old_files:
+            Path(path).unlink(missing_ok=True)
+            files += 1
+            with self.db.begin() as conn:
+                conn.execute(update(jobs).where(jobs.c.id == job_pk).values(file_deleted=1))
+        history_cutoff = now - self.settings.history_days * 86400
+        with self.db.connect() as conn:
+            old = conn.execute(
+                select(jobs.c.id, jobs.c.file_path, jobs.c.report_path).where(
+                    jobs.c.created_on < history_cutoff, jobs.c.phase.in_(("completed", "error", "starting"))
+                )
+            ).all()
+        for _job_pk, path, report in old:
+            for p in (path, report):
+                if p:
+                    Path(p).unlink(missing_ok=True)
+        if old:
+            with self.db.begin() as conn:
+                conn.execute(delete(jobs).where(jobs.c.id.in_([r[0] for r in old])))
+        # stray partial uploads whose job is no longer uploading
+        for part in self.uploads_dir.glob(".*.part"):
+            job_id = part.name[1:-5]
+            row = self.job_row(job_id)
+            if (row is None or row["phase"] != "uploading") and part.stat().st_mtime < now - 60:
+                part.unlink(missing_ok=True)
+        return {"urls_expired": expired, "files_deleted": files, "jobs_deleted": len(old)}

@@ -1,0 +1,280 @@
+"""/batch-segment (jobs), /segment-upload/{job_id} (the streamed upload), error reports."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from bss.accounts.service import Principal, member_exists, principal_for_token
+from bss.api.deps import int_param, member_scope, principal, token_of
+from bss.api.envelope import (
+    ERR_CONCURRENT,
+    ERR_DAILY_BYTES,
+    ERR_DAILY_LINES,
+    ERR_FILE_BYTES,
+    ERR_HOURLY_BYTES,
+    ERR_HOURLY_LINES,
+    ERR_PENDING,
+    ERR_UPLOAD_TIME,
+    FILESIZE_LIMIT_EXCEEDED,
+    RATE_LIMIT_EXCEEDED,
+    ApiError,
+    notfound,
+    ok,
+    ok_list,
+    syntax,
+    unauth,
+    upload_limit,
+)
+from bss.api.metrics import COUNTERS
+from bss.db import now_s, parse_ts
+from bss.jobs.service import FILTER_FIELDS, SORT_FIELDS, JobService
+from bss.segments.service import get_config
+
+router = APIRouter()
+log = logging.getLogger("bss.upload")
+
+NAME = "batch_segment_upload_job"
+OCTET_STREAM = "application/octet-stream"
+
+
+def _payload(p: Principal | None, job: dict[str, Any]) -> Any:
+    """A data-provider login gets the job as a one-element array (as documented)."""
+    return [job] if p is not None and p.user_type == "data_provider" else job
+
+
+def _base_url(request: Request) -> str:
+    public = request.app.state.settings.public_url
+    return (public or str(request.base_url)).rstrip("/")
+
+
+@router.post("/batch-segment", tags=["batch-segment"], summary="Create a job and its upload URL, ?member_id=")
+def post_job(request: Request, p: Principal = Depends(principal)) -> Any:
+    member_id = member_scope(p, request.query_params.get("member_id"))
+    svc: JobService = request.app.state.jobs
+    if not member_exists(svc.db, member_id):  # type: ignore[arg-type]
+        raise notfound(f"member {member_id} not found")
+    job = svc.create_job(member_id, _base_url(request))  # type: ignore[arg-type]
+    log.info("job created", extra={"job_id": job["job_id"], "member_id": member_id})
+    return ok(NAME, _payload(p, job), id=job["id"], count=1, start_element=0, num_elements=100)
+
+
+@router.get("/batch-segment", tags=["batch-segment"], summary="One job (?job_id=) or the member's job history")
+def get_jobs(request: Request, p: Principal = Depends(principal)) -> Any:
+    svc: JobService = request.app.state.jobs
+    qp = request.query_params
+    job_id = qp.get("job_id")
+    member_id = member_scope(p, qp.get("member_id"), required=False)
+    if job_id:
+        job = svc.get_job(job_id)
+        if job is None or (member_id is not None and job["member_id"] != member_id):
+            raise notfound(f"job {job_id} not found")
+        return ok(NAME, _payload(p, job), count=1, start_element=0, num_elements=100)
+    start = int_param(request, "start_element", 0, minimum=0) or 0
+    num = min(int_param(request, "num_elements", 100, minimum=1) or 100, 100)
+    filters: dict[str, Any] = {}
+    for key in ("min_last_modified", "max_last_modified"):
+        if qp.get(key):
+            try:
+                filters[key] = parse_ts(qp[key])
+            except ValueError as exc:
+                raise syntax(str(exc)) from exc
+    for key in ("phase", "upload_source"):
+        if qp.get(key):
+            filters[key] = qp[key]
+    if qp.get("id"):
+        filters["id"] = int_param(request, "id")
+    total, items = svc.list_jobs(member_id, start=start, num=num, sort=qp.get("sort"), filters=filters)
+    return ok_list(NAME, items, count=total, start_element=start, num_elements=num)
+
+
+@router.get("/batch-segment/meta", tags=["batch-segment"], summary="Fields the job history can be filtered and sorted by")
+def get_meta(p: Principal = Depends(principal)) -> Any:
+    fields = [
+        {"name": name, "type": kind, "sort_by": True, "filter_by": name in FILTER_FIELDS}
+        for name, kind in SORT_FIELDS.items()
+    ]
+    fields += [
+        {"name": name, "type": kind, "sort_by": False, "filter_by": True}
+        for name, kind in FILTER_FIELDS.items()
+        if name not in SORT_FIELDS
+    ]
+    return ok("fields", fields)
+
+
+@router.get(
+    "/batch-segment/error-report",
+    tags=["batch-segment"],
+    summary="The job's complete error report as CSV (line_no,counter,reason,raw)",
+    response_class=FileResponse,
+)
+def get_error_report(request: Request, p: Principal = Depends(principal)) -> Any:
+    svc: JobService = request.app.state.jobs
+    job_id = request.query_params.get("job_id")
+    if not job_id:
+        raise syntax("job_id is required")
+    member_id = member_scope(p, request.query_params.get("member_id"), required=False)
+    row = svc.job_row(job_id)
+    if row is None or (member_id is not None and row["member_id"] != member_id):
+        raise notfound(f"job {job_id} not found")
+    path = Path(row["report_path"] or svc.reports_dir / f"{job_id}.csv")
+    if not path.exists():
+        raise notfound(f"job {job_id} has no error report (phase {row['phase']})")
+    return FileResponse(path, media_type="text/csv", filename=f"{job_id}-errors.csv")
+
+
+class _UploadFailed(Exception):
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.error)
+        self.error = error
+
+
+@router.post(
+    "/segment-upload/{job_id}",
+    tags=["batch-segment"],
+    summary="Upload the segment file (Content-Type: application/octet-stream, gzip or plain)",
+    openapi_extra={
+        "requestBody": {
+            "content": {OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+            "required": True,
+        }
+    },
+)
+async def upload(job_id: str, request: Request) -> Any:
+    app = request.app
+    svc: JobService = app.state.jobs
+    settings = app.state.settings
+    row = await run_in_threadpool(svc.job_row, job_id)
+    if row is None:
+        raise notfound("no such upload URL")
+    member_id = row["member_id"]
+    p: Principal | None = None
+    token = token_of(request)
+    if token:  # the URL is a capability; a token, when sent, must belong to the job's member
+        try:
+            p = await run_in_threadpool(principal_for_token, svc.db, token)
+        except ApiError:
+            p = None
+        if p is not None and not (p.is_admin or p.member_id == member_id):
+            raise unauth("This upload URL belongs to another member")
+    app.state.limiter.hit(f"member:{member_id}")
+    ctx = {"job_id": job_id, "member_id": member_id}
+
+    if row["phase"] == "starting" and svc._url_expired(row, now_s()):
+        await run_in_threadpool(svc.expire_urls)
+        raise ApiError(
+            "SYNTAX",
+            "This upload URL has expired: uploads must start within "
+            f"{settings.upload_url_ttl_seconds // 60} minutes; request a new URL",
+            http_status=410,
+            error_code="upload_url_expired",
+        )
+    if row["phase"] != "starting":
+        raise ApiError(
+            "SYNTAX",
+            f"This upload URL is no longer valid (job phase {row['phase']!r}); each URL takes one upload",
+            http_status=409,
+            error_code="upload_url_used",
+        )
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype != OCTET_STREAM:
+        raise ApiError(
+            "SYNTAX",
+            f"Wrong Content-Type {ctype or '(none)'!r}: send the raw file with "
+            "'Content-Type: application/octet-stream' (curl --data-binary @FILE, not -d/--data). "
+            "Nothing was uploaded; this URL can still be used.",
+            http_status=415,
+            error_code="INVALID_CONTENT_TYPE",
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.max_file_bytes:
+        await run_in_threadpool(svc.fail_upload, row["id"], ERR_FILE_BYTES)
+        log.warning("upload refused: file too large", extra={**ctx, "bytes": int(declared)})
+        raise upload_limit(FILESIZE_LIMIT_EXCEEDED, ERR_FILE_BYTES, 413)
+
+    cfg = await run_in_threadpool(get_config, svc.db, member_id)
+    if await run_in_threadpool(svc.pending_count, member_id) >= settings.max_pending_jobs:
+        raise upload_limit(RATE_LIMIT_EXCEEDED, ERR_PENDING, 429)
+    usage = await run_in_threadpool(svc.usage, member_id)
+    byte_limits = [
+        (cfg.daily_byte_limit, usage["bytes_day"], ERR_DAILY_BYTES),
+        (cfg.hourly_byte_limit, usage["bytes_hour"], ERR_HOURLY_BYTES),
+    ]
+    line_limits = [
+        (cfg.daily_num_lines_limit, usage["lines_day"], ERR_DAILY_LINES),
+        (cfg.hourly_num_lines_limit, usage["lines_hour"], ERR_HOURLY_LINES),
+    ]
+    byte_limits = [(lim, used, text) for lim, used, text in byte_limits if lim is not None]
+    line_limits = [(lim, used, text) for lim, used, text in line_limits if lim is not None]
+    if not await run_in_threadpool(svc.begin_upload, row, cfg.max_concurrent_uploads):
+        fresh = await run_in_threadpool(svc.job_row, job_id)
+        if fresh is not None and fresh["phase"] != "starting":
+            raise ApiError("SYNTAX", "This upload URL is already in use", http_status=409, error_code="upload_url_used")
+        raise upload_limit(RATE_LIMIT_EXCEEDED, ERR_CONCURRENT, 429)
+
+    log.info("upload started", extra=ctx)
+    part = svc.part_path(job_id)
+    nbytes = nlines = 0
+    last = b"\n"
+    started = time.monotonic()
+    fh = open(part, "wb")  # noqa: SIM115 - closed in finally
+    try:
+        try:
+            async with asyncio.timeout(settings.max_upload_seconds):
+                async for chunk in request.stream():
+                    if not chunk:
+                        continue
+                    nbytes += len(chunk)
+                    nlines += chunk.count(b"\n")
+                    last = chunk[-1:]
+                    if nbytes > settings.max_file_bytes:
+                        raise _UploadFailed(upload_limit(FILESIZE_LIMIT_EXCEEDED, ERR_FILE_BYTES, 413))
+                    for limit, used, text in byte_limits:
+                        if used + nbytes > limit:
+                            raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, text, 429))
+                    for limit, used, text in line_limits:
+                        if used + nlines > limit:
+                            raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, text, 429))
+                    fh.write(chunk)
+        except TimeoutError as exc:
+            raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, ERR_UPLOAD_TIME, 408)) from exc
+        if nbytes and last != b"\n":
+            nlines += 1
+            for limit, used, text in line_limits:
+                if used + nlines > limit:
+                    raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, text, 429))
+        fh.close()
+    except _UploadFailed as failed:
+        fh.close()
+        part.unlink(missing_ok=True)
+        await run_in_threadpool(svc.fail_upload, row["id"], failed.error.error)
+        log.warning("upload refused", extra={**ctx, "reason": failed.error.error, "bytes": nbytes})
+        return failed.error.response()
+    except ClientDisconnect:
+        fh.close()
+        part.unlink(missing_ok=True)
+        await run_in_threadpool(svc.fail_upload, row["id"], "the upload was cut off (client disconnected)")
+        log.warning("upload cut off", extra={**ctx, "bytes": nbytes})
+        return ApiError("SYSTEM", "upload cut off", http_status=400, error_code="uploading-error").response()
+    except BaseException:
+        fh.close()
+        part.unlink(missing_ok=True)
+        await asyncio.shield(run_in_threadpool(svc.fail_upload, row["id"], "the upload failed"))
+        raise
+    await run_in_threadpool(svc.finish_upload, row["id"], part, nbytes, nlines)
+    COUNTERS.inc("bss_bytes_uploaded_total", nbytes)
+    elapsed = time.monotonic() - started
+    log.info(
+        "upload finished",
+        extra={**ctx, "bytes": nbytes, "lines": nlines, "seconds": round(elapsed, 3)},
+    )
+    job = await run_in_threadpool(svc.get_job, job_id)
+    return ok(NAME, _payload(p, job), id=row["id"])  # type: ignore[arg-type]

@@ -1,0 +1,218 @@
+"""Workers: claim a queued job, run the ingest engine on its file, record the result.
+
+Crash safety: a job is claimed with a lease that a heartbeat renews while the engine runs.
+If the process dies, the lease runs out and another worker claims the job; before running
+it again, that worker calls `store.discard_job(job.id)` so the replay yields exactly the
+store an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bss.api.metrics import COUNTERS
+from bss.db import now_s
+from bss.jobs.service import JobService
+from bss.segments.service import get_config, registry_for
+from bss.store import MembershipStore, open_store
+
+log = logging.getLogger("bss.worker")
+
+#: A job whose worker died this many times is failed instead of being retried forever.
+MAX_ATTEMPTS = 5
+PROGRESS_INTERVAL = 1.0
+
+
+class LeaseLost(Exception):
+    """Another worker owns the job now (ours was presumed dead); stop working on it."""
+
+
+class LockedStore:
+    """Serializes calls into one store shared by the API and the worker threads."""
+
+    def __init__(self, store: MembershipStore) -> None:
+        self._store = store
+        self._lock = threading.RLock()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return locked
+
+
+class StoreHandle:
+    """Opens the membership store on first use, once per process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._store: LockedStore | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> MembershipStore:
+        with self._lock:
+            if self._store is None:
+                self._store = LockedStore(open_store(self.url))
+            return self._store  # type: ignore[return-value]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+
+class Worker:
+    def __init__(self, service: JobService, stores: StoreHandle, stop: threading.Event, name: str | None = None) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.stores = stores
+        self.stop = stop
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+    def run_forever(self) -> None:
+        log.info("worker started", extra={"worker": self.name})
+        while not self.stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:  # infrastructure trouble (database down, ...): back off
+                log.exception("worker loop failed", extra={"worker": self.name})
+                worked = False
+                self.stop.wait(5)
+            if not worked:
+                self.stop.wait(self.settings.worker_poll_seconds)
+        log.info("worker stopped", extra={"worker": self.name})
+
+    def run_once(self) -> bool:
+        row = self.service.claim_next(self.name)
+        if row is None:
+            return False
+        self.process(row)
+        return True
+
+    def process(self, row: Any) -> None:
+        job_pk, job_id = row["id"], row["job_id"]
+        ctx = {"job_id": job_id, "job": job_pk, "member_id": row["member_id"], "attempt": row["attempts"]}
+        if row["attempts"] > MAX_ATTEMPTS:
+            log.error("job failed too often; giving up", extra=ctx)
+            self.service.finish(
+                job_pk,
+                self.name,
+                {"phase": "error", "error_code": "processing-error", "error_message": "processing failed repeatedly"},
+            )
+            return
+        path = Path(row["file_path"] or "")
+        if not row["file_path"] or not path.exists():
+            self.service.finish(
+                job_pk,
+                self.name,
+                {"phase": "error", "error_code": "file_missing", "error_message": "the uploaded file is gone"},
+            )
+            return
+        try:
+            from bss.ingest.engine import ingest_file
+        except ImportError:  # TODO(engine): remove once bss.ingest.engine is in git
+            log.error("ingest engine not available; job stays queued", extra=ctx)
+            self.service.release(job_pk, self.name, retry_in=30)
+            return
+
+        store = self.stores.get()
+        if row["attempts"] > 1:
+            # A previous worker died halfway: forget its partial writes first.
+            log.warning("re-running an interrupted job", extra=ctx)
+            store.discard_job(job_pk)
+        self.service.start_processing(job_pk, self.name)
+        config = get_config(self.service.db, row["member_id"])
+        registry = registry_for(self.service.db)
+        report = self.service.reports_dir / f"{job_id}.csv"
+
+        lost = threading.Event()
+        done = threading.Event()
+        state = {"pct": 0, "last": 0.0, "phase": "validating"}
+
+        def heartbeat() -> None:
+            interval = max(1.0, self.settings.job_lease_seconds / 3)
+            while not done.wait(interval):
+                if not self.service.renew(job_pk, self.name):
+                    lost.set()
+                    return
+
+        def progress(fraction: float) -> None:
+            if lost.is_set():
+                raise LeaseLost(job_id)
+            pct = max(0, min(99, int(fraction * 100)))
+            t = time.monotonic()
+            values: dict[str, Any] = {}
+            if fraction >= 1.0 and state["phase"] == "validating":
+                state["phase"] = "processing"
+                values.update(phase="processing", validated_time=now_s())
+            elif t - state["last"] < PROGRESS_INTERVAL or pct == state["pct"]:
+                return
+            state["last"], state["pct"] = t, pct
+            values["percent_complete"] = pct
+            values["last_modified"] = now_s()
+            if not self.service.renew(job_pk, self.name, **values):
+                lost.set()
+                raise LeaseLost(job_id)
+
+        beat = threading.Thread(target=heartbeat, name=f"lease-{job_id[:8]}", daemon=True)
+        beat.start()
+        log.info("job processing", extra=ctx)
+        try:
+            result = ingest_file(
+                path,
+                member_id=row["member_id"],
+                job_no=job_pk,
+                config=config,
+                registry=registry,
+                store=store,
+                now=now_s(),
+                error_report_path=report,
+                max_decompressed_bytes=self.settings.max_decompressed_bytes,
+                chunk_bytes=self.settings.chunk_bytes,
+                progress=progress,
+            )
+        except LeaseLost:
+            log.warning("lease lost; another worker took the job over", extra=ctx)
+            return
+        except Exception:
+            log.exception("ingest failed (infrastructure); job will be retried", extra=ctx)
+            self.service.release(job_pk, self.name, retry_in=10)
+            return
+        finally:
+            done.set()
+            beat.join()
+
+        fields = result.job_fields()
+        values = {
+            **fields,
+            "phase": "error" if result.error_code else "completed",
+            "error_message": result.error_message,
+            "lines_read": result.lines_read,
+            "pairs_added": result.pairs_added,
+            "pairs_removed": result.pairs_removed,
+            "report_path": str(report) if report.exists() else None,
+        }
+        if result.lines_read:
+            values["file_lines"] = result.lines_read
+        if self.service.finish(job_pk, self.name, values):
+            COUNTERS.inc("bss_pairs_applied_total", result.pairs_added + result.pairs_removed)
+            COUNTERS.inc("bss_lines_processed_total", result.lines_read)
+            COUNTERS.inc(f'bss_jobs_finished_total{{phase="{values["phase"]}"}}')
+            log.info(
+                "job finished",
+                extra={**ctx, "phase": values["phase"], "error_code": result.error_code, "num_valid": fields.get("num_valid")},
+            )
+        else:
+            log.warning("job finished but lease was lost; result dropped", extra=ctx)

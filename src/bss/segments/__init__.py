@@ -1,0 +1,1 @@
+"""Segments and per-member batch segment configs."""

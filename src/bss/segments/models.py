@@ -1,0 +1,35 @@
+"""Tables of the segments domain: segments and batch segment configs."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index, Integer, String, Table, Text
+
+from bss.db import metadata
+
+segments = Table(
+    "segments",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("member_id", Integer, nullable=False),
+    Column("code", String(50), nullable=True),
+    #: lower(code): codes are unique per member case-insensitively (NULLs never collide).
+    Column("code_key", String(50), nullable=True),
+    Column("short_name", String(255), nullable=True),
+    Column("description", Text, nullable=True),
+    Column("state", String(10), nullable=False, default="active"),
+    Column("expire_minutes", Integer, nullable=True),
+    Column("created_on", BigInteger, nullable=False),
+    Column("last_modified", BigInteger, nullable=False),
+    Index("ux_segments_member_code", "member_id", "code_key", unique=True),
+)
+
+batch_segment_configs = Table(
+    "batch_segment_configs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("member_id", Integer, nullable=False, unique=True),
+    #: The validated BatchSegmentConfig as JSON.
+    Column("config_json", Text, nullable=False),
+    Column("created_on", BigInteger, nullable=False),
+    Column("last_modified", BigInteger, nullable=False),
+)

@@ -1,0 +1,229 @@
+"""Segments (per member CRUD) and batch segment configs (admin)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from bss.api.envelope import notfound, syntax
+from bss.db import fmt_ts, now_s
+from bss.formats.config import BatchSegmentConfig, ConfigError, load_config
+from bss.ingest.registry import SegmentRegistry
+from bss.segments.models import batch_segment_configs, segments
+
+MAX_CODE_LENGTH = 50
+
+
+def segment_out(row: Any, member_count: int | None = None) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "code": row["code"],
+        "short_name": row["short_name"],
+        "description": row["description"],
+        "member_id": row["member_id"],
+        "state": row["state"],
+        "expire_minutes": row["expire_minutes"],
+        "member_count": member_count,
+        "created_on": fmt_ts(row["created_on"]),
+        "last_modified": fmt_ts(row["last_modified"]),
+    }
+
+
+def _query(*, member_id: int | None, segment_id: int | None, code: str | None, search: str | None):  # type: ignore[no-untyped-def]
+    q = select(segments)
+    if member_id is not None:
+        q = q.where(segments.c.member_id == member_id)
+    if segment_id is not None:
+        q = q.where(segments.c.id == segment_id)
+    if code is not None:
+        q = q.where(segments.c.code_key == code.lower())
+    if search:
+        like = f"%{search.lower()}%"
+        q = q.where(
+            or_(
+                segments.c.code_key.like(like),
+                func.lower(segments.c.short_name).like(like),
+                func.lower(segments.c.description).like(like),
+            )
+        )
+    return q
+
+
+def list_segments(
+    db: Engine,
+    *,
+    member_id: int | None = None,
+    segment_id: int | None = None,
+    code: str | None = None,
+    search: str | None = None,
+    start: int = 0,
+    limit: int = 100,
+) -> tuple[int, list[Any]]:
+    q = _query(member_id=member_id, segment_id=segment_id, code=code, search=search)
+    with db.connect() as conn:
+        total = conn.execute(select(func.count()).select_from(q.subquery())).scalar_one()
+        rows = list(conn.execute(q.order_by(segments.c.id).offset(start).limit(limit)).mappings())
+    return total, rows
+
+
+def get_segment_row(db: Engine, segment_id: int) -> Any:
+    with db.connect() as conn:
+        row = conn.execute(select(segments).where(segments.c.id == segment_id)).mappings().first()
+    if row is None:
+        raise notfound(f"segment {segment_id} not found")
+    return row
+
+
+def _values(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if "code" in data or not partial:
+        code = data.get("code")
+        if code is not None:
+            code = str(code).strip()
+            if not code:
+                code = None
+            elif len(code) > MAX_CODE_LENGTH:
+                raise syntax(f"code may have at most {MAX_CODE_LENGTH} characters")
+        values["code"] = code
+        values["code_key"] = code.lower() if code else None
+    for name in ("short_name", "description"):
+        if name in data or not partial:
+            values[name] = None if data.get(name) is None else str(data[name])
+    if "state" in data or not partial:
+        state = str(data.get("state") or "active").lower()
+        if state not in ("active", "inactive"):
+            raise syntax("state must be active or inactive")
+        values["state"] = state
+    if "expire_minutes" in data or not partial:
+        em = data.get("expire_minutes")
+        if em is not None:
+            try:
+                em = int(em)
+            except (TypeError, ValueError) as exc:
+                raise syntax("expire_minutes must be an integer or null") from exc
+            if em < 0:
+                raise syntax("expire_minutes must not be negative")
+        values["expire_minutes"] = em
+    return values
+
+
+def create_segment(db: Engine, member_id: int, data: dict[str, Any]) -> Any:
+    now = now_s()
+    values = _values(data, partial=False)
+    try:
+        with db.begin() as conn:
+            new_id = conn.execute(
+                insert(segments).values(member_id=member_id, created_on=now, last_modified=now, **values)
+            ).inserted_primary_key[0]
+    except IntegrityError as exc:
+        raise syntax(f"code {values['code']!r} already exists for member {member_id}") from exc
+    return get_segment_row(db, int(new_id))
+
+
+def update_segment(db: Engine, segment_id: int, data: dict[str, Any]) -> Any:
+    values = _values(data, partial=True)
+    values["last_modified"] = now_s()
+    try:
+        with db.begin() as conn:
+            n = conn.execute(update(segments).where(segments.c.id == segment_id).values(**values)).rowcount
+    except IntegrityError as exc:
+        raise syntax(f"code {values.get('code')!r} already exists for this member") from exc
+    if n == 0:
+        raise notfound(f"segment {segment_id} not found")
+    return get_segment_row(db, segment_id)
+
+
+def delete_segment(db: Engine, segment_id: int) -> None:
+    with db.begin() as conn:
+        if conn.execute(delete(segments).where(segments.c.id == segment_id)).rowcount == 0:
+            raise notfound(f"segment {segment_id} not found")
+
+
+def registry_for(db: Engine, member_ids: frozenset[int] | set[int] | None = None) -> SegmentRegistry:
+    """The segments the engine validates against (all of them, or those of some owners)."""
+    q = select(segments.c.id, segments.c.code, segments.c.member_id, segments.c.state, segments.c.expire_minutes)
+    if member_ids is not None:
+        q = q.where(segments.c.member_id.in_(sorted(member_ids)))
+    with db.connect() as conn:
+        rows = [dict(r) for r in conn.execute(q).mappings()]
+    return SegmentRegistry.from_records(rows)
+
+
+def segments_by_ids(db: Engine, ids: list[int]) -> dict[int, Any]:
+    if not ids:
+        return {}
+    with db.connect() as conn:
+        rows = conn.execute(select(segments).where(segments.c.id.in_(ids))).mappings()
+        return {r["id"]: r for r in rows}
+
+
+# --- batch segment config --------------------------------------------------------------------
+
+
+def config_out(cfg: BatchSegmentConfig, member_id: int, row: Any | None) -> dict[str, Any]:
+    out = cfg.model_dump(mode="json")
+    out["segment_fields"] = cfg.segment_fields_text()
+    out["member_id"] = member_id
+    out["id"] = row["id"] if row is not None else None
+    out["created_on"] = fmt_ts(row["created_on"]) if row is not None else None
+    out["last_modified"] = fmt_ts(row["last_modified"]) if row is not None else None
+    return out
+
+
+def get_config_row(db: Engine, member_id: int) -> Any | None:
+    with db.connect() as conn:
+        return (
+            conn.execute(select(batch_segment_configs).where(batch_segment_configs.c.member_id == member_id))
+            .mappings()
+            .first()
+        )
+
+
+def get_config(db: Engine, member_id: int) -> BatchSegmentConfig:
+    """The member's config; a member without one gets the documented defaults."""
+    row = get_config_row(db, member_id)
+    if row is None:
+        return BatchSegmentConfig(member_id=member_id)
+    return BatchSegmentConfig.model_validate(json.loads(row["config_json"]))
+
+
+def put_config(db: Engine, member_id: int, data: Any, *, merge: bool) -> dict[str, Any]:
+    """Validate and store. `merge` (PUT) applies the given fields over the current config."""
+    if isinstance(data, dict) and "batch_segment_upload_config" in data:
+        data = data["batch_segment_upload_config"]
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
+    if not isinstance(data, dict):
+        raise syntax("expected a batch_segment_upload_config object")
+    base: dict[str, Any] = {}
+    if merge:
+        base = get_config(db, member_id).model_dump(mode="json")
+    merged = {**base, **data, "member_id": member_id}
+    for bookkeeping in ("id", "created_on", "last_modified"):
+        merged.pop(bookkeeping, None)
+    try:
+        cfg = load_config(merged)
+    except ConfigError as exc:
+        raise syntax(str(exc)) from exc
+    text = cfg.model_dump_json()
+    now = now_s()
+    with db.begin() as conn:
+        exists = conn.execute(
+            select(batch_segment_configs.c.id).where(batch_segment_configs.c.member_id == member_id)
+        ).first()
+        if exists:
+            conn.execute(
+                update(batch_segment_configs)
+                .where(batch_segment_configs.c.member_id == member_id)
+                .values(config_json=text, last_modified=now)
+            )
+        else:
+            conn.execute(
+                insert(batch_segment_configs).values(
+                    member_id=member_id, config_json=text, created_on=now, last_modified=now
+                )
+            )
+    return config_out(cfg, member_id, get_config_row(db, member_id))

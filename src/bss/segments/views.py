@@ -1,0 +1,136 @@
+"""/segment (per member CRUD) and /batch-segment-config (admin)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from bss.accounts.service import Principal, member_exists
+from bss.api.deps import can_touch, int_param, json_body, member_scope, principal, require_admin
+from bss.api.envelope import notfound, ok, ok_list, syntax, unauth
+from bss.db import now_s
+from bss.segments import service
+
+router = APIRouter()
+log = logging.getLogger("bss.api")
+
+
+def _counts(request: Request) -> dict[int, int] | None:
+    try:
+        return request.app.state.stores.get().segment_member_counts(now_s())
+    except Exception:  # the store is optional for segment CRUD
+        log.warning("segment member counts unavailable", exc_info=True)
+        return None
+
+
+def _out(row: Any, counts: dict[int, int] | None) -> dict[str, Any]:
+    return service.segment_out(row, None if counts is None else counts.get(row["id"], 0))
+
+
+def _segment_body(body: Any) -> dict[str, Any]:
+    if isinstance(body, dict) and isinstance(body.get("segment"), dict):
+        return body["segment"]
+    raise syntax('expected a JSON body like {"segment": {"code": "...", ...}}')
+
+
+@router.get("/segment", tags=["segment"], summary="Segments: ?id=, ?code=, ?search=, paged list")
+def get_segment(request: Request, p: Principal = Depends(principal)) -> Any:
+    db = request.app.state.db
+    segment_id = int_param(request, "id")
+    code = request.query_params.get("code")
+    member_id = member_scope(p, request.query_params.get("member_id"), required=False)
+    if segment_id is not None or code is not None:
+        if code is not None and member_id is None:
+            raise syntax("member_id is required with code")
+        _, rows = service.list_segments(db, member_id=member_id, segment_id=segment_id, code=code, limit=1)
+        if not rows:
+            raise notfound("segment not found")
+        return ok("segment", _out(rows[0], _counts(request)))
+    start = int_param(request, "start_element", 0, minimum=0) or 0
+    num = min(int_param(request, "num_elements", 100, minimum=1) or 100, 100)
+    total, rows = service.list_segments(
+        db, member_id=member_id, search=request.query_params.get("search"), start=start, limit=num
+    )
+    counts = _counts(request)
+    return ok_list("segments", [_out(r, counts) for r in rows], count=total, start_element=start, num_elements=num)
+
+
+@router.post("/segment", tags=["segment"], summary="Create a segment, ?member_id=")
+async def post_segment(request: Request, p: Principal = Depends(principal)) -> Any:
+    member_id = member_scope(p, request.query_params.get("member_id"))
+    data = _segment_body(await json_body(request))
+    if data.get("member_id") not in (None, member_id):
+        raise syntax("segment.member_id must match the member_id parameter")
+    db = request.app.state.db
+    if not await run_in_threadpool(member_exists, db, member_id):
+        raise syntax(f"member {member_id} does not exist")
+    row = await run_in_threadpool(service.create_segment, db, member_id, data)
+    return ok("segment", _out(row, None), id=row["id"])
+
+
+@router.put("/segment", tags=["segment"], summary="Update a segment, ?id=")
+async def put_segment(request: Request, p: Principal = Depends(principal)) -> Any:
+    segment_id = int_param(request, "id")
+    data = _segment_body(await json_body(request))
+    if segment_id is None:
+        segment_id = data.get("id")
+    if segment_id is None:
+        raise syntax("id is required")
+    db = request.app.state.db
+    current = await run_in_threadpool(service.get_segment_row, db, int(segment_id))
+    if not can_touch(p, current["member_id"]):
+        raise notfound(f"segment {segment_id} not found")
+    data.pop("member_id", None)
+    row = await run_in_threadpool(service.update_segment, db, int(segment_id), data)
+    return ok("segment", _out(row, None), id=row["id"])
+
+
+@router.delete("/segment", tags=["segment"], summary="Delete a segment, ?id=")
+def delete_segment(request: Request, p: Principal = Depends(principal)) -> Any:
+    segment_id = int_param(request, "id")
+    if segment_id is None:
+        raise syntax("id is required")
+    db = request.app.state.db
+    current = service.get_segment_row(db, segment_id)
+    if not can_touch(p, current["member_id"]):
+        raise notfound(f"segment {segment_id} not found")
+    service.delete_segment(db, segment_id)
+    return ok(None)
+
+
+# --- /batch-segment-config -------------------------------------------------------------------
+
+
+@router.get("/batch-segment-config", tags=["batch-segment-config"], summary="A member's config (defaults if none)")
+def get_config(request: Request, p: Principal = Depends(principal)) -> Any:
+    member_id = member_scope(p, request.query_params.get("member_id"))
+    if not p.is_admin and p.member_id != member_id:
+        raise unauth()
+    db = request.app.state.db
+    row = service.get_config_row(db, member_id)  # type: ignore[arg-type]
+    cfg = service.get_config(db, member_id)  # type: ignore[arg-type]
+    return ok("batch_segment_upload_config", service.config_out(cfg, member_id, row))  # type: ignore[arg-type]
+
+
+async def _put(request: Request, p: Principal, merge: bool) -> Any:
+    require_admin(p)
+    member_id = member_scope(p, request.query_params.get("member_id"))
+    db = request.app.state.db
+    if not await run_in_threadpool(member_exists, db, member_id):
+        raise syntax(f"member {member_id} does not exist")
+    body = await json_body(request)
+    out = await run_in_threadpool(service.put_config, db, member_id, body, merge=merge)
+    return ok("batch_segment_upload_config", out)
+
+
+@router.post("/batch-segment-config", tags=["batch-segment-config"], summary="Set a member's config (admin)")
+async def post_config(request: Request, p: Principal = Depends(principal)) -> Any:
+    return await _put(request, p, merge=False)
+
+
+@router.put("/batch-segment-config", tags=["batch-segment-config"], summary="Change fields of a member's config (admin)")
+async def put_config(request: Request, p: Principal = Depends(principal)) -> Any:
+    return await _put(request, p, merge=True)
