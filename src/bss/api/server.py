@@ -61,9 +61,9 @@ def start_background(
 
 
 def _start_passive(settings: Settings, service: JobService, stop: threading.Event) -> list[threading.Thread]:
-    # TODO(passive): call bss.passive.run_passive(settings, service, stop) in a thread once
-    # bss.passive.scanner is in git (plain import, no ImportError guard).
-    return []
+    from bss.passive.scanner import run_passive
+
+    return [_thread(lambda: run_passive(settings, service, stop), "passive")]
 
 
 def _host_id() -> str:

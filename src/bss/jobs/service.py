@@ -358,6 +358,42 @@ class JobService:
         log.info("job submitted", extra={"job_id": job_id, "member_id": member_id, "upload_source": upload_source})
         return self.job_out(row, now)
 
+    def submit_rejected(
+        self,
+        member_id: int,
+        *,
+        upload_source: str,
+        source_key: str,
+        file_bytes: int,
+        error_code: str,
+        error_message: str,
+    ) -> dict[str, Any]:
+        """Record a passive file refused before processing: phase error, counters 0, logs null."""
+        now = now_s()
+        job_id = new_job_id()
+        with self.db.begin() as conn:
+            conn.execute(
+                insert(jobs).values(
+                    job_id=job_id,
+                    member_id=member_id,
+                    phase="error",
+                    upload_url=None,
+                    upload_source=upload_source,
+                    source_key=source_key,
+                    created_on=now,
+                    last_modified=now,
+                    start_time=now,
+                    completed_time=now,
+                    percent_complete=0,
+                    error_code=error_code,
+                    error_message=error_message,
+                    file_path=None,
+                    file_bytes=file_bytes,
+                    file_lines=0,
+                )
+            )
+        return self.get_job(job_id)  # type: ignore[return-value]
+
     # --- the queue ---------------------------------------------------------------------------
 
     def claim_next(self, worker_id: str) -> Any | None:

@@ -33,38 +33,21 @@ class LeaseLost(Exception):
     """Another worker owns the job now (ours was presumed dead); stop working on it."""
 
 
-class LockedStore:
-    """Serializes calls into one store shared by the API and the worker threads."""
-
-    def __init__(self, store: MembershipStore) -> None:
-        self._store = store
-        self._lock = threading.RLock()
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._store, name)
-        if not callable(attr):
-            return attr
-
-        def locked(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                return attr(*args, **kwargs)
-
-        return locked
-
-
 class StoreHandle:
     """Opens the membership store on first use, once per process."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._store: LockedStore | None = None
+        self._store: MembershipStore | None = None
         self._lock = threading.Lock()
 
     def get(self) -> MembershipStore:
         with self._lock:
             if self._store is None:
-                self._store = LockedStore(open_store(self.url))
-            return self._store  # type: ignore[return-value]
+                # Stores are thread-safe themselves (the embedded one serializes writes and
+                # reads through per-thread cursors): one instance serves every thread.
+                self._store = open_store(self.url)
+            return self._store
 
     def close(self) -> None:
         with self._lock:
