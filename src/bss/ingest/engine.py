@@ -149,7 +149,7 @@ class _Job:
             pl.col("state").alias("_code_state"),
             pl.col("expire_minutes").alias("_code_expire"),
         ).filter(pl.col("_code_key").is_not_null())
-        self.owners = pl.Series("owners", owners, dtype=pl.Int64)
+        self.owners = owners
 
     # -- lines ---------------------------------------------------------------------------
 
