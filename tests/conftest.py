@@ -1,0 +1,234 @@
+"""Shared fixtures: a REAL `bss serve` process on a free loopback port, driven over HTTP.
+
+`bss_server(**env)` starts one with a temp data dir and short limits given as BSS_* settings
+(keyword names are the Settings field names, e.g. `upload_url_ttl_seconds=1`); `server` is
+a default one shared by a test module. `Api` wraps httpx with the envelope and a token.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ADMIN_USER = "admin"
+ADMIN_PASSWORD = "admin-password-1"
+BSS = Path(sys.executable).with_name("bss")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProc:
+    """One `bss serve` subprocess."""
+
+    def __init__(self, data_dir: Path, env: dict[str, Any], port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "BSS_ADMIN_USERNAME": ADMIN_USER,
+            "BSS_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "BSS_REQUESTS_PER_MINUTE": "100000",
+            "BSS_LOGINS_PER_WINDOW": "1000",
+            "BSS_WORKER_POLL_SECONDS": "0.1",
+            **{f"BSS_{k.upper()}": str(v) for k, v in env.items()},
+        }
+        self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServerProc:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(BSS), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bss serve exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"bss serve did not come up:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+class Api:
+    """httpx + the envelope: `api.get(...)` returns the `response` object (any status)."""
+
+    def __init__(self, url: str, username: str | None = None, password: str | None = None) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=60)
+        self.token: str | None = None
+        if username is not None:
+            self.login(username, password or "")
+
+    def login(self, username: str, password: str) -> dict[str, Any]:
+        body = self.call("POST", "/auth", json={"auth": {"username": username, "password": password}})
+        if body["status"] == "OK":
+            self.token = body["token"]
+        return body
+
+    def raw(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = dict(kw.pop("headers", {}) or {})
+        if self.token and "Authorization" not in headers:
+            headers["Authorization"] = self.token
+        return self.http.request(method, path, headers=headers, **kw)
+
+    def call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        resp = self.raw(method, path, **kw)
+        body = resp.json()["response"]
+        body["_http"] = resp.status_code
+        return body
+
+    def get(self, path: str, **params: Any) -> dict[str, Any]:
+        return self.call("GET", path, params=params)
+
+    def ok(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        body = self.call(method, path, **kw)
+        assert body["status"] == "OK", body
+        return body
+
+    # --- set-up helpers (admin) ---------------------------------------------------------
+
+    def member(self, member_id: int, name: str = "") -> dict[str, Any]:
+        return self.ok("POST", "/member", json={"member": {"id": member_id, "name": name or f"m{member_id}"}})[
+            "member"
+        ]
+
+    def user(self, username: str, member_id: int | None, user_type: str = "member", password: str = "password-123") -> dict:
+        body = {"user": {"username": username, "password": password, "user_type": user_type, "member_id": member_id}}
+        return self.ok("POST", "/user", json=body)["user"]
+
+    def segment(self, member_id: int, code: str, **fields: Any) -> dict[str, Any]:
+        return self.ok("POST", "/segment", params={"member_id": member_id}, json={"segment": {"code": code, **fields}})[
+            "segment"
+        ]
+
+    def config(self, member_id: int, **fields: Any) -> dict[str, Any]:
+        return self.ok(
+            "POST", "/batch-segment-config", params={"member_id": member_id}, json={"batch_segment_upload_config": fields}
+        )["batch_segment_upload_config"]
+
+    # --- jobs ---------------------------------------------------------------------------
+
+    def new_job(self, member_id: int) -> dict[str, Any]:
+        job = self.ok("POST", "/batch-segment", params={"member_id": member_id})["batch_segment_upload_job"]
+        return job[0] if isinstance(job, list) else job
+
+    def upload(self, job: dict[str, Any], content: Any, content_type: str = "application/octet-stream") -> dict:
+        resp = self.http.post(
+            job["upload_url"],
+            content=content,
+            headers={"Content-Type": content_type, "Authorization": self.token or ""},
+        )
+        body = resp.json()["response"]
+        body["_http"] = resp.status_code
+        return body
+
+    def job(self, member_id: int, job_id: str) -> dict[str, Any]:
+        body = self.ok("GET", "/batch-segment", params={"member_id": member_id, "job_id": job_id})
+        job = body["batch_segment_upload_job"]
+        return job[0] if isinstance(job, list) else job
+
+    def wait(self, member_id: int, job_id: str, phases: tuple[str, ...] = ("completed", "error"), timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(member_id, job_id)
+            if job["phase"] in phases:
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job still {job['phase']}: {job}")
+            time.sleep(0.1)
+
+    def run(self, member_id: int, content: bytes) -> dict[str, Any]:
+        job = self.new_job(member_id)
+        up = self.upload(job, content)
+        assert up["status"] == "OK", up
+        return self.wait(member_id, job["job_id"])
+
+    def segments_of(self, member_id: int | None = None, **user: Any) -> dict[int, Any]:
+        params = dict(user)
+        if member_id is not None:
+            params["member_id"] = member_id
+        body = self.ok("GET", "/user-segments", params=params)
+        return {s["id"]: s for s in body["segments"]}
+
+
+@pytest.fixture
+def bss_server(tmp_path: Path) -> Iterator[Callable[..., ServerProc]]:
+    """Factory: `bss_server(upload_url_ttl_seconds=1, ...)` starts a fresh server."""
+    started: list[ServerProc] = []
+
+    def start(name: str = "data", **env: Any) -> ServerProc:
+        proc = ServerProc(tmp_path / name, env).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    """A default server shared by one test module."""
+    proc = ServerProc(tmp_path_factory.mktemp("bss") / "data", {}).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(server: ServerProc) -> Api:
+    return Api(server.url, ADMIN_USER, ADMIN_PASSWORD)
+
+
+_ids = iter(range(1000, 10**6))
+
+
+@pytest.fixture
+def member_id(admin: Api) -> int:
+    """A fresh member on the module's server."""
+    mid = next(_ids)
+    admin.member(mid)
+    return mid
+
+
+def legacy(lines: list[str]) -> bytes:
+    return "".join(line + "\n" for line in lines).encode()
