@@ -92,8 +92,6 @@ _DEVICE_ID_RE = {
 _INT_RE = r"^-?[0-9]+$"
 _DIGITS_RE = r"^[0-9]+$"
 
-_EMPTY_STR_LIST = pl.lit([], dtype=pl.List(pl.String))
-
 
 def parse_legacy_text(
     text: str, first_line_no: int, config: BatchSegmentConfig, member_id: int
@@ -194,12 +192,6 @@ def _splitn2(expr: pl.Expr, sep: str) -> tuple[pl.Expr, pl.Expr]:
     return parts.struct.field("field_0"), parts.struct.field("field_1")
 
 
-def _blocks(part: pl.Expr, sep2: str | None) -> pl.Expr:
-    if sep2 is None:
-        return pl.concat_list([part])
-    return part.str.split(sep2)
-
-
 def _lit(text: str) -> pl.Expr:
     return pl.lit(text, dtype=pl.String)
 
@@ -224,9 +216,14 @@ def _parse_lines(
     frame = frame.with_columns(stage1)
 
     # -- stage 2: body / what follows SEPARATOR5 -----------------------------------------
+    rest = pl.col("rest")
     if sep5 is not None:
-        body, tail = _splitn2(pl.col("rest"), sep5)
-        frame = frame.with_columns(body.alias("_body"), tail.alias("_tail"))
+        has5 = pl.col("_n5") > 0
+        parts = pl.when(has5).then(rest).str.splitn(sep5, 2)
+        frame = frame.with_columns(
+            pl.when(has5).then(parts.struct.field("field_0")).otherwise(rest).alias("_body"),
+            parts.struct.field("field_1").alias("_tail"),
+        )
         tail = pl.col("_tail")
         domain = tail.replace_strict(LEGACY_DEVICE_TYPES, default=None, return_dtype=pl.String)
         frame = frame.with_columns(
@@ -234,29 +231,41 @@ def _parse_lines(
             tail.str.contains(_DIGITS_RE).alias("_tail_digits"),
         )
     else:
-        frame = frame.with_columns(pl.col("rest").alias("_body"))
+        frame = frame.with_columns(rest.alias("_body"))
 
-    # -- stage 3: adds / removals ------------------------------------------------------------
+    # -- stage 3: the SEG blocks, adds first, then removals ------------------------------------
+    # Blocks are split at SEPARATOR2, or at "\n" (never inside a line) when there is none, so
+    # that a SEPARATOR4 can be turned into a block boundary by one replace.
+    split_at = sep2 if sep2 is not None else "\n"
+    body = pl.col("_body")
     if sep4 is not None:
-        adds, removes = _splitn2(pl.col("_body"), sep4)
-        frame = frame.with_columns(adds.alias("_adds"), removes.alias("_removes"))
-        adds, removes = pl.col("_adds"), pl.col("_removes")
-        has_removes = removes.is_not_null() & (removes != "")
-        no_segments = (adds == "") & ~has_removes
-        add_list = (
-            pl.when((adds == "") & has_removes).then(_EMPTY_STR_LIST).otherwise(_blocks(adds, sep2))
+        has4 = pl.col("_n4") > 0
+        lead = body.str.starts_with(sep4)  # nothing to add, only removals
+        no_segments = (body == "") | (body == sep4)
+        joined = (
+            pl.when(has4)
+            .then(body.str.strip_prefix(sep4).str.replace(sep4, split_at, literal=True, n=1))
+            .otherwise(body)
         )
-        remove_list = _blocks(removes, sep2).fill_null(_EMPTY_STR_LIST)
-        frame = frame.with_columns(add_list.alias("_add_list"), remove_list.alias("_remove_list"))
-        frame = frame.with_columns(
-            pl.col("_add_list").list.len().cast(pl.Int32).alias("_n_adds"),
-            pl.concat_list("_add_list", "_remove_list").alias("_blocks"),
+        frame = frame.with_columns(joined.str.split(split_at).alias("_blocks"))
+        frame = frame.with_columns(pl.col("_blocks").list.len().cast(pl.Int32).alias("_n_blocks"))
+        adds = pl.when(has4 & ~lead).then(body).str.splitn(sep4, 2).struct.field("field_0")
+        n_adds_before_sep4 = (
+            adds.str.count_matches(split_at, literal=True) + 1 if sep2 is not None else pl.lit(1)
         )
+        n_adds = (
+            pl.when(lead)
+            .then(pl.lit(0, dtype=pl.Int32))
+            .when(adds.is_not_null())
+            .then(n_adds_before_sep4.cast(pl.Int32))
+            .otherwise(pl.col("_n_blocks"))
+        )
+        frame = frame.with_columns(n_adds.alias("_n_adds"))
     else:
-        no_segments = pl.col("_body") == ""
-        frame = frame.with_columns(_blocks(pl.col("_body"), sep2).alias("_blocks"))
-        frame = frame.with_columns(pl.col("_blocks").list.len().cast(pl.Int32).alias("_n_adds"))
-    frame = frame.with_columns(pl.col("_blocks").list.len().cast(pl.Int32).alias("_n_blocks"))
+        no_segments = body == ""
+        frame = frame.with_columns(body.str.split(split_at).alias("_blocks"))
+        frame = frame.with_columns(pl.col("_blocks").list.len().cast(pl.Int32).alias("_n_blocks"))
+        frame = frame.with_columns(pl.col("_n_blocks").alias("_n_adds"))
 
     # -- line-level format errors, in the order a reader meets them ---------------------------
     err = pl.when(pl.col("_len") > MAX_LINE_BYTES).then(_lit(REASON_LINE_TOO_LONG))
@@ -307,7 +316,9 @@ def _parse_lines(
         dev_ok = pl.lit(False)
         for regex in sorted(set(_DEVICE_ID_RE.values())):
             names = [d for d, r in _DEVICE_ID_RE.items() if r == regex]
-            dev_ok = pl.when(domain.is_in(names)).then(dev_uid.str.contains(regex)).otherwise(dev_ok)
+            dev_ok = (
+                pl.when(domain.is_in(names)).then(dev_uid.str.contains(regex)).otherwise(dev_ok)
+            )
         dev_ok = dev_ok.fill_null(False)
         is_dev = domain.is_not_null()
         kind = (
@@ -317,7 +328,9 @@ def _parse_lines(
         )
         key = (
             pl.when(is_dev)
-            .then(pl.when(dev_ok).then(pl.concat_str(domain, _lit(":"), dev_uid.str.to_lowercase())))
+            .then(
+                pl.when(dev_ok).then(pl.concat_str(domain, _lit(":"), dev_uid.str.to_lowercase()))
+            )
             .otherwise(key)
         )
         uerr = (
@@ -341,7 +354,14 @@ def _parse_lines(
         .alias("raw"),
     )
     lines = frame.select(
-        "line_no", "raw", "format_error", "user_kind", "user_key", "user_error", "_blocks", "_n_adds"
+        "line_no",
+        "raw",
+        "format_error",
+        "user_kind",
+        "user_key",
+        "user_error",
+        "_blocks",
+        "_n_adds",
     ).collect()
 
     # -- SEG blocks ---------------------------------------------------------------------------
@@ -349,7 +369,9 @@ def _parse_lines(
 
     if block_errors.height:
         lines = lines.join(block_errors, on="line_no", how="left", maintain_order="left")
-        lines = lines.with_columns(pl.coalesce("format_error", "_block_error").alias("format_error"))
+        lines = lines.with_columns(
+            pl.coalesce("format_error", "_block_error").alias("format_error")
+        )
         pairs = pairs.filter(~pl.col("line_no").is_in(block_errors.get_column("line_no").implode()))
     bad = pl.col("format_error").is_not_null()
     lines = lines.select(
@@ -378,8 +400,10 @@ def _parse_blocks(
     n_fields = len(fields)
     sep3 = config.separator_3
 
-    good = lines.lazy().filter(pl.col("format_error").is_null()).select(
-        "line_no", "_blocks", "_n_adds"
+    good = (
+        lines.lazy()
+        .filter(pl.col("format_error").is_null())
+        .select("line_no", "_blocks", "_n_adds")
     )
     good = good.with_columns(
         (pl.col("_blocks").list.len().cum_sum() - pl.col("_blocks").list.len())
@@ -394,9 +418,9 @@ def _parse_blocks(
     if n_fields > 1:
         parts = block.str.splitn(sep3, n_fields + 1)
         field_exprs = [parts.struct.field(f"field_{i}") for i in range(n_fields)]
-        count_err = parts.struct.field(f"field_{n_fields}").is_not_null() | field_exprs[
-            -1
-        ].is_null()
+        count_err = (
+            parts.struct.field(f"field_{n_fields}").is_not_null() | field_exprs[-1].is_null()
+        )
         exploded = exploded.with_columns(
             [f.alias(f"_f{i}") for i, f in enumerate(field_exprs)] + [count_err.alias("_count_err")]
         )
