@@ -400,3 +400,62 @@ def test_bss_validate_command(tmp_path: Path) -> None:
         [*base, "--config", str(tmp_path / "segments.json")], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "invalid config" in bad.stderr
+
+
+# -- Avro through the engine ----------------------------------------------------------------
+
+
+def test_every_avro_uid_branch_lands_in_the_store(run: Runner) -> None:
+    from avro_util import segment, user, write_fastavro
+
+    reg = registry(seg(10), seg(11), seg(12, "shoppers"), seg(13, member=959))
+    segs = [segment(id=10, expiration=1440, value=3), segment(code="shoppers", expiration=-2)]
+    records = [
+        user("anid", -1, segs),  # the same 64 bits as 18446744073709551615
+        user("ifa", {"id": "AEBE52E7-03EE-455A-B3C4-E57283966239", "type": "idfa"}, segs),
+        user("xfa", {"device_model_id": 7, "device_make_id": 3, "ip": "10.1.2.3"}, segs),
+        user("external_id", {"id": "crm-42", "member_id": 0}, segs),
+        user("device_id", {"id": "0f8fad5b-d9cb-469f-a165-70867728950e", "domain": "aaid"}, segs),
+        user(
+            "eid",
+            {"source": "liveramp.com", "id": "XY123"},
+            [*segs, segment(id=13), segment(id=11, expiration=-1)],
+        ),
+        user("anid", 0, segs),  # 0 is never a valid user
+    ]
+    result = run(write_fastavro(records, codec="deflate"), reg)
+    c = result.counters
+    assert (c.num_valid, c.num_valid_user, c.num_invalid_user, c.num_unauth_segment) == (
+        13,
+        6,
+        1,
+        1,
+    )
+    expected = {10: (3, NOW, NOW + 1440 * 60), 12: (0, NOW, MAX_EXPIRY)}
+    for kind, key in [
+        (UserKind.ANID, "18446744073709551615"),
+        (UserKind.IFA, "idfa:aebe52e7-03ee-455a-b3c4-e57283966239"),
+        (UserKind.XFA, "3:7:10.1.2.3"),
+        (UserKind.EXTERNAL, f"{MEMBER}:crm-42"),
+        (UserKind.DEVICE, "aaid:0f8fad5b-d9cb-469f-a165-70867728950e"),
+        (UserKind.EID, "liveramp.com:XY123"),
+    ]:
+        assert run.segments_of(kind, key) == expected, (kind, key)
+    assert "segment 13 is not yours to write" in (result.error_log_lines or "")
+
+
+def test_avro_without_uid_fails_the_job(run: Runner) -> None:
+    import io
+
+    import fastavro
+
+    schema = {
+        "type": "record",
+        "name": "user",
+        "fields": [{"name": "segments", "type": {"type": "array", "items": "long"}}],
+    }
+    buf = io.BytesIO()
+    fastavro.writer(buf, fastavro.parse_schema(schema), [{"segments": [1]}])
+    result = run(gzip.compress(buf.getvalue()), registry(seg(1)))
+    assert result.error_code == "avro_schema_invalid"
+    assert result.counters.num_valid == 0
