@@ -12,6 +12,7 @@ meantime is never deleted; it is a new version and waits for the next scan.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -134,10 +135,14 @@ class S3Area(PassiveArea):
         return self._same_version(self._head(work_key), file)
 
     def fetch(self, work_key: str, file: SubmittedFile, dest: Path) -> None:
-        # Managed, streaming download (bounded memory); only the version we claimed.
-        self.client.download_file(
-            self.bucket, work_key, str(dest), ExtraArgs={"IfMatch": _etag_of(file)}
-        )
+        # Streaming (1 MiB at a time, bounded memory), and only the version we claimed.
+        response = self.client.get_object(Bucket=self.bucket, Key=work_key, IfMatch=_etag_of(file))
+        body = response["Body"]
+        try:
+            with open(dest, "wb") as out:
+                shutil.copyfileobj(body, out, 1 << 20)
+        finally:
+            body.close()
         got = dest.stat().st_size
         if got != file.size:
             raise RuntimeError(f"downloaded {got} bytes of {work_key!r}, expected {file.size}")

@@ -215,12 +215,9 @@ class PassiveScanner:
             if file.key in listing.busy or listing.now - file.modified < min_age:
                 stats.waiting.append(file.key)
                 continue
-            identity = claim_identity(area.backend, area.location, file.key, file.fingerprint)
-            existing = self.claims.get(identity)
-            if existing is not None:
-                if existing["state"] == MOVED and existing["dest_key"]:
-                    self._redo_move(area, existing, file)
-                continue
+            identity = self._free_identity(area, file)
+            if identity is None:
+                continue  # claimed by us or another scanner, in progress
             token = identity[:16]
             row = self.claims.insert(
                 identity=identity,
@@ -264,12 +261,24 @@ class PassiveScanner:
             self._start(flight, fresh=False)
         # JOB_CREATED: the next poll waits for the job and finishes the move
 
-    def _redo_move(self, area: PassiveArea, row: dict[str, Any], file: SubmittedFile) -> None:
-        """A claim says moved but the file is still in submitted/: finish the (idempotent) move."""
-        try:
-            area.move(row["work_key"] or row["source_key"], row["dest_key"], file)
-        except Exception:  # noqa: BLE001
-            log.exception("finishing the move of %s failed", row["source_key"])
+    def _free_identity(self, area: PassiveArea, file: SubmittedFile) -> str | None:
+        """The claim identity for this file version, or None if it is being handled.
+
+        A version whose claim is already `moved` but which is back in submitted/ is a new
+        upload of identical bytes (same name, same ETag/mtime): it gets the next generation
+        and is processed again, like any new upload. (A move is only recorded as done once
+        the source is deleted, so this is never the old file.)
+        """
+        generation = 0
+        while True:
+            fingerprint = file.fingerprint + (f"#gen={generation}" if generation else "")
+            identity = claim_identity(area.backend, area.location, file.key, fingerprint)
+            existing = self.claims.get(identity)
+            if existing is None:
+                return identity
+            if existing["state"] != MOVED:
+                return None
+            generation += 1
 
     # -- starting a job ----------------------------------------------------------------
 
