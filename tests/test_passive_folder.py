@@ -1,0 +1,317 @@
+"""Passive upload through the embedded local folder, <data-dir>/passive/<member_id>/.
+
+The real pipeline runs: JobService, worker threads running the ingest engine, and the
+scanner; the same guarantees as S3 (exactly once, crash recovery, waiting for files that
+are still being written, clear failures) are checked here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from bss.jobs.models import jobs
+from bss.passive.claims import utcnow
+from bss.passive.folder import PROCESSING, FolderArea, FolderBackend
+from bss.passive.models import CLAIMED, JOB_CREATED, MOVED, passive_claims
+from bss.passive.scanner import run_passive
+from bss.passive.storage import destination_key
+from bss.passive.testing import Pipeline
+
+MEMBER = 8001
+
+
+@pytest.fixture
+def pipeline(tmp_path):
+    p = Pipeline(tmp_path / "data", max_file_bytes=10_000)
+    p.add_member(MEMBER)
+    yield p
+    p.close()
+
+
+def member_dir(p: Pipeline, member_id: int = MEMBER) -> Path:
+    return Path(p.settings.data_dir) / "passive" / str(member_id)
+
+
+def drop(p: Pipeline, rel: str, body: bytes, member_id: int = MEMBER) -> Path:
+    path = member_dir(p, member_id) / "submitted" / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+    return path
+
+
+def files(p: Pipeline, sub: str, member_id: int = MEMBER) -> list[str]:
+    base = member_dir(p, member_id) / sub
+    if not base.exists():
+        return []
+    return sorted(f.relative_to(base).as_posix() for f in base.rglob("*") if f.is_file())
+
+
+def all_jobs(p: Pipeline, member_id: int = MEMBER) -> list[dict]:
+    with p.engine.connect() as conn:
+        ids = conn.execute(select(jobs.c.job_id).where(jobs.c.member_id == member_id)).scalars()
+        return [p.service.get_job(j) for j in ids]
+
+
+def claims(p: Pipeline) -> dict[str, dict]:
+    with p.engine.connect() as conn:
+        return {
+            r["source_key"]: dict(r)
+            for r in conn.execute(select(passive_claims).order_by(passive_claims.c.id)).mappings()
+        }
+
+
+def kill(*scanners) -> None:
+    """The scanners die: they stop renewing, and their leases run out (made to, here)."""
+    for s in scanners:
+        s.inflight.clear()
+    with scanners[0].engine.begin() as conn:
+        conn.execute(
+            update(passive_claims)
+            .where(passive_claims.c.owner.in_([s.owner for s in scanners]))
+            .values(lease_until=utcnow() - timedelta(hours=1))
+        )
+
+
+def test_folder_end_to_end_with_odd_names(pipeline):
+    names = {
+        "plain.txt": 3,
+        "with space & plus+sign.txt": 2,
+        "ünïcødé €uro.txt": 4,
+        "a/b/nested.txt": 1,
+        "odd ?#%[]{}'\";=.txt": 2,
+        "  leading and trailing  ": 1,
+    }
+    for name, users in names.items():
+        drop(pipeline, name, pipeline.good_file(MEMBER, users))
+
+    scanner = pipeline.scanner()
+    stats = scanner.scan_once()
+    assert sorted(stats.claimed) == sorted(f"submitted/{n}" for n in names)
+    scanner.drain(timeout=120)
+
+    assert files(pipeline, "submitted") == []
+    assert files(pipeline, PROCESSING) == []
+    assert (member_dir(pipeline) / "failed").is_dir()  # created by the service
+    done = files(pipeline, "done")
+    by_name = {k.rsplit("-", 1)[0]: k for k in done}
+    assert set(by_name) == set(names)
+    for name, users in names.items():
+        job = pipeline.service.get_job(by_name[name].rsplit("-", 1)[1])
+        assert by_name[name] == f"{name}-{job['job_id']}"
+        assert job["phase"] == "completed"
+        assert job["num_valid"] == users and job["num_valid_user"] == users
+        assert job["upload_source"] == "folder"
+        assert job["source_key"] == f"submitted/{name}"
+    assert (member_dir(pipeline) / "done" / by_name["plain.txt"]).read_bytes() == (
+        pipeline.good_file(MEMBER, 3)
+    )
+
+
+def test_folder_failures_are_clear(pipeline):
+    drop(pipeline, "empty.txt", b"")
+    drop(pipeline, "big.txt", b"x" * (pipeline.settings.max_file_bytes + 1))
+    drop(pipeline, "broken.gz", b"\x1f\x8b\x08\x00" + b"not really gzip" * 10)
+    long_name = "L" * 240 + ".txt"  # with -JOBID it would exceed 255 bytes
+    drop(pipeline, long_name, b"")
+
+    scanner = pipeline.scanner()
+    scanner.scan_once()
+    scanner.drain(timeout=120)
+
+    assert files(pipeline, "submitted") == [] and files(pipeline, "done") == []
+    failed = files(pipeline, "failed")
+    assert len(failed) == 4
+    codes = {}
+    for key in failed:
+        job = pipeline.service.get_job(key.rsplit("-", 1)[1])
+        assert job["phase"] == "error" and job["error_code"]
+        codes[job["source_key"]] = job["error_code"]
+    assert codes["submitted/empty.txt"] == "EMPTY_FILE"
+    assert codes["submitted/big.txt"] == "FILESIZE_LIMIT_EXCEEDED"
+    assert codes[f"submitted/{long_name}"] == "EMPTY_FILE"
+    (shortened,) = [k for k in failed if k.startswith("LLLL")]
+    assert len(shortened.encode()) <= 255 and "~" in shortened
+
+
+def test_files_being_written_wait(pipeline):
+    drop(pipeline, ".upload-in-progress.part", b"half a fi")  # hidden: a writer's temp name
+    drop(pipeline, "recent.txt", pipeline.good_file(MEMBER, 1))
+
+    patient = pipeline.scanner(min_age_seconds=3600)
+    stats = patient.scan_once()
+    assert stats.claimed == [] and stats.waiting == ["submitted/recent.txt"]
+    assert files(pipeline, "submitted") == [".upload-in-progress.part", "recent.txt"]
+    assert claims(pipeline) == {}
+
+    eager = pipeline.scanner(min_age_seconds=0)
+    assert eager.scan_once().claimed == ["submitted/recent.txt"]
+    eager.drain(timeout=60)
+    assert files(pipeline, "submitted") == [".upload-in-progress.part"]
+    # the writer finishes with an atomic rename: now it is picked up
+    sub = member_dir(pipeline) / "submitted"
+    os.rename(sub / ".upload-in-progress.part", sub / "finished.txt")
+    assert eager.scan_once().claimed == ["submitted/finished.txt"]
+    eager.drain(timeout=60)
+    assert len(files(pipeline, "done")) + len(files(pipeline, "failed")) == 2
+
+
+def test_two_scanners_at_once_each_file_once(pipeline):
+    n = 16
+    for i in range(n):
+        drop(pipeline, f"f{i:02d}.txt", pipeline.good_file(MEMBER, 1 + i % 3))
+    stop = threading.Event()
+    scanners = [pipeline.scanner(owner=f"scanner-{i}") for i in range(3)]
+    threads = [threading.Thread(target=s.run, args=(stop,), daemon=True) for s in scanners]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(files(pipeline, "done")) < n:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    jobs_ = all_jobs(pipeline)
+    assert len(jobs_) == n
+    assert Counter(j["source_key"] for j in jobs_) == Counter(
+        f"submitted/f{i:02d}.txt" for i in range(n)
+    )
+    assert all(j["phase"] == "completed" for j in jobs_)
+    assert files(pipeline, "submitted") == [] and files(pipeline, PROCESSING) == []
+    assert sorted(files(pipeline, "done")) == sorted(
+        f"{j['source_key'][len('submitted/') :]}-{j['job_id']}" for j in jobs_
+    )
+
+
+def test_take_is_an_atomic_rename(pipeline):
+    """Even scanners that share no database cannot both take a file."""
+    drop(pipeline, "contested.txt", b"1,2:0\n")
+    area = FolderArea(member_dir(pipeline), MEMBER)
+    (file,) = area.list_submitted().files
+    results = []
+    barrier = threading.Barrier(8)
+
+    def grab(i: int) -> None:
+        barrier.wait()
+        results.append(area.take(file, f"{PROCESSING}/t{i}/contested.txt"))
+
+    threads = [threading.Thread(target=grab, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+    assert len(files(pipeline, PROCESSING)) == 1
+
+
+def test_crash_at_each_step_is_finished_once(pipeline):
+    for name in ("no-job.txt", "job-running.txt", "renamed-not-recorded.txt"):
+        drop(pipeline, name, pipeline.good_file(MEMBER, 2))
+
+    # Scanner A: claims all three, then fails to create one job and "dies".
+    a = pipeline.scanner(owner="scanner-a")
+    real_submit = a.jobs.submit_file
+
+    class Flaky:
+        def __getattr__(self, name):
+            return getattr(pipeline.service, name)
+
+        def submit_file(self, member_id, path, **kw):
+            if kw["source_key"].endswith("no-job.txt"):
+                raise ConnectionError("database went away")
+            return real_submit(member_id, path, **kw)
+
+    a.jobs = Flaky()
+    a.scan_once()
+    state = {k: c["state"] for k, c in claims(pipeline).items()}
+    assert state == {
+        "submitted/no-job.txt": CLAIMED,
+        "submitted/job-running.txt": JOB_CREATED,
+        "submitted/renamed-not-recorded.txt": JOB_CREATED,
+    }
+    # the file is parked in .processing while its job runs
+    assert files(pipeline, "submitted") == []
+    # For the third, A got as far as the final rename but died before recording it.
+    flight = next(f for f in a.inflight.values() if f.file.key.endswith("not-recorded.txt"))
+    deadline = time.monotonic() + 60
+    while pipeline.service.get_job(flight.job_id)["phase"] not in ("completed", "error"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    dest = destination_key("done", "renamed-not-recorded.txt", flight.job_id)
+    flight.area.move(flight.work_key, dest, flight.file)
+    kill(a)
+
+    b = pipeline.scanner(owner="scanner-b")
+    stats = b.scan_once()
+    assert sorted(stats.resumed) == sorted(state)
+    assert stats.claimed == []
+    b.drain(timeout=120)
+
+    jobs_ = all_jobs(pipeline)
+    assert sorted(j["source_key"] for j in jobs_) == sorted(state)  # one job each
+    assert all(j["phase"] == "completed" for j in jobs_)
+    assert sorted(files(pipeline, "done")) == sorted(
+        f"{j['source_key'][len('submitted/') :]}-{j['job_id']}" for j in jobs_
+    )
+    assert files(pipeline, "submitted") == [] and files(pipeline, PROCESSING) == []
+    assert {c["state"] for c in claims(pipeline).values()} == {MOVED}
+    assert b.scan_once().claimed == []
+
+
+def test_unknown_members_are_ignored(pipeline):
+    drop(pipeline, "x.txt", b"1,2:0\n", member_id=9999)
+    assert [a.member_id for a in FolderBackend(member_dir(pipeline).parent).areas([MEMBER])] == []
+    s = pipeline.scanner()
+    assert s.scan_once().claimed == []
+    assert files(pipeline, "submitted", member_id=9999) == ["x.txt"]
+
+
+def test_run_passive_entry_point(pipeline):
+    """run_passive(settings, job_service, stop_event), as serve/worker call it."""
+    drop(pipeline, "via-loop.txt", pipeline.good_file(MEMBER, 2))
+    stop = threading.Event()
+    t = threading.Thread(
+        target=run_passive, args=(pipeline.settings, pipeline.service, stop), daemon=True
+    )
+    t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not files(pipeline, "done"):
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert not t.is_alive()
+    (key,) = files(pipeline, "done")
+    job = pipeline.service.get_job(key.rsplit("-", 1)[1])
+    assert job["phase"] == "completed" and job["num_valid"] == 2
+
+
+@pytest.mark.parametrize(
+    ("rel", "expected"),
+    [
+        ("a.txt", "done/a.txt-J"),
+        ("x/y/a b.txt", "done/x/y/a b.txt-J"),
+        ("  sp  ", "done/  sp  -J"),
+    ],
+)
+def test_destination_key(rel, expected):
+    assert destination_key("done", rel, "J") == expected
+
+
+def test_destination_key_respects_limits():
+    key = destination_key("failed", "d/" + "é" * 600, "J" * 40, max_key_bytes=1024)
+    assert (
+        len(key.encode()) <= 1024 and key.startswith("failed/d/") and key.endswith("-" + "J" * 40)
+    )
+    other = destination_key("failed", "d/" + "é" * 599 + "x", "J" * 40, max_key_bytes=1024)
+    assert other != key  # the hash keeps distinct long names distinct
