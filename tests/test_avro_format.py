@@ -624,3 +624,118 @@ def test_gzipped_avro_through_read_chunks(tmp_path):
     lines = pl.concat([c.lines for c in chunks])
     assert lines.height == 25
     assert lines["user_key"].to_list()[:2] == [ALL_BRANCHES[0][3], ALL_BRANCHES[1][3]]
+
+
+# --------------------------------------------------------------------------------------
+# The vectorized segment rules agree with the per-segment reference implementation
+# --------------------------------------------------------------------------------------
+
+WIDE_SEGMENT = [
+    {"name": "id", "type": "long", "default": 0},
+    {"name": "code", "type": ["null", "string"], "default": None},
+    {"name": "member_id", "type": "long", "default": 0},
+    {"name": "expiration", "type": "long", "default": 0},
+    {"name": "timestamp", "type": "long", "default": 0},
+    {"name": "value", "type": ["null", "long"], "default": None},
+]
+segments_strategy = st.lists(
+    st.fixed_dictionaries(
+        {
+            "id": st.sampled_from([0, 0, 1, 77, 2**31 - 1, -5, 2**62]),
+            "code": st.sampled_from([None, "", "", "a", "Auto_Intender"]),
+            "member_id": st.sampled_from([0, 0, 7, -1]),
+            "expiration": st.sampled_from([-(2**40), -3, -2, -1, 0, 1440, 2**40]),
+            "timestamp": st.sampled_from([-1, 0, 0, 1, MAX_TIMESTAMP_SECONDS, 2**40]),
+            "value": st.sampled_from([None, 0, -(2**31) - 1, -(2**31), 2**31 - 1, 2**31]),
+        }
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    records=st.lists(
+        st.tuples(st.sampled_from([0, 1, 2**63 - 1, -(2**63)]), segments_strategy), max_size=25
+    ),
+    per_chunk=st.integers(1, 30),
+)
+def test_vectorized_segments_match_the_reference(records, per_chunk):
+    import bss.formats.avro as avro_format
+
+    s = custom_schema(["null", "long"], segment_fields=WIDE_SEGMENT)
+    data = write_fastavro([{"uid": u, "segments": segs} for u, segs in records], writer_schema=s)
+    fast = parse(data, records_per_chunk=per_chunk)
+    original = avro_format._fast_segments_ok
+    avro_format._fast_segments_ok = lambda fields, named: False
+    try:
+        slow = parse(data, records_per_chunk=per_chunk)
+    finally:
+        avro_format._fast_segments_ok = original
+    assert fast[0].equals(slow[0])
+    assert fast[1].equals(slow[1])
+
+
+def test_fast_path_is_chosen_only_for_plain_segment_types():
+    from bss.formats.avro import _plan
+
+    def plan_of(seg_fields):
+        return _plan(json.dumps(custom_schema(["long"], segment_fields=seg_fields)).encode())[0]
+
+    assert plan_of(WIDE_SEGMENT).fast_segments
+    assert _plan(json.dumps(schema_published()).encode())[0].fast_segments
+    assert not plan_of([{"name": "id", "type": "string"}]).fast_segments
+    assert not plan_of(
+        [{"name": "id", "type": {"type": "int", "logicalType": "date"}}]
+    ).fast_segments
+    assert not plan_of(
+        [{"name": "code", "type": {"type": "string", "logicalType": "uuid"}}]
+    ).fast_segments
+
+
+def schema_published():
+    return published_schema()
+
+
+def test_segments_as_a_union_of_records_use_the_reference_rules():
+    seg = {"type": "record", "name": "seg", "fields": [
+        {"name": "id", "type": "int", "default": 0}, {"name": "code", "type": "string"}]}  # fmt: skip
+    s = {
+        "type": "record",
+        "name": "u",
+        "fields": [
+            {"name": "uid", "type": "long"},
+            {"name": "segments", "type": {"type": "array", "items": ["null", seg]}},
+        ],
+    }
+    records = [
+        {"uid": 1, "segments": [("seg", {"id": 5, "code": ""}), ("seg", {"id": 0, "code": "c"})]},
+        {"uid": 2, "segments": [("seg", {"id": 5, "code": ""}), None]},
+        {"uid": 3, "segments": [("seg", {"id": 0, "code": ""})]},
+    ]
+    lines, pairs = parse(write_fastavro(records, writer_schema=s))
+    assert lines["format_error"].to_list() == [
+        None,
+        "segment is not a record",
+        "segment has neither id nor code",
+    ]
+    assert pairs.select("line_no", "pos", "seg_id", "seg_code").rows() == [
+        (1, 0, 5, None),
+        (1, 1, None, "c"),
+    ]
+
+
+def test_segment_id_given_as_text_in_a_custom_schema():
+    s = custom_schema(["long"], segment_fields=[{"name": "id", "type": "string"}])
+    records = [
+        {"uid": 1, "segments": [{"id": "123"}]},
+        {"uid": 2, "segments": [{"id": "12a"}]},
+        {"uid": 3, "segments": [{"id": ""}]},
+    ]
+    lines, pairs = parse(write_fastavro(records, writer_schema=s))
+    assert lines["format_error"].to_list() == [
+        None,
+        "segment id is not an integer",
+        "segment id is not an integer",
+    ]
+    assert pairs["seg_id"].to_list() == [123]

@@ -85,7 +85,24 @@ _KIND_EXTERNAL = int(UserKind.EXTERNAL)
 _KIND_DEVICE = int(UserKind.DEVICE)
 _KIND_EID = int(UserKind.EID)
 
-_to_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+def _json_encoder() -> Any:
+    """Compact JSON with default=str: json.dumps's C encoder, without its per-call set-up."""
+    c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # pragma: no cover - CPython always has it
+        return json.JSONEncoder(separators=(",", ":"), default=str).encode
+    encode = c_make_encoder(
+        None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+    join = "".join
+
+    def to_json(obj: Any) -> str:
+        return join(encode(obj, 0))
+
+    return to_json
+
+
+_to_json = _json_encoder()
 
 
 @lru_cache(maxsize=1)
@@ -411,6 +428,8 @@ class _Plan:
     record_branches: dict[str, str] = field(default_factory=dict)
     #: When the uid is not a union: its branch short name (None if unrecognised).
     single_branch: str | None = None
+    #: Segment fields have the plain types polars can take as they are (vectorized rules).
+    fast_segments: bool = False
 
 
 def _short(name: str) -> str:
@@ -504,17 +523,44 @@ def _plan(schema_json: bytes) -> tuple[_Plan, Any]:
 
     segments = _resolve(fields["segments"], named)
     items = _resolve(segments.get("items"), named) if _type_name(segments) == "array" else None
+    items_union = isinstance(items, list)
     if isinstance(items, list):  # a union of item types: it must hold the segment record
         records = [_resolve(b, named) for b in items]
         items = next((b for b in records if _type_name(b) == "record"), None)
     if _type_name(items) != "record" or not isinstance(items, dict):
         raise InputError(SCHEMA_INVALID, "writer schema's `segments` must be an array of records")
-    seg_fields = {f.get("name") for f in items.get("fields", []) if isinstance(f, dict)}
-    if not seg_fields & {"id", "code"}:
+    seg_fields = {
+        f.get("name"): f.get("type") for f in items.get("fields", []) if isinstance(f, dict)
+    }
+    if not seg_fields.keys() & {"id", "code"}:
         raise InputError(
             SCHEMA_INVALID, "writer schema's segment record has neither an `id` nor a `code` field"
         )
+    # Union items come as (name, record) tuples: those take the per-segment path.
+    plan.fast_segments = not items_union and _fast_segments_ok(seg_fields, named)
     return plan, schema
+
+
+_INTEGER_TYPES = frozenset({"int", "long"})
+
+
+def _plain_type(schema: Any, named: dict[str, Any], allowed: frozenset[str]) -> bool:
+    """An allowed primitive (no logical type), or a union of it with null."""
+    schema = _resolve(schema, named)
+    if isinstance(schema, list):
+        kinds = [_resolve(b, named) for b in schema]
+        return all(k == "null" or _plain_type(k, named, allowed) for k in kinds)
+    if isinstance(schema, dict):
+        return "logicalType" not in schema and schema.get("type") in allowed
+    return schema in allowed
+
+
+def _fast_segments_ok(fields: dict[str, Any], named: dict[str, Any]) -> bool:
+    """Whether the segment fields we read all decode to int / str / None."""
+    for name in ("id", "member_id", "expiration", "timestamp", "value"):
+        if name in fields and not _plain_type(fields[name], named, _INTEGER_TYPES):
+            return False
+    return "code" not in fields or _plain_type(fields["code"], named, frozenset({"string"}))
 
 
 # --------------------------------------------------------------------------------------
@@ -538,57 +584,82 @@ def _int(value: Any) -> int:
     raise TypeError(value)
 
 
-class _Users:
-    """uid branch value -> (user_kind, user_key, user_error)."""
+_UserResult = tuple[int | None, str | None, str | None]
 
-    def __init__(self, config: BatchSegmentConfig, member_id: int) -> None:
-        self.default_owner = config.external_member_uid or member_id
 
-    def user(self, branch: str, value: Any) -> tuple[int | None, str | None, str | None]:
-        if branch == "anid":
-            if type(value) is not int:
-                return None, None, "anid is not an integer"
-            if value == 0:
-                return None, None, "anid 0 is not a valid user ID"
-            return _KIND_ANID, str(value & MAX_UID), None
-        if not isinstance(value, dict):
-            return None, None, f"{branch} is not a record"
-        get = value.get
-        if branch == "ifa":
-            ident, kind = _text(get("id")), _text(get("type"))
-            if not ident or not kind:
-                return None, None, "ifa id is empty" if not ident else "ifa type is empty"
-            return _KIND_IFA, f"{kind.lower()}:{ident.lower()}", None
-        if branch == "device_id":
-            ident, domain = _text(get("id")), _text(get("domain")).lower()
-            if not ident:
-                return None, None, "device_id id is empty"
-            if domain not in DEVICE_DOMAINS:
-                return None, None, f"device_id domain {domain!r} is not supported"
-            return _KIND_DEVICE, f"{domain}:{ident.lower()}", None
-        if branch == "external_id":
-            ident = _text(get("id"))
-            if not ident:
-                return None, None, "external_id id is empty"
-            try:
-                owner = _int(get("member_id")) or self.default_owner
-            except TypeError:
-                return None, None, "external_id member_id is not an integer"
-            return _KIND_EXTERNAL, f"{owner}:{ident}", None
-        if branch == "eid":
-            source, ident = _text(get("source")), _text(get("id"))
-            if not source or not ident:
-                return None, None, "eid source is empty" if not source else "eid id is empty"
-            return _KIND_EID, f"{source.lower()}:{ident}", None
-        if branch == "xfa":
-            ip = _text(get("ip"))
-            if not ip:
-                return None, None, "xfa ip is empty"
-            make, model = get("device_make_id"), get("device_model_id")
-            make = 0 if make is None else make
-            model = 0 if model is None else model
-            return _KIND_XFA, f"{make}:{model}:{ip}", None
-        return None, None, ERR_NO_UID_TYPE
+def _anid(value: Any) -> _UserResult:
+    if type(value) is not int:
+        return None, None, "anid is not an integer"
+    if value == 0:
+        return None, None, "anid 0 is not a valid user ID"
+    return _KIND_ANID, str(value & MAX_UID), None
+
+
+def _ifa(value: Any) -> _UserResult:
+    if type(value) is not dict:
+        return None, None, "ifa is not a record"
+    ident, kind = _text(value.get("id")), _text(value.get("type"))
+    if not ident or not kind:
+        return None, None, "ifa id is empty" if not ident else "ifa type is empty"
+    return _KIND_IFA, f"{kind.lower()}:{ident.lower()}", None
+
+
+def _device_id(value: Any) -> _UserResult:
+    if type(value) is not dict:
+        return None, None, "device_id is not a record"
+    ident, domain = _text(value.get("id")), _text(value.get("domain")).lower()
+    if not ident:
+        return None, None, "device_id id is empty"
+    if domain not in DEVICE_DOMAINS:
+        return None, None, f"device_id domain {domain!r} is not supported"
+    return _KIND_DEVICE, f"{domain}:{ident.lower()}", None
+
+
+def _eid(value: Any) -> _UserResult:
+    if type(value) is not dict:
+        return None, None, "eid is not a record"
+    source, ident = _text(value.get("source")), _text(value.get("id"))
+    if not source or not ident:
+        return None, None, "eid source is empty" if not source else "eid id is empty"
+    return _KIND_EID, f"{source.lower()}:{ident}", None
+
+
+def _xfa(value: Any) -> _UserResult:
+    if type(value) is not dict:
+        return None, None, "xfa is not a record"
+    ip = _text(value.get("ip"))
+    if not ip:
+        return None, None, "xfa ip is empty"
+    make, model = value.get("device_make_id"), value.get("device_model_id")
+    make = 0 if make is None else make
+    model = 0 if model is None else model
+    return _KIND_XFA, f"{make}:{model}:{ip}", None
+
+
+def _user_functions(config: BatchSegmentConfig, member_id: int) -> dict[str, Any]:
+    """uid branch name -> function(branch value) -> (user_kind, user_key, user_error)."""
+    default_owner = config.external_member_uid or member_id
+
+    def external_id(value: Any) -> _UserResult:
+        if type(value) is not dict:
+            return None, None, "external_id is not a record"
+        ident = _text(value.get("id"))
+        if not ident:
+            return None, None, "external_id id is empty"
+        try:
+            owner = _int(value.get("member_id")) or default_owner
+        except TypeError:
+            return None, None, "external_id member_id is not an integer"
+        return _KIND_EXTERNAL, f"{owner}:{ident}", None
+
+    return {
+        "anid": _anid,
+        "ifa": _ifa,
+        "xfa": _xfa,
+        "external_id": external_id,
+        "device_id": _device_id,
+        "eid": _eid,
+    }
 
 
 class _Columns:
@@ -597,7 +668,7 @@ class _Columns:
     __slots__ = (
         "line_no", "raw", "format_error", "user_kind", "user_key", "user_error",
         "p_line", "p_pos", "p_id", "p_code", "p_member", "p_exp", "p_ts", "p_value",
-        "p_ts_bad", "p_value_bad", "p_exp_bad",
+        "p_ts_bad", "p_value_bad", "p_exp_bad", "s_rows",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -622,6 +693,8 @@ class _Columns:
             },
             schema=LINE_SCHEMA,
         )
+        if self.s_rows:
+            return _vectorized_pairs(lines, self.p_line, self.p_pos, self.s_rows)
         pairs = pl.DataFrame(
             {
                 "line_no": self.p_line,
@@ -640,6 +713,61 @@ class _Columns:
             schema=PAIR_SCHEMA,
         )
         return lines, pairs
+
+
+_SEGMENT_INPUT = {
+    "id": pl.Int64(),
+    "code": pl.String(),
+    "member_id": pl.Int64(),
+    "expiration": pl.Int64(),
+    "timestamp": pl.Int64(),
+    "value": pl.Int64(),
+}
+
+
+def _vectorized_pairs(
+    lines: pl.DataFrame, line_nos: list[int], positions: list[int], rows: list[dict[str, Any]]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The segment rules of `_segments`, applied to a whole chunk at once.
+
+    Only for writer schemas whose segment fields decode to int / str / None (see
+    `_fast_segments_ok`); `_segments` is the reference the tests compare this with.
+    """
+    seg = pl.DataFrame(rows, schema=_SEGMENT_INPUT)
+    has_id = pl.col("id").fill_null(0) != 0
+    has_code = ~has_id & (pl.col("code").fill_null("") != "")
+    exp, ts, value = pl.col("expiration"), pl.col("timestamp"), pl.col("value")
+    exp_bad = (exp < -2).fill_null(False)
+    ts_bad = ((ts < 0) | (ts > MAX_TIMESTAMP_SECONDS)).fill_null(False)
+    value_bad = ((value < MIN_VALUE) | (value > MAX_VALUE)).fill_null(False)
+    pairs = seg.select(
+        pl.Series("line_no", line_nos, dtype=pl.Int64),
+        pl.Series("pos", positions, dtype=pl.Int32),
+        pl.when(has_id).then(pl.col("id")).alias("seg_id"),
+        pl.when(has_code).then(pl.col("code")).alias("seg_code"),
+        pl.when(has_code & (pl.col("member_id") != 0))
+        .then(pl.col("member_id"))
+        .alias("seg_member_id"),
+        pl.when(~exp_bad).then(exp).alias("expiration"),
+        pl.when(~ts_bad & (ts != 0)).then(ts).alias("timestamp"),
+        pl.when(~value_bad).then(value).alias("value"),
+        pl.lit(False).alias("removal"),
+        ts_bad.alias("timestamp_invalid"),
+        value_bad.alias("value_invalid"),
+        exp_bad.alias("expiration_invalid"),
+        (~has_id & ~has_code).alias("_neither"),
+    )
+    bad = pairs.filter(pl.col("_neither"))["line_no"].unique()
+    pairs = pairs.drop("_neither")
+    if bad.len():
+        pairs = pairs.filter(~pl.col("line_no").is_in(bad.implode()))
+        is_bad = pl.col("line_no").is_in(bad.implode())
+        lines = lines.with_columns(
+            pl.when(is_bad).then(pl.lit(ERR_NO_ID_NOR_CODE)).otherwise("format_error")
+            .alias("format_error"),
+            *(pl.when(~is_bad).then(c).alias(c) for c in ("user_kind", "user_key", "user_error")),
+        )  # fmt: skip
+    return lines, pairs.cast(PAIR_SCHEMA)  # type: ignore[arg-type]
 
 
 def _segments(cols: _Columns, line_no: int, segments: list[Any]) -> str | None:
@@ -746,68 +874,81 @@ def iter_avro_chunks(
     except Exception as exc:
         raise InputError(SCHEMA_INVALID, f"writer schema cannot be read: {exc}") from exc
 
-    users = _Users(config, member_id)
-    user_of = users.user
+    user_of = _user_functions(config, member_id)
     uid_is_union = plan.uid_is_union
     int_branch = plan.int_branch
     record_branches = plan.record_branches
     single_branch = plan.single_branch
 
+    fast = plan.fast_segments
     records = iter(reader)
     line_no = 0
-    cols = _Columns()
     while True:
-        try:
-            record = next(records)
-        except StopIteration:
-            break
-        except InputError:
-            raise
-        except Exception as exc:  # anything fastavro raises on damaged data
-            raise InputError(
-                CORRUPT, f"Avro record {line_no + 1} cannot be decoded: {type(exc).__name__}: {exc}"
-            ) from exc
-        line_no += 1
-        format_error: str | None = None
-        kind = key = user_error = None
+        cols = _Columns()
+        a_line, a_raw, a_format = cols.line_no.append, cols.raw.append, cols.format_error.append
+        a_kind, a_key, a_user_err = (
+            cols.user_kind.append,
+            cols.user_key.append,
+            cols.user_error.append,
+        )
+        x_line, x_pos, x_rows = cols.p_line.extend, cols.p_pos.extend, cols.s_rows.extend
+        chunk_end = line_no + records_per_chunk
+        while line_no < chunk_end:
+            try:
+                record = next(records)
+            except StopIteration:
+                break
+            except InputError:
+                raise
+            except Exception as exc:  # anything fastavro raises on damaged data
+                raise InputError(
+                    CORRUPT,
+                    f"Avro record {line_no + 1} cannot be decoded: {type(exc).__name__}: {exc}",
+                ) from exc
+            line_no += 1
+            format_error: str | None = None
+            kind = key = user_error = None
 
-        uid = record.get("uid")
-        branch: str | None
-        if uid_is_union:
-            if type(uid) is tuple:
-                branch = record_branches.get(uid[0])
-                uid = uid[1]
-                record["uid"] = {branch or _short(str(record["uid"][0])): uid}
-            elif type(uid) is int and int_branch is not None:
-                branch = "anid"
-                record["uid"] = {int_branch: uid}
+            uid = record.get("uid")
+            branch: str | None
+            if uid_is_union:
+                if type(uid) is tuple:
+                    name = uid[0]
+                    uid = uid[1]
+                    branch = record_branches.get(name)
+                    record["uid"] = {branch or _short(str(name)): uid}
+                elif type(uid) is int and int_branch is not None:
+                    branch = "anid"
+                    record["uid"] = {int_branch: uid}
+                else:
+                    branch = None
             else:
-                branch = None
-        else:
-            branch = single_branch
-        if branch is None:
-            format_error = ERR_NO_UID_TYPE
-        else:
-            segments = record.get("segments")
-            if not segments:
-                format_error = ERR_NO_SEGMENTS
-            elif len(segments) > MAX_SEGMENTS_PER_LINE:
-                format_error = ERR_TOO_MANY_SEGMENTS
+                branch = single_branch
+            if branch is None:
+                format_error = ERR_NO_UID_TYPE
             else:
-                format_error = _segments(cols, line_no, segments)
-            if format_error is None:
-                kind, key, user_error = user_of(branch, uid)
+                segments = record.get("segments")
+                if not segments:
+                    format_error = ERR_NO_SEGMENTS
+                elif len(segments) > MAX_SEGMENTS_PER_LINE:
+                    format_error = ERR_TOO_MANY_SEGMENTS
+                elif fast:
+                    count = len(segments)
+                    x_rows(segments)
+                    x_line([line_no] * count)
+                    x_pos(range(count))
+                else:
+                    format_error = _segments(cols, line_no, segments)
+                if format_error is None:
+                    kind, key, user_error = user_of[branch](uid)
 
-        cols.line_no.append(line_no)
-        cols.raw.append(_to_json(record))
-        cols.format_error.append(format_error)
-        cols.user_kind.append(kind)
-        cols.user_key.append(key)
-        cols.user_error.append(user_error)
-        if len(cols.line_no) >= records_per_chunk:
-            lines, pairs = cols.frames()
-            yield ParsedChunk(lines=lines, pairs=pairs, input_offset=src.offset)
-            cols = _Columns()
-    if cols.line_no:
+            a_line(line_no)
+            a_raw(_to_json(record))
+            a_format(format_error)
+            a_kind(kind)
+            a_key(key)
+            a_user_err(user_error)
+        if not cols.line_no:
+            return
         lines, pairs = cols.frames()
         yield ParsedChunk(lines=lines, pairs=pairs, input_offset=src.offset)
