@@ -315,3 +315,64 @@ def test_destination_key_respects_limits():
     )
     other = destination_key("failed", "d/" + "é" * 599 + "x", "J" * 40, max_key_bytes=1024)
     assert other != key  # the hash keeps distinct long names distinct
+
+
+def test_killed_after_job_created_but_before_it_was_recorded(pipeline):
+    """The job exists but the claim does not know it: the next scanner adopts it."""
+    drop(pipeline, "orphan.txt", pipeline.good_file(MEMBER, 3))
+    a = pipeline.scanner(owner="scanner-a")
+
+    class DiesAfterSubmit:
+        def __getattr__(self, name):
+            return getattr(pipeline.service, name)
+
+        def submit_file(self, *args, **kw):
+            pipeline.service.submit_file(*args, **kw)
+            raise SystemError("killed right after the job was created")
+
+    a.jobs = DiesAfterSubmit()
+    a.scan_once()
+    assert claims(pipeline)["submitted/orphan.txt"]["state"] == CLAIMED
+    (created,) = all_jobs(pipeline)
+    kill(a)
+
+    b = pipeline.scanner(owner="scanner-b")
+    assert b.scan_once().resumed == ["submitted/orphan.txt"]
+    b.drain(timeout=60)
+    (job,) = all_jobs(pipeline)  # still exactly one job
+    assert job["job_id"] == created["job_id"] and job["phase"] == "completed"
+    assert job["num_valid"] == 3
+    assert files(pipeline, "done") == [f"orphan.txt-{job['job_id']}"]
+    assert claims(pipeline)["submitted/orphan.txt"]["job_id"] == job["job_id"]
+
+
+def test_a_scanner_that_lost_its_claim_does_not_create_a_job(pipeline):
+    drop(pipeline, "slow.txt", pipeline.good_file(MEMBER, 1))
+    a = pipeline.scanner(owner="scanner-a")
+    b = pipeline.scanner(owner="scanner-b")
+    real_fetch = FolderArea.fetch
+
+    calls = []
+
+    def slow_fetch(self, work_key, file, dest):
+        calls.append(work_key)
+        if len(calls) == 1:
+            # while A downloads, its lease runs out and B takes the claim over (B's own
+            # download is the second call)
+            with a.engine.begin() as conn:
+                conn.execute(
+                    update(passive_claims).values(lease_until=utcnow() - timedelta(hours=1))
+                )
+            assert b.scan_once().resumed == ["submitted/slow.txt"]
+        real_fetch(self, work_key, file, dest)
+
+    FolderArea.fetch = slow_fetch
+    try:
+        assert a.scan_once().claimed == ["submitted/slow.txt"]
+    finally:
+        FolderArea.fetch = real_fetch
+    assert a.inflight == {}  # A noticed before creating a job, and let go
+    assert len(calls) == 2
+    b.drain(timeout=60)
+    (job,) = all_jobs(pipeline)
+    assert files(pipeline, "done") == [f"slow.txt-{job['job_id']}"]

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     passive_min_age_seconds: int = 60
     #: Scan S3 buckets (needs credentials through boto3's chain); the local folder is always on.
     passive_s3_enabled: bool = False
+    #: A scanner that has not renewed its claim on a passive file for this long is presumed
+    #: dead, and another scanner finishes its work (renewed every quarter of this).
+    passive_lease_seconds: int = 900
+    #: How often a scanner checks the jobs of the files it started (between scans).
+    passive_poll_seconds: float = 2.0
 
     admin_username: str | None = None
     admin_password: str | None = None

@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,10 @@ class _InFlight:
     outcome: str | None = None
     dest_key: str | None = None
     error: str | None = None
+
+
+class _LostClaim(Exception):
+    """Another scanner took the claim over (our lease had run out)."""
 
 
 @dataclass(slots=True)
@@ -151,6 +155,9 @@ class PassiveScanner:
         self.tmp_dir = Path(settings.data_dir) / "passive-tmp"
         self.inflight: dict[int, _InFlight] = {}
         self._last_renew = 0.0
+        #: claims another scanner took from us (our lease ran out): drop, never finish
+        self._lost: set[int] = set()
+        self._renew_lock = threading.Lock()
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -158,20 +165,49 @@ class PassiveScanner:
         scan_every = float(getattr(self.settings, "passive_scan_seconds", 300))
         poll_every = float(getattr(self.settings, "passive_poll_seconds", 2.0) or 2.0)
         poll_every = max(0.05, min(poll_every, scan_every))
+        # Leases are renewed by their own thread, so a long download or a slow scan never
+        # lets them run out while this scanner is alive.
+        beat = threading.Thread(
+            target=self._heartbeat, args=(stop_event,), name="passive-lease", daemon=True
+        )
+        beat.start()
         next_scan = 0.0
-        while not stop_event.is_set():
-            now = time.monotonic()
-            if now >= next_scan:
-                next_scan = now + scan_every
+        try:
+            while not stop_event.is_set():
+                now = time.monotonic()
+                if now >= next_scan:
+                    next_scan = now + scan_every
+                    try:
+                        self.scan_once()
+                    except Exception:  # noqa: BLE001 - the loop must survive anything
+                        log.exception("passive scan failed")
                 try:
-                    self.scan_once()
-                except Exception:  # noqa: BLE001 - the loop must survive anything
-                    log.exception("passive scan failed")
+                    self.poll_once()
+                except Exception:  # noqa: BLE001
+                    log.exception("passive poll failed")
+                stop_event.wait(poll_every)
+        finally:
+            beat.join(timeout=5)
+
+    def _heartbeat(self, stop_event: threading.Event) -> None:
+        while not stop_event.wait(max(0.05, self.lease_seconds / 4)):
             try:
-                self.poll_once()
-            except Exception:  # noqa: BLE001
-                log.exception("passive poll failed")
-            stop_event.wait(poll_every)
+                self.renew_leases()
+            except Exception:  # noqa: BLE001 - database hiccup: try again next beat
+                log.exception("renewing passive leases failed")
+
+    def renew_leases(self) -> None:
+        """Extend the leases of every claim we hold; note the ones we lost."""
+        with self._renew_lock:
+            ids = list(self.inflight.keys())
+            if not ids:
+                return
+            still_ours = self.claims.renew(ids, self.owner, self.lease_seconds)
+            lost = set(ids) - still_ours
+            if lost:
+                log.error("passive claims %s were taken over by another scanner", sorted(lost))
+                self._lost |= lost
+            self._last_renew = time.monotonic()
 
     # -- one scan ----------------------------------------------------------------------
 
@@ -292,15 +328,21 @@ class PassiveScanner:
                 self.claims.release(flight.claim_id, self.owner)
                 self.inflight.pop(flight.claim_id, None)
                 return
-            job = self._create_job(area, file, flight.work_key)
+            job = None if fresh else self._orphan_job(flight)
+            if job is None:
+                job = self._create_job(flight)
+            else:
+                log.warning("adopting job %s created by a scanner that died", job["job_id"])
+        except _LostClaim:
+            self.inflight.pop(flight.claim_id, None)
+            return
         except Exception as exc:  # noqa: BLE001 - transient: keep the claim, retry later
             flight.failures += 1
             flight.retry_at = time.monotonic() + min(self.retry_seconds * flight.failures, 3600)
             log.warning("starting the job for %s failed (%s); will retry", file.key, exc)
             return
         if not self.claims.set_job(flight.claim_id, self.owner, job["job_id"], job.get("id")):
-            # We lost the claim meanwhile (our lease expired and someone took over). The
-            # job exists and will be found by its source_key, but the file is theirs now.
+            # Only possible if our lease ran out between the check in _create_job and here.
             log.error("lost passive claim %s while creating job %s", flight.claim_id, job["job_id"])
             self.inflight.pop(flight.claim_id, None)
             return
@@ -308,21 +350,62 @@ class PassiveScanner:
         flight.failures = 0
         flight.retry_at = 0.0
 
-    def _create_job(self, area: PassiveArea, file: SubmittedFile, work_key: str) -> dict:
+    def _orphan_job(self, flight: _InFlight) -> dict | None:
+        """The job a dead scanner created for this claim but did not record, if any.
+
+        The window is between JobService.submit_file returning and the claim's UPDATE: the
+        job has this member, source and key, was created no earlier than the claim, and no
+        claim refers to it.
+        """
+        from bss.jobs.models import jobs
+
+        row = self.claims.by_id(flight.claim_id)
+        if row is None:
+            return None
+        since = int(row["created_at"].replace(tzinfo=UTC).timestamp()) - 1
+        referenced = select(passive_claims.c.job_id).where(passive_claims.c.job_id.is_not(None))
+        with self.engine.connect() as conn:
+            job_id = conn.execute(
+                select(jobs.c.job_id)
+                .where(
+                    jobs.c.member_id == flight.area.member_id,
+                    jobs.c.upload_source == flight.area.backend,
+                    jobs.c.source_key == flight.file.key,
+                    jobs.c.created_on >= since,
+                    jobs.c.job_id.not_in(referenced),
+                )
+                .order_by(jobs.c.id)
+                .limit(1)
+            ).scalar()
+        return None if job_id is None else self.jobs.get_job(job_id)
+
+    def _create_job(self, flight: _InFlight) -> dict:
+        area, file = flight.area, flight.file
         common = dict(upload_source=area.backend, source_key=file.key)
         if file.size == 0:
+            self._ensure_ours(flight)
             return self._rejected_job(area.member_id, file, EMPTY_FILE, EMPTY_MESSAGE, **common)
         if file.size > self.max_file_bytes:
+            self._ensure_ours(flight)
             return self._rejected_job(
                 area.member_id, file, FILESIZE_LIMIT_EXCEEDED, FILESIZE_MESSAGE, **common
             )
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.upload"
         try:
-            area.fetch(work_key, file, tmp)
+            area.fetch(flight.work_key, file, tmp)
+            self._ensure_ours(flight)  # the download may have been long
             return self.jobs.submit_file(area.member_id, tmp, **common)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _ensure_ours(self, flight: _InFlight) -> None:
+        """Renew our lease on the claim right before creating its job; raise if it is gone."""
+        if flight.claim_id not in self.claims.renew(
+            [flight.claim_id], self.owner, self.lease_seconds
+        ):
+            log.error("passive claim %s was taken over before its job was created", flight.claim_id)
+            raise _LostClaim(flight.claim_id)
 
     def _rejected_job(
         self,
@@ -342,24 +425,17 @@ class PassiveScanner:
             error_code=error_code,
             error_message=message,
         )
-        submit_rejected = getattr(self.jobs, "submit_rejected", None)
-        if submit_rejected is not None:
-            return submit_rejected(member_id, **kwargs)
-        return _insert_rejected_job(self.jobs, self.engine, member_id, **kwargs)
+        return self.jobs.submit_rejected(member_id, **kwargs)
 
     # -- between scans -----------------------------------------------------------------
 
     def poll_once(self) -> ScanStats:
         """Renew our leases, retry failed starts, and move files whose job finished."""
         stats = ScanStats()
-        now = time.monotonic()
-        if self.inflight and now - self._last_renew >= self.lease_seconds / 4:
-            still_ours = self.claims.renew(list(self.inflight), self.owner, self.lease_seconds)
-            for claim_id in list(self.inflight):
-                if claim_id not in still_ours:
-                    log.error("passive claim %s was taken over by another scanner", claim_id)
-                    self.inflight.pop(claim_id, None)
-            self._last_renew = now
+        if self.inflight and time.monotonic() - self._last_renew >= self.lease_seconds / 4:
+            self.renew_leases()
+        while self._lost:
+            self.inflight.pop(self._lost.pop(), None)
         for flight in list(self.inflight.values()):
             if flight.retry_at > time.monotonic():
                 continue
@@ -420,56 +496,6 @@ class PassiveScanner:
                 time.sleep(interval)
         if self.inflight:
             raise TimeoutError(f"passive jobs still in flight: {sorted(self.inflight)}")
-
-
-def _insert_rejected_job(
-    job_service: Any,
-    engine: Engine,
-    member_id: int,
-    *,
-    upload_source: str,
-    source_key: str,
-    file_bytes: int,
-    error_code: str,
-    error_message: str,
-) -> dict:
-    """Fallback while JobService has no submit_rejected: write the failed job row directly.
-
-    Same shape as a failed upload: phase error, counters 0, logs null, no file kept.
-    """
-    from sqlalchemy import insert
-
-    from bss.db import now_s
-    from bss.jobs.models import jobs
-    from bss.jobs.service import new_job_id
-
-    now = now_s()
-    job_id = new_job_id()
-    with engine.begin() as conn:
-        conn.execute(
-            insert(jobs).values(
-                job_id=job_id,
-                member_id=member_id,
-                phase="error",
-                upload_url=None,
-                upload_source=upload_source,
-                source_key=source_key,
-                created_on=now,
-                last_modified=now,
-                start_time=now,
-                completed_time=now,
-                percent_complete=0,
-                error_code=error_code,
-                error_message=error_message,
-                file_path=None,
-                file_bytes=file_bytes,
-                file_lines=0,
-            )
-        )
-    job = job_service.get_job(job_id)
-    if job is None:  # pragma: no cover - we just wrote it
-        raise RuntimeError(f"rejected job {job_id} not found after insert")
-    return job
 
 
 def run_passive(settings: Any, job_service: Any, stop_event: threading.Event) -> None:
