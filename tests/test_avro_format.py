@@ -511,13 +511,23 @@ def test_truncated_at_every_offset_of_a_small_file(codec):
         check_prefix_or_corrupt(data[:cut], raws)
 
 
-def check_prefix_or_corrupt(data: bytes, raws: list[str]) -> None:
+def parse_until_error(data: bytes, **kwargs) -> tuple[list[str], InputError | None]:
+    """The raw records handed over before the reader stopped, and its error if any."""
+    raws: list[str] = []
     try:
-        lines, _ = parse(data)
+        for chunk in iter_avro_chunks(io.BytesIO(data), CONFIG, MEMBER, **kwargs):
+            raws.extend(chunk.lines["raw"].to_list())
     except InputError as exc:
-        assert exc.error_code == "corrupt_avro", exc.message
-        return
-    assert lines["raw"].to_list() == raws[: lines.height]
+        return raws, exc
+    return raws, None
+
+
+def check_prefix_or_corrupt(data: bytes, raws: list[str]) -> None:
+    """A cut file gives a prefix of the records, then (unless cut between blocks) an error."""
+    got, error = parse_until_error(data, records_per_chunk=5)
+    if error is not None:
+        assert error.error_code == "corrupt_avro", error.message
+    assert got == raws[: len(got)]
 
 
 CORRUPTION_FILES = {
@@ -564,6 +574,35 @@ def test_flipped_bytes_fail_cleanly(name, flips, cut):
         return
     assert lines.schema == pl.Schema(LINE_SCHEMA)
     assert pairs.schema == pl.Schema(PAIR_SCHEMA)
+
+
+def test_records_before_a_corrupt_block_are_handed_over():
+    records = sample_records(40)
+    data = bytearray(write_fastavro(records, sync_interval=400))
+    full = parse(bytes(data))[0]["raw"].to_list()
+    sync = data[header_length(data) - 16 : header_length(data)]
+    third = [i for i in range(len(data)) if data[i : i + 16] == sync][3]
+    data[third + 5] ^= 0xFF  # damage the sync marker after the third block
+    results = [parse_until_error(bytes(data), records_per_chunk=n) for n in (1, 7, 100_000)]
+    for got, error in results:
+        assert error is not None and "sync marker" in error.message
+        assert got == results[0][0]
+    assert 0 < len(results[0][0]) < len(full)
+    assert results[0][0] == full[: len(results[0][0])]
+
+
+def test_heavy_records_end_a_chunk_early(monkeypatch):
+    import bss.formats.avro as avro_format
+
+    monkeypatch.setattr(avro_format, "MAX_PAIRS_PER_CHUNK", 10)
+    records = [user("anid", i + 1, [segment(id=j + 1) for j in range(4)]) for i in range(9)]
+    data = write_fastavro(records)
+    chunks = list(iter_avro_chunks(io.BytesIO(data), CONFIG, MEMBER))
+    assert [c.pairs.height for c in chunks] == [12, 12, 12]
+    monkeypatch.setattr(avro_format, "MAX_PAIRS_PER_CHUNK", 10**9)
+    monkeypatch.setattr(avro_format, "MAX_RAW_CHARS_PER_CHUNK", 1)
+    chunks = list(iter_avro_chunks(io.BytesIO(data), CONFIG, MEMBER))
+    assert [c.lines.height for c in chunks] == [1] * 9
 
 
 def test_reading_is_streamed():

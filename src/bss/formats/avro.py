@@ -62,6 +62,11 @@ SUPPORTED_CODECS = ("null", "deflate", "snappy", "bzip2", "xz")
 #: Upper bound on one block, compressed or decompressed: more is taken as corruption (or a
 #: decompression bomb). Real writers use blocks of tens of kilobytes to a few megabytes.
 DEFAULT_MAX_BLOCK_BYTES = 256 << 20
+#: A chunk ends before `records_per_chunk` records once it holds this many segment pairs
+#: or this much record JSON (records with up to 1800 segments would otherwise make a chunk
+#: of 100,000 records take gigabytes).
+MAX_PAIRS_PER_CHUNK = 500_000
+MAX_RAW_CHARS_PER_CHUNK = 64 << 20
 #: Upper bound on the header (magic, metadata incl. the schema, sync marker).
 MAX_HEADER_BYTES = 16 << 20
 
@@ -850,7 +855,10 @@ def iter_avro_chunks(
     max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
     max_decompressed_bytes: int | None = None,
 ) -> Iterator[ParsedChunk]:
-    """Parse an Avro object container file into chunks of `records_per_chunk` records.
+    """Parse an Avro object container file into chunks of up to `records_per_chunk` records.
+
+    A chunk ends earlier when it reaches MAX_PAIRS_PER_CHUNK segment pairs or
+    MAX_RAW_CHARS_PER_CHUNK characters of record JSON; no chunk is empty.
 
     Raises InputError: "corrupt_avro" (bad header, bad or truncated block, sync marker
     mismatch, undecodable record), "avro_schema_invalid" (no `uid` / `segments`, or a uid
@@ -893,18 +901,32 @@ def iter_avro_chunks(
         )
         x_line, x_pos, x_rows = cols.p_line.extend, cols.p_pos.extend, cols.s_rows.extend
         chunk_end = line_no + records_per_chunk
-        while line_no < chunk_end:
+        pair_rows = cols.p_line
+        raw_chars = 0
+        exhausted = False
+        failure: InputError | None = None
+        # A chunk also ends early when its records are heavy (many segments, long records),
+        # so that memory stays bounded whatever the records look like.
+        while (
+            line_no < chunk_end
+            and raw_chars < MAX_RAW_CHARS_PER_CHUNK
+            and len(pair_rows) < MAX_PAIRS_PER_CHUNK
+        ):
             try:
                 record = next(records)
             except StopIteration:
+                exhausted = True
                 break
-            except InputError:
-                raise
+            except InputError as exc:
+                failure = exc
+                break
             except Exception as exc:  # anything fastavro raises on damaged data
-                raise InputError(
+                failure = InputError(
                     CORRUPT,
                     f"Avro record {line_no + 1} cannot be decoded: {type(exc).__name__}: {exc}",
-                ) from exc
+                )
+                failure.__cause__ = exc
+                break
             line_no += 1
             format_error: str | None = None
             kind = key = user_error = None
@@ -943,12 +965,19 @@ def iter_avro_chunks(
                     kind, key, user_error = user_of[branch](uid)
 
             a_line(line_no)
-            a_raw(_to_json(record))
+            raw = _to_json(record)
+            raw_chars += len(raw)
+            a_raw(raw)
             a_format(format_error)
             a_kind(kind)
             a_key(key)
             a_user_err(user_error)
-        if not cols.line_no:
+        if cols.line_no:
+            # The records read before a failure are handed over first, whatever the chunk
+            # size: what is applied before an unreadable part of the file stays applied.
+            lines, pairs = cols.frames()
+            yield ParsedChunk(lines=lines, pairs=pairs, input_offset=src.offset)
+        if failure is not None:
+            raise failure
+        if exhausted:
             return
-        lines, pairs = cols.frames()
-        yield ParsedChunk(lines=lines, pairs=pairs, input_offset=src.offset)
