@@ -1118,3 +1118,31 @@ def test_chunking_invariance(config, text, chunk_bytes):
     got = concat_chunks(data, config, chunk_bytes)
     assert_frame_equal(got[0], lines)
     assert_frame_equal(got[1], pairs)
+
+
+@pytest.mark.parametrize("pieces", [2, 3, 5])
+def test_parallel_pieces_give_the_same_frames(monkeypatch, pieces):
+    text = (MIXED.decode("latin-1") + "\n") * 40 + "\n\n9,9:9"
+    expected = parse(text, D, first=5)
+    monkeypatch.setattr(L, "PARALLEL_MIN_CHARS", 64)
+    monkeypatch.setattr(L, "PARALLEL_PIECES", pieces)
+    assert len(L._cut(text, pieces)) == pieces
+    got = parse(text, D, first=5)
+    assert_frame_equal(got[0], expected[0])
+    assert_frame_equal(got[1], expected[1])
+    assert got[0]["line_no"].to_list()[-1] == 5 + text.count("\n")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(STRUCTURED, max_size=200).map("".join), st.integers(1, 6))
+def test_cut_keeps_every_character_and_cuts_after_line_breaks(text, n):
+    saved = L.PARALLEL_MIN_CHARS
+    L.PARALLEL_MIN_CHARS = 0
+    try:
+        pieces = L._cut(text, n)
+    finally:
+        L.PARALLEL_MIN_CHARS = saved
+    assert "".join(pieces) == text
+    assert 1 <= len(pieces) <= max(n, 1)
+    assert all(p.endswith("\n") for p in pieces[:-1])
+    assert all(pieces) or text == ""

@@ -17,6 +17,8 @@ without a format error.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 from typing import BinaryIO
 
 import polars as pl
@@ -99,20 +101,66 @@ def parse_legacy_text(
     """Parse complete lines (decoded as Latin-1) into (lines, pairs).
 
     `first_line_no` is the physical number of the first line of `text`; blank lines count
-    for numbering but give no row.
+    for numbering but give no row. Large texts are cut at line breaks into one piece per
+    Polars thread and parsed concurrently (Polars releases the GIL).
     """
+    pieces = _cut(text, PARALLEL_PIECES or pl.thread_pool_size())
+    if len(pieces) == 1:
+        return _parse_text(text, first_line_no, config, member_id)
+    firsts = [first_line_no]
+    for piece in pieces[:-1]:
+        firsts.append(firsts[-1] + piece.count("\n"))
+    with ThreadPoolExecutor(len(pieces)) as pool:
+        parts = list(pool.map(_parse_text, pieces, firsts, repeat(config), repeat(member_id)))
+    lines = pl.concat([p[0] for p in parts], rechunk=False)
+    pairs = pl.concat([p[1] for p in parts], rechunk=False)
+    return lines, pairs
+
+
+#: Below this size a text is parsed in one piece.
+PARALLEL_MIN_CHARS = 1 << 20
+#: How many pieces a large text is parsed in at once; None: one per Polars thread.
+PARALLEL_PIECES: int | None = None
+
+
+def _cut(text: str, n: int) -> list[str]:
+    """Cut `text` just after line breaks into at most `n` pieces of similar size."""
+    if n < 2 or len(text) < PARALLEL_MIN_CHARS:
+        return [text]
+    pieces, start = [], 0
+    for k in range(1, n):
+        cut = text.find("\n", max(start, len(text) * k // n))
+        if cut < 0 or cut + 1 >= len(text):
+            break
+        pieces.append(text[start : cut + 1])
+        start = cut + 1
+    pieces.append(text[start:])
+    return pieces
+
+
+def _parse_text(
+    text: str, first_line_no: int, config: BatchSegmentConfig, member_id: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     raw = pl.Series("raw", [text], dtype=pl.String).str.split("\n").explode()
+    raw_col = pl.col("raw").str.strip_suffix("\r") if "\r" in text else pl.col("raw")
     frame = (
         pl.DataFrame([raw])
         .lazy()
         .with_row_index("line_no")
-        .select(
-            (pl.col("line_no").cast(pl.Int64) + first_line_no).alias("line_no"),
-            pl.col("raw").str.strip_suffix("\r"),
-        )
+        .select((pl.col("line_no").cast(pl.Int64) + first_line_no).alias("line_no"), raw_col)
         .filter(pl.col("raw").str.contains(r"\S"))
     )
-    return _parse_lines(frame, config, member_id)
+    # A separator that does not occur in the text changes nothing: skip its work.
+    sep4, sep5 = config.separator_4, config.separator_5
+    return _parse_lines(
+        frame,
+        config,
+        member_id,
+        sep4=sep4 if sep4 is not None and sep4 in text else None,
+        sep5=sep5 if sep5 is not None and sep5 in text else None,
+        may_be_long=len(text) > MAX_LINE_BYTES,
+        has_plus="+" in text,
+    )
 
 
 def iter_legacy_chunks(
@@ -197,18 +245,29 @@ def _lit(text: str) -> pl.Expr:
 
 
 def _parse_lines(
-    frame: pl.LazyFrame, config: BatchSegmentConfig, member_id: int
+    frame: pl.LazyFrame,
+    config: BatchSegmentConfig,
+    member_id: int,
+    *,
+    sep4: str | None,
+    sep5: str | None,
+    may_be_long: bool,
+    has_plus: bool,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     sep1 = config.separator_1
     sep2, sep3 = config.separator_2, config.separator_3
-    sep4, sep5 = config.separator_4, config.separator_5
     raw = pl.col("raw")
 
     # -- stage 1: UID / rest, separator counts ---------------------------------------------
     uid, rest = _splitn2(raw, sep1)
-    stage1 = [uid.alias("uid"), rest.alias("rest"), raw.str.len_bytes().alias("_len")]
+    stage1 = [uid.alias("uid"), rest.alias("rest")]
+    too_long = pl.lit(False)
+    if may_be_long:
+        stage1.append(raw.str.len_bytes().alias("_len"))
+        too_long = pl.col("_len") > MAX_LINE_BYTES
     if sep1 != sep3:
-        stage1.append(raw.str.count_matches(sep1, literal=True).alias("_n1"))
+        # the UID ends at the first SEPARATOR1: another one is in the rest
+        stage1.append(rest.str.contains(sep1, literal=True).alias("_more1"))
     if sep4 is not None:
         stage1.append(raw.str.count_matches(sep4, literal=True).alias("_n4"))
     if sep5 is not None:
@@ -268,10 +327,10 @@ def _parse_lines(
         frame = frame.with_columns(pl.col("_n_blocks").alias("_n_adds"))
 
     # -- line-level format errors, in the order a reader meets them ---------------------------
-    err = pl.when(pl.col("_len") > MAX_LINE_BYTES).then(_lit(REASON_LINE_TOO_LONG))
+    err = pl.when(too_long).then(_lit(REASON_LINE_TOO_LONG))
     err = err.when(pl.col("rest").is_null()).then(_lit(REASON_NO_SEPARATOR1))
     if sep1 != sep3:
-        err = err.when(pl.col("_n1") > 1).then(_lit(REASON_MANY_SEPARATOR1))
+        err = err.when(pl.col("_more1")).then(_lit(REASON_MANY_SEPARATOR1))
     if sep4 is not None:
         err = err.when(pl.col("_n4") > 1).then(_lit(REASON_MANY_SEPARATOR4))
     if sep5 is not None:
@@ -306,9 +365,13 @@ def _parse_lines(
         uerr = pl.when(ok).then(null_str).otherwise(_lit(USER_ERROR_EXTERNAL))
     else:
         anid = uid.cast(pl.UInt64, strict=False)
-        ok = anid.is_not_null() & (anid > 0) & ~uid.str.starts_with("+")
+        ok = anid.is_not_null() & (anid > 0)
+        if has_plus:
+            ok = ok & ~uid.str.starts_with("+")
         kind = pl.when(ok).then(pl.lit(int(UserKind.ANID), dtype=pl.UInt8))
-        key = pl.when(ok).then(anid.cast(pl.String))
+        # the canonical decimal differs from the text only when it has leading zeros
+        canonical = pl.when(uid.str.starts_with("0")).then(anid).cast(pl.String)
+        key = pl.when(ok).then(pl.coalesce(canonical, uid))
         uerr = pl.when(ok).then(null_str).otherwise(_lit(USER_ERROR_ANID))
     if sep5 is not None:
         domain = pl.col("_domain")
@@ -348,10 +411,11 @@ def _parse_lines(
         kind.alias("user_kind"),
         key.alias("user_key"),
         uerr.alias("user_error"),
-        pl.when(pl.col("_len") > MAX_LINE_BYTES)
-        .then(raw.str.slice(0, MAX_LINE_BYTES))
-        .otherwise(raw)
-        .alias("raw"),
+        (
+            pl.when(too_long).then(raw.str.slice(0, MAX_LINE_BYTES)).otherwise(raw)
+            if may_be_long
+            else raw
+        ).alias("raw"),
     )
     lines = frame.select(
         "line_no",
@@ -365,7 +429,7 @@ def _parse_lines(
     ).collect()
 
     # -- SEG blocks ---------------------------------------------------------------------------
-    pairs, block_errors = _parse_blocks(lines, config)
+    pairs, block_errors = _parse_blocks(lines, config, has_plus=has_plus)
 
     if block_errors.height:
         lines = lines.join(block_errors, on="line_no", how="left", maintain_order="left")
@@ -385,15 +449,20 @@ def _parse_lines(
     return lines.cast(LINE_SCHEMA), pairs.select(list(PAIR_SCHEMA)).cast(PAIR_SCHEMA)
 
 
-def _int_syntax(text: pl.Expr, parsed: pl.Expr) -> pl.Expr:
+def _plus(text: pl.Expr, has_plus: bool) -> pl.Expr:
+    """Whether `text` starts with '+' (which the Int64 cast accepts and the format does not)."""
+    return text.str.starts_with("+") if has_plus else pl.lit(False)
+
+
+def _int_syntax(text: pl.Expr, parsed: pl.Expr, has_plus: bool) -> pl.Expr:
     """Optional '-' then digits (any number of them). `parsed` is `text` cast to Int64."""
     # The Int64 cast accepts exactly [+-]?[0-9]+ that fits; only overflow needs the regex.
     overflow = pl.when(parsed.is_null()).then(text).str.contains(_INT_RE).fill_null(False)
-    return (parsed.is_not_null() & ~text.str.starts_with("+")) | overflow
+    return (parsed.is_not_null() & ~_plus(text, has_plus)) | overflow
 
 
 def _parse_blocks(
-    lines: pl.DataFrame, config: BatchSegmentConfig
+    lines: pl.DataFrame, config: BatchSegmentConfig, *, has_plus: bool
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Explode the SEG blocks of well-formed lines; return (pairs, first block error per line)."""
     fields = config.segment_fields
@@ -416,13 +485,11 @@ def _parse_blocks(
     block = pl.col("_blocks")
 
     if n_fields > 1:
-        parts = block.str.splitn(sep3, n_fields + 1)
-        field_exprs = [parts.struct.field(f"field_{i}") for i in range(n_fields)]
-        count_err = (
-            parts.struct.field(f"field_{n_fields}").is_not_null() | field_exprs[-1].is_null()
-        )
+        exploded = exploded.with_columns(block.str.split(sep3).alias("_fields"))
+        parts = pl.col("_fields")
         exploded = exploded.with_columns(
-            [f.alias(f"_f{i}") for i, f in enumerate(field_exprs)] + [count_err.alias("_count_err")]
+            [parts.list.get(i, null_on_oob=True).alias(f"_f{i}") for i in range(n_fields)]
+            + [(parts.list.len() != n_fields).alias("_count_err")]
         )
     else:
         exploded = exploded.with_columns(block.alias("_f0"))
@@ -453,7 +520,7 @@ def _parse_blocks(
         if name != "SEG_CODE":
             casts.append(text.cast(pl.Int64, strict=False).alias(f"_n{i}"))
         if name in ("SEG_ID", "MEMBER_ID"):
-            bad = num.is_null() | (num <= 0) | text.str.starts_with("+")
+            bad = num.is_null() | (num <= 0) | _plus(text, has_plus)
             reason = REASON_BAD_SEG_ID if name == "SEG_ID" else REASON_BAD_MEMBER_ID
             block_err = block_err.when(bad).then(_lit(reason))
             out["seg_id" if name == "SEG_ID" else "seg_member_id"] = num
@@ -467,13 +534,13 @@ def _parse_blocks(
             )
             out["seg_code"] = text
         elif name == "EXPIRATION":
-            syntax = _int_syntax(text, num)
+            syntax = _int_syntax(text, num, has_plus)
             block_err = block_err.when(~syntax).then(_lit(REASON_BAD_EXPIRATION))
             ok = num >= -2
             out["expiration"] = pl.when(ok).then(num)
             out["expiration_invalid"] = ~ok.fill_null(False)
         elif name == "VALUE":
-            syntax = _int_syntax(text, num)
+            syntax = _int_syntax(text, num, has_plus)
             block_err = block_err.when(~syntax).then(_lit(REASON_BAD_VALUE))
             ok = num.is_between(MIN_VALUE, MAX_VALUE)
             out["value"] = pl.when(ok).then(num)
@@ -482,8 +549,9 @@ def _parse_blocks(
             ok = (
                 (num >= 0)
                 & (num <= MAX_TIMESTAMP_SECONDS)
-                & ~text.str.starts_with("+")
-                & ~text.str.starts_with("-")
+                & ~_plus(text, has_plus)
+                # "-0" casts to 0 but is not digits only
+                & ~pl.when(num == 0).then(text).str.starts_with("-").fill_null(False)
             ).fill_null(False)
             out["timestamp"] = pl.when(ok).then(num)
             out["timestamp_invalid"] = ~ok
