@@ -301,10 +301,10 @@ def _parse_lines(
         has4 = pl.col("_n4") > 0
         lead = body.str.starts_with(sep4)  # nothing to add, only removals
         no_segments = (body == "") | (body == sep4)
-        joined = (
-            pl.when(has4)
-            .then(body.str.strip_prefix(sep4).str.replace(sep4, split_at, literal=True, n=1))
-            .otherwise(body)
+        # (masked first, so that the string work is only done on lines with a SEPARATOR4)
+        with_sep4 = pl.when(has4).then(body)
+        joined = pl.coalesce(
+            with_sep4.str.strip_prefix(sep4).str.replace(sep4, split_at, literal=True, n=1), body
         )
         frame = frame.with_columns(joined.str.split(split_at).alias("_blocks"))
         frame = frame.with_columns(pl.col("_blocks").list.len().cast(pl.Int32).alias("_n_blocks"))
