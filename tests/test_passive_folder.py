@@ -376,3 +376,21 @@ def test_a_scanner_that_lost_its_claim_does_not_create_a_job(pipeline):
     b.drain(timeout=60)
     (job,) = all_jobs(pipeline)
     assert files(pipeline, "done") == [f"slow.txt-{job['job_id']}"]
+
+
+def test_housekeeping_drops_stale_downloads_and_old_claims(pipeline):
+    drop(pipeline, "h.txt", pipeline.good_file(MEMBER, 1))
+    s = pipeline.scanner()
+    s.scan_once()
+    s.drain(timeout=60)
+    stale = Path(pipeline.settings.data_dir) / "passive-tmp" / "dead.upload"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"half")
+    os.utime(stale, (0, 0))
+    fresh = stale.with_name("alive.upload")
+    fresh.write_bytes(b"being downloaded")
+    with pipeline.engine.begin() as conn:
+        conn.execute(update(passive_claims).values(updated_at=utcnow() - timedelta(days=31)))
+    s.housekeeping()
+    assert not stale.exists() and fresh.exists()
+    assert claims(pipeline) == {}

@@ -162,3 +162,11 @@ class ClaimStore:
                 delete(T).where(self._owned(claim_id, owner), T.c.state == CLAIMED)
             )
             return result.rowcount == 1
+
+    def purge_moved(self, older_than_seconds: float) -> int:
+        """Forget finished claims (kept as long as job history, for tracing)."""
+        cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+        with self.engine.begin() as conn:
+            return conn.execute(
+                delete(T).where(T.c.state == MOVED, T.c.updated_at < cutoff)
+            ).rowcount

@@ -172,9 +172,16 @@ class PassiveScanner:
         )
         beat.start()
         next_scan = 0.0
+        next_housekeeping = 0.0
         try:
             while not stop_event.is_set():
                 now = time.monotonic()
+                if now >= next_housekeeping:
+                    next_housekeeping = now + 3600
+                    try:
+                        self.housekeeping()
+                    except Exception:  # noqa: BLE001
+                        log.exception("passive housekeeping failed")
                 if now >= next_scan:
                     next_scan = now + scan_every
                     try:
@@ -188,6 +195,19 @@ class PassiveScanner:
                 stop_event.wait(poll_every)
         finally:
             beat.join(timeout=5)
+
+    def housekeeping(self) -> None:
+        """Drop downloads a dead scanner left behind, and claims older than the job history."""
+        if self.tmp_dir.is_dir():
+            cutoff = time.time() - self.lease_seconds
+            for tmp in self.tmp_dir.glob("*.upload"):
+                try:
+                    if tmp.stat().st_mtime < cutoff:
+                        tmp.unlink()
+                except FileNotFoundError:
+                    pass
+        days = float(getattr(self.settings, "history_days", 30))
+        self.claims.purge_moved(days * 86400)
 
     def _heartbeat(self, stop_event: threading.Event) -> None:
         while not stop_event.wait(max(0.05, self.lease_seconds / 4)):
