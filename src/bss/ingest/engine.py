@@ -46,30 +46,40 @@ class _SeenLines:
     """64-bit hashes of every well-formed line so far, to find duplicate lines.
 
     A byte-per-slot filter (64 MiB, fixed) answers "surely new" for most lines with one
-    memory access; only its hits are checked exactly against the sorted list of hashes.
+    memory access; only its hits are checked exactly, against sorted runs of hashes kept
+    like a small LSM tree (a run merges with the previous one once it is as large), so
+    remembering n lines costs O(n log n) in all rather than a full re-sort per chunk.
     """
 
     FILTER_BITS = 26
 
     def __init__(self) -> None:
-        self.hashes = np.empty(0, dtype=np.uint64)
+        self.runs: list[np.ndarray] = []
         self.filter = np.zeros(1 << self.FILTER_BITS, dtype=np.uint8)
         self.shift = np.uint64(64 - self.FILTER_BITS)
+
+    def _contains(self, wanted: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(wanted), dtype=bool)
+        for run in self.runs:
+            idx = np.searchsorted(run, wanted)
+            idx[idx == len(run)] = 0
+            found |= run[idx] == wanted
+        return found
 
     def mark_repeats(self, hashes: np.ndarray) -> np.ndarray:
         """True where a hash was seen in an earlier chunk or earlier in this one; then remember all."""
         repeats = ~pl.Series(hashes).is_first_distinct().to_numpy()
-        slots = hashes >> self.shift
-        candidates = np.flatnonzero(self.filter[slots] & ~repeats)
-        if len(candidates) and len(self.hashes):
-            wanted = hashes[candidates]
-            idx = np.searchsorted(self.hashes, wanted)
-            idx[idx == len(self.hashes)] = 0
-            repeats[candidates[self.hashes[idx] == wanted]] = True
+        candidates = np.flatnonzero(self.filter[hashes >> self.shift] & ~repeats)
+        if len(candidates):
+            repeats[candidates[self._contains(hashes[candidates])]] = True
         fresh = hashes[~repeats]
-        self.filter[fresh >> self.shift] = 1
-        # Two sorted runs: the stable sort merges them in linear time.
-        self.hashes = np.sort(np.concatenate([self.hashes, np.sort(fresh)]), kind="stable")
+        if len(fresh):
+            self.filter[fresh >> self.shift] = 1
+            self.runs.append(np.sort(fresh))
+            while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
+                last = self.runs.pop()
+                # Two sorted runs: the stable sort merges them in linear time.
+                self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]), kind="stable")
         return repeats
 
 

@@ -40,10 +40,11 @@ GROUP BY user_kind, user_key, segment_id
 
 
 class EmbeddedStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, memory_limit: str = "256MB") -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = duckdb.connect(str(path))
+        # DuckDB's buffer pool would otherwise grow toward 80% of RAM as the table grows.
+        self._db = duckdb.connect(str(path), config={"memory_limit": memory_limit})
         self._db.execute(_DDL)
         # DuckDB connections are not shared across threads; writes are serialized here.
         self._write_lock = threading.Lock()
