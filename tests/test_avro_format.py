@@ -719,10 +719,10 @@ def test_fast_path_is_chosen_only_for_plain_segment_types():
     from bss.formats.avro import _plan
 
     def plan_of(seg_fields):
-        return _plan(json.dumps(custom_schema(["long"], segment_fields=seg_fields)).encode())[0]
+        return _plan(json.dumps(custom_schema(["long"], segment_fields=seg_fields)).encode())
 
     assert plan_of(WIDE_SEGMENT).fast_segments
-    assert _plan(json.dumps(schema_published()).encode())[0].fast_segments
+    assert _plan(json.dumps(published_schema()).encode()).fast_segments
     assert not plan_of([{"name": "id", "type": "string"}]).fast_segments
     assert not plan_of(
         [{"name": "id", "type": {"type": "int", "logicalType": "date"}}]
@@ -730,10 +730,6 @@ def test_fast_path_is_chosen_only_for_plain_segment_types():
     assert not plan_of(
         [{"name": "code", "type": {"type": "string", "logicalType": "uuid"}}]
     ).fast_segments
-
-
-def schema_published():
-    return published_schema()
 
 
 def test_segments_as_a_union_of_records_use_the_reference_rules():

@@ -442,14 +442,17 @@ def _short(name: str) -> str:
 
 
 def _resolve(schema: Any, named: dict[str, Any]) -> Any:
-    seen = 0
-    while isinstance(schema, str) and schema in named and seen < 100:
-        schema = named[schema]
-        seen += 1
-    if isinstance(schema, dict) and schema.get("type") in named:
-        return _resolve(schema["type"], named)
-    if isinstance(schema, dict) and isinstance(schema.get("type"), (dict, list)):
-        return schema["type"]
+    """Follow named-type references and {"type": <nested type>} wrappers."""
+    for _ in range(100):
+        if isinstance(schema, str) and schema in named:
+            schema = named[schema]
+            continue
+        if isinstance(schema, dict):
+            inner = schema.get("type")
+            if isinstance(inner, (dict, list)) or (isinstance(inner, str) and inner in named):
+                schema = inner
+                continue
+        break
     return schema
 
 
@@ -475,7 +478,17 @@ def _branch_of(schema: Any) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _plan(schema_json: bytes) -> tuple[_Plan, Any]:
+def _plan(schema_json: bytes) -> _Plan:
+    """Check the writer schema and work out how to read its records."""
+    try:
+        return _plan_schema(schema_json)
+    except InputError:
+        raise
+    except Exception as exc:  # a schema shape fastavro accepts but nobody expects
+        raise InputError(SCHEMA_INVALID, f"writer schema cannot be used: {exc!r}") from exc
+
+
+def _plan_schema(schema_json: bytes) -> _Plan:
     try:
         schema = json.loads(schema_json)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -543,7 +556,7 @@ def _plan(schema_json: bytes) -> tuple[_Plan, Any]:
         )
     # Union items come as (name, record) tuples: those take the per-segment path.
     plan.fast_segments = not items_union and _fast_segments_ok(seg_fields, named)
-    return plan, schema
+    return plan
 
 
 _INTEGER_TYPES = frozenset({"int", "long"})
@@ -870,7 +883,7 @@ def iter_avro_chunks(
         raise ValueError("records_per_chunk must be at least 1")
     src = _Source(stream)
     header = _read_header(src)
-    plan, _schema = _plan(header.schema_json)
+    plan = _plan(header.schema_json)
     budget = _Budget(max_block_bytes, max_decompressed_bytes)
     decoded = _NullCodecStream(
         _null_codec_header(header), header.sync, _iter_blocks(src, header, budget)
