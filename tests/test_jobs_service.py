@@ -1,0 +1,110 @@
+"""JobService in process: the passive-upload contract, exclusive claims, lease expiry, retention."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from sqlalchemy import update
+
+from bss.db import init_db, make_engine, now_s
+from bss.jobs.models import jobs
+from bss.jobs.service import JobService
+from bss.settings import Settings
+
+
+def _service(tmp_path, **kw):
+    settings = Settings(data_dir=tmp_path, **kw)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    return JobService(engine, settings)
+
+
+def test_submit_file_contract(tmp_path):
+    svc = _service(tmp_path)
+    src = tmp_path / "incoming.txt"
+    src.write_bytes(b"1,1:0\n")
+    job = svc.submit_file(3, src, upload_source="s3", source_key="submitted/a.txt")
+    assert len(job["job_id"]) == 40 and isinstance(job["id"], int)
+    assert job["phase"] == "validating" and job["upload_source"] == "s3" and job["source_key"] == "submitted/a.txt"
+    assert not src.exists() and (tmp_path / "uploads" / job["job_id"]).read_bytes() == b"1,1:0\n"
+    again = svc.get_job(job["job_id"])
+    assert again is not None and again["phase"] == "validating" and again["error_code"] is None
+    assert svc.get_job("nope") is None
+    rejected = svc.submit_rejected(3, upload_source="folder", source_key="k", file_bytes=9, error_code="x", error_message="y")
+    assert rejected["phase"] == "error" and rejected["error_code"] == "x"
+
+
+def test_claims_are_exclusive_on_sqlite(tmp_path):
+    svc = _service(tmp_path)
+    created = set()
+    for i in range(40):
+        src = tmp_path / f"f{i}"
+        src.write_bytes(b"x")
+        created.add(svc.submit_file(1, src, upload_source="folder", source_key=str(i))["id"])
+    claimed: list[int] = []
+
+    def worker(name: str) -> None:
+        while (row := svc.claim_next(name)) is not None:
+            claimed.append(row["id"])
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(created)
+
+
+def test_expired_lease_is_claimed_again(tmp_path):
+    svc = _service(tmp_path, job_lease_seconds=1)
+    src = tmp_path / "f"
+    src.write_bytes(b"x")
+    job = svc.submit_file(1, src, upload_source="folder", source_key="k")
+    first = svc.claim_next("dead-worker")
+    assert first["id"] == job["id"] and first["attempts"] == 1
+    assert svc.claim_next("other") is None  # leased
+    time.sleep(2.1)
+    second = svc.claim_next("other")
+    assert second["id"] == job["id"] and second["attempts"] == 2
+    assert not svc.renew(job["id"], "dead-worker")  # the dead worker lost it
+    assert svc.renew(job["id"], "other")
+
+
+def test_retention_sweep(tmp_path):
+    svc = _service(tmp_path, file_retention_days=3, history_days=30)
+    src = tmp_path / "f"
+    src.write_bytes(b"x")
+    old = svc.submit_file(1, src, upload_source="folder", source_key="k")
+    src.write_bytes(b"y")
+    older = svc.submit_file(1, src, upload_source="folder", source_key="k2")
+    now = now_s()
+    with svc.db.begin() as conn:
+        conn.execute(
+            update(jobs).where(jobs.c.id == old["id"]).values(phase="completed", uploaded_time=now - 4 * 86400)
+        )
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == older["id"])
+            .values(phase="completed", uploaded_time=now - 31 * 86400, created_on=now - 31 * 86400)
+        )
+    part = svc.part_path("stale")
+    part.write_bytes(b"partial")
+    os.utime(part, (now - 600, now - 600))
+    stats = svc.sweep()
+    assert stats["files_deleted"] >= 1 and stats["jobs_deleted"] == 1
+    assert not (tmp_path / "uploads" / old["job_id"]).exists()
+    assert svc.get_job(old["job_id"]) is not None  # history stays 30 days
+    assert svc.get_job(older["job_id"]) is None
+    assert not part.exists()
+
+
+def test_url_expiry_is_persisted(tmp_path):
+    svc = _service(tmp_path, upload_url_ttl_seconds=1)
+    job = svc.create_job(1, "http://x")
+    assert job["phase"] == "starting"
+    time.sleep(1.1)
+    assert svc.get_job(job["job_id"])["error_code"] == "upload_url_expired"  # shown at once
+    assert svc.expire_urls() == 1
+    assert svc.job_row(job["job_id"])["phase"] == "error"
