@@ -547,8 +547,8 @@ def _plan_schema(schema_json: bytes) -> _Plan:
         items = next((b for b in records if _type_name(b) == "record"), None)
     if _type_name(items) != "record" or not isinstance(items, dict):
         raise InputError(SCHEMA_INVALID, "writer schema's `segments` must be an array of records")
-    seg_fields = {
-        f.get("name"): f.get("type") for f in items.get("fields", []) if isinstance(f, dict)
+    seg_fields: dict[str, Any] = {
+        str(f.get("name")): f.get("type") for f in items.get("fields", []) if isinstance(f, dict)
     }
     if not seg_fields.keys() & {"id", "code"}:
         raise InputError(
@@ -690,8 +690,24 @@ class _Columns:
     )  # fmt: skip
 
     def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, [])
+        self.line_no: list[int] = []
+        self.raw: list[str] = []
+        self.format_error: list[str | None] = []
+        self.user_kind: list[int | None] = []
+        self.user_key: list[str | None] = []
+        self.user_error: list[str | None] = []
+        self.p_line: list[int] = []
+        self.p_pos: list[int] = []
+        self.p_id: list[int | None] = []
+        self.p_code: list[str | None] = []
+        self.p_member: list[int | None] = []
+        self.p_exp: list[int | None] = []
+        self.p_ts: list[int | None] = []
+        self.p_value: list[int | None] = []
+        self.p_ts_bad: list[bool] = []
+        self.p_value_bad: list[bool] = []
+        self.p_exp_bad: list[bool] = []
+        self.s_rows: list[dict[str, Any]] = []  # segment records, for the vectorized rules
 
     def pair_lists(self) -> tuple[list[Any], ...]:
         return (
@@ -902,7 +918,7 @@ def iter_avro_chunks(
     single_branch = plan.single_branch
 
     fast = plan.fast_segments
-    records = iter(reader)
+    records: Iterator[dict[str, Any]] = iter(reader)  # type: ignore[arg-type]
     line_no = 0
     while True:
         cols = _Columns()
