@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
 import subprocess
@@ -400,6 +401,19 @@ def test_bss_validate_command(tmp_path: Path) -> None:
         [*base, "--config", str(tmp_path / "segments.json")], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "invalid config" in bad.stderr
+    bad = subprocess.run(
+        [*base[:-4], "--segments", str(tmp_path / "f.txt"), "--member-id", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "invalid segments file" in bad.stderr
+    (tmp_path / "f.bz2").write_bytes(bz2.compress(b"1,1:0\n"))
+    failed = subprocess.run(
+        [*base[:4], str(tmp_path / "f.bz2"), *base[5:]], capture_output=True, text=True
+    )
+    assert failed.returncode == 1
+    assert json.loads(failed.stdout)["phase"] == "error"
+    assert "unsupported_compression" in failed.stderr
 
 
 # -- Avro through the engine ----------------------------------------------------------------

@@ -57,13 +57,17 @@ def validate(
     except (ConfigError, json.JSONDecodeError) as exc:
         typer.echo(f"error: invalid config: {exc}", err=True)
         raise typer.Exit(2) from exc
-    raw_segments = json.loads(segments.read_text())
-    if isinstance(raw_segments, dict):  # accept the API's {"segments": [...]} as well
-        raw_segments = raw_segments.get(
-            "segments", raw_segments.get("response", {}).get("segments", [])
-        )
-    registry = SegmentRegistry.from_records(raw_segments)
-    settings = Settings(data_dir=data_dir)
+    try:
+        raw_segments = json.loads(segments.read_text())
+        if isinstance(raw_segments, dict):  # accept the API's {"segments": [...]} as well
+            raw_segments = raw_segments.get(
+                "segments", raw_segments.get("response", {}).get("segments", [])
+            )
+        registry = SegmentRegistry.from_records(raw_segments)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        typer.echo(f"error: invalid segments file: {exc!r}", err=True)
+        raise typer.Exit(2) from exc
+    settings = Settings(data_dir=data_dir, store_url=None)
     store: MembershipStore
     job_no = 1
     if apply:
@@ -91,11 +95,11 @@ def validate(
         store.close()
     fields = {"phase": "error" if result.error_code else "completed", **result.job_fields()}
     fields["time_to_process"] = f"{(time.monotonic() - started) / 60:.2f}"
-    if result.error_message:
-        fields["error_message"] = result.error_message
     json.dump(fields, sys.stdout, indent=2)
     sys.stdout.write("\n")
     if result.error_code:
+        # The job object has no field for the reason; it goes to stderr.
+        typer.echo(f"error: {result.error_code}: {result.error_message}", err=True)
         raise typer.Exit(1)
 
 
@@ -109,9 +113,17 @@ def _settings(**overrides: object):  # type: ignore[no-untyped-def]
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(8080, "--port", help="TCP port."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Database, stores, uploads (default ./bss-data or BSS_DATA_DIR)."),
-    public_url: str | None = typer.Option(None, "--public-url", help="Base of upload URLs handed to clients (default: the request's base URL)."),
-    workers: int | None = typer.Option(None, "--workers", help="Worker threads processing jobs (BSS_WORKERS)."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Database, stores, uploads (default ./bss-data or BSS_DATA_DIR)."
+    ),
+    public_url: str | None = typer.Option(
+        None,
+        "--public-url",
+        help="Base of upload URLs handed to clients (default: the request's base URL).",
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Worker threads processing jobs (BSS_WORKERS)."
+    ),
 ) -> None:
     """Run the HTTP API with its workers and retention sweeps (nothing else to start)."""
     from bss.api.logs import configure_logging
@@ -123,7 +135,9 @@ def serve(
 
 @app.command()
 def worker(
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Same data dir / BSS_DATABASE_URL as the API."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Same data dir / BSS_DATABASE_URL as the API."
+    ),
     workers: int | None = typer.Option(None, "--workers", help="Worker threads (BSS_WORKERS)."),
 ) -> None:
     """Process queued jobs only (no HTTP); run several for more throughput."""
@@ -147,7 +161,9 @@ def _fail(exc: Exception) -> typer.Exit:
 
 @app.command()
 def upload(
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Segment file (gzip or plain, legacy or Avro)."),
+    file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="Segment file (gzip or plain, legacy or Avro)."
+    ),
     member_id: int = _MEMBER,
     url: str = _URL,
     username: str = _USER,
@@ -165,7 +181,10 @@ def upload(
             job = client.create_job(member_id)
             size = file.stat().st_size
             with Progress(
-                "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
                 transient=False,
             ) as bar:
                 up = bar.add_task("uploading", total=size)
@@ -173,7 +192,9 @@ def upload(
                 work = bar.add_task("processing", total=100)
 
                 def on_update(j: dict) -> None:
-                    bar.update(work, completed=j.get("percent_complete") or 0, description=j["phase"])
+                    bar.update(
+                        work, completed=j.get("percent_complete") or 0, description=j["phase"]
+                    )
 
                 final = client.wait(member_id, job["job_id"], poll=poll, on_update=on_update)
     except (BssError, httpx.HTTPError) as exc:
@@ -225,18 +246,25 @@ def jobs(
 
     try:
         with BssClient(url, username, password) as client:
-            body = client.list_jobs(member_id, start_element=start_element, num_elements=num_elements, sort=sort)
+            body = client.list_jobs(
+                member_id, start_element=start_element, num_elements=num_elements, sort=sort
+            )
     except (BssError, httpx.HTTPError) as exc:
         raise _fail(exc) from exc
     table = Table(title=f"jobs of member {member_id} ({body['count']} total)")
     for col in ("id", "job_id", "phase", "percent", "num_valid", "error_code", "last_modified"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("job_id", "last_modified"))
     for j in body["batch_segment_upload_job"]:
         table.add_row(
-            str(j["id"]), j["job_id"], j["phase"], str(j["percent_complete"]), str(j["num_valid"]),
-            str(j["error_code"] or ""), j["last_modified"],
+            str(j["id"]),
+            j["job_id"],
+            j["phase"],
+            str(j["percent_complete"]),
+            str(j["num_valid"]),
+            str(j["error_code"] or ""),
+            j["last_modified"],
         )
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def main() -> None:  # pragma: no cover - console entry
