@@ -496,12 +496,11 @@ def _parse_blocks(
         count_err = block.str.contains(sep3, literal=True) if sep3 is not None else pl.lit(False)
         exploded = exploded.with_columns(count_err.alias("_count_err"))
 
-    block_err = (
-        pl.when(block == "")
-        .then(_lit(REASON_EMPTY_BLOCK))
-        .when(pl.col("_count_err"))
-        .then(_lit(REASON_ILLEGAL_FIELDS))
-    )
+    # (condition, reason) in the order they are checked; the first that holds is the reason
+    checks: list[tuple[pl.Expr, str]] = [
+        (block == "", REASON_EMPTY_BLOCK),
+        (pl.col("_count_err"), REASON_ILLEGAL_FIELDS),
+    ]
     out: dict[str, pl.Expr] = {
         "seg_id": pl.lit(None, dtype=pl.Int64),
         "seg_code": pl.lit(None, dtype=pl.String),
@@ -522,26 +521,22 @@ def _parse_blocks(
         if name in ("SEG_ID", "MEMBER_ID"):
             bad = num.is_null() | (num <= 0) | _plus(text, has_plus)
             reason = REASON_BAD_SEG_ID if name == "SEG_ID" else REASON_BAD_MEMBER_ID
-            block_err = block_err.when(bad).then(_lit(reason))
+            checks.append((bad, reason))
             out["seg_id" if name == "SEG_ID" else "seg_member_id"] = num
         elif name == "SEG_CODE":
             length = text.str.len_chars()
-            block_err = (
-                block_err.when(length == 0)
-                .then(_lit(REASON_EMPTY_SEG_CODE))
-                .when(length > MAX_SEG_CODE_CHARS)
-                .then(_lit(REASON_LONG_SEG_CODE))
-            )
+            checks.append((length == 0, REASON_EMPTY_SEG_CODE))
+            checks.append((length > MAX_SEG_CODE_CHARS, REASON_LONG_SEG_CODE))
             out["seg_code"] = text
         elif name == "EXPIRATION":
             syntax = _int_syntax(text, num, has_plus)
-            block_err = block_err.when(~syntax).then(_lit(REASON_BAD_EXPIRATION))
+            checks.append((~syntax, REASON_BAD_EXPIRATION))
             ok = num >= -2
             out["expiration"] = pl.when(ok).then(num)
             out["expiration_invalid"] = ~ok.fill_null(False)
         elif name == "VALUE":
             syntax = _int_syntax(text, num, has_plus)
-            block_err = block_err.when(~syntax).then(_lit(REASON_BAD_VALUE))
+            checks.append((~syntax, REASON_BAD_VALUE))
             ok = num.is_between(MIN_VALUE, MAX_VALUE)
             out["value"] = pl.when(ok).then(num)
             out["value_invalid"] = ~ok.fill_null(False)
@@ -557,21 +552,25 @@ def _parse_blocks(
             out["timestamp_invalid"] = ~ok
         else:  # pragma: no cover - config validation rejects unknown names
             raise ValueError(f"unknown SEG field {name!r}")
-    block_err = block_err.otherwise(pl.lit(None, dtype=pl.String))
+    any_bad = pl.any_horizontal([cond.fill_null(False) for cond, _ in checks])
 
     if casts:
         exploded = exploded.with_columns(casts)
     exploded = exploded.with_columns(
-        block_err.alias("_block_error"),
+        any_bad.alias("_bad"),
         (pl.col("pos") >= pl.col("_n_adds")).alias("removal"),
         *[expr.alias(name) for name, expr in out.items()],
     ).collect()
 
+    # The reasons are only worked out for the (usually few) bad blocks.
+    reason = pl.when(checks[0][0]).then(_lit(checks[0][1]))
+    for cond, text in checks[1:]:
+        reason = reason.when(cond).then(_lit(text))
     errors = (
         exploded.lazy()
-        .filter(pl.col("_block_error").is_not_null())
-        .select("line_no", "_block_error")
+        .filter(pl.col("_bad"))
         .unique(subset="line_no", keep="first", maintain_order=True)
+        .select("line_no", reason.alias("_block_error"))
         .collect()
     )
     return exploded.select(list(PAIR_SCHEMA)), errors
