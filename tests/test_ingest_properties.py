@@ -230,3 +230,42 @@ def _pair_problem_entries(lines: list[Line], segments) -> int:
             ):
                 total += 1
     return total
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    blob=st.one_of(
+        st.binary(max_size=400),
+        st.lists(
+            st.text(alphabet=st.sampled_from(list("0123456789,;:\t^-x \r")), max_size=30),
+            max_size=30,
+        ).map(lambda ls: "\n".join(ls).encode("latin-1")),
+    ),
+    chunk_bytes=st.sampled_from([16, 4096]),
+)
+def test_arbitrary_bytes_never_fail_the_process(blob: bytes, chunk_bytes: int) -> None:
+    """Whatever the bytes, the job ends with counters that account for every line."""
+    reg = SegmentRegistry.from_records([{"id": i, "member_id": MEMBER} for i in range(1, 10)])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "f"
+        path.write_bytes(blob)
+        store = EmbeddedStore(Path(tmp) / "m.duckdb")
+        result = ingest_file(
+            path,
+            member_id=MEMBER,
+            job_no=1,
+            config=CONFIG,
+            registry=reg,
+            store=store,
+            now=NOW,
+            max_decompressed_bytes=1 << 20,
+            chunk_bytes=chunk_bytes,
+        )
+        store.close()
+    c = result.counters
+    if result.error_code is None:
+        assert result.lines_read == c.num_valid_user + c.num_invalid_user + c.num_invalid_format
+        assert result.lines_read <= blob.count(b"\n") + 1  # never more rows than lines
+        assert c.num_valid == result.pairs_added + result.pairs_removed
+    else:
+        assert result.error_message
