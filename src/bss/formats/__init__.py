@@ -18,7 +18,9 @@ def read_chunks(
     if source.kind == "avro":
         from bss.formats.avro import iter_avro_chunks
 
-        yield from iter_avro_chunks(source.stream, config, member_id)
+        yield from iter_avro_chunks(
+            source.stream, config, member_id, max_decompressed_bytes=source.max_decompressed_bytes
+        )
     else:
         from bss.formats.legacy import iter_legacy_chunks
 

@@ -121,6 +121,8 @@ class InputFile:
     kind: Kind
     stream: BinaryIO
     size: int
+    #: The bound on decompressed bytes, for the Avro codecs' own decompression too.
+    max_decompressed_bytes: int
     _raw: BinaryIO
 
     def fraction_read(self) -> float:
@@ -146,4 +148,4 @@ def open_input(path: Path, max_decompressed_bytes: int) -> Iterator[InputFile]:
             stream = raw  # type: ignore[assignment]
             inner_head = head
         kind: Kind = "avro" if inner_head.startswith(AVRO_MAGIC) else "legacy"
-        yield InputFile(kind, stream, size, raw)
+        yield InputFile(kind, stream, size, max_decompressed_bytes, raw)
