@@ -234,10 +234,13 @@ def iter_legacy_chunks(
 # --------------------------------------------------------------------------------------
 
 
-def _splitn2(expr: pl.Expr, sep: str) -> tuple[pl.Expr, pl.Expr]:
-    """(before the first `sep`, after it or null when there is none)."""
-    parts = expr.str.splitn(sep, 2)
-    return parts.struct.field("field_0"), parts.struct.field("field_1")
+def _splitn2(frame: pl.LazyFrame, expr: pl.Expr, sep: str, names: tuple[str, str]) -> pl.LazyFrame:
+    """Add columns `names`: before the first `sep`, and after it (null when there is none).
+
+    The split is materialized once (an expression used twice would be evaluated twice).
+    """
+    parts = expr.str.splitn(sep, 2).struct.rename_fields(list(names)).alias("_parts")
+    return frame.with_columns(parts).unnest("_parts")
 
 
 def _lit(text: str) -> pl.Expr:
@@ -259,8 +262,9 @@ def _parse_lines(
     raw = pl.col("raw")
 
     # -- stage 1: UID / rest, separator counts ---------------------------------------------
-    uid, rest = _splitn2(raw, sep1)
-    stage1 = [uid.alias("uid"), rest.alias("rest")]
+    frame = _splitn2(frame, raw, sep1, ("uid", "rest"))
+    rest = pl.col("rest")
+    stage1 = []
     too_long = pl.lit(False)
     if may_be_long:
         stage1.append(raw.str.len_bytes().alias("_len"))
@@ -272,17 +276,15 @@ def _parse_lines(
         stage1.append(raw.str.count_matches(sep4, literal=True).alias("_n4"))
     if sep5 is not None:
         stage1.append(raw.str.count_matches(sep5, literal=True).alias("_n5"))
-    frame = frame.with_columns(stage1)
+    if stage1:
+        frame = frame.with_columns(stage1)
 
     # -- stage 2: body / what follows SEPARATOR5 -----------------------------------------
     rest = pl.col("rest")
     if sep5 is not None:
         has5 = pl.col("_n5") > 0
-        parts = pl.when(has5).then(rest).str.splitn(sep5, 2)
-        frame = frame.with_columns(
-            pl.when(has5).then(parts.struct.field("field_0")).otherwise(rest).alias("_body"),
-            parts.struct.field("field_1").alias("_tail"),
-        )
+        frame = _splitn2(frame, pl.when(has5).then(rest), sep5, ("_body", "_tail"))
+        frame = frame.with_columns(pl.coalesce("_body", rest).alias("_body"))
         tail = pl.col("_tail")
         domain = tail.replace_strict(LEGACY_DEVICE_TYPES, default=None, return_dtype=pl.String)
         frame = frame.with_columns(
@@ -309,6 +311,8 @@ def _parse_lines(
         frame = frame.with_columns(joined.str.split(split_at).alias("_blocks"))
         frame = frame.with_columns(pl.col("_blocks").list.len().cast(pl.Int32).alias("_n_blocks"))
         adds = pl.when(has4 & ~lead).then(body).str.splitn(sep4, 2).struct.field("field_0")
+        frame = frame.with_columns(adds.alias("_adds"))
+        adds = pl.col("_adds")
         n_adds_before_sep4 = (
             adds.str.count_matches(split_at, literal=True) + 1 if sep2 is not None else pl.lit(1)
         )
