@@ -394,3 +394,52 @@ def test_housekeeping_drops_stale_downloads_and_old_claims(pipeline):
     s.housekeeping()
     assert not stale.exists() and fresh.exists()
     assert claims(pipeline) == {}
+
+
+def test_claim_insert_has_exactly_one_winner(pipeline):
+    from bss.passive.claims import ClaimStore, claim_identity
+
+    store = ClaimStore(pipeline.engine)
+    identity = claim_identity("folder", "/x", "submitted/a", "fp")
+    barrier = threading.Barrier(8)
+    won = []
+
+    def claim(i: int) -> None:
+        barrier.wait()
+        row = store.insert(
+            identity=identity,
+            backend="folder",
+            location="/x",
+            member_id=MEMBER,
+            source_key="submitted/a",
+            fingerprint="fp",
+            size=1,
+            owner=f"s{i}",
+            lease_seconds=60,
+            work_key="w",
+        )
+        won.append(row is not None)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert won.count(True) == 1
+    # and a takeover of an expired claim also has one winner
+    with pipeline.engine.begin() as conn:
+        conn.execute(update(passive_claims).values(lease_until=utcnow() - timedelta(hours=1)))
+    row = store.get(identity)
+    results = []
+    barrier = threading.Barrier(8)
+
+    def take(i: int) -> None:
+        barrier.wait()
+        results.append(store.take_over(row, f"t{i}", 60))
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1

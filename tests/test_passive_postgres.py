@@ -16,6 +16,7 @@ psycopg = pytest.importorskip("psycopg")
 from test_passive_folder import (  # noqa: E402,F401 - collected here with this module's fixture
     MEMBER,
     test_a_scanner_that_lost_its_claim_does_not_create_a_job,
+    test_claim_insert_has_exactly_one_winner,
     test_crash_at_each_step_is_finished_once,
     test_folder_end_to_end_with_odd_names,
     test_killed_after_job_created_but_before_it_was_recorded,

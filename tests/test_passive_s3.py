@@ -154,7 +154,7 @@ def test_files_are_processed_and_moved_with_job_id(pipeline, s3_server):
 def test_zero_byte_oversized_and_broken_files_fail_clearly(pipeline, s3_server):
     m = Member(pipeline, s3_server)
     m.put("submitted/empty.txt", b"")
-    m.put("submitted/big.txt", b"x" * (pipeline.settings.max_file_bytes + 1))
+    m.put("submitted/big.txt", b"x" * (9 << 20))  # > 8 MB: moved with a multipart copy
     m.put("submitted/broken.gz", b"\x1f\x8b\x08\x00" + b"not really gzip" * 10)
 
     scanner = pipeline.scanner(backends=default_backends(pipeline.settings))
@@ -392,3 +392,31 @@ def test_every_region_bucket_of_known_members_only(pipeline, s3_server):
         for o in m.s3.list_objects_v2(Bucket=bucket_name(stranger, "us-east-2"))["Contents"]
     ]
     assert stranger_keys == ["submitted/x.txt"]  # untouched
+
+
+def test_large_multipart_objects_are_downloaded_and_moved(tmp_path, s3_server):
+    """Members' multipart uploads (ETag "...-N"), streamed download, multipart copy."""
+    from boto3.s3.transfer import TransferConfig
+
+    p = Pipeline(tmp_path / "big", passive_s3_enabled=True, s3_endpoint_url=s3_server.url)
+    try:
+        m = Member(p, s3_server)
+        users = 250_000  # about 7 MB: two parts (5 MB is the minimum part size)
+        src = tmp_path / "big.txt"
+        src.write_bytes(p.good_file(m.id, users))
+        cfg = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20)
+        m.s3.upload_file(str(src), m.bucket, "submitted/big file.txt", Config=cfg)
+        etag = m.s3.head_object(Bucket=m.bucket, Key="submitted/big file.txt")["ETag"]
+        assert "-" in etag  # really a multipart object
+
+        scanner = p.scanner(backends=default_backends(p.settings))
+        assert scanner.scan_once().claimed == ["submitted/big file.txt"]
+        scanner.drain(timeout=300)
+        (key,) = m.files("done/")
+        job = p.service.get_job(job_of(key))
+        assert job["phase"] == "completed" and job["num_valid"] == users
+        head = m.s3.head_object(Bucket=m.bucket, Key=key)
+        assert head["ContentLength"] == src.stat().st_size
+        assert m.files("submitted/") == []
+    finally:
+        p.close()
