@@ -74,6 +74,7 @@ REASON_BAD_VALUE = "VALUE is not an integer"
 USER_ERROR_ANID = "invalid user ID"
 USER_ERROR_EXTERNAL = "invalid external user ID"
 USER_ERROR_DEVICE = "invalid {domain} device ID"
+_DEVICE_ERROR_HEAD, _DEVICE_ERROR_TAIL = USER_ERROR_DEVICE.split("{domain}")
 
 #: What counts as whitespace (blank lines, user IDs): Unicode White_Space, which within
 #: Latin-1 is TAB, LF, VT, FF, CR, SPACE, NEL (0x85) and NBSP (0xA0).
@@ -364,14 +365,19 @@ def _parse_lines(
     if config.use_external_uids:
         owner = config.external_member_uid or member_id
         ok = uid.str.len_chars().is_between(1, MAX_EXTERNAL_UID_CHARS) & ~uid.str.contains(r"\s")
+        frame = frame.with_columns(ok.alias("_uid_ok"))
+        ok = pl.col("_uid_ok")
         kind = pl.when(ok).then(pl.lit(int(UserKind.EXTERNAL), dtype=pl.UInt8))
         key = pl.when(ok).then(pl.concat_str(_lit(f"{owner}:"), uid))
         uerr = pl.when(ok).then(null_str).otherwise(_lit(USER_ERROR_EXTERNAL))
     else:
-        anid = uid.cast(pl.UInt64, strict=False)
+        frame = frame.with_columns(uid.cast(pl.UInt64, strict=False).alias("_anid"))
+        anid = pl.col("_anid")
         ok = anid.is_not_null() & (anid > 0)
         if has_plus:
             ok = ok & ~uid.str.starts_with("+")
+        frame = frame.with_columns(ok.alias("_uid_ok"))
+        ok = pl.col("_uid_ok")
         kind = pl.when(ok).then(pl.lit(int(UserKind.ANID), dtype=pl.UInt8))
         # the canonical decimal differs from the text only when it has leading zeros
         canonical = pl.when(uid.str.starts_with("0")).then(anid).cast(pl.String)
@@ -386,7 +392,8 @@ def _parse_lines(
             dev_ok = (
                 pl.when(domain.is_in(names)).then(dev_uid.str.contains(regex)).otherwise(dev_ok)
             )
-        dev_ok = dev_ok.fill_null(False)
+        frame = frame.with_columns(dev_ok.fill_null(False).alias("_dev_ok"))
+        dev_ok = pl.col("_dev_ok")
         is_dev = domain.is_not_null()
         kind = (
             pl.when(is_dev)
@@ -405,7 +412,9 @@ def _parse_lines(
             .then(
                 pl.when(dev_ok)
                 .then(null_str)
-                .otherwise(pl.concat_str(_lit("invalid "), domain, _lit(" device ID")))
+                .otherwise(
+                    pl.concat_str(_lit(_DEVICE_ERROR_HEAD), domain, _lit(_DEVICE_ERROR_TAIL))
+                )
             )
             .otherwise(uerr)
         )
