@@ -108,3 +108,19 @@ def test_url_expiry_is_persisted(tmp_path):
     assert svc.get_job(job["job_id"])["error_code"] == "upload_url_expired"  # shown at once
     assert svc.expire_urls() == 1
     assert svc.job_row(job["job_id"])["phase"] == "error"
+
+
+def test_upload_left_by_a_dead_server_is_failed(tmp_path):
+    from bss.jobs.service import UPLOAD_STALE_SECONDS
+
+    svc = _service(tmp_path)
+    job = svc.create_job(1, "http://x")
+    row = svc.job_row(job["job_id"])
+    assert svc.begin_upload(row, 1)
+    assert svc.fail_stale_uploads() == 0  # alive
+    assert svc.fail_stale_uploads(now_s() + UPLOAD_STALE_SECONDS + 1) == 1
+    dead = svc.get_job(job["job_id"])
+    assert dead["phase"] == "error" and dead["error_code"] == "uploading-error"
+    # the member may upload again
+    nxt = svc.create_job(1, "http://x")
+    assert svc.begin_upload(svc.job_row(nxt["job_id"]), 1)

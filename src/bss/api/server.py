@@ -33,6 +33,7 @@ def sweeper(service: JobService, stores: StoreHandle, settings: Settings, stop: 
     while not stop.wait(URL_SWEEP_SECONDS if last_full else 0):
         try:
             service.expire_urls()
+            service.fail_stale_uploads()
             if now_s() - last_full >= settings.sweep_seconds:
                 last_full = now_s()
                 stats = service.sweep()

@@ -39,6 +39,9 @@ JOB_ID_LENGTH = 40
 #: Phases in which a job waits for (or is being worked by) a worker.
 QUEUED_PHASES = ("validating", "processing")
 UPLOAD_SOURCES = ("api", "s3", "folder")
+#: A live upload touches its job every UPLOAD_TOUCH_SECONDS; silent this long means dead.
+UPLOAD_TOUCH_SECONDS = 5
+UPLOAD_STALE_SECONDS = 120
 
 #: Fields one may filter and sort the job history by (GET /batch-segment/meta).
 SORT_FIELDS = {
@@ -244,6 +247,33 @@ class JobService:
                     phase="error",
                     error_code="upload_url_expired",
                     error_message="nothing was uploaded to the URL in time",
+                    last_modified=now,
+                )
+            ).rowcount
+
+    def touch_upload(self, job_pk: int) -> None:
+        """An upload in progress says it is alive (see fail_stale_uploads)."""
+        with self.db.begin() as conn:
+            conn.execute(
+                update(jobs).where(jobs.c.id == job_pk, jobs.c.phase == "uploading").values(last_modified=now_s())
+            )
+
+    def fail_stale_uploads(self, now: int | None = None) -> int:
+        """Uploads whose server died mid-stream never finish: fail them so that they stop
+        counting against max_concurrent_uploads. A live upload touches its job every few
+        seconds; one silent for UPLOAD_STALE_SECONDS is dead."""
+        now = now_s() if now is None else now
+        with self.db.begin() as conn:
+            return conn.execute(
+                update(jobs)
+                .where(jobs.c.phase == "uploading", jobs.c.last_modified < now - UPLOAD_STALE_SECONDS)
+                .values(
+                    phase="error",
+                    error_code="uploading-error",
+                    error_message="the upload was interrupted (server restarted)",
+                    file_path=None,
+                    file_bytes=0,
+                    file_lines=0,
                     last_modified=now,
                 )
             ).rowcount
@@ -481,6 +511,7 @@ class JobService:
         """Expire unused URLs, delete old uploaded files and old job history."""
         now = now_s() if now is None else now
         expired = self.expire_urls(now)
+        self.fail_stale_uploads(now)
         files = 0
         file_cutoff = now - self.settings.file_retention_days * 86400
         with self.db.connect() as conn:

@@ -36,7 +36,7 @@ from bss.api.envelope import (
 )
 from bss.api.metrics import COUNTERS
 from bss.db import now_s, parse_ts
-from bss.jobs.service import FILTER_FIELDS, SORT_FIELDS, JobService
+from bss.jobs.service import FILTER_FIELDS, SORT_FIELDS, UPLOAD_TOUCH_SECONDS, JobService
 from bss.segments.service import get_config
 
 router = APIRouter()
@@ -224,7 +224,7 @@ async def upload(job_id: str, request: Request) -> Any:
     part = svc.part_path(job_id)
     nbytes = nlines = 0
     last = b"\n"
-    started = time.monotonic()
+    started = last_touch = time.monotonic()
     fh = open(part, "wb")  # noqa: SIM115 - closed in finally
     try:
         try:
@@ -244,6 +244,9 @@ async def upload(job_id: str, request: Request) -> Any:
                         if used + nlines > limit:
                             raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, text, 429))
                     fh.write(chunk)
+                    if time.monotonic() - last_touch >= UPLOAD_TOUCH_SECONDS:
+                        last_touch = time.monotonic()
+                        await run_in_threadpool(svc.touch_upload, row["id"])
         except TimeoutError as exc:
             raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, ERR_UPLOAD_TIME, 408)) from exc
         if nbytes and last != b"\n":
