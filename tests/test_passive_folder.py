@@ -443,3 +443,24 @@ def test_claim_insert_has_exactly_one_winner(pipeline):
     for t in threads:
         t.join()
     assert results.count(True) == 1
+
+
+def test_control_characters_and_non_utf8_names(pipeline):
+    drop(pipeline, "tab\tand\nnewline.txt", pipeline.good_file(MEMBER, 1))
+    sub = os.fsencode(member_dir(pipeline) / "submitted")
+    with open(os.path.join(sub, b"caf\xe9 latin-1.txt"), "wb") as f:
+        f.write(pipeline.good_file(MEMBER, 2))
+    os.makedirs(os.path.join(sub, b"d\xff"))
+    with open(os.path.join(sub, b"d\xff", b"x.txt"), "wb") as f:
+        f.write(pipeline.good_file(MEMBER, 3))
+    s = pipeline.scanner()
+    s.scan_once()
+    s.drain(timeout=60)
+    assert files(pipeline, "submitted") == []
+    done = files(pipeline, "done")
+    names = sorted(k.rsplit("-", 1)[0] for k in done)
+    assert names == sorted(["tab\tand\nnewline.txt", "caf\\xe9 latin-1.txt", "d\\xff/x.txt"])
+    for key in done:
+        job = pipeline.service.get_job(key.rsplit("-", 1)[1])
+        assert job["phase"] == "completed"
+        assert job["source_key"] == "submitted/" + key.rsplit("-", 1)[0]

@@ -122,6 +122,8 @@ def test_files_are_processed_and_moved_with_job_id(pipeline, s3_server):
         "a/b/nested.txt": 1,
         "odd ?#%[]{}'\";=.txt": 2,
         "  leading and trailing  ": 1,
+        "tab\tin name.txt": 2,
+        "deep/er/still/x y.gz.txt": 1,
     }
     for name, users in names.items():
         m.put(f"submitted/{name}", pipeline.good_file(m.id, users))

@@ -14,6 +14,7 @@ regular files are considered (no symlinks, devices, ...).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import stat
@@ -33,6 +34,8 @@ from bss.passive.storage import (
 )
 
 PROCESSING = ".processing"
+
+log = logging.getLogger(__name__)
 
 
 class FolderArea(PassiveArea):
@@ -60,9 +63,13 @@ class FolderArea(PassiveArea):
         if not base.is_dir():
             return Listing(files=files, now=now)
         for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if name.startswith("."):
+            names = (_utf8_name(Path(dirpath), d) for d in dirnames if not d.startswith("."))
+            dirnames[:] = sorted(d for d in names if d is not None)
+            for raw in sorted(filenames):
+                if raw.startswith("."):
+                    continue
+                name = _utf8_name(Path(dirpath), raw)
+                if name is None:
                     continue
                 path = Path(dirpath) / name
                 try:
@@ -140,6 +147,29 @@ class FolderArea(PassiveArea):
         return 255
 
 
+def _utf8_name(parent: Path, name: str) -> str | None:
+    """Names that are not valid UTF-8 are renamed in place to a readable, valid form.
+
+    Keys are stored in the database and shown in the job API as text; a name such as
+    b"caf\\xe9.txt" becomes "caf\\xe9.txt" (a literal backslash), and is then processed
+    like any other file.
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    safe = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if (parent / safe).exists() or (parent / safe).is_symlink():
+        log.error("cannot rename %r to %r in %s: the name is taken", name, safe, parent)
+        return None
+    try:
+        os.rename(parent / name, parent / safe)
+    except FileNotFoundError:
+        return None
+    return safe
+
+
 class FolderBackend(PassiveBackend):
     """Areas under <data-dir>/passive/<member_id>/ for known members."""
 
@@ -154,6 +184,7 @@ class FolderBackend(PassiveBackend):
             return []
         out = []
         for child in sorted(self.base.iterdir()):
-            if child.is_dir() and child.name.isdigit() and int(child.name) in known:
-                out.append(FolderArea(child, int(child.name)))
+            name = child.name
+            if name.isdigit() and str(int(name)) == name and int(name) in known and child.is_dir():
+                out.append(FolderArea(child, int(name)))
         return out

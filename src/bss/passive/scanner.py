@@ -271,28 +271,33 @@ class PassiveScanner:
             if file.key in listing.busy or listing.now - file.modified < min_age:
                 stats.waiting.append(file.key)
                 continue
-            identity = self._free_identity(area, file)
-            if identity is None:
-                continue  # claimed by us or another scanner, in progress
-            token = identity[:16]
-            row = self.claims.insert(
-                identity=identity,
-                backend=area.backend,
-                location=area.location,
-                member_id=area.member_id,
-                source_key=file.key,
-                fingerprint=file.fingerprint,
-                size=file.size,
-                owner=self.owner,
-                lease_seconds=self.lease_seconds,
-                work_key=area.work_key(file, token),
-            )
-            if row is None:
-                continue  # another scanner won the INSERT
-            stats.claimed.append(file.key)
-            flight = _InFlight(row["id"], area, file, row["work_key"])
-            self.inflight[row["id"]] = flight
-            self._start(flight, fresh=True)
+            try:
+                self._claim_new(area, file, stats)
+            except Exception:  # noqa: BLE001 - one bad file must not block the others
+                log.exception("claiming %s in %s failed", file.key, area.location)
+
+    def _claim_new(self, area: PassiveArea, file: SubmittedFile, stats: ScanStats) -> None:
+        identity = self._free_identity(area, file)
+        if identity is None:
+            return  # claimed by us or another scanner, in progress
+        row = self.claims.insert(
+            identity=identity,
+            backend=area.backend,
+            location=area.location,
+            member_id=area.member_id,
+            source_key=file.key,
+            fingerprint=file.fingerprint,
+            size=file.size,
+            owner=self.owner,
+            lease_seconds=self.lease_seconds,
+            work_key=area.work_key(file, identity[:16]),
+        )
+        if row is None:
+            return  # another scanner won the INSERT
+        stats.claimed.append(file.key)
+        flight = _InFlight(row["id"], area, file, row["work_key"])
+        self.inflight[row["id"]] = flight
+        self._start(flight, fresh=True)
 
     def _file_of(self, row: dict[str, Any]) -> SubmittedFile:
         return SubmittedFile(
