@@ -256,9 +256,11 @@ class S3Backend(PassiveBackend):
                 client = self.client(region)
                 try:
                     exists = self._bucket_exists(client, bucket)
-                except Exception:  # noqa: BLE001 - one bad bucket must not stop the scan
+                except ClientError:  # one bad bucket must not stop the scan
                     log.exception("checking bucket %s failed", bucket)
                     continue
+                # Anything else (no credentials, endpoint unreachable) concerns every
+                # bucket: it propagates, and the scanner logs it once per scan.
                 if not exists:
                     self._areas.pop(bucket, None)
                     continue
