@@ -105,13 +105,14 @@ def parse_legacy_text(
     for numbering but give no row. Large texts are cut at line breaks into one piece per
     Polars thread and parsed concurrently (Polars releases the GIL).
     """
-    pieces = _cut(text, PARALLEL_PIECES or pl.thread_pool_size())
+    threads = PARALLEL_PIECES or pl.thread_pool_size()
+    pieces = _cut(text, max(threads, -(-len(text) // PIECE_CHARS)))
     if len(pieces) == 1:
         return _parse_text(text, first_line_no, config, member_id)
     firsts = [first_line_no]
     for piece in pieces[:-1]:
         firsts.append(firsts[-1] + piece.count("\n"))
-    with ThreadPoolExecutor(len(pieces)) as pool:
+    with ThreadPoolExecutor(min(threads, len(pieces))) as pool:
         parts = list(pool.map(_parse_text, pieces, firsts, repeat(config), repeat(member_id)))
     lines = pl.concat([p[0] for p in parts], rechunk=False)
     pairs = pl.concat([p[1] for p in parts], rechunk=False)
@@ -122,6 +123,9 @@ def parse_legacy_text(
 PARALLEL_MIN_CHARS = 1 << 20
 #: How many pieces a large text is parsed in at once; None: one per Polars thread.
 PARALLEL_PIECES: int | None = None
+#: Pieces are at most about this long, which bounds the parser's working memory (the
+#: intermediate columns are many times the size of the text they come from).
+PIECE_CHARS = 4 << 20
 
 
 def _cut(text: str, n: int) -> list[str]:
