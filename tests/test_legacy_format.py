@@ -1146,3 +1146,14 @@ def test_cut_keeps_every_character_and_cuts_after_line_breaks(text, n):
     assert 1 <= len(pieces) <= max(n, 1)
     assert all(p.endswith("\n") for p in pieces[:-1])
     assert all(pieces) or text == ""
+
+
+def test_many_small_pieces_on_few_threads(monkeypatch):
+    text = (MIXED.decode("latin-1") + "\n") * 30
+    expected = parse(text, D)
+    monkeypatch.setattr(L, "PARALLEL_MIN_CHARS", 64)
+    monkeypatch.setattr(L, "PARALLEL_PIECES", 2)
+    monkeypatch.setattr(L, "PIECE_CHARS", 100)
+    got = parse(text, D)
+    assert_frame_equal(got[0], expected[0])
+    assert_frame_equal(got[1], expected[1])
