@@ -1,5 +1,5 @@
-"""Crash safety: kill -9 the server while it processes a big file, restart, the job completes
-and the membership store equals that of an uninterrupted run on another data dir."""
+"""Crash safety: kill -9 (or SIGTERM) the server while it processes a big file, restart; the job
+completes and the membership store equals that of an uninterrupted run on another data dir."""
 
 from __future__ import annotations
 
@@ -76,29 +76,31 @@ def test_kill_during_processing_then_restart(bss_server, tmp_path):
     assert ref_job["phase"] == "completed", ref_job
     ref.stop()
 
-    crash = bss_server("crash", job_lease_seconds=3)
-    api = Api(crash.url, ADMIN_USER, ADMIN_PASSWORD)
-    _prepare(api)
-    job = _upload(api, big)
-    deadline = time.monotonic() + 300
-    while True:
-        seen = api.job(MEMBER, job["job_id"])
-        if seen["phase"] in ("validating", "processing") and seen["percent_complete"] > 0:
-            break
-        assert seen["phase"] not in ("completed", "error"), "finished before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    assert seen["percent_complete"] < 100
-    crash.kill9()
+    for name, stop in (("crash", "kill9"), ("term", "stop")):
+        crash = bss_server(name, job_lease_seconds=3)
+        api = Api(crash.url, ADMIN_USER, ADMIN_PASSWORD)
+        _prepare(api)
+        job = _upload(api, big)
+        deadline = time.monotonic() + 300
+        while True:
+            seen = api.job(MEMBER, job["job_id"])
+            if seen["phase"] in ("validating", "processing") and seen["percent_complete"] > 0:
+                break
+            assert seen["phase"] not in ("completed", "error"), "finished before it could be stopped"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert seen["percent_complete"] < 100
+        getattr(crash, stop)()  # kill -9, or SIGTERM (the worker hands the job back)
 
-    crash.start()  # same data dir, same port
-    api = Api(crash.url, ADMIN_USER, ADMIN_PASSWORD)
-    done = api.wait(MEMBER, job["job_id"], timeout=600)
-    assert done["phase"] == "completed", done
-    assert {k: done[k] for k in COUNTERS} == {k: ref_job[k] for k in COUNTERS}
-    assert done["num_valid"] > 0
-    crash.stop()
+        crash.start()  # same data dir, same port
+        api = Api(crash.url, ADMIN_USER, ADMIN_PASSWORD)
+        done = api.wait(MEMBER, job["job_id"], timeout=600)
+        assert done["phase"] == "completed", done
+        assert {k: done[k] for k in COUNTERS} == {k: ref_job[k] for k in COUNTERS}
+        assert done["num_valid"] > 0
+        crash.stop()
+        assert "re-running an interrupted job" in crash.log_path.read_text()
 
-    total, only_crash, only_ref = _store_difference(tmp_path / "crash", tmp_path / "ref")
-    assert total == 2 * LINES
-    assert (only_crash, only_ref) == (0, 0)
+        total, only_crash, only_ref = _store_difference(tmp_path / name, tmp_path / "ref")
+        assert total == 2 * LINES
+        assert (only_crash, only_ref) == (0, 0)

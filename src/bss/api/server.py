@@ -94,6 +94,11 @@ def serve(settings: Settings, host: str, port: int) -> None:
         h11_max_incomplete_event_size=1 << 20,
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, restoring the handlers
+    # that were installed before it: ours just note the stop, so that the workers are
+    # stopped and the store is closed cleanly below instead of the process dying.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     log.info("serving", extra={"host": host, "port": port, "data_dir": str(settings.data_dir), "workers": settings.workers})
     try:
         server.run()

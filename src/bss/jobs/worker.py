@@ -33,6 +33,10 @@ class LeaseLost(Exception):
     """Another worker owns the job now (ours was presumed dead); stop working on it."""
 
 
+class Stopping(Exception):
+    """The process is shutting down: give the job back for an immediate re-run elsewhere."""
+
+
 class StoreHandle:
     """Opens the membership store on first use, once per process."""
 
@@ -134,6 +138,8 @@ class Worker:
         def progress(fraction: float) -> None:
             if lost.is_set():
                 raise LeaseLost(job_id)
+            if self.stop.is_set():
+                raise Stopping(job_id)
             pct = max(0, min(99, int(fraction * 100)))
             t = time.monotonic()
             values: dict[str, Any] = {}
@@ -168,6 +174,10 @@ class Worker:
             )
         except LeaseLost:
             log.warning("lease lost; another worker took the job over", extra=ctx)
+            return
+        except Stopping:
+            log.warning("shutting down mid-job; the job is handed back and will be re-run", extra=ctx)
+            self.service.release(job_pk, self.name, retry_in=0)
             return
         except Exception:
             log.exception("ingest failed (infrastructure); job will be retried", extra=ctx)
