@@ -464,3 +464,38 @@ def test_control_characters_and_non_utf8_names(pipeline):
         job = pipeline.service.get_job(key.rsplit("-", 1)[1])
         assert job["phase"] == "completed"
         assert job["source_key"] == "submitted/" + key.rsplit("-", 1)[0]
+
+
+def test_one_members_flood_is_taken_a_few_at_a_time_oldest_first(tmp_path):
+    p = Pipeline(tmp_path / "data", passive_max_inflight_per_member=2)
+    try:
+        p.add_member(MEMBER)
+        p.add_member(MEMBER + 1)
+        for i in range(5):
+            path = drop(p, f"flood-{i}.txt", p.good_file(MEMBER, 1))
+            os.utime(path, (1_000_000 + (5 - i), 1_000_000 + (5 - i)))  # flood-4 is oldest
+        drop(p, "other.txt", p.good_file(MEMBER + 1, 1), member_id=MEMBER + 1)
+        s = p.scanner()
+        stats = s.scan_once()
+        assert stats.claimed == [
+            "submitted/flood-4.txt",
+            "submitted/flood-3.txt",
+            "submitted/other.txt",  # the other member is not starved
+        ]
+        assert sorted(stats.deferred) == [f"submitted/flood-{i}.txt" for i in range(3)]
+        # the loop picks the rest up as soon as slots free up, without waiting a full scan
+        p.settings.passive_scan_seconds = 3600
+        stop = threading.Event()
+        t = threading.Thread(target=s.run, args=(stop,), daemon=True)
+        t.start()
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and len(files(p, "done")) < 5:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            t.join(timeout=30)
+        assert len(files(p, "done")) == 5 and files(p, "submitted") == []
+        assert len(all_jobs(p)) == 5
+    finally:
+        p.close()

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     passive_lease_seconds: int = 900
     #: How often a scanner checks the jobs of the files it started (between scans).
     passive_poll_seconds: float = 2.0
+    #: Files of one member a scanner has in flight at once (oldest first); the rest wait,
+    #: and are picked up as soon as one finishes, so one member's flood cannot starve others.
+    passive_max_inflight_per_member: int = 4
 
     admin_username: str | None = None
     admin_password: str | None = None

@@ -84,6 +84,8 @@ class ScanStats:
     claimed: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
+    #: old enough, but this scanner already has max_inflight files of the member in flight
+    deferred: list[str] = field(default_factory=list)
     moved: list[str] = field(default_factory=list)
 
 
@@ -152,6 +154,10 @@ class PassiveScanner:
         )
         self.retry_seconds = float(retry_seconds if retry_seconds is not None else min(scan, 60))
         self.max_file_bytes = int(settings.max_file_bytes)
+        self.max_inflight = max(
+            1, int(getattr(settings, "passive_max_inflight_per_member", 4) or 4)
+        )
+        self._backlog = False
         self.tmp_dir = Path(settings.data_dir) / "passive-tmp"
         self.inflight: dict[int, _InFlight] = {}
         self._last_renew = 0.0
@@ -173,6 +179,7 @@ class PassiveScanner:
         beat.start()
         next_scan = 0.0
         next_housekeeping = 0.0
+        after_scan = 0
         try:
             while not stop_event.is_set():
                 now = time.monotonic()
@@ -188,10 +195,15 @@ class PassiveScanner:
                         self.scan_once()
                     except Exception:  # noqa: BLE001 - the loop must survive anything
                         log.exception("passive scan failed")
+                    after_scan = len(self.inflight)
                 try:
-                    self.poll_once()
+                    stats = self.poll_once()
                 except Exception:  # noqa: BLE001
                     log.exception("passive poll failed")
+                    stats = ScanStats()
+                if self._backlog and (stats.moved or len(self.inflight) < after_scan):
+                    next_scan = 0.0  # files were deferred and a slot is free: scan again now
+                    continue
                 stop_event.wait(poll_every)
         finally:
             beat.join(timeout=5)
@@ -243,6 +255,7 @@ class PassiveScanner:
 
     def scan_once(self) -> ScanStats:
         stats = ScanStats()
+        self._backlog = False
         for area in self.areas():
             try:
                 self._scan_area(area, stats)
@@ -265,11 +278,16 @@ class PassiveScanner:
             log.warning("taking over abandoned passive claim %s (%s)", row["id"], row["source_key"])
             stats.resumed.append(row["source_key"])
             self._resume(area, row)
-        # 2. new files
+        # 2. new files, oldest first, at most max_inflight of this place's at once
         min_age = timedelta(seconds=self.min_age)
-        for file in listing.files:
+        for file in sorted(listing.files, key=lambda f: (f.modified, f.key)):
             if file.key in listing.busy or listing.now - file.modified < min_age:
                 stats.waiting.append(file.key)
+                continue
+            mine = sum(1 for f in self.inflight.values() if f.area.location == area.location)
+            if mine >= self.max_inflight:
+                stats.deferred.append(file.key)
+                self._backlog = True
                 continue
             try:
                 self._claim_new(area, file, stats)

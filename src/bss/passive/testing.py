@@ -37,6 +37,8 @@ class Pipeline:
             passive_min_age_seconds=0,
             passive_scan_seconds=1,
             worker_poll_seconds=0.05,
+            passive_poll_seconds=0.1,
+            passive_max_inflight_per_member=100,
         )
         defaults.update(settings)
         self.settings = Settings(**defaults)
