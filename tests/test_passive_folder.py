@@ -499,3 +499,33 @@ def test_one_members_flood_is_taken_a_few_at_a_time_oldest_first(tmp_path):
         assert len(all_jobs(p)) == 5
     finally:
         p.close()
+
+
+def test_clean_shutdown_hands_unfinished_work_over_at_once(pipeline):
+    drop(pipeline, "handover.txt", pipeline.good_file(MEMBER, 2))
+    a = pipeline.scanner(owner="scanner-a")
+
+    class NeverFinishes:  # A's view of the job never reaches a final phase
+        def __getattr__(self, name):
+            return getattr(pipeline.service, name)
+
+        def get_job(self, job_id):
+            return {**pipeline.service.get_job(job_id), "phase": "processing"}
+
+    a.jobs = NeverFinishes()
+    stop = threading.Event()
+    t = threading.Thread(target=a.run, args=(stop,), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not claims(pipeline).get("submitted/handover.txt", {}).get("job_id"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stop.set()
+    t.join(timeout=30)
+    assert claims(pipeline)["submitted/handover.txt"]["state"] == JOB_CREATED
+
+    b = pipeline.scanner(owner="scanner-b")  # no lease to wait for
+    assert b.scan_once().resumed == ["submitted/handover.txt"]
+    b.drain(timeout=60)
+    (job,) = all_jobs(pipeline)
+    assert files(pipeline, "done") == [f"handover.txt-{job['job_id']}"]

@@ -170,3 +170,15 @@ class ClaimStore:
             return conn.execute(
                 delete(T).where(T.c.state == MOVED, T.c.updated_at < cutoff)
             ).rowcount
+
+    def let_go(self, claim_ids: list[int], owner: str) -> int:
+        """End our leases now (clean shutdown): the next scanner resumes them at once."""
+        if not claim_ids:
+            return 0
+        now = utcnow()
+        with self.engine.begin() as conn:
+            return conn.execute(
+                update(T)
+                .where(T.c.id.in_(claim_ids), T.c.owner == owner, T.c.state != MOVED)
+                .values(lease_until=now - timedelta(seconds=1), updated_at=now)
+            ).rowcount

@@ -207,6 +207,16 @@ class PassiveScanner:
                 stop_event.wait(poll_every)
         finally:
             beat.join(timeout=5)
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Hand our unfinished claims over: whoever scans next resumes them immediately."""
+        ids = list(self.inflight)
+        try:
+            self.claims.let_go(ids, self.owner)
+        except Exception:  # noqa: BLE001 - the leases will run out by themselves
+            log.exception("releasing passive claims failed")
+        self.inflight.clear()
 
     def housekeeping(self) -> None:
         """Drop downloads a dead scanner left behind, and claims older than the job history."""
