@@ -49,7 +49,10 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     bss = Path(sys.executable).with_name("bss")
     log = (data_dir.parent / "server.log").open("wb")
     proc = subprocess.Popen(
-        [str(bss), "serve", "--port", str(port), "--data-dir", str(data_dir)], env=env, stdout=log, stderr=log
+        [str(bss), "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        env=env,
+        stdout=log,
+        stderr=log,
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -66,7 +69,13 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def load(make_request: Callable[[httpx.Client, int], httpx.Response], requests: int, threads: int, url: str, token: str) -> dict:
+def load(
+    make_request: Callable[[httpx.Client, int], httpx.Response],
+    requests: int,
+    threads: int,
+    url: str,
+    token: str,
+) -> dict:
     """`requests` requests spread over `threads` threads (each with its own keep-alive client)."""
     latencies: list[float] = []
     errors = 0
@@ -130,7 +139,9 @@ def raw_socket_copy(path: Path, out_dir: Path) -> float:
 
 def http_upload(url: str, token: str, member_id: int, path: Path) -> float:
     with httpx.Client(base_url=url, headers={"Authorization": token}, timeout=None) as client:
-        job = client.post("/batch-segment", params={"member_id": member_id}).json()["response"]["batch_segment_upload_job"]
+        job = client.post("/batch-segment", params={"member_id": member_id}).json()["response"][
+            "batch_segment_upload_job"
+        ]
 
         def chunks():  # type: ignore[no-untyped-def]
             with path.open("rb") as fh:
@@ -150,7 +161,9 @@ def http_upload(url: str, token: str, member_id: int, path: Path) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--upload-mb", type=int, default=200)
@@ -160,33 +173,57 @@ def main() -> None:
         tmpdir = Path(tmp)
         proc, url = start_server(tmpdir / "data")
         try:
-            token = httpx.post(f"{url}/auth", json={"auth": {"username": ADMIN, "password": PASSWORD}}).json()["response"]["token"]
+            token = httpx.post(
+                f"{url}/auth", json={"auth": {"username": ADMIN, "password": PASSWORD}}
+            ).json()["response"]["token"]
             auth = {"Authorization": token}
             members = list(range(1, args.threads + 1))
             for m in members:
                 httpx.post(f"{url}/member", json={"member": {"id": m}}, headers=auth)
             # a job per member to poll
             jobs = [
-                httpx.post(f"{url}/batch-segment", params={"member_id": m}, headers=auth).json()["response"][
-                    "batch_segment_upload_job"
-                ]["job_id"]
+                httpx.post(f"{url}/batch-segment", params={"member_id": m}, headers=auth).json()[
+                    "response"
+                ]["batch_segment_upload_job"]["job_id"]
                 for m in members
             ]
-            print(f"server {url}  requests={args.requests} threads={args.threads} cpus={os.cpu_count()}")
+            print(
+                f"server {url}  requests={args.requests} threads={args.threads} cpus={os.cpu_count()}"
+            )
             results = {
-                "baseline GET /health": load(lambda c, i: c.get("/health"), args.requests, args.threads, url, token),
-                "baseline GET /openapi.json": load(lambda c, i: c.get("/openapi.json"), args.requests, args.threads, url, token),
+                "baseline GET /health": load(
+                    lambda c, i: c.get("/health"), args.requests, args.threads, url, token
+                ),
+                "baseline GET /openapi.json": load(
+                    lambda c, i: c.get("/openapi.json"), args.requests, args.threads, url, token
+                ),
                 "job status GET /batch-segment?job_id=": load(
-                    lambda c, i: c.get("/batch-segment", params={"member_id": members[i % len(members)], "job_id": jobs[i % len(jobs)]}),
-                    args.requests, args.threads, url, token,
+                    lambda c, i: c.get(
+                        "/batch-segment",
+                        params={
+                            "member_id": members[i % len(members)],
+                            "job_id": jobs[i % len(jobs)],
+                        },
+                    ),
+                    args.requests,
+                    args.threads,
+                    url,
+                    token,
                 ),
                 "job create POST /batch-segment": load(
-                    lambda c, i: c.post("/batch-segment", params={"member_id": members[i % len(members)]}),
-                    args.requests, args.threads, url, token,
+                    lambda c, i: c.post(
+                        "/batch-segment", params={"member_id": members[i % len(members)]}
+                    ),
+                    args.requests,
+                    args.threads,
+                    url,
+                    token,
                 ),
             }
             base = results["baseline GET /health"]
-            print(f"{'':42s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s':>8s} {'errors':>6s} {'p99 / health p99':>17s}")
+            print(
+                f"{'':42s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s':>8s} {'errors':>6s} {'p99 / health p99':>17s}"
+            )
             for name, r in results.items():
                 print(
                     f"{name:42s} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['rps']:8.0f} {r['errors']:6d} "
@@ -201,7 +238,9 @@ def main() -> None:
                     fh.write(block)
             raw = raw_socket_copy(payload, tmpdir)
             up = http_upload(url, token, members[0], payload)
-            print(f"\nupload {payload.stat().st_size / 1e6:.0f} MB: HTTP {up:.0f} MB/s, raw loopback socket -> file {raw:.0f} MB/s, ratio {up / raw:.2f}")
+            print(
+                f"\nupload {payload.stat().st_size / 1e6:.0f} MB: HTTP {up:.0f} MB/s, raw loopback socket -> file {raw:.0f} MB/s, ratio {up / raw:.2f}"
+            )
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)

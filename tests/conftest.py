@@ -100,7 +100,9 @@ class Api:
             self.login(username, password or "")
 
     def login(self, username: str, password: str) -> dict[str, Any]:
-        body = self.call("POST", "/auth", json={"auth": {"username": username, "password": password}})
+        body = self.call(
+            "POST", "/auth", json={"auth": {"username": username, "password": password}}
+        )
         if body["status"] == "OK":
             self.token = body["token"]
         return body
@@ -128,31 +130,54 @@ class Api:
     # --- set-up helpers (admin) ---------------------------------------------------------
 
     def member(self, member_id: int, name: str = "") -> dict[str, Any]:
-        return self.ok("POST", "/member", json={"member": {"id": member_id, "name": name or f"m{member_id}"}})[
-            "member"
-        ]
+        return self.ok(
+            "POST", "/member", json={"member": {"id": member_id, "name": name or f"m{member_id}"}}
+        )["member"]
 
-    def user(self, username: str, member_id: int | None, user_type: str = "member", password: str = "password-123") -> dict:
-        body = {"user": {"username": username, "password": password, "user_type": user_type, "member_id": member_id}}
+    def user(
+        self,
+        username: str,
+        member_id: int | None,
+        user_type: str = "member",
+        password: str = "password-123",
+    ) -> dict:
+        body = {
+            "user": {
+                "username": username,
+                "password": password,
+                "user_type": user_type,
+                "member_id": member_id,
+            }
+        }
         return self.ok("POST", "/user", json=body)["user"]
 
     def segment(self, member_id: int, code: str, **fields: Any) -> dict[str, Any]:
-        return self.ok("POST", "/segment", params={"member_id": member_id}, json={"segment": {"code": code, **fields}})[
-            "segment"
-        ]
+        return self.ok(
+            "POST",
+            "/segment",
+            params={"member_id": member_id},
+            json={"segment": {"code": code, **fields}},
+        )["segment"]
 
     def config(self, member_id: int, **fields: Any) -> dict[str, Any]:
         return self.ok(
-            "POST", "/batch-segment-config", params={"member_id": member_id}, json={"batch_segment_upload_config": fields}
+            "POST",
+            "/batch-segment-config",
+            params={"member_id": member_id},
+            json={"batch_segment_upload_config": fields},
         )["batch_segment_upload_config"]
 
     # --- jobs ---------------------------------------------------------------------------
 
     def new_job(self, member_id: int) -> dict[str, Any]:
-        job = self.ok("POST", "/batch-segment", params={"member_id": member_id})["batch_segment_upload_job"]
+        job = self.ok("POST", "/batch-segment", params={"member_id": member_id})[
+            "batch_segment_upload_job"
+        ]
         return job[0] if isinstance(job, list) else job
 
-    def upload(self, job: dict[str, Any], content: Any, content_type: str = "application/octet-stream") -> dict:
+    def upload(
+        self, job: dict[str, Any], content: Any, content_type: str = "application/octet-stream"
+    ) -> dict:
         resp = self.http.post(
             job["upload_url"],
             content=content,
@@ -167,7 +192,13 @@ class Api:
         job = body["batch_segment_upload_job"]
         return job[0] if isinstance(job, list) else job
 
-    def wait(self, member_id: int, job_id: str, phases: tuple[str, ...] = ("completed", "error"), timeout: float = 120) -> dict:
+    def wait(
+        self,
+        member_id: int,
+        job_id: str,
+        phases: tuple[str, ...] = ("completed", "error"),
+        timeout: float = 120,
+    ) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             job = self.job(member_id, job_id)

@@ -5,18 +5,21 @@ from __future__ import annotations
 import time
 
 import httpx
-
 from conftest import ADMIN_PASSWORD, ADMIN_USER, Api
 
 
 def test_login_returns_token_and_cookie(server):
-    resp = httpx.post(f"{server.url}/auth", json={"auth": {"username": ADMIN_USER, "password": ADMIN_PASSWORD}})
+    resp = httpx.post(
+        f"{server.url}/auth", json={"auth": {"username": ADMIN_USER, "password": ADMIN_PASSWORD}}
+    )
     body = resp.json()["response"]
     assert body["status"] == "OK"
     assert len(body["token"]) >= 32
     assert resp.cookies.get("bss_token") == body["token"]
     # the header form has no scheme word
-    me = httpx.get(f"{server.url}/auth", headers={"Authorization": body["token"]}).json()["response"]
+    me = httpx.get(f"{server.url}/auth", headers={"Authorization": body["token"]}).json()[
+        "response"
+    ]
     assert me["status"] == "OK" and me["user"]["user_type"] == "admin"
     # ... and the cookie works alone
     me = httpx.get(f"{server.url}/auth", cookies={"bss_token": body["token"]}).json()["response"]
@@ -109,7 +112,7 @@ def test_openapi_lists_every_endpoint(server):
 
 def test_metrics_prometheus_text(server, admin):
     text = httpx.get(f"{server.url}/metrics").text
-    assert '# TYPE bss_jobs gauge' in text
+    assert "# TYPE bss_jobs gauge" in text
     for phase in ("starting", "uploading", "validating", "processing", "completed", "error"):
         assert f'bss_jobs{{phase="{phase}"}}' in text
     assert "bss_pairs_applied_total" in text

@@ -10,7 +10,6 @@ import os
 import uuid
 
 import pytest
-
 from conftest import ADMIN_PASSWORD, ADMIN_USER, Api, ServerProc, legacy
 
 psycopg = pytest.importorskip("psycopg")
@@ -43,7 +42,9 @@ def fresh_pg_url():
 
 @pytest.fixture(scope="module")
 def pg_server(pg_url, tmp_path_factory):
-    proc = ServerProc(tmp_path_factory.mktemp("pg") / "data", {"database_url": pg_url, "workers": 2}).start()
+    proc = ServerProc(
+        tmp_path_factory.mktemp("pg") / "data", {"database_url": pg_url, "workers": 2}
+    ).start()
     yield proc
     proc.stop()
 
@@ -52,7 +53,9 @@ def test_core_flow_on_postgres(pg_server, pg_url):
     admin = Api(pg_server.url, ADMIN_USER, ADMIN_PASSWORD)
     admin.member(11)
     seg = admin.segment(11, "pg-seg")
-    dup = admin.call("POST", "/segment", params={"member_id": 11}, json={"segment": {"code": "PG-SEG"}})
+    dup = admin.call(
+        "POST", "/segment", params={"member_id": 11}, json={"segment": {"code": "PG-SEG"}}
+    )
     assert dup["error_id"] == "SYNTAX"
     admin.config(11, num_error_log_lines=3)
     admin.user("pguser", 11)
@@ -64,10 +67,16 @@ def test_core_flow_on_postgres(pg_server, pg_url):
         jobs.append(job)
     for job in jobs:
         done = user.wait(11, job["job_id"])
-        assert done["phase"] == "completed" and done["num_valid"] == 1 and done["num_invalid_format"] == 1
+        assert (
+            done["phase"] == "completed"
+            and done["num_valid"] == 1
+            and done["num_invalid_format"] == 1
+        )
     assert set(user.segments_of(uid=103)) == {seg["id"]}
     page = user.ok("GET", "/batch-segment", params={"sort": "id.asc", "num_elements": 2})
-    assert page["count"] == 4 and [j["id"] for j in page["batch_segment_upload_job"]] == [j["id"] for j in jobs[:2]]
+    assert page["count"] == 4 and [j["id"] for j in page["batch_segment_upload_job"]] == [
+        j["id"] for j in jobs[:2]
+    ]
     # the one-URL rule and the concurrent-upload guard use the same statements on PostgreSQL
     first, second = user.new_job(11), user.new_job(11)
     assert user.job(11, first["job_id"])["error_code"] == "upload_url_replaced"

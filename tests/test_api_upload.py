@@ -10,10 +10,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
 from conftest import ADMIN_PASSWORD, ADMIN_USER, Api, legacy
 
-FILESIZE = {"status": "ERROR", "error_code": "FILESIZE_LIMIT_EXCEEDED", "errors": ["Member exceeds maximum byte size allowed for a file"]}
+FILESIZE = {
+    "status": "ERROR",
+    "error_code": "FILESIZE_LIMIT_EXCEEDED",
+    "errors": ["Member exceeds maximum byte size allowed for a file"],
+}
 
 
 def rate(text: str) -> dict:
@@ -24,7 +27,14 @@ def strip(body: dict) -> dict:
     return {k: v for k, v in body.items() if k != "_http"}
 
 
-def raw_upload(url: str, total: int, parts: list[tuple[bytes, float]], *, close_early: bool = False, token: str = "") -> dict | None:
+def raw_upload(
+    url: str,
+    total: int,
+    parts: list[tuple[bytes, float]],
+    *,
+    close_early: bool = False,
+    token: str = "",
+) -> dict | None:
     """POST with Content-Length `total`, sending `parts` (bytes, delay before); read the reply.
 
     With close_early the socket is closed after the parts (a cut-off upload) and None returned.
@@ -56,7 +66,11 @@ def raw_upload(url: str, total: int, parts: list[tuple[bytes, float]], *, close_
         buf += chunk
         if b"\r\n\r\n" in buf:
             head_part, _, body = buf.partition(b"\r\n\r\n")
-            length = [int(line.split(b":")[1]) for line in head_part.split(b"\r\n") if line.lower().startswith(b"content-length")]
+            length = [
+                int(line.split(b":")[1])
+                for line in head_part.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            ]
             if length and len(body) >= length[0]:
                 break
     sock.close()
@@ -72,17 +86,40 @@ def test_documented_curl_sequence(server, admin, member_id, tmp_path: Path):
     admin.user(f"curl{member_id}", member_id)
     cookies = tmp_path / "cookies"
     seg_file = tmp_path / "segment_file"
-    seg_file.write_bytes(legacy([f"7652266028043224430,{seg['id']}:0", f"4013681496264948522,{seg['id']}:1440"]))
+    seg_file.write_bytes(
+        legacy([f"7652266028043224430,{seg['id']}:0", f"4013681496264948522,{seg['id']}:1440"])
+    )
 
     def curl(*args: str) -> dict:
-        out = subprocess.run(["curl", "-s", *args], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["curl", "-s", *args], check=True, capture_output=True, text=True
+        ).stdout
         return json.loads(out)["response"]
 
     auth = json.dumps({"auth": {"username": f"curl{member_id}", "password": "password-123"}})
-    assert curl("-b", str(cookies), "-c", str(cookies), "-X", "POST", "-d", auth, f"{server.url}/auth")["status"] == "OK"
-    created = curl("-b", str(cookies), "-c", str(cookies), "-X", "POST", "-s", "-d", "", f"{server.url}/batch-segment?member_id={member_id}")
+    assert (
+        curl(
+            "-b", str(cookies), "-c", str(cookies), "-X", "POST", "-d", auth, f"{server.url}/auth"
+        )["status"]
+        == "OK"
+    )
+    created = curl(
+        "-b",
+        str(cookies),
+        "-c",
+        str(cookies),
+        "-X",
+        "POST",
+        "-s",
+        "-d",
+        "",
+        f"{server.url}/batch-segment?member_id={member_id}",
+    )
     job = created["batch_segment_upload_job"]
-    assert created["status"] == "OK" and created["dbg_info"]["output_term"] == "batch_segment_upload_job"
+    assert (
+        created["status"] == "OK"
+        and created["dbg_info"]["output_term"] == "batch_segment_upload_job"
+    )
     assert len(job["job_id"]) == 40 and job["job_id"].isalnum()
     assert job["upload_url"] == f"{server.url}/segment-upload/{job['job_id']}"
     assert job["member_id"] == member_id and isinstance(job["id"], int)
@@ -91,15 +128,41 @@ def test_documented_curl_sequence(server, admin, member_id, tmp_path: Path):
     assert wrong["status"] == "ERROR" and wrong["error_code"] == "INVALID_CONTENT_TYPE"
     assert "application/octet-stream" in wrong["error"]
     # then the documented way; the URL is still good
-    up = curl("-H", "Content-Type:application/octet-stream", "-b", str(cookies), "-X", "POST", "--data-binary", f"@{seg_file}", job["upload_url"])
+    up = curl(
+        "-H",
+        "Content-Type:application/octet-stream",
+        "-b",
+        str(cookies),
+        "-X",
+        "POST",
+        "--data-binary",
+        f"@{seg_file}",
+        job["upload_url"],
+    )
     assert up["status"] == "OK", up
-    status = curl("-b", str(cookies), f"{server.url}/batch-segment?member_id={member_id}&job_id={job['job_id']}")
+    status = curl(
+        "-b",
+        str(cookies),
+        f"{server.url}/batch-segment?member_id={member_id}&job_id={job['job_id']}",
+    )
     assert status["batch_segment_upload_job"]["phase"] in ("validating", "processing", "completed")
     api = Api(server.url, f"curl{member_id}", "password-123")
     done = api.wait(member_id, job["job_id"])
-    assert done["phase"] == "completed" and done["num_valid"] == 2 and done["percent_complete"] == 100
+    assert (
+        done["phase"] == "completed" and done["num_valid"] == 2 and done["percent_complete"] == 100
+    )
     # a second upload to the same URL is refused
-    again = curl("-H", "Content-Type: application/octet-stream", "-b", str(cookies), "-X", "POST", "--data-binary", f"@{seg_file}", job["upload_url"])
+    again = curl(
+        "-H",
+        "Content-Type: application/octet-stream",
+        "-b",
+        str(cookies),
+        "-X",
+        "POST",
+        "--data-binary",
+        f"@{seg_file}",
+        job["upload_url"],
+    )
     assert again["status"] == "ERROR" and again["error_code"] == "upload_url_used"
 
 
@@ -129,7 +192,9 @@ def test_url_expires(bss_server):
 def small(tmp_path_factory):
     from conftest import ServerProc
 
-    proc = ServerProc(tmp_path_factory.mktemp("small") / "data", {"max_file_bytes": 1000, "max_upload_seconds": 2}).start()
+    proc = ServerProc(
+        tmp_path_factory.mktemp("small") / "data", {"max_file_bytes": 1000, "max_upload_seconds": 2}
+    ).start()
     yield proc
     proc.stop()
 
@@ -165,7 +230,12 @@ def test_file_size_limit_while_streaming(small, small_member):
 def test_upload_time_limit(small, small_member):
     admin, mid = small_member
     job = admin.new_job(mid)
-    body = raw_upload(job["upload_url"], 100, [(b"1,1:0\n", 0), (b"2,1:0\n", 1.5), (b"3,1:0\n", 1.5)], token=admin.token or "")
+    body = raw_upload(
+        job["upload_url"],
+        100,
+        [(b"1,1:0\n", 0), (b"2,1:0\n", 1.5), (b"3,1:0\n", 1.5)],
+        token=admin.token or "",
+    )
     assert strip(body) == rate("Maximum upload time exceeded")
     assert admin.job(mid, job["job_id"])["error_code"] == "uploading-error"
 
@@ -200,7 +270,9 @@ def test_concurrent_upload_limit(server, admin, member_id):
     u = urlsplit(first["upload_url"])
     sock = socket.create_connection((u.hostname, u.port))
     sock.sendall(
-        (f"POST {u.path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 12\r\n\r\n").encode()
+        (
+            f"POST {u.path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 12\r\n\r\n"
+        ).encode()
         + b"1,1:0\n"
     )
     deadline = time.monotonic() + 10

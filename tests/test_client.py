@@ -9,9 +9,9 @@ import subprocess
 import time
 
 import pytest
+from conftest import ADMIN_PASSWORD, ADMIN_USER, BSS, Api, legacy
 
 from bss.client import BssClient, BssError
-from conftest import ADMIN_PASSWORD, ADMIN_USER, BSS, Api, legacy
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,12 @@ def test_client_logs_in_again_on_noauth(bss_server):
 
 
 def _cli(server, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BSS_USERNAME": "client31", "BSS_PASSWORD": "password-123", "BSS_URL": server.url}
+    env = {
+        **os.environ,
+        "BSS_USERNAME": "client31",
+        "BSS_PASSWORD": "password-123",
+        "BSS_URL": server.url,
+    }
     return subprocess.run([str(BSS), *args], env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -57,7 +62,7 @@ def test_cli_upload_status_jobs(server, setup, tmp_path):
     path.write_bytes(legacy([f"{7000 + i},{setup}:0" for i in range(10)] + ["junk"]))
     out = _cli(server, "upload", str(path), "--member-id", "31", "--poll", "0.2")
     assert out.returncode == 0, out.stderr
-    job = json.loads(out.stdout[out.stdout.index("{"):])
+    job = json.loads(out.stdout[out.stdout.index("{") :])
     assert job["phase"] == "completed" and job["num_valid"] == 10 and job["num_invalid_format"] == 1
     out = _cli(server, "status", job["job_id"], "--member-id", "31")
     assert out.returncode == 0 and json.loads(out.stdout)["job_id"] == job["job_id"]

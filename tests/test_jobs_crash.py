@@ -20,7 +20,9 @@ def _big_file(path: Path) -> Path:
             fh.write(
                 "".join(
                     # every 7th user is removed from segment 2 again within the same job
-                    f"{10_000_000 + i},1:{i % 5};2:1440\n" if i % 7 else f"{10_000_000 + i},1:0\t2:0\n"
+                    f"{10_000_000 + i},1:{i % 5};2:1440\n"
+                    if i % 7
+                    else f"{10_000_000 + i},1:0\t2:0\n"
                     for i in range(start, start + step)
                 )
             )
@@ -55,14 +57,24 @@ def _store_difference(a: Path, b: Path) -> tuple[int, int, int]:
         con.execute(f"ATTACH '{a / 'memberships.duckdb'}' AS a (READ_ONLY)")
         con.execute(f"ATTACH '{b / 'memberships.duckdb'}' AS b (READ_ONLY)")
         total = con.execute(f"SELECT count(*) FROM ({_LIVE.format(db='a')})").fetchone()[0]
-        only_a = con.execute(f"SELECT count(*) FROM ({_LIVE.format(db='a')} EXCEPT {_LIVE.format(db='b')})").fetchone()[0]
-        only_b = con.execute(f"SELECT count(*) FROM ({_LIVE.format(db='b')} EXCEPT {_LIVE.format(db='a')})").fetchone()[0]
+        only_a = con.execute(
+            f"SELECT count(*) FROM ({_LIVE.format(db='a')} EXCEPT {_LIVE.format(db='b')})"
+        ).fetchone()[0]
+        only_b = con.execute(
+            f"SELECT count(*) FROM ({_LIVE.format(db='b')} EXCEPT {_LIVE.format(db='a')})"
+        ).fetchone()[0]
     finally:
         con.close()
     return total, only_a, only_b
 
 
-COUNTERS = ("num_valid", "num_invalid_format", "num_valid_user", "num_invalid_user", "num_invalid_segment")
+COUNTERS = (
+    "num_valid",
+    "num_invalid_format",
+    "num_valid_user",
+    "num_invalid_user",
+    "num_invalid_segment",
+)
 
 
 def test_kill_during_processing_then_restart(bss_server, tmp_path):
@@ -86,7 +98,9 @@ def test_kill_during_processing_then_restart(bss_server, tmp_path):
             seen = api.job(MEMBER, job["job_id"])
             if seen["phase"] in ("validating", "processing") and seen["percent_complete"] > 0:
                 break
-            assert seen["phase"] not in ("completed", "error"), "finished before it could be stopped"
+            assert seen["phase"] not in ("completed", "error"), (
+                "finished before it could be stopped"
+            )
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert seen["percent_complete"] < 100

@@ -27,12 +27,18 @@ def test_submit_file_contract(tmp_path):
     src.write_bytes(b"1,1:0\n")
     job = svc.submit_file(3, src, upload_source="s3", source_key="submitted/a.txt")
     assert len(job["job_id"]) == 40 and isinstance(job["id"], int)
-    assert job["phase"] == "validating" and job["upload_source"] == "s3" and job["source_key"] == "submitted/a.txt"
+    assert (
+        job["phase"] == "validating"
+        and job["upload_source"] == "s3"
+        and job["source_key"] == "submitted/a.txt"
+    )
     assert not src.exists() and (tmp_path / "uploads" / job["job_id"]).read_bytes() == b"1,1:0\n"
     again = svc.get_job(job["job_id"])
     assert again is not None and again["phase"] == "validating" and again["error_code"] is None
     assert svc.get_job("nope") is None
-    rejected = svc.submit_rejected(3, upload_source="folder", source_key="k", file_bytes=9, error_code="x", error_message="y")
+    rejected = svc.submit_rejected(
+        3, upload_source="folder", source_key="k", file_bytes=9, error_code="x", error_message="y"
+    )
     assert rejected["phase"] == "error" and rejected["error_code"] == "x"
 
 
@@ -82,7 +88,9 @@ def test_retention_sweep(tmp_path):
     now = now_s()
     with svc.db.begin() as conn:
         conn.execute(
-            update(jobs).where(jobs.c.id == old["id"]).values(phase="completed", uploaded_time=now - 4 * 86400)
+            update(jobs)
+            .where(jobs.c.id == old["id"])
+            .values(phase="completed", uploaded_time=now - 4 * 86400)
         )
         conn.execute(
             update(jobs)

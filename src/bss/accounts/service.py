@@ -109,7 +109,13 @@ def principal_for_token(db: Engine, token: str | None) -> Principal:
     with db.connect() as conn:
         row = (
             conn.execute(
-                select(users.c.id, users.c.username, users.c.user_type, users.c.member_id, tokens.c.expires_at)
+                select(
+                    users.c.id,
+                    users.c.username,
+                    users.c.user_type,
+                    users.c.member_id,
+                    tokens.c.expires_at,
+                )
                 .select_from(tokens.join(users, users.c.id == tokens.c.user_id))
                 .where(tokens.c.token_hash == _token_hash(token))
             )
@@ -172,7 +178,10 @@ def create_member(db: Engine, data: dict[str, Any]) -> dict[str, Any]:
     if data.get("id") is not None:
         values["id"] = _int(data["id"], "id")
     with db.begin() as conn:
-        if "id" in values and conn.execute(select(members.c.id).where(members.c.id == values["id"])).first():
+        if (
+            "id" in values
+            and conn.execute(select(members.c.id).where(members.c.id == values["id"])).first()
+        ):
             raise syntax(f"member {values['id']} already exists")
         new_id = conn.execute(insert(members).values(**values)).inserted_primary_key[0]
     return get_member(db, int(new_id))
@@ -185,7 +194,10 @@ def update_member(db: Engine, member_id: int, data: dict[str, Any]) -> dict[str,
     if "state" in data:
         values["state"] = _state(data["state"])
     with db.begin() as conn:
-        if conn.execute(update(members).where(members.c.id == member_id).values(**values)).rowcount == 0:
+        if (
+            conn.execute(update(members).where(members.c.id == member_id).values(**values)).rowcount
+            == 0
+        ):
             raise notfound(f"member {member_id} not found")
     return get_member(db, member_id)
 
@@ -199,7 +211,9 @@ def delete_member(db: Engine, member_id: int) -> None:
 
 def member_exists(db: Engine, member_id: int) -> bool:
     with db.connect() as conn:
-        return conn.execute(select(members.c.id).where(members.c.id == member_id)).first() is not None
+        return (
+            conn.execute(select(members.c.id).where(members.c.id == member_id)).first() is not None
+        )
 
 
 # --- users ---------------------------------------------------------------------------------
@@ -216,7 +230,9 @@ def user_out(row: Any) -> dict[str, Any]:
     }
 
 
-def list_users(db: Engine, *, user_id: int | None = None, member_id: int | None = None) -> list[dict[str, Any]]:
+def list_users(
+    db: Engine, *, user_id: int | None = None, member_id: int | None = None
+) -> list[dict[str, Any]]:
     q = select(users).order_by(users.c.id)
     if user_id is not None:
         q = q.where(users.c.id == user_id)

@@ -23,7 +23,10 @@ _AUTH_BODY = {
                     "properties": {
                         "auth": {
                             "type": "object",
-                            "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
+                            "properties": {
+                                "username": {"type": "string"},
+                                "password": {"type": "string"},
+                            },
                             "required": ["username", "password"],
                         }
                     },
@@ -43,14 +46,25 @@ def _obj(body: Any, name: str) -> dict[str, Any]:
     raise syntax(f'expected a JSON body like {{"{name}": {{...}}}}')
 
 
-@router.post("/auth", tags=["auth"], summary="Log in; returns a token (also set as a cookie)", openapi_extra=_AUTH_BODY)
+@router.post(
+    "/auth",
+    tags=["auth"],
+    summary="Log in; returns a token (also set as a cookie)",
+    openapi_extra=_AUTH_BODY,
+)
 async def post_auth(request: Request) -> Any:
     body = await json_body(request)
     auth = body.get("auth") if isinstance(body, dict) else None
-    if not isinstance(auth, dict) or not isinstance(auth.get("username"), str) or not isinstance(auth.get("password"), str):
+    if (
+        not isinstance(auth, dict)
+        or not isinstance(auth.get("username"), str)
+        or not isinstance(auth.get("password"), str)
+    ):
         raise syntax('expected {"auth": {"username": "...", "password": "..."}}')
     settings = request.app.state.settings
-    token = await run_in_threadpool(service.login, request.app.state.db, settings, auth["username"], auth["password"])
+    token = await run_in_threadpool(
+        service.login, request.app.state.db, settings, auth["username"], auth["password"]
+    )
     resp = ok(None, token=token)
     resp.set_cookie(
         TOKEN_COOKIE,
@@ -65,7 +79,15 @@ async def post_auth(request: Request) -> Any:
 
 @router.get("/auth", tags=["auth"], summary="The logged-in user")
 def get_auth(p: Principal = Depends(principal)) -> Any:
-    return ok("user", {"id": p.user_id, "username": p.username, "user_type": p.user_type, "member_id": p.member_id})
+    return ok(
+        "user",
+        {
+            "id": p.user_id,
+            "username": p.username,
+            "user_type": p.user_type,
+            "member_id": p.member_id,
+        },
+    )
 
 
 @router.delete("/auth", tags=["auth"], summary="Log out (invalidate the token)")
@@ -109,7 +131,10 @@ async def put_member(request: Request, p: Principal = Depends(principal)) -> Any
     if member_id is None:
         raise syntax("id is required")
     data = _obj(await json_body(request), "member")
-    return ok("member", await run_in_threadpool(service.update_member, request.app.state.db, member_id, data))
+    return ok(
+        "member",
+        await run_in_threadpool(service.update_member, request.app.state.db, member_id, data),
+    )
 
 
 @router.delete("/member", tags=["member"], summary="Delete a member and its users (admin), ?id=")
@@ -125,7 +150,9 @@ def delete_member(request: Request, p: Principal = Depends(principal)) -> Any:
 # --- /user -----------------------------------------------------------------------------------
 
 
-@router.get("/user", tags=["user"], summary="Users (admin: all, ?id=, ?member_id=; others: themselves)")
+@router.get(
+    "/user", tags=["user"], summary="Users (admin: all, ?id=, ?member_id=; others: themselves)"
+)
 def get_user(request: Request, p: Principal = Depends(principal)) -> Any:
     db = request.app.state.db
     if not p.is_admin:
@@ -137,7 +164,11 @@ def get_user(request: Request, p: Principal = Depends(principal)) -> Any:
     return ok_list("users", items, count=len(items), start_element=0, num_elements=len(items))
 
 
-@router.post("/user", tags=["user"], summary="Create a user (admin): username, password, user_type, member_id")
+@router.post(
+    "/user",
+    tags=["user"],
+    summary="Create a user (admin): username, password, user_type, member_id",
+)
 async def post_user(request: Request, p: Principal = Depends(principal)) -> Any:
     require_admin(p)
     data = _obj(await json_body(request), "user")
@@ -151,7 +182,9 @@ async def put_user(request: Request, p: Principal = Depends(principal)) -> Any:
     if user_id is None:
         raise syntax("id is required")
     data = _obj(await json_body(request), "user")
-    return ok("user", await run_in_threadpool(service.update_user, request.app.state.db, user_id, data))
+    return ok(
+        "user", await run_in_threadpool(service.update_user, request.app.state.db, user_id, data)
+    )
 
 
 @router.delete("/user", tags=["user"], summary="Delete a user (admin), ?id=")

@@ -27,7 +27,14 @@ from bss.settings import Settings
 
 log = logging.getLogger("bss.api")
 
-_HTTP_IDS = {401: "NOAUTH", 403: "UNAUTH", 404: "NOTFOUND", 405: "SYNTAX", 413: "SYNTAX", 429: "SYSTEM"}
+_HTTP_IDS = {
+    401: "NOAUTH",
+    403: "UNAUTH",
+    404: "NOTFOUND",
+    405: "SYNTAX",
+    413: "SYNTAX",
+    429: "SYSTEM",
+}
 
 
 class AccessLog:
@@ -79,7 +86,7 @@ def create_app(
     app = FastAPI(
         title="Batch Segment Service",
         version="0.1.0",
-        description="Self-hostable Batch Segment Service; every response is wrapped as {\"response\": {...}}.",
+        description='Self-hostable Batch Segment Service; every response is wrapped as {"response": {...}}.',
     )
     app.state.settings = settings
     app.state.db = db
@@ -100,7 +107,9 @@ def create_app(
     async def _validation_error(_request: Request, exc: RequestValidationError) -> Any:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()))
-        return ApiError("SYNTAX", f"{where}: {first.get('msg', 'invalid request')}", http_status=400).response()
+        return ApiError(
+            "SYNTAX", f"{where}: {first.get('msg', 'invalid request')}", http_status=400
+        ).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Any:
@@ -114,7 +123,9 @@ def create_app(
     app.include_router(jobs_router)
     app.include_router(lookup_router)
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    @app.get(
+        "/metrics", tags=["ops"], summary="Prometheus metrics", response_class=PlainTextResponse
+    )
     def metrics() -> PlainTextResponse:
         return PlainTextResponse(
             render(app.state.jobs.counts_by_phase()), media_type="text/plain; version=0.0.4"

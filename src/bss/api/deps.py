@@ -100,7 +100,9 @@ class RateLimiter:
             )
 
 
-def int_param(request: Request, name: str, default: int | None = None, *, minimum: int | None = None) -> int | None:
+def int_param(
+    request: Request, name: str, default: int | None = None, *, minimum: int | None = None
+) -> int | None:
     raw = request.query_params.get(name)
     if raw in (None, ""):
         return default

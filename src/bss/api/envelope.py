@@ -11,7 +11,9 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 
-def ok(name: str | None, payload: Any = None, *, status_code: int = 200, **extra: Any) -> JSONResponse:
+def ok(
+    name: str | None, payload: Any = None, *, status_code: int = 200, **extra: Any
+) -> JSONResponse:
     body: dict[str, Any] = {"status": "OK"}
     if name is not None:
         body[name] = payload
@@ -98,7 +100,9 @@ def syntax(msg: str, **kw: Any) -> ApiError:
 
 def upload_limit(error_code: str, text: str, http_status: int) -> ApiError:
     """The documented upload-limit body: status, error_code and `errors`, nothing else."""
-    return ApiError("SYNTAX", text, http_status=http_status, error_code=error_code, errors=[text], bare=True)
+    return ApiError(
+        "SYNTAX", text, http_status=http_status, error_code=error_code, errors=[text], bare=True
+    )
 
 
 # The documented `errors` texts, word for word.

@@ -25,7 +25,10 @@ COUNTERS = Counters()
 
 HELP = {
     "bss_bytes_uploaded_total": ("counter", "Bytes received by completed uploads (this process)."),
-    "bss_pairs_applied_total": ("counter", "User/segment pairs written to the store (this process)."),
+    "bss_pairs_applied_total": (
+        "counter",
+        "User/segment pairs written to the store (this process).",
+    ),
     "bss_lines_processed_total": ("counter", "Input lines read by the engine (this process)."),
     "bss_jobs_finished_total": ("counter", "Jobs finished by workers of this process."),
     "bss_http_requests_total": ("counter", "HTTP requests served by this process."),

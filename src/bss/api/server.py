@@ -27,7 +27,9 @@ def _thread(target: Callable[[], None], name: str) -> threading.Thread:
     return t
 
 
-def sweeper(service: JobService, stores: StoreHandle, settings: Settings, stop: threading.Event) -> None:
+def sweeper(
+    service: JobService, stores: StoreHandle, settings: Settings, stop: threading.Event
+) -> None:
     """Expire unused upload URLs often; retention (files, history, store, tokens) hourly."""
     last_full = 0.0
     while not stop.wait(URL_SWEEP_SECONDS if last_full else 0):
@@ -49,7 +51,13 @@ def sweeper(service: JobService, stores: StoreHandle, settings: Settings, stop: 
 
 
 def start_background(
-    service: JobService, stores: StoreHandle, settings: Settings, stop: threading.Event, *, workers: int, sweeps: bool
+    service: JobService,
+    stores: StoreHandle,
+    settings: Settings,
+    stop: threading.Event,
+    *,
+    workers: int,
+    sweeps: bool,
 ) -> list[threading.Thread]:
     threads = []
     for i in range(workers):
@@ -61,7 +69,9 @@ def start_background(
     return threads
 
 
-def _start_passive(settings: Settings, service: JobService, stop: threading.Event) -> list[threading.Thread]:
+def _start_passive(
+    settings: Settings, service: JobService, stop: threading.Event
+) -> list[threading.Thread]:
     from bss.passive.scanner import run_passive
 
     return [_thread(lambda: run_passive(settings, service, stop), "passive")]
@@ -83,7 +93,9 @@ def serve(settings: Settings, host: str, port: int) -> None:
     stores = StoreHandle(settings.resolved_store_url)
     app = create_app(settings, db=db, stores=stores)
     stop = threading.Event()
-    threads = start_background(app.state.jobs, stores, settings, stop, workers=settings.workers, sweeps=True)
+    threads = start_background(
+        app.state.jobs, stores, settings, stop, workers=settings.workers, sweeps=True
+    )
     config = uvicorn.Config(
         app,
         host=host,
@@ -99,7 +111,15 @@ def serve(settings: Settings, host: str, port: int) -> None:
     # stopped and the store is closed cleanly below instead of the process dying.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    log.info("serving", extra={"host": host, "port": port, "data_dir": str(settings.data_dir), "workers": settings.workers})
+    log.info(
+        "serving",
+        extra={
+            "host": host,
+            "port": port,
+            "data_dir": str(settings.data_dir),
+            "workers": settings.workers,
+        },
+    )
     try:
         server.run()
     finally:
@@ -124,7 +144,9 @@ def run_worker(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    threads = start_background(service, stores, settings, stop, workers=max(1, settings.workers), sweeps=False)
+    threads = start_background(
+        service, stores, settings, stop, workers=max(1, settings.workers), sweeps=False
+    )
     log.info("worker process running", extra={"workers": settings.workers})
     while not stop.wait(1):
         pass

@@ -1,8 +1,8 @@
 """`BssClient`: a small Python client for the documented API (httpx, streaming uploads).
 
-    client = BssClient("http://127.0.0.1:8080", "user", "password")
-    job = client.upload_file(member_id=1, path=Path("segments.txt.gz"))
-    print(job["phase"], job["num_valid"])
+client = BssClient("http://127.0.0.1:8080", "user", "password")
+job = client.upload_file(member_id=1, path=Path("segments.txt.gz"))
+print(job["phase"], job["num_valid"])
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ class BssError(Exception):
 
 
 class BssClient:
-    def __init__(self, base_url: str, username: str, password: str, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self, base_url: str, username: str, password: str, *, timeout: float = 60.0
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.username = username
         self.password = password
@@ -61,7 +63,9 @@ class BssClient:
         return body
 
     def login(self) -> str:
-        resp = self.http.post("/auth", json={"auth": {"username": self.username, "password": self.password}})
+        resp = self.http.post(
+            "/auth", json={"auth": {"username": self.username, "password": self.password}}
+        )
         self.token = self._unwrap(resp)["token"]
         return self.token
 
@@ -116,13 +120,24 @@ class BssClient:
         return self._one(self._unwrap(resp)["batch_segment_upload_job"])
 
     def get_job(self, member_id: int, job_id: str) -> dict[str, Any]:
-        body = self.request("GET", "/batch-segment", params={"member_id": member_id, "job_id": job_id})
+        body = self.request(
+            "GET", "/batch-segment", params={"member_id": member_id, "job_id": job_id}
+        )
         return self._one(body["batch_segment_upload_job"])
 
     def list_jobs(
-        self, member_id: int, *, start_element: int = 0, num_elements: int = 100, sort: str | None = None
+        self,
+        member_id: int,
+        *,
+        start_element: int = 0,
+        num_elements: int = 100,
+        sort: str | None = None,
     ) -> dict[str, Any]:
-        params: dict[str, Any] = {"member_id": member_id, "start_element": start_element, "num_elements": num_elements}
+        params: dict[str, Any] = {
+            "member_id": member_id,
+            "start_element": start_element,
+            "num_elements": num_elements,
+        }
         if sort:
             params["sort"] = sort
         return self.request("GET", "/batch-segment", params=params)
@@ -148,7 +163,13 @@ class BssClient:
             time.sleep(poll)
 
     def upload_file(
-        self, member_id: int, path: Path, *, wait: bool = True, poll: float = 1.0, timeout: float | None = None
+        self,
+        member_id: int,
+        path: Path,
+        *,
+        wait: bool = True,
+        poll: float = 1.0,
+        timeout: float | None = None,
     ) -> dict[str, Any]:
         """Create a job, stream the file, and (by default) wait until completed or error."""
         job = self.create_job(member_id)

@@ -181,9 +181,9 @@ class JobService:
     def pending_count(self, member_id: int) -> int:
         with self.db.connect() as conn:
             return conn.execute(
-                select(func.count()).select_from(jobs).where(
-                    jobs.c.member_id == member_id, jobs.c.phase.in_(QUEUED_PHASES)
-                )
+                select(func.count())
+                .select_from(jobs)
+                .where(jobs.c.member_id == member_id, jobs.c.phase.in_(QUEUED_PHASES))
             ).scalar_one()
 
     def usage(self, member_id: int, now: int | None = None) -> dict[str, int]:
@@ -193,8 +193,10 @@ class JobService:
         with self.db.connect() as conn:
             for window, seconds in (("hour", 3600), ("day", 86400)):
                 b, n = conn.execute(
-                    select(func.coalesce(func.sum(jobs.c.file_bytes), 0), func.coalesce(func.sum(jobs.c.file_lines), 0))
-                    .where(jobs.c.member_id == member_id, jobs.c.uploaded_time > now - seconds)
+                    select(
+                        func.coalesce(func.sum(jobs.c.file_bytes), 0),
+                        func.coalesce(func.sum(jobs.c.file_lines), 0),
+                    ).where(jobs.c.member_id == member_id, jobs.c.uploaded_time > now - seconds)
                 ).one()
                 out[f"bytes_{window}"] = int(b)
                 out[f"lines_{window}"] = int(n)
@@ -255,7 +257,9 @@ class JobService:
         """An upload in progress says it is alive (see fail_stale_uploads)."""
         with self.db.begin() as conn:
             conn.execute(
-                update(jobs).where(jobs.c.id == job_pk, jobs.c.phase == "uploading").values(last_modified=now_s())
+                update(jobs)
+                .where(jobs.c.id == job_pk, jobs.c.phase == "uploading")
+                .values(last_modified=now_s())
             )
 
     def fail_stale_uploads(self, now: int | None = None) -> int:
@@ -266,7 +270,9 @@ class JobService:
         with self.db.begin() as conn:
             return conn.execute(
                 update(jobs)
-                .where(jobs.c.phase == "uploading", jobs.c.last_modified < now - UPLOAD_STALE_SECONDS)
+                .where(
+                    jobs.c.phase == "uploading", jobs.c.last_modified < now - UPLOAD_STALE_SECONDS
+                )
                 .values(
                     phase="error",
                     error_code="uploading-error",
@@ -293,7 +299,9 @@ class JobService:
             if not is_sqlite(self.db):
                 from bss.accounts.models import members
 
-                conn.execute(select(members.c.id).where(members.c.id == member_id).with_for_update())
+                conn.execute(
+                    select(members.c.id).where(members.c.id == member_id).with_for_update()
+                )
             n = conn.execute(
                 update(jobs)
                 .where(jobs.c.id == row["id"], jobs.c.phase == "starting", running < max_concurrent)
@@ -319,7 +327,9 @@ class JobService:
                 )
             )
 
-    def fail_upload(self, job_pk: int, message: str, *, error_code: str = "uploading-error") -> None:
+    def fail_upload(
+        self, job_pk: int, message: str, *, error_code: str = "uploading-error"
+    ) -> None:
         """The upload failed: phase error, counters 0, logs null, nothing kept."""
         now = now_s()
         values: dict[str, Any] = dict.fromkeys(COUNTER_NAMES, 0)
@@ -351,7 +361,9 @@ class JobService:
 
     # --- passive uploads --------------------------------------------------------------------
 
-    def submit_file(self, member_id: int, source_path: Path, *, upload_source: str, source_key: str) -> dict[str, Any]:
+    def submit_file(
+        self, member_id: int, source_path: Path, *, upload_source: str, source_key: str
+    ) -> dict[str, Any]:
         """Move (or copy) a file into job storage as a job already uploaded and queued."""
         if upload_source not in UPLOAD_SOURCES:
             raise ValueError(f"upload_source must be one of {UPLOAD_SOURCES}")
@@ -385,7 +397,10 @@ class JobService:
                 )
             ).inserted_primary_key[0]
             row = conn.execute(select(jobs).where(jobs.c.id == new_id)).mappings().one()
-        log.info("job submitted", extra={"job_id": job_id, "member_id": member_id, "upload_source": upload_source})
+        log.info(
+            "job submitted",
+            extra={"job_id": job_id, "member_id": member_id, "upload_source": upload_source},
+        )
         return self.job_out(row, now)
 
     def submit_rejected(
@@ -455,7 +470,11 @@ class JobService:
             return (
                 conn.execute(
                     update(jobs)
-                    .where(jobs.c.id == job_pk, jobs.c.claimed_by == worker_id, jobs.c.phase.in_(QUEUED_PHASES))
+                    .where(
+                        jobs.c.id == job_pk,
+                        jobs.c.claimed_by == worker_id,
+                        jobs.c.phase.in_(QUEUED_PHASES),
+                    )
                     .values(claimed_until=now + self.settings.job_lease_seconds, **values)
                 ).rowcount
                 == 1
@@ -465,14 +484,20 @@ class JobService:
         with self.db.begin() as conn:
             conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_pk, jobs.c.claimed_by == worker_id, jobs.c.processing_started.is_(None))
+                .where(
+                    jobs.c.id == job_pk,
+                    jobs.c.claimed_by == worker_id,
+                    jobs.c.processing_started.is_(None),
+                )
                 .values(processing_started=int(time.time() * 1000))
             )
 
     def finish(self, job_pk: int, worker_id: str, values: dict[str, Any]) -> bool:
         now = now_s()
         with self.db.connect() as conn:
-            started = conn.execute(select(jobs.c.processing_started).where(jobs.c.id == job_pk)).scalar()
+            started = conn.execute(
+                select(jobs.c.processing_started).where(jobs.c.id == job_pk)
+            ).scalar()
         minutes = (time.time() * 1000 - (started or time.time() * 1000)) / 60000
         values = {
             **values,
@@ -490,7 +515,11 @@ class JobService:
             return (
                 conn.execute(
                     update(jobs)
-                    .where(jobs.c.id == job_pk, jobs.c.claimed_by == worker_id, jobs.c.phase.in_(QUEUED_PHASES))
+                    .where(
+                        jobs.c.id == job_pk,
+                        jobs.c.claimed_by == worker_id,
+                        jobs.c.phase.in_(QUEUED_PHASES),
+                    )
                     .values(**values)
                 ).rowcount
                 == 1
@@ -532,7 +561,8 @@ class JobService:
         with self.db.connect() as conn:
             old = conn.execute(
                 select(jobs.c.id, jobs.c.file_path, jobs.c.report_path).where(
-                    jobs.c.created_on < history_cutoff, jobs.c.phase.in_(("completed", "error", "starting"))
+                    jobs.c.created_on < history_cutoff,
+                    jobs.c.phase.in_(("completed", "error", "starting")),
                 )
             ).all()
         for _job_pk, path, report in old:

@@ -56,7 +56,9 @@ def _base_url(request: Request) -> str:
     return (public or str(request.base_url)).rstrip("/")
 
 
-@router.post("/batch-segment", tags=["batch-segment"], summary="Create a job and its upload URL, ?member_id=")
+@router.post(
+    "/batch-segment", tags=["batch-segment"], summary="Create a job and its upload URL, ?member_id="
+)
 def post_job(request: Request, p: Principal = Depends(principal)) -> Any:
     member_id = member_scope(p, request.query_params.get("member_id"))
     svc: JobService = request.app.state.jobs
@@ -67,7 +69,11 @@ def post_job(request: Request, p: Principal = Depends(principal)) -> Any:
     return ok(NAME, _payload(p, job), id=job["id"], count=1, start_element=0, num_elements=100)
 
 
-@router.get("/batch-segment", tags=["batch-segment"], summary="One job (?job_id=) or the member's job history")
+@router.get(
+    "/batch-segment",
+    tags=["batch-segment"],
+    summary="One job (?job_id=) or the member's job history",
+)
 def get_jobs(request: Request, p: Principal = Depends(principal)) -> Any:
     svc: JobService = request.app.state.jobs
     qp = request.query_params
@@ -92,11 +98,17 @@ def get_jobs(request: Request, p: Principal = Depends(principal)) -> Any:
             filters[key] = qp[key]
     if qp.get("id"):
         filters["id"] = int_param(request, "id")
-    total, items = svc.list_jobs(member_id, start=start, num=num, sort=qp.get("sort"), filters=filters)
+    total, items = svc.list_jobs(
+        member_id, start=start, num=num, sort=qp.get("sort"), filters=filters
+    )
     return ok_list(NAME, items, count=total, start_element=start, num_elements=num)
 
 
-@router.get("/batch-segment/meta", tags=["batch-segment"], summary="Fields the job history can be filtered and sorted by")
+@router.get(
+    "/batch-segment/meta",
+    tags=["batch-segment"],
+    summary="Fields the job history can be filtered and sorted by",
+)
 def get_meta(p: Principal = Depends(principal)) -> Any:
     fields = [
         {"name": name, "type": kind, "sort_by": True, "filter_by": name in FILTER_FIELDS}
@@ -217,7 +229,12 @@ async def upload(job_id: str, request: Request) -> Any:
     if not await run_in_threadpool(svc.begin_upload, row, cfg.max_concurrent_uploads):
         fresh = await run_in_threadpool(svc.job_row, job_id)
         if fresh is not None and fresh["phase"] != "starting":
-            raise ApiError("SYNTAX", "This upload URL is already in use", http_status=409, error_code="upload_url_used")
+            raise ApiError(
+                "SYNTAX",
+                "This upload URL is already in use",
+                http_status=409,
+                error_code="upload_url_used",
+            )
         raise upload_limit(RATE_LIMIT_EXCEEDED, ERR_CONCURRENT, 429)
 
     log.info("upload started", extra=ctx)
@@ -236,7 +253,9 @@ async def upload(job_id: str, request: Request) -> Any:
                     nlines += chunk.count(b"\n")
                     last = chunk[-1:]
                     if nbytes > settings.max_file_bytes:
-                        raise _UploadFailed(upload_limit(FILESIZE_LIMIT_EXCEEDED, ERR_FILE_BYTES, 413))
+                        raise _UploadFailed(
+                            upload_limit(FILESIZE_LIMIT_EXCEEDED, ERR_FILE_BYTES, 413)
+                        )
                     for limit, used, text in byte_limits:
                         if used + nbytes > limit:
                             raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, text, 429))
@@ -264,9 +283,13 @@ async def upload(job_id: str, request: Request) -> Any:
     except ClientDisconnect:
         fh.close()
         part.unlink(missing_ok=True)
-        await run_in_threadpool(svc.fail_upload, row["id"], "the upload was cut off (client disconnected)")
+        await run_in_threadpool(
+            svc.fail_upload, row["id"], "the upload was cut off (client disconnected)"
+        )
         log.warning("upload cut off", extra={**ctx, "bytes": nbytes})
-        return ApiError("SYSTEM", "upload cut off", http_status=400, error_code="uploading-error").response()
+        return ApiError(
+            "SYSTEM", "upload cut off", http_status=400, error_code="uploading-error"
+        ).response()
     except BaseException:
         fh.close()
         part.unlink(missing_ok=True)

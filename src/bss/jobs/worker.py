@@ -61,7 +61,13 @@ class StoreHandle:
 
 
 class Worker:
-    def __init__(self, service: JobService, stores: StoreHandle, stop: threading.Event, name: str | None = None) -> None:
+    def __init__(
+        self,
+        service: JobService,
+        stores: StoreHandle,
+        stop: threading.Event,
+        name: str | None = None,
+    ) -> None:
         self.service = service
         self.settings = service.settings
         self.stores = stores
@@ -90,13 +96,22 @@ class Worker:
 
     def process(self, row: Any) -> None:
         job_pk, job_id = row["id"], row["job_id"]
-        ctx = {"job_id": job_id, "job": job_pk, "member_id": row["member_id"], "attempt": row["attempts"]}
+        ctx = {
+            "job_id": job_id,
+            "job": job_pk,
+            "member_id": row["member_id"],
+            "attempt": row["attempts"],
+        }
         if row["attempts"] > MAX_ATTEMPTS:
             log.error("job failed too often; giving up", extra=ctx)
             self.service.finish(
                 job_pk,
                 self.name,
-                {"phase": "error", "error_code": "processing-error", "error_message": "processing failed repeatedly"},
+                {
+                    "phase": "error",
+                    "error_code": "processing-error",
+                    "error_message": "processing failed repeatedly",
+                },
             )
             return
         path = Path(row["file_path"] or "")
@@ -104,7 +119,11 @@ class Worker:
             self.service.finish(
                 job_pk,
                 self.name,
-                {"phase": "error", "error_code": "file_missing", "error_message": "the uploaded file is gone"},
+                {
+                    "phase": "error",
+                    "error_code": "file_missing",
+                    "error_message": "the uploaded file is gone",
+                },
             )
             return
         try:
@@ -176,7 +195,9 @@ class Worker:
             log.warning("lease lost; another worker took the job over", extra=ctx)
             return
         except Stopping:
-            log.warning("shutting down mid-job; the job is handed back and will be re-run", extra=ctx)
+            log.warning(
+                "shutting down mid-job; the job is handed back and will be re-run", extra=ctx
+            )
             self.service.release(job_pk, self.name, retry_in=0)
             return
         except Exception:
@@ -205,7 +226,12 @@ class Worker:
             COUNTERS.inc(f'bss_jobs_finished_total{{phase="{values["phase"]}"}}')
             log.info(
                 "job finished",
-                extra={**ctx, "phase": values["phase"], "error_code": result.error_code, "num_valid": fields.get("num_valid")},
+                extra={
+                    **ctx,
+                    "phase": values["phase"],
+                    "error_code": result.error_code,
+                    "num_valid": fields.get("num_valid"),
+                },
             )
         else:
             log.warning("job finished but lease was lost; result dropped", extra=ctx)

@@ -116,7 +116,9 @@ def create_segment(db: Engine, member_id: int, data: dict[str, Any]) -> Any:
     try:
         with db.begin() as conn:
             new_id = conn.execute(
-                insert(segments).values(member_id=member_id, created_on=now, last_modified=now, **values)
+                insert(segments).values(
+                    member_id=member_id, created_on=now, last_modified=now, **values
+                )
             ).inserted_primary_key[0]
     except IntegrityError as exc:
         raise syntax(f"code {values['code']!r} already exists for member {member_id}") from exc
@@ -128,7 +130,9 @@ def update_segment(db: Engine, segment_id: int, data: dict[str, Any]) -> Any:
     values["last_modified"] = now_s()
     try:
         with db.begin() as conn:
-            n = conn.execute(update(segments).where(segments.c.id == segment_id).values(**values)).rowcount
+            n = conn.execute(
+                update(segments).where(segments.c.id == segment_id).values(**values)
+            ).rowcount
     except IntegrityError as exc:
         raise syntax(f"code {values.get('code')!r} already exists for this member") from exc
     if n == 0:
@@ -142,9 +146,17 @@ def delete_segment(db: Engine, segment_id: int) -> None:
             raise notfound(f"segment {segment_id} not found")
 
 
-def registry_for(db: Engine, member_ids: frozenset[int] | set[int] | None = None) -> SegmentRegistry:
+def registry_for(
+    db: Engine, member_ids: frozenset[int] | set[int] | None = None
+) -> SegmentRegistry:
     """The segments the engine validates against (all of them, or those of some owners)."""
-    q = select(segments.c.id, segments.c.code, segments.c.member_id, segments.c.state, segments.c.expire_minutes)
+    q = select(
+        segments.c.id,
+        segments.c.code,
+        segments.c.member_id,
+        segments.c.state,
+        segments.c.expire_minutes,
+    )
     if member_ids is not None:
         q = q.where(segments.c.member_id.in_(sorted(member_ids)))
     with db.connect() as conn:
@@ -176,7 +188,9 @@ def config_out(cfg: BatchSegmentConfig, member_id: int, row: Any | None) -> dict
 def get_config_row(db: Engine, member_id: int) -> Any | None:
     with db.connect() as conn:
         return (
-            conn.execute(select(batch_segment_configs).where(batch_segment_configs.c.member_id == member_id))
+            conn.execute(
+                select(batch_segment_configs).where(batch_segment_configs.c.member_id == member_id)
+            )
             .mappings()
             .first()
         )

@@ -45,7 +45,9 @@ def get_segment(request: Request, p: Principal = Depends(principal)) -> Any:
     if segment_id is not None or code is not None:
         if code is not None and member_id is None:
             raise syntax("member_id is required with code")
-        _, rows = service.list_segments(db, member_id=member_id, segment_id=segment_id, code=code, limit=1)
+        _, rows = service.list_segments(
+            db, member_id=member_id, segment_id=segment_id, code=code, limit=1
+        )
         if not rows:
             raise notfound("segment not found")
         return ok("segment", _out(rows[0], _counts(request)))
@@ -55,7 +57,13 @@ def get_segment(request: Request, p: Principal = Depends(principal)) -> Any:
         db, member_id=member_id, search=request.query_params.get("search"), start=start, limit=num
     )
     counts = _counts(request)
-    return ok_list("segments", [_out(r, counts) for r in rows], count=total, start_element=start, num_elements=num)
+    return ok_list(
+        "segments",
+        [_out(r, counts) for r in rows],
+        count=total,
+        start_element=start,
+        num_elements=num,
+    )
 
 
 @router.post("/segment", tags=["segment"], summary="Create a segment, ?member_id=")
@@ -104,7 +112,11 @@ def delete_segment(request: Request, p: Principal = Depends(principal)) -> Any:
 # --- /batch-segment-config -------------------------------------------------------------------
 
 
-@router.get("/batch-segment-config", tags=["batch-segment-config"], summary="A member's config (defaults if none)")
+@router.get(
+    "/batch-segment-config",
+    tags=["batch-segment-config"],
+    summary="A member's config (defaults if none)",
+)
 def get_config(request: Request, p: Principal = Depends(principal)) -> Any:
     member_id = member_scope(p, request.query_params.get("member_id"))
     if not p.is_admin and p.member_id != member_id:
@@ -126,11 +138,17 @@ async def _put(request: Request, p: Principal, merge: bool) -> Any:
     return ok("batch_segment_upload_config", out)
 
 
-@router.post("/batch-segment-config", tags=["batch-segment-config"], summary="Set a member's config (admin)")
+@router.post(
+    "/batch-segment-config", tags=["batch-segment-config"], summary="Set a member's config (admin)"
+)
 async def post_config(request: Request, p: Principal = Depends(principal)) -> Any:
     return await _put(request, p, merge=False)
 
 
-@router.put("/batch-segment-config", tags=["batch-segment-config"], summary="Change fields of a member's config (admin)")
+@router.put(
+    "/batch-segment-config",
+    tags=["batch-segment-config"],
+    summary="Change fields of a member's config (admin)",
+)
 async def put_config(request: Request, p: Principal = Depends(principal)) -> Any:
     return await _put(request, p, merge=True)
