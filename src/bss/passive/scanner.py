@@ -407,8 +407,8 @@ class PassiveScanner:
         """The job a dead scanner created for this claim but did not record, if any.
 
         The window is between JobService.submit_file returning and the claim's UPDATE: the
-        job has this member, source and key, was created no earlier than the claim, and no
-        claim refers to it.
+        job has this member, source, key and size, was created no earlier than the claim,
+        and no claim refers to it.
         """
         from bss.jobs.models import jobs
 
@@ -425,6 +425,7 @@ class PassiveScanner:
                     jobs.c.upload_source == flight.area.backend,
                     jobs.c.source_key == flight.file.key,
                     jobs.c.created_on >= since,
+                    jobs.c.file_bytes == flight.file.size,
                     jobs.c.job_id.not_in(referenced),
                 )
                 .order_by(jobs.c.id)
