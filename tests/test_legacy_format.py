@@ -1157,3 +1157,32 @@ def test_many_small_pieces_on_few_threads(monkeypatch):
     got = parse(text, D)
     assert_frame_equal(got[0], expected[0])
     assert_frame_equal(got[1], expected[1])
+
+
+class Trickle(io.RawIOBase):
+    """A raw stream that returns at most `step` bytes per read, like a pipe or a decompressor."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data = data
+        self.step = step
+        self.reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        self.reads += 1
+        n = self.step if n < 0 else min(n, self.step)
+        out, self.data = self.data[:n], self.data[n:]
+        return out
+
+
+def test_short_reads_are_gathered_into_full_chunks():
+    data = MIXED * 20
+    stream = Trickle(data, 3)
+    chunks = list(iter_legacy_chunks(stream, D, MEMBER, 400))
+    # one chunk per 400 bytes read, plus the last line (no final line break) on its own
+    assert len(chunks) == -(-len(data) // 400) + 1
+    expected = parse(data.decode("latin-1"), D)
+    assert_frame_equal(pl.concat([c.lines for c in chunks]), expected[0])
+    assert_frame_equal(pl.concat([c.pairs for c in chunks]), expected[1])

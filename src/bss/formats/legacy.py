@@ -192,7 +192,7 @@ def iter_legacy_chunks(
         return ParsedChunk(lines=lines, pairs=pairs, input_offset=offset)
 
     while True:
-        data = stream.read(chunk_bytes)
+        data = _read_full(stream, chunk_bytes)
         if not data:
             break
         base = consumed
@@ -232,6 +232,22 @@ def iter_legacy_chunks(
         carry += b"x" if skipped_non_blank else b" "
     if carry:
         yield flush(bytes(carry), consumed)
+
+
+def _read_full(stream: BinaryIO, size: int) -> bytes:
+    """Read `size` bytes, fewer only at the end (a raw stream may return short reads)."""
+    data = stream.read(size)
+    if not data or len(data) >= size:
+        return data or b""
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = stream.read(size - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 # --------------------------------------------------------------------------------------
