@@ -121,3 +121,33 @@ def test_queue_claims_are_exclusive_on_postgres(fresh_pg_url, tmp_path):
         t.join()
     assert sorted(claimed) == sorted(created)  # each exactly once
     engine.dispose()
+
+
+def test_one_unused_url_under_concurrent_creates_on_postgres(fresh_pg_url, tmp_path):
+    import threading
+
+    from bss.accounts.service import create_member
+    from bss.db import init_db, make_engine
+    from bss.jobs.service import JobService
+    from bss.settings import Settings
+
+    engine = make_engine(fresh_pg_url)
+    init_db(engine)
+    create_member(engine, {"id": 13})
+    svc = JobService(engine, Settings(data_dir=tmp_path, database_url=fresh_pg_url))
+    barrier = threading.Barrier(8)
+
+    def create() -> None:
+        barrier.wait()
+        for _ in range(5):
+            svc.create_job(13, "http://x")
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total, items = svc.list_jobs(13, num=100)
+    assert total == 40
+    assert sum(j["phase"] == "starting" for j in items) == 1
+    engine.dispose()

@@ -132,3 +132,22 @@ def test_upload_left_by_a_dead_server_is_failed(tmp_path):
     # the member may upload again
     nxt = svc.create_job(1, "http://x")
     assert svc.begin_upload(svc.job_row(nxt["job_id"]), 1)
+
+
+def test_one_unused_url_under_concurrent_creates_on_sqlite(tmp_path):
+    svc = _service(tmp_path)
+    barrier = threading.Barrier(8)
+
+    def create() -> None:
+        barrier.wait()
+        for _ in range(5):
+            svc.create_job(14, "http://x")
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total, items = svc.list_jobs(14, num=100)
+    assert total == 40
+    assert sum(j["phase"] == "starting" for j in items) == 1

@@ -211,6 +211,7 @@ class JobService:
         now = now_s()
         job_id = new_job_id()
         with self.db.begin() as conn:
+            self._lock_member(conn, member_id)
             conn.execute(
                 update(jobs)
                 .where(jobs.c.member_id == member_id, jobs.c.phase == "starting")
@@ -235,6 +236,15 @@ class JobService:
             ).inserted_primary_key[0]
             row = conn.execute(select(jobs).where(jobs.c.id == new_id)).mappings().one()
         return self.job_out(row, now)
+
+    def _lock_member(self, conn: Any, member_id: int) -> None:
+        """Serialize a member's job creation and upload starts. SQLite needs nothing (its
+        first write takes the database lock); on PostgreSQL the member row is locked, so the
+        one-URL rule and max_concurrent_uploads hold under concurrent requests."""
+        if not is_sqlite(self.db):
+            from bss.accounts.models import members
+
+            conn.execute(select(members.c.id).where(members.c.id == member_id).with_for_update())
 
     def expire_urls(self, now: int | None = None) -> int:
         now = now_s() if now is None else now
@@ -296,12 +306,7 @@ class JobService:
             .scalar_subquery()
         )
         with self.db.begin() as conn:
-            if not is_sqlite(self.db):
-                from bss.accounts.models import members
-
-                conn.execute(
-                    select(members.c.id).where(members.c.id == member_id).with_for_update()
-                )
+            self._lock_member(conn, member_id)
             n = conn.execute(
                 update(jobs)
                 .where(jobs.c.id == row["id"], jobs.c.phase == "starting", running < max_concurrent)
