@@ -9,10 +9,24 @@ from starlette.concurrency import run_in_threadpool
 
 from bss.accounts import service
 from bss.accounts.service import Principal
-from bss.api.deps import TOKEN_COOKIE, int_param, json_body, principal, require_admin, token_of
+from bss.api.deps import (
+    TOKEN_COOKIE,
+    body_doc,
+    int_param,
+    json_body,
+    principal,
+    require_admin,
+    token_of,
+)
 from bss.api.envelope import notfound, ok, ok_list, syntax, unauth
 
 router = APIRouter()
+
+_MEMBER_BODY = body_doc("member", {"id": "integer", "name": "string", "state": "string"})
+_USER_BODY = body_doc(
+    "user",
+    {"username": "string", "password": "string", "user_type": "string", "member_id": "integer"},
+)
 
 _AUTH_BODY = {
     "requestBody": {
@@ -117,14 +131,18 @@ def get_member(request: Request, p: Principal = Depends(principal)) -> Any:
     return ok_list("members", items, count=len(items), start_element=0, num_elements=len(items))
 
 
-@router.post("/member", tags=["member"], summary="Create a member (admin)")
+@router.post(
+    "/member", tags=["member"], summary="Create a member (admin)", openapi_extra=_MEMBER_BODY
+)
 async def post_member(request: Request, p: Principal = Depends(principal)) -> Any:
     require_admin(p)
     data = _obj(await json_body(request), "member")
     return ok("member", await run_in_threadpool(service.create_member, request.app.state.db, data))
 
 
-@router.put("/member", tags=["member"], summary="Update a member (admin), ?id=")
+@router.put(
+    "/member", tags=["member"], summary="Update a member (admin), ?id=", openapi_extra=_MEMBER_BODY
+)
 async def put_member(request: Request, p: Principal = Depends(principal)) -> Any:
     require_admin(p)
     member_id = int_param(request, "id")
@@ -168,6 +186,7 @@ def get_user(request: Request, p: Principal = Depends(principal)) -> Any:
     "/user",
     tags=["user"],
     summary="Create a user (admin): username, password, user_type, member_id",
+    openapi_extra=_USER_BODY,
 )
 async def post_user(request: Request, p: Principal = Depends(principal)) -> Any:
     require_admin(p)
@@ -175,7 +194,7 @@ async def post_user(request: Request, p: Principal = Depends(principal)) -> Any:
     return ok("user", await run_in_threadpool(service.create_user, request.app.state.db, data))
 
 
-@router.put("/user", tags=["user"], summary="Update a user (admin), ?id=")
+@router.put("/user", tags=["user"], summary="Update a user (admin), ?id=", openapi_extra=_USER_BODY)
 async def put_user(request: Request, p: Principal = Depends(principal)) -> Any:
     require_admin(p)
     user_id = int_param(request, "id")

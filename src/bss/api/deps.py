@@ -125,3 +125,26 @@ async def json_body(request: Request) -> Any:
         return json.loads(raw)
     except ValueError as exc:
         raise syntax(f"request body is not valid JSON: {exc}") from exc
+
+
+def body_doc(
+    name: str, properties: dict[str, str], required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """OpenAPI `openapi_extra` for a JSON body {name: {...}} (bodies are parsed by hand so that
+    the documented wrappers and loose clients are accepted; this keeps /openapi.json useful)."""
+    inner: dict[str, Any] = {
+        "type": "object",
+        "properties": {k: {"type": v} for k, v in properties.items()},
+    }
+    if required:
+        inner["required"] = list(required)
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object", "properties": {name: inner}, "required": [name]}
+                }
+            },
+        }
+    }

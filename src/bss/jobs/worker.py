@@ -19,7 +19,7 @@ from typing import Any
 from bss.api.metrics import COUNTERS
 from bss.db import now_s
 from bss.jobs.service import JobService
-from bss.segments.service import get_config, registry_for
+from bss.segments.service import MEMBER_COUNTS, get_config, registry_for
 from bss.store import MembershipStore, open_store
 
 log = logging.getLogger("bss.worker")
@@ -220,7 +220,10 @@ class Worker:
         }
         if result.lines_read:
             values["file_lines"] = result.lines_read
-        if self.service.finish(job_pk, self.name, values):
+        MEMBER_COUNTS.invalidate()  # before and after: no reader caches a pre-finish count
+        finished = self.service.finish(job_pk, self.name, values)
+        MEMBER_COUNTS.invalidate()
+        if finished:
             COUNTERS.inc("bss_pairs_applied_total", result.pairs_added + result.pairs_removed)
             COUNTERS.inc("bss_lines_processed_total", result.lines_read)
             COUNTERS.inc(f'bss_jobs_finished_total{{phase="{values["phase"]}"}}')

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, or_, select, update
@@ -15,6 +17,32 @@ from bss.ingest.registry import SegmentRegistry
 from bss.segments.models import batch_segment_configs, segments
 
 MAX_CODE_LENGTH = 50
+
+
+class _CountsCache:
+    """store.segment_member_counts() scans the whole store: keep the answer briefly."""
+
+    def __init__(self, ttl: float = 30.0) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._value: tuple[float, dict[int, int]] | None = None
+
+    def get(self) -> dict[int, int] | None:
+        with self._lock:
+            if self._value is not None and time.monotonic() - self._value[0] < self.ttl:
+                return self._value[1]
+            return None
+
+    def put(self, counts: dict[int, int]) -> None:
+        with self._lock:
+            self._value = (time.monotonic(), counts)
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._value = None
+
+
+MEMBER_COUNTS = _CountsCache()
 
 
 def segment_out(row: Any, member_count: int | None = None) -> dict[str, Any]:

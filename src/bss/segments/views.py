@@ -9,21 +9,64 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from bss.accounts.service import Principal, member_exists
-from bss.api.deps import can_touch, int_param, json_body, member_scope, principal, require_admin
+from bss.api.deps import (
+    body_doc,
+    can_touch,
+    int_param,
+    json_body,
+    member_scope,
+    principal,
+    require_admin,
+)
 from bss.api.envelope import notfound, ok, ok_list, syntax, unauth
 from bss.db import now_s
 from bss.segments import service
 
 router = APIRouter()
+_SEGMENT_BODY = body_doc(
+    "segment",
+    {
+        "code": "string",
+        "short_name": "string",
+        "description": "string",
+        "state": "string",
+        "expire_minutes": "integer",
+    },
+)
+_CONFIG_BODY = body_doc(
+    "batch_segment_upload_config",
+    {
+        **{f"separator_{i}": "string" for i in range(1, 6)},
+        "segment_fields": "string",
+        "default_expiration": "integer",
+        "num_error_log_lines": "integer",
+        "num_invalid_before_error": "integer",
+        "daily_byte_limit": "integer",
+        "hourly_byte_limit": "integer",
+        "daily_num_lines_limit": "integer",
+        "hourly_num_lines_limit": "integer",
+        "max_concurrent_uploads": "integer",
+        "use_external_uids": "boolean",
+        "external_member_uid": "integer",
+        "member_segment_access": "array",
+    },
+)
 log = logging.getLogger("bss.api")
 
 
 def _counts(request: Request) -> dict[int, int] | None:
+    """Live members per segment: a scan of the whole store, so cached for a few seconds
+    (and dropped whenever a worker of this process finishes a job)."""
+    cached = service.MEMBER_COUNTS.get()
+    if cached is not None:
+        return cached
     try:
-        return request.app.state.stores.get().segment_member_counts(now_s())
+        counts = request.app.state.stores.get().segment_member_counts(now_s())
     except Exception:  # the store is optional for segment CRUD
         log.warning("segment member counts unavailable", exc_info=True)
         return None
+    service.MEMBER_COUNTS.put(counts)
+    return counts
 
 
 def _out(row: Any, counts: dict[int, int] | None) -> dict[str, Any]:
@@ -66,7 +109,12 @@ def get_segment(request: Request, p: Principal = Depends(principal)) -> Any:
     )
 
 
-@router.post("/segment", tags=["segment"], summary="Create a segment, ?member_id=")
+@router.post(
+    "/segment",
+    tags=["segment"],
+    summary="Create a segment, ?member_id=",
+    openapi_extra=_SEGMENT_BODY,
+)
 async def post_segment(request: Request, p: Principal = Depends(principal)) -> Any:
     member_id = member_scope(p, request.query_params.get("member_id"))
     data = _segment_body(await json_body(request))
@@ -79,7 +127,9 @@ async def post_segment(request: Request, p: Principal = Depends(principal)) -> A
     return ok("segment", _out(row, None), id=row["id"])
 
 
-@router.put("/segment", tags=["segment"], summary="Update a segment, ?id=")
+@router.put(
+    "/segment", tags=["segment"], summary="Update a segment, ?id=", openapi_extra=_SEGMENT_BODY
+)
 async def put_segment(request: Request, p: Principal = Depends(principal)) -> Any:
     segment_id = int_param(request, "id")
     data = _segment_body(await json_body(request))
@@ -139,7 +189,10 @@ async def _put(request: Request, p: Principal, merge: bool) -> Any:
 
 
 @router.post(
-    "/batch-segment-config", tags=["batch-segment-config"], summary="Set a member's config (admin)"
+    "/batch-segment-config",
+    tags=["batch-segment-config"],
+    summary="Set a member's config (admin)",
+    openapi_extra=_CONFIG_BODY,
 )
 async def post_config(request: Request, p: Principal = Depends(principal)) -> Any:
     return await _put(request, p, merge=False)
@@ -149,6 +202,7 @@ async def post_config(request: Request, p: Principal = Depends(principal)) -> An
     "/batch-segment-config",
     tags=["batch-segment-config"],
     summary="Change fields of a member's config (admin)",
+    openapi_extra=_CONFIG_BODY,
 )
 async def put_config(request: Request, p: Principal = Depends(principal)) -> Any:
     return await _put(request, p, merge=True)
