@@ -92,6 +92,10 @@ _DEVICE_ID_RE = {
     "openudid": f"^{_HEX}{{40}}$",
     "md5udid": f"^{_HEX}{{32}}$",
 }
+#: Pieces are already parsed in parallel, one per thread; within a piece the in-memory engine
+#: has less overhead than the streaming one (measured: about 5% less CPU).
+_ENGINE = "in-memory"
+
 _INT_RE = r"^-?[0-9]+$"
 _DIGITS_RE = r"^[0-9]+$"
 
@@ -459,7 +463,7 @@ def _parse_lines(
         "user_error",
         "_blocks",
         "_n_adds",
-    ).collect()
+    ).collect(engine=_ENGINE)
 
     # -- SEG blocks ---------------------------------------------------------------------------
     pairs, block_errors = _parse_blocks(lines, config, has_plus=has_plus)
@@ -593,7 +597,7 @@ def _parse_blocks(
         any_bad.alias("_bad"),
         (pl.col("pos") >= pl.col("_n_adds")).alias("removal"),
         *[expr.alias(name) for name, expr in out.items()],
-    ).collect()
+    ).collect(engine=_ENGINE)
 
     # The reasons are only worked out for the (usually few) bad blocks.
     reason = pl.when(checks[0][0]).then(_lit(checks[0][1]))
@@ -604,6 +608,6 @@ def _parse_blocks(
         .filter(pl.col("_bad"))
         .unique(subset="line_no", keep="first", maintain_order=True)
         .select("line_no", reason.alias("_block_error"))
-        .collect()
+        .collect(engine=_ENGINE)
     )
     return exploded.select(list(PAIR_SCHEMA)), errors
