@@ -106,8 +106,9 @@ def parse_legacy_text(
     """Parse complete lines (decoded as Latin-1) into (lines, pairs).
 
     `first_line_no` is the physical number of the first line of `text`; blank lines count
-    for numbering but give no row. Large texts are cut at line breaks into one piece per
-    Polars thread and parsed concurrently (Polars releases the GIL).
+    for numbering but give no row. A large text is cut at line breaks into pieces of at most
+    about PIECE_CHARS, parsed concurrently on as many threads as Polars has (Polars releases
+    the GIL); the result is the same as parsing it in one piece.
     """
     threads = PARALLEL_PIECES or pl.thread_pool_size()
     pieces = _cut(text, max(threads, -(-len(text) // PIECE_CHARS)))
