@@ -271,6 +271,17 @@ class PassiveScanner:
                 self._scan_area(area, stats)
             except Exception:  # noqa: BLE001
                 log.exception("scanning %s failed", area.location)
+        if stats.claimed or stats.resumed or stats.deferred:
+            log.info(
+                "passive scan",
+                extra={
+                    "claimed": len(stats.claimed),
+                    "resumed": len(stats.resumed),
+                    "waiting": len(stats.waiting),
+                    "deferred": len(stats.deferred),
+                    "in_flight": len(self.inflight),
+                },
+            )
         return stats
 
     def _scan_area(self, area: PassiveArea, stats: ScanStats) -> None:
@@ -539,6 +550,16 @@ class PassiveScanner:
             log.error("%s", exc)
         self.claims.set_moved(flight.claim_id, self.owner, error=move_error)
         self.inflight.pop(flight.claim_id, None)
+        log.info(
+            "passive file moved",
+            extra={
+                "job_id": flight.job_id,
+                "member_id": flight.area.member_id,
+                "location": flight.area.location,
+                "source_key": flight.file.key,
+                "dest_key": flight.dest_key,
+            },
+        )
         stats.moved.append(flight.dest_key)
 
     def drain(self, timeout: float = 60.0, interval: float = 0.05) -> None:
