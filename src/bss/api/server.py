@@ -137,6 +137,17 @@ def run_worker(settings: Settings) -> None:
     init_db(db)
     service = JobService(db, settings)
     stores = StoreHandle(settings.resolved_store_url)
+    try:
+        stores.get()  # fail fast: the embedded store admits one process at a time
+    except Exception as exc:
+        log.error(
+            "cannot open the membership store; the embedded DuckDB store is single-process, so "
+            "`bss worker` cannot run while `bss serve` (or another worker) has it open: run "
+            "workers as threads of `bss serve` (BSS_WORKERS) instead",
+            extra={"store_url": settings.resolved_store_url, "error": str(exc)},
+        )
+        db.dispose()
+        raise SystemExit(2) from exc
     stop = threading.Event()
 
     def _stop(_signum: int, _frame: object) -> None:
@@ -147,7 +158,7 @@ def run_worker(settings: Settings) -> None:
     threads = start_background(
         service, stores, settings, stop, workers=max(1, settings.workers), sweeps=False
     )
-    log.info("worker process running", extra={"workers": settings.workers})
+    log.info("worker process running", extra={"workers": max(1, settings.workers)})
     while not stop.wait(1):
         pass
     for t in threads:
