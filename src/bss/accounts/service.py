@@ -13,7 +13,7 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 
 from bss.accounts.models import logins, members, tokens, users
 from bss.api.envelope import ApiError, noauth, notfound, syntax
-from bss.db import fmt_ts, now_s
+from bss.db import fmt_ts, now_s, write_tx
 from bss.settings import Settings
 
 USER_TYPES = ("admin", "member", "data_provider")
@@ -51,7 +51,7 @@ def ensure_admin(db: Engine, settings: Settings) -> None:
     """First start: create the admin named by BSS_ADMIN_USERNAME / BSS_ADMIN_PASSWORD."""
     if not (settings.admin_username and settings.admin_password):
         return
-    with db.begin() as conn:
+    with write_tx(db) as conn:
         exists = conn.execute(
             select(users.c.id).where(users.c.username == settings.admin_username)
         ).first()
@@ -76,23 +76,24 @@ def login(db: Engine, settings: Settings, username: str, password: str) -> str:
     if row is None or not verify_password(row["password_hash"], password):
         raise ApiError("UNAUTH", "No match found for user/pass", http_status=401)
     now = now_s()
-    with db.begin() as conn:
+    with db.connect() as conn:  # read outside the write transaction (see write_tx)
         recent = conn.execute(
             select(func.count())
             .select_from(logins)
             .where(logins.c.user_id == row["id"], logins.c.at > now - settings.login_window_seconds)
         ).scalar_one()
-        if recent >= settings.logins_per_window:
-            raise ApiError(
-                "UNAUTH",
-                f"Too many logins: at most {settings.logins_per_window} per "
-                f"{settings.login_window_seconds // 60} minutes per user; reuse your token",
-                http_status=429,
-                error_code="LOGIN_RATE_EXCEEDED",
-                headers={"Retry-After": str(settings.login_window_seconds)},
-            )
+    if recent >= settings.logins_per_window:
+        raise ApiError(
+            "UNAUTH",
+            f"Too many logins: at most {settings.logins_per_window} per "
+            f"{settings.login_window_seconds // 60} minutes per user; reuse your token",
+            http_status=429,
+            error_code="LOGIN_RATE_EXCEEDED",
+            headers={"Retry-After": str(settings.login_window_seconds)},
+        )
+    token = secrets.token_hex(24)
+    with write_tx(db) as conn:
         conn.execute(insert(logins).values(user_id=row["id"], at=now))
-        token = secrets.token_hex(24)
         conn.execute(
             insert(tokens).values(
                 token_hash=_token_hash(token),
@@ -128,13 +129,13 @@ def principal_for_token(db: Engine, token: str | None) -> Principal:
 
 
 def logout(db: Engine, token: str) -> None:
-    with db.begin() as conn:
+    with write_tx(db) as conn:
         conn.execute(delete(tokens).where(tokens.c.token_hash == _token_hash(token)))
 
 
 def purge_auth(db: Engine, settings: Settings) -> None:
     now = now_s()
-    with db.begin() as conn:
+    with write_tx(db) as conn:
         conn.execute(delete(tokens).where(tokens.c.expires_at <= now))
         conn.execute(delete(logins).where(logins.c.at <= now - settings.login_window_seconds))
 
@@ -177,7 +178,7 @@ def create_member(db: Engine, data: dict[str, Any]) -> dict[str, Any]:
     }
     if data.get("id") is not None:
         values["id"] = _int(data["id"], "id")
-    with db.begin() as conn:
+    with write_tx(db) as conn:
         if (
             "id" in values
             and conn.execute(select(members.c.id).where(members.c.id == values["id"])).first()
@@ -193,7 +194,7 @@ def update_member(db: Engine, member_id: int, data: dict[str, Any]) -> dict[str,
         values["name"] = str(data["name"] or "")
     if "state" in data:
         values["state"] = _state(data["state"])
-    with db.begin() as conn:
+    with write_tx(db) as conn:
         if (
             conn.execute(update(members).where(members.c.id == member_id).values(**values)).rowcount
             == 0
@@ -203,7 +204,7 @@ def update_member(db: Engine, member_id: int, data: dict[str, Any]) -> dict[str,
 
 
 def delete_member(db: Engine, member_id: int) -> None:
-    with db.begin() as conn:
+    with write_tx(db) as conn:
         conn.execute(delete(users).where(users.c.member_id == member_id))
         if conn.execute(delete(members).where(members.c.id == member_id)).rowcount == 0:
             raise notfound(f"member {member_id} not found")
@@ -268,7 +269,7 @@ def create_user(db: Engine, data: dict[str, Any]) -> dict[str, Any]:
     member_id = _int(data["member_id"], "member_id") if data.get("member_id") is not None else None
     _check_user_fields(db, user_type, member_id)
     now = now_s()
-    with db.begin() as conn:
+    with write_tx(db) as conn:
         if conn.execute(select(users.c.id).where(users.c.username == username)).first():
             raise syntax(f"username {username!r} is taken")
         new_id = conn.execute(
@@ -297,7 +298,7 @@ def update_user(db: Engine, user_id: int, data: dict[str, Any]) -> dict[str, Any
     _check_user_fields(db, user_type, member_id)
     values["user_type"] = user_type
     values["member_id"] = None if user_type == "admin" else member_id
-    with db.begin() as conn:
+    with write_tx(db) as conn:
         conn.execute(update(users).where(users.c.id == user_id).values(**values))
         if "password_hash" in values:  # a new password ends existing sessions
             conn.execute(delete(tokens).where(tokens.c.user_id == user_id))
@@ -305,7 +306,7 @@ def update_user(db: Engine, user_id: int, data: dict[str, Any]) -> dict[str, Any
 
 
 def delete_user(db: Engine, user_id: int) -> None:
-    with db.begin() as conn:
+    with write_tx(db) as conn:
         conn.execute(delete(tokens).where(tokens.c.user_id == user_id))
         conn.execute(delete(logins).where(logins.c.user_id == user_id))
         if conn.execute(delete(users).where(users.c.id == user_id)).rowcount == 0:

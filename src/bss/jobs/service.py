@@ -27,7 +27,7 @@ from bss.api.envelope import (
     syntax,
     upload_limit,
 )
-from bss.db import fmt_ts, init_db, is_sqlite, make_engine, now_s
+from bss.db import fmt_ts, init_db, is_sqlite, make_engine, now_s, write_tx
 from bss.ingest.result import COUNTER_NAMES
 from bss.jobs.models import PHASES, jobs
 from bss.settings import Settings
@@ -210,7 +210,7 @@ class JobService:
             raise upload_limit(RATE_LIMIT_EXCEEDED, ERR_PENDING, 429)
         now = now_s()
         job_id = new_job_id()
-        with self.db.begin() as conn:
+        with write_tx(self.db) as conn:
             self._lock_member(conn, member_id)
             conn.execute(
                 update(jobs)
@@ -248,7 +248,7 @@ class JobService:
 
     def expire_urls(self, now: int | None = None) -> int:
         now = now_s() if now is None else now
-        with self.db.begin() as conn:
+        with write_tx(self.db) as conn:
             return conn.execute(
                 update(jobs)
                 .where(
@@ -265,7 +265,7 @@ class JobService:
 
     def touch_upload(self, job_pk: int) -> None:
         """An upload in progress says it is alive (see fail_stale_uploads)."""
-        with self.db.begin() as conn:
+        with write_tx(self.db) as conn:
             conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_pk, jobs.c.phase == "uploading")
@@ -277,7 +277,7 @@ class JobService:
         counting against max_concurrent_uploads. A live upload touches its job every few
         seconds; one silent for UPLOAD_STALE_SECONDS is dead."""
         now = now_s() if now is None else now
-        with self.db.begin() as conn:
+        with write_tx(self.db) as conn:
             return conn.execute(
                 update(jobs)
                 .where(
@@ -305,7 +305,7 @@ class JobService:
             .where(other.c.member_id == member_id, other.c.phase == "uploading")
             .scalar_subquery()
         )
-        with self.db.begin() as conn:
+        with write_tx(self.db) as conn:
             self._lock_member(conn, member_id)
             n = conn.execute(
                 update(jobs)
@@ -318,7 +318,7 @@ class JobService:
         final = self.uploads_dir / self.job_id_of(job_pk)
         os.replace(part, final)
         now = now_s()
-        with self.db.begin() as conn:
+        with write_tx(self.db) as conn:
             conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_pk)
@@ -338,7 +338,7 @@ class JobService:
         """The upload failed: phase error, counters 0, logs null, nothing kept."""
         now = now_s()
         values: dict[str, Any] = dict.fromkeys(COUNTER_NAMES, 0)
-        with self.db.begin() as conn:
+        with write_tx(self.db) as conn:
             conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_pk, jobs.c.phase.in_(("starting", "uploading")))
@@ -382,7 +382,7 @@ class JobService:
         os.replace(part, final)
         nbytes = final.stat().st_size
         now = now_s()
-        with self.db.begin() as conn:
+        with write_tx(self.db) as conn:
             new_id = conn.execute(
                 insert(jobs).values(
                     job_id=job_id,
@@ -421,7 +421,7 @@ class JobService:
         """Record a passive file refused before processing: phase error, counters 0, logs null."""
         now = now_s()
         job_id = new_job_id()
-        with self.db.begin() as conn:
+        with write_tx(self.db) as conn:
             conn.execute(
                 insert(jobs).values(
                     job_id=job_id,
@@ -452,10 +452,40 @@ class JobService:
         lease = now + self.settings.job_lease_seconds
         free = or_(jobs.c.claimed_until.is_(None), jobs.c.claimed_until < now)
         waiting = and_(jobs.c.phase.in_(QUEUED_PHASES), free)
-        with self.db.begin() as conn:
-            q = select(jobs.c.id).where(waiting).order_by(jobs.c.id).limit(1)
-            if not is_sqlite(self.db):
-                q = q.with_for_update(skip_locked=True)
+        if is_sqlite(self.db):
+            # One guarded UPDATE ... RETURNING: no read-then-write window at all.
+            cand = jobs.alias("cand")
+            cand_free = or_(cand.c.claimed_until.is_(None), cand.c.claimed_until < now)
+            oldest = (
+                select(cand.c.id)
+                .where(cand.c.phase.in_(QUEUED_PHASES), cand_free)
+                .order_by(cand.c.id)
+                .limit(1)
+                .scalar_subquery()
+            )
+            with write_tx(self.db) as conn:
+                return (
+                    conn.execute(
+                        update(jobs)
+                        .where(jobs.c.id == oldest, waiting)
+                        .values(
+                            claimed_until=lease,
+                            claimed_by=worker_id,
+                            attempts=jobs.c.attempts + 1,
+                        )
+                        .returning(*jobs.c)
+                    )
+                    .mappings()
+                    .first()
+                )
+        with write_tx(self.db) as conn:
+            q = (
+                select(jobs.c.id)
+                .where(waiting)
+                .order_by(jobs.c.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
             job_pk = conn.execute(q).scalar()
             if job_pk is None:
                 return None
@@ -471,7 +501,7 @@ class JobService:
     def renew(self, job_pk: int, worker_id: str, **values: Any) -> bool:
         """Extend the lease (and write progress); False when another worker owns the job."""
         now = now_s()
-        with self.db.begin() as conn:
+        with write_tx(self.db) as conn:
             return (
                 conn.execute(
                     update(jobs)
@@ -486,7 +516,7 @@ class JobService:
             )
 
     def start_processing(self, job_pk: int, worker_id: str) -> None:
-        with self.db.begin() as conn:
+        with write_tx(self.db) as conn:
             conn.execute(
                 update(jobs)
                 .where(
@@ -513,10 +543,8 @@ class JobService:
         if values.get("phase") == "completed":
             values.setdefault("completed_time", now)
             values["percent_complete"] = 100
-        with self.db.begin() as conn:
-            row = conn.execute(select(jobs.c.validated_time).where(jobs.c.id == job_pk)).first()
-            if row is not None and row[0] is None:
-                values.setdefault("validated_time", now)
+        values.setdefault("validated_time", func.coalesce(jobs.c.validated_time, now))
+        with write_tx(self.db) as conn:
             return (
                 conn.execute(
                     update(jobs)
@@ -532,7 +560,7 @@ class JobService:
 
     def release(self, job_pk: int, worker_id: str, retry_in: int) -> None:
         """Give a job back after an infrastructure failure; it is retried after `retry_in` s."""
-        with self.db.begin() as conn:
+        with write_tx(self.db) as conn:
             conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_pk, jobs.c.claimed_by == worker_id)
@@ -560,7 +588,7 @@ class JobService:
         for job_pk, path in old_files:
             Path(path).unlink(missing_ok=True)
             files += 1
-            with self.db.begin() as conn:
+            with write_tx(self.db) as conn:
                 conn.execute(update(jobs).where(jobs.c.id == job_pk).values(file_deleted=1))
         history_cutoff = now - self.settings.history_days * 86400
         with self.db.connect() as conn:
@@ -575,7 +603,7 @@ class JobService:
                 if p:
                     Path(p).unlink(missing_ok=True)
         if old:
-            with self.db.begin() as conn:
+            with write_tx(self.db) as conn:
                 conn.execute(delete(jobs).where(jobs.c.id.in_([r[0] for r in old])))
         # stray partial uploads whose job is no longer uploading
         for part in self.uploads_dir.glob(".*.part"):

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bss.api.envelope import notfound, syntax
-from bss.db import fmt_ts, now_s
+from bss.db import fmt_ts, now_s, write_tx
 from bss.formats.config import BatchSegmentConfig, ConfigError, load_config
 from bss.ingest.registry import SegmentRegistry
 from bss.segments.models import batch_segment_configs, segments
@@ -142,7 +142,7 @@ def create_segment(db: Engine, member_id: int, data: dict[str, Any]) -> Any:
     now = now_s()
     values = _values(data, partial=False)
     try:
-        with db.begin() as conn:
+        with write_tx(db) as conn:
             new_id = conn.execute(
                 insert(segments).values(
                     member_id=member_id, created_on=now, last_modified=now, **values
@@ -157,7 +157,7 @@ def update_segment(db: Engine, segment_id: int, data: dict[str, Any]) -> Any:
     values = _values(data, partial=True)
     values["last_modified"] = now_s()
     try:
-        with db.begin() as conn:
+        with write_tx(db) as conn:
             n = conn.execute(
                 update(segments).where(segments.c.id == segment_id).values(**values)
             ).rowcount
@@ -169,7 +169,7 @@ def update_segment(db: Engine, segment_id: int, data: dict[str, Any]) -> Any:
 
 
 def delete_segment(db: Engine, segment_id: int) -> None:
-    with db.begin() as conn:
+    with write_tx(db) as conn:
         if conn.execute(delete(segments).where(segments.c.id == segment_id)).rowcount == 0:
             raise notfound(f"segment {segment_id} not found")
 
@@ -252,7 +252,7 @@ def put_config(db: Engine, member_id: int, data: Any, *, merge: bool) -> dict[st
         raise syntax(str(exc)) from exc
     text = cfg.model_dump_json()
     now = now_s()
-    with db.begin() as conn:
+    with write_tx(db) as conn:
         exists = conn.execute(
             select(batch_segment_configs.c.id).where(batch_segment_configs.c.member_id == member_id)
         ).first()
