@@ -117,3 +117,14 @@ def test_metrics_prometheus_text(server, admin):
         assert f'bss_jobs{{phase="{phase}"}}' in text
     assert "bss_pairs_applied_total" in text
     assert "bss_bytes_uploaded_total" in text
+
+
+def test_password_guessing_is_throttled(bss_server):
+    srv = bss_server()
+    api = Api(srv.url)
+    answers = [api.login(ADMIN_USER, f"guess-{i}") for i in range(21)]
+    assert all(a["error_id"] == "UNAUTH" for a in answers)
+    assert answers[0]["_http"] == 401 and answers[-1]["_http"] == 429
+    assert answers[-1]["error_code"] == "LOGIN_RATE_EXCEEDED"
+    # the right password is refused as well until the window has passed
+    assert api.login(ADMIN_USER, ADMIN_PASSWORD)["_http"] == 429

@@ -207,3 +207,18 @@ def test_member_without_config_uses_defaults_and_status_needs_auth(server, admin
         f"{server.url}/batch-segment", params={"member_id": member_id, "job_id": job["job_id"]}
     )
     assert anon.json()["response"]["error_id"] == "NOAUTH"
+
+
+def test_metrics_count_bytes_and_pairs(server, admin, member_id):
+    s = _setup(admin, member_id)
+    assert admin.run(member_id, legacy([f"61,{s['a']}:0;{s['b']}:0"]))["num_valid"] == 2
+    text = httpx.get(f"{server.url}/metrics").text
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["bss_pairs_applied_total"] >= 2
+    assert values["bss_bytes_uploaded_total"] > 0
+    assert values['bss_jobs{phase="completed"}'] >= 1
+    assert values['bss_jobs_finished_total{phase="completed"}'] >= 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,10 +72,45 @@ def ensure_admin(db: Engine, settings: Settings) -> None:
         )
 
 
+class _FailedLogins:
+    """Failed password checks per username (per process): slows down password guessing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, list[float]] = {}
+
+    def check(self, username: str, window: int, limit: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._seen.get(username, []) if now - t < window]
+            self._seen[username] = recent
+        if len(recent) >= limit:
+            raise ApiError(
+                "UNAUTH",
+                f"Too many failed logins for this user; try again in {window // 60} minutes",
+                http_status=429,
+                error_code="LOGIN_RATE_EXCEEDED",
+                headers={"Retry-After": str(window)},
+            )
+
+    def add(self, username: str) -> None:
+        with self._lock:
+            if len(self._seen) > 100_000:
+                self._seen.clear()
+            self._seen.setdefault(username, []).append(time.monotonic())
+
+
+FAILED_LOGINS = _FailedLogins()
+#: Failed password checks tolerated per username per login window.
+MAX_FAILED_LOGINS = 20
+
+
 def login(db: Engine, settings: Settings, username: str, password: str) -> str:
+    FAILED_LOGINS.check(username, settings.login_window_seconds, MAX_FAILED_LOGINS)
     with db.connect() as conn:
         row = conn.execute(select(users).where(users.c.username == username)).mappings().first()
     if row is None or not verify_password(row["password_hash"], password):
+        FAILED_LOGINS.add(username)
         raise ApiError("UNAUTH", "No match found for user/pass", http_status=401)
     now = now_s()
     with db.connect() as conn:  # read outside the write transaction (see write_tx)
