@@ -312,3 +312,15 @@ def test_cut_off_upload_leaves_nothing(server, admin, member_id):
     assert not list((server.data_dir / "uploads").glob(f"*{job['job_id']}*"))
     # and the URL is spent
     assert admin.upload(job, b"1,1:0\n")["status"] == "ERROR"
+
+
+def test_line_limit_counts_decompressed_lines_of_gzip(server, admin, member_id):
+    import gzip
+
+    seg = admin.segment(member_id, "gz")
+    admin.config(member_id, hourly_num_lines_limit=5)
+    first = gzip.compress(legacy([f"{30 + i},{seg['id']}:0" for i in range(3)]))
+    assert admin.run(member_id, first)["phase"] == "completed"
+    job = admin.new_job(member_id)
+    body = admin.upload(job, gzip.compress(legacy([f"{40 + i},{seg['id']}:0" for i in range(3)])))
+    assert strip(body) == rate("Member exceeds maximum allowed number of lines per hour")

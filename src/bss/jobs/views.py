@@ -36,6 +36,7 @@ from bss.api.envelope import (
 )
 from bss.api.metrics import COUNTERS
 from bss.db import now_s, parse_ts
+from bss.jobs.linecount import LineCounter
 from bss.jobs.service import FILTER_FIELDS, SORT_FIELDS, UPLOAD_TOUCH_SECONDS, JobService
 from bss.segments.service import get_config
 
@@ -240,7 +241,9 @@ async def upload(job_id: str, request: Request) -> Any:
     log.info("upload started", extra=ctx)
     part = svc.part_path(job_id)
     nbytes = nlines = 0
-    last = b"\n"
+    # Lines are counted while streaming only when a line limit applies (gzip is inflated
+    # for it); otherwise the worker records the engine's count after processing.
+    counter = LineCounter() if line_limits else None
     started = last_touch = time.monotonic()
     fh = open(part, "wb")  # noqa: SIM115 - closed in finally
     try:
@@ -250,8 +253,8 @@ async def upload(job_id: str, request: Request) -> Any:
                     if not chunk:
                         continue
                     nbytes += len(chunk)
-                    nlines += chunk.count(b"\n")
-                    last = chunk[-1:]
+                    if counter is not None:
+                        nlines = counter.feed(chunk)
                     if nbytes > settings.max_file_bytes:
                         raise _UploadFailed(
                             upload_limit(FILESIZE_LIMIT_EXCEEDED, ERR_FILE_BYTES, 413)
@@ -268,8 +271,8 @@ async def upload(job_id: str, request: Request) -> Any:
                         await run_in_threadpool(svc.touch_upload, row["id"])
         except TimeoutError as exc:
             raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, ERR_UPLOAD_TIME, 408)) from exc
-        if nbytes and last != b"\n":
-            nlines += 1
+        if counter is not None:
+            nlines = counter.finish()
             for limit, used, text in line_limits:
                 if used + nlines > limit:
                     raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, text, 429))
