@@ -18,6 +18,7 @@ from typing import Any
 
 from bss.api.metrics import COUNTERS
 from bss.db import now_s
+from bss.ingest.engine import ingest_file
 from bss.jobs.service import JobService
 from bss.segments.service import MEMBER_COUNTS, get_config, registry_for
 from bss.store import MembershipStore, open_store
@@ -126,13 +127,6 @@ class Worker:
                 },
             )
             return
-        try:
-            from bss.ingest.engine import ingest_file
-        except ImportError:  # TODO(engine): remove once bss.ingest.engine is in git
-            log.error("ingest engine not available; job stays queued", extra=ctx)
-            self.service.release(job_pk, self.name, retry_in=30)
-            return
-
         store = self.stores.get()
         if row["attempts"] > 1:
             # A previous worker died halfway: forget its partial writes first.
