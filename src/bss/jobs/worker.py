@@ -144,7 +144,12 @@ class Worker:
         def heartbeat() -> None:
             interval = max(1.0, self.settings.job_lease_seconds / 3)
             while not done.wait(interval):
-                if not self.service.renew(job_pk, self.name):
+                try:
+                    alive = self.service.renew(job_pk, self.name)
+                except Exception:  # database briefly unreachable: try again next beat
+                    log.warning("lease renewal failed", extra=ctx, exc_info=True)
+                    continue
+                if not alive:
                     lost.set()
                     return
 
