@@ -78,3 +78,16 @@ def test_cli_upload_exits_nonzero_on_error(server, setup, tmp_path):
     assert '"phase": "error"' in out.stdout
     out = _cli(server, "status", "x" * 40, "--member-id", "31")
     assert out.returncode == 1 and "NOTFOUND" in out.stderr
+
+
+def test_client_reports_why_a_big_upload_was_refused(bss_server, tmp_path):
+    srv = bss_server(max_file_bytes=100_000)
+    Api(srv.url, ADMIN_USER, ADMIN_PASSWORD).member(1)
+    path = tmp_path / "big.txt"
+    path.write_bytes(b"1,1:0\n" * 2_000_000)  # 12 MB: refused by the declared length
+    with BssClient(srv.url, ADMIN_USER, ADMIN_PASSWORD) as client:
+        job = client.create_job(1)
+        with pytest.raises(BssError) as err:
+            client.upload(job["upload_url"], path)
+        assert err.value.error_code in ("FILESIZE_LIMIT_EXCEEDED", "uploading-error")
+        assert client.get_job(1, job["job_id"])["error_code"] == "uploading-error"

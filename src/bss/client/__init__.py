@@ -116,7 +116,24 @@ class BssClient:
             "Content-Length": str(size),
             "Authorization": self.token or "",
         }
-        resp = self.http.post(upload_url, content=chunks(), headers=headers, timeout=None)
+        try:
+            resp = self.http.post(upload_url, content=chunks(), headers=headers, timeout=None)
+        except httpx.TransportError as exc:
+            # The service may refuse mid-stream (a limit) and close the connection before we
+            # could read its answer: the job says what happened.
+            job_id = upload_url.rstrip("/").rsplit("/", 1)[-1]
+            try:
+                body = self.request("GET", "/batch-segment", params={"job_id": job_id})
+                job = self._one(body["batch_segment_upload_job"])
+            except (BssError, httpx.HTTPError):
+                raise exc from None
+            raise BssError(
+                0,
+                {
+                    "error_code": job.get("error_code"),
+                    "error": f"upload failed: {job.get('error_message') or job.get('phase')}",
+                },
+            ) from exc
         return self._one(self._unwrap(resp)["batch_segment_upload_job"])
 
     def get_job(self, member_id: int, job_id: str) -> dict[str, Any]:
