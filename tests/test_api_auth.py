@@ -25,6 +25,7 @@ def test_login_returns_token_and_cookie(server):
     me = httpx.get(f"{server.url}/auth", cookies={"bss_token": body["token"]}).json()["response"]
     assert me["user"]["username"] == ADMIN_USER
     assert me["dbg_info"]["output_term"] == "user"
+    assert body["dbg_info"]["output_term"] == "token"
 
 
 def test_bad_password_and_missing_token(server):

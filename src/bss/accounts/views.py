@@ -79,7 +79,7 @@ async def post_auth(request: Request) -> Any:
     token = await run_in_threadpool(
         service.login, request.app.state.db, settings, auth["username"], auth["password"]
     )
-    resp = ok(None, token=token)
+    resp = ok("token", token)
     resp.set_cookie(
         TOKEN_COOKIE,
         token,
