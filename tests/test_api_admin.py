@@ -168,3 +168,18 @@ def test_users_and_members_admin(server, admin, member_id):
     assert admin.ok("GET", "/member", params={"id": member_id})["member"]["id"] == member_id
     admin.ok("DELETE", "/user", params={"id": user["id"]})
     assert Api(server.url).login(f"dp{member_id}", "another-pass")["status"] == "ERROR"
+
+
+def test_delete_member_removes_its_users_segments_and_config(server, admin, member_id):
+    admin.user(f"gone{member_id}", member_id)
+    user = Api(server.url, f"gone{member_id}", "password-123")
+    seg = admin.segment(member_id, "gone")
+    admin.config(member_id, num_error_log_lines=3)
+    admin.ok("DELETE", "/member", params={"id": member_id})
+    assert user.get("/auth")["error_id"] == "NOAUTH"
+    assert admin.get("/segment", id=seg["id"])["error_id"] == "NOTFOUND"
+    assert admin.get("/member", id=member_id)["error_id"] == "NOTFOUND"
+    # the member can be created again from scratch
+    admin.member(member_id)
+    cfg = admin.ok("GET", "/batch-segment-config", params={"member_id": member_id})
+    assert cfg["batch_segment_upload_config"]["num_error_log_lines"] == 200
