@@ -151,3 +151,31 @@ def test_one_unused_url_under_concurrent_creates_on_postgres(fresh_pg_url, tmp_p
     assert total == 40
     assert sum(j["phase"] == "starting" for j in items) == 1
     engine.dispose()
+
+
+def test_expired_lease_is_claimed_again_on_postgres(fresh_pg_url, tmp_path):
+    import time
+
+    from bss.db import init_db, make_engine
+    from bss.jobs.service import JobService
+    from bss.settings import Settings
+
+    engine = make_engine(fresh_pg_url)
+    init_db(engine)
+    svc = JobService(
+        engine, Settings(data_dir=tmp_path, database_url=fresh_pg_url, job_lease_seconds=1)
+    )
+    src = tmp_path / "f"
+    src.write_bytes(b"1,1:0\n")
+    job = svc.submit_file(1, src, upload_source="folder", source_key="k")
+    assert svc.claim_next("dead")["attempts"] == 1
+    assert svc.claim_next("other") is None
+    time.sleep(2.1)
+    again = svc.claim_next("other")
+    assert again["id"] == job["id"] and again["attempts"] == 2
+    assert not svc.renew(job["id"], "dead") and svc.renew(job["id"], "other")
+    assert svc.finish(job["id"], "other", {"phase": "completed"})
+    done = svc.get_job(job["job_id"])
+    assert done["phase"] == "completed" and done["percent_complete"] == 100
+    assert done["validated_time"] and done["completed_time"]
+    engine.dispose()
