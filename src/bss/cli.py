@@ -140,7 +140,7 @@ def worker(
     ),
     workers: int | None = typer.Option(None, "--workers", help="Worker threads (BSS_WORKERS)."),
 ) -> None:
-    """Process queued jobs only (no HTTP); run several for more throughput."""
+    """Process queued jobs only (no HTTP). The embedded store admits one process: while `bss serve` holds it, use BSS_WORKERS there instead."""
     from bss.api.logs import configure_logging
     from bss.api.server import run_worker
 
