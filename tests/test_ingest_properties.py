@@ -160,6 +160,25 @@ def model(lines: list[Line], segments: list[tuple[str, int, int | None]]):
     return counts, live
 
 
+def _ingest(tmp: Path, content: bytes, reg: SegmentRegistry, chunk_bytes: int):
+    """Ingest `content` as one job into a fresh store in `tmp`; the caller closes the store."""
+    path = tmp / "upload"
+    path.write_bytes(content)
+    store = EmbeddedStore(tmp / "m.duckdb")
+    result = ingest_file(
+        path,
+        member_id=MEMBER,
+        job_no=1,
+        config=CONFIG,
+        registry=reg,
+        store=store,
+        now=NOW,
+        max_decompressed_bytes=1 << 30,
+        chunk_bytes=chunk_bytes,
+    )
+    return store, result
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lines=file_st(), segments=segments_st, chunk_bytes=st.sampled_from([32, 200, 1 << 20]))
 def test_counters_and_store_match_the_model(lines, segments, chunk_bytes) -> None:
@@ -169,20 +188,8 @@ def test_counters_and_store_match_the_model(lines, segments, chunk_bytes) -> Non
     )
     expected_counts, expected_live = model(lines, segments)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "f.txt"
-        path.write_text("\n".join(line.text for line in lines) + "\n", encoding="latin-1")
-        store = EmbeddedStore(Path(tmp) / "m.duckdb")
-        result = ingest_file(
-            path,
-            member_id=MEMBER,
-            job_no=1,
-            config=CONFIG,
-            registry=reg,
-            store=store,
-            now=NOW,
-            max_decompressed_bytes=1 << 30,
-            chunk_bytes=chunk_bytes,
-        )
+        text = "\n".join(line.text for line in lines) + "\n"
+        store, result = _ingest(Path(tmp), text.encode("latin-1"), reg, chunk_bytes)
         uids = {line.uid for line in lines if line.uid}
         live = {}
         for uid in uids:
@@ -247,20 +254,7 @@ def test_arbitrary_bytes_never_fail_the_process(blob: bytes, chunk_bytes: int) -
     """Whatever the bytes, the job ends with counters that account for every line."""
     reg = SegmentRegistry.from_records([{"id": i, "member_id": MEMBER} for i in range(1, 10)])
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "f"
-        path.write_bytes(blob)
-        store = EmbeddedStore(Path(tmp) / "m.duckdb")
-        result = ingest_file(
-            path,
-            member_id=MEMBER,
-            job_no=1,
-            config=CONFIG,
-            registry=reg,
-            store=store,
-            now=NOW,
-            max_decompressed_bytes=1 << 20,
-            chunk_bytes=chunk_bytes,
-        )
+        store, result = _ingest(Path(tmp), blob, reg, chunk_bytes)
         store.close()
     c = result.counters
     if result.error_code is None:
