@@ -385,20 +385,11 @@ class JobService:
         with write_tx(self.db) as conn:
             new_id = conn.execute(
                 insert(jobs).values(
-                    job_id=job_id,
-                    member_id=member_id,
+                    **_passive_job(job_id, member_id, upload_source, source_key, now),
                     phase="validating",
-                    upload_url=None,
-                    upload_source=upload_source,
-                    source_key=source_key,
-                    created_on=now,
-                    last_modified=now,
-                    start_time=now,
                     uploaded_time=now,
                     file_path=str(final),
                     file_bytes=nbytes,
-                    file_lines=0,
-                    percent_complete=0,
                 )
             ).inserted_primary_key[0]
             row = conn.execute(select(jobs).where(jobs.c.id == new_id)).mappings().one()
@@ -424,22 +415,13 @@ class JobService:
         with write_tx(self.db) as conn:
             conn.execute(
                 insert(jobs).values(
-                    job_id=job_id,
-                    member_id=member_id,
+                    **_passive_job(job_id, member_id, upload_source, source_key, now),
                     phase="error",
-                    upload_url=None,
-                    upload_source=upload_source,
-                    source_key=source_key,
-                    created_on=now,
-                    last_modified=now,
-                    start_time=now,
                     completed_time=now,
-                    percent_complete=0,
                     error_code=error_code,
                     error_message=error_message,
                     file_path=None,
                     file_bytes=file_bytes,
-                    file_lines=0,
                 )
             )
         return self.get_job(job_id)  # type: ignore[return-value]
@@ -612,3 +594,21 @@ class JobService:
             if (row is None or row["phase"] != "uploading") and part.stat().st_mtime < now - 60:
                 part.unlink(missing_ok=True)
         return {"urls_expired": expired, "files_deleted": files, "jobs_deleted": len(old)}
+
+
+def _passive_job(
+    job_id: str, member_id: int, upload_source: str, source_key: str, now: Any
+) -> dict[str, Any]:
+    """Columns every passively submitted job starts with: no upload URL, uploaded now."""
+    return {
+        "job_id": job_id,
+        "member_id": member_id,
+        "upload_url": None,
+        "upload_source": upload_source,
+        "source_key": source_key,
+        "created_on": now,
+        "last_modified": now,
+        "start_time": now,
+        "percent_complete": 0,
+        "file_lines": 0,
+    }
