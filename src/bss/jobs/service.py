@@ -480,22 +480,22 @@ class JobService:
                 return None
             return conn.execute(select(jobs).where(jobs.c.id == job_pk)).mappings().one()
 
+    def _update_owned(self, job_pk: int, worker_id: str, values: dict[str, Any]) -> bool:
+        """Write to a queued job only while this worker still owns it; False otherwise."""
+        with write_tx(self.db) as conn:
+            owned = update(jobs).where(
+                jobs.c.id == job_pk,
+                jobs.c.claimed_by == worker_id,
+                jobs.c.phase.in_(QUEUED_PHASES),
+            )
+            return conn.execute(owned.values(**values)).rowcount == 1
+
     def renew(self, job_pk: int, worker_id: str, **values: Any) -> bool:
         """Extend the lease (and write progress); False when another worker owns the job."""
         now = now_s()
-        with write_tx(self.db) as conn:
-            return (
-                conn.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.id == job_pk,
-                        jobs.c.claimed_by == worker_id,
-                        jobs.c.phase.in_(QUEUED_PHASES),
-                    )
-                    .values(claimed_until=now + self.settings.job_lease_seconds, **values)
-                ).rowcount
-                == 1
-            )
+        return self._update_owned(
+            job_pk, worker_id, {"claimed_until": now + self.settings.job_lease_seconds, **values}
+        )
 
     def start_processing(self, job_pk: int, worker_id: str) -> None:
         with write_tx(self.db) as conn:
@@ -526,19 +526,7 @@ class JobService:
             values.setdefault("completed_time", now)
             values["percent_complete"] = 100
         values.setdefault("validated_time", func.coalesce(jobs.c.validated_time, now))
-        with write_tx(self.db) as conn:
-            return (
-                conn.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.id == job_pk,
-                        jobs.c.claimed_by == worker_id,
-                        jobs.c.phase.in_(QUEUED_PHASES),
-                    )
-                    .values(**values)
-                ).rowcount
-                == 1
-            )
+        return self._update_owned(job_pk, worker_id, values)
 
     def release(self, job_pk: int, worker_id: str, retry_in: int) -> None:
         """Give a job back after an infrastructure failure; it is retried after `retry_in` s."""
