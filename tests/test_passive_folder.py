@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from passive_util import Pipeline
 from sqlalchemy import select, update
 
 from bss.jobs.models import jobs
@@ -23,7 +24,6 @@ from bss.passive.folder import PROCESSING, FolderArea, FolderBackend
 from bss.passive.models import CLAIMED, JOB_CREATED, MOVED, passive_claims
 from bss.passive.scanner import run_passive
 from bss.passive.storage import destination_key
-from bss.passive.testing import Pipeline
 
 MEMBER = 8001
 

@@ -13,6 +13,7 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
+from passive_util import Pipeline  # noqa: E402
 from test_passive_folder import (  # noqa: E402,F401 - collected here with this module's fixture
     MEMBER,
     test_a_scanner_that_lost_its_claim_does_not_create_a_job,
@@ -22,8 +23,6 @@ from test_passive_folder import (  # noqa: E402,F401 - collected here with this 
     test_killed_after_job_created_but_before_it_was_recorded,
     test_two_scanners_at_once_each_file_once,
 )
-
-from bss.passive.testing import Pipeline  # noqa: E402
 
 ADMIN_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=3"
 

@@ -20,13 +20,14 @@ from sqlalchemy import select, update
 
 pytest.importorskip("moto.server")
 
+from passive_util import MotoServer, Pipeline  # noqa: E402
+
 from bss.jobs.models import jobs  # noqa: E402
 from bss.passive.claims import ClaimStore, utcnow  # noqa: E402
 from bss.passive.models import JOB_CREATED, MOVED, passive_claims  # noqa: E402
 from bss.passive.s3 import S3Backend, bucket_name  # noqa: E402
 from bss.passive.scanner import default_backends  # noqa: E402
 from bss.passive.storage import destination_key  # noqa: E402
-from bss.passive.testing import MotoServer, Pipeline  # noqa: E402
 
 _member_ids = itertools.count(4100)
 

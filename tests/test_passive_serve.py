@@ -17,8 +17,9 @@ from conftest import ADMIN_PASSWORD, ADMIN_USER, Api, legacy
 
 pytest.importorskip("moto.server")
 
+from passive_util import MotoServer  # noqa: E402
+
 from bss.passive.s3 import bucket_name  # noqa: E402
-from bss.passive.testing import MotoServer  # noqa: E402
 
 USER = 1234567890123456789
 

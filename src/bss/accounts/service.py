@@ -14,8 +14,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, delete, func, insert, select, update
 
 from bss.accounts.models import logins, members, tokens, users
-from bss.api.envelope import ApiError, noauth, notfound, syntax
 from bss.db import fmt_ts, now_s, write_tx
+from bss.errors import BssError, noauth, notfound, syntax
 from bss.settings import Settings
 
 USER_TYPES = ("admin", "member", "data_provider")
@@ -85,7 +85,7 @@ class _FailedLogins:
             recent = [t for t in self._seen.get(username, []) if now - t < window]
             self._seen[username] = recent
         if len(recent) >= limit:
-            raise ApiError(
+            raise BssError(
                 "UNAUTH",
                 f"Too many failed logins for this user; try again in {window // 60} minutes",
                 http_status=429,
@@ -111,7 +111,7 @@ def login(db: Engine, settings: Settings, username: str, password: str) -> str:
         row = conn.execute(select(users).where(users.c.username == username)).mappings().first()
     if row is None or not verify_password(row["password_hash"], password):
         FAILED_LOGINS.add(username)
-        raise ApiError("UNAUTH", "No match found for user/pass", http_status=401)
+        raise BssError("UNAUTH", "No match found for user/pass", http_status=401)
     now = now_s()
     with db.connect() as conn:  # read outside the write transaction (see write_tx)
         recent = conn.execute(
@@ -120,7 +120,7 @@ def login(db: Engine, settings: Settings, username: str, password: str) -> str:
             .where(logins.c.user_id == row["id"], logins.c.at > now - settings.login_window_seconds)
         ).scalar_one()
     if recent >= settings.logins_per_window:
-        raise ApiError(
+        raise BssError(
             "UNAUTH",
             f"Too many logins: at most {settings.logins_per_window} per "
             f"{settings.login_window_seconds // 60} minutes per user; reuse your token",

@@ -18,7 +18,8 @@ from bss.api.deps import (
     require_admin,
     token_of,
 )
-from bss.api.envelope import notfound, ok, ok_list, syntax, unauth
+from bss.api.envelope import ok, ok_list
+from bss.errors import notfound, syntax, unauth
 
 router = APIRouter()
 

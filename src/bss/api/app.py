@@ -15,13 +15,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bss.accounts.service import ensure_admin
 from bss.accounts.views import router as accounts_router
 from bss.api.deps import RateLimiter
-from bss.api.envelope import ApiError
+from bss.api.envelope import error_response
 from bss.api.lookup import router as lookup_router
-from bss.api.metrics import COUNTERS, render
 from bss.db import init_db, make_engine
+from bss.errors import BssError
 from bss.jobs.service import JobService
 from bss.jobs.views import router as jobs_router
 from bss.jobs.worker import StoreHandle
+from bss.metrics import COUNTERS, render
 from bss.segments.views import router as segments_router
 from bss.settings import Settings
 
@@ -94,27 +95,29 @@ def create_app(
     app.state.stores = stores or StoreHandle(settings.resolved_store_url)
     app.state.limiter = RateLimiter(settings.requests_per_minute)
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> Any:
-        return exc.response()
+    @app.exception_handler(BssError)
+    async def _api_error(_request: Request, exc: BssError) -> Any:
+        return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> Any:
         error_id = _HTTP_IDS.get(exc.status_code, "SYNTAX" if exc.status_code < 500 else "SYSTEM")
-        return ApiError(error_id, str(exc.detail), http_status=exc.status_code).response()
+        return error_response(BssError(error_id, str(exc.detail), http_status=exc.status_code))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> Any:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()))
-        return ApiError(
-            "SYNTAX", f"{where}: {first.get('msg', 'invalid request')}", http_status=400
-        ).response()
+        return error_response(
+            BssError("SYNTAX", f"{where}: {first.get('msg', 'invalid request')}", http_status=400)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Any:
         log.exception("unhandled error", extra={"path": request.url.path})
-        return ApiError("SYSTEM", "Internal error; see the server log", http_status=500).response()
+        return error_response(
+            BssError("SYSTEM", "Internal error; see the server log", http_status=500)
+        )
 
     app.add_middleware(AccessLog)
 

@@ -10,7 +10,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from bss.accounts.service import Principal, principal_for_token
-from bss.api.envelope import ApiError, syntax, unauth
+from bss.errors import BssError, syntax, unauth
 
 TOKEN_COOKIE = "bss_token"
 
@@ -91,7 +91,7 @@ class RateLimiter:
                 self._windows = {k: v for k, v in self._windows.items() if v[0] == window}
         if count > self.per_minute:
             retry = max(1, int((window + 1) * 60 - now) + 1)
-            raise ApiError(
+            raise BssError(
                 "SYSTEM",
                 f"Too many requests: at most {self.per_minute} per minute per member",
                 http_status=429,

@@ -11,8 +11,9 @@ from fastapi import APIRouter, Depends, Request
 
 from bss.accounts.service import Principal
 from bss.api.deps import member_scope, principal
-from bss.api.envelope import ok_list, syntax
+from bss.api.envelope import ok_list
 from bss.db import fmt_ts, now_s
+from bss.errors import syntax
 from bss.formats.records import DEVICE_DOMAINS, LEGACY_DEVICE_TYPES, MAX_UID, UserKind
 from bss.segments.service import segments_by_ids
 

@@ -174,7 +174,9 @@ class BatchSegmentConfig(BaseModel):
 
     def authorized_owners(self, member_id: int) -> frozenset[int]:
         """Members whose segments this member may write: itself plus member_segment_access."""
-        return frozenset({member_id, *(a.segment_owner_member_id for a in self.member_segment_access)})
+        return frozenset(
+            {member_id, *(a.segment_owner_member_id for a in self.member_segment_access)}
+        )
 
 
 def load_config(data: Any) -> BatchSegmentConfig:

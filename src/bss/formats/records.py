@@ -41,7 +41,18 @@ LEGACY_DEVICE_TYPES: dict[str, str] = {
 }
 #: Avro device_id domains (the published enum plus the newer additions).
 DEVICE_DOMAINS = frozenset(
-    {"idfa", "sha1udid", "md5udid", "openudid", "aaid", "windowsadid", "rida", "tifa", "vida", "lgudid"}
+    {
+        "idfa",
+        "sha1udid",
+        "md5udid",
+        "openudid",
+        "aaid",
+        "windowsadid",
+        "rida",
+        "tifa",
+        "vida",
+        "lgudid",
+    }
 )
 
 MAX_SEGMENTS_PER_LINE = 1800

@@ -21,13 +21,8 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
 
-from bss.api.envelope import (
-    ERR_PENDING,
-    RATE_LIMIT_EXCEEDED,
-    syntax,
-    upload_limit,
-)
 from bss.db import fmt_ts, init_db, is_sqlite, make_engine, now_s, write_tx
+from bss.errors import ERR_PENDING, RATE_LIMIT_EXCEEDED, syntax, upload_limit
 from bss.ingest.result import COUNTER_NAMES
 from bss.jobs.models import PHASES, jobs
 from bss.settings import Settings

@@ -15,7 +15,9 @@ from starlette.requests import ClientDisconnect
 
 from bss.accounts.service import Principal, member_exists, principal_for_token
 from bss.api.deps import int_param, member_scope, principal, token_of
-from bss.api.envelope import (
+from bss.api.envelope import error_response, ok, ok_list
+from bss.db import now_s, parse_ts
+from bss.errors import (
     ERR_CONCURRENT,
     ERR_DAILY_BYTES,
     ERR_DAILY_LINES,
@@ -26,18 +28,15 @@ from bss.api.envelope import (
     ERR_UPLOAD_TIME,
     FILESIZE_LIMIT_EXCEEDED,
     RATE_LIMIT_EXCEEDED,
-    ApiError,
+    BssError,
     notfound,
-    ok,
-    ok_list,
     syntax,
     unauth,
     upload_limit,
 )
-from bss.api.metrics import COUNTERS
-from bss.db import now_s, parse_ts
 from bss.jobs.linecount import LineCounter
 from bss.jobs.service import FILTER_FIELDS, SORT_FIELDS, UPLOAD_TOUCH_SECONDS, JobService
+from bss.metrics import COUNTERS
 from bss.segments.service import get_config
 
 router = APIRouter()
@@ -145,7 +144,7 @@ def get_error_report(request: Request, p: Principal = Depends(principal)) -> Any
 
 
 class _UploadFailed(Exception):
-    def __init__(self, error: ApiError) -> None:
+    def __init__(self, error: BssError) -> None:
         super().__init__(error.error)
         self.error = error
 
@@ -174,7 +173,7 @@ async def upload(job_id: str, request: Request) -> Any:
     if token:  # the URL is a capability; a token, when sent, must belong to the job's member
         try:
             p = await run_in_threadpool(principal_for_token, svc.db, token)
-        except ApiError:
+        except BssError:
             p = None
         if p is not None and not (p.is_admin or p.member_id == member_id):
             raise unauth("This upload URL belongs to another member")
@@ -183,7 +182,7 @@ async def upload(job_id: str, request: Request) -> Any:
 
     if row["phase"] == "starting" and svc._url_expired(row, now_s()):
         await run_in_threadpool(svc.expire_urls)
-        raise ApiError(
+        raise BssError(
             "SYNTAX",
             "This upload URL has expired: uploads must start within "
             f"{settings.upload_url_ttl_seconds // 60} minutes; request a new URL",
@@ -191,7 +190,7 @@ async def upload(job_id: str, request: Request) -> Any:
             error_code="upload_url_expired",
         )
     if row["phase"] != "starting":
-        raise ApiError(
+        raise BssError(
             "SYNTAX",
             f"This upload URL is no longer valid (job phase {row['phase']!r}); each URL takes one upload",
             http_status=409,
@@ -199,7 +198,7 @@ async def upload(job_id: str, request: Request) -> Any:
         )
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype != OCTET_STREAM:
-        raise ApiError(
+        raise BssError(
             "SYNTAX",
             f"Wrong Content-Type {ctype or '(none)'!r}: send the raw file with "
             "'Content-Type: application/octet-stream' (curl --data-binary @FILE, not -d/--data). "
@@ -230,7 +229,7 @@ async def upload(job_id: str, request: Request) -> Any:
     if not await run_in_threadpool(svc.begin_upload, row, cfg.max_concurrent_uploads):
         fresh = await run_in_threadpool(svc.job_row, job_id)
         if fresh is not None and fresh["phase"] != "starting":
-            raise ApiError(
+            raise BssError(
                 "SYNTAX",
                 "This upload URL is already in use",
                 http_status=409,
@@ -282,7 +281,7 @@ async def upload(job_id: str, request: Request) -> Any:
         part.unlink(missing_ok=True)
         await run_in_threadpool(svc.fail_upload, row["id"], failed.error.error)
         log.warning("upload refused", extra={**ctx, "reason": failed.error.error, "bytes": nbytes})
-        return failed.error.response()
+        return error_response(failed.error)
     except ClientDisconnect:
         fh.close()
         part.unlink(missing_ok=True)
@@ -290,9 +289,9 @@ async def upload(job_id: str, request: Request) -> Any:
             svc.fail_upload, row["id"], "the upload was cut off (client disconnected)"
         )
         log.warning("upload cut off", extra={**ctx, "bytes": nbytes})
-        return ApiError(
-            "SYSTEM", "upload cut off", http_status=400, error_code="uploading-error"
-        ).response()
+        return error_response(
+            BssError("SYSTEM", "upload cut off", http_status=400, error_code="uploading-error")
+        )
     except BaseException:
         fh.close()
         part.unlink(missing_ok=True)

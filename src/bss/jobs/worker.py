@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bss.api.metrics import COUNTERS
 from bss.db import now_s
 from bss.ingest.engine import ingest_file
 from bss.jobs.service import JobService
+from bss.metrics import COUNTERS
 from bss.segments.service import MEMBER_COUNTS, get_config, registry_for
 from bss.store import MembershipStore, open_store
 

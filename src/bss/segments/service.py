@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from bss.api.envelope import notfound, syntax
 from bss.db import fmt_ts, now_s, write_tx
+from bss.errors import notfound, syntax
 from bss.formats.config import BatchSegmentConfig, ConfigError, load_config
 from bss.ingest.registry import SegmentRegistry
 from bss.segments.models import batch_segment_configs, segments

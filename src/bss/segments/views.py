@@ -18,8 +18,9 @@ from bss.api.deps import (
     principal,
     require_admin,
 )
-from bss.api.envelope import notfound, ok, ok_list, syntax, unauth
+from bss.api.envelope import ok, ok_list
 from bss.db import now_s
+from bss.errors import notfound, syntax, unauth
 from bss.segments import service
 
 router = APIRouter()
