@@ -14,10 +14,18 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 
+from bss.errors import syntax
+
 metadata = MetaData()
+
+#: Every id column (members, users, segments, jobs) is a 32-bit INTEGER, as on PostgreSQL, and
+#: the Avro schema's segment ids are ints: integers from clients are checked against this range
+#: before they reach a query (a larger one overflowed the driver: HTTP 500).
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 #: Modules declaring tables on `metadata`; the passive one is another engineer's.
 TABLE_MODULES = (
@@ -75,6 +83,21 @@ def init_db(engine: Engine) -> None:
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name)
     metadata.create_all(engine)
+
+
+def bounded_int(
+    value: Any, name: str, *, minimum: int = INT32_MIN, maximum: int = INT32_MAX
+) -> int:
+    """An integer from a query parameter or a JSON body, in range, or SYNTAX naming `name`."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise syntax(f"{name} must be an integer")
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise syntax(f"{name} must be an integer") from exc
+    if not minimum <= number <= maximum:
+        raise syntax(f"{name} must be between {minimum} and {maximum}")
+    return number
 
 
 def now_s() -> int:

@@ -14,7 +14,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, delete, func, insert, select, update
 
 from bss.accounts.models import logins, members, tokens, users
-from bss.db import fmt_ts, now_s, write_tx
+from bss.db import bounded_int, fmt_ts, now_s, write_tx
 from bss.errors import BssError, noauth, notfound, syntax
 from bss.settings import Settings
 
@@ -369,7 +369,4 @@ def _state(value: Any) -> str:
 
 
 def _int(value: Any, name: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError) as exc:
-        raise syntax(f"{name} must be an integer") from exc
+    return bounded_int(value, name)

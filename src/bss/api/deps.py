@@ -10,6 +10,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from bss.accounts.service import Principal, principal_for_token
+from bss.db import INT32_MIN, bounded_int
 from bss.errors import BssError, syntax, unauth
 
 TOKEN_COOKIE = "bss_token"
@@ -55,10 +56,7 @@ def member_scope(p: Principal, member_id: Any, *, required: bool = True) -> int 
                 raise syntax("member_id is required")
             return None
         return p.member_id
-    try:
-        mid = int(member_id)
-    except (TypeError, ValueError) as exc:
-        raise syntax("member_id must be an integer") from exc
+    mid = bounded_int(member_id, "member_id")
     if not p.is_admin and mid != p.member_id:
         raise unauth(f"You have no access to member {mid}")
     return mid
@@ -103,16 +101,11 @@ class RateLimiter:
 def int_param(
     request: Request, name: str, default: int | None = None, *, minimum: int | None = None
 ) -> int | None:
+    """An integer query parameter: ids and counts are 32-bit (bss.db.bounded_int)."""
     raw = request.query_params.get(name)
     if raw in (None, ""):
         return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise syntax(f"{name} must be an integer") from exc
-    if minimum is not None and value < minimum:
-        raise syntax(f"{name} must be at least {minimum}")
-    return value
+    return bounded_int(raw, name, minimum=INT32_MIN if minimum is None else minimum)
 
 
 async def json_body(request: Request) -> Any:

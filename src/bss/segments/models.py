@@ -23,6 +23,16 @@ segments = Table(
     Index("ux_segments_member_code", "member_id", "code_key", unique=True),
 )
 
+#: One row: the highest segment id ever given out or taken explicitly. Automatic ids continue
+#: above it, so a deleted segment's id is never handed to a new segment by itself, and an
+#: explicit id never meets a later automatic one (one code path for SQLite and PostgreSQL).
+segment_id_counter = Table(
+    "segment_id_counter",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("last_id", Integer, nullable=False),
+)
+
 batch_segment_configs = Table(
     "batch_segment_configs",
     metadata,

@@ -10,13 +10,15 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from bss.db import fmt_ts, now_s, write_tx
-from bss.errors import notfound, syntax
+from bss.db import INT32_MAX, bounded_int, fmt_ts, now_s, write_tx
+from bss.errors import BssError, notfound, syntax
 from bss.formats.config import BatchSegmentConfig, ConfigError, load_config
 from bss.ingest.registry import SegmentRegistry
-from bss.segments.models import batch_segment_configs, segments
+from bss.segments.models import batch_segment_configs, segment_id_counter, segments
 
 MAX_CODE_LENGTH = 50
+#: Segments one POST /segment may create at once (all or nothing).
+MAX_SEGMENTS_PER_REQUEST = 1000
 
 
 class _CountsCache:
@@ -128,29 +130,99 @@ def _values(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
     if "expire_minutes" in data or not partial:
         em = data.get("expire_minutes")
         if em is not None:
-            try:
-                em = int(em)
-            except (TypeError, ValueError) as exc:
-                raise syntax("expire_minutes must be an integer or null") from exc
-            if em < 0:
-                raise syntax("expire_minutes must not be negative")
+            em = bounded_int(em, "expire_minutes", minimum=0)
         values["expire_minutes"] = em
     return values
 
 
 def create_segment(db: Engine, member_id: int, data: dict[str, Any]) -> Any:
+    """One segment; `data["id"]` (optional) keeps an id the member already uses elsewhere."""
+    return create_segments(db, member_id, [data], label=None)[0]
+
+
+def create_segments(
+    db: Engine, member_id: int, items: list[Any], *, label: str | None = "segments"
+) -> list[Any]:
+    """Create up to MAX_SEGMENTS_PER_REQUEST segments in one transaction: all or none.
+    Errors name the item (`segments[3]: ...`) unless `label` is None (a single segment)."""
+    if not 1 <= len(items) <= MAX_SEGMENTS_PER_REQUEST:
+        raise syntax(f"segments must hold 1 to {MAX_SEGMENTS_PER_REQUEST} segment objects")
     now = now_s()
-    values = _values(data, partial=False)
+    rows: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        where = "" if label is None else f"{label}[{index}]: "
+        if not isinstance(item, dict):
+            raise syntax(f"{where}expected a segment object")
+        try:
+            values = _values(item, partial=False)
+            if item.get("id") is not None:
+                values["id"] = bounded_int(item["id"], "id", minimum=1, maximum=INT32_MAX)
+        except BssError as exc:
+            raise syntax(where + exc.error) from exc
+        rows.append({**values, "member_id": member_id, "created_on": now, "last_modified": now})
+    _refuse_repeats(rows, label)
+    explicit = [r["id"] for r in rows if "id" in r]
+    code_keys = [r["code_key"] for r in rows if r["code_key"]]
     try:
         with write_tx(db) as conn:
-            new_id = conn.execute(
-                insert(segments).values(
-                    member_id=member_id, created_on=now, last_modified=now, **values
-                )
-            ).inserted_primary_key[0]
-    except IntegrityError as exc:
-        raise syntax(f"code {values['code']!r} already exists for member {member_id}") from exc
-    return get_segment_row(db, int(new_id))
+            if explicit:
+                taken = conn.execute(
+                    select(segments.c.id).where(segments.c.id.in_(explicit)).limit(1)
+                ).scalar()
+                if taken is not None:
+                    # Ids are global: say it is taken, never by which member.
+                    raise syntax(f"segment id {taken} is already taken; choose another id")
+            if code_keys:
+                clash = conn.execute(
+                    select(segments.c.code).where(
+                        segments.c.member_id == member_id, segments.c.code_key.in_(code_keys)
+                    )
+                ).scalar()
+                if clash is not None:
+                    raise syntax(f"code {clash!r} already exists for member {member_id}")
+            automatic = iter(_reserve_ids(conn, explicit, len(rows) - len(explicit)))
+            for row in rows:
+                if "id" not in row:
+                    row["id"] = next(automatic)
+            conn.execute(insert(segments), rows)
+    except IntegrityError as exc:  # a concurrent request took an id or code in between
+        raise syntax(
+            "a segment id or code of this request was just taken; nothing was created"
+        ) from exc
+    by_id = segments_by_ids(db, [r["id"] for r in rows])
+    return [by_id[r["id"]] for r in rows]
+
+
+def _refuse_repeats(rows: list[dict[str, Any]], label: str | None) -> None:
+    seen_ids: set[int] = set()
+    seen_codes: set[str] = set()
+    for index, row in enumerate(rows):
+        if row.get("id") in seen_ids:
+            raise syntax(f"{label}[{index}]: id {row['id']} appears twice in this request")
+        if row["code_key"] in seen_codes:
+            raise syntax(f"{label}[{index}]: code {row['code']!r} appears twice in this request")
+        if "id" in row:
+            seen_ids.add(row["id"])
+        if row["code_key"]:
+            seen_codes.add(row["code_key"])
+
+
+def _reserve_ids(conn: Any, explicit: list[int], count: int) -> list[int]:
+    """`count` automatic ids above every id ever given out or taken explicitly (the counter row
+    is locked on PostgreSQL; SQLite writers are serialised by write_tx)."""
+    last = conn.execute(
+        select(segment_id_counter.c.last_id).where(segment_id_counter.c.id == 1).with_for_update()
+    ).scalar()
+    if last is None:  # first use (or a database from before the counter): start above the rest
+        last = conn.execute(select(func.max(segments.c.id))).scalar() or 0
+        conn.execute(insert(segment_id_counter).values(id=1, last_id=last))
+    high = max([last, *explicit])
+    if high + count > INT32_MAX:
+        raise syntax(f"no automatic segment id is left below {INT32_MAX}; give explicit ids")
+    conn.execute(
+        update(segment_id_counter).where(segment_id_counter.c.id == 1).values(last_id=high + count)
+    )
+    return list(range(high + 1, high + count + 1))
 
 
 def update_segment(db: Engine, segment_id: int, data: dict[str, Any]) -> Any:

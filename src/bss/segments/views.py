@@ -19,7 +19,7 @@ from bss.api.deps import (
     require_admin,
 )
 from bss.api.envelope import ok, ok_list
-from bss.db import now_s
+from bss.db import bounded_int, now_s
 from bss.errors import notfound, syntax, unauth
 from bss.segments import service
 
@@ -27,6 +27,7 @@ router = APIRouter()
 _SEGMENT_BODY = body_doc(
     "segment",
     {
+        "id": "integer",
         "code": "string",
         "short_name": "string",
         "description": "string",
@@ -80,6 +81,13 @@ def _segment_body(body: Any) -> dict[str, Any]:
     raise syntax('expected a JSON body like {"segment": {"code": "...", ...}}')
 
 
+def _new_segments(body: Any) -> tuple[list[Any], bool]:
+    """POST /segment takes {"segment": {...}} or {"segments": [...]} (bulk): (items, bulk)."""
+    if isinstance(body, dict) and isinstance(body.get("segments"), list):
+        return body["segments"], True
+    return [_segment_body(body)], False
+
+
 @router.get("/segment", tags=["segment"], summary="Segments: ?id=, ?code=, ?search=, paged list")
 def get_segment(request: Request, p: Principal = Depends(principal)) -> Any:
     db = request.app.state.db
@@ -118,14 +126,24 @@ def get_segment(request: Request, p: Principal = Depends(principal)) -> Any:
 )
 async def post_segment(request: Request, p: Principal = Depends(principal)) -> Any:
     member_id = member_scope(p, request.query_params.get("member_id"))
-    data = _segment_body(await json_body(request))
-    if data.get("member_id") not in (None, member_id):
-        raise syntax("segment.member_id must match the member_id parameter")
+    items, bulk = _new_segments(await json_body(request))
+    for item in items:
+        if isinstance(item, dict) and item.get("member_id") not in (None, member_id):
+            raise syntax("segment.member_id must match the member_id parameter")
     db = request.app.state.db
     if not await run_in_threadpool(member_exists, db, member_id):
         raise syntax(f"member {member_id} does not exist")
-    row = await run_in_threadpool(service.create_segment, db, member_id, data)
-    return ok("segment", _out(row, None), id=row["id"])
+    if not bulk:
+        row = await run_in_threadpool(service.create_segment, db, member_id, items[0])
+        return ok("segment", _out(row, None), id=row["id"])
+    rows = await run_in_threadpool(service.create_segments, db, member_id, items)
+    return ok_list(
+        "segments",
+        [_out(r, None) for r in rows],
+        count=len(rows),
+        start_element=0,
+        num_elements=len(rows),
+    )
 
 
 @router.put(
@@ -134,16 +152,16 @@ async def post_segment(request: Request, p: Principal = Depends(principal)) -> A
 async def put_segment(request: Request, p: Principal = Depends(principal)) -> Any:
     segment_id = int_param(request, "id")
     data = _segment_body(await json_body(request))
-    if segment_id is None:
-        segment_id = data.get("id")
+    if segment_id is None and data.get("id") is not None:
+        segment_id = bounded_int(data["id"], "id")
     if segment_id is None:
         raise syntax("id is required")
     db = request.app.state.db
-    current = await run_in_threadpool(service.get_segment_row, db, int(segment_id))
+    current = await run_in_threadpool(service.get_segment_row, db, segment_id)
     if not can_touch(p, current["member_id"]):
         raise notfound(f"segment {segment_id} not found")
     data.pop("member_id", None)
-    row = await run_in_threadpool(service.update_segment, db, int(segment_id), data)
+    row = await run_in_threadpool(service.update_segment, db, segment_id, data)
     return ok("segment", _out(row, None), id=row["id"])
 
 
