@@ -71,7 +71,7 @@ def validate(
     store: MembershipStore
     job_no = 1
     if apply:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        settings.make_data_dir()
         embedded = EmbeddedStore(settings.resolved_store_url.removeprefix("duckdb://"))
         job_no = embedded.last_job_no() + 1  # later local runs win over earlier ones
         store = embedded

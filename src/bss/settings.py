@@ -6,6 +6,7 @@ is the default, so `bss serve` needs nothing else installed or started.
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -63,6 +64,15 @@ class Settings(BaseSettings):
 
     admin_username: str | None = None
     admin_password: str | None = None
+
+    def make_data_dir(self) -> Path:
+        """Create the data dir owner-only (0700) and have every file and folder this process
+        creates from now on be owner-only too (umask 077: 0600 / 0700): bss.db holds password
+        hashes, and the stores, uploads and error reports hold members' data."""
+        os.umask(0o077)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.data_dir.chmod(0o700)  # also a data dir made by an older version or by hand
+        return self.data_dir
 
     @cached_property
     def resolved_database_url(self) -> str:

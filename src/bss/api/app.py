@@ -79,7 +79,7 @@ def create_app(
     db: Engine | None = None,
     stores: StoreHandle | None = None,
 ) -> FastAPI:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.make_data_dir()
     if db is None:
         db = make_engine(settings.resolved_database_url)
         init_db(db)

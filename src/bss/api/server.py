@@ -87,7 +87,7 @@ def _host_id() -> str:
 def serve(settings: Settings, host: str, port: int) -> None:
     from bss.api.app import create_app
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.make_data_dir()
     db = make_engine(settings.resolved_database_url)
     init_db(db)
     stores = StoreHandle(settings.resolved_store_url)
@@ -132,7 +132,7 @@ def serve(settings: Settings, host: str, port: int) -> None:
 
 
 def run_worker(settings: Settings) -> None:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.make_data_dir()
     db = make_engine(settings.resolved_database_url)
     init_db(db)
     service = JobService(db, settings)

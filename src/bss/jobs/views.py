@@ -170,12 +170,9 @@ async def upload(job_id: str, request: Request) -> Any:
     member_id = row["member_id"]
     p: Principal | None = None
     token = token_of(request)
-    if token:  # the URL is a capability; a token, when sent, must belong to the job's member
-        try:
-            p = await run_in_threadpool(principal_for_token, svc.db, token)
-        except BssError:
-            p = None
-        if p is not None and not (p.is_admin or p.member_id == member_id):
+    if token:  # the URL is a capability; a token, when sent, must be valid and the member's
+        p = await run_in_threadpool(principal_for_token, svc.db, token)
+        if not (p.is_admin or p.member_id == member_id):
             raise unauth("This upload URL belongs to another member")
     app.state.limiter.hit(f"member:{member_id}")
     ctx = {"job_id": job_id, "member_id": member_id}

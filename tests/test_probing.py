@@ -1,0 +1,58 @@
+"""Holes found by probing as a hostile client (issue 9: 9, 13, 15), against a real `bss serve`."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import httpx
+from conftest import ADMIN_PASSWORD, ADMIN_USER, Api, legacy
+
+
+def test_upload_url_refuses_a_garbage_token(server, admin, member_id):
+    seg = admin.segment(member_id, "probe")
+    job = admin.new_job(member_id)
+    garbage = httpx.post(
+        job["upload_url"],
+        content=legacy([f"5,{seg['id']}:0"]),
+        headers={"Content-Type": "application/octet-stream", "Authorization": "garbage"},
+    )
+    body = garbage.json()["response"]
+    assert garbage.status_code == 401 and body["error_id"] == "NOAUTH"
+    other = member_id + 300_000
+    admin.member(other)
+    admin.user(f"probe-{other}", other)
+    stranger = Api(server.url, f"probe-{other}", "password-123")
+    assert stranger.upload(job, b"5,1:0\n")["_http"] == 403
+    # Neither refusal used the URL up: it still takes the upload, with no token at all.
+    resp = httpx.post(
+        job["upload_url"],
+        content=legacy([f"5,{seg['id']}:0"]),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert resp.status_code == 200, resp.text
+    assert admin.wait(member_id, job["job_id"])["num_valid"] == 1
+
+
+def test_data_dir_and_every_file_in_it_are_owner_only(bss_server):
+    srv = bss_server()
+    api = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
+    api.member(7)
+    seg = api.segment(7, "private")
+    job = api.run(7, legacy([f"9,{seg['id']}:0", "not a line"]))
+    assert job["num_valid"] == 1 and job["num_invalid_format"] == 1
+    modes = {}
+    for root, dirs, files in os.walk(srv.data_dir):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            modes[os.path.relpath(path, srv.data_dir)] = stat.S_IMODE(os.stat(path).st_mode)
+    assert stat.S_IMODE(os.stat(srv.data_dir).st_mode) == 0o700
+    assert "bss.db" in modes and "memberships.duckdb" in modes
+    assert any(p.startswith("reports/") for p in modes), modes
+    assert any(p.startswith("uploads/") and os.path.isfile(srv.data_dir / p) for p in modes)
+    wrong = {
+        path: oct(mode)
+        for path, mode in modes.items()
+        if mode != (0o700 if os.path.isdir(srv.data_dir / path) else 0o600)
+    }
+    assert wrong == {}
