@@ -72,9 +72,15 @@ def test_separator_rules() -> None:
     with pytest.raises(ConfigError, match="exactly one character"):
         load_config({"separator_1": ",,"})
     with pytest.raises(ConfigError, match="separator_2 and separator_4"):
-        load_config({"separator_2": "\t"})
+        load_config({"separator_2": "\t", "separator_4": "\t"})
     with pytest.raises(ConfigError, match="must all differ"):
-        load_config({"separator_1": ";"})
+        load_config({"separator_1": ";", "separator_2": ";"})
+    # separator_1 is required: its default still clashes with a separator set to ','.
+    with pytest.raises(ConfigError, match="separator_1 and separator_2"):
+        load_config({"separator_2": ","})
+    # A default the member did not set yields where it would clash (issue 9.2).
+    assert load_config({"separator_2": "\t"}).separator_4 is None
+    assert load_config({"separator_1": ";"}).separator_2 is None
     # separator_1 may equal separator_3 (seed example 3).
     cfg = load_config({"separator_1": "\t", "separator_3": "\t", "separator_4": None})
     assert cfg.separator_1 == cfg.separator_3 == "\t"

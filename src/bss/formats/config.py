@@ -10,7 +10,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 #: Characters the legacy format forbids as separators.
 DISALLOWED_SEPARATORS = frozenset("[](){}$\\/|?*+-")
@@ -27,9 +34,16 @@ class ConfigError(ValueError):
     """An invalid member configuration; the message names the rule that was broken."""
 
 
+#: Member ids are 32-bit in every table.
+MAX_MEMBER_ID = 2**31 - 1
+SEPARATOR_NAMES = tuple(f"separator_{i}" for i in range(1, 6))
+#: The one pair of separators that may be the same character.
+_MAY_BE_EQUAL = frozenset({"separator_1", "separator_3"})
+
+
 class SegmentOwnerAccess(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    segment_owner_member_id: int
+    segment_owner_member_id: int = Field(ge=1, le=MAX_MEMBER_ID)
 
 
 def parse_segment_fields(value: Any) -> list[str]:
@@ -87,8 +101,11 @@ class BatchSegmentConfig(BaseModel):
     daily_num_lines_limit: int | None = None
     hourly_num_lines_limit: int | None = None
     max_concurrent_uploads: int = 1
-    use_external_uids: bool = False
-    external_member_uid: int | None = None
+    #: The legacy format seed spells it `uses_external_uids`; both are accepted.
+    use_external_uids: bool = Field(
+        False, validation_alias=AliasChoices("use_external_uids", "uses_external_uids")
+    )
+    external_member_uid: int | None = Field(None, ge=1, le=MAX_MEMBER_ID)
     member_segment_access: list[SegmentOwnerAccess] = Field(default_factory=list)
     default_domain: str | None = None
     use_specific_geo: bool | None = None
@@ -141,7 +158,8 @@ class BatchSegmentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _separators(self) -> BatchSegmentConfig:
-        named = {f"separator_{i}": getattr(self, f"separator_{i}") for i in range(1, 6)}
+        self._drop_clashing_defaults()
+        named = {name: getattr(self, name) for name in SEPARATOR_NAMES}
         for name, sep in named.items():
             if sep is None:
                 continue
@@ -159,7 +177,7 @@ class BatchSegmentConfig(BaseModel):
         used = [(n, s) for n, s in named.items() if s is not None]
         for i, (name_a, sep_a) in enumerate(used):
             for name_b, sep_b in used[i + 1 :]:
-                if sep_a == sep_b and {name_a, name_b} != {"separator_1", "separator_3"}:
+                if sep_a == sep_b and {name_a, name_b} != _MAY_BE_EQUAL:
                     raise ConfigError(
                         f"{name_a} and {name_b} are both {sep_a!r}: separators must all differ, "
                         "except that separator_1 may equal separator_3"
@@ -167,6 +185,29 @@ class BatchSegmentConfig(BaseModel):
         if len(self.segment_fields) > 1 and self.separator_3 is None:
             raise ConfigError("separator_3 is required when the SEG block has more than one field")
         return self
+
+    def _drop_clashing_defaults(self) -> None:
+        """A separator the member did not set takes its default only where that does not clash
+        with one the member set (seed 004, example 3: separator_1 and separator_3 TAB make the
+        default separator_4 TAB unusable); otherwise it stays unset. separator_1 is required
+        and keeps its default, so a clash with it is still reported."""
+        chosen = {n: getattr(self, n) for n in SEPARATOR_NAMES if n in self.model_fields_set}
+        chosen.setdefault("separator_1", self.separator_1)
+        for name in SEPARATOR_NAMES[1:]:
+            if name in chosen:
+                continue
+            default = getattr(self, name)
+            if any(
+                sep == default and {name, other} != _MAY_BE_EQUAL for other, sep in chosen.items()
+            ):
+                # Not an assignment: that would validate the model again; and the field stays
+                # out of model_fields_set, so it is resolved afresh whenever the config is.
+                self.__dict__[name] = None
+
+    def member_settings(self) -> dict[str, Any]:
+        """The fields the member set (what is stored): unset ones keep following the
+        defaults, and a later PUT merges over exactly these."""
+        return self.model_dump(mode="json", exclude_unset=True)
 
     def segment_fields_text(self) -> str:
         """The documented string form, e.g. "[SEG_ID,EXPIRATION]"."""

@@ -313,8 +313,11 @@ def put_config(db: Engine, member_id: int, data: Any, *, merge: bool) -> dict[st
     if not isinstance(data, dict):
         raise syntax("expected a batch_segment_upload_config object")
     base: dict[str, Any] = {}
-    if merge:
-        base = get_config(db, member_id).model_dump(mode="json")
+    if merge:  # a PUT changes the fields it names and keeps the others the member set
+        row = get_config_row(db, member_id)
+        base = json.loads(row["config_json"]) if row is not None else {}
+        if "uses_external_uids" in data:
+            base.pop("use_external_uids", None)
     merged = {**base, **data, "member_id": member_id}
     for bookkeeping in ("id", "created_on", "last_modified"):
         merged.pop(bookkeeping, None)
@@ -322,7 +325,7 @@ def put_config(db: Engine, member_id: int, data: Any, *, merge: bool) -> dict[st
         cfg = load_config(merged)
     except ConfigError as exc:
         raise syntax(str(exc)) from exc
-    text = cfg.model_dump_json()
+    text = json.dumps(cfg.member_settings())
     now = now_s()
     with write_tx(db) as conn:
         exists = conn.execute(
