@@ -90,3 +90,10 @@ ERR_UPLOAD_TIME = "Maximum upload time exceeded"
 # Not documented word for word; same shape.
 ERR_CONCURRENT = "Member exceeds maximum number of concurrent uploads"
 ERR_PENDING = "Member exceeds maximum number of jobs waiting to be processed"
+
+
+class StoreUnavailable(Exception):
+    """The membership store (or a replica it must confirm writes on) cannot be reached.
+
+    Infrastructure, not bad input: start-up reports it in one line, a worker gives the job
+    back to be retried (its replay re-applies the same seqs, so nothing is counted twice)."""

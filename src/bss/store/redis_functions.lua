@@ -1,0 +1,322 @@
+#!lua name=bss_store_v1
+--[[
+The membership store's server side (Redis Functions, Redis >= 7.0). Loaded by
+bss.store.redis_store into every master; see that module for the data layout.
+
+Every function works on ONE bucket: all of its keys share the hash tag {<bucket>}, so each
+call touches one hash slot and runs atomically there. A bucket keeps:
+
+  bss:u{b}<kind>:<key>   hash   segment id -> entry (see `parse`)
+  bss:c{b}               hash   segment id -> live members in the bucket; `_t` the bucket
+                                clock (counts are exact as of it); `_d` entries of deleted
+                                segments dropped since the last purge
+  bss:x{b}               zset   <kind>:<key> -> the user's next event (an entry starts or
+                                expires): the expiry index the sweep walks
+  bss:p{b}               zset   <kind>:<key> of users with expired entries, for `purge`
+  bss:s{b}:<segment>     set    <kind>:<key> of users with an entry (tombstones too)
+  bss:d{b}               hash   segment id -> seq below which the segment is deleted
+
+An entry is <seq as 19 decimal digits><removed 0|1><timestamp>:<expires_at>:<value>. Seqs are
+compared as fixed-width decimal strings: Lua numbers are doubles, exact only below 2**53.
+]]
+
+local function parse(v)
+  local ts, exp, val = string.match(v, "^(%-?%d+):(%-?%d+):(.*)$", 21)
+  return string.sub(v, 1, 19), string.byte(v, 20) == 49, tonumber(ts), tonumber(exp), val
+end
+
+local function live(removed, ts, exp, t)
+  return (not removed) and ts <= t and exp > t
+end
+
+local function user_key(tag, kk)
+  return "bss:u{" .. tag .. "}" .. kk
+end
+
+local function index_key(tag, seg)
+  return "bss:s{" .. tag .. "}:" .. seg
+end
+
+local function add_counts(kc, delta)
+  for seg, d in pairs(delta) do
+    if d ~= 0 then
+      if redis.call("HINCRBY", kc, seg, d) == 0 then
+        redis.call("HDEL", kc, seg)
+      end
+    end
+  end
+end
+
+-- Bring the bucket's counts from its clock forward to `now`: entries that started or
+-- expired in between are counted in or out, and users with expired entries (or lapsed
+-- tombstones) are noted for `purge`. Returns the clock after the sweep (never moves back).
+local function sweep(tag, kc, kx, now)
+  local clock = tonumber(redis.call("HGET", kc, "_t") or "0")
+  if now < clock then
+    return clock
+  end
+  local due = redis.call("ZRANGEBYSCORE", kx, "-inf", now)
+  local delta = {}
+  local kp = "bss:p{" .. tag .. "}"
+  for _, kk in ipairs(due) do
+    local all = redis.call("HGETALL", user_key(tag, kk))
+    local next_event, expired = nil, false
+    for i = 1, #all, 2 do
+      local seg = all[i]
+      local _, removed, ts, exp = parse(all[i + 1])
+      local before, after = live(removed, ts, exp, clock), live(removed, ts, exp, now)
+      if before ~= after then
+        delta[seg] = (delta[seg] or 0) + (after and 1 or -1)
+      end
+      if exp <= now then
+        expired = true
+      else
+        local event = exp
+        if ts > now and ts < event then
+          event = ts
+        end
+        if next_event == nil or event < next_event then
+          next_event = event
+        end
+      end
+    end
+    if next_event == nil then
+      redis.call("ZREM", kx, kk)
+    else
+      redis.call("ZADD", kx, next_event, kk)
+    end
+    if expired then
+      redis.call("ZADD", kp, "NX", now, kk)
+    end
+  end
+  add_counts(kc, delta)
+  redis.call("HSET", kc, "_t", now)
+  return now
+end
+
+local function marker_cache(kd)
+  local cache = {}
+  return function(seg)
+    local m = cache[seg]
+    if m == nil then
+      m = redis.call("HGET", kd, seg) or false
+      cache[seg] = m
+    end
+    return m
+  end
+end
+
+-- redis.call with a long argument list, in slices (Lua's stack holds ~8000 values).
+local function call_sliced(cmd, key, list, step)
+  local out = {}
+  for first = 1, #list, step do
+    local last = math.min(first + step - 1, #list)
+    local reply = redis.call(cmd, key, unpack(list, first, last))
+    if type(reply) == "table" then
+      for _, v in ipairs(reply) do
+        out[#out + 1] = v
+      end
+    end
+  end
+  return out
+end
+
+-- KEYS: counts, expiry index, deletion markers. ARGV: bucket tag, now, rows.
+-- Rows are separated by \30, fields by \31: <kind>:<key>, segment, seq (19 decimal digits),
+-- removed (0|1), timestamp, expires_at, value ("" = none).
+-- The seq rule: an entry only replaces one with a lower seq, and never lands below the
+-- segment's deletion marker. Rows are grouped by user, so that each user costs one HMGET,
+-- one HSET and one ZADD whatever its number of segments. Returns how many entries changed.
+local function apply(keys, args)
+  local kc, kx, kd = keys[1], keys[2], keys[3]
+  local tag = args[1]
+  local clock = sweep(tag, kc, kx, tonumber(args[2]))
+  local marker = marker_cache(kd)
+  local users, order = {}, {}
+  for kk, seg, seq, flag, ts, exp, val in
+    string.gmatch(args[3], "([^\30\31]*)\31([^\30\31]*)\31([^\30\31]*)\31([^\30\31]*)\31([^\30\31]*)\31([^\30\31]*)\31([^\30\31]*)")
+  do
+    local m = marker(seg)
+    if not (m and seq < m) then
+      local u = users[kk]
+      if u == nil then
+        u = { segs = {}, rows = {} }
+        users[kk] = u
+        order[#order + 1] = kk
+      end
+      local cur = u.rows[seg]
+      if cur == nil then
+        u.segs[#u.segs + 1] = seg
+      end
+      if cur == nil or cur[1] < seq then
+        u.rows[seg] = { seq, flag, tonumber(ts), tonumber(exp), val }
+      end
+    end
+  end
+  local delta, written = {}, 0
+  for _, kk in ipairs(order) do
+    local u = users[kk]
+    local ukey = user_key(tag, kk)
+    local olds = call_sliced("HMGET", ukey, u.segs, 4000)
+    local fields, event = {}, nil
+    for i, seg in ipairs(u.segs) do
+      local new, old = u.rows[seg], olds[i]
+      local old_seq, old_removed, old_ts, old_exp
+      if old then
+        old_seq, old_removed, old_ts, old_exp = parse(old)
+      end
+      if not old or old_seq < new[1] then
+        local removed, ts, exp = new[2] == "1", new[3], new[4]
+        fields[#fields + 1] = seg
+        fields[#fields + 1] = new[1] .. new[2] .. ts .. ":" .. exp .. ":" .. new[5]
+        local before = old and live(old_removed, old_ts, old_exp, clock) or false
+        local after = live(removed, ts, exp, clock)
+        if before ~= after then
+          delta[seg] = (delta[seg] or 0) + (after and 1 or -1)
+        end
+        if not old then
+          redis.call("SADD", index_key(tag, seg), kk)
+        end
+        local e = exp
+        if ts > clock and ts < e then
+          e = ts
+        end
+        if event == nil or e < event then
+          event = e
+        end
+      end
+    end
+    if event ~= nil then
+      call_sliced("HSET", ukey, fields, 4000)
+      redis.call("ZADD", kx, "LT", event, kk)
+      written = written + #fields / 2
+    end
+  end
+  add_counts(kc, delta)
+  return written
+end
+
+-- KEYS: counts, expiry index. ARGV: bucket tag, now. The bucket's live counts at `now`
+-- (or at its clock if that is later) as a flat list segment, count, ...
+local function counts(keys, args)
+  sweep(args[1], keys[1], keys[2], tonumber(args[2]))
+  local all = redis.call("HGETALL", keys[1])
+  local out = {}
+  for i = 1, #all, 2 do
+    if string.byte(all[i], 1) ~= 95 then -- "_": the clock and the purge tally
+      out[#out + 1] = all[i]
+      out[#out + 1] = all[i + 1]
+    end
+  end
+  return out
+end
+
+-- KEYS: counts, expiry index. ARGV: bucket tag, now. Sweeps, drops expired entries and
+-- lapsed tombstones, and returns how many entries the bucket dropped (with those of
+-- deleted segments, dropped by delete_segment since the last purge).
+local function purge(keys, args)
+  local kc, tag, now = keys[1], args[1], tonumber(args[2])
+  local clock = sweep(tag, kc, keys[2], now)
+  local kp = "bss:p{" .. tag .. "}"
+  local dropped = tonumber(redis.call("HGET", kc, "_d") or "0")
+  for _, kk in ipairs(redis.call("ZRANGE", kp, 0, -1)) do
+    local ukey = user_key(tag, kk)
+    local all = redis.call("HGETALL", ukey)
+    local pending = false -- expired as of the clock, not yet as of `now` (a clock ahead)
+    for i = 1, #all, 2 do
+      local _, _, _, exp = parse(all[i + 1])
+      if exp <= now then
+        redis.call("HDEL", ukey, all[i])
+        redis.call("SREM", index_key(tag, all[i]), kk)
+        dropped = dropped + 1
+      elseif exp <= clock then
+        pending = true
+      end
+    end
+    if not pending then
+      redis.call("ZREM", kp, kk)
+    end
+  end
+  redis.call("HDEL", kc, "_d")
+  return dropped
+end
+
+-- KEYS: deletion markers. ARGV: bucket tag, then <kind>:<key> of each user. Per user, a
+-- flat list segment, entry, ... without entries hidden by a segment deletion.
+local function read_users(keys, args)
+  local marker = marker_cache(keys[1])
+  local out = {}
+  for i = 2, #args do
+    local all = redis.call("HGETALL", user_key(args[1], args[i]))
+    local kept = {}
+    for j = 1, #all, 2 do
+      local m = marker(all[j])
+      if not (m and string.sub(all[j + 1], 1, 19) < m) then
+        kept[#kept + 1] = all[j]
+        kept[#kept + 1] = all[j + 1]
+      end
+    end
+    out[#out + 1] = kept
+  end
+  return out
+end
+
+-- KEYS: deletion markers. ARGV: bucket tag, segment, cursor. One SSCAN step over the
+-- segment's index: {next cursor, {<kind>:<key>, entry, ...}}.
+local function segment_members(keys, args)
+  local tag, seg = args[1], args[2]
+  local m = redis.call("HGET", keys[1], seg)
+  local step = redis.call("SSCAN", index_key(tag, seg), args[3], "COUNT", 1000)
+  local out = {}
+  for _, kk in ipairs(step[2]) do
+    local v = redis.call("HGET", user_key(tag, kk), seg)
+    if v and not (m and string.sub(v, 1, 19) < m) then
+      out[#out + 1] = kk
+      out[#out + 1] = v
+    end
+  end
+  return { step[1], out }
+end
+
+-- KEYS: counts, deletion markers. ARGV: bucket tag, segment, seq (19 digits), cursor. Raises the
+-- segment's deletion marker to `seq` (hiding older entries at once) and drops one SSCAN
+-- step of the hidden entries from the counts and the index. Returns the next cursor.
+local function delete_segment(keys, args)
+  local kc, kd = keys[1], keys[2]
+  local tag, seg, seq = args[1], args[2], args[3]
+  local m = redis.call("HGET", kd, seg)
+  if not m or m < seq then
+    redis.call("HSET", kd, seg, seq)
+  end
+  local clock = tonumber(redis.call("HGET", kc, "_t") or "0")
+  local ks = index_key(tag, seg)
+  local step = redis.call("SSCAN", ks, args[4], "COUNT", 1000)
+  local counted, dropped = 0, 0
+  for _, kk in ipairs(step[2]) do
+    local ukey = user_key(tag, kk)
+    local v = redis.call("HGET", ukey, seg)
+    if v and string.sub(v, 1, 19) < seq then
+      local _, removed, ts, exp = parse(v)
+      if live(removed, ts, exp, clock) then
+        counted = counted + 1
+      end
+      redis.call("HDEL", ukey, seg)
+      redis.call("SREM", ks, kk)
+      dropped = dropped + 1
+    end
+  end
+  if counted > 0 then
+    add_counts(kc, { [seg] = -counted })
+  end
+  if dropped > 0 then
+    redis.call("HINCRBY", kc, "_d", dropped)
+  end
+  return step[1]
+end
+
+redis.register_function("bss_apply", apply)
+redis.register_function("bss_counts", counts)
+redis.register_function("bss_purge", purge)
+redis.register_function({ function_name = "bss_read_users", callback = read_users, flags = { "no-writes" } })
+redis.register_function({ function_name = "bss_segment_members", callback = segment_members, flags = { "no-writes" } })
+redis.register_function("bss_delete_segment", delete_segment)

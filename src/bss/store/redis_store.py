@@ -1,0 +1,368 @@
+"""The membership store on Redis: a Redis Cluster (`redis+cluster://h:p[,h:p...]`) or one
+server (`redis://h:p/db`), same semantics as the embedded store.
+
+Layout: users are spread over BUCKETS buckets by a stable hash of `<kind>:<key>`; every key
+of a bucket carries the hash tag `{<bucket>}`, so a user's entries, the bucket's member
+counts, its expiry index and its slice of each segment's member index live in one hash slot.
+All logic runs server-side in Redis Functions (redis_functions.lua), one bucket per call,
+atomically: the seq rule, the counts, the indexes. Readers sum the buckets' counts.
+
+A batch is split by bucket, each bucket's rows packed into one argument, and sent to all
+masters at once (one pipeline per master, on threads); each pipeline ends with `WAIT`, so
+a batch only counts as applied once a replica of every master involved holds it. Any error
+(a failover, a moved slot, a lost connection) re-sends the whole batch after refreshing the
+topology: re-applying is harmless under the seq rule. If the cluster does not recover within
+`retry_seconds` the error is raised and the job is retried later, by replaying it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib.resources import files
+from typing import Any
+from urllib.parse import urlsplit
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
+
+from bss.errors import StoreUnavailable
+from bss.store.base import APPLY_SCHEMA, Membership
+
+log = logging.getLogger("bss.store.redis")
+
+#: Users are hashed into this many buckets (one hash slot each). Fixed for the life of the
+#: data: changing it would move users. 1024 slots spread evenly over up to ~100 masters.
+BUCKETS = 1024
+LIBRARY = files("bss.store").joinpath("redis_functions.lua").read_text()
+LIBRARY_NAME = "bss_store_v1"
+ROW_SEP, FIELD_SEP = "\x1e", "\x1f"
+
+_BUCKET_SQL = f"SELECT CAST(md5_number_lower(kk) % {BUCKETS} AS USMALLINT) AS b FROM users"
+SEQ_DIGITS = 19  # int64 seqs as fixed-width decimal text: compared as strings server-side
+
+
+def bucket_of(user_kind: int, user_key: str) -> int:
+    """The bucket of a user: the same hash as _PACK (DuckDB's md5_number_lower)."""
+    digest = hashlib.md5(f"{user_kind}:{user_key}".encode()).digest()
+    return int.from_bytes(digest[8:], "little") % BUCKETS
+
+
+def _keys(bucket: int) -> tuple[str, str, str]:
+    """The bucket's counts, expiry index and deletion markers."""
+    return f"bss:c{{{bucket}}}", f"bss:x{{{bucket}}}", f"bss:d{{{bucket}}}"
+
+
+def _membership(segment: bytes, entry: bytes, now: int) -> Membership | None:
+    """A stored entry as a Membership if it is live at `now`."""
+    ts_text, exp_text, value = entry[SEQ_DIGITS + 1 :].split(b":", 2)
+    ts, exp = int(ts_text), int(exp_text)
+    if entry[SEQ_DIGITS : SEQ_DIGITS + 1] == b"1" or ts > now or exp <= now:
+        return None
+    return Membership(int(segment), int(value) if value else None, ts, exp)
+
+
+class RedisStore:
+    def __init__(
+        self,
+        url: str,
+        *,
+        wait_replicas: int | None = None,
+        wait_timeout_ms: int = 2000,
+        retry_seconds: float = 30.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        parts = urlsplit(url)
+        self.cluster = parts.scheme == "redis+cluster"
+        # A cluster without replicas cannot survive a failover anyway; one server usually
+        # runs alone, so it waits for none unless told otherwise.
+        self.wait_replicas = (1 if self.cluster else 0) if wait_replicas is None else wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self.retry_seconds = retry_seconds
+        self._pack_db = duckdb.connect()
+        self._pack_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="bss-redis")
+        options: dict[str, Any] = {
+            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": 60,
+            "password": parts.password,
+            "username": parts.username,
+        }
+        try:
+            if self.cluster:
+                nodes = [
+                    ClusterNode(host, int(port))
+                    for host, _, port in (
+                        n.rpartition(":") for n in parts.netloc.split("@")[-1].split(",")
+                    )
+                ]
+                self._cluster: RedisCluster | None = RedisCluster(
+                    startup_nodes=nodes, require_full_coverage=True, **options
+                )
+                self._single: redis.Redis | None = None
+            else:
+                self._cluster = None
+                self._single = redis.Redis.from_url(url, **options)
+                self._single.ping()
+            self._load_functions()
+        except (redis.RedisError, RedisClusterException) as exc:
+            raise StoreUnavailable(f"cannot reach the Redis store at {_safe(url)}: {exc}") from exc
+
+    # --- topology ---------------------------------------------------------------------------
+
+    def _masters(self) -> list[redis.Redis]:
+        if self._cluster is None:
+            assert self._single is not None
+            return [self._single]
+        return [
+            node.redis_connection
+            for node in self._cluster.get_primaries()
+            if node.redis_connection is not None
+        ]
+
+    def _route(self, buckets: Sequence[int]) -> dict[redis.Redis, list[int]]:
+        """Buckets grouped by the master that holds their slot."""
+        if self._cluster is None:
+            assert self._single is not None
+            return {self._single: list(buckets)}
+        groups: dict[redis.Redis, list[int]] = defaultdict(list)
+        manager = self._cluster.nodes_manager
+        for bucket in buckets:
+            node = manager.get_node_from_slot(key_slot(f"{{{bucket}}}".encode()))
+            groups[node.redis_connection].append(bucket)
+        return groups
+
+    def _refresh(self) -> None:
+        if self._cluster is not None:
+            try:
+                self._cluster.nodes_manager.initialize()
+            except (redis.RedisError, RedisClusterException):
+                log.warning("cluster topology refresh failed", exc_info=True)
+
+    def _load_functions(self) -> None:
+        for node in self._masters():
+            node.function_load(LIBRARY, replace=True)
+
+    def _on_every_master(
+        self,
+        buckets: Sequence[int],
+        calls: Callable[[Any, int], None],
+        *,
+        wait: bool = False,
+    ) -> dict[int, Any]:
+        """Run `calls(pipeline, bucket)` for every bucket, one pipeline per master, all
+        masters at once; {bucket: reply}. Retried whole (after a topology refresh) on any
+        error until retry_seconds pass: callers only send idempotent calls."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.05
+        while True:
+            try:
+                return self._run_once(buckets, calls, wait=wait)
+            except (redis.RedisError, RedisClusterException, StoreUnavailable) as exc:
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(f"Redis store error: {exc}") from exc
+                log.warning("Redis call failed; retrying after a topology refresh: %s", exc)
+                time.sleep(delay)
+                delay = min(1.0, delay * 2)
+                self._refresh()
+                # A promoted replica has the functions already (they replicate); a master
+                # restarted empty or added by a reshard might not.
+                with contextlib.suppress(redis.RedisError):
+                    self._load_functions()
+
+    def _run_once(
+        self, buckets: Sequence[int], calls: Callable[[Any, int], None], *, wait: bool
+    ) -> dict[int, Any]:
+        groups = self._route(buckets)
+
+        def on_master(node: redis.Redis, node_buckets: list[int]) -> list[Any]:
+            pipe = node.pipeline(transaction=False)
+            for bucket in node_buckets:
+                calls(pipe, bucket)
+            if wait and self.wait_replicas:
+                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            replies = pipe.execute()
+            if wait and self.wait_replicas and replies[-1] < self.wait_replicas:
+                raise StoreUnavailable(
+                    f"{replies[-1]} of {self.wait_replicas} replicas confirmed a write"
+                )
+            return replies
+
+        futures = {
+            self._pool.submit(on_master, node, node_buckets): node_buckets
+            for node, node_buckets in groups.items()
+        }
+        out: dict[int, Any] = {}
+        for future, node_buckets in futures.items():
+            replies = future.result()
+            out.update(zip(node_buckets, replies, strict=False))
+        return out
+
+    # --- the interface ----------------------------------------------------------------------
+
+    def apply(self, batch: pa.Table) -> None:
+        if batch.num_rows == 0:
+            return
+        rows = self._pack(batch.select(APPLY_SCHEMA.names).cast(APPLY_SCHEMA))
+        now = str(int(time.time()))
+
+        def call(pipe: Any, bucket: int) -> None:
+            pipe.execute_command("FCALL", "bss_apply", 3, *_keys(bucket), bucket, now, rows[bucket])
+
+        self._on_every_master(sorted(rows), call, wait=True)
+
+    def _pack(self, batch: pa.Table) -> dict[int, str]:
+        """The batch as {bucket: its rows packed in one string}, built columnar (Arrow)."""
+        kk = pc.binary_join_element_wise(
+            pc.cast(batch["user_kind"], pa.string()), batch["user_key"], ":"
+        )
+        if pc.any(pc.match_substring_regex(batch["user_key"], "[\\x1e\\x1f]")).as_py():
+            raise ValueError("a user key contains a control character (\\x1e or \\x1f)")
+        with self._pack_lock:
+            cur = self._pack_db.cursor()
+            try:
+                cur.register("users", pa.table({"kk": kk}))
+                buckets = cur.execute(_BUCKET_SQL).fetchnumpy()["b"]
+            finally:
+                cur.close()
+
+        def text(name: str) -> pa.ChunkedArray:
+            return pc.cast(batch[name], pa.string())
+
+        rows = pc.binary_join_element_wise(
+            kk,
+            text("segment_id"),
+            pc.utf8_lpad(text("seq"), SEQ_DIGITS, "0"),
+            pc.if_else(batch["removed"], "1", "0"),
+            text("timestamp"),
+            text("expires_at"),
+            pc.fill_null(text("value"), ""),
+            FIELD_SEP,
+        )
+        buckets = np.asarray(buckets, dtype=np.int64)
+        order = np.argsort(buckets, kind="stable")
+        per_bucket = np.bincount(buckets, minlength=BUCKETS)
+        offsets = np.concatenate([[0], np.cumsum(per_bucket)]).astype(np.int32)
+        grouped = pa.ListArray.from_arrays(
+            pa.array(offsets), pa.concat_arrays(rows.take(pa.array(order)).chunks)
+        )
+        packed = pc.binary_join(grouped, ROW_SEP).to_pylist()
+        return {b: packed[b] for b in np.flatnonzero(per_bucket).tolist()}
+
+    def user_segments(self, user_kind: int, user_key: str, now: int) -> list[Membership]:
+        return self.users_segments([(user_kind, user_key)], now)[0]
+
+    def users_segments(self, users: Sequence[tuple[int, str]], now: int) -> list[list[Membership]]:
+        by_bucket: dict[int, list[int]] = defaultdict(list)
+        for i, (kind, key) in enumerate(users):
+            by_bucket[bucket_of(kind, key)].append(i)
+
+        def call(pipe: Any, bucket: int) -> None:
+            kks = [f"{users[i][0]}:{users[i][1]}" for i in by_bucket[bucket]]
+            pipe.execute_command("FCALL_RO", "bss_read_users", 1, _keys(bucket)[2], bucket, *kks)
+
+        replies = self._on_every_master(sorted(by_bucket), call)
+        out: list[list[Membership]] = [[] for _ in users]
+        for bucket, per_user in replies.items():
+            for i, flat in zip(by_bucket[bucket], per_user, strict=True):
+                found = (_membership(flat[j], flat[j + 1], now) for j in range(0, len(flat), 2))
+                out[i] = sorted((m for m in found if m is not None), key=lambda m: m.segment_id)
+        return out
+
+    def segment_member_counts(self, now: int) -> dict[int, int]:
+        def call(pipe: Any, bucket: int) -> None:
+            pipe.execute_command("FCALL", "bss_counts", 2, *_keys(bucket)[:2], bucket, now)
+
+        totals: dict[int, int] = defaultdict(int)
+        for flat in self._on_every_master(range(BUCKETS), call).values():
+            for j in range(0, len(flat), 2):
+                totals[int(flat[j])] += int(flat[j + 1])
+        return {seg: n for seg, n in totals.items() if n > 0}
+
+    def segment_members(self, segment_id: int, now: int) -> Iterator[tuple[int, str, Membership]]:
+        cursors = dict.fromkeys(range(BUCKETS), b"0")
+        while cursors:
+
+            def call(pipe: Any, bucket: int) -> None:
+                pipe.execute_command(
+                    "FCALL_RO",
+                    "bss_segment_members",
+                    1,
+                    _keys(bucket)[2],
+                    bucket,
+                    segment_id,
+                    cursors[bucket],
+                )
+
+            replies = self._on_every_master(sorted(cursors), call)
+            for bucket in sorted(replies):
+                cursor, flat = replies[bucket]
+                for j in range(0, len(flat), 2):
+                    membership = _membership(str(segment_id).encode(), flat[j + 1], now)
+                    if membership is not None:
+                        kind, _, key = flat[j].decode().partition(":")
+                        yield int(kind), key, membership
+                if cursor in (b"0", 0, "0"):
+                    del cursors[bucket]
+                else:
+                    cursors[bucket] = cursor
+
+    def delete_segment(self, segment_id: int, seq: int) -> None:
+        marker = f"{seq:0{SEQ_DIGITS}d}"
+        cursors = dict.fromkeys(range(BUCKETS), b"0")
+        while cursors:
+
+            def call(pipe: Any, bucket: int) -> None:
+                kc, _, kd = _keys(bucket)
+                pipe.execute_command(
+                    "FCALL",
+                    "bss_delete_segment",
+                    2,
+                    kc,
+                    kd,
+                    bucket,
+                    segment_id,
+                    marker,
+                    cursors[bucket],
+                )
+
+            replies = self._on_every_master(sorted(cursors), call, wait=True)
+            for bucket, cursor in replies.items():
+                if cursor in (b"0", 0, "0"):
+                    del cursors[bucket]
+                else:
+                    cursors[bucket] = cursor
+
+    def purge_expired(self, now: int) -> int:
+        def call(pipe: Any, bucket: int) -> None:
+            pipe.execute_command("FCALL", "bss_purge", 2, *_keys(bucket)[:2], bucket, now)
+
+        return sum(int(n) for n in self._on_every_master(range(BUCKETS), call, wait=True).values())
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        if self._cluster is not None:
+            self._cluster.close()
+        if self._single is not None:
+            self._single.close()
+        self._pack_db.close()
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url

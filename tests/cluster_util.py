@@ -1,0 +1,179 @@
+"""Real Redis for the tests: `RedisServer` (one redis-server process on loopback) and
+`RedisClusterProcs` (3 masters + 3 replicas joined by `redis-cli --cluster create`).
+
+Every process runs in its own temporary directory on a free port, without persistence, and
+is killed (SIGKILL: it holds nothing we keep) when the test module ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
+needs_redis = pytest.mark.skipif(
+    REDIS_SERVER is None or REDIS_CLI is None, reason="redis-server / redis-cli not installed"
+)
+
+
+def free_port() -> int:
+    """A free port whose +10000 cluster bus port is free too."""
+    while True:
+        with contextlib.closing(socket.socket()) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port + 10000 >= 65536:
+            continue
+        with contextlib.closing(socket.socket()) as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited:\n{log.read_text(errors='replace')[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"redis-server on {port} did not come up")
+
+
+class RedisServer:
+    """One redis-server process; `cluster=True` starts it in cluster mode."""
+
+    def __init__(self, workdir: Path, *, cluster: bool = False, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dir = workdir / f"redis-{self.port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cluster = cluster
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> RedisServer:
+        args = [
+            str(REDIS_SERVER),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.dir),
+            "--save", "",
+            "--appendonly", "no",
+            "--protected-mode", "no",
+            "--logfile", str(self.dir / "redis.log"),
+        ]  # fmt: skip
+        if self.cluster:
+            args += [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(self.dir / "nodes.conf"),
+                # Short, so that a killed master's replica is promoted within seconds.
+                "--cluster-node-timeout", "1500",
+                "--cluster-replica-validity-factor", "0",
+            ]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port(self.port, self.proc, self.dir / "redis.log")
+        return self
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(
+            [str(REDIS_CLI), "-p", str(self.port), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return out.stdout
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        self.kill9()
+
+
+class RedisClusterProcs:
+    """3 masters + 3 replicas on loopback, created with `redis-cli --cluster create`."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.nodes = [RedisServer(workdir, cluster=True) for _ in range(masters * 2)]
+        self.masters = masters
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(n.addr for n in self.nodes[: self.masters])
+
+    def start(self) -> RedisClusterProcs:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                str(REDIS_CLI),
+                "--cluster",
+                "create",
+                *(n.addr for n in self.nodes),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],  # fmt: skip
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self.wait_ok()
+        return self
+
+    def wait_ok(self, timeout: float = 30) -> None:
+        """Until every live node says cluster_state:ok and every live replica is in sync with
+        its master (writes are only acknowledged once a replica has them)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            live = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+            try:
+                if all("cluster_state:ok" in n.cli("cluster", "info") for n in live) and all(
+                    "role:master" in info or "master_link_status:up" in info
+                    for info in (n.cli("info", "replication") for n in live)
+                ):
+                    return
+            except subprocess.SubprocessError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    def master_of(self, key: str) -> RedisServer:
+        """The node currently serving `key`'s slot as master."""
+        slot = int(self.nodes[0].cli("cluster", "keyslot", key).strip())
+        for node in self.nodes:
+            if node.proc is None or node.proc.poll() is not None:
+                continue
+            if "role:master" not in node.cli("info", "replication"):
+                continue
+            for line in node.cli("cluster", "nodes").splitlines():
+                fields = line.split()
+                if "myself" not in fields[2]:
+                    continue
+                for part in fields[8:]:
+                    low, _, high = part.partition("-")
+                    if low.isdigit() and int(low) <= slot <= int(high or low):
+                        return node
+        raise RuntimeError(f"no master serves slot {slot}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
