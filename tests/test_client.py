@@ -53,6 +53,8 @@ def _cli(server, *args: str) -> subprocess.CompletedProcess[str]:
         "BSS_USERNAME": "client31",
         "BSS_PASSWORD": "password-123",
         "BSS_URL": server.url,
+        # where the commands keep their token: not the real user's config dir
+        "XDG_CONFIG_HOME": str(server.data_dir.parent / "config"),
     }
     return subprocess.run([str(BSS), *args], env=env, capture_output=True, text=True, timeout=120)
 
@@ -60,9 +62,9 @@ def _cli(server, *args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_upload_status_jobs(server, setup, tmp_path):
     path = tmp_path / "f.txt"
     path.write_bytes(legacy([f"{7000 + i},{setup}:0" for i in range(10)] + ["junk"]))
-    out = _cli(server, "upload", str(path), "--member-id", "31", "--poll", "0.2")
+    out = _cli(server, "upload", str(path), "--member-id", "31", "--poll", "0.2", "--json")
     assert out.returncode == 0, out.stderr
-    job = json.loads(out.stdout[out.stdout.index("{") :])
+    job = json.loads(out.stdout)
     assert job["phase"] == "completed" and job["num_valid"] == 10 and job["num_invalid_format"] == 1
     out = _cli(server, "status", job["job_id"], "--member-id", "31")
     assert out.returncode == 0 and json.loads(out.stdout)["job_id"] == job["job_id"]
@@ -73,9 +75,9 @@ def test_cli_upload_status_jobs(server, setup, tmp_path):
 def test_cli_upload_exits_nonzero_on_error(server, setup, tmp_path):
     path = tmp_path / "bad.bz2"
     path.write_bytes(b"BZh91AY&SY" + b"\0" * 64)
-    out = _cli(server, "upload", str(path), "--member-id", "31", "--poll", "0.2")
+    out = _cli(server, "upload", str(path), "--member-id", "31", "--poll", "0.2", "--json")
     assert out.returncode == 1
-    assert '"phase": "error"' in out.stdout
+    assert json.loads(out.stdout)["phase"] == "error"
     out = _cli(server, "status", "x" * 40, "--member-id", "31")
     assert out.returncode == 1 and "NOTFOUND" in out.stderr
 

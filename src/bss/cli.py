@@ -9,7 +9,26 @@ from pathlib import Path
 
 import typer
 
+from bss.admin import register as register_client_commands
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Batch Segment Service.")
+
+
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        typer.echo(f"bss {version('bss')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _show_version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Batch Segment Service: `bss serve` runs it; the other commands talk to it or check files."""
 
 
 @app.command()
@@ -148,123 +167,8 @@ def worker(
     run_worker(_settings(data_dir=data_dir, workers=workers))
 
 
-_URL = typer.Option("http://127.0.0.1:8080", "--url", envvar="BSS_URL", help="Service base URL.")
-_USER = typer.Option(..., "--username", envvar="BSS_USERNAME", help="Login (or BSS_USERNAME).")
-_PASS = typer.Option(..., "--password", envvar="BSS_PASSWORD", help="Password (or BSS_PASSWORD).")
-_MEMBER = typer.Option(..., "--member-id", help="The member the job belongs to.")
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(1)
-
-
-@app.command()
-def upload(
-    file: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, help="Segment file (gzip or plain, legacy or Avro)."
-    ),
-    member_id: int = _MEMBER,
-    url: str = _URL,
-    username: str = _USER,
-    password: str = _PASS,
-    poll: float = typer.Option(1.0, "--poll", help="Seconds between status checks."),
-) -> None:
-    """Upload a file, follow the job until completed or error, print the job as JSON."""
-    import httpx
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-    from bss.client import BssClient, BssError
-
-    try:
-        with BssClient(url, username, password) as client:
-            job = client.create_job(member_id)
-            size = file.stat().st_size
-            with Progress(
-                "[progress.description]{task.description}",
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                transient=False,
-            ) as bar:
-                up = bar.add_task("uploading", total=size)
-                client.upload(job["upload_url"], file, progress=lambda n: bar.advance(up, n))
-                work = bar.add_task("processing", total=100)
-
-                def on_update(j: dict) -> None:
-                    bar.update(
-                        work, completed=j.get("percent_complete") or 0, description=j["phase"]
-                    )
-
-                final = client.wait(member_id, job["job_id"], poll=poll, on_update=on_update)
-    except (BssError, httpx.HTTPError) as exc:
-        raise _fail(exc) from exc
-    json.dump(final, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    if final["phase"] != "completed":
-        raise typer.Exit(1)
-
-
-@app.command()
-def status(
-    job_id: str = typer.Argument(..., help="The job_id (40 characters)."),
-    member_id: int = _MEMBER,
-    url: str = _URL,
-    username: str = _USER,
-    password: str = _PASS,
-) -> None:
-    """Print one job as JSON."""
-    import httpx
-
-    from bss.client import BssClient, BssError
-
-    try:
-        with BssClient(url, username, password) as client:
-            job = client.get_job(member_id, job_id)
-    except (BssError, httpx.HTTPError) as exc:
-        raise _fail(exc) from exc
-    json.dump(job, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-
-
-@app.command()
-def jobs(
-    member_id: int = _MEMBER,
-    url: str = _URL,
-    username: str = _USER,
-    password: str = _PASS,
-    start_element: int = typer.Option(0, "--start-element"),
-    num_elements: int = typer.Option(100, "--num-elements"),
-    sort: str | None = typer.Option(None, "--sort", help="e.g. last_modified.desc"),
-) -> None:
-    """List the member's jobs of the last 30 days as a table."""
-    import httpx
-    from rich.console import Console
-    from rich.table import Table
-
-    from bss.client import BssClient, BssError
-
-    try:
-        with BssClient(url, username, password) as client:
-            body = client.list_jobs(
-                member_id, start_element=start_element, num_elements=num_elements, sort=sort
-            )
-    except (BssError, httpx.HTTPError) as exc:
-        raise _fail(exc) from exc
-    table = Table(title=f"jobs of member {member_id} ({body['count']} total)")
-    for col in ("id", "job_id", "phase", "percent", "num_valid", "error_code", "last_modified"):
-        table.add_column(col, no_wrap=col in ("job_id", "last_modified"))
-    for j in body["batch_segment_upload_job"]:
-        table.add_row(
-            str(j["id"]),
-            j["job_id"],
-            j["phase"],
-            str(j["percent_complete"]),
-            str(j["num_valid"]),
-            str(j["error_code"] or ""),
-            j["last_modified"],
-        )
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+# login, member, user, segment, config, upload, status, jobs: clients of a running service.
+register_client_commands(app)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import threading
 import time
@@ -19,6 +20,7 @@ from bss.errors import BssError, noauth, notfound, syntax
 from bss.settings import Settings
 
 USER_TYPES = ("admin", "member", "data_provider")
+log = logging.getLogger("bss.accounts")
 _hasher = PasswordHasher()
 
 
@@ -50,25 +52,50 @@ def _token_hash(token: str) -> str:
 
 
 def ensure_admin(db: Engine, settings: Settings) -> None:
-    """First start: create the admin named by BSS_ADMIN_USERNAME / BSS_ADMIN_PASSWORD."""
-    if not (settings.admin_username and settings.admin_password):
+    """First start: create the admin named by BSS_ADMIN_USERNAME / BSS_ADMIN_PASSWORD. Every
+    start says what it did with them: a service nobody can log in to says how to fix that, and
+    a changed password for an existing admin is reported as ignored (the stored one, perhaps
+    changed through the API since, stays; `bss user update` changes it)."""
+    username, password = settings.admin_username, settings.admin_password
+    if not (username and password):
+        with db.connect() as conn:
+            has_users = conn.execute(select(users.c.id).limit(1)).first() is not None
+        if bool(username) != bool(password):
+            log.warning("BSS_ADMIN_USERNAME and BSS_ADMIN_PASSWORD must be set together; ignored")
+        if not has_users:
+            log.warning(
+                "no users yet, so nobody can log in: restart with BSS_ADMIN_USERNAME=admin and "
+                "BSS_ADMIN_PASSWORD=<a password of at least 8 characters> to create the first admin"
+            )
         return
     with write_tx(db) as conn:
-        exists = conn.execute(
-            select(users.c.id).where(users.c.username == settings.admin_username)
-        ).first()
-        if exists:
-            return
-        now = now_s()
-        conn.execute(
-            insert(users).values(
-                username=settings.admin_username,
-                password_hash=hash_password(settings.admin_password),
-                user_type="admin",
-                member_id=None,
-                created_on=now,
-                last_modified=now,
+        existing = (
+            conn.execute(
+                select(users.c.id, users.c.password_hash).where(users.c.username == username)
             )
+            .mappings()
+            .first()
+        )
+        if existing is None:
+            now = now_s()
+            conn.execute(
+                insert(users).values(
+                    username=username,
+                    password_hash=hash_password(password),
+                    user_type="admin",
+                    member_id=None,
+                    created_on=now,
+                    last_modified=now,
+                )
+            )
+    if existing is None:
+        log.info("created the admin user from BSS_ADMIN_USERNAME", extra={"username": username})
+    elif not verify_password(existing["password_hash"], password):
+        log.warning(
+            "BSS_ADMIN_PASSWORD differs from the stored password of this user and was ignored "
+            "(it only sets the first password); change it with "
+            f"`bss user update {existing['id']} --new-password ...` or PUT /user?id={existing['id']}",
+            extra={"username": username},
         )
 
 

@@ -32,14 +32,27 @@ class BssError(Exception):
 
 
 class BssClient:
+    """Log in with a username and password, or reuse a `token` from an earlier login.
+
+    `on_token` is called with every new token (the CLI keeps it in a file). With only a token,
+    an expired one is an error (NOAUTH); with credentials the client logs in again once."""
+
     def __init__(
-        self, base_url: str, username: str, password: str, *, timeout: float = 60.0
+        self,
+        base_url: str,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        token: str | None = None,
+        on_token: Callable[[str], None] | None = None,
+        timeout: float = 60.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.username = username
         self.password = password
         self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
-        self.token: str | None = None
+        self.token: str | None = token
+        self.on_token = on_token
 
     def close(self) -> None:
         self.http.close()
@@ -62,15 +75,29 @@ class BssClient:
             raise BssError(resp.status_code, body)
         return body
 
+    @property
+    def can_login(self) -> bool:
+        return self.username is not None and self.password is not None
+
     def login(self) -> str:
+        if not self.can_login:
+            raise BssError(401, {"error_id": "NOAUTH", "error": "no token and no credentials"})
         resp = self.http.post(
             "/auth", json={"auth": {"username": self.username, "password": self.password}}
         )
         self.token = self._unwrap(resp)["token"]
+        if self.on_token is not None:
+            self.on_token(self.token)
         return self.token
 
+    def logout(self) -> None:
+        if self.token is not None:
+            self.request("DELETE", "/auth")
+            self.token = None
+
     def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        """Send with the token; log in again once when the service answers NOAUTH."""
+        """Send with the token; log in again once when the service answers NOAUTH (and the
+        client has credentials); wait once for Retry-After on 429 RATE_EXCEEDED."""
         if self.token is None:
             self.login()
         for attempt in (0, 1):
@@ -79,7 +106,7 @@ class BssClient:
             try:
                 return self._unwrap(resp)
             except BssError as exc:
-                if exc.error_id == "NOAUTH" and attempt == 0:
+                if exc.error_id == "NOAUTH" and attempt == 0 and self.can_login:
                     self.login()
                     continue
                 if resp.status_code == 429 and exc.error_code == "RATE_EXCEEDED" and attempt == 0:
@@ -95,8 +122,12 @@ class BssClient:
     # --- jobs -------------------------------------------------------------------------------
 
     def create_job(self, member_id: int) -> dict[str, Any]:
+        """The new job; `max_file_bytes` in it is the service's per-file limit (when it says)."""
         body = self.request("POST", "/batch-segment", params={"member_id": member_id})
-        return self._one(body["batch_segment_upload_job"])
+        job = self._one(body["batch_segment_upload_job"])
+        if "max_file_bytes" in body:
+            job = {**job, "max_file_bytes": body["max_file_bytes"]}
+        return job
 
     def upload(
         self, upload_url: str, path: Path, *, progress: Callable[[int], None] | None = None
@@ -206,6 +237,101 @@ class BssClient:
         if resp.status_code != 200:
             self._unwrap(resp)
         return resp.text
+
+    # --- administration: members, users, segments, configs -----------------------------------
+
+    def list_members(self) -> list[dict[str, Any]]:
+        body = self.request("GET", "/member")  # a member user gets its own member only
+        return body["members"] if "members" in body else [body["member"]]
+
+    def get_member(self, member_id: int) -> dict[str, Any]:
+        return self.request("GET", "/member", params={"id": member_id})["member"]
+
+    def create_member(self, fields: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/member", json={"member": fields})["member"]
+
+    def update_member(self, member_id: int, fields: dict[str, Any]) -> dict[str, Any]:
+        body = self.request("PUT", "/member", params={"id": member_id}, json={"member": fields})
+        return body["member"]
+
+    def delete_member(self, member_id: int) -> None:
+        self.request("DELETE", "/member", params={"id": member_id})
+
+    def list_users(self, member_id: int | None = None) -> list[dict[str, Any]]:
+        params = {} if member_id is None else {"member_id": member_id}
+        body = self.request("GET", "/user", params=params)  # a member user gets itself only
+        return body["users"] if "users" in body else [body["user"]]
+
+    def get_user(self, user_id: int) -> dict[str, Any]:
+        return self.request("GET", "/user", params={"id": user_id})["user"]
+
+    def create_user(self, fields: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/user", json={"user": fields})["user"]
+
+    def update_user(self, user_id: int, fields: dict[str, Any]) -> dict[str, Any]:
+        return self.request("PUT", "/user", params={"id": user_id}, json={"user": fields})["user"]
+
+    def delete_user(self, user_id: int) -> None:
+        self.request("DELETE", "/user", params={"id": user_id})
+
+    def list_segments(
+        self, member_id: int | None = None, *, search: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every segment (all pages) of a member, or of all members for an admin."""
+        params: dict[str, Any] = {"num_elements": 100}
+        if member_id is not None:
+            params["member_id"] = member_id
+        if search:
+            params["search"] = search
+        found: list[dict[str, Any]] = []
+        while True:
+            body = self.request("GET", "/segment", params={**params, "start_element": len(found)})
+            found.extend(body["segments"])
+            if not body["segments"] or len(found) >= body["count"]:
+                return found
+
+    def get_segment(self, segment_id: int) -> dict[str, Any]:
+        return self.request("GET", "/segment", params={"id": segment_id})["segment"]
+
+    def create_segment(self, member_id: int, fields: dict[str, Any]) -> dict[str, Any]:
+        body = self.request(
+            "POST", "/segment", params={"member_id": member_id}, json={"segment": fields}
+        )
+        return body["segment"]
+
+    def create_segments(self, member_id: int, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Up to 1000 segments at once, all or nothing (`id` keeps an existing segment id)."""
+        body = self.request(
+            "POST", "/segment", params={"member_id": member_id}, json={"segments": items}
+        )
+        return body["segments"]
+
+    def update_segment(self, segment_id: int, fields: dict[str, Any]) -> dict[str, Any]:
+        body = self.request("PUT", "/segment", params={"id": segment_id}, json={"segment": fields})
+        return body["segment"]
+
+    def delete_segment(self, segment_id: int) -> None:
+        self.request("DELETE", "/segment", params={"id": segment_id})
+
+    def get_config(self, member_id: int) -> dict[str, Any]:
+        body = self.request("GET", "/batch-segment-config", params={"member_id": member_id})
+        return body["batch_segment_upload_config"]
+
+    def set_config(
+        self, member_id: int, fields: dict[str, Any], *, merge: bool = False
+    ) -> dict[str, Any]:
+        """POST (replace: unnamed fields take their defaults) or, with `merge`, PUT (change
+        the named fields, keep the others)."""
+        body = self.request(
+            "PUT" if merge else "POST",
+            "/batch-segment-config",
+            params={"member_id": member_id},
+            json={"batch_segment_upload_config": fields},
+        )
+        return body["batch_segment_upload_config"]
+
+    def delete_config(self, member_id: int) -> None:
+        self.request("DELETE", "/batch-segment-config", params={"member_id": member_id})
 
     # --- lookups ----------------------------------------------------------------------------
 

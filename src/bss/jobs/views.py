@@ -66,7 +66,16 @@ def post_job(request: Request, p: Principal = Depends(principal)) -> Any:
         raise notfound(f"member {member_id} not found")
     job = svc.create_job(member_id, _base_url(request))  # type: ignore[arg-type]
     log.info("job created", extra={"job_id": job["job_id"], "member_id": member_id})
-    return ok(NAME, _payload(p, job), id=job["id"], count=1, start_element=0, num_elements=100)
+    return ok(
+        NAME,
+        _payload(p, job),
+        id=job["id"],
+        count=1,
+        start_element=0,
+        num_elements=100,
+        # extra: lets a client check a file's size before sending it
+        max_file_bytes=request.app.state.settings.max_file_bytes,
+    )
 
 
 @router.get(

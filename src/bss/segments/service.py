@@ -344,3 +344,13 @@ def put_config(db: Engine, member_id: int, data: Any, *, merge: bool) -> dict[st
                 )
             )
     return config_out(cfg, member_id, get_config_row(db, member_id))
+
+
+def delete_config(db: Engine, member_id: int) -> None:
+    """Drop the member's config: it gets the documented defaults again."""
+    with write_tx(db) as conn:
+        deleted = conn.execute(
+            delete(batch_segment_configs).where(batch_segment_configs.c.member_id == member_id)
+        ).rowcount
+    if deleted == 0:
+        raise notfound(f"member {member_id} has no config of its own (it uses the defaults)")

@@ -225,3 +225,15 @@ async def post_config(request: Request, p: Principal = Depends(principal)) -> An
 )
 async def put_config(request: Request, p: Principal = Depends(principal)) -> Any:
     return await _put(request, p, merge=True)
+
+
+@router.delete(
+    "/batch-segment-config",
+    tags=["batch-segment-config"],
+    summary="Drop a member's config: back to the defaults (admin)",
+)
+def delete_config(request: Request, p: Principal = Depends(principal)) -> Any:
+    require_admin(p)
+    member_id = member_scope(p, request.query_params.get("member_id"))
+    service.delete_config(request.app.state.db, member_id)  # type: ignore[arg-type]
+    return ok(None)
