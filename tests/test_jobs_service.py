@@ -119,19 +119,29 @@ def test_url_expiry_is_persisted(tmp_path):
 
 
 def test_upload_left_by_a_dead_server_is_failed(tmp_path):
-    from bss.jobs.service import UPLOAD_STALE_SECONDS
+    from bss.leases import PROCESS_PREFIX, acquire, release
 
     svc = _service(tmp_path)
+    acquire(svc.db, PROCESS_PREFIX + "receiver-a", "receiver-a", 60)
     job = svc.create_job(1, "http://x")
     row = svc.job_row(job["job_id"])
-    assert svc.begin_upload(row, 1)
-    assert svc.fail_stale_uploads() == 0  # alive
-    assert svc.fail_stale_uploads(now_s() + UPLOAD_STALE_SECONDS + 1) == 1
+    assert svc.begin_upload(row, 1, "receiver-a")
+    svc.part_path(job["job_id"]).write_bytes(b"1,1:0\n")
+    assert svc.fail_orphaned_uploads() == []  # its process is alive
+    release(svc.db, [PROCESS_PREFIX + "receiver-a"], "receiver-a")
+    assert svc.fail_orphaned_uploads() == [job["job_id"]]
     dead = svc.get_job(job["job_id"])
     assert dead["phase"] == "error" and dead["error_code"] == "uploading-error"
+    assert not svc.part_path(job["job_id"]).exists()
+    # the late end of that upload cannot bring the job back
+    part = svc.part_path(job["job_id"])
+    part.write_bytes(b"1,1:0\n")
+    assert not svc.finish_upload(row["id"], part, 6, 1, "receiver-a")
+    assert svc.get_job(job["job_id"])["phase"] == "error"
+    assert not (tmp_path / "uploads" / job["job_id"]).exists()
     # the member may upload again
     nxt = svc.create_job(1, "http://x")
-    assert svc.begin_upload(svc.job_row(nxt["job_id"]), 1)
+    assert svc.begin_upload(svc.job_row(nxt["job_id"]), 1, "receiver-b")
 
 
 def test_one_unused_url_under_concurrent_creates_on_sqlite(tmp_path):

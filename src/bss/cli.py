@@ -141,7 +141,16 @@ def serve(
         help="Base of upload URLs handed to clients (default: the request's base URL).",
     ),
     workers: int | None = typer.Option(
-        None, "--workers", help="Worker threads processing jobs (BSS_WORKERS)."
+        None, "--workers", help="Worker threads processing jobs, per process (BSS_WORKERS)."
+    ),
+    processes: int | None = typer.Option(
+        None,
+        "--processes",
+        min=1,
+        help="API processes sharing the port (BSS_PROCESSES); limits stay shared.",
+    ),
+    fd: int | None = typer.Option(
+        None, "--fd", hidden=True, help="Listening socket handed down by --processes."
     ),
 ) -> None:
     """Run the HTTP API with its workers and retention sweeps (nothing else to start)."""
@@ -149,7 +158,10 @@ def serve(
     from bss.api.server import serve as run
 
     configure_logging()
-    run(_settings(data_dir=data_dir, public_url=public_url, workers=workers), host, port)
+    settings = _settings(
+        data_dir=data_dir, public_url=public_url, workers=workers, processes=processes
+    )
+    run(settings, host, port, fd=fd)
 
 
 @app.command()
@@ -159,7 +171,7 @@ def worker(
     ),
     workers: int | None = typer.Option(None, "--workers", help="Worker threads (BSS_WORKERS)."),
 ) -> None:
-    """Process queued jobs only (no HTTP). The embedded store admits one process: while `bss serve` holds it, use BSS_WORKERS there instead."""
+    """Process queued jobs only (no HTTP), beside `bss serve` on the same data dir / database."""
     from bss.api.logs import configure_logging
     from bss.api.server import run_worker
 

@@ -33,6 +33,8 @@ TABLE_MODULES = (
     "bss.segments.models",
     "bss.jobs.models",
     "bss.passive.models",
+    "bss.ratelimit",
+    "bss.leases",
 )
 
 

@@ -10,6 +10,7 @@ import os
 from functools import cached_property
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MAX_FILE_BYTES = 536_870_912  # 0.5 GB, the documented file limit
@@ -28,11 +29,32 @@ class Settings(BaseSettings):
     token_ttl_seconds: int = 7200
     logins_per_window: int = 10
     login_window_seconds: int = 300
+    login_failures_per_client: int = Field(
+        20,
+        description="Failed password checks per user and client address per login window; "
+        "past it, that address gets 429 for that user until the window ends.",
+    )
+    login_failures_per_user: int = Field(
+        500,
+        description="Failed password checks per user from all addresses per login window: "
+        "a ceiling far above the per-address one, so a spread-out guesser is stopped too but "
+        "one address cannot lock a user out.",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated addresses or networks (CIDR) of reverse proxies whose "
+        "X-Forwarded-For is believed for the client address; empty: the peer address is used.",
+    )
     upload_url_ttl_seconds: int = 300
     max_file_bytes: int = MAX_FILE_BYTES
     #: Decompressed bytes a file may expand to (gzip bomb guard): 10 x the file limit.
     max_decompressed_bytes: int = 10 * MAX_FILE_BYTES
     max_upload_seconds: int = 5400
+    upload_idle_seconds: int = Field(
+        60,
+        description="An upload that sends no bytes for this long is failed and its connection "
+        "closed (a stalled client cannot hold a concurrent-upload slot).",
+    )
     max_pending_jobs: int = 200
     requests_per_minute: int = 1000
     history_days: int = 30
@@ -44,6 +66,17 @@ class Settings(BaseSettings):
     #: A worker that has not renewed its claim on a job for this long is presumed dead.
     job_lease_seconds: int = 60
     sweep_seconds: int = 3600
+    processes: int = Field(
+        1,
+        description="API processes `bss serve` runs on its one port (each with BSS_WORKERS "
+        "worker threads); limits, throttles and upload slots are shared through the database.",
+    )
+    lease_seconds: float = Field(
+        15,
+        description="Term of a process's leases in the database (its liveness, and the sweeper "
+        "and passive-scanner roles, which one process per machine holds), renewed every third "
+        "of it. Uploads into a process whose lease lapsed are failed.",
+    )
 
     #: Passive upload: S3-compatible endpoint (unset: AWS itself), regions scanned, cadence.
     s3_endpoint_url: str | None = None

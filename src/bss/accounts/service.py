@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +15,7 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from bss.accounts.models import logins, members, tokens, users
 from bss.db import bounded_int, fmt_ts, now_s, write_tx
 from bss.errors import BssError, noauth, notfound, syntax
+from bss.ratelimit import RateLimiter
 from bss.settings import Settings
 
 USER_TYPES = ("admin", "member", "data_provider")
@@ -99,46 +98,47 @@ def ensure_admin(db: Engine, settings: Settings) -> None:
         )
 
 
-class _FailedLogins:
-    """Failed password checks per username (per process): slows down password guessing."""
+def _failure_limits(settings: Settings, username: str, client: str) -> list[tuple[str, int]]:
+    """Failed-password counters: per user and client address (stops one guesser without
+    locking the user out for everyone else) and per user (a far higher ceiling, against
+    guessing spread over many addresses)."""
+    return [
+        (f"login-failures:{username}@{client}", settings.login_failures_per_client),
+        (f"login-failures:{username}", settings.login_failures_per_user),
+    ]
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._seen: dict[str, list[float]] = {}
 
-    def check(self, username: str, window: int, limit: int) -> None:
-        now = time.monotonic()
-        with self._lock:
-            recent = [t for t in self._seen.get(username, []) if now - t < window]
-            self._seen[username] = recent
-        if len(recent) >= limit:
+def login(
+    db: Engine,
+    settings: Settings,
+    username: str,
+    password: str,
+    *,
+    limiter: RateLimiter,
+    client: str,
+) -> str:
+    # Every attempt is counted as a failure before the password is checked and refunded when
+    # it succeeds: concurrent guesses, in however many processes, cannot slip past the limit.
+    window = settings.login_window_seconds
+    counted: list[tuple[str, int]] = []
+    for key, limit in _failure_limits(settings, username[:200], client):
+        verdict = limiter.hit(key, limit, window)
+        counted.append((key, limit))
+        if not verdict.allowed:
+            _refund(limiter, counted, window)  # a refused attempt checked no password
             raise BssError(
                 "UNAUTH",
-                f"Too many failed logins for this user; try again in {window // 60} minutes",
+                "Too many failed logins for this user from this address; try again in "
+                f"{verdict.retry_after} seconds",
                 http_status=429,
                 error_code="LOGIN_RATE_EXCEEDED",
-                headers={"Retry-After": str(window)},
+                headers={"Retry-After": str(verdict.retry_after)},
             )
-
-    def add(self, username: str) -> None:
-        with self._lock:
-            if len(self._seen) > 100_000:
-                self._seen.clear()
-            self._seen.setdefault(username, []).append(time.monotonic())
-
-
-FAILED_LOGINS = _FailedLogins()
-#: Failed password checks tolerated per username per login window.
-MAX_FAILED_LOGINS = 20
-
-
-def login(db: Engine, settings: Settings, username: str, password: str) -> str:
-    FAILED_LOGINS.check(username, settings.login_window_seconds, MAX_FAILED_LOGINS)
     with db.connect() as conn:
         row = conn.execute(select(users).where(users.c.username == username)).mappings().first()
     if row is None or not verify_password(row["password_hash"], password):
-        FAILED_LOGINS.add(username)
         raise BssError("UNAUTH", "No match found for user/pass", http_status=401)
+    _refund(limiter, counted, window)
     now = now_s()
     with db.connect() as conn:  # read outside the write transaction (see write_tx)
         recent = conn.execute(
@@ -166,6 +166,11 @@ def login(db: Engine, settings: Settings, username: str, password: str) -> str:
             )
         )
     return token
+
+
+def _refund(limiter: RateLimiter, counted: list[tuple[str, int]], window: int) -> None:
+    for key, limit in counted:
+        limiter.hit(key, limit, window, cost=-1)
 
 
 def principal_for_token(db: Engine, token: str | None) -> Principal:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -12,6 +13,7 @@ from bss.accounts.service import Principal
 from bss.api.deps import (
     TOKEN_COOKIE,
     body_doc,
+    client_address,
     int_param,
     json_body,
     principal,
@@ -78,7 +80,15 @@ async def post_auth(request: Request) -> Any:
         raise syntax('expected {"auth": {"username": "...", "password": "..."}}')
     settings = request.app.state.settings
     token = await run_in_threadpool(
-        service.login, request.app.state.db, settings, auth["username"], auth["password"]
+        partial(
+            service.login,
+            request.app.state.db,
+            settings,
+            auth["username"],
+            auth["password"],
+            limiter=request.app.state.limiter,
+            client=client_address(request),
+        )
     )
     resp = ok("token", token)
     resp.set_cookie(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,7 +15,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bss.accounts.service import ensure_admin
 from bss.accounts.views import router as accounts_router
-from bss.api.deps import RateLimiter
 from bss.api.envelope import error_response
 from bss.api.lookup import router as lookup_router
 from bss.db import init_db, make_engine
@@ -22,7 +22,9 @@ from bss.errors import BssError
 from bss.jobs.service import JobService
 from bss.jobs.views import router as jobs_router
 from bss.jobs.worker import StoreHandle
+from bss.leases import new_process_id
 from bss.metrics import COUNTERS, render
+from bss.ratelimit import DatabaseRateLimiter
 from bss.segments.views import router as segments_router
 from bss.settings import Settings
 
@@ -73,12 +75,28 @@ class AccessLog:
             )
 
 
+def trusted_networks(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """BSS_TRUSTED_PROXIES -> networks; a wrong entry stops start-up with one clear line."""
+    out = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            out.append(ip_network(entry, strict=False))
+        except ValueError as exc:
+            raise SystemExit(
+                f"BSS_TRUSTED_PROXIES: {entry!r} is not an address or network (CIDR)"
+            ) from exc
+    return tuple(out)
+
+
 def create_app(
     settings: Settings,
     *,
     db: Engine | None = None,
     stores: StoreHandle | None = None,
+    process_id: str | None = None,
 ) -> FastAPI:
+    """The API; `process_id` names this process in the leases table (uploads it receives are
+    failed once its lease lapses)."""
     settings.make_data_dir()
     if db is None:
         db = make_engine(settings.resolved_database_url)
@@ -93,7 +111,9 @@ def create_app(
     app.state.db = db
     app.state.jobs = JobService(db, settings)
     app.state.stores = stores or StoreHandle(settings.resolved_store_url)
-    app.state.limiter = RateLimiter(settings.requests_per_minute)
+    app.state.limiter = DatabaseRateLimiter(db)
+    app.state.trusted_proxies = trusted_networks(settings.trusted_proxies)
+    app.state.process_id = process_id or new_process_id()
 
     @app.exception_handler(BssError)
     async def _api_error(_request: Request, exc: BssError) -> Any:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-import time
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
 from fastapi import Request
@@ -32,10 +31,11 @@ def principal(request: Request) -> Principal:
     found = principal_for_token(request.app.state.db, token_of(request))
     request.state.principal = found
     if found.member_id is not None:
-        request.app.state.limiter.hit(f"member:{found.member_id}")
+        count_request(request, f"member:{found.member_id}")
     else:
-        member = request.query_params.get("member_id")
-        request.app.state.limiter.hit(f"member:{member}" if member else f"user:{found.user_id}")
+        member = request.query_params.get("member_id") or ""
+        known = member.isdigit() and len(member) <= 10  # never a key made of arbitrary text
+        count_request(request, f"member:{int(member)}" if known else f"user:{found.user_id}")
     return found
 
 
@@ -66,36 +66,49 @@ def can_touch(p: Principal, member_id: int) -> bool:
     return p.is_admin or p.member_id == member_id
 
 
-class RateLimiter:
-    """Fixed one-minute windows per key (per process): HTTP 429 + Retry-After when over."""
+def count_request(request: Request, member_key: str) -> None:
+    """Count a request against a member's (or user's) budget, shared by every API process:
+    HTTP 429 + Retry-After when over BSS_REQUESTS_PER_MINUTE."""
+    per_minute = request.app.state.settings.requests_per_minute
+    if per_minute <= 0:
+        return
+    verdict = request.app.state.limiter.hit(member_key, per_minute, 60)
+    if not verdict.allowed:
+        raise BssError(
+            "SYSTEM",
+            f"Too many requests: at most {per_minute} per minute per member",
+            http_status=429,
+            error_code="RATE_EXCEEDED",
+            headers={"Retry-After": str(verdict.retry_after)},
+        )
 
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self._lock = threading.Lock()
-        self._windows: dict[str, tuple[int, int]] = {}
 
-    def hit(self, key: str) -> None:
-        if self.per_minute <= 0:
-            return
-        now = time.time()
-        window = int(now // 60)
-        with self._lock:
-            start, count = self._windows.get(key, (window, 0))
-            if start != window:
-                start, count = window, 0
-            count += 1
-            self._windows[key] = (start, count)
-            if len(self._windows) > 10_000:
-                self._windows = {k: v for k, v in self._windows.items() if v[0] == window}
-        if count > self.per_minute:
-            retry = max(1, int((window + 1) * 60 - now) + 1)
-            raise BssError(
-                "SYSTEM",
-                f"Too many requests: at most {self.per_minute} per minute per member",
-                http_status=429,
-                error_code="RATE_EXCEEDED",
-                headers={"Retry-After": str(retry)},
-            )
+def client_address(request: Request) -> str:
+    """The client's address: the peer's, or behind a proxy listed in BSS_TRUSTED_PROXIES, the
+    nearest X-Forwarded-For entry that is not itself a trusted proxy (a client can put
+    anything in that header; only the entries our own proxies appended are believed)."""
+    peer = request.client.host if request.client else ""
+    trusted = request.app.state.trusted_proxies
+    if not trusted or not _in_networks(peer, trusted):
+        return peer
+    forwarded = [
+        hop.strip()
+        for line in request.headers.getlist("x-forwarded-for")
+        for hop in line.split(",")
+        if hop.strip()
+    ]
+    for hop in reversed(forwarded):
+        if not _in_networks(hop, trusted):
+            return hop
+    return forwarded[0] if forwarded else peer
+
+
+def _in_networks(address: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
 
 
 def int_param(

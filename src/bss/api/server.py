@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from functools import partial
 
 import uvicorn
+from sqlalchemy import Engine
 
 from bss.accounts.service import purge_auth
 from bss.db import init_db, make_engine, now_s
 from bss.jobs.service import JobService
 from bss.jobs.worker import StoreHandle, Worker
+from bss.leases import HOSTNAME, LeaseKeeper, reap_dead_local_processes
+from bss.ratelimit import DatabaseRateLimiter
 from bss.settings import Settings
 
 log = logging.getLogger("bss.server")
@@ -27,27 +35,67 @@ def _thread(target: Callable[[], None], name: str) -> threading.Thread:
     return t
 
 
+def _role(name: str, settings: Settings) -> str:
+    """A role held by one process per machine and data dir (its files are that machine's)."""
+    return f"{name}@{HOSTNAME}:{settings.data_dir.resolve()}"
+
+
 def sweeper(
-    service: JobService, stores: StoreHandle, settings: Settings, stop: threading.Event
+    service: JobService,
+    stores: StoreHandle,
+    settings: Settings,
+    stop: threading.Event,
+    keeper: LeaseKeeper,
 ) -> None:
-    """Expire unused upload URLs often; retention (files, history, store, tokens) hourly."""
+    """Expire unused upload URLs and fail orphaned uploads often; retention (files, history,
+    store, tokens, rate counters) every sweep_seconds. Runs in the one process that holds
+    the sweeper lease."""
+    role = _role("sweeper", settings)
     last_full = 0.0
-    while not stop.wait(URL_SWEEP_SECONDS if last_full else 0):
+    interval = 0.0
+    while not stop.wait(interval):
+        interval = URL_SWEEP_SECONDS
+        if not keeper.claim(role):
+            continue
         try:
             service.expire_urls()
-            service.fail_stale_uploads()
+            service.fail_orphaned_uploads()
             if now_s() - last_full >= settings.sweep_seconds:
                 last_full = now_s()
                 stats = service.sweep()
                 purge_auth(service.db, settings)
+                counters = DatabaseRateLimiter(service.db).purge()
                 purged = 0
                 try:
                     purged = stores.get().purge_expired(now_s())
                 except Exception:
                     log.warning("store purge failed", exc_info=True)
-                log.info("retention sweep", extra={**stats, "store_rows_purged": purged})
+                log.info(
+                    "retention sweep",
+                    extra={**stats, "store_rows_purged": purged, "rate_counters_purged": counters},
+                )
         except Exception:
             log.exception("sweep failed")
+
+
+def passive_role(
+    settings: Settings, service: JobService, stop: threading.Event, keeper: LeaseKeeper
+) -> None:
+    """The passive scanner, in the one process that holds its lease (taken over when the
+    holder dies)."""
+    from bss.passive.scanner import run_passive
+
+    role = _role("passive", settings)
+    while not stop.is_set():
+        if not keeper.claim(role):
+            stop.wait(keeper.ttl / 3)
+            continue
+        role_stop = threading.Event()
+        scanner = _thread(partial(run_passive, settings, service, role_stop), "passive")
+        while not stop.wait(keeper.ttl / 3) and keeper.holds(role):
+            pass
+        role_stop.set()
+        scanner.join(timeout=30)
 
 
 def start_background(
@@ -55,46 +103,46 @@ def start_background(
     stores: StoreHandle,
     settings: Settings,
     stop: threading.Event,
+    keeper: LeaseKeeper,
     *,
     workers: int,
-    sweeps: bool,
 ) -> list[threading.Thread]:
     threads = []
     for i in range(workers):
-        worker = Worker(service, stores, stop, name=f"{_host_id()}:w{i}")
+        worker = Worker(service, stores, stop, name=f"{keeper.process_id}:w{i}")
         threads.append(_thread(worker.run_forever, f"worker-{i}"))
-    if sweeps:
-        threads.append(_thread(lambda: sweeper(service, stores, settings, stop), "sweeper"))
-    threads.extend(_start_passive(settings, service, stop))
+    threads.append(_thread(lambda: sweeper(service, stores, settings, stop, keeper), "sweeper"))
+    threads.append(_thread(lambda: passive_role(settings, service, stop, keeper), "passive-role"))
     return threads
 
 
-def _start_passive(
-    settings: Settings, service: JobService, stop: threading.Event
-) -> list[threading.Thread]:
-    from bss.passive.scanner import run_passive
-
-    return [_thread(lambda: run_passive(settings, service, stop), "passive")]
-
-
-def _host_id() -> str:
-    import os
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
+def _start_leases(db: Engine, settings: Settings, stop: threading.Event) -> LeaseKeeper:
+    """This process's lease; leases and uploads left by dead processes of this machine are
+    dropped and failed first (a restart frees a crashed server's upload slots at once)."""
+    keeper = LeaseKeeper(db, settings.lease_seconds)
+    reap_dead_local_processes(db)
+    keeper.start(stop)
+    JobService(db, settings).fail_orphaned_uploads()
+    return keeper
 
 
-def serve(settings: Settings, host: str, port: int) -> None:
+def serve(settings: Settings, host: str, port: int, *, fd: int | None = None) -> None:
+    """One API process (with its workers and roles) on host:port, or on the listening socket
+    `fd` a supervisor handed down; BSS_PROCESSES > 1 starts that supervisor instead."""
     from bss.api.app import create_app
 
+    if settings.processes > 1 and fd is None:
+        supervise(settings, host, port)
+        return
     settings.make_data_dir()
     db = make_engine(settings.resolved_database_url)
     init_db(db)
     stores = StoreHandle(settings.resolved_store_url)
-    app = create_app(settings, db=db, stores=stores)
     stop = threading.Event()
+    keeper = _start_leases(db, settings, stop)
+    app = create_app(settings, db=db, stores=stores, process_id=keeper.process_id)
     threads = start_background(
-        app.state.jobs, stores, settings, stop, workers=settings.workers, sweeps=True
+        app.state.jobs, stores, settings, stop, keeper, workers=settings.workers
     )
     config = uvicorn.Config(
         app,
@@ -121,14 +169,85 @@ def serve(settings: Settings, host: str, port: int) -> None:
         },
     )
     try:
-        server.run()
+        server.run(sockets=None if fd is None else [socket.socket(fileno=fd)])
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=10)
+        keeper.release_all()
+        app.state.jobs.fail_orphaned_uploads()  # ours, if any request outlived the shutdown
         stores.close()
         db.dispose()
         log.info("stopped")
+
+
+def supervise(settings: Settings, host: str, port: int) -> None:
+    """`bss serve --processes N`: bind the port once, run N `bss serve` children accepting on
+    that one socket, restart a child that dies, stop them all on SIGTERM/SIGINT."""
+    from bss.accounts.service import ensure_admin
+
+    settings.make_data_dir()
+    db = make_engine(settings.resolved_database_url)
+    init_db(db)  # once, here: children creating tables or the admin at once would collide
+    ensure_admin(db, settings)
+    db.dispose()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    fd = listener.fileno()
+    env = {
+        **os.environ,
+        "BSS_DATA_DIR": str(settings.data_dir),
+        "BSS_WORKERS": str(settings.workers),
+        "BSS_PROCESSES": "1",
+    }
+    if settings.public_url:
+        env["BSS_PUBLIC_URL"] = settings.public_url
+    command = [sys.executable, "-m", "bss", "serve", "--host", host, "--port", str(port)]
+    command += ["--fd", str(fd)]
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, env=env, pass_fds=(fd,))
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    children = [spawn() for _ in range(settings.processes)]
+    log.info(
+        "serving",
+        extra={"host": host, "port": port, "processes": settings.processes, "supervisor": True},
+    )
+    exit_code = 0
+    while not stop.wait(0.5):
+        for i, child in enumerate(children):
+            code = child.poll()
+            if code is None:
+                continue
+            if code == 2:  # refused to start (settings, data dir): restarting cannot help
+                log.error("an API process refused to start; stopping", extra={"exit": code})
+                exit_code = 2
+                stop.set()
+                break
+            log.warning(
+                "an API process died; restarting it", extra={"pid": child.pid, "exit": code}
+            )
+            children[i] = spawn()
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    listener.close()
+    log.info("stopped")
+    if exit_code:
+        raise SystemExit(exit_code)
 
 
 def run_worker(settings: Settings) -> None:
@@ -155,13 +274,15 @@ def run_worker(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    keeper = _start_leases(db, settings, stop)
     threads = start_background(
-        service, stores, settings, stop, workers=max(1, settings.workers), sweeps=False
+        service, stores, settings, stop, keeper, workers=max(1, settings.workers)
     )
     log.info("worker process running", extra={"workers": max(1, settings.workers)})
     while not stop.wait(1):
         pass
     for t in threads:
         t.join(timeout=30)
+    keeper.release_all()
     stores.close()
     db.dispose()

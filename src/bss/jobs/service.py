@@ -25,6 +25,7 @@ from bss.db import fmt_ts, init_db, is_sqlite, make_engine, now_s, write_tx
 from bss.errors import ERR_PENDING, RATE_LIMIT_EXCEEDED, syntax, upload_limit
 from bss.ingest.result import COUNTER_NAMES
 from bss.jobs.models import PHASES, jobs
+from bss.leases import live_processes_query
 from bss.settings import Settings
 
 log = logging.getLogger("bss.jobs")
@@ -34,9 +35,9 @@ JOB_ID_LENGTH = 40
 #: Phases in which a job waits for (or is being worked by) a worker.
 QUEUED_PHASES = ("validating", "processing")
 UPLOAD_SOURCES = ("api", "s3", "folder")
-#: A live upload touches its job every UPLOAD_TOUCH_SECONDS; silent this long means dead.
+#: A live upload checks every UPLOAD_TOUCH_SECONDS that its job is still its own (it is not
+#: when its process was presumed dead and the job failed: the upload then stops at once).
 UPLOAD_TOUCH_SECONDS = 5
-UPLOAD_STALE_SECONDS = 120
 
 #: Fields one may filter and sort the job history by (GET /batch-segment/meta).
 SORT_FIELDS = {
@@ -258,39 +259,64 @@ class JobService:
                 )
             ).rowcount
 
-    def touch_upload(self, job_pk: int) -> None:
-        """An upload in progress says it is alive (see fail_stale_uploads)."""
+    def touch_upload(self, job_pk: int, receiver: str) -> bool:
+        """An upload in progress checks that its job is still its own; False: stop receiving."""
         with write_tx(self.db) as conn:
-            conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_pk, jobs.c.phase == "uploading")
-                .values(last_modified=now_s())
+            return (
+                conn.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id == job_pk,
+                        jobs.c.phase == "uploading",
+                        jobs.c.claimed_by == receiver,
+                    )
+                    .values(last_modified=now_s())
+                ).rowcount
+                == 1
             )
 
-    def fail_stale_uploads(self, now: int | None = None) -> int:
-        """Uploads whose server died mid-stream never finish: fail them so that they stop
-        counting against max_concurrent_uploads. A live upload touches its job every few
-        seconds; one silent for UPLOAD_STALE_SECONDS is dead."""
+    def fail_orphaned_uploads(self, now: int | None = None) -> list[str]:
+        """Uploads whose receiving process is gone (its lease lapsed or was dropped) never
+        finish: fail them at once, so that they stop holding a concurrent-upload slot, and
+        remove their partial files. Returns their job ids."""
         now = now_s() if now is None else now
+        orphaned = and_(
+            jobs.c.phase == "uploading",
+            or_(
+                jobs.c.claimed_by.is_(None),
+                jobs.c.claimed_by.not_in(live_processes_query(now * 1000)),
+            ),
+        )
         with write_tx(self.db) as conn:
-            return conn.execute(
-                update(jobs)
-                .where(
-                    jobs.c.phase == "uploading", jobs.c.last_modified < now - UPLOAD_STALE_SECONDS
+            failed = (
+                conn.execute(
+                    update(jobs)
+                    .where(orphaned)
+                    .values(
+                        phase="error",
+                        error_code="uploading-error",
+                        error_message="the upload was interrupted (the receiving server stopped)",
+                        claimed_by=None,
+                        file_path=None,
+                        file_bytes=0,
+                        file_lines=0,
+                        last_modified=now,
+                    )
+                    .returning(jobs.c.job_id)
                 )
-                .values(
-                    phase="error",
-                    error_code="uploading-error",
-                    error_message="the upload was interrupted (server restarted)",
-                    file_path=None,
-                    file_bytes=0,
-                    file_lines=0,
-                    last_modified=now,
-                )
-            ).rowcount
+                .scalars()
+                .all()
+            )
+        for job_id in failed:
+            self.part_path(job_id).unlink(missing_ok=True)
+        if failed:
+            log.warning("orphaned uploads failed", extra={"jobs": ",".join(failed)})
+        return list(failed)
 
-    def begin_upload(self, row: Any, max_concurrent: int) -> bool:
-        """starting -> uploading, atomically, if fewer than max_concurrent uploads run."""
+    def begin_upload(self, row: Any, max_concurrent: int, receiver: str) -> bool:
+        """starting -> uploading, atomically, if fewer than max_concurrent uploads run. The
+        job names the receiving process (`receiver`, its lease in the leases table) until
+        the upload is over: the slot stays taken exactly as long as the upload is received."""
         now = now_s()
         member_id = row["member_id"]
         other = jobs.alias("other")
@@ -305,27 +331,39 @@ class JobService:
             n = conn.execute(
                 update(jobs)
                 .where(jobs.c.id == row["id"], jobs.c.phase == "starting", running < max_concurrent)
-                .values(phase="uploading", start_time=now, last_modified=now)
+                .values(phase="uploading", start_time=now, last_modified=now, claimed_by=receiver)
             ).rowcount
         return n == 1
 
-    def finish_upload(self, job_pk: int, part: Path, nbytes: int, nlines: int) -> None:
+    def finish_upload(
+        self, job_pk: int, part: Path, nbytes: int, nlines: int, receiver: str
+    ) -> bool:
+        """uploading -> validating with the file in place; False (and the file removed) when
+        the job is no longer this receiver's upload: a failed job never comes back."""
         final = self.uploads_dir / self.job_id_of(job_pk)
         os.replace(part, final)
         now = now_s()
         with write_tx(self.db) as conn:
-            conn.execute(
+            n = conn.execute(
                 update(jobs)
-                .where(jobs.c.id == job_pk)
+                .where(
+                    jobs.c.id == job_pk,
+                    jobs.c.phase == "uploading",
+                    jobs.c.claimed_by == receiver,
+                )
                 .values(
                     phase="validating",
                     uploaded_time=now,
                     last_modified=now,
+                    claimed_by=None,
                     file_path=str(final),
                     file_bytes=nbytes,
                     file_lines=nlines,
                 )
-            )
+            ).rowcount
+        if n != 1:
+            final.unlink(missing_ok=True)
+        return n == 1
 
     def fail_upload(
         self, job_pk: int, message: str, *, error_code: str = "uploading-error"
@@ -339,6 +377,7 @@ class JobService:
                 .where(jobs.c.id == job_pk, jobs.c.phase.in_(("starting", "uploading")))
                 .values(
                     phase="error",
+                    claimed_by=None,
                     error_code=error_code,
                     error_message=message,
                     error_log_lines=None,
@@ -538,7 +577,7 @@ class JobService:
         """Expire unused URLs, delete old uploaded files and old job history."""
         now = now_s() if now is None else now
         expired = self.expire_urls(now)
-        self.fail_stale_uploads(now)
+        self.fail_orphaned_uploads(now)
         files = 0
         file_cutoff = now - self.settings.file_retention_days * 86400
         with self.db.connect() as conn:

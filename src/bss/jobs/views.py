@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from bss.accounts.service import Principal, member_exists, principal_for_token
-from bss.api.deps import int_param, member_scope, principal, token_of
+from bss.api.deps import count_request, int_param, member_scope, principal, token_of
 from bss.api.envelope import error_response, ok, ok_list
 from bss.db import now_s, parse_ts
 from bss.errors import (
@@ -173,6 +173,7 @@ async def upload(job_id: str, request: Request) -> Any:
     app = request.app
     svc: JobService = app.state.jobs
     settings = app.state.settings
+    receiver: str = app.state.process_id
     row = await run_in_threadpool(svc.job_row, job_id)
     if row is None:
         raise notfound("no such upload URL")
@@ -183,9 +184,10 @@ async def upload(job_id: str, request: Request) -> Any:
         p = await run_in_threadpool(principal_for_token, svc.db, token)
         if not (p.is_admin or p.member_id == member_id):
             raise unauth("This upload URL belongs to another member")
-    app.state.limiter.hit(f"member:{member_id}")
     ctx = {"job_id": job_id, "member_id": member_id}
 
+    # Refusals of a URL that can no longer take an upload are not counted against the member:
+    # whoever holds an old URL must not be able to spend the member's request budget.
     if row["phase"] == "starting" and svc._url_expired(row, now_s()):
         await run_in_threadpool(svc.expire_urls)
         raise BssError(
@@ -202,6 +204,8 @@ async def upload(job_id: str, request: Request) -> Any:
             http_status=409,
             error_code="upload_url_used",
         )
+    if p is not None:  # only the member's own (valid) token spends its budget
+        await run_in_threadpool(count_request, request, f"member:{member_id}")
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype != OCTET_STREAM:
         raise BssError(
@@ -232,7 +236,7 @@ async def upload(job_id: str, request: Request) -> Any:
     ]
     byte_limits = [(lim, used, text) for lim, used, text in byte_limits if lim is not None]
     line_limits = [(lim, used, text) for lim, used, text in line_limits if lim is not None]
-    if not await run_in_threadpool(svc.begin_upload, row, cfg.max_concurrent_uploads):
+    if not await run_in_threadpool(svc.begin_upload, row, cfg.max_concurrent_uploads, receiver):
         fresh = await run_in_threadpool(svc.job_row, job_id)
         if fresh is not None and fresh["phase"] != "starting":
             raise BssError(
@@ -250,32 +254,32 @@ async def upload(job_id: str, request: Request) -> Any:
     # for it); otherwise the worker records the engine's count after processing.
     counter = LineCounter() if line_limits else None
     started = last_touch = time.monotonic()
+    deadline = started + settings.max_upload_seconds
+    chunks = request.stream().__aiter__()
     fh = open(part, "wb")  # noqa: SIM115 - closed in finally
     try:
-        try:
-            async with asyncio.timeout(settings.max_upload_seconds):
-                async for chunk in request.stream():
-                    if not chunk:
-                        continue
-                    nbytes += len(chunk)
-                    if counter is not None:
-                        nlines = counter.feed(chunk)
-                    if nbytes > settings.max_file_bytes:
-                        raise _UploadFailed(
-                            upload_limit(FILESIZE_LIMIT_EXCEEDED, ERR_FILE_BYTES, 413)
-                        )
-                    for limit, used, text in byte_limits:
-                        if used + nbytes > limit:
-                            raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, text, 429))
-                    for limit, used, text in line_limits:
-                        if used + nlines > limit:
-                            raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, text, 429))
-                    fh.write(chunk)
-                    if time.monotonic() - last_touch >= UPLOAD_TOUCH_SECONDS:
-                        last_touch = time.monotonic()
-                        await run_in_threadpool(svc.touch_upload, row["id"])
-        except TimeoutError as exc:
-            raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, ERR_UPLOAD_TIME, 408)) from exc
+        while True:
+            chunk = await _next_chunk(chunks, deadline, settings.upload_idle_seconds)
+            if chunk is None:
+                break
+            if not chunk:
+                continue
+            nbytes += len(chunk)
+            if counter is not None:
+                nlines = counter.feed(chunk)
+            if nbytes > settings.max_file_bytes:
+                raise _UploadFailed(upload_limit(FILESIZE_LIMIT_EXCEEDED, ERR_FILE_BYTES, 413))
+            for limit, used, text in byte_limits:
+                if used + nbytes > limit:
+                    raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, text, 429))
+            for limit, used, text in line_limits:
+                if used + nlines > limit:
+                    raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, text, 429))
+            fh.write(chunk)
+            if time.monotonic() - last_touch >= UPLOAD_TOUCH_SECONDS:
+                last_touch = time.monotonic()
+                if not await run_in_threadpool(svc.touch_upload, row["id"], receiver):
+                    raise _UploadFailed(_upload_taken_away())
         if counter is not None:
             nlines = counter.finish()
             for limit, used, text in line_limits:
@@ -303,7 +307,9 @@ async def upload(job_id: str, request: Request) -> Any:
         part.unlink(missing_ok=True)
         await asyncio.shield(run_in_threadpool(svc.fail_upload, row["id"], "the upload failed"))
         raise
-    await run_in_threadpool(svc.finish_upload, row["id"], part, nbytes, nlines)
+    if not await run_in_threadpool(svc.finish_upload, row["id"], part, nbytes, nlines, receiver):
+        log.warning("upload finished after its job was failed; dropped", extra=ctx)
+        return error_response(_upload_taken_away())
     COUNTERS.inc("bss_bytes_uploaded_total", nbytes)
     elapsed = time.monotonic() - started
     log.info(
@@ -312,3 +318,34 @@ async def upload(job_id: str, request: Request) -> Any:
     )
     job = await run_in_threadpool(svc.get_job, job_id)
     return ok(NAME, _payload(p, job), id=row["id"])  # type: ignore[arg-type]
+
+
+async def _next_chunk(chunks: Any, deadline: float, idle_seconds: float) -> bytes | None:
+    """The next piece of the body (None at its end), or _UploadFailed when the client stays
+    silent for `idle_seconds` or the whole upload runs past `deadline`."""
+    left = deadline - time.monotonic()
+    try:
+        async with asyncio.timeout(min(idle_seconds, max(left, 0))):
+            return await anext(chunks)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError as exc:
+        if time.monotonic() >= deadline:
+            raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, ERR_UPLOAD_TIME, 408)) from exc
+        raise _UploadFailed(
+            BssError(
+                "SYSTEM",
+                f"the upload stalled: no data for {idle_seconds:g} seconds",
+                http_status=408,
+                error_code="uploading-error",
+            )
+        ) from exc
+
+
+def _upload_taken_away() -> BssError:
+    return BssError(
+        "SYSTEM",
+        "the upload was failed meanwhile (its server was presumed stopped); request a new URL",
+        http_status=409,
+        error_code="uploading-error",
+    )
