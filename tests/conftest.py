@@ -34,8 +34,16 @@ def free_port() -> int:
 class ServerProc:
     """One `bss serve` subprocess."""
 
-    def __init__(self, data_dir: Path, env: dict[str, Any], port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        env: dict[str, Any],
+        port: int | None = None,
+        *,
+        command: tuple[str, ...] = ("serve",),
+    ) -> None:
         self.data_dir = data_dir
+        self.command = command
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -47,18 +55,18 @@ class ServerProc:
             "BSS_WORKER_POLL_SECONDS": "0.1",
             **{f"BSS_{k.upper()}": str(v) for k, v in env.items()},
         }
-        self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
+        self.log_path = data_dir.parent / f"{data_dir.name}-{command[0]}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProc:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [str(BSS), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        args = [str(BSS), *self.command, "--data-dir", str(self.data_dir)]
+        if self.command[0] == "serve":
+            args += ["--port", str(self.port)]
+        self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        if self.command[0] != "serve":  # a worker has no HTTP to wait for
+            return self
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -150,6 +150,9 @@ def serve(settings: Settings, host: str, port: int, *, fd: int | None = None) ->
         port=port,
         log_config=None,
         access_log=False,
+        # The client address comes from X-Forwarded-For only behind BSS_TRUSTED_PROXIES
+        # (bss.api.deps.client_address); uvicorn's own rewrite would believe any local peer.
+        proxy_headers=False,
         timeout_keep_alive=30,
         h11_max_incomplete_event_size=1 << 20,
     )

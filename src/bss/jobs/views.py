@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -291,7 +291,7 @@ async def upload(job_id: str, request: Request) -> Any:
         part.unlink(missing_ok=True)
         await run_in_threadpool(svc.fail_upload, row["id"], failed.error.error)
         log.warning("upload refused", extra={**ctx, "reason": failed.error.error, "bytes": nbytes})
-        return error_response(failed.error)
+        return _closing(error_response(failed.error))
     except ClientDisconnect:
         fh.close()
         part.unlink(missing_ok=True)
@@ -309,7 +309,7 @@ async def upload(job_id: str, request: Request) -> Any:
         raise
     if not await run_in_threadpool(svc.finish_upload, row["id"], part, nbytes, nlines, receiver):
         log.warning("upload finished after its job was failed; dropped", extra=ctx)
-        return error_response(_upload_taken_away())
+        return _closing(error_response(_upload_taken_away()))
     COUNTERS.inc("bss_bytes_uploaded_total", nbytes)
     elapsed = time.monotonic() - started
     log.info(
@@ -340,6 +340,13 @@ async def _next_chunk(chunks: Any, deadline: float, idle_seconds: float) -> byte
                 error_code="uploading-error",
             )
         ) from exc
+
+
+def _closing(response: Response) -> Response:
+    """An upload refused midway: close the connection, or the server would go on reading
+    (and discarding) the rest of the file, and a stalled client would keep it open."""
+    response.headers["Connection"] = "close"
+    return response
 
 
 def _upload_taken_away() -> BssError:
