@@ -27,6 +27,7 @@ from bss.metrics import COUNTERS, render
 from bss.ratelimit import DatabaseRateLimiter
 from bss.segments.views import router as segments_router
 from bss.settings import Settings
+from bss.web.views import mount_dashboard
 
 log = logging.getLogger("bss.api")
 
@@ -145,6 +146,7 @@ def create_app(
     app.include_router(segments_router)
     app.include_router(jobs_router)
     app.include_router(lookup_router)
+    mount_dashboard(app)  # the web dashboard at / and /ui/...
 
     @app.get(
         "/metrics", tags=["ops"], summary="Prometheus metrics", response_class=PlainTextResponse
