@@ -26,7 +26,8 @@ export async function api(method, path, payload) {
   } catch {
     body = null;
   }
-  if (resp.status === 401) {
+  if (resp.status === 401 && path !== "/auth") {
+    // The session ended (expired or logged out elsewhere): log in again, then come back.
     location.assign(`/ui/login?next=${encodeURIComponent(location.pathname + location.search)}`);
   }
   if (!resp.ok || body?.status !== "OK") throw new ApiError(body, resp.status);
