@@ -120,13 +120,17 @@ def _session(request: Request) -> tuple[Principal, str]:
 
 
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    started = request.state.render_started
     html = templates.get_template(name).render(request=request, **context)
-    elapsed_ms = (time.perf_counter() - started) * 1000
+    # Wall time, and this thread's CPU time (what the page costs on a machine under load).
+    wall_ms = (time.perf_counter() - request.state.render_started) * 1000
+    cpu_ms = (time.thread_time() - request.state.cpu_started) * 1000
     return HTMLResponse(
         html,
         status_code=status_code,
-        headers={"Server-Timing": f"render;dur={elapsed_ms:.1f}", "Cache-Control": "no-store"},
+        headers={
+            "Server-Timing": f"render;dur={wall_ms:.1f}, cpu;dur={cpu_ms:.1f}",
+            "Cache-Control": "no-store",
+        },
     )
 
 
@@ -137,6 +141,7 @@ def page(view: Callable[..., Response]) -> Callable[..., Response]:
     @functools.wraps(view)
     def wrapper(request: Request, *args: Any, **kwargs: Any) -> Response:
         request.state.render_started = time.perf_counter()
+        request.state.cpu_started = time.thread_time()
         try:
             p, token = _session(request)
             request.state.principal = p
@@ -209,6 +214,7 @@ def match_rate(job: dict[str, Any]) -> float | None:
 @router.get("/ui/login")
 def login_page(request: Request) -> Response:
     request.state.render_started = time.perf_counter()
+    request.state.cpu_started = time.thread_time()
     target = request.query_params.get("next") or "/"
     if not target.startswith("/") or target.startswith("//"):
         target = "/"  # only ever back into this service
@@ -253,7 +259,7 @@ def jobs_page(request: Request) -> Response:
         request,
         "jobs.html",
         nav="jobs",
-        jobs=items,
+        jobs=[_history_row(job) for job in items],
         total=total,
         api_query=urlencode({k: v for k, v in api_filters.items() if v}),
         page_no=page_no,
@@ -262,7 +268,6 @@ def jobs_page(request: Request) -> Response:
         page_sizes=PAGE_SIZES,
         phases=PHASES,
         sources=SOURCES,
-        final_phases=FINAL_PHASES,
         member_id=member_id,
         members=_members(request, p),
         args=qp,
@@ -270,6 +275,22 @@ def jobs_page(request: Request) -> Response:
         history_days=request.app.state.settings.history_days,
         **_base(request),
     )
+
+
+def _history_row(job: dict[str, Any]) -> dict[str, Any]:
+    """What one history row shows, formatted here: 1000 rows render in Python, not macros."""
+    return {
+        "job_id": job["job_id"],
+        "short": job["job_id"][:12],
+        "member_id": job["member_id"],
+        "source": job["upload_source"],
+        "phase": job["phase"],
+        "final": 1 if job["phase"] in FINAL_PHASES else 0,
+        "pct": job["percent_complete"],
+        "valid": f"{job['num_valid']:,}",
+        "invalid": f"{sum(job[k] for k in stats.ERROR_KINDS):,}",
+        "created_on": job["created_on"],
+    }
 
 
 def _error_rows(job: dict[str, Any], report: Path | None) -> tuple[list[dict[str, str]], bool]:
