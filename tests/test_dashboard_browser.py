@@ -123,6 +123,17 @@ def test_member_flow_upload_watch_report_lookup_segment_logout(
     page.goto(server.url + "/ui/upload")
     page.set_input_files("#file", str(upload))
     assert "audience.txt" in page.inner_text("#file-name")
+    # Dropping a file on the page replaces the chosen one.
+    page.evaluate(
+        """(text) => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([text], 'dropped.txt', {type: 'text/plain'}));
+            document.getElementById('drop').dispatchEvent(
+                new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+        }""",
+        upload.read_text(),
+    )
+    assert "dropped.txt" in page.inner_text("#file-name")
     page.click("#upload-button")
     page.wait_for_url(server.url + "/ui/jobs/*")
     job_id = page.url.rsplit("/", 1)[1]
@@ -276,6 +287,33 @@ def test_a_cross_site_post_is_refused(
     finally:
         attacker.shutdown()
         attacker.server_close()
+
+
+def test_config_form_shows_the_rule_the_api_applies(
+    browser: Any, server: ServerProc, admin: Api, world: dict[str, Any]
+) -> None:
+    ctx = _context(browser, server, ADMIN_USER, LAPTOP)
+    page = ctx.new_page()
+    page.goto(server.url + "/ui/admin?member_id=7102")
+    page.fill("#cfg-num_error_log_lines", "5000")
+    page.click("#config-form button[type=submit]")
+    page.wait_for_selector("#config-error:not([hidden])")
+    api_says = admin.call(
+        "PUT",
+        "/batch-segment-config",
+        params={"member_id": 7102},
+        json={"batch_segment_upload_config": {"num_error_log_lines": 5000}},
+    )
+    assert api_says["_http"] == 400
+    assert page.inner_text("#config-error") == api_says["error"]
+    assert "must be between 0 and 999" in api_says["error"]
+    assert page.get_attribute("#cfg-num_error_log_lines", "aria-invalid") == "true"
+    page.fill("#cfg-num_error_log_lines", "50")
+    page.click("#config-form button[type=submit]")
+    page.wait_for_selector("#config-saved:has-text('Saved.')")
+    saved = admin.get("/batch-segment-config", member_id=7102)["batch_segment_upload_config"]
+    assert saved["num_error_log_lines"] == 50
+    ctx.close()
 
 
 PAGES = [
