@@ -1,14 +1,15 @@
 """The membership store interface: user -> segment memberships with expirations.
 
-Small and batch-oriented on purpose: the embedded engine and a distributed one (Redis
-Cluster, later) each take whole Arrow batches. Every row carries a `seq`; for one
-(user, segment) the row with the highest seq wins. That makes replaying an interrupted
-job idempotent on any engine: a replay writes the same rows with the same seq, and can
-never undo a later job's writes.
+Small and batch-oriented on purpose: the embedded engine and the distributed one (Redis
+Cluster) each take whole Arrow batches. Every row carries a `seq`; for one (user, segment)
+the row with the highest seq wins. That makes replaying an interrupted job idempotent on any
+engine: a replay writes the same rows with the same seq, and can never undo a later job's
+writes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,13 +31,14 @@ APPLY_SCHEMA = pa.schema(
     ]
 )
 
-#: seq = job_no * JOB_SEQ_SPAN + index of the pair in its file.
-JOB_SEQ_SPAN = 1 << 40
-
-
-def job_seq_range(job_no: int) -> tuple[int, int]:
-    """The half-open seq range a job's rows use."""
-    return job_no * JOB_SEQ_SPAN, (job_no + 1) * JOB_SEQ_SPAN
+#: Every write carries a seq from one global 64-bit counter kept in the database (see
+#: bss.store.seqs): a job reserves JOB_SEQ_SPAN seqs at its first apply, records the base with
+#: the job, and gives pair i of its file seq base + i; a replay reuses the recorded base. A
+#: real-time post reserves exactly as many seqs as it has pairs. The later write wins by the
+#: time the service first applied it, and 2**63 seqs last far beyond any deployment.
+#: Data written before this layout used job_no * 2**40 + i; those seqs stay valid as they are
+#: and the counter starts above them.
+JOB_SEQ_SPAN = 1 << 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,23 +50,47 @@ class Membership:
 
 
 class MembershipStore(Protocol):
+    """One small batch interface, the same semantics on every engine.
+
+    For one (user, segment) the entry with the highest seq wins; an entry with a seq not
+    higher than the stored one changes nothing, so applying a batch twice (a replayed job) or
+    out of order never undoes a later write. Removals are kept as tombstones until their
+    `expires_at` (now + 180 days) for the same reason. Expiry and future start times are
+    applied at read time against `now`.
+    """
+
     def apply(self, batch: pa.Table) -> None:
-        """Write a batch (APPLY_SCHEMA). Visible to readers once this returns."""
+        """Write a batch (APPLY_SCHEMA) under the seq rule, atomically per (user, segment).
 
-    def discard_job(self, job_no: int) -> None:
-        """Forget rows an interrupted run of this job wrote, before it is run again.
-
-        An engine whose writes are seq-guarded may do nothing here: the replay rewrites the
-        same rows with the same seq.
+        Visible to readers (and reflected in the member counts) once this returns.
         """
 
     def user_segments(self, user_kind: int, user_key: str, now: int) -> list[Membership]:
-        """The user's live memberships: not removed, not expired, started by `now`."""
+        """The user's live memberships (not removed, not expired, started by `now`), by id."""
+
+    def users_segments(self, users: Sequence[tuple[int, str]], now: int) -> list[list[Membership]]:
+        """`user_segments` for many users in one call, in the order given."""
 
     def segment_member_counts(self, now: int) -> dict[int, int]:
-        """Live members per segment id (segments without members are absent)."""
+        """Live members per segment id, exact to the minute, kept as writes apply: no scan.
+
+        Segments without members are absent.
+        """
+
+    def segment_members(self, segment_id: int, now: int) -> Iterator[tuple[int, str, Membership]]:
+        """Stream (user_kind, user_key, membership) of the segment's live members.
+
+        Reads the segment's own entries only, never the whole store.
+        """
+
+    def delete_segment(self, segment_id: int, seq: int) -> None:
+        """Hide at once every entry of the segment with a seq below `seq` (a seq reserved
+        when the segment was deleted), and drop them from the counts; the bytes may be
+        reclaimed later by `purge_expired`. Writes with a higher seq (a segment created again
+        under the same explicit id) are unaffected."""
 
     def purge_expired(self, now: int) -> int:
-        """Drop superseded rows and pairs whose latest row has expired; return rows dropped."""
+        """Reclaim expired entries, lapsed tombstones and deleted segments' entries; return
+        how many entries were dropped."""
 
     def close(self) -> None: ...
