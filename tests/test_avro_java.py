@@ -13,7 +13,8 @@ from bss.formats.config import BatchSegmentConfig
 from bss.formats.records import UserKind
 from bss.ingest.engine import MAX_LIFETIME_SECONDS, ingest_file
 from bss.ingest.registry import SegmentRegistry
-from bss.store.embedded import EmbeddedStore
+from bss.store.base import JOB_SEQ_SPAN
+from bss.store.keyvalue import LmdbStore
 
 JARS = [
     "avro",
@@ -76,11 +77,11 @@ def test_java_written_files_are_read(java_writer: Path, tmp_path: Path, codec: s
             {"id": 12, "code": "Shoppers", "member_id": 958},
         ]
     )
-    store = EmbeddedStore(tmp_path / "m.duckdb")
+    store = LmdbStore(tmp_path / "m.lmdb")
     result = ingest_file(
         avro_file,
         member_id=958,
-        job_no=1,
+        seq_base=JOB_SEQ_SPAN,
         config=BatchSegmentConfig(),
         registry=reg,
         store=store,

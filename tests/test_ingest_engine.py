@@ -16,7 +16,8 @@ from bss.formats.records import UserKind
 from bss.ingest.engine import MAX_LIFETIME_SECONDS, TOO_MANY_INVALID, ingest_file
 from bss.ingest.registry import SegmentRegistry
 from bss.ingest.result import IngestResult
-from bss.store.embedded import EmbeddedStore
+from bss.store.base import JOB_SEQ_SPAN
+from bss.store.keyvalue import LmdbStore
 
 NOW = 1_700_000_000
 MEMBER = 958
@@ -34,13 +35,13 @@ def seg(id_: int, code: str | None = None, member: int = MEMBER, **extra) -> dic
 
 @pytest.fixture
 def store(tmp_path: Path):
-    s = EmbeddedStore(tmp_path / "m.duckdb")
+    s = LmdbStore(tmp_path / "m.lmdb")
     yield s
     s.close()
 
 
 class Runner:
-    def __init__(self, tmp_path: Path, store: EmbeddedStore) -> None:
+    def __init__(self, tmp_path: Path, store: LmdbStore) -> None:
         self.tmp = tmp_path
         self.store = store
         self.job_no = 0
@@ -60,7 +61,7 @@ class Runner:
         return ingest_file(
             path,
             member_id=member,
-            job_no=self.job_no,
+            seq_base=self.job_no * JOB_SEQ_SPAN,
             config=config or BatchSegmentConfig(),
             registry=reg,
             store=self.store,
@@ -78,7 +79,7 @@ class Runner:
 
 
 @pytest.fixture
-def run(tmp_path: Path, store: EmbeddedStore) -> Runner:
+def run(tmp_path: Path, store: LmdbStore) -> Runner:
     return Runner(tmp_path, store)
 
 
@@ -298,7 +299,7 @@ def test_chunking_does_not_change_the_outcome(tmp_path: Path) -> None:
     content = "\n".join(lines) + "\n"
     outcomes = []
     for chunk_bytes in (64, 1000, 1 << 20):
-        s = EmbeddedStore(tmp_path / f"{chunk_bytes}.duckdb")
+        s = LmdbStore(tmp_path / f"{chunk_bytes}.lmdb")
         r = Runner(tmp_path / str(chunk_bytes), s)
         (tmp_path / str(chunk_bytes)).mkdir()
         result = r(content, reg, chunk_bytes=chunk_bytes)
@@ -331,22 +332,21 @@ def test_refused_compression_is_a_job_error(run: Runner) -> None:
 
 
 def test_replaying_a_job_gives_the_same_store(tmp_path: Path) -> None:
-    """A crashed job is discarded and run again; later jobs' writes are never undone."""
+    """A crashed job is run again with its seqs; later jobs' writes are never undone."""
     reg = registry(seg(1), seg(2))
     first = "1,1:0;2:0\n2,1:0\n"
     second = "1,1:-1\n"
-    s = EmbeddedStore(tmp_path / "a.duckdb")
+    s = LmdbStore(tmp_path / "a.lmdb")
     r = Runner(tmp_path, s)
     r(first, reg)
     r(second, reg)
     expected = {u: r.segments_of(UserKind.ANID, str(u)) for u in (1, 2)}
     # Job 1 is replayed (as after a crash) after job 2 completed.
-    s.discard_job(1)
     path = tmp_path / "job1"
     ingest_file(
         path,
         member_id=MEMBER,
-        job_no=1,
+        seq_base=JOB_SEQ_SPAN,
         config=BatchSegmentConfig(),
         registry=reg,
         store=s,
@@ -392,7 +392,7 @@ def test_bss_validate_command(tmp_path: Path) -> None:
     subprocess.run(
         [*base, "--apply", "--data-dir", str(tmp_path / "data")], capture_output=True, check=True
     )
-    s = EmbeddedStore(tmp_path / "data" / "memberships.duckdb")
+    s = LmdbStore(tmp_path / "data" / "memberships.lmdb")
     import time
 
     assert {m.segment_id for m in s.user_segments(UserKind.ANID, "1", int(time.time()))} == {1, 2}

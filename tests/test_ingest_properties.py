@@ -18,7 +18,8 @@ from bss.formats.config import load_config
 from bss.formats.records import UserKind
 from bss.ingest.engine import MAX_LIFETIME_SECONDS, ingest_file
 from bss.ingest.registry import SegmentRegistry
-from bss.store.embedded import EmbeddedStore
+from bss.store.base import JOB_SEQ_SPAN
+from bss.store.keyvalue import LmdbStore
 
 NOW = 1_700_000_000
 MEMBER = 958
@@ -164,11 +165,11 @@ def _ingest(tmp: Path, content: bytes, reg: SegmentRegistry, chunk_bytes: int):
     """Ingest `content` as one job into a fresh store in `tmp`; the caller closes the store."""
     path = tmp / "upload"
     path.write_bytes(content)
-    store = EmbeddedStore(tmp / "m.duckdb")
+    store = LmdbStore(tmp / "m.lmdb")
     result = ingest_file(
         path,
         member_id=MEMBER,
-        job_no=1,
+        seq_base=JOB_SEQ_SPAN,
         config=CONFIG,
         registry=reg,
         store=store,

@@ -53,23 +53,27 @@ def validate(
     ),
     member_id: int = typer.Option(..., "--member-id", help="The uploading member."),
     apply: bool = typer.Option(
-        False, "--apply", help="Also write the memberships into the embedded store."
+        False,
+        "--apply",
+        help="Also write the memberships into the store (BSS_STORE_URL, default the data dir's); "
+        "safe beside a running server: seqs come from the data dir's database.",
     ),
     data_dir: Path = typer.Option(
-        Path("./bss-data"), "--data-dir", help="Where the embedded store lives (with --apply)."
+        Path("./bss-data"), "--data-dir", help="Where the store and database live (with --apply)."
     ),
     error_report: Path | None = typer.Option(
         None, "--error-report", help="Write every rejected line as CSV here."
     ),
 ) -> None:
     """Check a segment file and print the job's result fields as JSON (a dry run unless --apply)."""
+    from bss.db import init_db, make_engine
+    from bss.errors import StoreUrlError
     from bss.formats.config import BatchSegmentConfig, ConfigError, load_config
     from bss.ingest.engine import ingest_file
     from bss.ingest.registry import SegmentRegistry
     from bss.settings import Settings
-    from bss.store import MembershipStore
+    from bss.store import JOB_SEQ_SPAN, MembershipStore, open_store, seqs
     from bss.store.dry import DryRunStore
-    from bss.store.embedded import EmbeddedStore
 
     try:
         cfg = load_config(json.loads(config.read_text())) if config else BatchSegmentConfig()
@@ -86,14 +90,24 @@ def validate(
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         typer.echo(f"error: invalid segments file: {exc!r}", err=True)
         raise typer.Exit(2) from exc
-    settings = Settings(data_dir=data_dir, store_url=None)
+    settings = Settings(data_dir=data_dir)
     store: MembershipStore
-    job_no = 1
+    seq_base = 0
     if apply:
         settings.make_data_dir()
-        embedded = EmbeddedStore(settings.resolved_store_url.removeprefix("duckdb://"))
-        job_no = embedded.last_job_no() + 1  # later local runs win over earlier ones
-        store = embedded
+        try:
+            store = open_store(settings.resolved_store_url)
+        except StoreUrlError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        # The same counter a server on this data dir takes job seqs from: never a collision,
+        # and a later run wins over earlier ones.
+        db = make_engine(settings.resolved_database_url)
+        try:
+            init_db(db)
+            seq_base = seqs.reserve(db, JOB_SEQ_SPAN)
+        finally:
+            db.dispose()
     else:
         store = DryRunStore()
     started = time.monotonic()
@@ -101,7 +115,7 @@ def validate(
         result = ingest_file(
             file,
             member_id=member_id,
-            job_no=job_no,
+            seq_base=seq_base,
             config=cfg,
             registry=registry,
             store=store,
@@ -120,6 +134,40 @@ def validate(
         # The job object has no field for the reason; it goes to stderr.
         typer.echo(f"error: {result.error_code}: {result.error_message}", err=True)
         raise typer.Exit(1)
+
+
+store_app = typer.Typer(no_args_is_help=True, help="Membership store maintenance.")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("convert")
+def store_convert(
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Data dir holding the old memberships.duckdb (or BSS_DATA_DIR)."
+    ),
+) -> None:
+    """Convert the old DuckDB membership file of a data dir into the LMDB store (stop the
+    service first; run again if interrupted)."""
+    from bss.db import init_db, make_engine, now_s
+    from bss.store import OLD_STORE_FILE
+    from bss.store.convert import convert_duckdb
+
+    settings = _settings(data_dir=data_dir)
+    old = settings.data_dir / OLD_STORE_FILE
+    url = settings.resolved_store_url
+    if not old.exists():
+        typer.echo(f"nothing to convert: {old} does not exist")
+        return
+    if not url.startswith("lmdb://"):
+        typer.echo(f"error: BSS_STORE_URL {url!r} is not an lmdb:// store", err=True)
+        raise typer.Exit(2)
+    db = make_engine(settings.resolved_database_url)
+    try:
+        init_db(db)
+        copied = convert_duckdb(old, Path(url.removeprefix("lmdb://")), db, now_s())
+    finally:
+        db.dispose()
+    typer.echo(f"converted {copied} memberships from {old} into {url}")
 
 
 def _settings(**overrides: object):  # type: ignore[no-untyped-def]

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event, inspect, text
+from sqlalchemy.exc import DBAPIError
 
 from bss.errors import syntax
 
@@ -35,6 +36,7 @@ TABLE_MODULES = (
     "bss.passive.models",
     "bss.ratelimit",
     "bss.leases",
+    "bss.store.seqs",
 )
 
 
@@ -80,11 +82,26 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
 
 
 def init_db(engine: Engine) -> None:
-    """Create every domain's tables (idempotent)."""
+    """Create every domain's tables (idempotent), and add the nullable columns that a
+    database made by an older version lacks (e.g. jobs.seq_base)."""
     for name in TABLE_MODULES:
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name)
     metadata.create_all(engine)
+    inspector = inspect(engine)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        missing = [c for c in table.columns if c.name not in present and c.nullable]
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with write_tx(engine) as conn:
+                    conn.execute(
+                        text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                    )
+            except DBAPIError:  # another process added it first
+                if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                    raise
 
 
 def bounded_int(

@@ -97,3 +97,7 @@ class StoreUnavailable(Exception):
 
     Infrastructure, not bad input: start-up reports it in one line, a worker gives the job
     back to be retried (its replay re-applies the same seqs, so nothing is counted twice)."""
+
+
+class StoreUrlError(ValueError):
+    """A membership store URL this build cannot open, or an old store to convert first."""

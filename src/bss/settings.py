@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./bss-data")
     #: Relational store (jobs, members, users, segments, configs). Default: SQLite in data_dir.
     database_url: str | None = None
-    #: Membership store. Default: the embedded DuckDB file in data_dir.
+    #: Membership store, URL-style: lmdb:///path/to/dir. Default: the embedded LMDB
+    #: environment data_dir/memberships.lmdb, shared by every process of the machine.
     store_url: str | None = None
     public_url: str | None = None
 
@@ -113,4 +114,4 @@ class Settings(BaseSettings):
 
     @cached_property
     def resolved_store_url(self) -> str:
-        return self.store_url or f"duckdb://{(self.data_dir / 'memberships.duckdb').resolve()}"
+        return self.store_url or f"lmdb://{(self.data_dir / 'memberships.lmdb').resolve()}"

@@ -260,12 +260,10 @@ def run_worker(settings: Settings) -> None:
     service = JobService(db, settings)
     stores = StoreHandle(settings.resolved_store_url)
     try:
-        stores.get()  # fail fast: the embedded store admits one process at a time
+        stores.get()  # fail fast: a wrong URL or an unconverted old store
     except Exception as exc:
         log.error(
-            "cannot open the membership store; the embedded DuckDB store is single-process, so "
-            "`bss worker` cannot run while `bss serve` (or another worker) has it open: run "
-            "workers as threads of `bss serve` (BSS_WORKERS) instead",
+            f"cannot open the membership store: {exc}",
             extra={"store_url": settings.resolved_store_url, "error": str(exc)},
         )
         db.dispose()

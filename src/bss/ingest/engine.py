@@ -23,7 +23,7 @@ from bss.formats.records import EXPIRATION_MEMBER_DEFAULT, EXPIRATION_REMOVE, RE
 from bss.ingest.registry import SegmentRegistry
 from bss.ingest.report import ErrorReport
 from bss.ingest.result import IngestResult
-from bss.store.base import APPLY_SCHEMA, JOB_SEQ_SPAN, MembershipStore
+from bss.store.base import APPLY_SCHEMA, MembershipStore
 
 MAX_LIFETIME_SECONDS = 180 * 24 * 3600
 
@@ -124,7 +124,7 @@ class _Job:
         self,
         *,
         member_id: int,
-        job_no: int,
+        seq_base: int,
         config: BatchSegmentConfig,
         registry: SegmentRegistry,
         store: MembershipStore,
@@ -137,7 +137,7 @@ class _Job:
         self.now = now
         self.report = report
         self.result = IngestResult()
-        self.seq_base = job_no * JOB_SEQ_SPAN
+        self.seq_base = seq_base
         self.pairs_seen = 0
         self.invalid_lines = 0
         self.seen = _SeenLines()
@@ -405,7 +405,7 @@ def ingest_file(
     path: Path,
     *,
     member_id: int,
-    job_no: int,
+    seq_base: int,
     config: BatchSegmentConfig,
     registry: SegmentRegistry,
     store: MembershipStore,
@@ -417,6 +417,10 @@ def ingest_file(
 ) -> IngestResult:
     """Validate and apply one uploaded file; never raises for bad input.
 
+    Pair i of the file (in file order, counting pairs that are not applied) is written with
+    seq `seq_base + i`: the job's reserved range (bss.store.base.JOB_SEQ_SPAN), so a replay
+    with the same base rewrites the same entries and changes nothing.
+
     A file that cannot be read (corrupt, refused compression, too large once decompressed)
     or that passes num_invalid_before_error ends with `error_code` set; what was applied
     before that stays applied, as documented.
@@ -424,7 +428,7 @@ def ingest_file(
     with ErrorReport(error_report_path, config.num_error_log_lines) as report:
         job = _Job(
             member_id=member_id,
-            job_no=job_no,
+            seq_base=seq_base,
             config=config,
             registry=registry,
             store=store,

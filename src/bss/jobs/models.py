@@ -48,6 +48,9 @@ jobs = Table(
     Column("claimed_until", BigInteger, nullable=True),
     Column("claimed_by", String(64), nullable=True),
     Column("attempts", Integer, nullable=False, default=0),
+    #: First of the JOB_SEQ_SPAN store seqs reserved at the job's first run; a replay of an
+    #: interrupted run reuses them (bss.store.seqs).
+    Column("seq_base", BigInteger, nullable=True),
     Index("ix_jobs_member_modified", "member_id", "last_modified"),
     #: A member's history newest first (ORDER BY id DESC LIMIT n) without sorting all its
     #: jobs: 100 of 5000 in under 1 ms instead of ~100 ms on SQLite.

@@ -1,9 +1,10 @@
 """Workers: claim a queued job, run the ingest engine on its file, record the result.
 
 Crash safety: a job is claimed with a lease that a heartbeat renews while the engine runs.
-If the process dies, the lease runs out and another worker claims the job; before running
-it again, that worker calls `store.discard_job(job.id)` so the replay yields exactly the
-store an uninterrupted run would have.
+If the process dies, the lease runs out and another worker claims the job and runs it again
+with the seq base recorded at its first run (jobs.seq_base): the store keeps the highest seq
+per (user, segment), so the replay rewrites the same entries and yields exactly the store an
+uninterrupted run would have, without undoing any job applied in between.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from bss.db import now_s
 from bss.ingest.engine import ingest_file
 from bss.jobs.service import JobService
 from bss.metrics import COUNTERS
-from bss.segments.service import MEMBER_COUNTS, get_config, registry_for
-from bss.store import MembershipStore, open_store
+from bss.segments.service import get_config, registry_for
+from bss.store import JOB_SEQ_SPAN, MembershipStore, open_store, seqs
 
 log = logging.getLogger("bss.worker")
 
@@ -49,8 +50,8 @@ class StoreHandle:
     def get(self) -> MembershipStore:
         with self._lock:
             if self._store is None:
-                # Stores are thread-safe themselves (the embedded one serializes writes and
-                # reads through per-thread cursors): one instance serves every thread.
+                # Stores are thread-safe themselves (LMDB transactions serve any thread, and
+                # other processes open the same environment): one instance per process.
                 self._store = open_store(self.url)
             return self._store
 
@@ -128,10 +129,16 @@ class Worker:
             )
             return
         store = self.stores.get()
-        if row["attempts"] > 1:
-            # A previous worker died halfway: forget its partial writes first.
-            log.warning("re-running an interrupted job", extra=ctx)
-            store.discard_job(job_pk)
+        seq_base = row["seq_base"]
+        if seq_base is None:
+            seq_base = seqs.reserve(self.service.db, JOB_SEQ_SPAN)
+            if not self.service.renew(job_pk, self.name, seq_base=seq_base):
+                log.warning("lease lost before the job started", extra=ctx)
+                return
+        elif row["attempts"] > 1:
+            # A previous worker died halfway: the replay reuses its seqs and changes nothing
+            # it had written already.
+            log.warning("re-running an interrupted job", extra={**ctx, "seq_base": seq_base})
         self.service.start_processing(job_pk, self.name)
         config = get_config(self.service.db, row["member_id"])
         registry = registry_for(self.service.db)
@@ -180,7 +187,7 @@ class Worker:
             result = ingest_file(
                 path,
                 member_id=row["member_id"],
-                job_no=job_pk,
+                seq_base=seq_base,
                 config=config,
                 registry=registry,
                 store=store,
@@ -219,9 +226,7 @@ class Worker:
         }
         if result.lines_read:
             values["file_lines"] = result.lines_read
-        MEMBER_COUNTS.invalidate()  # before and after: no reader caches a pre-finish count
         finished = self.service.finish(job_pk, self.name, values)
-        MEMBER_COUNTS.invalidate()
         if finished:
             COUNTERS.inc("bss_pairs_applied_total", result.pairs_added + result.pairs_removed)
             COUNTERS.inc("bss_lines_processed_total", result.lines_read)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, or_, select, update
@@ -15,36 +13,11 @@ from bss.errors import BssError, notfound, syntax
 from bss.formats.config import BatchSegmentConfig, ConfigError, load_config
 from bss.ingest.registry import SegmentRegistry
 from bss.segments.models import batch_segment_configs, segment_id_counter, segments
+from bss.store import MembershipStore, seqs
 
 MAX_CODE_LENGTH = 50
 #: Segments one POST /segment may create at once (all or nothing).
 MAX_SEGMENTS_PER_REQUEST = 1000
-
-
-class _CountsCache:
-    """store.segment_member_counts() scans the whole store: keep the answer briefly."""
-
-    def __init__(self, ttl: float = 30.0) -> None:
-        self.ttl = ttl
-        self._lock = threading.Lock()
-        self._value: tuple[float, dict[int, int]] | None = None
-
-    def get(self) -> dict[int, int] | None:
-        with self._lock:
-            if self._value is not None and time.monotonic() - self._value[0] < self.ttl:
-                return self._value[1]
-            return None
-
-    def put(self, counts: dict[int, int]) -> None:
-        with self._lock:
-            self._value = (time.monotonic(), counts)
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._value = None
-
-
-MEMBER_COUNTS = _CountsCache()
 
 
 def segment_out(row: Any, member_count: int | None = None) -> dict[str, Any]:
@@ -240,10 +213,13 @@ def update_segment(db: Engine, segment_id: int, data: dict[str, Any]) -> Any:
     return get_segment_row(db, segment_id)
 
 
-def delete_segment(db: Engine, segment_id: int) -> None:
+def delete_segment(db: Engine, segment_id: int, store: MembershipStore) -> None:
+    """Delete the segment and its memberships: the store hides every entry written before a
+    seq reserved now, so a segment given the same id later starts empty."""
     with write_tx(db) as conn:
         if conn.execute(delete(segments).where(segments.c.id == segment_id)).rowcount == 0:
             raise notfound(f"segment {segment_id} not found")
+    store.delete_segment(segment_id, seqs.reserve(db, 1))
 
 
 def registry_for(

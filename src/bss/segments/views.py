@@ -57,18 +57,12 @@ log = logging.getLogger("bss.api")
 
 
 def _counts(request: Request) -> dict[int, int] | None:
-    """Live members per segment: a scan of the whole store, so cached for a few seconds
-    (and dropped whenever a worker of this process finishes a job)."""
-    cached = service.MEMBER_COUNTS.get()
-    if cached is not None:
-        return cached
+    """Live members per segment, kept exact by the store as writes apply (no scan)."""
     try:
-        counts = request.app.state.stores.get().segment_member_counts(now_s())
+        return request.app.state.stores.get().segment_member_counts(now_s())
     except Exception:  # the store is optional for segment CRUD
         log.warning("segment member counts unavailable", exc_info=True)
         return None
-    service.MEMBER_COUNTS.put(counts)
-    return counts
 
 
 def _out(row: Any, counts: dict[int, int] | None) -> dict[str, Any]:
@@ -174,7 +168,7 @@ def delete_segment(request: Request, p: Principal = Depends(principal)) -> Any:
     current = service.get_segment_row(db, segment_id)
     if not can_touch(p, current["member_id"]):
         raise notfound(f"segment {segment_id} not found")
-    service.delete_segment(db, segment_id)
+    service.delete_segment(db, segment_id, request.app.state.stores.get())
     return ok(None)
 
 

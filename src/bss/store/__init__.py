@@ -1,27 +1,43 @@
-"""Membership stores, chosen by a URL-style setting; the embedded DuckDB file is the default."""
+"""Membership stores, chosen by a URL-style setting; the embedded LMDB environment is the default."""
 
 from __future__ import annotations
 
-from bss.store.base import APPLY_SCHEMA, Membership, MembershipStore, job_seq_range
+from pathlib import Path
 
-__all__ = ["APPLY_SCHEMA", "Membership", "MembershipStore", "job_seq_range", "open_store"]
+from bss.errors import StoreUrlError
+from bss.store.base import APPLY_SCHEMA, JOB_SEQ_SPAN, Membership, MembershipStore
+
+__all__ = ["APPLY_SCHEMA", "JOB_SEQ_SPAN", "Membership", "MembershipStore", "open_store"]
+
+#: File of the store layout before LMDB (one DuckDB file), converted by `bss store convert`.
+OLD_STORE_FILE = "memberships.duckdb"
 
 
 def open_store(url: str, *, wait_replicas: int | None = None) -> MembershipStore:
-    """`duckdb:///path/to/file.duckdb` (the embedded default), `redis://host:port/db` (one
-    Redis server) or `redis+cluster://host:port[,host:port...]` (a Redis Cluster).
+    """`lmdb:///path/to/dir` (the embedded default: an LMDB environment directory),
+    `redis://host:port/db` (one Redis server) or `redis+cluster://host:port[,host:port...]`
+    (a Redis Cluster).
 
     `wait_replicas`: replicas a Redis write must reach before it counts as applied (default
     1 on a cluster, 0 on one server)."""
-    if url.startswith("duckdb://"):
-        from bss.store.embedded import EmbeddedStore
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme == "lmdb":
+        path = Path(rest)
+        old = path.parent / OLD_STORE_FILE
+        if old.exists():  # renamed once converted; a half-done conversion is run again
+            raise StoreUrlError(
+                f"{old} holds memberships in the old DuckDB layout; convert it with "
+                f"`bss store convert --data-dir {path.parent}` (the old file is kept), "
+                "then start again"
+            )
+        from bss.store.keyvalue import LmdbStore
 
-        return EmbeddedStore(url.removeprefix("duckdb://"))
-    if url.startswith(("redis://", "rediss://", "redis+cluster://")):
+        return LmdbStore(path)
+    if sep and scheme in ("redis", "rediss", "redis+cluster"):
         from bss.store.redis_store import RedisStore
 
         return RedisStore(url, wait_replicas=wait_replicas)
-    raise ValueError(
-        f"unsupported membership store URL {url!r}; use duckdb:///path, redis://host:port/db "
-        "or redis+cluster://host:port[,host:port...]"
+    raise StoreUrlError(
+        f"unsupported membership store URL {url!r} (BSS_STORE_URL): use lmdb:///path/to/dir, "
+        "redis://host:port/db or redis+cluster://host:port[,host:port...]"
     )

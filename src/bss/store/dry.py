@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import pyarrow as pa
 
 from bss.store.base import Membership
@@ -14,14 +16,20 @@ class DryRunStore:
     def apply(self, batch: pa.Table) -> None:
         self.rows_seen += batch.num_rows
 
-    def discard_job(self, job_no: int) -> None:
-        return None
-
     def user_segments(self, user_kind: int, user_key: str, now: int) -> list[Membership]:
         return []
 
+    def users_segments(self, users: Sequence[tuple[int, str]], now: int) -> list[list[Membership]]:
+        return [[] for _ in users]
+
     def segment_member_counts(self, now: int) -> dict[int, int]:
         return {}
+
+    def segment_members(self, segment_id: int, now: int) -> Iterator[tuple[int, str, Membership]]:
+        return iter(())
+
+    def delete_segment(self, segment_id: int, seq: int) -> None:
+        return None
 
     def purge_expired(self, now: int) -> int:
         return 0

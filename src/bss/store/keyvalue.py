@@ -1,0 +1,416 @@
+"""The embedded membership store: one LMDB environment under the data dir.
+
+LMDB is a B+tree in a memory-mapped file: a lookup is a few page reads from the page cache
+(no copy, no server), readers never block and are never blocked, and any number of processes
+of one machine open the same environment, writers taking turns on a lock inside the file.
+docs/store.md has the measurements that chose it.
+
+Named databases of the environment:
+
+- ``members``: kind byte + user key + NUL + segment id (8 bytes big-endian) -> the winning
+  entry (seq, timestamp, expires_at, value, removed). One user's entries are one key range,
+  so a lookup is one cursor seek and a short walk.
+- ``by_segment``: segment id + kind byte + user key -> empty: the per-segment index that
+  `segment_members` and `delete_segment` walk instead of the whole store.
+- ``count_base`` (segment id -> count) and ``count_events`` (minute + segment id -> delta):
+  exact member counts without a scan. A live membership adds +1 at the minute it starts and
+  -1 at the minute it expires; events up to the minute of the last `purge_expired` are folded
+  into the base, so a count is the base plus the few events since.
+- ``deleted``: segment id -> the seq its deletion was given; writes at or below it are dropped.
+- ``meta``: the minute counts are folded through.
+
+Writes are vectorised: a batch is keyed and sorted with Arrow, its stored entries are read in
+one `getmulti` pass, winners are decided in numpy, and only winners are written, all in one
+write transaction, so the seq rule holds across processes without a read-modify-write per pair.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bss.store.base import APPLY_SCHEMA, Membership
+
+#: A stored entry, packed: 33 bytes.
+ENTRY = np.dtype(
+    [
+        ("seq", "<i8"),
+        ("timestamp", "<i8"),
+        ("expires_at", "<i8"),
+        ("value", "<i8"),
+        ("removed", "u1"),
+    ]
+)
+_ENTRY_STRUCT = struct.Struct("<qqqqB")
+#: Stands for a null value (values are 32-bit, so this one never occurs).
+NULL_VALUE = -(1 << 63)
+_I64 = struct.Struct("<q")
+_SEG = struct.Struct(">q")
+_FOLDED = b"folded_minute"
+#: Keys read and written per transaction when walking a segment or the whole store.
+_WALK_CHUNK = 20_000
+#: Readers across the threads and processes sharing the environment.
+MAX_READERS = 2048
+
+
+def _minutes_live(timestamp: np.ndarray, expires_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The minutes [first, end) a membership counts in: every minute it is live in for some
+    part, so a membership written now counts at once and one that expired this minute still
+    counts until the minute is over. At a whole minute the count is exact."""
+    return timestamp // 60, -(-expires_at // 60)
+
+
+def _fixed(values: np.ndarray, width: int) -> pa.Array:
+    """Raw bytes of a numpy array, `width` bytes per row, as an Arrow binary array."""
+    fixed = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), len(values), [None, pa.py_buffer(np.ascontiguousarray(values))]
+    )
+    return fixed.cast(pa.binary())
+
+
+def member_keys(kind: np.ndarray, user_key: pa.Array, segment_id: np.ndarray) -> pa.Array:
+    suffix = np.zeros(len(segment_id), dtype=[("nul", "u1"), ("seg", ">i8")])
+    suffix["seg"] = segment_id
+    return pc.binary_join_element_wise(
+        _fixed(kind.astype(np.uint8), 1), user_key.cast(pa.binary()), _fixed(suffix, 9), b""
+    )
+
+
+def segment_index_keys(kind: np.ndarray, user_key: pa.Array, segment_id: np.ndarray) -> pa.Array:
+    prefix = np.zeros(len(segment_id), dtype=[("seg", ">i8"), ("kind", "u1")])
+    prefix["seg"] = segment_id
+    prefix["kind"] = kind
+    return pc.binary_join_element_wise(_fixed(prefix, 9), user_key.cast(pa.binary()), b"")
+
+
+def _user_prefix(user_kind: int, user_key: str) -> bytes:
+    return bytes((user_kind,)) + user_key.encode() + b"\x00"
+
+
+def _membership(key: bytes, value: bytes) -> Membership:
+    _seq, timestamp, expires_at, val, _removed = _ENTRY_STRUCT.unpack(value)
+    return Membership(
+        _SEG.unpack_from(key, len(key) - 8)[0],
+        None if val == NULL_VALUE else val,
+        timestamp,
+        expires_at,
+    )
+
+
+def _live(value: bytes, now: int) -> bool:
+    _seq, timestamp, expires_at, _val, removed = _ENTRY_STRUCT.unpack(value)
+    return not removed and timestamp <= now < expires_at
+
+
+class LmdbStore:
+    def __init__(self, path: str | Path, map_size: int = 1 << 40) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        # map_size only reserves address space; the file grows as pages are written.
+        self._env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=8,
+            max_readers=MAX_READERS,
+            readahead=False,
+            lock=True,
+        )
+        self._members = self._env.open_db(b"members")
+        self._by_segment = self._env.open_db(b"by_segment")
+        self._count_base = self._env.open_db(b"count_base")
+        self._count_events = self._env.open_db(b"count_events")
+        self._deleted = self._env.open_db(b"deleted")
+        self._meta = self._env.open_db(b"meta")
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def apply(self, batch: pa.Table) -> None:
+        if batch.num_rows == 0:
+            return
+        batch = batch.select(APPLY_SCHEMA.names).cast(APPLY_SCHEMA).combine_chunks()
+        with self._env.begin(write=True) as txn:
+            batch = self._without_deleted(txn, batch)
+            if batch.num_rows == 0:
+                return
+            kind = batch["user_kind"].to_numpy()
+            segment = batch["segment_id"].to_numpy()
+            keys = member_keys(kind, batch["user_key"].combine_chunks(), segment)
+            batch = batch.append_column("key", keys)
+            # Sorted keys make the B+tree writes sequential; the highest seq of a key first.
+            order = pc.sort_indices(batch, [("key", "ascending"), ("seq", "descending")])
+            batch = batch.take(order)
+            keys = batch["key"].combine_chunks()
+            if len(keys) > 1:
+                first = np.ones(len(keys), dtype=bool)
+                first[1:] = pc.not_equal(keys[1:], keys[:-1]).to_numpy(zero_copy_only=False)
+                if not first.all():
+                    batch = batch.filter(first)
+                    keys = batch["key"].combine_chunks()
+            self._merge(txn, batch, keys.to_pylist())
+
+    def _without_deleted(self, txn: lmdb.Transaction, batch: pa.Table) -> pa.Table:
+        deleted = {_SEG.unpack(k)[0]: _I64.unpack(v)[0] for k, v in txn.cursor(db=self._deleted)}
+        if not deleted:
+            return batch
+        segs = np.fromiter(deleted, dtype=np.int64, count=len(deleted))
+        floors = np.fromiter(deleted.values(), dtype=np.int64, count=len(deleted))
+        order = np.argsort(segs)
+        segs, floors = segs[order], floors[order]
+        segment = batch["segment_id"].to_numpy()
+        at = np.clip(np.searchsorted(segs, segment), 0, len(segs) - 1)
+        hidden = (segs[at] == segment) & (batch["seq"].to_numpy() <= floors[at])
+        return batch.filter(pa.array(~hidden)) if hidden.any() else batch
+
+    def _merge(self, txn: lmdb.Transaction, batch: pa.Table, keys: list[bytes]) -> None:
+        n = len(keys)
+        new = np.empty(n, dtype=ENTRY)
+        new["seq"] = batch["seq"].to_numpy()
+        new["timestamp"] = batch["timestamp"].to_numpy()
+        new["expires_at"] = batch["expires_at"].to_numpy()
+        new["value"] = batch["value"].fill_null(NULL_VALUE).to_numpy()
+        new["removed"] = batch["removed"].to_numpy(zero_copy_only=False)
+
+        found = txn.cursor(db=self._members).getmulti(keys)
+        exists = np.zeros(n, dtype=bool)
+        old = np.zeros(0, dtype=ENTRY)
+        if found:
+            exists = pc.is_in(
+                pa.array(keys, pa.binary()), value_set=pa.array([k for k, _ in found], pa.binary())
+            ).to_numpy(zero_copy_only=False)
+            old = np.frombuffer(b"".join(v for _, v in found), dtype=ENTRY)
+        wins = ~exists
+        beaten = new["seq"][exists] > old["seq"]
+        wins[exists] = beaten
+        if not wins.any():
+            return
+        segment = batch["segment_id"].to_numpy()
+        replaced = old[beaten]
+        self._count(
+            txn,
+            np.concatenate([segment[wins], segment[exists][beaten]]),
+            np.concatenate([new[wins], replaced]),
+            np.concatenate([np.ones(int(wins.sum()), np.int64), -np.ones(len(replaced), np.int64)]),
+        )
+        raw = new[wins].tobytes()
+        size = ENTRY.itemsize
+        win_keys = [keys[i] for i in np.flatnonzero(wins)]
+        txn.cursor(db=self._members).putmulti(
+            [(k, raw[j * size : (j + 1) * size]) for j, k in enumerate(win_keys)]
+        )
+        fresh = ~exists
+        if fresh.any():
+            index_keys = segment_index_keys(
+                batch["user_kind"].to_numpy()[fresh],
+                batch["user_key"].combine_chunks().filter(pa.array(fresh)),
+                segment[fresh],
+            )
+            index_keys = index_keys.take(pc.sort_indices(index_keys)).to_pylist()
+            txn.cursor(db=self._by_segment).putmulti([(k, b"") for k in index_keys])
+
+    def _count(
+        self, txn: lmdb.Transaction, segment: np.ndarray, entries: np.ndarray, sign: np.ndarray
+    ) -> None:
+        """Add (sign=+1) or take back (-1) the count events of entries of these segments."""
+        live = (entries["removed"] == 0) & (entries["expires_at"] > entries["timestamp"])
+        if not live.any():
+            return
+        segment, entries, sign = segment[live], entries[live], sign[live]
+        start, end = _minutes_live(entries["timestamp"], entries["expires_at"])
+        keep = start < end
+        minutes = np.concatenate([start[keep], end[keep]])
+        segs = np.concatenate([segment[keep], segment[keep]])
+        deltas = np.concatenate([sign[keep], -sign[keep]])
+        if not len(minutes):
+            return
+        folded = self._folded_minute(txn)
+        into_base = minutes <= folded
+        if into_base.any():
+            uniq, inverse = np.unique(segs[into_base], return_inverse=True)
+            sums = np.bincount(inverse, weights=deltas[into_base]).astype(np.int64)
+            for seg, delta in zip(uniq.tolist(), sums.tolist(), strict=True):
+                self._add(txn, self._count_base, _SEG.pack(seg), delta)
+        pending = ~into_base
+        if pending.any():
+            pairs = np.zeros(int(pending.sum()), dtype=[("minute", ">i8"), ("seg", ">i8")])
+            pairs["minute"], pairs["seg"] = minutes[pending], segs[pending]
+            uniq, inverse = np.unique(pairs, return_inverse=True)
+            sums = np.bincount(inverse.ravel(), weights=deltas[pending]).astype(np.int64)
+            for key, delta in zip(uniq, sums.tolist(), strict=True):
+                self._add(txn, self._count_events, key.tobytes(), delta)
+
+    def _add(self, txn: lmdb.Transaction, db: lmdb._Database, key: bytes, delta: int) -> None:
+        if delta == 0:
+            return
+        raw = txn.get(key, db=db)
+        total = (_I64.unpack(raw)[0] if raw else 0) + delta
+        if total:
+            txn.put(key, _I64.pack(total), db=db)
+        else:
+            txn.delete(key, db=db)
+
+    def _folded_minute(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(_FOLDED, db=self._meta)
+        return _I64.unpack(raw)[0] if raw else -1
+
+    def delete_segment(self, segment_id: int, seq: int) -> None:
+        prefix = _SEG.pack(segment_id)
+        with self._env.begin(write=True) as txn:
+            raw = txn.get(prefix, db=self._deleted)
+            if raw is None or _I64.unpack(raw)[0] < seq:
+                txn.put(prefix, _I64.pack(seq), db=self._deleted)
+            index = txn.cursor(db=self._by_segment)
+            members = txn.cursor(db=self._members)
+            batch: list[bytes] = []
+            more = index.set_range(prefix)
+            while more:
+                key = index.key()
+                if not key.startswith(prefix):
+                    break
+                batch.append(key)
+                more = index.next()
+                if len(batch) == _WALK_CHUNK or not more:
+                    self._drop_below(txn, members, segment_id, batch, seq)
+                    batch = []
+            if batch:
+                self._drop_below(txn, members, segment_id, batch, seq)
+
+    def _drop_below(
+        self,
+        txn: lmdb.Transaction,
+        members: lmdb.Cursor,
+        segment_id: int,
+        index_keys: list[bytes],
+        seq: int,
+    ) -> None:
+        """Remove the entries (and their index keys and counts) older than a deletion."""
+        main_keys = [k[8:] + b"\x00" + k[:8] for k in index_keys]
+        found = dict(members.getmulti(main_keys))
+        gone_keys, gone = [], []
+        for index_key, key in zip(index_keys, main_keys, strict=True):
+            value = found.get(key)
+            if value is not None and _I64.unpack_from(value)[0] < seq:
+                gone_keys.append((index_key, key))
+                gone.append(value)
+        if not gone:
+            return
+        entries = np.frombuffer(b"".join(gone), dtype=ENTRY)
+        self._count(
+            txn, np.full(len(gone), segment_id, np.int64), entries, -np.ones(len(gone), np.int64)
+        )
+        for index_key, key in gone_keys:
+            txn.delete(key, db=self._members)
+            txn.delete(index_key, db=self._by_segment)
+
+    def purge_expired(self, now: int) -> int:
+        self._fold_counts(now // 60)
+        dropped = 0
+        resume: bytes | None = b""
+        while resume is not None:
+            # Short write transactions: jobs of other processes write in between.
+            with self._env.begin(write=True) as txn:
+                cursor = txn.cursor(db=self._members)
+                more = cursor.set_range(resume)
+                gone: list[bytes] = []
+                seen = 0
+                while more and seen < _WALK_CHUNK:
+                    if _ENTRY_STRUCT.unpack(cursor.value())[2] <= now:
+                        gone.append(cursor.key())
+                    seen += 1
+                    more = cursor.next()
+                resume = cursor.key() if more else None
+                for key in gone:
+                    txn.delete(key, db=self._members)
+                    txn.delete(key[-8:] + key[:-9], db=self._by_segment)
+                dropped += len(gone)
+        return dropped
+
+    def _fold_counts(self, minute: int) -> None:
+        """Move the count events up to `minute` into the base counts."""
+        with self._env.begin(write=True) as txn:
+            if minute <= self._folded_minute(txn):
+                return
+            cursor = txn.cursor(db=self._count_events)
+            sums: dict[bytes, int] = {}
+            folded: list[bytes] = []
+            more = cursor.first()
+            while more:
+                key = cursor.key()
+                if _SEG.unpack_from(key)[0] > minute:
+                    break
+                sums[key[8:]] = sums.get(key[8:], 0) + _I64.unpack(cursor.value())[0]
+                folded.append(key)
+                more = cursor.next()
+            for key in folded:
+                txn.delete(key, db=self._count_events)
+            for seg, delta in sums.items():
+                self._add(txn, self._count_base, seg, delta)
+            txn.put(_FOLDED, _I64.pack(minute), db=self._meta)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def user_segments(self, user_kind: int, user_key: str, now: int) -> list[Membership]:
+        with self._env.begin(db=self._members, buffers=False) as txn:
+            return self._read_user(txn.cursor(), _user_prefix(user_kind, user_key), now)
+
+    def users_segments(self, users: Sequence[tuple[int, str]], now: int) -> list[list[Membership]]:
+        with self._env.begin(db=self._members) as txn:
+            cursor = txn.cursor()
+            return [self._read_user(cursor, _user_prefix(k, key), now) for k, key in users]
+
+    @staticmethod
+    def _read_user(cursor: lmdb.Cursor, prefix: bytes, now: int) -> list[Membership]:
+        found: list[Membership] = []
+        if not cursor.set_range(prefix):
+            return found
+        for key, value in cursor:
+            if not key.startswith(prefix):
+                break
+            if _live(value, now):
+                found.append(_membership(key, value))
+        return found
+
+    def segment_member_counts(self, now: int) -> dict[int, int]:
+        minute = now // 60
+        with self._env.begin() as txn:
+            counts = {
+                _SEG.unpack(k)[0]: _I64.unpack(v)[0] for k, v in txn.cursor(db=self._count_base)
+            }
+            # Events folded already are in the base; a `now` before the fold is answered as of it.
+            for key, value in txn.cursor(db=self._count_events):
+                if _SEG.unpack_from(key)[0] > minute:
+                    break
+                seg = _SEG.unpack_from(key, 8)[0]
+                counts[seg] = counts.get(seg, 0) + _I64.unpack(value)[0]
+        return {seg: n for seg, n in sorted(counts.items()) if n > 0}
+
+    def segment_members(self, segment_id: int, now: int) -> Iterator[tuple[int, str, Membership]]:
+        prefix = _SEG.pack(segment_id)
+        resume = prefix
+        while resume is not None:
+            # One short read transaction per chunk: a slow client must not pin old pages.
+            with self._env.begin() as txn:
+                index = txn.cursor(db=self._by_segment)
+                keys: list[bytes] = []
+                more = index.set_range(resume)
+                while more and len(keys) < _WALK_CHUNK:
+                    key = index.key()
+                    if not key.startswith(prefix):
+                        more = False
+                        break
+                    keys.append(key)
+                    more = index.next()
+                resume = index.key() if more and index.key().startswith(prefix) else None
+                main_keys = [k[8:] + b"\x00" + k[:8] for k in keys]
+                found = txn.cursor(db=self._members).getmulti(main_keys)
+            for key, value in found:
+                if _live(value, now):
+                    yield key[0], key[1:-9].decode(), _membership(key, value)
+
+    def close(self) -> None:
+        self._env.close()
