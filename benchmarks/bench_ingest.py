@@ -86,18 +86,19 @@ def run_bss(path: Path) -> dict[str, float]:
     from bss.ingest.engine import ingest_file
     from bss.ingest.registry import SegmentRegistry
     from bss.settings import Settings
-    from bss.store.embedded import EmbeddedStore
+    from bss.store.base import JOB_SEQ_SPAN
+    from bss.store.keyvalue import LmdbStore
 
     registry = SegmentRegistry.from_records(
         {"id": i, "code": f"seg{i}", "member_id": MEMBER_ID} for i in range(1, SEGMENTS + 1)
     )
     with tempfile.TemporaryDirectory() as tmp:
-        store = EmbeddedStore(Path(tmp) / "m.duckdb")
+        store = LmdbStore(Path(tmp) / "m.lmdb")
         started = time.perf_counter()
         result = ingest_file(
             path,
             member_id=MEMBER_ID,
-            job_no=1,
+            seq_base=JOB_SEQ_SPAN,
             config=BatchSegmentConfig(),
             registry=registry,
             store=store,
