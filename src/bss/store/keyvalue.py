@@ -12,12 +12,14 @@ Named databases of the environment:
   so a lookup is one cursor seek and a short walk.
 - ``by_segment``: segment id + kind byte + user key -> empty: the per-segment index that
   `segment_members` and `delete_segment` walk instead of the whole store.
-- ``count_base`` (segment id -> count) and ``count_events`` (minute + segment id -> delta):
-  exact member counts without a scan. A live membership adds +1 at the minute it starts and
-  -1 at the minute it expires; events up to the minute of the last `purge_expired` are folded
-  into the base, so a count is the base plus the few events since.
-- ``deleted``: segment id -> the seq its deletion was given; writes at or below it are dropped.
-- ``meta``: the minute counts are folded through.
+- ``count_base`` (segment id -> count) and ``count_events`` (second + segment id -> delta):
+  exact member counts without a scan. A live membership adds +1 at the second it starts and
+  -1 at the second it expires. Events up to the present are folded into the base as writes
+  apply (and by `purge_expired`), so a count is the base plus the few events due since: exact
+  to the second at any `now` from the last fold on (an earlier `now` is answered as of it).
+- ``deleted``: segment id -> the seq its deletion was given; writes below it are dropped.
+- ``meta``: the second counts are folded through, and how many entries segment deletions
+  dropped since the last purge (a purge reports them).
 
 Writes are vectorised: a batch is keyed and sorted with Arrow, its stored entries are read in
 one `getmulti` pass, winners are decided in numpy, and only winners are written, all in one
@@ -27,6 +29,7 @@ write transaction, so the seq rule holds across processes without a read-modify-
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -52,18 +55,14 @@ _ENTRY_STRUCT = struct.Struct("<qqqqB")
 NULL_VALUE = -(1 << 63)
 _I64 = struct.Struct("<q")
 _SEG = struct.Struct(">q")
-_FOLDED = b"folded_minute"
+_FOLDED = b"folded_through"
+_DROPPED = b"dropped_by_deletions"
+#: Counts lagging the clock by more than this are folded forward by the reader.
+_FOLD_LAG_SECONDS = 60
 #: Keys read and written per transaction when walking a segment or the whole store.
 _WALK_CHUNK = 20_000
 #: Readers across the threads and processes sharing the environment.
 MAX_READERS = 2048
-
-
-def _minutes_live(timestamp: np.ndarray, expires_at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The minutes [first, end) a membership counts in: every minute it is live in for some
-    part, so a membership written now counts at once and one that expired this minute still
-    counts until the minute is over. At a whole minute the count is exact."""
-    return timestamp // 60, -(-expires_at // 60)
 
 
 def _fixed(values: np.ndarray, width: int) -> pa.Array:
@@ -135,6 +134,8 @@ class LmdbStore:
             return
         batch = batch.select(APPLY_SCHEMA.names).cast(APPLY_SCHEMA).combine_chunks()
         with self._env.begin(write=True) as txn:
+            # Events of the past go straight into the base counts from here on.
+            self._fold(txn, int(time.time()))
             batch = self._without_deleted(txn, batch)
             if batch.num_rows == 0:
                 return
@@ -164,7 +165,7 @@ class LmdbStore:
         segs, floors = segs[order], floors[order]
         segment = batch["segment_id"].to_numpy()
         at = np.clip(np.searchsorted(segs, segment), 0, len(segs) - 1)
-        hidden = (segs[at] == segment) & (batch["seq"].to_numpy() <= floors[at])
+        hidden = (segs[at] == segment) & (batch["seq"].to_numpy() < floors[at])
         return batch.filter(pa.array(~hidden)) if hidden.any() else batch
 
     def _merge(self, txn: lmdb.Transaction, batch: pa.Table, keys: list[bytes]) -> None:
@@ -221,15 +222,10 @@ class LmdbStore:
         if not live.any():
             return
         segment, entries, sign = segment[live], entries[live], sign[live]
-        start, end = _minutes_live(entries["timestamp"], entries["expires_at"])
-        keep = start < end
-        minutes = np.concatenate([start[keep], end[keep]])
-        segs = np.concatenate([segment[keep], segment[keep]])
-        deltas = np.concatenate([sign[keep], -sign[keep]])
-        if not len(minutes):
-            return
-        folded = self._folded_minute(txn)
-        into_base = minutes <= folded
+        seconds = np.concatenate([entries["timestamp"], entries["expires_at"]])
+        segs = np.concatenate([segment, segment])
+        deltas = np.concatenate([sign, -sign])
+        into_base = seconds <= self._folded_through(txn)
         if into_base.any():
             uniq, inverse = np.unique(segs[into_base], return_inverse=True)
             sums = np.bincount(inverse, weights=deltas[into_base]).astype(np.int64)
@@ -237,8 +233,8 @@ class LmdbStore:
                 self._add(txn, self._count_base, _SEG.pack(seg), delta)
         pending = ~into_base
         if pending.any():
-            pairs = np.zeros(int(pending.sum()), dtype=[("minute", ">i8"), ("seg", ">i8")])
-            pairs["minute"], pairs["seg"] = minutes[pending], segs[pending]
+            pairs = np.zeros(int(pending.sum()), dtype=[("second", ">i8"), ("seg", ">i8")])
+            pairs["second"], pairs["seg"] = seconds[pending], segs[pending]
             uniq, inverse = np.unique(pairs, return_inverse=True)
             sums = np.bincount(inverse.ravel(), weights=deltas[pending]).astype(np.int64)
             for key, delta in zip(uniq, sums.tolist(), strict=True):
@@ -254,7 +250,7 @@ class LmdbStore:
         else:
             txn.delete(key, db=db)
 
-    def _folded_minute(self, txn: lmdb.Transaction) -> int:
+    def _folded_through(self, txn: lmdb.Transaction) -> int:
         raw = txn.get(_FOLDED, db=self._meta)
         return _I64.unpack(raw)[0] if raw else -1
 
@@ -299,6 +295,7 @@ class LmdbStore:
                 gone.append(value)
         if not gone:
             return
+        self._add(txn, self._meta, _DROPPED, len(gone))
         entries = np.frombuffer(b"".join(gone), dtype=ENTRY)
         self._count(
             txn, np.full(len(gone), segment_id, np.int64), entries, -np.ones(len(gone), np.int64)
@@ -308,8 +305,11 @@ class LmdbStore:
             txn.delete(index_key, db=self._by_segment)
 
     def purge_expired(self, now: int) -> int:
-        self._fold_counts(now // 60)
-        dropped = 0
+        with self._env.begin(write=True) as txn:
+            self._fold(txn, now)
+            raw = txn.get(_DROPPED, db=self._meta)
+            dropped = _I64.unpack(raw)[0] if raw else 0
+            txn.delete(_DROPPED, db=self._meta)
         resume: bytes | None = b""
         while resume is not None:
             # Short write transactions: jobs of other processes write in between.
@@ -330,27 +330,26 @@ class LmdbStore:
                 dropped += len(gone)
         return dropped
 
-    def _fold_counts(self, minute: int) -> None:
-        """Move the count events up to `minute` into the base counts."""
-        with self._env.begin(write=True) as txn:
-            if minute <= self._folded_minute(txn):
-                return
-            cursor = txn.cursor(db=self._count_events)
-            sums: dict[bytes, int] = {}
-            folded: list[bytes] = []
-            more = cursor.first()
-            while more:
-                key = cursor.key()
-                if _SEG.unpack_from(key)[0] > minute:
-                    break
-                sums[key[8:]] = sums.get(key[8:], 0) + _I64.unpack(cursor.value())[0]
-                folded.append(key)
-                more = cursor.next()
-            for key in folded:
-                txn.delete(key, db=self._count_events)
-            for seg, delta in sums.items():
-                self._add(txn, self._count_base, seg, delta)
-            txn.put(_FOLDED, _I64.pack(minute), db=self._meta)
+    def _fold(self, txn: lmdb.Transaction, through: int) -> None:
+        """Move the count events due by `through` into the base counts."""
+        if through <= self._folded_through(txn):
+            return
+        cursor = txn.cursor(db=self._count_events)
+        sums: dict[bytes, int] = {}
+        folded: list[bytes] = []
+        more = cursor.first()
+        while more:
+            key = cursor.key()
+            if _SEG.unpack_from(key)[0] > through:
+                break
+            sums[key[8:]] = sums.get(key[8:], 0) + _I64.unpack(cursor.value())[0]
+            folded.append(key)
+            more = cursor.next()
+        for key in folded:
+            txn.delete(key, db=self._count_events)
+        for seg, delta in sums.items():
+            self._add(txn, self._count_base, seg, delta)
+        txn.put(_FOLDED, _I64.pack(through), db=self._meta)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -376,14 +375,19 @@ class LmdbStore:
         return found
 
     def segment_member_counts(self, now: int) -> dict[int, int]:
-        minute = now // 60
+        with self._env.begin() as txn:
+            lagging = now - self._folded_through(txn) > _FOLD_LAG_SECONDS
+        if lagging and now <= time.time():
+            # No write for a while: fold once, so readers do not each walk the same events.
+            with self._env.begin(write=True) as txn:
+                self._fold(txn, now)
         with self._env.begin() as txn:
             counts = {
                 _SEG.unpack(k)[0]: _I64.unpack(v)[0] for k, v in txn.cursor(db=self._count_base)
             }
             # Events folded already are in the base; a `now` before the fold is answered as of it.
             for key, value in txn.cursor(db=self._count_events):
-                if _SEG.unpack_from(key)[0] > minute:
+                if _SEG.unpack_from(key)[0] > now:
                     break
                 seg = _SEG.unpack_from(key, 8)[0]
                 counts[seg] = counts.get(seg, 0) + _I64.unpack(value)[0]
