@@ -209,8 +209,8 @@ def test_a_reopened_store_has_everything(tmp_path: Path) -> None:
 
 
 def test_store_url_scheme_is_checked(tmp_path: Path) -> None:
-    with pytest.raises(StoreUrlError, match="unsupported membership store URL 'redis://x'"):
-        open_store("redis://x")
+    with pytest.raises(StoreUrlError, match="unsupported membership store URL 'rocksdb:///x'"):
+        open_store("rocksdb:///x")
     s = open_store(f"lmdb://{tmp_path / 'm.lmdb'}")
     s.close()
     (tmp_path / "memberships.duckdb").write_bytes(b"")

@@ -261,7 +261,11 @@ rows_strategy = st.builds(
 )
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("apply"), st.lists(rows_strategy, min_size=1, max_size=12)),
+        # Seqs are unique per write (a job gives each pair its own): no ties within a batch.
+        st.tuples(
+            st.just("apply"),
+            st.lists(rows_strategy, min_size=1, max_size=12, unique_by=lambda r: r.seq),
+        ),
         st.tuples(st.just("delete"), st.integers(1, 4), st.integers(0, 50)),
         st.tuples(st.just("advance"), st.integers(0, 120)),
         st.tuples(st.just("purge")),
