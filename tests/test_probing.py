@@ -47,7 +47,7 @@ def test_data_dir_and_every_file_in_it_are_owner_only(bss_server):
             path = os.path.join(root, name)
             modes[os.path.relpath(path, srv.data_dir)] = stat.S_IMODE(os.stat(path).st_mode)
     assert stat.S_IMODE(os.stat(srv.data_dir).st_mode) == 0o700
-    assert "bss.db" in modes and "memberships.duckdb" in modes
+    assert "bss.db" in modes and "memberships.lmdb/data.mdb" in modes
     assert any(p.startswith("reports/") for p in modes), modes
     assert any(p.startswith("uploads/") and os.path.isfile(srv.data_dir / p) for p in modes)
     wrong = {

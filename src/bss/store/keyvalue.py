@@ -110,10 +110,12 @@ def _live(value: bytes, now: int) -> bool:
 class LmdbStore:
     def __init__(self, path: str | Path, map_size: int = 1 << 40) -> None:
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        # map_size only reserves address space; the file grows as pages are written.
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # map_size only reserves address space; the file grows as pages are written. The
+        # files hold members' data: owner-only.
         self._env = lmdb.open(
             str(path),
+            mode=0o600,
             map_size=map_size,
             max_dbs=8,
             max_readers=MAX_READERS,
