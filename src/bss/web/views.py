@@ -373,15 +373,11 @@ def upload_page(request: Request) -> Response:
 
 
 def _member_counts(request: Request) -> dict[int, int] | None:
-    cached = segments.MEMBER_COUNTS.get()
-    if cached is not None:
-        return cached
+    """Kept exact by the store as writes apply: no cache needed."""
     try:
-        counts = request.app.state.stores.get().segment_member_counts(now_s())
+        return request.app.state.stores.get().segment_member_counts(now_s())
     except Exception:  # the page still lists segments without their counts
         return None
-    segments.MEMBER_COUNTS.put(counts)
-    return counts
 
 
 @router.get("/ui/segments")
