@@ -37,6 +37,8 @@ TABLE_MODULES = (
     "bss.ratelimit",
     "bss.leases",
     "bss.store.seqs",
+    "bss.webhooks.models",
+    "bss.reports.models",
 )
 
 

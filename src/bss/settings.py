@@ -96,6 +96,21 @@ class Settings(BaseSettings):
     #: and are picked up as soon as one finishes, so one member's flood cannot starve others.
     passive_max_inflight_per_member: int = 4
 
+    #: Completion webhooks. Networks (CIDR, comma-separated) webhook targets may be in although
+    #: they are private, loopback or link-local; everything else in those ranges is refused.
+    webhook_allowed_networks: str = ""
+    #: Delay before the first retry of a failed delivery; it doubles per attempt up to
+    #: webhook_max_retry_seconds, until webhook_retry_window_seconds after the first attempt.
+    webhook_first_retry_seconds: float = 10.0
+    webhook_max_retry_seconds: float = 3600.0
+    webhook_retry_window_seconds: float = 86400.0
+    #: Seconds a receiver has to answer one delivery (connect and response).
+    webhook_timeout_seconds: float = 10.0
+    #: Delivery threads per process (each delivers to one member at a time).
+    webhook_threads: int = 2
+    #: How often an idle delivery thread looks for due deliveries.
+    webhook_poll_seconds: float = 1.0
+
     admin_username: str | None = None
     admin_password: str | None = None
 

@@ -25,9 +25,11 @@ from bss.jobs.worker import StoreHandle
 from bss.leases import new_process_id
 from bss.metrics import COUNTERS, render
 from bss.ratelimit import DatabaseRateLimiter
+from bss.reports.views import router as reports_router
 from bss.segments.views import router as segments_router
 from bss.settings import Settings
 from bss.web.views import mount_dashboard
+from bss.webhooks.views import router as webhooks_router
 
 log = logging.getLogger("bss.api")
 
@@ -146,6 +148,8 @@ def create_app(
     app.include_router(segments_router)
     app.include_router(jobs_router)
     app.include_router(lookup_router)
+    app.include_router(webhooks_router)
+    app.include_router(reports_router)
     mount_dashboard(app)  # the web dashboard at / and /ui/...
 
     @app.get(

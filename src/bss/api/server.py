@@ -22,6 +22,7 @@ from bss.jobs.worker import StoreHandle, Worker
 from bss.leases import HOSTNAME, LeaseKeeper, reap_dead_local_processes
 from bss.ratelimit import DatabaseRateLimiter
 from bss.settings import Settings
+from bss.webhooks.service import WebhookSender
 
 log = logging.getLogger("bss.server")
 
@@ -113,6 +114,9 @@ def start_background(
         threads.append(_thread(worker.run_forever, f"worker-{i}"))
     threads.append(_thread(lambda: sweeper(service, stores, settings, stop, keeper), "sweeper"))
     threads.append(_thread(lambda: passive_role(settings, service, stop, keeper), "passive-role"))
+    for i in range(settings.webhook_threads):
+        sender = WebhookSender(service.db, settings, name=f"{keeper.process_id}:h{i}")
+        threads.append(_thread(lambda s=sender: s.run_forever(stop), f"webhooks-{i}"))
     return threads
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -109,6 +110,10 @@ class BatchSegmentConfig(BaseModel):
     member_segment_access: list[SegmentOwnerAccess] = Field(default_factory=list)
     default_domain: str | None = None
     use_specific_geo: bool | None = None
+    #: Completion webhook (bss.webhooks): where finished jobs are POSTed, and the HMAC key.
+    #: The secret is write-only: never returned by the API.
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
     created_on: str | None = None
     last_modified: str | None = None
 
@@ -121,6 +126,16 @@ class BatchSegmentConfig(BaseModel):
     @classmethod
     def _empty_separator_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or len(value) > 2048:
+            raise ConfigError("webhook_url must be an http:// or https:// URL with a host")
+        return value
 
     @field_validator("num_error_log_lines")
     @classmethod
@@ -208,6 +223,12 @@ class BatchSegmentConfig(BaseModel):
         """The fields the member set (what is stored): unset ones keep following the
         defaults, and a later PUT merges over exactly these."""
         return self.model_dump(mode="json", exclude_unset=True)
+
+    @model_validator(mode="after")
+    def _webhook_needs_secret(self) -> BatchSegmentConfig:
+        if self.webhook_url and not self.webhook_secret:
+            raise ConfigError("webhook_url needs a webhook_secret (deliveries are signed with it)")
+        return self
 
     def segment_fields_text(self) -> str:
         """The documented string form, e.g. "[SEG_ID,EXPIRATION]"."""

@@ -40,7 +40,9 @@ from bss.formats.records import (
 __all__ = [
     "MAX_LINE_BYTES",
     "iter_legacy_chunks",
+    "DEVICE_ID_DOMAINS",
     "parse_legacy_text",
+    "parse_user_ids",
 ]
 
 #: A line longer than this (in bytes, i.e. Latin-1 characters, without its terminator) is a
@@ -92,6 +94,8 @@ _DEVICE_ID_RE = {
     "openudid": f"^{_HEX}{{40}}$",
     "md5udid": f"^{_HEX}{{32}}$",
 }
+#: Device ID domains the legacy format (and the real-time API) accepts.
+DEVICE_ID_DOMAINS = frozenset(_DEVICE_ID_RE)
 #: Pieces are already parsed in parallel, one per thread; within a piece the in-memory engine
 #: has less overhead than the streaming one (measured: about 5% less CPU).
 _ENGINE = "in-memory"
@@ -384,65 +388,11 @@ def _parse_lines(
     )
 
     # -- the user ID -------------------------------------------------------------------------
-    uid = pl.col("uid")
+    frame, kind, key, uerr = _user_id(
+        frame, config, member_id, has_plus=has_plus, with_domain=sep5 is not None
+    )
     null_str = pl.lit(None, dtype=pl.String)
     null_kind = pl.lit(None, dtype=pl.UInt8)
-    if config.use_external_uids:
-        owner = config.external_member_uid or member_id
-        ok = uid.str.len_chars().is_between(1, MAX_EXTERNAL_UID_CHARS) & ~uid.str.contains(r"\s")
-        frame = frame.with_columns(ok.alias("_uid_ok"))
-        ok = pl.col("_uid_ok")
-        kind = pl.when(ok).then(pl.lit(int(UserKind.EXTERNAL), dtype=pl.UInt8))
-        key = pl.when(ok).then(pl.concat_str(_lit(f"{owner}:"), uid))
-        uerr = pl.when(ok).then(null_str).otherwise(_lit(USER_ERROR_EXTERNAL))
-    else:
-        frame = frame.with_columns(uid.cast(pl.UInt64, strict=False).alias("_anid"))
-        anid = pl.col("_anid")
-        ok = anid.is_not_null() & (anid > 0)
-        if has_plus:
-            ok = ok & ~uid.str.starts_with("+")
-        frame = frame.with_columns(ok.alias("_uid_ok"))
-        ok = pl.col("_uid_ok")
-        kind = pl.when(ok).then(pl.lit(int(UserKind.ANID), dtype=pl.UInt8))
-        # the canonical decimal differs from the text only when it has leading zeros
-        canonical = pl.when(uid.str.starts_with("0")).then(anid).cast(pl.String)
-        key = pl.when(ok).then(pl.coalesce(canonical, uid))
-        uerr = pl.when(ok).then(null_str).otherwise(_lit(USER_ERROR_ANID))
-    if sep5 is not None:
-        domain = pl.col("_domain")
-        dev_uid = pl.when(domain.is_not_null()).then(uid)
-        dev_ok = pl.lit(False)
-        for regex in sorted(set(_DEVICE_ID_RE.values())):
-            names = [d for d, r in _DEVICE_ID_RE.items() if r == regex]
-            dev_ok = (
-                pl.when(domain.is_in(names)).then(dev_uid.str.contains(regex)).otherwise(dev_ok)
-            )
-        frame = frame.with_columns(dev_ok.fill_null(False).alias("_dev_ok"))
-        dev_ok = pl.col("_dev_ok")
-        is_dev = domain.is_not_null()
-        kind = (
-            pl.when(is_dev)
-            .then(pl.when(dev_ok).then(pl.lit(int(UserKind.DEVICE), dtype=pl.UInt8)))
-            .otherwise(kind)
-        )
-        key = (
-            pl.when(is_dev)
-            .then(
-                pl.when(dev_ok).then(pl.concat_str(domain, _lit(":"), dev_uid.str.to_lowercase()))
-            )
-            .otherwise(key)
-        )
-        uerr = (
-            pl.when(is_dev)
-            .then(
-                pl.when(dev_ok)
-                .then(null_str)
-                .otherwise(
-                    pl.concat_str(_lit(_DEVICE_ERROR_HEAD), domain, _lit(_DEVICE_ERROR_TAIL))
-                )
-            )
-            .otherwise(uerr)
-        )
 
     frame = frame.with_columns(
         err.alias("format_error"),
@@ -485,6 +435,93 @@ def _parse_lines(
         pl.when(bad).then(null_str).otherwise(pl.col("user_error")).alias("user_error"),
     )
     return lines.cast(LINE_SCHEMA), pairs.select(list(PAIR_SCHEMA)).cast(PAIR_SCHEMA)
+
+
+def _user_id(
+    frame: pl.LazyFrame,
+    config: BatchSegmentConfig,
+    member_id: int,
+    *,
+    has_plus: bool,
+    with_domain: bool,
+) -> tuple[pl.LazyFrame, pl.Expr, pl.Expr, pl.Expr]:
+    """The user ID rules: column `uid` (and `_domain`, a device domain name or null, when
+    `with_domain`) -> expressions for user_kind, user_key, user_error."""
+    uid = pl.col("uid")
+    null_str = pl.lit(None, dtype=pl.String)
+    if config.use_external_uids:
+        owner = config.external_member_uid or member_id
+        ok = uid.str.len_chars().is_between(1, MAX_EXTERNAL_UID_CHARS) & ~uid.str.contains(r"\s")
+        frame = frame.with_columns(ok.alias("_uid_ok"))
+        ok = pl.col("_uid_ok")
+        kind = pl.when(ok).then(pl.lit(int(UserKind.EXTERNAL), dtype=pl.UInt8))
+        key = pl.when(ok).then(pl.concat_str(_lit(f"{owner}:"), uid))
+        uerr = pl.when(ok).then(null_str).otherwise(_lit(USER_ERROR_EXTERNAL))
+    else:
+        frame = frame.with_columns(uid.cast(pl.UInt64, strict=False).alias("_anid"))
+        anid = pl.col("_anid")
+        ok = anid.is_not_null() & (anid > 0)
+        if has_plus:
+            ok = ok & ~uid.str.starts_with("+")
+        frame = frame.with_columns(ok.alias("_uid_ok"))
+        ok = pl.col("_uid_ok")
+        kind = pl.when(ok).then(pl.lit(int(UserKind.ANID), dtype=pl.UInt8))
+        # the canonical decimal differs from the text only when it has leading zeros
+        canonical = pl.when(uid.str.starts_with("0")).then(anid).cast(pl.String)
+        key = pl.when(ok).then(pl.coalesce(canonical, uid))
+        uerr = pl.when(ok).then(null_str).otherwise(_lit(USER_ERROR_ANID))
+    if with_domain:
+        domain = pl.col("_domain")
+        dev_uid = pl.when(domain.is_not_null()).then(uid)
+        dev_ok = pl.lit(False)
+        for regex in sorted(set(_DEVICE_ID_RE.values())):
+            names = [d for d, r in _DEVICE_ID_RE.items() if r == regex]
+            dev_ok = (
+                pl.when(domain.is_in(names)).then(dev_uid.str.contains(regex)).otherwise(dev_ok)
+            )
+        frame = frame.with_columns(dev_ok.fill_null(False).alias("_dev_ok"))
+        dev_ok = pl.col("_dev_ok")
+        is_dev = domain.is_not_null()
+        kind = (
+            pl.when(is_dev)
+            .then(pl.when(dev_ok).then(pl.lit(int(UserKind.DEVICE), dtype=pl.UInt8)))
+            .otherwise(kind)
+        )
+        key = (
+            pl.when(is_dev)
+            .then(
+                pl.when(dev_ok).then(pl.concat_str(domain, _lit(":"), dev_uid.str.to_lowercase()))
+            )
+            .otherwise(key)
+        )
+        uerr = (
+            pl.when(is_dev)
+            .then(
+                pl.when(dev_ok)
+                .then(null_str)
+                .otherwise(
+                    pl.concat_str(_lit(_DEVICE_ERROR_HEAD), domain, _lit(_DEVICE_ERROR_TAIL))
+                )
+            )
+            .otherwise(uerr)
+        )
+
+    return frame, kind, key, uerr
+
+
+def parse_user_ids(
+    uids: list[str], domains: list[str | None], config: BatchSegmentConfig, member_id: int
+) -> pl.DataFrame:
+    """The batch format's user ID rules for IDs given one by one (the real-time API):
+    a row of user_kind, user_key, user_error per ID. A domain names a device ID type
+    (DEVICE_ID_DOMAINS); null means a platform (or, per config, external) user ID."""
+    frame = pl.LazyFrame(
+        {"uid": uids, "_domain": domains}, schema={"uid": pl.String, "_domain": pl.String}
+    )
+    frame, kind, key, uerr = _user_id(frame, config, member_id, has_plus=True, with_domain=True)
+    return frame.select(
+        kind.alias("user_kind"), key.alias("user_key"), uerr.alias("user_error")
+    ).collect()
 
 
 def _plus(text: pl.Expr, has_plus: bool) -> pl.Expr:

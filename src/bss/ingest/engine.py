@@ -117,34 +117,18 @@ class _StoreWriter:
             raise self._error
 
 
-class _Job:
-    """The state of one file's ingestion across chunks."""
+class PairRules:
+    """The rules every pair meets, whatever brought it (a file, a real-time post): the segment
+    exists, the member may write it, it is active; timestamp, value and expiration are in
+    range; the effective expiration (given, else the segment's, else the member default;
+    0 = the 180-day maximum, -1 = removal) lies ahead."""
 
     def __init__(
-        self,
-        *,
-        member_id: int,
-        seq_base: int,
-        config: BatchSegmentConfig,
-        registry: SegmentRegistry,
-        store: MembershipStore,
-        now: int,
-        report: ErrorReport,
+        self, member_id: int, config: BatchSegmentConfig, registry: SegmentRegistry
     ) -> None:
         self.member_id = member_id
         self.config = config
-        self.writer = _StoreWriter(store)
-        self.now = now
-        self.report = report
-        self.result = IngestResult()
-        self.seq_base = seq_base
-        self.pairs_seen = 0
-        self.invalid_lines = 0
-        self.seen = _SeenLines()
-        self.problem_segments: dict[str, set[str]] = {name: set() for name in DEDUPLICATED}
-        self.added: Counter[int] = Counter()
-        self.removed: Counter[int] = Counter()
-        owners = sorted(config.authorized_owners(member_id))
+        self.owners = sorted(config.authorized_owners(member_id))
         segments = registry.frame
         self.by_id = segments.select(
             pl.col("id").alias("seg_id"),
@@ -159,49 +143,12 @@ class _Job:
             pl.col("state").alias("_code_state"),
             pl.col("expire_minutes").alias("_code_expire"),
         ).filter(pl.col("_code_key").is_not_null())
-        self.owners = owners
 
-    # -- lines ---------------------------------------------------------------------------
+    def resolve(self, pairs: pl.DataFrame, now: int) -> pl.DataFrame:
+        """Attach the registry's view of each pair's segment and decide its `status`.
 
-    def _mark_duplicates(self, lines: pl.DataFrame) -> pl.DataFrame:
-        well_formed = lines["format_error"].is_null().to_numpy()
-        hashes = lines["raw"].hash(seed=0).to_numpy()
-        repeats = np.zeros(len(lines), dtype=bool)
-        repeats[well_formed] = self.seen.mark_repeats(hashes[well_formed])
-        if not repeats.any():
-            return lines
-        return lines.with_columns(
-            format_error=pl.when(pl.Series(repeats))
-            .then(pl.lit(REASON_DUPLICATE))
-            .otherwise(pl.col("format_error"))
-        )
-
-    def _cut_at_invalid_limit(
-        self, lines: pl.DataFrame, pairs: pl.DataFrame
-    ) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
-        """Keep lines up to the one that takes the invalid count past num_invalid_before_error."""
-        limit = self.config.num_invalid_before_error
-        if limit is None:
-            return lines, pairs, False
-        invalid = (lines["format_error"].is_not_null() | lines["user_error"].is_not_null()).cast(
-            pl.Int64
-        )
-        running = invalid.cum_sum() + self.invalid_lines
-        over = (running > limit).arg_true()
-        if over.is_empty():
-            return lines, pairs, False
-        last_line = lines["line_no"][int(over[0])]
-        return (
-            lines.filter(pl.col("line_no") <= last_line),
-            pairs.filter(pl.col("line_no") <= last_line),
-            True,
-        )
-
-    # -- pairs ---------------------------------------------------------------------------
-
-    def _resolve(self, pairs: pl.DataFrame) -> pl.DataFrame:
-        """Attach the registry's view of each pair's segment and decide its status."""
-        now, max_expiry = self.now, self.now + MAX_LIFETIME_SECONDS
+        `pairs` has PAIR_SCHEMA's columns; `_segment_ref` names the segment for reasons."""
+        max_expiry = now + MAX_LIFETIME_SECONDS
         pairs = pairs.with_columns(
             _code_owner=pl.coalesce(pl.col("seg_member_id"), pl.lit(self.member_id, pl.Int64)),
             _code_key=pl.col("seg_code").str.to_lowercase(),
@@ -264,6 +211,100 @@ class _Job:
         )
         return pairs.with_columns(status=status)
 
+
+def problem_reason() -> pl.Expr:
+    """Why a resolved pair whose status is not VALID was rejected (the error report's text)."""
+    return (
+        pl.when(pl.col("status") == INVALID_SEGMENT)
+        .then(pl.lit("segment ") + pl.col("_segment_ref") + pl.lit(" does not exist"))
+        .when(pl.col("status") == UNAUTH_SEGMENT)
+        .then(pl.lit("segment ") + pl.col("_segment_ref") + pl.lit(" is not yours to write"))
+        .when(pl.col("status") == INACTIVE_SEGMENT)
+        .then(pl.lit("segment ") + pl.col("_segment_ref") + pl.lit(" is inactive"))
+        .when(pl.col("status") == INVALID_TIMESTAMP)
+        .then(pl.lit("TIMESTAMP is not whole UNIX seconds"))
+        .when(pl.col("value_invalid"))
+        .then(pl.lit("VALUE outside -2147483648..2147483647"))
+        .when(pl.col("expiration_invalid"))
+        .then(pl.lit("EXPIRATION below -2"))
+        .otherwise(
+            pl.lit("segment ") + pl.col("_segment_ref") + pl.lit(" expired before processing")
+        )
+    )
+
+
+class _Job:
+    """The state of one file's ingestion across chunks."""
+
+    def __init__(
+        self,
+        *,
+        member_id: int,
+        seq_base: int,
+        config: BatchSegmentConfig,
+        registry: SegmentRegistry,
+        store: MembershipStore,
+        now: int,
+        report: ErrorReport,
+        on_applied: Callable[[pl.DataFrame], None] | None = None,
+    ) -> None:
+        self.member_id = member_id
+        self.config = config
+        self.writer = _StoreWriter(store)
+        self.now = now
+        self.report = report
+        self.result = IngestResult()
+        self.seq_base = seq_base
+        self.pairs_seen = 0
+        self.invalid_lines = 0
+        self.seen = _SeenLines()
+        self.problem_segments: dict[str, set[str]] = {name: set() for name in DEDUPLICATED}
+        self.added: Counter[int] = Counter()
+        self.removed: Counter[int] = Counter()
+        self.rules = PairRules(member_id, config, registry)
+        self.on_applied = on_applied
+
+    # -- lines ---------------------------------------------------------------------------
+
+    def _mark_duplicates(self, lines: pl.DataFrame) -> pl.DataFrame:
+        well_formed = lines["format_error"].is_null().to_numpy()
+        hashes = lines["raw"].hash(seed=0).to_numpy()
+        repeats = np.zeros(len(lines), dtype=bool)
+        repeats[well_formed] = self.seen.mark_repeats(hashes[well_formed])
+        if not repeats.any():
+            return lines
+        return lines.with_columns(
+            format_error=pl.when(pl.Series(repeats))
+            .then(pl.lit(REASON_DUPLICATE))
+            .otherwise(pl.col("format_error"))
+        )
+
+    def _cut_at_invalid_limit(
+        self, lines: pl.DataFrame, pairs: pl.DataFrame
+    ) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
+        """Keep lines up to the one that takes the invalid count past num_invalid_before_error."""
+        limit = self.config.num_invalid_before_error
+        if limit is None:
+            return lines, pairs, False
+        invalid = (lines["format_error"].is_not_null() | lines["user_error"].is_not_null()).cast(
+            pl.Int64
+        )
+        running = invalid.cum_sum() + self.invalid_lines
+        over = (running > limit).arg_true()
+        if over.is_empty():
+            return lines, pairs, False
+        last_line = lines["line_no"][int(over[0])]
+        return (
+            lines.filter(pl.col("line_no") <= last_line),
+            pairs.filter(pl.col("line_no") <= last_line),
+            True,
+        )
+
+    # -- pairs ---------------------------------------------------------------------------
+
+    def _resolve(self, pairs: pl.DataFrame) -> pl.DataFrame:
+        return self.rules.resolve(pairs, self.now)
+
     def process(self, chunk: ParsedChunk) -> bool:
         """Validate and apply one chunk; True when the job must stop here."""
         lines = self._mark_duplicates(chunk.lines)
@@ -290,6 +331,8 @@ class _Job:
 
         valid = pairs.filter(pl.col("status") == VALID)
         self._apply(valid)
+        if self.on_applied is not None and not valid.is_empty():
+            self.on_applied(valid.select("segment_id", "user_kind", "user_key", "removed"))
         self._count_pairs(pairs, valid)
         self._report(lines, format_bad, user_bad, pairs)
         return stop
@@ -353,27 +396,7 @@ class _Job:
         )
         problems = pairs.filter(pl.col("status") != VALID)
         if not problems.is_empty():
-            reasons = (
-                pl.when(pl.col("status") == INVALID_SEGMENT)
-                .then(pl.lit("segment ") + pl.col("_segment_ref") + pl.lit(" does not exist"))
-                .when(pl.col("status") == UNAUTH_SEGMENT)
-                .then(
-                    pl.lit("segment ") + pl.col("_segment_ref") + pl.lit(" is not yours to write")
-                )
-                .when(pl.col("status") == INACTIVE_SEGMENT)
-                .then(pl.lit("segment ") + pl.col("_segment_ref") + pl.lit(" is inactive"))
-                .when(pl.col("status") == INVALID_TIMESTAMP)
-                .then(pl.lit("TIMESTAMP is not whole UNIX seconds"))
-                .when(pl.col("value_invalid"))
-                .then(pl.lit("VALUE outside -2147483648..2147483647"))
-                .when(pl.col("expiration_invalid"))
-                .then(pl.lit("EXPIRATION below -2"))
-                .otherwise(
-                    pl.lit("segment ")
-                    + pl.col("_segment_ref")
-                    + pl.lit(" expired before processing")
-                )
-            )
+            reasons = problem_reason()
             raw_of = lines.select("line_no", "raw")
             pair_entries = problems.select("line_no", "pos", counter="status", reason=reasons).join(
                 raw_of, on="line_no", how="left"
@@ -414,6 +437,7 @@ def ingest_file(
     max_decompressed_bytes: int,
     chunk_bytes: int = 4 << 20,
     progress: Callable[[float], None] | None = None,
+    on_applied: Callable[[pl.DataFrame], None] | None = None,
 ) -> IngestResult:
     """Validate and apply one uploaded file; never raises for bad input.
 
@@ -434,6 +458,7 @@ def ingest_file(
             store=store,
             now=now,
             report=report,
+            on_applied=on_applied,
         )
         try:
             with open_input(path, max_decompressed_bytes) as source:

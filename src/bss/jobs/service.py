@@ -16,17 +16,20 @@ import secrets
 import shutil
 import string
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 
 from bss.db import fmt_ts, init_db, is_sqlite, make_engine, now_s, write_tx
 from bss.errors import ERR_PENDING, RATE_LIMIT_EXCEEDED, syntax, upload_limit
 from bss.ingest.result import COUNTER_NAMES
 from bss.jobs.models import PHASES, jobs
 from bss.leases import live_processes_query
+from bss.reports.service import SegmentLoads, record_loads
 from bss.settings import Settings
+from bss.webhooks.service import enqueue_job_finished
 
 log = logging.getLogger("bss.jobs")
 
@@ -117,6 +120,12 @@ class JobService:
 
     def _url_expired(self, row: Any, now: int) -> bool:
         return row["created_on"] <= now - self.settings.upload_url_ttl_seconds
+
+    def _job_finished(self, conn: Connection, job_pk: int) -> None:
+        """In the transaction that moved an uploaded job to completed or error: queue its
+        completion webhook. (A URL that expired or was replaced unused is no finished job.)"""
+        row = conn.execute(select(jobs).where(jobs.c.id == job_pk)).mappings().one()
+        enqueue_job_finished(conn, self.job_out(row))
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -302,11 +311,14 @@ class JobService:
                         file_lines=0,
                         last_modified=now,
                     )
-                    .returning(jobs.c.job_id)
+                    .returning(jobs.c.id, jobs.c.job_id)
                 )
-                .scalars()
+                .tuples()
                 .all()
             )
+            for job_pk, _job_id in failed:
+                self._job_finished(conn, job_pk)
+        failed = [job_id for _job_pk, job_id in failed]
         for job_id in failed:
             self.part_path(job_id).unlink(missing_ok=True)
         if failed:
@@ -372,7 +384,7 @@ class JobService:
         now = now_s()
         values: dict[str, Any] = dict.fromkeys(COUNTER_NAMES, 0)
         with write_tx(self.db) as conn:
-            conn.execute(
+            failed = conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_pk, jobs.c.phase.in_(("starting", "uploading")))
                 .values(
@@ -389,7 +401,9 @@ class JobService:
                     last_modified=now,
                     **values,
                 )
-            )
+            ).rowcount
+            if failed:
+                self._job_finished(conn, job_pk)
 
     def job_id_of(self, job_pk: int) -> str:
         with self.db.connect() as conn:
@@ -447,7 +461,7 @@ class JobService:
         now = now_s()
         job_id = new_job_id()
         with write_tx(self.db) as conn:
-            conn.execute(
+            new_id = conn.execute(
                 insert(jobs).values(
                     **_passive_job(job_id, member_id, upload_source, source_key, now),
                     phase="error",
@@ -457,7 +471,8 @@ class JobService:
                     file_path=None,
                     file_bytes=file_bytes,
                 )
-            )
+            ).inserted_primary_key[0]
+            self._job_finished(conn, new_id)
         return self.get_job(job_id)  # type: ignore[return-value]
 
     # --- the queue ---------------------------------------------------------------------------
@@ -514,15 +529,25 @@ class JobService:
                 return None
             return conn.execute(select(jobs).where(jobs.c.id == job_pk)).mappings().one()
 
-    def _update_owned(self, job_pk: int, worker_id: str, values: dict[str, Any]) -> bool:
-        """Write to a queued job only while this worker still owns it; False otherwise."""
+    def _update_owned(
+        self,
+        job_pk: int,
+        worker_id: str,
+        values: dict[str, Any],
+        then: Callable[[Connection], None] | None = None,
+    ) -> bool:
+        """Write to a queued job only while this worker still owns it; False otherwise.
+        `then` runs in the same transaction when the write happened."""
         with write_tx(self.db) as conn:
             owned = update(jobs).where(
                 jobs.c.id == job_pk,
                 jobs.c.claimed_by == worker_id,
                 jobs.c.phase.in_(QUEUED_PHASES),
             )
-            return conn.execute(owned.values(**values)).rowcount == 1
+            written = conn.execute(owned.values(**values)).rowcount == 1
+            if written and then is not None:
+                then(conn)
+            return written
 
     def renew(self, job_pk: int, worker_id: str, **values: Any) -> bool:
         """Extend the lease (and write progress); False when another worker owns the job."""
@@ -543,7 +568,16 @@ class JobService:
                 .values(processing_started=int(time.time() * 1000))
             )
 
-    def finish(self, job_pk: int, worker_id: str, values: dict[str, Any]) -> bool:
+    def finish(
+        self,
+        job_pk: int,
+        worker_id: str,
+        values: dict[str, Any],
+        loads: SegmentLoads | None = None,
+    ) -> bool:
+        """Record the job's result; its segment load figures and its completion webhook are
+        written in the same transaction, once: a job finishes only while its worker owns
+        it, so a replayed (re-claimed) job never counts twice."""
         now = now_s()
         with self.db.connect() as conn:
             started = conn.execute(
@@ -560,7 +594,13 @@ class JobService:
             values.setdefault("completed_time", now)
             values["percent_complete"] = 100
         values.setdefault("validated_time", func.coalesce(jobs.c.validated_time, now))
-        return self._update_owned(job_pk, worker_id, values)
+
+        def then(conn: Connection) -> None:
+            if loads is not None:
+                record_loads(conn, loads, source=f"job:{job_pk}")
+            self._job_finished(conn, job_pk)
+
+        return self._update_owned(job_pk, worker_id, values, then)
 
     def release(self, job_pk: int, worker_id: str, retry_in: int) -> None:
         """Give a job back after an infrastructure failure; it is retried after `retry_in` s."""

@@ -21,6 +21,7 @@ from bss.db import now_s
 from bss.ingest.engine import ingest_file
 from bss.jobs.service import JobService
 from bss.metrics import COUNTERS
+from bss.reports.service import SegmentLoads
 from bss.segments.service import get_config, registry_for
 from bss.store import JOB_SEQ_SPAN, MembershipStore, open_store, seqs
 
@@ -180,6 +181,9 @@ class Worker:
                 lost.set()
                 raise LeaseLost(job_id)
 
+        now = now_s()
+        # Report figures of this run only; written with the result, so a replay counts once.
+        loads = SegmentLoads.at(now)
         beat = threading.Thread(target=heartbeat, name=f"lease-{job_id[:8]}", daemon=True)
         beat.start()
         log.info("job processing", extra=ctx)
@@ -191,11 +195,12 @@ class Worker:
                 config=config,
                 registry=registry,
                 store=store,
-                now=now_s(),
+                now=now,
                 error_report_path=report,
                 max_decompressed_bytes=self.settings.max_decompressed_bytes,
                 chunk_bytes=self.settings.chunk_bytes,
                 progress=progress,
+                on_applied=loads.add,
             )
         except LeaseLost:
             log.warning("lease lost; another worker took the job over", extra=ctx)
@@ -226,7 +231,7 @@ class Worker:
         }
         if result.lines_read:
             values["file_lines"] = result.lines_read
-        finished = self.service.finish(job_pk, self.name, values)
+        finished = self.service.finish(job_pk, self.name, values, loads)
         if finished:
             COUNTERS.inc("bss_pairs_applied_total", result.pairs_added + result.pairs_removed)
             COUNTERS.inc("bss_lines_processed_total", result.lines_read)

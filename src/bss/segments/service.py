@@ -252,7 +252,7 @@ def segments_by_ids(db: Engine, ids: list[int]) -> dict[int, Any]:
 
 
 def config_out(cfg: BatchSegmentConfig, member_id: int, row: Any | None) -> dict[str, Any]:
-    out = cfg.model_dump(mode="json")
+    out = cfg.model_dump(mode="json", exclude={"webhook_secret"})  # write-only
     out["segment_fields"] = cfg.segment_fields_text()
     out["member_id"] = member_id
     out["id"] = row["id"] if row is not None else None

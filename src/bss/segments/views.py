@@ -1,4 +1,4 @@
-"""/segment (per member CRUD) and /batch-segment-config (admin)."""
+"""/segment (per member CRUD) and /batch-segment-config (admin; a member may set its webhook)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from bss.api.envelope import ok, ok_list
 from bss.db import bounded_int, now_s
 from bss.errors import notfound, syntax, unauth
 from bss.segments import service
+from bss.webhooks.service import MEMBER_WRITABLE_FIELDS, check_webhook_target
 
 router = APIRouter()
 _SEGMENT_BODY = body_doc(
@@ -191,12 +192,18 @@ def get_config(request: Request, p: Principal = Depends(principal)) -> Any:
 
 
 async def _put(request: Request, p: Principal, merge: bool) -> Any:
-    require_admin(p)
     member_id = member_scope(p, request.query_params.get("member_id"))
     db = request.app.state.db
     if not await run_in_threadpool(member_exists, db, member_id):
         raise syntax(f"member {member_id} does not exist")
     body = await json_body(request)
+    if not p.is_admin:
+        # A member may set its own webhook fields, and nothing else of its config.
+        fields = body.get("batch_segment_upload_config", body) if isinstance(body, dict) else None
+        if not isinstance(fields, dict) or not fields or set(fields) - MEMBER_WRITABLE_FIELDS:
+            require_admin(p)
+        merge = True
+    await run_in_threadpool(check_webhook_target, body, request.app.state.settings)
     out = await run_in_threadpool(service.put_config, db, member_id, body, merge=merge)
     return ok("batch_segment_upload_config", out)
 

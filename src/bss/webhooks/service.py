@@ -1,0 +1,365 @@
+"""Completion webhooks: a finished job is POSTed, signed, to its member's `webhook_url`.
+
+The `webhook_deliveries` table is an outbox written in the same transaction that finishes
+the job, so no finished job is missed however the process ends. Senders (threads of
+`bss serve` and `bss worker`, any number of processes) claim the oldest pending delivery of
+a member with a lease in the database: one delivery per member in flight, in order. A
+delivery that keeps failing is retried with doubling delays and marked failed once the
+retry window has passed; then the member's next delivery goes.
+
+Delivery is at least once: a sender that dies after the receiver answered but before the
+answer was recorded sends again after its lease runs out, with the same X-BSS-Delivery id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+
+from bss.db import fmt_ts, now_s, write_tx
+from bss.errors import syntax
+from bss.segments.models import batch_segment_configs
+from bss.settings import Settings
+from bss.webhooks.models import webhook_deliveries
+
+log = logging.getLogger("bss.webhooks")
+
+#: Config fields a member may set on its own config (everything else is admin-only).
+MEMBER_WRITABLE_FIELDS = frozenset({"webhook_url", "webhook_secret"})
+EVENT_JOB_FINISHED = "batch_segment_upload_job.finished"
+USER_AGENT = "bss-webhooks/1"
+
+
+class TargetRefused(Exception):
+    """The webhook URL points where the service must not send (SSRF guard)."""
+
+
+class TargetUnresolved(TargetRefused):
+    """The webhook URL's host does not resolve (now): a config may name it, no attempt can."""
+
+
+# --- the target guard ------------------------------------------------------------------------
+
+
+def allowed_networks(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    text = settings.webhook_allowed_networks.strip()
+    return [ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part]
+
+
+def _internal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+def resolve_target(url: str, settings: Settings) -> tuple[str, int, str]:
+    """(host, port, the address to connect to), after refusing internal addresses.
+
+    Every address the name resolves to is checked, and the connection is then made to the
+    checked one: a name that resolves differently a moment later cannot slip past.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host:
+        raise TargetRefused("webhook_url must be an http:// or https:// URL with a host")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise TargetUnresolved(f"webhook_url host {host!r} does not resolve: {exc}") from exc
+    allowed = allowed_networks(settings)
+    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    for ip in addresses:
+        if _internal(ip) and not any(ip in net for net in allowed):
+            raise TargetRefused(
+                f"webhook_url host {host!r} is in a private, loopback or link-local network "
+                f"({ip}); list it in BSS_WEBHOOK_ALLOWED_NETWORKS to allow it"
+            )
+    return host, port, str(addresses[0])
+
+
+def check_webhook_target(body: Any, settings: Settings) -> None:
+    """Refuse a config whose webhook_url is not a permitted target (400, with the reason)."""
+    if isinstance(body, dict) and "batch_segment_upload_config" in body:
+        body = body["batch_segment_upload_config"]
+    if isinstance(body, list) and len(body) == 1:
+        body = body[0]
+    url = body.get("webhook_url") if isinstance(body, dict) else None
+    if not url or not isinstance(url, str):
+        return
+    try:
+        resolve_target(url, settings)
+    except TargetUnresolved:
+        return  # checked again at every attempt; DNS may be down for a moment
+    except TargetRefused as exc:
+        raise syntax(str(exc)) from exc
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """X-BSS-Signature: HMAC-SHA256 of `timestamp + "." + body` with the member's secret."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+# --- the outbox ------------------------------------------------------------------------------
+
+
+def _webhook_of(conn: Connection, member_id: int) -> tuple[str | None, str | None]:
+    text = conn.execute(
+        select(batch_segment_configs.c.config_json).where(
+            batch_segment_configs.c.member_id == member_id
+        )
+    ).scalar()
+    if text is None:
+        return None, None
+    data = json.loads(text)
+    return data.get("webhook_url"), data.get("webhook_secret")
+
+
+def enqueue_job_finished(conn: Connection, job: dict[str, Any]) -> None:
+    """In the transaction that finished the job: queue its delivery if the member has a
+    webhook_url."""
+    url, _secret = _webhook_of(conn, job["member_id"])
+    if not url:
+        return
+    now = now_s()
+    conn.execute(
+        insert(webhook_deliveries).values(
+            delivery_id=str(uuid.uuid4()),
+            member_id=job["member_id"],
+            job_id=job["job_id"],
+            event=EVENT_JOB_FINISHED,
+            body=json.dumps({"batch_segment_upload_job": job}, separators=(",", ":")),
+            state="pending",
+            attempts=0,
+            created_on=now,
+            next_attempt_ms=now * 1000,
+        )
+    )
+
+
+def delivery_out(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["delivery_id"],
+        "member_id": row["member_id"],
+        "job_id": row["job_id"],
+        "event": row["event"],
+        "state": row["state"],
+        "attempts": row["attempts"],
+        "url": row["url"],
+        "last_status_code": row["last_status_code"],
+        "last_error": row["last_error"],
+        "created_on": fmt_ts(row["created_on"]),
+        "first_attempt_on": fmt_ts(row["first_attempt_on"]),
+        "last_attempt_on": fmt_ts(row["last_attempt_on"]),
+        "next_attempt_on": (
+            fmt_ts(row["next_attempt_ms"] / 1000) if row["state"] == "pending" else None
+        ),
+        "finished_on": fmt_ts(row["finished_on"]),
+    }
+
+
+def list_deliveries(
+    db: Engine,
+    member_id: int | None,
+    *,
+    job_id: str | None = None,
+    state: str | None = None,
+    start: int = 0,
+    num: int = 100,
+) -> tuple[int, list[dict[str, Any]]]:
+    """The delivery log, newest first."""
+    q = select(webhook_deliveries)
+    if member_id is not None:
+        q = q.where(webhook_deliveries.c.member_id == member_id)
+    if job_id:
+        q = q.where(webhook_deliveries.c.job_id == job_id)
+    if state:
+        q = q.where(webhook_deliveries.c.state == state)
+    with db.connect() as conn:
+        total = conn.execute(select(func.count()).select_from(q.subquery())).scalar_one()
+        rows = conn.execute(
+            q.order_by(webhook_deliveries.c.id.desc()).offset(start).limit(num)
+        ).mappings()
+        return total, [delivery_out(r) for r in rows]
+
+
+# --- sending ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    status_code: int | None
+    error: str | None
+    url: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def retry_delay(settings: Settings, failures: int) -> float:
+    """Seconds before the next attempt after `failures` failed ones: doubling, capped."""
+    delay = settings.webhook_first_retry_seconds * 2 ** max(0, failures - 1)
+    return min(delay, settings.webhook_max_retry_seconds)
+
+
+class WebhookSender:
+    """Claims due deliveries (the oldest pending one per member) and sends them."""
+
+    def __init__(self, db: Engine, settings: Settings, name: str) -> None:
+        self.db = db
+        self.settings = settings
+        self.name = name
+        # The lease outlasts one attempt (connect + answer) with room to record it.
+        self.lease_seconds = int(2 * settings.webhook_timeout_seconds) + 5
+        self.http = httpx.Client(
+            timeout=settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False
+        )
+
+    def run_forever(self, stop: threading.Event) -> None:
+        log.info("webhook sender started", extra={"sender": self.name})
+        while not stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:  # database trouble: back off, try again
+                log.exception("webhook sender failed", extra={"sender": self.name})
+                worked = False
+                stop.wait(5)
+            if not worked:
+                stop.wait(self.settings.webhook_poll_seconds)
+        self.http.close()
+
+    def run_once(self) -> bool:
+        row = self.claim_next()
+        if row is None:
+            return False
+        self.deliver(row)
+        return True
+
+    def claim_next(self) -> Any | None:
+        d = webhook_deliveries
+        now = now_s()
+        heads = (
+            select(d.c.member_id, func.min(d.c.id).label("head"))
+            .where(d.c.state == "pending")
+            .group_by(d.c.member_id)
+            .subquery()
+        )
+        free = or_(d.c.claimed_until.is_(None), d.c.claimed_until < now)
+        due = (
+            select(d.c.id)
+            .join(heads, d.c.id == heads.c.head)
+            .where(d.c.next_attempt_ms <= int(time.time() * 1000), free)
+            .order_by(d.c.next_attempt_ms, d.c.id)
+            .limit(8)
+        )
+        with self.db.connect() as conn:
+            candidates = conn.execute(due).scalars().all()
+        for delivery_pk in candidates:
+            with write_tx(self.db) as conn:
+                claimed = conn.execute(
+                    update(d)
+                    .where(and_(d.c.id == delivery_pk, d.c.state == "pending", free))
+                    .values(claimed_by=self.name, claimed_until=now + self.lease_seconds)
+                ).rowcount
+                if claimed == 1:
+                    return conn.execute(select(d).where(d.c.id == delivery_pk)).mappings().one()
+        return None
+
+    def deliver(self, row: Any) -> None:
+        with self.db.connect() as conn:
+            url, secret = _webhook_of(conn, row["member_id"])
+        attempt = self._attempt(row, url, secret or "")
+        self._record(row, attempt)
+
+    def _attempt(self, row: Any, url: str | None, secret: str) -> Attempt:
+        if not url:
+            return Attempt(None, "the member has no webhook_url", None)
+        try:
+            host, port, address = resolve_target(url, self.settings)
+        except TargetRefused as exc:
+            return Attempt(None, str(exc), url)
+        parts = urlsplit(url)
+        netloc_ip = f"[{address}]" if ":" in address else address
+        pinned = urlunsplit(
+            (parts.scheme, f"{netloc_ip}:{port}", parts.path or "/", parts.query, "")
+        )
+        body = row["body"].encode()
+        timestamp = str(now_s())
+        default_port = 443 if parts.scheme == "https" else 80
+        headers = {
+            "Host": host if port == default_port else f"{host}:{port}",
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "X-BSS-Timestamp": timestamp,
+            "X-BSS-Signature": sign(secret, timestamp, body),
+            "X-BSS-Delivery": row["delivery_id"],
+        }
+        try:
+            resp = self.http.post(
+                pinned, content=body, headers=headers, extensions={"sni_hostname": host}
+            )
+        except httpx.HTTPError as exc:
+            return Attempt(None, f"{type(exc).__name__}: {exc}"[:500], url)
+        error = None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"
+        return Attempt(resp.status_code, error, url)
+
+    def _record(self, row: Any, attempt: Attempt) -> None:
+        d = webhook_deliveries
+        now = now_s()
+        attempts = row["attempts"] + 1
+        first = row["first_attempt_on"] or now
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "first_attempt_on": first,
+            "last_attempt_on": now,
+            "url": attempt.url,
+            "last_status_code": attempt.status_code,
+            "last_error": attempt.error,
+            "claimed_by": None,
+            "claimed_until": None,
+        }
+        delay = retry_delay(self.settings, attempts)
+        if attempt.ok:
+            values.update(state="delivered", finished_on=now)
+        elif now + delay > first + self.settings.webhook_retry_window_seconds:
+            values.update(state="failed", finished_on=now)
+        else:
+            values["next_attempt_ms"] = int((time.time() + delay) * 1000)
+        with write_tx(self.db) as conn:
+            conn.execute(
+                update(d).where(d.c.id == row["id"], d.c.claimed_by == self.name).values(**values)
+            )
+        log.info(
+            "webhook attempt",
+            extra={
+                "delivery_id": row["delivery_id"],
+                "member_id": row["member_id"],
+                "job_id": row["job_id"],
+                "attempt": attempts,
+                "status_code": attempt.status_code,
+                "error": attempt.error,
+                "state": values.get("state", "pending"),
+            },
+        )
