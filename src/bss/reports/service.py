@@ -76,6 +76,15 @@ class SegmentLoads:
             return
         hashes = user_hashes(added["user_kind"], added["user_key"])
         segment_ids = added["segment_id"].to_numpy()
+        present = added["segment_id"].unique()
+        if len(present) == 1:
+            self.uniques.setdefault(int(present[0]), UniqueSketch()).add(hashes)
+            return
+        if len(present) <= 32:  # a few segments: a mask each beats sorting all pairs
+            for segment_id in present.to_list():
+                sketch = self.uniques.setdefault(segment_id, UniqueSketch())
+                sketch.add(hashes[segment_ids == segment_id])
+            return
         order = np.argsort(segment_ids, kind="stable")
         segment_ids, hashes = segment_ids[order], hashes[order]
         starts = np.flatnonzero(np.r_[True, segment_ids[1:] != segment_ids[:-1]])

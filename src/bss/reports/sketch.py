@@ -71,8 +71,10 @@ def _fnv1a(texts: pa.Array) -> np.ndarray:
 def user_hashes(kinds: pl.Series, keys: pl.Series) -> np.ndarray:
     """Stable 64-bit hashes of users given as (user_kind, user_key) columns."""
     kinds_np = kinds.cast(pl.UInt8).to_numpy()
-    hashes = np.empty(len(kinds_np), dtype=np.uint64)
     anid = kinds_np == int(UserKind.ANID)
+    if anid.all():  # the common case: no masks
+        return _splitmix(keys.cast(pl.UInt64, strict=False).fill_null(0).to_numpy())
+    hashes = np.empty(len(kinds_np), dtype=np.uint64)
     if anid.any():
         values = keys.filter(pl.Series(anid)).cast(pl.UInt64, strict=False).fill_null(0)
         hashes[anid] = _splitmix(values.to_numpy())
@@ -123,10 +125,13 @@ class UniqueSketch:
 
     def add(self, hashes: np.ndarray) -> None:
         if self.exact is not None:
-            self.exact = np.union1d(self.exact, hashes.astype(np.uint64))
-            if len(self.exact) > EXACT_LIMIT:
-                self._to_registers()
-            return
+            if len(self.exact) + len(hashes) > 4 * EXACT_LIMIT:
+                self._to_registers()  # surely past the limit: skip sorting the union
+            else:
+                self.exact = np.union1d(self.exact, hashes.astype(np.uint64))
+                if len(self.exact) > EXACT_LIMIT:
+                    self._to_registers()
+                return
         self._raise(hashes)
 
     def merge(self, other: UniqueSketch) -> None:
