@@ -297,33 +297,29 @@ class JobService:
             ),
         )
         with write_tx(self.db) as conn:
-            failed = (
-                conn.execute(
-                    update(jobs)
-                    .where(orphaned)
-                    .values(
-                        phase="error",
-                        error_code="uploading-error",
-                        error_message="the upload was interrupted (the receiving server stopped)",
-                        claimed_by=None,
-                        file_path=None,
-                        file_bytes=0,
-                        file_lines=0,
-                        last_modified=now,
-                    )
-                    .returning(jobs.c.id, jobs.c.job_id)
+            rows = conn.execute(
+                update(jobs)
+                .where(orphaned)
+                .values(
+                    phase="error",
+                    error_code="uploading-error",
+                    error_message="the upload was interrupted (the receiving server stopped)",
+                    claimed_by=None,
+                    file_path=None,
+                    file_bytes=0,
+                    file_lines=0,
+                    last_modified=now,
                 )
-                .tuples()
-                .all()
-            )
-            for job_pk, _job_id in failed:
+                .returning(jobs.c.id, jobs.c.job_id)
+            ).all()
+            for job_pk, _job_id in rows:
                 self._job_finished(conn, job_pk)
-        failed = [job_id for _job_pk, job_id in failed]
+        failed = [job_id for _job_pk, job_id in rows]
         for job_id in failed:
             self.part_path(job_id).unlink(missing_ok=True)
         if failed:
             log.warning("orphaned uploads failed", extra={"jobs": ",".join(failed)})
-        return list(failed)
+        return failed
 
     def begin_upload(self, row: Any, max_concurrent: int, receiver: str) -> bool:
         """starting -> uploading, atomically, if fewer than max_concurrent uploads run. The
