@@ -27,6 +27,7 @@ from bss.reports.service import SegmentLoads, parse_report_request, record_loads
 from bss.reports.sketch import EXACT_LIMIT, UniqueSketch, user_hashes
 from bss.segments.service import create_segment, registry_for
 from bss.settings import Settings
+from bss.store import JOB_SEQ_SPAN, seqs
 
 DAY = 86400
 
@@ -110,11 +111,13 @@ def test_a_replayed_job_never_counts_twice(tmp_path):
     stores = StoreHandle(settings.resolved_store_url)
     # worker A claims the job, applies all of it, and dies before recording the result
     row = svc.claim_next("worker-A")
+    seq_base = seqs.reserve(db, JOB_SEQ_SPAN)  # as the worker does, recorded with the job
+    assert svc.renew(row["id"], "worker-A", seq_base=seq_base)
     loads_a = SegmentLoads.at(now_s())
     ingest_file(
         Path(row["file_path"]),
         member_id=5,
-        job_no=row["id"],
+        seq_base=seq_base,
         config=BatchSegmentConfig(),
         registry=registry_for(db),
         store=stores.get(),
