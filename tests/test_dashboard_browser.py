@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster_util import RedisServer, needs_redis
 from conftest import ADMIN_PASSWORD, ADMIN_USER, Api, ServerProc, free_port, legacy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -314,6 +315,38 @@ def test_config_form_shows_the_rule_the_api_applies(
     saved = admin.get("/batch-segment-config", member_id=7102)["batch_segment_upload_config"]
     assert saved["num_error_log_lines"] == 50
     ctx.close()
+
+
+@needs_redis
+def test_live_progress_across_api_processes(browser: Any, tmp_path: Path) -> None:
+    """The page is served by one process, the job goes through another (which also works
+    it): the page follows it, without a reload, from the shared database. (Redis holds the
+    memberships: the embedded store admits one process.)"""
+    redis = RedisServer(tmp_path).start()
+    env = {"store_url": f"redis://{redis.addr}/0"}
+    viewer = ServerProc(tmp_path / "data", {"workers": 0, **env}).start()
+    doer = ServerProc(tmp_path / "data", env).start()
+    try:
+        admin = Api(doer.url, ADMIN_USER, ADMIN_PASSWORD)
+        admin.member(7301)
+        seg = admin.segment(7301, "live")["id"]
+        job = admin.new_job(7301)
+        ctx = _context(browser, viewer, ADMIN_USER, LAPTOP)
+        page = ctx.new_page()
+        page.goto(viewer.url + "/?member_id=7301")
+        row = f"tr[data-job='{job['job_id']}']"
+        assert page.inner_text(f"{row} .badge") == "starting"
+        page.evaluate("window.sameDocument = true")
+        assert admin.upload(job, legacy([f"{n},{seg}:0" for n in range(1, 31)]))["status"] == "OK"
+        page.wait_for_selector(f"{row}[data-final='1'] .badge.phase-completed")
+        assert page.evaluate("window.sameDocument") is True
+        assert page.inner_text(f"{row} .valid") == "30"
+        assert page.inner_text(f"{row} .pct span") == "100%"
+        ctx.close()
+    finally:
+        doer.stop()
+        viewer.stop()
+        redis.stop()
 
 
 PAGES = [
