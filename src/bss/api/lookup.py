@@ -1,27 +1,37 @@
-"""GET /user-segments: a user's live segments, by any of the user ID kinds the store keys by.
+"""User lookups: GET /user-segments (one user), POST /user-segments (up to 1000 users in one
+call), and GET /segment-members (a segment's live members as CSV, for its owner and admins).
 
-The (UserKind, key) text forms are those documented in bss.formats.records.
+Users are named by any of the ID kinds the store keys by; the (UserKind, key) text forms are
+those documented in bss.formats.records.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from bss.accounts.service import Principal
-from bss.api.deps import member_scope, principal
-from bss.api.envelope import ok_list
+from bss.api.deps import can_touch, int_param, json_body, member_scope, principal
+from bss.api.envelope import ok, ok_list
 from bss.db import fmt_ts, now_s
-from bss.errors import syntax
+from bss.errors import BssError, syntax, unauth
 from bss.formats.records import DEVICE_DOMAINS, LEGACY_DEVICE_TYPES, MAX_UID, UserKind
-from bss.segments.service import segments_by_ids
+from bss.segments.service import get_segment_row, segments_by_ids
+from bss.store import Membership
+
+#: Users one POST /user-segments may ask for.
+MAX_LOOKUP_USERS = 1000
 
 router = APIRouter()
 
 
-def user_key(qp: Any, member_id: int | None) -> tuple[UserKind, str]:
-    """Query parameters -> (UserKind, key text), exactly as the readers build them."""
+def user_key(qp: Mapping[str, Any], member_id: int | None) -> tuple[UserKind, str]:
+    """Query parameters (or one user of a batch) -> (UserKind, key text), exactly as the
+    readers build them."""
     if qp.get("uid"):
         try:
             uid = int(qp["uid"])
@@ -67,20 +77,13 @@ def user_key(qp: Any, member_id: int | None) -> tuple[UserKind, str]:
     )
 
 
-@router.get(
-    "/user-segments",
-    tags=["lookup"],
-    summary="A user's live segments (uid=, device_id=&domain=, ifa=&ifa_type=, external_id=, eid=&source=)",
-)
-def get_user_segments(request: Request, p: Principal = Depends(principal)) -> Any:
-    qp = request.query_params
-    member_id = member_scope(p, qp.get("member_id"), required=False)
-    kind, key = user_key(qp, member_id)
-    store = request.app.state.stores.get()
-    memberships = store.user_segments(int(kind), key, now_s())
-    known = segments_by_ids(request.app.state.db, sorted({m.segment_id for m in memberships}))
+def _segment_items(
+    memberships: list[Membership], known: Mapping[int, Any], member_id: int | None
+) -> list[dict[str, Any]]:
+    """The documented segment objects of a user's memberships (only the member's own
+    segments when the request is scoped to a member)."""
     items = []
-    for m in sorted(memberships, key=lambda m: m.segment_id):
+    for m in memberships:
         seg = known.get(m.segment_id)
         owner = seg["member_id"] if seg is not None else None
         if member_id is not None and owner != member_id:
@@ -95,6 +98,22 @@ def get_user_segments(request: Request, p: Principal = Depends(principal)) -> An
                 "expiry": fmt_ts(m.expires_at),
             }
         )
+    return items
+
+
+@router.get(
+    "/user-segments",
+    tags=["lookup"],
+    summary="A user's live segments (uid=, device_id=&domain=, ifa=&ifa_type=, external_id=, eid=&source=)",
+)
+def get_user_segments(request: Request, p: Principal = Depends(principal)) -> Any:
+    qp = request.query_params
+    member_id = member_scope(p, qp.get("member_id"), required=False)
+    kind, key = user_key(qp, member_id)
+    store = request.app.state.stores.get()
+    memberships = store.user_segments(int(kind), key, now_s())
+    known = segments_by_ids(request.app.state.db, sorted({m.segment_id for m in memberships}))
+    items = _segment_items(memberships, known, member_id)
     return ok_list(
         "segments",
         items,
@@ -103,3 +122,93 @@ def get_user_segments(request: Request, p: Principal = Depends(principal)) -> An
         num_elements=len(items),
         user={"kind": kind.name.lower(), "key": key},
     )
+
+
+def _batch_users(body: Any) -> list[Any]:
+    if not isinstance(body, dict) or not isinstance(body.get("users"), list):
+        raise syntax(
+            'expected a JSON body like {"users": [{"uid": "..."}, '
+            '{"device_id": "...", "domain": "idfa"}, ...]}'
+        )
+    users = body["users"]
+    if len(users) > MAX_LOOKUP_USERS:
+        raise syntax(f"too many users: {len(users)} given, at most {MAX_LOOKUP_USERS} per request")
+    return users
+
+
+@router.post(
+    "/user-segments",
+    tags=["lookup"],
+    summary=f"Live segments of up to {MAX_LOOKUP_USERS} users, in request order",
+)
+async def post_user_segments(request: Request, p: Principal = Depends(principal)) -> Any:
+    users = _batch_users(await json_body(request))
+    member_id = member_scope(p, request.query_params.get("member_id"), required=False)
+    keyed: list[tuple[int, tuple[int, str]]] = []
+    answers: list[dict[str, Any]] = []
+    for user in users:
+        answers.append({"user": user})
+        if not isinstance(user, dict):
+            answers[-1]["error"] = 'a user is a JSON object such as {"uid": "..."}'
+            continue
+        try:
+            kind, key = user_key(
+                {k: str(v) for k, v in user.items() if v is not None and v != ""}, member_id
+            )
+        except BssError as exc:
+            answers[-1]["error"] = exc.error
+            continue
+        keyed.append((len(answers) - 1, (int(kind), key)))
+    state = request.app.state
+
+    def lookup() -> None:
+        found = state.stores.get().users_segments([k for _, k in keyed], now_s())
+        ids = sorted({m.segment_id for ms in found for m in ms})
+        known = segments_by_ids(state.db, ids)
+        for (at, _), memberships in zip(keyed, found, strict=True):
+            answers[at]["segments"] = _segment_items(memberships, known, member_id)
+
+    await run_in_threadpool(lookup)
+    return ok("users", answers)
+
+
+@router.get(
+    "/segment-members",
+    tags=["lookup"],
+    summary="A segment's live members as CSV (?id=), for its owner and admins",
+)
+def get_segment_members(request: Request, p: Principal = Depends(principal)) -> Any:
+    segment_id = int_param(request, "id", minimum=1)
+    if segment_id is None:
+        raise syntax("id is required")
+    segment = get_segment_row(request.app.state.db, segment_id)
+    if not can_touch(p, segment["member_id"]):
+        raise unauth(f"You have no access to segment {segment_id}")
+    members = request.app.state.stores.get().segment_members(segment_id, now_s())
+
+    def rows() -> Iterator[str]:
+        yield "user_kind,user_key,value,timestamp,expiry\n"
+        lines: list[str] = []
+        for kind, key, m in members:
+            value = "" if m.value is None else m.value
+            lines.append(
+                f"{UserKind(kind).name.lower()},{_csv(key)},{value},"
+                f"{fmt_ts(m.timestamp)},{fmt_ts(m.expires_at)}\n"
+            )
+            if len(lines) == 1000:
+                yield "".join(lines)
+                lines = []
+        yield "".join(lines)
+
+    return StreamingResponse(
+        rows(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="segment-{segment_id}.csv"'},
+    )
+
+
+def _csv(text: str) -> str:
+    """A CSV field: quoted when it holds a comma, a quote or a line break."""
+    if any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
