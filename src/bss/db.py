@@ -39,6 +39,7 @@ TABLE_MODULES = (
     "bss.store.seqs",
     "bss.webhooks.models",
     "bss.reports.models",
+    "bss.realtime.models",
 )
 
 

@@ -32,6 +32,10 @@ HELP = {
     "bss_lines_processed_total": ("counter", "Input lines read by the engine (this process)."),
     "bss_jobs_finished_total": ("counter", "Jobs finished by workers of this process."),
     "bss_http_requests_total": ("counter", "HTTP requests served by this process."),
+    "bss_rt_pairs_applied_total": (
+        "counter",
+        "User/segment pairs written by POST /rt-segment (this process).",
+    ),
 }
 
 

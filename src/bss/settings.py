@@ -96,6 +96,21 @@ class Settings(BaseSettings):
     #: and are picked up as soon as one finishes, so one member's flood cannot starve others.
     passive_max_inflight_per_member: int = 4
 
+    #: Real-time segment API (POST /rt-segment), the documented Instant Audience limits.
+    #: Posts per second per member (per process); more is HTTP 429 RATE_EXCEEDED.
+    rt_posts_per_second: int = 100
+    #: Users per second per member (per process) summed over posts; a post that would pass it
+    #: is refused whole with HTTP 429 (nothing applied), so that the client can retry it.
+    rt_users_per_second: int = 1000
+    #: Users one post may carry; the rest are skipped with a warning each.
+    rt_max_users_per_post: int = 1000
+    #: SEG blocks per user in one post; the rest are skipped with a warning each.
+    rt_max_segments_per_user: int = 100
+    #: Largest body of one post, in bytes; a larger one is refused whole with HTTP 413.
+    rt_max_post_bytes: int = 1 << 20
+    #: How long an Idempotency-Key is remembered (its post answered again, not re-applied).
+    rt_idempotency_seconds: int = 86400
+
     #: Completion webhooks. Networks (CIDR, comma-separated) webhook targets may be in although
     #: they are private, loopback or link-local; everything else in those ranges is refused.
     webhook_allowed_networks: str = ""

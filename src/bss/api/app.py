@@ -25,6 +25,7 @@ from bss.jobs.worker import StoreHandle
 from bss.leases import new_process_id
 from bss.metrics import COUNTERS, render
 from bss.ratelimit import DatabaseRateLimiter
+from bss.realtime.views import router as realtime_router
 from bss.reports.views import router as reports_router
 from bss.segments.views import router as segments_router
 from bss.settings import Settings
@@ -148,6 +149,7 @@ def create_app(
     app.include_router(segments_router)
     app.include_router(jobs_router)
     app.include_router(lookup_router)
+    app.include_router(realtime_router)
     app.include_router(webhooks_router)
     app.include_router(reports_router)
     mount_dashboard(app)  # the web dashboard at / and /ui/...

@@ -1,0 +1,410 @@
+"""Real-time segment updates (POST /rt-segment): small JSON posts applied at once.
+
+A post is checked by the batch format's rules, not rules of its own: user IDs by the legacy
+format's (bss.formats.legacy.parse_user_ids), pairs by the ingest engine's
+(bss.ingest.engine.PairRules: segment exists, may be written, is active; value and
+expiration in range; 0 = the 180-day maximum; -1 removes). Valid pairs go to the same store
+with seqs reserved from the global counter, in post order, so the later write wins by the
+time the service applied it; they are visible to lookups when the answer is sent.
+
+Only a body that is not the documented shape is refused whole (400, nothing applied); a bad
+entry is skipped with a warning naming it and why, as documented.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+from sqlalchemy import Engine, delete, or_, select, update
+
+from bss.db import now_s, write_tx
+from bss.errors import BssError, syntax
+from bss.formats.config import BatchSegmentConfig
+from bss.formats.legacy import DEVICE_ID_DOMAINS, parse_user_ids
+from bss.formats.records import MAX_VALUE, MIN_VALUE, PAIR_SCHEMA
+from bss.ingest.engine import VALID, PairRules, problem_reason
+from bss.ingest.registry import SegmentRegistry
+from bss.metrics import COUNTERS
+from bss.ratelimit import RateLimiter, Verdict
+from bss.realtime.models import rt_idempotency_keys
+from bss.reports.service import SegmentLoads, record_loads
+from bss.segments.models import segments
+from bss.settings import Settings
+from bss.store.base import APPLY_SCHEMA, MembershipStore
+from bss.store.seqs import reserve
+
+# The documented warning texts, word for word.
+W_TOO_MANY_USERS = "Too many user_ids in request."
+W_NO_USER = "'user_id' is required and cannot be empty"
+W_NO_SEG_BLOCK = "'seg_block' is required"
+W_NO_SEGMENT = "'seg_id' or 'seg_code' and 'member_id' are required"
+W_NO_VALID_SEGMENTS = "No valid segments for user_id: {user_id}."
+W_NO_VALID_REQUEST = "No valid rt_segment in request."
+# Ours, in the same style.
+W_TOO_MANY_SEGMENTS = "Too many segments for user_id: {user_id}; at most {limit} per user."
+W_BOTH_SEGMENT_KEYS = "Give either 'seg_id' or 'seg_code' and 'member_id', not both."
+W_BAD_DOMAIN = "'domain' {domain!r} is not supported; use null or one of: {domains}."
+W_BAD_USER = "Invalid user_id {user_id!r}: {reason}."
+
+_INT64 = 2**63
+_BLOCK_INTS = ("seg_id", "value", "expiration", "member_id")
+#: A post whose Idempotency-Key row is older than this without an answer was interrupted.
+IDEMPOTENCY_STALE_SECONDS = 60
+
+
+@dataclass(slots=True)
+class RtResult:
+    users_in_request: int = 0
+    segments_in_request: int = 0
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    pairs_applied: int = 0
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "message": {
+                "users_in_request": self.users_in_request,
+                "segments_in_request": self.segments_in_request,
+            },
+            "warnings": self.warnings,
+        }
+
+
+def rate_exceeded(verdict: Verdict, what: str) -> BssError:
+    return BssError(
+        "SYSTEM",
+        f"Rate limit exceeded. You have exceeded your request limit of {verdict.limit} {what} "
+        "per 1 seconds to rt-segment, please wait and try again",
+        http_status=429,
+        error_code="RATE_EXCEEDED",
+        headers={"Retry-After": str(verdict.retry_after)},
+    )
+
+
+# --- the documented shape ---------------------------------------------------------------------
+
+
+def _int_field(block: dict[str, Any], name: str, where: str) -> None:
+    value = block.get(name)
+    if value is None:
+        return
+    if type(value) is not int:
+        raise syntax(f"{where}.{name} must be an integer or null")
+    if not -_INT64 <= value < _INT64:
+        raise syntax(f"{where}.{name} is out of range")
+
+
+def check_shape(body: Any) -> tuple[list[Any], str | None]:
+    """The entries of a post, or a 400 naming the first place it is not the documented shape."""
+    if not isinstance(body, dict) or "rt_segment" not in body:
+        raise syntax('the body must be a JSON object {"rt_segment": [...]}')
+    entries = body["rt_segment"]
+    if not isinstance(entries, list):
+        raise syntax("rt_segment must be an array")
+    default_domain = body.get("domain")
+    if default_domain is not None and not isinstance(default_domain, str):
+        raise syntax("domain must be a string or null")
+    for i, entry in enumerate(entries):
+        where = f"rt_segment[{i}]"
+        if not isinstance(entry, dict):
+            raise syntax(f"{where} must be an object")
+        user_id = entry.get("user_id")
+        if user_id is not None and (type(user_id) not in (str, int)):
+            raise syntax(f"{where}.user_id must be a string")
+        if entry.get("domain") is not None and not isinstance(entry["domain"], str):
+            raise syntax(f"{where}.domain must be a string or null")
+        blocks = entry.get("seg_block")
+        if blocks is None:
+            continue
+        if not isinstance(blocks, list):
+            raise syntax(f"{where}.seg_block must be an array")
+        for j, block in enumerate(blocks):
+            bwhere = f"{where}.seg_block[{j}]"
+            if not isinstance(block, dict):
+                raise syntax(f"{bwhere} must be an object")
+            for name in _BLOCK_INTS:
+                _int_field(block, name, bwhere)
+            code = block.get("seg_code")
+            if code is not None and not isinstance(code, str):
+                raise syntax(f"{bwhere}.seg_code must be a string or null")
+    return entries, default_domain
+
+
+# --- the post ---------------------------------------------------------------------------------
+
+
+def _registry(db: Engine, ids: set[int], codes: set[tuple[int, str]]) -> SegmentRegistry:
+    """Just the segments the post names (by id, or by owner and code)."""
+    conditions = []
+    if ids:
+        conditions.append(segments.c.id.in_(sorted(ids)))
+    for owner in sorted({o for o, _ in codes}):
+        keys = sorted(c for o, c in codes if o == owner)
+        conditions.append((segments.c.member_id == owner) & segments.c.code_key.in_(keys))
+    rows: list[dict[str, Any]] = []
+    if conditions:
+        q = select(
+            segments.c.id,
+            segments.c.code,
+            segments.c.member_id,
+            segments.c.state,
+            segments.c.expire_minutes,
+        ).where(or_(*conditions))
+        with db.connect() as conn:
+            rows = [dict(r) for r in conn.execute(q).mappings()]
+    return SegmentRegistry.from_records(rows)
+
+
+class RealtimeService:
+    def __init__(self, db: Engine, settings: Settings, limiter: RateLimiter) -> None:
+        self.db = db
+        self.settings = settings
+        #: Counted in the database, so the limits hold for the deployment, not per process.
+        self.limiter = limiter
+        self._last_purge = 0.0
+
+    # -- limits ------------------------------------------------------------------------------
+
+    def admit(self, member_id: int) -> None:
+        limit = self.settings.rt_posts_per_second
+        if limit > 0:
+            verdict = self.limiter.hit(f"rt-posts:{member_id}", limit, 1)
+            if not verdict.allowed:
+                raise rate_exceeded(verdict, "writes")
+
+    def _take_users(self, member_id: int, n: int) -> None:
+        limit = self.settings.rt_users_per_second
+        if limit <= 0 or n == 0:
+            return
+        key = f"rt-users:{member_id}"
+        verdict = self.limiter.hit(key, limit, 1, cost=n)
+        if not verdict.allowed:
+            self.limiter.hit(key, limit, 1, cost=-n)  # refused whole: its users do not count
+            raise rate_exceeded(verdict, "users")
+
+    # -- idempotency -------------------------------------------------------------------------
+
+    def replay_or_claim(self, member_id: int, key: str) -> dict[str, Any] | None:
+        """The stored answer of an earlier post with this key, or None after claiming the
+        key for this post (409 while another post with it is being applied)."""
+        self._purge_keys()
+        k = rt_idempotency_keys
+        now = now_s()
+        where = (k.c.member_id == member_id) & (k.c.idempotency_key == key)
+        with write_tx(self.db) as conn:
+            row = conn.execute(select(k).where(where)).mappings().first()
+            if row is None:
+                conn.execute(
+                    k.insert().values(member_id=member_id, idempotency_key=key, created_on=now)
+                )
+                return None
+            if row["response_json"] is not None:
+                return json.loads(row["response_json"])
+            if row["created_on"] > now - IDEMPOTENCY_STALE_SECONDS:
+                raise BssError(
+                    "SYNTAX",
+                    "a post with this Idempotency-Key is being applied; retry in a moment",
+                    http_status=409,
+                    headers={"Retry-After": "1"},
+                )
+            # Its post was interrupted (process ended): this one applies it.
+            conn.execute(update(k).where(where).values(created_on=now))
+            return None
+
+    def release_key(self, member_id: int, key: str) -> None:
+        """The post failed before it applied anything: its key may be used again."""
+        k = rt_idempotency_keys
+        with write_tx(self.db) as conn:
+            conn.execute(
+                delete(k).where(
+                    k.c.member_id == member_id,
+                    k.c.idempotency_key == key,
+                    k.c.response_json.is_(None),
+                )
+            )
+
+    def _purge_keys(self) -> None:
+        if time.monotonic() - self._last_purge < 60:
+            return
+        self._last_purge = time.monotonic()
+        cutoff = now_s() - self.settings.rt_idempotency_seconds
+        with write_tx(self.db) as conn:
+            conn.execute(
+                delete(rt_idempotency_keys).where(rt_idempotency_keys.c.created_on < cutoff)
+            )
+
+    # -- the post ----------------------------------------------------------------------------
+
+    def apply(
+        self,
+        *,
+        member_id: int,
+        config: BatchSegmentConfig,
+        body: Any,
+        store: MembershipStore,
+        idempotency_key: str | None = None,
+    ) -> RtResult:
+        """Check and apply one post (its shape was checked by `check_shape`)."""
+        entries, default_domain = check_shape(body)
+        settings = self.settings
+        result = RtResult()
+        warn = result.warnings
+        max_users, max_segments = settings.rt_max_users_per_post, settings.rt_max_segments_per_user
+        for entry in entries[max_users:]:
+            warn.append({"message": W_TOO_MANY_USERS, "entity": entry})
+        entries = entries[:max_users]
+
+        # 1. the documented required fields, per user and per SEG block
+        users: list[tuple[int, dict[str, Any], str, str | None]] = []
+        blocks: list[tuple[int, int, dict[str, Any]]] = []  # (user row, pos, block)
+        for entry in entries:
+            user_id = entry.get("user_id")
+            user_text = "" if user_id is None else str(user_id).strip()
+            if not user_text:
+                warn.append({"message": W_NO_USER, "entity": entry})
+                continue
+            if entry.get("seg_block") is None:
+                warn.append({"message": W_NO_SEG_BLOCK, "entity": entry})
+                continue
+            domain = entry.get("domain", default_domain)
+            domain = domain.strip().lower() if isinstance(domain, str) and domain.strip() else None
+            mine: list[tuple[int, int, dict[str, Any]]] = []
+            for pos, block in enumerate(entry["seg_block"]):
+                if pos >= max_segments:
+                    message = W_TOO_MANY_SEGMENTS.format(user_id=user_text, limit=max_segments)
+                    warn.append({"message": message, "entity": block})
+                    continue
+                has_id = block.get("seg_id") is not None
+                code = block.get("seg_code")
+                has_code = isinstance(code, str) and code.strip() != ""
+                if has_id and has_code:
+                    warn.append({"message": W_BOTH_SEGMENT_KEYS, "entity": block})
+                elif not has_id and not (has_code and block.get("member_id") is not None):
+                    warn.append({"message": W_NO_SEGMENT, "entity": block})
+                else:
+                    mine.append((len(users), pos, block))
+            if not mine:
+                message = W_NO_VALID_SEGMENTS.format(user_id=user_text)
+                warn.append({"message": message, "entity": entry})
+                continue
+            users.append((len(users), entry, user_text, domain))
+            blocks.extend(mine)
+        result.users_in_request = len(users)
+        result.segments_in_request = len(blocks)
+        self._take_users(member_id, len(users))
+        if not users:
+            warn.append({"message": W_NO_VALID_REQUEST, "entity": {"rt_segment": entries}})
+            return result
+
+        # 2. user IDs by the batch format's rules
+        for _row, entry, _user_text, domain in users:
+            if domain is not None and domain not in DEVICE_ID_DOMAINS:
+                domains = ", ".join(sorted(DEVICE_ID_DOMAINS))
+                message = W_BAD_DOMAIN.format(domain=domain, domains=domains)
+                warn.append({"message": message, "entity": entry})
+        known = [u for u in users if u[3] is None or u[3] in DEVICE_ID_DOMAINS]
+        parsed = parse_user_ids(
+            [u[2] for u in known], [u[3] for u in known], config, member_id
+        ).with_columns(pl.Series("user_row", [u[0] for u in known], dtype=pl.Int64))
+        for (_row, entry, user_text, _d), error in zip(
+            known, parsed["user_error"].to_list(), strict=True
+        ):
+            if error is not None:
+                message = W_BAD_USER.format(user_id=user_text, reason=error)
+                warn.append({"message": message, "entity": entry})
+        good_users = parsed.filter(pl.col("user_error").is_null()).select(
+            "user_row", "user_kind", "user_key"
+        )
+
+        # 3. pairs by the ingest engine's rules
+        rows = [
+            {
+                "line_no": user_row,
+                "pos": pos,
+                "seg_id": block.get("seg_id"),
+                "seg_code": None if block.get("seg_id") is not None else block.get("seg_code"),
+                "seg_member_id": block.get("member_id") if block.get("seg_id") is None else None,
+                "expiration": block.get("expiration"),
+                "timestamp": None,
+                "value": block.get("value"),
+                "removal": False,
+                "timestamp_invalid": False,
+                "value_invalid": block.get("value") is not None
+                and not MIN_VALUE <= block["value"] <= MAX_VALUE,
+                "expiration_invalid": block.get("expiration") is not None
+                and block["expiration"] < -2,
+            }
+            for user_row, pos, block in blocks
+        ]
+        pairs = pl.DataFrame(rows, schema=PAIR_SCHEMA).with_columns(
+            value=pl.when(pl.col("value_invalid")).then(None).otherwise(pl.col("value"))
+        )
+        pairs = pairs.join(good_users, left_on="line_no", right_on="user_row", how="inner")
+        ids = {int(b["seg_id"]) for _u, _p, b in blocks if b.get("seg_id") is not None}
+        codes = {
+            (int(b["member_id"]), b["seg_code"].strip().lower())
+            for _u, _p, b in blocks
+            if b.get("seg_id") is None
+        }
+        now = now_s()
+        rules = PairRules(member_id, config, _registry(self.db, ids, codes))
+        resolved = rules.resolve(pairs, now).sort("line_no", "pos")
+        block_of = {(u, p): b for u, p, b in blocks}
+        problems = resolved.filter(pl.col("status") != VALID).with_columns(reason=problem_reason())
+        for user_row, pos, status, reason in problems.select(
+            "line_no", "pos", "status", "reason"
+        ).iter_rows():
+            warn.append(
+                {"message": f"{reason}.", "entity": block_of[(user_row, pos)], "counter": status}
+            )
+        valid = resolved.filter(pl.col("status") == VALID)
+        if valid.is_empty():
+            warn.append({"message": W_NO_VALID_REQUEST, "entity": {"rt_segment": entries}})
+            return result
+
+        # 4. apply: seqs in post order, the same store as files
+        first = reserve(self.db, len(valid))
+        batch = valid.select(
+            "user_kind",
+            "user_key",
+            "segment_id",
+            "value",
+            "timestamp",
+            "expires_at",
+            "removed",
+            seq=pl.int_range(0, len(valid), dtype=pl.Int64) + first,
+        )
+        store.apply(batch.to_arrow().cast(APPLY_SCHEMA))
+        result.pairs_applied = len(valid)
+        COUNTERS.inc("bss_rt_pairs_applied_total", len(valid))
+        loads = SegmentLoads.at(now)
+        loads.add(valid.select("segment_id", "user_kind", "user_key", "removed"))
+        source = f"rt:{member_id}:{idempotency_key}" if idempotency_key else f"rt:{uuid.uuid4()}"
+        with write_tx(self.db) as conn:
+            record_loads(conn, loads, source=source)
+            if idempotency_key:
+                k = rt_idempotency_keys
+                conn.execute(
+                    update(k)
+                    .where(k.c.member_id == member_id, k.c.idempotency_key == idempotency_key)
+                    .values(response_json=json.dumps(result.body()))
+                )
+        return result
+
+    def remember(self, member_id: int, key: str, result: RtResult) -> None:
+        """Keep the answer of a post that applied nothing (all warnings) under its key."""
+        k = rt_idempotency_keys
+        with write_tx(self.db) as conn:
+            conn.execute(
+                update(k)
+                .where(
+                    k.c.member_id == member_id,
+                    k.c.idempotency_key == key,
+                    k.c.response_json.is_(None),
+                )
+                .values(response_json=json.dumps(result.body()))
+            )
