@@ -17,7 +17,7 @@ from bss.reports.service import SegmentLoads, record_loads
 from bss.reports.sketch import UniqueSketch
 from bss.settings import Settings
 from bss.webhooks.models import webhook_deliveries
-from bss.webhooks.service import WebhookSender
+from bss.webhooks.service import WebhookSender, purge_deliveries
 
 
 @pytest.fixture
@@ -101,3 +101,23 @@ def test_senders_claim_one_head_per_member(pg_engine, tmp_path):
         t.join()
     got = sorted((r["member_id"], r["id"]) for r in claimed if r is not None)
     assert got == [(1, 1), (2, 3)]  # the head of each member, once; member 1's second waits
+
+
+def test_retention_keeps_pending_deliveries(pg_engine):
+    with write_tx(pg_engine) as conn:
+        for state in ("pending", "delivered", "failed"):
+            conn.execute(
+                insert(webhook_deliveries).values(
+                    delivery_id=str(uuid.uuid4()),
+                    member_id=1,
+                    event="e",
+                    body="{}",
+                    state=state,
+                    attempts=0,
+                    created_on=1,
+                    next_attempt_ms=0,
+                )
+            )
+    assert purge_deliveries(pg_engine, now_s()) == 2
+    with pg_engine.connect() as conn:
+        assert conn.execute(select(webhook_deliveries.c.state)).scalars().all() == ["pending"]

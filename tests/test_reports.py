@@ -23,7 +23,14 @@ from bss.jobs.models import jobs
 from bss.jobs.service import JobService
 from bss.jobs.worker import StoreHandle, Worker
 from bss.reports.models import segment_loads
-from bss.reports.service import SegmentLoads, parse_report_request, record_loads, run_report
+from bss.reports.service import (
+    SegmentLoads,
+    create_report,
+    parse_report_request,
+    purge_reports,
+    record_loads,
+    run_report,
+)
 from bss.reports.sketch import EXACT_LIMIT, UniqueSketch, user_hashes
 from bss.segments.service import create_segment, registry_for
 from bss.settings import Settings
@@ -316,3 +323,20 @@ def test_bad_report_requests_are_400(admin, member_id, report, message):
     answer = admin.call("POST", "/report", params={"member_id": member_id}, json={"report": report})
     assert answer["_http"] == 400 and answer["error_id"] == "SYNTAX", answer
     assert message in answer["error"]
+
+
+def test_retention_drops_old_reports_and_source_records_not_figures(tmp_path):
+    _settings, db, _svc = _in_process(tmp_path)
+    seg = create_segment(db, 9, {"code": "r"})["id"]
+    loads = SegmentLoads(day=20_000)
+    loads.loads[seg] = 4
+    with write_tx(db) as conn:
+        assert record_loads(conn, loads, source="job:old")
+        assert record_loads(conn, loads, source=None)  # nothing to remember
+    body = {"report": {"report_type": "segment_load", "columns": ["segment_id"]}}
+    create_report(
+        db, member_id=9, user_id=None, username=None, config=BatchSegmentConfig(), body=body
+    )
+    assert purge_reports(db, now_s() - 10) == 0  # nothing old yet
+    assert purge_reports(db, now_s() + 10) == 2  # the report and the one source record
+    assert _figures(db) == {seg: (8, 0, 0)}

@@ -21,8 +21,9 @@ from bss.jobs.service import JobService
 from bss.jobs.worker import StoreHandle, Worker
 from bss.leases import HOSTNAME, LeaseKeeper, reap_dead_local_processes
 from bss.ratelimit import DatabaseRateLimiter
+from bss.reports.service import purge_reports
 from bss.settings import Settings
-from bss.webhooks.service import WebhookSender
+from bss.webhooks.service import WebhookSender, purge_deliveries
 
 log = logging.getLogger("bss.server")
 
@@ -66,6 +67,9 @@ def sweeper(
                 stats = service.sweep()
                 purge_auth(service.db, settings)
                 counters = DatabaseRateLimiter(service.db).purge()
+                history = now_s() - settings.history_days * 86400
+                deliveries = purge_deliveries(service.db, history)
+                reports = purge_reports(service.db, history)
                 purged = 0
                 try:
                     purged = stores.get().purge_expired(now_s())
@@ -73,7 +77,13 @@ def sweeper(
                     log.warning("store purge failed", exc_info=True)
                 log.info(
                     "retention sweep",
-                    extra={**stats, "store_rows_purged": purged, "rate_counters_purged": counters},
+                    extra={
+                        **stats,
+                        "store_rows_purged": purged,
+                        "rate_counters_purged": counters,
+                        "webhook_deliveries_purged": deliveries,
+                        "report_rows_purged": reports,
+                    },
                 )
         except Exception:
             log.exception("sweep failed")

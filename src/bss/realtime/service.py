@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -383,7 +382,7 @@ class RealtimeService:
         COUNTERS.inc("bss_rt_pairs_applied_total", len(valid))
         loads = SegmentLoads.at(now)
         loads.add(valid.select("segment_id", "user_kind", "user_key", "removed"))
-        source = f"rt:{member_id}:{idempotency_key}" if idempotency_key else f"rt:{uuid.uuid4()}"
+        source = f"rt:{member_id}:{idempotency_key}" if idempotency_key else None
         with write_tx(self.db) as conn:
             record_loads(conn, loads, source=source)
             if idempotency_key:

@@ -102,14 +102,18 @@ def _insert_ignore(conn: Connection, table: Any, **values: Any) -> None:
     conn.execute(dialect_insert(table).values(**values).on_conflict_do_nothing())
 
 
-def record_loads(conn: Connection, loads: SegmentLoads, *, source: str) -> bool:
-    """Add a source's figures, in the caller's transaction; False if it was counted before."""
-    counted = conn.execute(
-        select(segment_load_sources.c.source).where(segment_load_sources.c.source == source)
-    ).first()
-    if counted is not None:
-        return False
-    conn.execute(insert(segment_load_sources).values(source=source, counted_on=now_s()))
+def record_loads(conn: Connection, loads: SegmentLoads, *, source: str | None) -> bool:
+    """Add a source's figures, in the caller's transaction; False if it was counted before.
+
+    `source` names what could be offered again (a job, a post with an Idempotency-Key); None
+    for what cannot (a post without a key), which needs no record."""
+    if source is not None:
+        counted = conn.execute(
+            select(segment_load_sources.c.source).where(segment_load_sources.c.source == source)
+        ).first()
+        if counted is not None:
+            return False
+        conn.execute(insert(segment_load_sources).values(source=source, counted_on=now_s()))
     for segment_id in sorted(set(loads.loads) | set(loads.removals)):
         key = (segment_loads.c.segment_id == segment_id) & (segment_loads.c.day == loads.day)
         _insert_ignore(
@@ -416,6 +420,17 @@ def run_report(
         i = columns.index(name)
         out.sort(key=lambda r, i=i: sort_key([r[i]]), reverse=descending)
     return out
+
+
+def purge_reports(db: Engine, before: int) -> int:
+    """Retention: reports requested, and records of sources counted, before `before` (UNIX
+    seconds; a job that old is never replayed). The figures themselves are kept."""
+    with write_tx(db) as conn:
+        n = conn.execute(reports.delete().where(reports.c.created_on < before)).rowcount
+        n += conn.execute(
+            segment_load_sources.delete().where(segment_load_sources.c.counted_on < before)
+        ).rowcount
+    return n
 
 
 # --- stored reports --------------------------------------------------------------------------

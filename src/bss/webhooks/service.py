@@ -204,6 +204,15 @@ def list_deliveries(
         return total, [delivery_out(r) for r in rows]
 
 
+def purge_deliveries(db: Engine, before: int) -> int:
+    """Retention: finished deliveries (delivered or failed) created before `before`."""
+    d = webhook_deliveries
+    with write_tx(db) as conn:
+        return conn.execute(
+            d.delete().where(d.c.state != "pending", d.c.created_on < before)
+        ).rowcount
+
+
 # --- sending ---------------------------------------------------------------------------------
 
 
