@@ -157,3 +157,17 @@ def test_browser_refusal_rules(
     method: str, path: str, headers: dict[str, str], refused: bool
 ) -> None:
     assert (browser_refusal(method, path, headers) is not None) is refused
+
+
+def test_a_failed_job_says_what_went_wrong_and_what_to_do(
+    server: ServerProc, admin: Api, world: dict[str, str]
+) -> None:
+    carol = Api(server.url, "carol", PASSWORD)
+    failed = carol.run(7201, b"\x1f\x8b\x08\x00" + b"not really gzip" * 10)
+    assert (failed["phase"], failed["error_code"]) == ("error", "corrupt_gzip")
+    with browser(server, world["carol"]) as client:
+        html = client.get(f"/ui/jobs/{failed['job_id']}").text
+    assert "What went wrong" in html
+    assert "cannot be decompressed" in html and "gzip -t FILE" in html
+    assert failed["error_message"].replace("'", "&#39;") in html
+    assert 'id="match-rate">–<' in html  # no user was read: no rate, not 0%
