@@ -43,6 +43,14 @@ def test_pages_need_a_session_and_come_back_after_login(server: ServerProc) -> N
     assert 'data-next="/"' in page  # never sends anyone off-site after login
 
 
+def test_the_login_page_lets_a_logged_in_user_through(
+    server: ServerProc, world: dict[str, str]
+) -> None:
+    with browser(server, world["carol"]) as carol:
+        resp = carol.get("/ui/login?next=/ui/segments")
+        assert (resp.status_code, resp.headers["location"]) == (303, "/ui/segments")
+
+
 def test_a_member_sees_only_its_own_jobs(server: ServerProc, world: dict[str, str]) -> None:
     with browser(server, world["carol"]) as carol:
         home = carol.get("/")
@@ -126,6 +134,12 @@ def test_a_browser_needs_the_page_token_to_change_data(
         # A client that is not a browser (curl -b cookies) keeps the documented flow.
         plain = carol.post("/segment?member_id=7201", json={"segment": {"code": "x2"}})
         assert plain.status_code == 200
+
+
+def test_behind_a_proxy_the_public_url_is_this_services_origin() -> None:
+    headers = {"origin": "https://bss.example", "host": "127.0.0.1:8080"}
+    assert browser_refusal("POST", "/auth", headers) is not None
+    assert browser_refusal("POST", "/auth", headers, "https://bss.example") is None
 
 
 @pytest.mark.parametrize(

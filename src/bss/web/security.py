@@ -17,6 +17,7 @@ import hashlib
 import hmac
 from http.cookies import SimpleCookie
 from typing import Any
+from urllib.parse import urlsplit
 
 from bss.api.deps import TOKEN_COOKIE
 from bss.api.envelope import error_response
@@ -48,8 +49,19 @@ def _refusal(message: str) -> Any:
     return error_response(BssError("UNAUTH", message, http_status=403, error_code="CSRF"))
 
 
-def browser_refusal(method: str, path: str, headers: dict[str, str]) -> str | None:
-    """Why a request must be refused (None: let it through)."""
+def origin_of(url: str | None) -> str | None:
+    """scheme://host[:port] of a URL such as BSS_PUBLIC_URL."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
+
+
+def browser_refusal(
+    method: str, path: str, headers: dict[str, str], public_origin: str | None = None
+) -> str | None:
+    """Why a request must be refused (None: let it through). `public_origin` is the origin
+    of BSS_PUBLIC_URL: behind a proxy the Host header may name the backend instead."""
     if method not in _STATE_CHANGING:
         return None
     fetch_site = headers.get("sec-fetch-site")
@@ -57,7 +69,7 @@ def browser_refusal(method: str, path: str, headers: dict[str, str]) -> str | No
     host = headers.get("host", "")
     if fetch_site in ("cross-site", "same-site"):
         return "Cross-site request refused: this service acts only for its own pages"
-    if origin is not None and origin.split("://", 1)[-1] != host:
+    if origin is not None and origin.split("://", 1)[-1] != host and origin != public_origin:
         return "Cross-origin request refused: this service acts only for its own pages"
     if fetch_site is None and origin is None:
         return None  # not a browser
@@ -83,15 +95,16 @@ def browser_refusal(method: str, path: str, headers: dict[str, str]) -> str | No
 class BrowserGuard:
     """Pure ASGI middleware (request bodies keep streaming untouched)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, public_url: str | None = None) -> None:
         self.app = app
+        self.public_origin = origin_of(public_url)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        refusal = browser_refusal(scope["method"], scope["path"], headers)
+        refusal = browser_refusal(scope["method"], scope["path"], headers, self.public_origin)
 
         async def _send(message: Any) -> None:
             if message["type"] == "http.response.start":

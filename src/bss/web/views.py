@@ -218,6 +218,11 @@ def login_page(request: Request) -> Response:
     target = request.query_params.get("next") or "/"
     if not target.startswith("/") or target.startswith("//"):
         target = "/"  # only ever back into this service
+    try:
+        _session(request)
+        return RedirectResponse(target, status_code=303)  # already logged in
+    except LoginRequired:
+        pass
     return render(request, "login.html", next=target, user=None, csrf="", nav="")
 
 
@@ -563,6 +568,6 @@ def admin_page(request: Request) -> Response:
 
 def mount_dashboard(app: FastAPI) -> None:
     """Serve the dashboard from `app`: pages, their static files, and the browser guard."""
-    app.add_middleware(BrowserGuard)
+    app.add_middleware(BrowserGuard, public_url=app.state.settings.public_url)
     app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
