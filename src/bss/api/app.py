@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from importlib.metadata import version
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
@@ -15,8 +16,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bss.accounts.service import ensure_admin
 from bss.accounts.views import router as accounts_router
+from bss.api.docs import add_docs_routes
 from bss.api.envelope import error_response
 from bss.api.lookup import router as lookup_router
+from bss.api.openapi import install as install_openapi
 from bss.db import init_db, make_engine
 from bss.errors import BssError
 from bss.jobs.service import JobService
@@ -108,9 +111,13 @@ def create_app(
     ensure_admin(db, settings)
     app = FastAPI(
         title="Batch Segment Service",
-        version="0.1.0",
+        version=version("bss"),
         description='Self-hostable Batch Segment Service; every response is wrapped as {"response": {...}}.',
+        docs_url=None,  # served below from the package's own assets, not from a CDN
+        redoc_url=None,
     )
+    install_openapi(app)
+    add_docs_routes(app)
     app.state.settings = settings
     app.state.db = db
     app.state.jobs = JobService(db, settings)

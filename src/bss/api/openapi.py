@@ -1,0 +1,378 @@
+"""The OpenAPI description served at /openapi.json (and rendered at /docs and /redoc).
+
+The views parse query parameters and bodies by hand (so that the documented wrappers and loose
+clients are accepted), so FastAPI cannot see them: this module adds what a client needs to
+know to the generated schema, in one place: the query parameters of every operation, the
+token scheme (header or cookie), the documented envelope with each operation's payload, and
+the error responses. An operation not listed here still gets the envelope, the token scheme
+and the error responses; add its parameters and payload to the tables below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from bss.api.deps import TOKEN_COOKIE
+from bss.db import INT32_MAX, INT32_MIN
+
+_REF = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": _REF + name}
+
+
+def _int(description: str, minimum: int = INT32_MIN) -> dict[str, Any]:
+    return {
+        "schema": {"type": "integer", "minimum": minimum, "maximum": INT32_MAX},
+        "description": description,
+    }
+
+
+def _str(description: str, **schema: Any) -> dict[str, Any]:
+    return {"schema": {"type": "string", **schema}, "description": description}
+
+
+_ID = _int("The object's id (32-bit)")
+_MEMBER_ID = _int(
+    "The member acted for: admins name it; other users act for their own member (may omit it)"
+)
+_PAGING = {
+    "start_element": _int("First item of the page (0-based)", 0),
+    "num_elements": _int("Items per page (at most 100)", 1),
+}
+_JOB_ID = _str("The job_id returned by POST /batch-segment")
+
+#: (method, path) -> {name: parameter} (query parameters; none is required by the schema:
+#: a missing one that the operation needs is a 400 SYNTAX naming it).
+QUERY_PARAMETERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    ("get", "/member"): {"id": _ID},
+    ("put", "/member"): {"id": _ID},
+    ("delete", "/member"): {"id": _ID},
+    ("get", "/user"): {"id": _ID, "member_id": _MEMBER_ID},
+    ("put", "/user"): {"id": _ID},
+    ("delete", "/user"): {"id": _ID},
+    ("get", "/segment"): {
+        "id": _ID,
+        "code": _str("A segment code (with member_id); case-insensitive"),
+        "member_id": _MEMBER_ID,
+        "search": _str("Substring of code, short_name or description"),
+        **_PAGING,
+    },
+    ("post", "/segment"): {"member_id": _MEMBER_ID},
+    ("put", "/segment"): {"id": _ID},
+    ("delete", "/segment"): {"id": _ID},
+    **{
+        (method, "/batch-segment-config"): {"member_id": _MEMBER_ID}
+        for method in ("get", "post", "put", "delete")
+    },
+    ("post", "/batch-segment"): {"member_id": _MEMBER_ID},
+    ("get", "/batch-segment"): {
+        "member_id": _MEMBER_ID,
+        "job_id": _JOB_ID,
+        "id": _ID,
+        **_PAGING,
+        "sort": _str("FIELD.asc or FIELD.desc (see /batch-segment/meta)"),
+        "min_last_modified": _str("YYYY-MM-DD HH:MM:SS (UTC)"),
+        "max_last_modified": _str("YYYY-MM-DD HH:MM:SS (UTC)"),
+        "phase": _str("starting, uploading, validating, processing, completed or error"),
+        "upload_source": _str("api or passive"),
+    },
+    ("get", "/batch-segment/error-report"): {"member_id": _MEMBER_ID, "job_id": _JOB_ID},
+    ("get", "/user-segments"): {
+        "member_id": _MEMBER_ID,
+        "uid": _str("Platform user ID (1 to 2^64-1)", pattern="^[0-9]{1,20}$"),
+        "device_id": _str("Device ID (with domain)"),
+        "domain": _str("Device ID type: idfa, aaid, ... or a legacy number"),
+        "ifa": _str("IFA (with ifa_type)"),
+        "ifa_type": _str("e.g. idfa, aaid"),
+        "external_id": _str("External user ID (with external_member_id or member_id)"),
+        "external_member_id": _int("Owner of the external ID"),
+        "eid": _str("Extended ID (with source)"),
+        "source": _str("EID source, e.g. liveramp.com"),
+        "xfa_ip": _str("Synthetic ID's IP (with device_make_id, device_model_id)"),
+        "device_make_id": _int("Device make"),
+        "device_model_id": _int("Device model"),
+    },
+}
+
+_NULLABLE_STR = {"type": ["string", "null"]}
+_NULLABLE_INT = {"type": ["integer", "null"]}
+_DATE = {"type": ["string", "null"], "description": "YYYY-MM-DD HH:MM:SS (UTC)"}
+
+SCHEMAS: dict[str, Any] = {
+    "Member": {
+        "type": "object",
+        "required": ["id", "name", "state"],
+        "properties": {
+            "id": {"type": "integer"},
+            "name": {"type": "string"},
+            "state": {"type": "string", "enum": ["active", "inactive"]},
+            "created_on": _DATE,
+            "last_modified": _DATE,
+        },
+    },
+    "User": {
+        "type": "object",
+        "required": ["id", "username", "user_type", "member_id"],
+        "properties": {
+            "id": {"type": "integer"},
+            "username": {"type": "string"},
+            "user_type": {"type": "string", "enum": ["admin", "member", "data_provider"]},
+            "member_id": _NULLABLE_INT,
+            "created_on": _DATE,
+            "last_modified": _DATE,
+        },
+    },
+    "Segment": {
+        "type": "object",
+        "required": ["id", "code", "member_id", "state", "expire_minutes"],
+        "properties": {
+            "id": {"type": "integer", "minimum": 1, "maximum": INT32_MAX},
+            "code": _NULLABLE_STR,
+            "short_name": _NULLABLE_STR,
+            "description": _NULLABLE_STR,
+            "member_id": {"type": "integer"},
+            "state": {"type": "string", "enum": ["active", "inactive"]},
+            "expire_minutes": _NULLABLE_INT,
+            "member_count": _NULLABLE_INT,
+            "created_on": _DATE,
+            "last_modified": _DATE,
+        },
+    },
+    "BatchSegmentUploadConfig": {
+        "type": "object",
+        "required": ["member_id", "separator_1", "segment_fields"],
+        "properties": {
+            "id": _NULLABLE_INT,
+            "member_id": {"type": "integer"},
+            "separator_1": {"type": "string"},
+            **{f"separator_{i}": _NULLABLE_STR for i in range(2, 6)},
+            "segment_fields": {"type": "string", "description": 'e.g. "[SEG_ID,EXPIRATION]"'},
+            "default_expiration": {"type": "integer"},
+            "num_error_log_lines": {"type": "integer"},
+            "num_invalid_before_error": _NULLABLE_INT,
+            "daily_byte_limit": _NULLABLE_INT,
+            "hourly_byte_limit": _NULLABLE_INT,
+            "daily_num_lines_limit": _NULLABLE_INT,
+            "hourly_num_lines_limit": _NULLABLE_INT,
+            "max_concurrent_uploads": {"type": "integer"},
+            "use_external_uids": {"type": "boolean"},
+            "external_member_uid": _NULLABLE_INT,
+            "member_segment_access": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"segment_owner_member_id": {"type": "integer"}},
+                },
+            },
+            "created_on": _DATE,
+            "last_modified": _DATE,
+        },
+    },
+    "BatchSegmentUploadJob": {
+        "type": "object",
+        "required": ["id", "job_id", "member_id", "phase"],
+        "properties": {
+            "id": {"type": "integer"},
+            "job_id": {"type": "string"},
+            "member_id": {"type": "integer"},
+            "phase": {
+                "type": "string",
+                "enum": ["starting", "uploading", "validating", "processing", "completed", "error"],
+            },
+            "upload_url": _NULLABLE_STR,
+            "error_code": _NULLABLE_STR,
+            "error_log_lines": _NULLABLE_STR,
+            "segment_log_lines": _NULLABLE_STR,
+            "percent_complete": _NULLABLE_INT,
+            "time_to_process": _NULLABLE_STR,
+            "last_modified": _DATE,
+        },
+    },
+    "UserSegment": {
+        "type": "object",
+        "required": ["id", "member_id"],
+        "properties": {
+            "id": {"type": "integer"},
+            "code": _NULLABLE_STR,
+            "member_id": _NULLABLE_INT,
+            "value": _NULLABLE_INT,
+            "timestamp": _DATE,
+            "expiry": _DATE,
+        },
+    },
+    "Error": {
+        "type": "object",
+        "description": (
+            "The documented error envelope. Upload limits carry only status, error_code and "
+            "errors (word for word as documented); extra fields may follow."
+        ),
+        "required": ["response"],
+        "properties": {
+            "response": {
+                "type": "object",
+                "required": ["status"],
+                "properties": {
+                    "status": {"const": "ERROR"},
+                    "error_id": {
+                        "type": "string",
+                        "enum": ["NOAUTH", "UNAUTH", "NOTFOUND", "SYNTAX", "SYSTEM"],
+                    },
+                    "error": {"type": "string"},
+                    "error_description": {"type": "string"},
+                    "error_code": _NULLABLE_STR,
+                    "errors": {"type": "array", "items": {"type": "string"}},
+                },
+            }
+        },
+    },
+}
+
+
+def _list_of(name: str) -> dict[str, Any]:
+    return {"type": "array", "items": _ref(name)}
+
+
+def _one_or_list(name: str) -> dict[str, Any]:
+    return {"oneOf": [_ref(name), _list_of(name)]}
+
+
+#: (method, path) -> the payload keys of the success envelope (at most one of them is present).
+PAYLOADS: dict[tuple[str, str], dict[str, Any]] = {
+    ("post", "/auth"): {"token": {"type": "string"}},
+    ("get", "/auth"): {"user": _ref("User")},
+    ("get", "/member"): {"member": _ref("Member"), "members": _list_of("Member")},
+    ("post", "/member"): {"member": _ref("Member")},
+    ("put", "/member"): {"member": _ref("Member")},
+    ("get", "/user"): {"user": _ref("User"), "users": _list_of("User")},
+    ("post", "/user"): {"user": _ref("User")},
+    ("put", "/user"): {"user": _ref("User")},
+    ("get", "/segment"): {"segment": _ref("Segment"), "segments": _list_of("Segment")},
+    ("post", "/segment"): {"segment": _ref("Segment"), "segments": _list_of("Segment")},
+    ("put", "/segment"): {"segment": _ref("Segment")},
+    **{
+        (method, "/batch-segment-config"): {
+            "batch_segment_upload_config": _ref("BatchSegmentUploadConfig")
+        }
+        for method in ("get", "post", "put")
+    },
+    # A data-provider login gets the job as a one-element array (as documented).
+    ("post", "/batch-segment"): {"batch_segment_upload_job": _one_or_list("BatchSegmentUploadJob")},
+    ("get", "/batch-segment"): {"batch_segment_upload_job": _one_or_list("BatchSegmentUploadJob")},
+    ("post", "/segment-upload/{job_id}"): {
+        "batch_segment_upload_job": _one_or_list("BatchSegmentUploadJob")
+    },
+    ("get", "/batch-segment/meta"): {"fields": {"type": "array", "items": {"type": "object"}}},
+    ("get", "/user-segments"): {"segments": _list_of("UserSegment")},
+}
+
+#: Operations anyone may call without a token.
+PUBLIC = {("post", "/auth"), ("get", "/health"), ("get", "/metrics")}
+#: The upload URL is a capability: a token is optional, but one that is sent must be valid.
+TOKEN_OPTIONAL = {("post", "/segment-upload/{job_id}")}
+
+_ERRORS = {
+    "400": "SYNTAX: a missing or malformed parameter or body",
+    "401": "NOAUTH: no token, or an expired or invalid one (log in again)",
+    "403": "UNAUTH: the caller may not do this",
+    "404": "NOTFOUND",
+    "429": "Throttled (RATE_EXCEEDED, with Retry-After) or an upload limit (RATE_LIMIT_EXCEEDED)",
+}
+_UPLOAD_ERRORS = {
+    "408": "Maximum upload time exceeded",
+    "409": "The upload URL was already used",
+    "410": "The upload URL expired",
+    "413": "FILESIZE_LIMIT_EXCEEDED (extra fields: limit and size in bytes)",
+    "415": "Wrong Content-Type (send application/octet-stream)",
+}
+
+
+def _envelope(payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["response"],
+        "properties": {
+            "response": {
+                "type": "object",
+                "required": ["status"],
+                "properties": {
+                    "status": {"const": "OK"},
+                    "dbg_info": {"type": "object"},
+                    "count": {"type": "integer"},
+                    "start_element": {"type": "integer"},
+                    "num_elements": {"type": "integer"},
+                    **payload,
+                },
+            }
+        },
+    }
+
+
+def _describe_operation(method: str, path: str, operation: dict[str, Any]) -> None:
+    key = (method, path)
+    declared = {p["name"] for p in operation.get("parameters", [])}
+    for name, spec in QUERY_PARAMETERS.get(key, {}).items():
+        if name not in declared:
+            operation.setdefault("parameters", []).append({"name": name, "in": "query", **spec})
+    if key in PUBLIC:
+        operation["security"] = []
+    elif key in TOKEN_OPTIONAL:
+        operation["security"] = [{}, {"token_header": []}, {"token_cookie": []}]
+    responses = operation.setdefault("responses", {})
+    success = responses.setdefault("200", {"description": "OK"})
+    content = success.setdefault("content", {})
+    if "application/json" in content:
+        content["application/json"] = {"schema": _envelope(PAYLOADS.get(key, {}))}
+    errors = dict(_ERRORS)
+    if key in TOKEN_OPTIONAL:
+        errors.update(_UPLOAD_ERRORS)
+    for status, description in errors.items():
+        responses[status] = {
+            "description": description,
+            "content": {"application/json": {"schema": _ref("Error")}},
+        }
+    responses.pop("422", None)  # validation errors are answered as 400 SYNTAX
+
+
+def install(app: FastAPI) -> None:
+    """Make app.openapi() return the described schema (built once)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schema["openapi"] = "3.1.0"
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).update(SCHEMAS)
+            for name in ("HTTPValidationError", "ValidationError"):
+                components["schemas"].pop(name, None)
+            components["securitySchemes"] = {
+                "token_header": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "The token from POST /auth, as is (no scheme word needed)",
+                },
+                "token_cookie": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": TOKEN_COOKIE,
+                    "description": "Set by POST /auth (curl -b cookies -c cookies)",
+                },
+            }
+            schema["security"] = [{"token_header": []}, {"token_cookie": []}]
+            for path, operations in schema.get("paths", {}).items():
+                for method, operation in operations.items():
+                    _describe_operation(method, path, operation)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,128 @@
+"""The newcomer's path (issue 9.5): the README's commands run as written against a real
+server, the docs agree with the README, docs/settings.md is up to date, the Avro example
+works, and /docs and /redoc load nothing from elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import BSS, ServerProc
+
+from bss import settings_doc
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+README_URL = "http://127.0.0.1:8080"
+
+
+def _blocks(text: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
+
+
+def _readme_admin() -> dict[str, str]:
+    serve = next(b for b in _blocks(README, "sh") if "bss serve" in b)
+    found = dict(re.findall(r"BSS_ADMIN_(USERNAME|PASSWORD)=(\S+)", serve))
+    return {"admin_username": found["USERNAME"], "admin_password": found["PASSWORD"]}
+
+
+@pytest.fixture(scope="module")
+def readme_server(tmp_path_factory: pytest.TempPathFactory):
+    proc = ServerProc(tmp_path_factory.mktemp("readme") / "data", _readme_admin()).start()
+    yield proc
+    proc.stop()
+
+
+def _answers(stdout: str) -> list[dict]:
+    """The JSON answers curl printed one after another (curl adds no newline)."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while at < len(stdout):
+        if stdout[at].isspace():
+            at += 1
+            continue
+        value, at = decoder.raw_decode(stdout, at)
+        found.append(value["response"])
+    return found
+
+
+def _run_shell(script: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-eu", "-c", script],
+        cwd=cwd,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_readme_runs_as_written(readme_server, tmp_path):
+    """The curl block, then the `bss` block, with only the base URL pointed at the test's
+    server (and `.venv/bin/bss` at this environment's `bss`)."""
+    curl_block = next(b for b in _blocks(README, "sh") if "curl" in b)
+    assert f"B={README_URL};" in curl_block
+    out = _run_shell(curl_block.replace(README_URL, readme_server.url), tmp_path)
+    assert out.returncode == 0, out.stderr
+    answers = _answers(out.stdout)
+    job = answers[-2]["batch_segment_upload_job"]
+    assert (job["phase"], job["num_valid"]) == ("completed", 3)
+    assert [s["id"] for s in answers[-1]["segments"]] == [1, 2]
+
+    bss_block = next(b for b in _blocks(README, "sh") if "bss login" in b)
+    script = bss_block.replace(README_URL, readme_server.url).replace(".venv/bin/bss", str(BSS))
+    out = _run_shell(script, tmp_path, XDG_CONFIG_HOME=str(tmp_path / "config"))
+    assert out.returncode == 0, out.stderr
+    job = json.loads(out.stdout)
+    assert (job["phase"], job["num_valid"]) == ("completed", 3)
+
+
+def test_avro_example_runs(readme_server, tmp_path):
+    """docs/avro-example.md's Python, after the README's set-up (member 456, segments 1, 2)."""
+    doc = (ROOT / "docs" / "avro-example.md").read_text()
+    (script,) = _blocks(doc, "python")
+    out = subprocess.run(
+        [sys.executable, "-c", script.replace(README_URL, readme_server.url)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "completed 4"
+
+
+def test_docs_use_the_readme_commands_and_passwords():
+    password = _readme_admin()["admin_password"]
+    for path in sorted((ROOT / "docs").glob("*.md")):
+        for block in _blocks(path.read_text(), "sh"):
+            for line in block.splitlines():
+                assert not re.search(r"(^|[;&|(]\s*)bss ", line), (
+                    f"{path.name}: write .venv/bin/bss, as the README does: {line}"
+                )
+                if "BSS_ADMIN_PASSWORD" in line or '"username":"admin"' in line:
+                    assert password in line, f"{path.name}: use the README's password: {line}"
+
+
+def test_settings_doc_is_up_to_date():
+    current = (ROOT / "docs" / "settings.md").read_text()
+    assert current == settings_doc.render(), (
+        f"docs/settings.md is out of date: run `{settings_doc.REGENERATE}` and commit it"
+    )
+
+
+def test_docs_pages_load_only_assets_served_by_the_service(readme_server):
+    for page in ("/docs", "/redoc"):
+        html = httpx.get(readme_server.url + page).text
+        assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+        assets += re.findall(r"""url: ?["']([^"']+)["']""", html)
+        assert any(a.endswith(".js") for a in assets), html
+        for asset in assets:
+            assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
+            assert httpx.get(readme_server.url + asset).status_code == 200, asset
+    assert "/docs" in README and "/redoc" in README
