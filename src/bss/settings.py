@@ -19,17 +19,42 @@ MAX_FILE_BYTES = 536_870_912  # 0.5 GB, the documented file limit
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BSS_", extra="ignore")
 
-    data_dir: Path = Path("./bss-data")
-    #: Relational store (jobs, members, users, segments, configs). Default: SQLite in data_dir.
-    database_url: str | None = None
-    #: Membership store, URL-style: lmdb:///path/to/dir. Default: the embedded LMDB
-    #: environment data_dir/memberships.lmdb, shared by every process of the machine.
-    store_url: str | None = None
-    public_url: str | None = None
+    data_dir: Path = Field(
+        Path("./bss-data"),
+        description="Where the service keeps its files (SQLite database, membership store, "
+        "uploads, error reports, passive folder); created owner-only (0700).",
+    )
+    database_url: str | None = Field(
+        None,
+        description="Relational store (jobs, members, users, segments, configs), as a SQLAlchemy "
+        "URL (e.g. postgresql+psycopg://user@host/db). Unset: SQLite at "
+        "data_dir/bss.db.",
+    )
+    store_url: str | None = Field(
+        None,
+        description="Membership store, URL-style (e.g. lmdb:///path/to/dir). Unset: the embedded "
+        "LMDB environment data_dir/memberships.lmdb, shared by every process of the "
+        "machine.",
+    )
+    public_url: str | None = Field(
+        None,
+        description="Base of the upload URLs handed to clients (behind a proxy or another host "
+        "name). Unset: the request's own base URL.",
+    )
 
-    token_ttl_seconds: int = 7200
-    logins_per_window: int = 10
-    login_window_seconds: int = 300
+    token_ttl_seconds: int = Field(
+        7200,
+        description="How long a login token (POST /auth) stays valid.",
+    )
+    logins_per_window: int = Field(
+        10,
+        description="Successful logins per user per login window; past it, 429 "
+        "LOGIN_RATE_EXCEEDED (reuse the token).",
+    )
+    login_window_seconds: int = Field(
+        300,
+        description="The login window for the login and failed-password limits.",
+    )
     login_failures_per_client: int = Field(
         20,
         description="Failed password checks per user and client address per login window; "
@@ -46,27 +71,70 @@ class Settings(BaseSettings):
         description="Comma-separated addresses or networks (CIDR) of reverse proxies whose "
         "X-Forwarded-For is believed for the client address; empty: the peer address is used.",
     )
-    upload_url_ttl_seconds: int = 300
-    max_file_bytes: int = MAX_FILE_BYTES
-    #: Decompressed bytes a file may expand to (gzip bomb guard): 10 x the file limit.
-    max_decompressed_bytes: int = 10 * MAX_FILE_BYTES
-    max_upload_seconds: int = 5400
+    upload_url_ttl_seconds: int = Field(
+        300,
+        description="An upload must start within this long after its URL was issued.",
+    )
+    max_file_bytes: int = Field(
+        MAX_FILE_BYTES,
+        description="Largest file one upload may send (the documented 0.5 GB); larger: 413 "
+        "FILESIZE_LIMIT_EXCEEDED.",
+    )
+    max_decompressed_bytes: int = Field(
+        10 * MAX_FILE_BYTES,
+        description="Bytes a compressed file may expand to (gzip bomb guard): 10 times the file "
+        "limit.",
+    )
+    max_upload_seconds: int = Field(
+        5400,
+        description="Longest an upload may take (90 minutes); longer: 408 'Maximum upload time "
+        "exceeded'.",
+    )
     upload_idle_seconds: int = Field(
         60,
         description="An upload that sends no bytes for this long is failed and its connection "
         "closed (a stalled client cannot hold a concurrent-upload slot).",
     )
-    max_pending_jobs: int = 200
-    requests_per_minute: int = 1000
-    history_days: int = 30
-    file_retention_days: int = 3
-    #: How much decompressed input the engine parses at once; bounds memory per chunk.
-    chunk_bytes: int = 4 << 20
-    workers: int = 1
-    worker_poll_seconds: float = 0.5
-    #: A worker that has not renewed its claim on a job for this long is presumed dead.
-    job_lease_seconds: int = 60
-    sweep_seconds: int = 3600
+    max_pending_jobs: int = Field(
+        200,
+        description="Jobs of one member waiting to be processed; past it, uploads get 429 "
+        "RATE_LIMIT_EXCEEDED.",
+    )
+    requests_per_minute: int = Field(
+        1000,
+        description="API requests per member per minute; past it, 429 RATE_EXCEEDED with "
+        "Retry-After.",
+    )
+    history_days: int = Field(
+        30,
+        description="Days a job stays in the job history.",
+    )
+    file_retention_days: int = Field(
+        3,
+        description="Days an uploaded file is kept after its job.",
+    )
+    chunk_bytes: int = Field(
+        4 << 20,
+        description="Decompressed input the engine parses at once; bounds memory per chunk.",
+    )
+    workers: int = Field(
+        1,
+        description="Worker threads processing jobs in each process.",
+    )
+    worker_poll_seconds: float = Field(
+        0.5,
+        description="How often an idle worker looks for queued jobs.",
+    )
+    job_lease_seconds: int = Field(
+        60,
+        description="A worker that has not renewed its claim on a job for this long is presumed "
+        "dead; another one takes the job.",
+    )
+    sweep_seconds: int = Field(
+        3600,
+        description="How often the retention sweep runs (old files, job history, expired "
+        "memberships, tokens).",
+    )
     processes: int = Field(
         1,
         description="API processes `bss serve` runs on its one port (each with BSS_WORKERS "
@@ -79,55 +147,122 @@ class Settings(BaseSettings):
         "of it. Uploads into a process whose lease lapsed are failed.",
     )
 
-    #: Passive upload: S3-compatible endpoint (unset: AWS itself), regions scanned, cadence.
-    s3_endpoint_url: str | None = None
-    passive_regions: str = "us-east-2,us-west-2,eu-north-1,eu-west-1"
-    passive_scan_seconds: int = 300
-    #: A submitted file younger than this is presumed still being written.
-    passive_min_age_seconds: int = 60
-    #: Scan S3 buckets (needs credentials through boto3's chain); the local folder is always on.
-    passive_s3_enabled: bool = False
-    #: A scanner that has not renewed its claim on a passive file for this long is presumed
-    #: dead, and another scanner finishes its work (renewed every quarter of this).
-    passive_lease_seconds: int = 900
-    #: How often a scanner checks the jobs of the files it started (between scans).
-    passive_poll_seconds: float = 2.0
-    #: Files of one member a scanner has in flight at once (oldest first); the rest wait,
-    #: and are picked up as soon as one finishes, so one member's flood cannot starve others.
-    passive_max_inflight_per_member: int = 4
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="Passive upload: S3-compatible endpoint. Unset: AWS itself.",
+    )
+    passive_regions: str = Field(
+        "us-east-2,us-west-2,eu-north-1,eu-west-1",
+        description="Passive upload: comma-separated regions whose buckets "
+        "bss-<member_id>-<region> are scanned.",
+    )
+    passive_scan_seconds: int = Field(
+        300,
+        description="Passive upload: how often submitted/ folders and buckets are scanned.",
+    )
+    passive_min_age_seconds: int = Field(
+        60,
+        description="Passive upload: a submitted file younger than this is presumed still being "
+        "written.",
+    )
+    passive_s3_enabled: bool = Field(
+        False,
+        description="Passive upload: scan S3 buckets (needs credentials through boto3's chain); "
+        "the local folder data_dir/passive is always scanned.",
+    )
+    passive_lease_seconds: int = Field(
+        900,
+        description="Passive upload: a scanner that has not renewed its claim on a file for this "
+        "long is presumed dead, and another scanner finishes its work (renewed every "
+        "quarter of this).",
+    )
+    passive_poll_seconds: float = Field(
+        2.0,
+        description="Passive upload: how often a scanner checks the jobs of the files it started "
+        "(between scans).",
+    )
+    passive_max_inflight_per_member: int = Field(
+        4,
+        description="Passive upload: files of one member a scanner has in flight at once (oldest "
+        "first); the rest wait, so one member's flood cannot starve others.",
+    )
 
-    #: Real-time segment API (POST /rt-segment), the documented Instant Audience limits.
-    #: Posts per second per member (per process); more is HTTP 429 RATE_EXCEEDED.
-    rt_posts_per_second: int = 100
-    #: Users per second per member (per process) summed over posts; a post that would pass it
-    #: is refused whole with HTTP 429 (nothing applied), so that the client can retry it.
-    rt_users_per_second: int = 1000
-    #: Users one post may carry; the rest are skipped with a warning each.
-    rt_max_users_per_post: int = 1000
-    #: SEG blocks per user in one post; the rest are skipped with a warning each.
-    rt_max_segments_per_user: int = 100
-    #: Largest body of one post, in bytes; a larger one is refused whole with HTTP 413.
-    rt_max_post_bytes: int = 1 << 20
-    #: How long an Idempotency-Key is remembered (its post answered again, not re-applied).
-    rt_idempotency_seconds: int = 86400
+    rt_posts_per_second: int = Field(
+        100,
+        description="Real-time segment API (POST /rt-segment): posts per second per member (per "
+        "process); more is HTTP 429 RATE_EXCEEDED.",
+    )
+    rt_users_per_second: int = Field(
+        1000,
+        description="Real-time segment API: users per second per member (per process) summed "
+        "over posts; a post that would pass it is refused whole with HTTP 429 (nothing applied), "
+        "so that the client can retry it.",
+    )
+    rt_max_users_per_post: int = Field(
+        1000,
+        description="Real-time segment API: users one post may carry; the rest are skipped with "
+        "a warning each.",
+    )
+    rt_max_segments_per_user: int = Field(
+        100,
+        description="Real-time segment API: SEG blocks per user in one post; the rest are "
+        "skipped with a warning each.",
+    )
+    rt_max_post_bytes: int = Field(
+        1 << 20,
+        description="Real-time segment API: largest body of one post, in bytes; a larger one is "
+        "refused whole with HTTP 413.",
+    )
+    rt_idempotency_seconds: int = Field(
+        86400,
+        description="Real-time segment API: how long an Idempotency-Key is remembered (its post "
+        "answered again, not re-applied).",
+    )
 
-    #: Completion webhooks. Networks (CIDR, comma-separated) webhook targets may be in although
-    #: they are private, loopback or link-local; everything else in those ranges is refused.
-    webhook_allowed_networks: str = ""
-    #: Delay before the first retry of a failed delivery; it doubles per attempt up to
-    #: webhook_max_retry_seconds, until webhook_retry_window_seconds after the first attempt.
-    webhook_first_retry_seconds: float = 10.0
-    webhook_max_retry_seconds: float = 3600.0
-    webhook_retry_window_seconds: float = 86400.0
-    #: Seconds a receiver has to answer one delivery (connect and response).
-    webhook_timeout_seconds: float = 10.0
-    #: Delivery threads per process (each delivers to one member at a time).
-    webhook_threads: int = 2
-    #: How often an idle delivery thread looks for due deliveries.
-    webhook_poll_seconds: float = 1.0
+    webhook_allowed_networks: str = Field(
+        "",
+        description="Completion webhooks: networks (CIDR, comma-separated) webhook targets may "
+        "be in although they are private, loopback or link-local; everything else in those "
+        "ranges is refused.",
+    )
+    webhook_first_retry_seconds: float = Field(
+        10.0,
+        description="Completion webhooks: delay before the first retry of a failed delivery; it "
+        "doubles per attempt up to webhook_max_retry_seconds, until "
+        "webhook_retry_window_seconds after the first attempt.",
+    )
+    webhook_max_retry_seconds: float = Field(
+        3600.0, description="Completion webhooks: longest delay between two retries."
+    )
+    webhook_retry_window_seconds: float = Field(
+        86400.0,
+        description="Completion webhooks: retries stop this long after the first attempt.",
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0,
+        description="Completion webhooks: seconds a receiver has to answer one delivery "
+        "(connect and response).",
+    )
+    webhook_threads: int = Field(
+        2,
+        description="Completion webhooks: delivery threads per process (each delivers to one "
+        "member at a time).",
+    )
+    webhook_poll_seconds: float = Field(
+        1.0,
+        description="Completion webhooks: how often an idle delivery thread looks for due "
+        "deliveries.",
+    )
 
-    admin_username: str | None = None
-    admin_password: str | None = None
+    admin_username: str | None = Field(
+        None,
+        description="First start: the admin user to create (with BSS_ADMIN_PASSWORD).",
+    )
+    admin_password: str | None = Field(
+        None,
+        description="First start: the admin's password. Ignored, with a warning, once that user "
+        "exists.",
+    )
 
     def make_data_dir(self) -> Path:
         """Create the data dir owner-only (0700) and have every file and folder this process

@@ -37,6 +37,8 @@ def _default(field: FieldInfo) -> str:
         return "(unset)"
     if value == "":
         return '`""`'
+    if isinstance(value, Path) and not value.is_absolute():
+        return f"`./{value}`"
     return f"`{value}`"
 
 
@@ -50,7 +52,7 @@ def render() -> str:
         if not field.description:
             raise ValueError(f"setting {name} has no description: give it Field(description=...)")
         rows.append(
-            f"| `BSS_{name.upper()}` | {_type_name(field)} | {_default(field)} "
+            f"| `BSS_{name.upper()}` | {_cell(_type_name(field))} | {_default(field)} "
             f"| {_cell(field.description)} |"
         )
     return HEADER + "\n".join(rows) + "\n"
