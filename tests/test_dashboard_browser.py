@@ -314,6 +314,22 @@ def test_config_form_shows_the_rule_the_api_applies(
     page.wait_for_selector("#config-saved:has-text('Saved.')")
     saved = admin.get("/batch-segment-config", member_id=7102)["batch_segment_upload_config"]
     assert saved["num_error_log_lines"] == 50
+    # Row actions: a member's state, deleting a user.
+    admin.user("eve", 7102, password=PASSWORD)
+    eve = next(u for u in admin.get("/user")["users"] if u["username"] == "eve")
+    page.reload()
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+    page.click(f"[data-delete-user='{eve['id']}']")
+    page.wait_for_selector(f"[data-delete-user='{eve['id']}']", state="detached")
+    assert admin.get("/user", id=eve["id"])["error_id"] == "NOTFOUND"
+    assert asked == ["Delete user eve? This cannot be undone."]
+    page.click("[data-member='7102'][data-member-state='inactive']")
+    page.wait_for_selector("[data-member='7102'][data-member-state='active']")
+    assert admin.get("/member", id=7102)["member"]["state"] == "inactive"
+    page.click("[data-member='7102'][data-member-state='active']")
+    page.wait_for_selector("[data-member='7102'][data-member-state='inactive']")
+    assert admin.get("/member", id=7102)["member"]["state"] == "active"
     ctx.close()
 
 

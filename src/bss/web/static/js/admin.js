@@ -30,6 +30,33 @@ wire("user-form", async (form) => {
   await api("POST", "/user", { user });
 });
 
+// Row actions: a member's state, deleting a user.
+const rowError = document.getElementById("row-error");
+for (const button of document.querySelectorAll("[data-member-state]")) {
+  button.addEventListener("click", async () => {
+    try {
+      await api("PUT", `/member?id=${button.dataset.member}`, {
+        member: { state: button.dataset.memberState },
+      });
+      location.reload();
+    } catch (err) {
+      showError(rowError, err);
+    }
+  });
+}
+for (const button of document.querySelectorAll("[data-delete-user]")) {
+  button.addEventListener("click", async () => {
+    // Deleting cannot be undone: ask first.
+    if (!window.confirm(`${button.textContent.trim()}? This cannot be undone.`)) return;
+    try {
+      await api("DELETE", `/user?id=${button.dataset.deleteUser}`);
+      location.reload();
+    } catch (err) {
+      showError(rowError, err);
+    }
+  });
+}
+
 const NUMBERS = [
   "default_expiration", "num_error_log_lines", "num_invalid_before_error", "daily_byte_limit",
   "hourly_byte_limit", "daily_num_lines_limit", "hourly_num_lines_limit",
