@@ -97,7 +97,7 @@ def test_retention_sweep(tmp_path):
             .where(jobs.c.id == older["id"])
             .values(phase="completed", uploaded_time=now - 31 * 86400, created_on=now - 31 * 86400)
         )
-    part = svc.part_path("stale")
+    part = tmp_path / "uploads" / ".stale.part"  # a partial upload whose server died
     part.write_bytes(b"partial")
     os.utime(part, (now - 600, now - 600))
     stats = svc.sweep()

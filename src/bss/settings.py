@@ -32,9 +32,23 @@ class Settings(BaseSettings):
     )
     store_url: str | None = Field(
         None,
-        description="Membership store, URL-style (e.g. lmdb:///path/to/dir). Unset: the embedded "
-        "LMDB environment data_dir/memberships.lmdb, shared by every process of the "
-        "machine.",
+        description="Membership store, URL-style: lmdb:///path/to/dir, redis://host:port/db (one "
+        "Redis server) or redis+cluster://host:port[,host:port...] (a Redis Cluster, see "
+        "docs/scale-out.md). Unset: the embedded LMDB environment data_dir/memberships.lmdb, "
+        "shared by every process of the machine.",
+    )
+    store_wait_replicas: int | None = Field(
+        None,
+        ge=0,
+        description="Replicas a Redis write must reach (WAIT) before a batch counts as applied, so "
+        "that a failover never loses an acknowledged write. Unset: 1 on a Redis Cluster, 0 on "
+        "one Redis server.",
+    )
+    files_url: str | None = Field(
+        None,
+        description="Where uploaded files and error reports are kept: file:///path or "
+        "s3://bucket/prefix on any S3 endpoint (s3_endpoint_url), shared by every API and "
+        "worker process. Unset: file://data_dir.",
     )
     public_url: str | None = Field(
         None,
@@ -280,3 +294,7 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_store_url(self) -> str:
         return self.store_url or f"lmdb://{(self.data_dir / 'memberships.lmdb').resolve()}"
+
+    @cached_property
+    def resolved_files_url(self) -> str:
+        return self.files_url or f"file://{self.data_dir.resolve()}"

@@ -11,9 +11,7 @@ LOCKED), renews it while working, and a job whose lease ran out is claimed again
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import shutil
 import string
 import time
 from collections.abc import Callable
@@ -24,6 +22,8 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, sele
 
 from bss.db import fmt_ts, init_db, is_sqlite, make_engine, now_s, write_tx
 from bss.errors import ERR_PENDING, RATE_LIMIT_EXCEEDED, syntax, upload_limit
+from bss.files import FileStore, open_files
+from bss.files.local import LocalFiles
 from bss.ingest.result import COUNTER_NAMES
 from bss.jobs.models import PHASES, jobs
 from bss.leases import live_processes_query
@@ -80,9 +80,13 @@ class JobService:
             init_db(engine_or_db)
         self.db: Engine = engine_or_db
         self.settings = settings
-        self.uploads_dir = settings.data_dir / "uploads"
+        self.files: FileStore = open_files(
+            settings.resolved_files_url,
+            s3_endpoint_url=settings.s3_endpoint_url,
+            scratch=settings.data_dir / "scratch",
+        )
+        #: Local room for a job's error report while it is written.
         self.reports_dir = settings.data_dir / "reports"
-        self.uploads_dir.mkdir(parents=True, exist_ok=True)
         self.reports_dir.mkdir(parents=True, exist_ok=True)
 
     # --- presentation --------------------------------------------------------------------
@@ -316,7 +320,7 @@ class JobService:
                 self._job_finished(conn, job_pk)
         failed = [job_id for _job_pk, job_id in rows]
         for job_id in failed:
-            self.part_path(job_id).unlink(missing_ok=True)
+            self.files.discard_partial(job_id)
         if failed:
             log.warning("orphaned uploads failed", extra={"jobs": ",".join(failed)})
         return failed
@@ -344,12 +348,11 @@ class JobService:
         return n == 1
 
     def finish_upload(
-        self, job_pk: int, part: Path, nbytes: int, nlines: int, receiver: str
+        self, job_pk: int, file_ref: str, nbytes: int, nlines: int, receiver: str
     ) -> bool:
-        """uploading -> validating with the file in place; False (and the file removed) when
-        the job is no longer this receiver's upload: a failed job never comes back."""
-        final = self.uploads_dir / self.job_id_of(job_pk)
-        os.replace(part, final)
+        """uploading -> validating with the file kept (`file_ref`, from the files store); False
+        (and the file removed) when the job is no longer this receiver's upload: a failed job
+        never comes back."""
         now = now_s()
         with write_tx(self.db) as conn:
             n = conn.execute(
@@ -364,13 +367,13 @@ class JobService:
                     uploaded_time=now,
                     last_modified=now,
                     claimed_by=None,
-                    file_path=str(final),
+                    file_path=file_ref,
                     file_bytes=nbytes,
                     file_lines=nlines,
                 )
             ).rowcount
         if n != 1:
-            final.unlink(missing_ok=True)
+            self.files.delete(file_ref)
         return n == 1
 
     def fail_upload(
@@ -405,9 +408,6 @@ class JobService:
         with self.db.connect() as conn:
             return conn.execute(select(jobs.c.job_id).where(jobs.c.id == job_pk)).scalar_one()
 
-    def part_path(self, job_id: str) -> Path:
-        return self.uploads_dir / f".{job_id}.part"
-
     # --- passive uploads --------------------------------------------------------------------
 
     def submit_file(
@@ -417,14 +417,8 @@ class JobService:
         if upload_source not in UPLOAD_SOURCES:
             raise ValueError(f"upload_source must be one of {UPLOAD_SOURCES}")
         job_id = new_job_id()
-        final = self.uploads_dir / job_id
-        part = self.part_path(job_id)
-        try:
-            os.replace(source_path, part)
-        except OSError:
-            shutil.copyfile(source_path, part)
-        os.replace(part, final)
-        nbytes = final.stat().st_size
+        nbytes = source_path.stat().st_size
+        file_ref = self.files.put_upload(job_id, source_path)
         now = now_s()
         with write_tx(self.db) as conn:
             new_id = conn.execute(
@@ -432,7 +426,7 @@ class JobService:
                     **_passive_job(job_id, member_id, upload_source, source_key, now),
                     phase="validating",
                     uploaded_time=now,
-                    file_path=str(final),
+                    file_path=file_ref,
                     file_bytes=nbytes,
                 )
             ).inserted_primary_key[0]
@@ -626,7 +620,7 @@ class JobService:
                 )
             ).all()
         for job_pk, path in old_files:
-            Path(path).unlink(missing_ok=True)
+            self.files.delete(path)
             files += 1
             with write_tx(self.db) as conn:
                 conn.execute(update(jobs).where(jobs.c.id == job_pk).values(file_deleted=1))
@@ -639,14 +633,16 @@ class JobService:
                 )
             ).all()
         for _job_pk, path, report in old:
-            for p in (path, report):
-                if p:
-                    Path(p).unlink(missing_ok=True)
+            for ref in (path, report):
+                if ref:
+                    self.files.delete(ref)
         if old:
             with write_tx(self.db) as conn:
                 conn.execute(delete(jobs).where(jobs.c.id.in_([r[0] for r in old])))
-        # stray partial uploads whose job is no longer uploading
-        for part in self.uploads_dir.glob(".*.part"):
+        # Stray partial uploads whose job is no longer uploading. (On S3, incomplete
+        # multipart uploads are left to the bucket's lifecycle rule: docs/scale-out.md.)
+        strays = self.files.uploads.glob(".*.part") if isinstance(self.files, LocalFiles) else []
+        for part in strays:
             job_id = part.name[1:-5]
             row = self.job_row(job_id)
             if (row is None or row["phase"] != "uploading") and part.stat().st_mtime < now - 60:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -146,10 +145,16 @@ def get_error_report(request: Request, p: Principal = Depends(principal)) -> Any
     row = svc.job_row(job_id)
     if row is None or (member_id is not None and row["member_id"] != member_id):
         raise notfound(f"job {job_id} not found")
-    path = Path(row["report_path"] or svc.reports_dir / f"{job_id}.csv")
-    if not path.exists():
+    ref = row["report_path"]
+    if not ref or not svc.files.exists(ref):
         raise notfound(f"job {job_id} has no error report (phase {row['phase']})")
-    return FileResponse(path, media_type="text/csv", filename=f"{job_id}-errors.csv")
+    if not ref.startswith("s3://"):
+        return FileResponse(ref, media_type="text/csv", filename=f"{job_id}-errors.csv")
+    return StreamingResponse(
+        svc.files.iter_bytes(ref),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{job_id}-errors.csv"'},
+    )
 
 
 class _UploadFailed(Exception):
@@ -248,7 +253,7 @@ async def upload(job_id: str, request: Request) -> Any:
         raise upload_limit(RATE_LIMIT_EXCEEDED, ERR_CONCURRENT, 429)
 
     log.info("upload started", extra=ctx)
-    part = svc.part_path(job_id)
+    sink = await run_in_threadpool(svc.files.upload_sink, job_id)
     nbytes = nlines = 0
     # Lines are counted while streaming only when a line limit applies (gzip is inflated
     # for it); otherwise the worker records the engine's count after processing.
@@ -256,7 +261,6 @@ async def upload(job_id: str, request: Request) -> Any:
     started = last_touch = time.monotonic()
     deadline = started + settings.max_upload_seconds
     chunks = request.stream().__aiter__()
-    fh = open(part, "wb")  # noqa: SIM115 - closed in finally
     try:
         while True:
             chunk = await _next_chunk(chunks, deadline, settings.upload_idle_seconds)
@@ -275,7 +279,7 @@ async def upload(job_id: str, request: Request) -> Any:
             for limit, used, text in line_limits:
                 if used + nlines > limit:
                     raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, text, 429))
-            fh.write(chunk)
+            await sink.awrite(chunk)
             if time.monotonic() - last_touch >= UPLOAD_TOUCH_SECONDS:
                 last_touch = time.monotonic()
                 if not await run_in_threadpool(svc.touch_upload, row["id"], receiver):
@@ -285,16 +289,14 @@ async def upload(job_id: str, request: Request) -> Any:
             for limit, used, text in line_limits:
                 if used + nlines > limit:
                     raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, text, 429))
-        fh.close()
+        file_ref = await run_in_threadpool(sink.commit)
     except _UploadFailed as failed:
-        fh.close()
-        part.unlink(missing_ok=True)
+        await run_in_threadpool(sink.abort)
         await run_in_threadpool(svc.fail_upload, row["id"], failed.error.error)
         log.warning("upload refused", extra={**ctx, "reason": failed.error.error, "bytes": nbytes})
         return _closing(error_response(failed.error))
     except ClientDisconnect:
-        fh.close()
-        part.unlink(missing_ok=True)
+        await run_in_threadpool(sink.abort)
         await run_in_threadpool(
             svc.fail_upload, row["id"], "the upload was cut off (client disconnected)"
         )
@@ -303,11 +305,12 @@ async def upload(job_id: str, request: Request) -> Any:
             BssError("SYSTEM", "upload cut off", http_status=400, error_code="uploading-error")
         )
     except BaseException:
-        fh.close()
-        part.unlink(missing_ok=True)
+        await asyncio.shield(run_in_threadpool(sink.abort))
         await asyncio.shield(run_in_threadpool(svc.fail_upload, row["id"], "the upload failed"))
         raise
-    if not await run_in_threadpool(svc.finish_upload, row["id"], part, nbytes, nlines, receiver):
+    if not await run_in_threadpool(
+        svc.finish_upload, row["id"], file_ref, nbytes, nlines, receiver
+    ):
         log.warning("upload finished after its job was failed; dropped", extra=ctx)
         return _closing(error_response(_upload_taken_away()))
     COUNTERS.inc("bss_bytes_uploaded_total", nbytes)

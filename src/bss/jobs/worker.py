@@ -14,7 +14,6 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from bss.db import now_s
@@ -117,8 +116,8 @@ class Worker:
                 },
             )
             return
-        path = Path(row["file_path"] or "")
-        if not row["file_path"] or not path.exists():
+        files = self.service.files
+        if not row["file_path"] or not files.exists(row["file_path"]):
             self.service.finish(
                 job_pk,
                 self.name,
@@ -188,20 +187,21 @@ class Worker:
         beat.start()
         log.info("job processing", extra=ctx)
         try:
-            result = ingest_file(
-                path,
-                member_id=row["member_id"],
-                seq_base=seq_base,
-                config=config,
-                registry=registry,
-                store=store,
-                now=now,
-                error_report_path=report,
-                max_decompressed_bytes=self.settings.max_decompressed_bytes,
-                chunk_bytes=self.settings.chunk_bytes,
-                progress=progress,
-                on_applied=loads.add,
-            )
+            with files.local_copy(row["file_path"]) as path:
+                result = ingest_file(
+                    path,
+                    member_id=row["member_id"],
+                    seq_base=seq_base,
+                    config=config,
+                    registry=registry,
+                    store=store,
+                    now=now,
+                    error_report_path=report,
+                    max_decompressed_bytes=self.settings.max_decompressed_bytes,
+                    chunk_bytes=self.settings.chunk_bytes,
+                    progress=progress,
+                    on_applied=loads.add,
+                )
         except LeaseLost:
             log.warning("lease lost; another worker took the job over", extra=ctx)
             return
@@ -227,7 +227,7 @@ class Worker:
             "lines_read": result.lines_read,
             "pairs_added": result.pairs_added,
             "pairs_removed": result.pairs_removed,
-            "report_path": str(report) if report.exists() else None,
+            "report_path": files.put_report(job_id, report) if report.exists() else None,
         }
         if result.lines_read:
             values["file_lines"] = result.lines_read
