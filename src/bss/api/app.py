@@ -121,7 +121,9 @@ def create_app(
     app.state.settings = settings
     app.state.db = db
     app.state.jobs = JobService(db, settings)
-    app.state.stores = stores or StoreHandle(settings.resolved_store_url)
+    app.state.stores = stores or StoreHandle(
+        settings.resolved_store_url, wait_replicas=settings.store_wait_replicas
+    )
     app.state.limiter = DatabaseRateLimiter(db)
     app.state.trusted_proxies = trusted_networks(settings.trusted_proxies)
     app.state.process_id = process_id or new_process_id()

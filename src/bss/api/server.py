@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from bss.accounts.service import purge_auth
 from bss.db import init_db, make_engine, now_s
+from bss.errors import StoreUnavailable
 from bss.jobs.service import JobService
 from bss.jobs.worker import StoreHandle, Worker
 from bss.leases import HOSTNAME, LeaseKeeper, reap_dead_local_processes
@@ -130,6 +131,19 @@ def start_background(
     return threads
 
 
+def _store_handle(settings: Settings) -> StoreHandle:
+    return StoreHandle(settings.resolved_store_url, wait_replicas=settings.store_wait_replicas)
+
+
+def _open_or_exit(stores: StoreHandle) -> None:
+    """Open the membership store now; if it cannot be reached, say so in one line and exit."""
+    try:
+        stores.get()
+    except (StoreUnavailable, ValueError) as exc:
+        sys.stderr.write(f"bss: {exc}\n")
+        raise SystemExit(2) from None
+
+
 def _start_leases(db: Engine, settings: Settings, stop: threading.Event) -> LeaseKeeper:
     """This process's lease; leases and uploads left by dead processes of this machine are
     dropped and failed first (a restart frees a crashed server's upload slots at once)."""
@@ -151,7 +165,9 @@ def serve(settings: Settings, host: str, port: int, *, fd: int | None = None) ->
     settings.make_data_dir()
     db = make_engine(settings.resolved_database_url)
     init_db(db)
-    stores = StoreHandle(settings.resolved_store_url)
+    stores = _store_handle(settings)
+    if not settings.resolved_store_url.startswith("duckdb://"):
+        _open_or_exit(stores)  # a shared store must be reachable before we serve
     stop = threading.Event()
     keeper = _start_leases(db, settings, stop)
     app = create_app(settings, db=db, stores=stores, process_id=keeper.process_id)
@@ -272,7 +288,9 @@ def run_worker(settings: Settings) -> None:
     db = make_engine(settings.resolved_database_url)
     init_db(db)
     service = JobService(db, settings)
-    stores = StoreHandle(settings.resolved_store_url)
+    stores = _store_handle(settings)
+    if not settings.resolved_store_url.startswith("duckdb://"):
+        _open_or_exit(stores)
     try:
         stores.get()  # fail fast: a wrong URL or an unconverted old store
     except Exception as exc:

@@ -42,8 +42,9 @@ class Stopping(Exception):
 class StoreHandle:
     """Opens the membership store on first use, once per process."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, wait_replicas: int | None = None) -> None:
         self.url = url
+        self.wait_replicas = wait_replicas
         self._store: MembershipStore | None = None
         self._lock = threading.Lock()
 
@@ -52,7 +53,7 @@ class StoreHandle:
             if self._store is None:
                 # Stores are thread-safe themselves (LMDB transactions serve any thread, and
                 # other processes open the same environment): one instance per process.
-                self._store = open_store(self.url)
+                self._store = open_store(self.url, wait_replicas=self.wait_replicas)
             return self._store
 
     def close(self) -> None:

@@ -261,6 +261,9 @@ class RedisStore:
         packed = pc.binary_join(grouped, ROW_SEP).to_pylist()
         return {b: packed[b] for b in np.flatnonzero(per_bucket).tolist()}
 
+    def discard_job(self, job_no: int) -> None:
+        """Nothing to do: writes are seq-guarded, so a replay rewrites the same entries."""
+
     def user_segments(self, user_kind: int, user_key: str, now: int) -> list[Membership]:
         return self.users_segments([(user_kind, user_key)], now)[0]
 
