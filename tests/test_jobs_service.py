@@ -126,17 +126,19 @@ def test_upload_left_by_a_dead_server_is_failed(tmp_path):
     job = svc.create_job(1, "http://x")
     row = svc.job_row(job["job_id"])
     assert svc.begin_upload(row, 1, "receiver-a")
-    svc.part_path(job["job_id"]).write_bytes(b"1,1:0\n")
+    part = tmp_path / "uploads" / f".{job['job_id']}.part"  # what the receiver streamed so far
+    part.write_bytes(b"1,1:0\n")
     assert svc.fail_orphaned_uploads() == []  # its process is alive
     release(svc.db, [PROCESS_PREFIX + "receiver-a"], "receiver-a")
     assert svc.fail_orphaned_uploads() == [job["job_id"]]
     dead = svc.get_job(job["job_id"])
     assert dead["phase"] == "error" and dead["error_code"] == "uploading-error"
-    assert not svc.part_path(job["job_id"]).exists()
+    assert not part.exists()
     # the late end of that upload cannot bring the job back
-    part = svc.part_path(job["job_id"])
-    part.write_bytes(b"1,1:0\n")
-    assert not svc.finish_upload(row["id"], part, 6, 1, "receiver-a")
+    final = tmp_path / "uploads" / job["job_id"]
+    final.write_bytes(b"1,1:0\n")
+    assert not svc.finish_upload(row["id"], str(final), 6, 1, "receiver-a")
+    assert not final.exists()
     assert svc.get_job(job["job_id"])["phase"] == "error"
     assert not (tmp_path / "uploads" / job["job_id"]).exists()
     # the member may upload again
