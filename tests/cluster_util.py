@@ -1,5 +1,6 @@
 """Real Redis for the tests: `RedisServer` (one redis-server process on loopback) and
-`RedisClusterProcs` (3 masters + 3 replicas joined by `redis-cli --cluster create`).
+`RedisClusterProcs` (3 masters + 3 replicas joined by `redis-cli --cluster create`); the
+`stores` fixture gives fresh stores of every engine (LMDB, one Redis, a Redis Cluster).
 
 Every process runs in its own temporary directory on a free port, without persistence, and
 is killed (SIGKILL: it holds nothing we keep) when the test module ends.
@@ -13,15 +14,20 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from bss.store import MembershipStore, open_store
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
 needs_redis = pytest.mark.skipif(
     REDIS_SERVER is None or REDIS_CLI is None, reason="redis-server / redis-cli not installed"
 )
+#: Every membership store engine; the `stores` fixture runs a test once per engine.
+ENGINES = ["lmdb", "redis", "redis-cluster"]
 
 
 def free_port() -> int:
@@ -177,3 +183,63 @@ class RedisClusterProcs:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+# --- fixtures: one store per engine ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module", name="redis_single")
+def redis_single_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module", name="redis_cluster")
+def redis_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcs]:
+    cluster = RedisClusterProcs(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+class Stores:
+    """Fresh, empty stores of one engine (the Redis ones are flushed between uses).
+
+    A test module gets the `stores` fixture with
+    `from cluster_util import redis_cluster_fixture, redis_single_fixture, stores_fixture`."""
+
+    def __init__(self, engine: str, request: pytest.FixtureRequest, tmp: Path) -> None:
+        self.engine = engine
+        self.request = request
+        self.tmp = tmp
+        self.n = 0
+
+    def fresh(self) -> MembershipStore:
+        self.n += 1
+        if self.engine == "lmdb":
+            return open_store(f"lmdb://{self.tmp / f'store-{self.n}.lmdb'}")
+        if self.engine == "redis":
+            server: RedisServer = self.request.getfixturevalue("redis_single")
+            server.cli("flushall")
+            return open_store(f"redis://{server.addr}/0")
+        cluster: RedisClusterProcs = self.request.getfixturevalue("redis_cluster")
+        store = open_store(cluster.url)
+        for master in store._masters():  # type: ignore[attr-defined]
+            master.flushall()
+        return store
+
+
+@pytest.fixture(params=ENGINES, name="stores")
+def stores_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
+    if request.param != "lmdb" and needs_redis.args[0]:
+        pytest.skip("redis-server not installed")
+    return Stores(request.param, request, tmp_path)
+
+
+@contextlib.contextmanager
+def opened(stores: Stores) -> Iterator[MembershipStore]:
+    store = stores.fresh()
+    try:
+        yield store
+    finally:
+        store.close()

@@ -11,6 +11,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster_util import (  # noqa: F401 - fixtures
+    Stores,
+    redis_cluster_fixture,
+    redis_single_fixture,
+    stores_fixture,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +24,7 @@ from bss.formats.config import load_config
 from bss.formats.records import UserKind
 from bss.ingest.engine import MAX_LIFETIME_SECONDS, ingest_file
 from bss.ingest.registry import SegmentRegistry
-from bss.store.base import JOB_SEQ_SPAN
+from bss.store.base import JOB_SEQ_SPAN, MembershipStore
 from bss.store.keyvalue import LmdbStore
 
 NOW = 1_700_000_000
@@ -161,11 +167,18 @@ def model(lines: list[Line], segments: list[tuple[str, int, int | None]]):
     return counts, live
 
 
-def _ingest(tmp: Path, content: bytes, reg: SegmentRegistry, chunk_bytes: int):
-    """Ingest `content` as one job into a fresh store in `tmp`; the caller closes the store."""
+def _ingest(
+    tmp: Path,
+    content: bytes,
+    reg: SegmentRegistry,
+    chunk_bytes: int,
+    store: MembershipStore | None = None,
+):
+    """Ingest `content` as one job into `store` (default: a fresh LMDB store in `tmp`); the
+    caller closes the store."""
     path = tmp / "upload"
     path.write_bytes(content)
-    store = LmdbStore(tmp / "m.lmdb")
+    store = store or LmdbStore(tmp / "m.lmdb")
     result = ingest_file(
         path,
         member_id=MEMBER,
@@ -180,9 +193,14 @@ def _ingest(tmp: Path, content: bytes, reg: SegmentRegistry, chunk_bytes: int):
     return store, result
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(lines=file_st(), segments=segments_st, chunk_bytes=st.sampled_from([32, 200, 1 << 20]))
-def test_counters_and_store_match_the_model(lines, segments, chunk_bytes) -> None:
+def test_counters_and_store_match_the_model(stores: Stores, lines, segments, chunk_bytes) -> None:
+    """On every store engine (LMDB, one Redis, a Redis Cluster)."""
     reg = SegmentRegistry.from_records(
         {"id": i + 1, "member_id": owner, "state": state, "expire_minutes": exp}
         for i, (state, owner, exp) in enumerate(segments)
@@ -190,7 +208,7 @@ def test_counters_and_store_match_the_model(lines, segments, chunk_bytes) -> Non
     expected_counts, expected_live = model(lines, segments)
     with tempfile.TemporaryDirectory() as tmp:
         text = "\n".join(line.text for line in lines) + "\n"
-        store, result = _ingest(Path(tmp), text.encode("latin-1"), reg, chunk_bytes)
+        store, result = _ingest(Path(tmp), text.encode("latin-1"), reg, chunk_bytes, stores.fresh())
         uids = {line.uid for line in lines if line.uid}
         live = {}
         for uid in uids:

@@ -1,17 +1,26 @@
-"""The embedded LMDB membership store: highest seq wins, expiry, exact counts, segment
-members, segment deletion, purge, restart, and the URL setting."""
+"""The membership store contract on every engine (LMDB, one Redis, a Redis Cluster): highest
+seq wins, expiry, exact counts, segment members, segment deletion, purge; LMDB restart and
+the URL setting."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from cluster_util import (  # noqa: F401 - fixtures
+    Stores,
+    opened,
+    redis_cluster_fixture,
+    redis_single_fixture,
+    stores_fixture,
+)
 
 from bss.errors import StoreUrlError
 from bss.formats.records import UserKind
 from bss.store import open_store
-from bss.store.base import APPLY_SCHEMA
+from bss.store.base import APPLY_SCHEMA, MembershipStore
 from bss.store.keyvalue import LmdbStore
 
 NOW = 1_800_000_000  # ahead of the clock: counts fold up to the present as writes apply
@@ -42,17 +51,17 @@ def row(
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = LmdbStore(tmp_path / "m.lmdb")
-    yield s
-    s.close()
+def store(stores: Stores) -> Iterator[MembershipStore]:
+    """A fresh store of each engine (LMDB, one Redis, a Redis Cluster) in turn."""
+    with opened(stores) as s:
+        yield s
 
 
-def segs(store: LmdbStore, key: str, now: int = NOW, kind: int = ANID) -> list[int]:
+def segs(store: MembershipStore, key: str, now: int = NOW, kind: int = ANID) -> list[int]:
     return [m.segment_id for m in store.user_segments(kind, key, now)]
 
 
-def test_highest_seq_wins_whatever_the_write_order(store: LmdbStore) -> None:
+def test_highest_seq_wins_whatever_the_write_order(store: MembershipStore) -> None:
     store.apply(batch([row("1", 10, seq=5, value=7), row("1", 11, seq=6)]))
     store.apply(batch([row("1", 10, seq=3, value=99)]))  # an older write arriving late
     got = store.user_segments(ANID, "1", NOW)
@@ -65,7 +74,7 @@ def test_highest_seq_wins_whatever_the_write_order(store: LmdbStore) -> None:
     assert store.segment_member_counts(NOW) == {11: 1}
 
 
-def test_one_batch_with_repeats_keeps_the_highest_seq(store: LmdbStore) -> None:
+def test_one_batch_with_repeats_keeps_the_highest_seq(store: MembershipStore) -> None:
     store.apply(
         batch(
             [
@@ -79,7 +88,7 @@ def test_one_batch_with_repeats_keeps_the_highest_seq(store: LmdbStore) -> None:
     assert store.segment_member_counts(NOW) == {10: 1}
 
 
-def test_replaying_a_batch_changes_nothing(store: LmdbStore) -> None:
+def test_replaying_a_batch_changes_nothing(store: MembershipStore) -> None:
     first = batch([row(str(u), 10 + u % 3, seq=100 + u, value=u) for u in range(50)])
     store.apply(first)
     store.apply(batch([row("7", 11, seq=1000, removed=True)]))  # a later job
@@ -91,14 +100,14 @@ def test_replaying_a_batch_changes_nothing(store: LmdbStore) -> None:
     assert counts == {10: 17, 11: 16, 12: 16}  # user 7 left 11
 
 
-def test_user_keys_that_prefix_each_other_stay_apart(store: LmdbStore) -> None:
+def test_user_keys_that_prefix_each_other_stay_apart(store: MembershipStore) -> None:
     store.apply(batch([row("12", 10, seq=1), row("123", 11, seq=2), row("1", 12, seq=3)]))
     assert segs(store, "12") == [10]
     assert segs(store, "123") == [11]
     assert segs(store, "1") == [12]
 
 
-def test_expired_and_future_memberships_are_not_live(store: LmdbStore) -> None:
+def test_expired_and_future_memberships_are_not_live(store: MembershipStore) -> None:
     store.apply(
         batch(
             [
@@ -114,13 +123,13 @@ def test_expired_and_future_memberships_are_not_live(store: LmdbStore) -> None:
     assert segs(store, "1", NOW + DAY) == []
 
 
-def test_batch_lookup_answers_in_the_order_given(store: LmdbStore) -> None:
+def test_batch_lookup_answers_in_the_order_given(store: MembershipStore) -> None:
     store.apply(batch([row("1", 10, seq=1), row("idfa:ab", 11, seq=2, kind=DEVICE)]))
     got = store.users_segments([(DEVICE, "idfa:ab"), (ANID, "404"), (ANID, "1")], NOW)
     assert [[m.segment_id for m in ms] for ms in got] == [[11], [], [10]]
 
 
-def test_counts_are_exact_across_starts_expiries_and_removals(store: LmdbStore) -> None:
+def test_counts_are_exact_across_starts_expiries_and_removals(store: MembershipStore) -> None:
     store.apply(
         batch(
             [
@@ -152,7 +161,7 @@ def test_counts_are_exact_across_starts_expiries_and_removals(store: LmdbStore) 
     assert sorted(k for _, k, _ in store.segment_members(10, NOW + 600)) == ["1", "2", "5"]
 
 
-def test_segment_members_streams_live_members_of_that_segment_only(store: LmdbStore) -> None:
+def test_segment_members_streams_live_members_of_that_segment_only(store: MembershipStore) -> None:
     store.apply(
         batch(
             [row(str(u), 10, seq=u + 1, value=u) for u in range(30)]
@@ -160,14 +169,14 @@ def test_segment_members_streams_live_members_of_that_segment_only(store: LmdbSt
             + [row("5", 10, seq=200, removed=True), row("6", 10, seq=201, exp=NOW - 5)]
         )
     )
-    members = list(LmdbStore.segment_members(store, 10, NOW))
+    members = list(store.segment_members(10, NOW))
     keys = sorted((kind, key) for kind, key, _ in members)
     assert len(keys) == 29
     assert (DEVICE, "idfa:q") in keys and (ANID, "5") not in keys and (ANID, "6") not in keys
     assert all(m.segment_id == 10 for _, _, m in members)
 
 
-def test_deleted_segment_takes_its_memberships_along(store: LmdbStore) -> None:
+def test_deleted_segment_takes_its_memberships_along(store: MembershipStore) -> None:
     store.apply(batch([row("5555", 7, seq=10), row("5555", 8, seq=11), row("1", 7, seq=12)]))
     store.delete_segment(7, seq=20)
     assert segs(store, "5555") == [8]
@@ -181,7 +190,7 @@ def test_deleted_segment_takes_its_memberships_along(store: LmdbStore) -> None:
     assert store.segment_member_counts(NOW) == {7: 1, 8: 1}
 
 
-def test_purge_keeps_live_entries_and_tombstones(store: LmdbStore) -> None:
+def test_purge_keeps_live_entries_and_tombstones(store: MembershipStore) -> None:
     store.apply(
         batch(
             [

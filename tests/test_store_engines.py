@@ -8,7 +8,6 @@ tombstones, exact counts at any later time, segment members, segment deletion, p
 
 from __future__ import annotations
 
-import contextlib
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +16,15 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from cluster_util import RedisClusterProcs, RedisServer, needs_redis
+from cluster_util import (  # noqa: F401 - fixtures
+    RedisServer,
+    Stores,
+    needs_redis,
+    opened,
+    redis_cluster_fixture,
+    redis_single_fixture,
+    stores_fixture,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,61 +32,6 @@ from bss.errors import StoreUnavailable
 from bss.store import APPLY_SCHEMA, Membership, MembershipStore, open_store
 
 NOW = 1_800_000_000
-ENGINES = ["embedded", "redis", "redis-cluster"]
-
-
-@pytest.fixture(scope="module")
-def redis_single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcs]:
-    cluster = RedisClusterProcs(tmp_path_factory.mktemp("cluster")).start()
-    yield cluster
-    cluster.stop()
-
-
-class Stores:
-    """Fresh, empty stores of one engine (the Redis ones are flushed between uses)."""
-
-    def __init__(self, engine: str, request: pytest.FixtureRequest, tmp: Path) -> None:
-        self.engine = engine
-        self.request = request
-        self.tmp = tmp
-        self.n = 0
-
-    def fresh(self) -> MembershipStore:
-        self.n += 1
-        if self.engine == "embedded":
-            return open_store(f"lmdb://{self.tmp / f'store-{self.n}.lmdb'}")
-        if self.engine == "redis":
-            server: RedisServer = self.request.getfixturevalue("redis_single")
-            server.cli("flushall")
-            return open_store(f"redis://{server.addr}/0")
-        cluster: RedisClusterProcs = self.request.getfixturevalue("redis_cluster")
-        store = open_store(cluster.url)
-        for master in store._masters():  # type: ignore[attr-defined]
-            master.flushall()
-        return store
-
-
-@pytest.fixture(params=ENGINES)
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Stores:
-    if request.param != "embedded" and needs_redis.args[0]:
-        pytest.skip("redis-server not installed")
-    return Stores(request.param, request, tmp_path)
-
-
-@contextlib.contextmanager
-def opened(stores: Stores) -> Iterator[MembershipStore]:
-    store = stores.fresh()
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 # --- the contract in plain Python ------------------------------------------------------------
@@ -339,3 +291,28 @@ def test_server_gone_mid_batch_raises_and_replay_is_exact(tmp_path: Path) -> Non
     finally:
         store.close()
         server.stop()
+
+
+@needs_redis
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["worker"]])
+def test_unreachable_store_fails_start_up_in_one_line(tmp_path: Path, command: list[str]) -> None:
+    import os
+    import subprocess
+
+    from conftest import BSS
+
+    port = RedisServer(tmp_path).port
+    env = {**os.environ, "BSS_STORE_URL": f"redis+cluster://127.0.0.1:{port}"}
+    done = subprocess.run(
+        [str(BSS), *command, "--data-dir", str(tmp_path / "data")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(
+        f"bss: cannot reach the Redis store at redis+cluster://127.0.0.1:{port}"
+    )

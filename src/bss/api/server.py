@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from bss.accounts.service import purge_auth
 from bss.db import init_db, make_engine, now_s
-from bss.errors import StoreUnavailable
+from bss.errors import StoreUnavailable, StoreUrlError
 from bss.jobs.service import JobService
 from bss.jobs.worker import StoreHandle, Worker
 from bss.leases import HOSTNAME, LeaseKeeper, reap_dead_local_processes
@@ -136,10 +136,10 @@ def _store_handle(settings: Settings) -> StoreHandle:
 
 
 def _open_or_exit(stores: StoreHandle) -> None:
-    """Open the membership store now; if it cannot be reached, say so in one line and exit."""
+    """Open the membership store now; if it cannot be opened, say why in one line and exit."""
     try:
         stores.get()
-    except (StoreUnavailable, ValueError) as exc:
+    except (StoreUnavailable, StoreUrlError, ValueError) as exc:
         sys.stderr.write(f"bss: {exc}\n")
         raise SystemExit(2) from None
 
@@ -166,7 +166,7 @@ def serve(settings: Settings, host: str, port: int, *, fd: int | None = None) ->
     db = make_engine(settings.resolved_database_url)
     init_db(db)
     stores = _store_handle(settings)
-    if not settings.resolved_store_url.startswith("duckdb://"):
+    if not settings.resolved_store_url.startswith("lmdb://"):
         _open_or_exit(stores)  # a shared store must be reachable before we serve
     stop = threading.Event()
     keeper = _start_leases(db, settings, stop)
@@ -289,17 +289,11 @@ def run_worker(settings: Settings) -> None:
     init_db(db)
     service = JobService(db, settings)
     stores = _store_handle(settings)
-    if not settings.resolved_store_url.startswith("duckdb://"):
-        _open_or_exit(stores)
     try:
-        stores.get()  # fail fast: a wrong URL or an unconverted old store
-    except Exception as exc:
-        log.error(
-            f"cannot open the membership store: {exc}",
-            extra={"store_url": settings.resolved_store_url, "error": str(exc)},
-        )
+        _open_or_exit(stores)  # fail fast: a wrong URL, an unconverted old store, no Redis
+    except SystemExit:
         db.dispose()
-        raise SystemExit(2) from exc
+        raise
     stop = threading.Event()
 
     def _stop(_signum: int, _frame: object) -> None:

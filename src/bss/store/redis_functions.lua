@@ -196,16 +196,53 @@ local function apply(keys, args)
   return written
 end
 
--- KEYS: counts, expiry index. ARGV: bucket tag, now. The bucket's live counts at `now`
--- (or at its clock if that is later) as a flat list segment, count, ...
+-- What the bucket's counts become between its clock and a later `now`, without writing:
+-- {segment -> delta} over the users with an event in between.
+local function ahead(tag, kx, clock, now)
+  local delta = {}
+  for _, kk in ipairs(redis.call("ZRANGEBYSCORE", kx, "-inf", now)) do
+    local all = redis.call("HGETALL", user_key(tag, kk))
+    for i = 1, #all, 2 do
+      local _, removed, ts, exp = parse(all[i + 1])
+      local before, after = live(removed, ts, exp, clock), live(removed, ts, exp, now)
+      if before ~= after then
+        delta[all[i]] = (delta[all[i]] or 0) + (after and 1 or -1)
+      end
+    end
+  end
+  return delta
+end
+
+-- KEYS: counts, expiry index. ARGV: bucket tag, now, the present (the caller's clock).
+-- The bucket's live counts at `now` as a flat list segment, count, ... The bucket's clock
+-- is swept forward to now or the present, whichever is earlier; a `now` in the future is
+-- answered from the entries due by then without moving the clock, so that later reads at
+-- any time from the present on stay exact.
 local function counts(keys, args)
-  sweep(args[1], keys[1], keys[2], tonumber(args[2]))
-  local all = redis.call("HGETALL", keys[1])
+  local tag, kc, kx = args[1], keys[1], keys[2]
+  local now, present = tonumber(args[2]), tonumber(args[3])
+  local clock = sweep(tag, kc, kx, math.min(now, present))
+  local delta = {}
+  if now > clock then
+    delta = ahead(tag, kx, clock, now)
+  end
+  local all = redis.call("HGETALL", kc)
   local out = {}
   for i = 1, #all, 2 do
-    if string.byte(all[i], 1) ~= 95 then -- "_": the clock and the purge tally
-      out[#out + 1] = all[i]
-      out[#out + 1] = all[i + 1]
+    local seg = all[i]
+    if string.byte(seg, 1) ~= 95 then -- "_": the clock and the purge tally
+      local n = tonumber(all[i + 1]) + (delta[seg] or 0)
+      delta[seg] = nil
+      if n ~= 0 then
+        out[#out + 1] = seg
+        out[#out + 1] = n
+      end
+    end
+  end
+  for seg, d in pairs(delta) do
+    if d ~= 0 then
+      out[#out + 1] = seg
+      out[#out + 1] = d
     end
   end
   return out

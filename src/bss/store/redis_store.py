@@ -261,9 +261,6 @@ class RedisStore:
         packed = pc.binary_join(grouped, ROW_SEP).to_pylist()
         return {b: packed[b] for b in np.flatnonzero(per_bucket).tolist()}
 
-    def discard_job(self, job_no: int) -> None:
-        """Nothing to do: writes are seq-guarded, so a replay rewrites the same entries."""
-
     def user_segments(self, user_kind: int, user_key: str, now: int) -> list[Membership]:
         return self.users_segments([(user_kind, user_key)], now)[0]
 
@@ -285,8 +282,10 @@ class RedisStore:
         return out
 
     def segment_member_counts(self, now: int) -> dict[int, int]:
+        present = int(time.time())
+
         def call(pipe: Any, bucket: int) -> None:
-            pipe.execute_command("FCALL", "bss_counts", 2, *_keys(bucket)[:2], bucket, now)
+            pipe.execute_command("FCALL", "bss_counts", 2, *_keys(bucket)[:2], bucket, now, present)
 
         totals: dict[int, int] = defaultdict(int)
         for flat in self._on_every_master(range(BUCKETS), call).values():
