@@ -163,7 +163,8 @@ class Settings(BaseSettings):
 
     s3_endpoint_url: str | None = Field(
         None,
-        description="Passive upload: S3-compatible endpoint. Unset: AWS itself.",
+        description="S3-compatible endpoint for passive upload buckets and for files_url s3://... "
+        "Unset: AWS itself.",
     )
     passive_regions: str = Field(
         "us-east-2,us-west-2,eu-north-1,eu-west-1",
