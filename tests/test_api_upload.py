@@ -211,7 +211,9 @@ def test_file_size_limit_declared(small, small_member):
     admin, mid = small_member
     job = admin.new_job(mid)
     body = admin.upload(job, b"x" * 1001)
-    assert strip(body) == FILESIZE and body["_http"] == 413
+    # the documented body, then the limit and the size as extra fields
+    assert strip(body) == {**FILESIZE, "max_file_bytes": 1000, "file_bytes": 1001}
+    assert body["_http"] == 413
     failed = admin.job(mid, job["job_id"])
     assert failed["phase"] == "error" and failed["error_code"] == "uploading-error"
 
@@ -220,7 +222,7 @@ def test_file_size_limit_while_streaming(small, small_member):
     admin, mid = small_member
     job = admin.new_job(mid)
     body = admin.upload(job, iter([b"1" * 600, b"2" * 600]))  # chunked: no Content-Length
-    assert strip(body) == FILESIZE
+    assert strip(body) == {**FILESIZE, "max_file_bytes": 1000, "file_bytes": 1200}
     failed = admin.job(mid, job["job_id"])
     assert failed["phase"] == "error" and failed["error_code"] == "uploading-error"
     assert failed["num_valid"] == 0 and failed["error_log_lines"] is None

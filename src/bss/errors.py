@@ -25,6 +25,7 @@ class BssError(Exception):
         errors: list[str] | None = None,
         headers: dict[str, str] | None = None,
         bare: bool = False,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(error)
         self.error_id = error_id
@@ -36,13 +37,15 @@ class BssError(Exception):
         self.headers = headers
         #: Render only status/error_code/errors: the documented upload-limit bodies, verbatim.
         self.bare = bare
+        #: Fields after the documented ones (the documented ones are never changed).
+        self.extra = extra or {}
 
     def body(self) -> dict[str, Any]:
         if self.bare:
             resp: dict[str, Any] = {"status": "ERROR", "error_code": self.error_code}
             if self.errors is not None:
                 resp["errors"] = self.errors
-            return {"response": resp}
+            return {"response": {**resp, **self.extra}}
         resp = {
             "status": "ERROR",
             "error_id": self.error_id,
@@ -52,7 +55,7 @@ class BssError(Exception):
         }
         if self.errors is not None:
             resp["errors"] = self.errors
-        return {"response": resp}
+        return {"response": {**resp, **self.extra}}
 
 
 def noauth(msg: str = "Authentication failed - not logged in") -> BssError:
@@ -101,3 +104,11 @@ class StoreUnavailable(Exception):
 
 class StoreUrlError(ValueError):
     """A membership store URL this build cannot open, or an old store to convert first."""
+
+
+def file_too_large(max_file_bytes: int, file_bytes: int) -> BssError:
+    """The documented 413 body, plus the limit and the file's size (its Content-Length, or the
+    bytes received when it was refused mid-stream) as extra fields."""
+    error = upload_limit(FILESIZE_LIMIT_EXCEEDED, ERR_FILE_BYTES, 413)
+    error.extra = {"max_file_bytes": max_file_bytes, "file_bytes": file_bytes}
+    return error

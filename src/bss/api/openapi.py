@@ -286,7 +286,7 @@ _UPLOAD_ERRORS = {
     "408": "Maximum upload time exceeded",
     "409": "The upload URL was already used",
     "410": "The upload URL expired",
-    "413": "FILESIZE_LIMIT_EXCEEDED (extra fields: limit and size in bytes)",
+    "413": "FILESIZE_LIMIT_EXCEEDED (extra fields max_file_bytes and file_bytes)",
     "415": "Wrong Content-Type (send application/octet-stream)",
 }
 

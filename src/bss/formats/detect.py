@@ -30,6 +30,17 @@ _OTHER_COMPRESSION = {
 
 Kind = Literal["legacy", "avro"]
 
+#: A file with no bytes (after decompression) ends in this error, through the API and the
+#: passive drop alike (the passive scanner refuses a 0-byte file with the same code).
+EMPTY_FILE = "EMPTY_FILE"
+#: A file that is not Avro and not text: one error instead of a format error per "line".
+NOT_A_SEGMENT_FILE = "NOT_A_SEGMENT_FILE"
+#: How much of the start of a legacy file is looked at to tell text from binary data.
+SNIFF_BYTES = 64 * 1024
+#: Control bytes other than TAB, LF and CR a text file may have in its first SNIFF_BYTES.
+MAX_CONTROL_SHARE = 0.10
+_CONTROL_BYTES = bytes([*range(0x20), 0x7F]).translate(None, b"\t\n\r")
+
 
 class InputError(Exception):
     """The file cannot be read at all; the job fails with `error_code`."""
@@ -114,6 +125,27 @@ def _refuse_other_compression(head: bytes) -> None:
             )
 
 
+def _refuse_non_text(sample: bytes) -> None:
+    """The rule for "not a segment file": legacy text never holds a NUL byte, and control
+    bytes other than TAB, LF and CR are rare in it; a start of file with a NUL, or with more
+    than MAX_CONTROL_SHARE of such bytes, is binary data (an image, an archive, ...)."""
+    if not sample:
+        raise InputError(EMPTY_FILE, "The file is empty (0 bytes)")
+    if b"\0" in sample:
+        raise InputError(
+            NOT_A_SEGMENT_FILE,
+            "the file is not a segment file: it holds NUL bytes (legacy text files have none, "
+            "Avro files start with Obj\\x01)",
+        )
+    controls = len(sample) - len(sample.translate(None, _CONTROL_BYTES))
+    if controls > MAX_CONTROL_SHARE * len(sample):
+        raise InputError(
+            NOT_A_SEGMENT_FILE,
+            f"the file is not a segment file: {controls} of its first {len(sample)} bytes are "
+            "control bytes (text allows only TAB, LF and CR)",
+        )
+
+
 @dataclass(slots=True)
 class InputFile:
     """An opened upload: its format, its decompressed bytes, and how far it has been read."""
@@ -144,8 +176,13 @@ def open_input(path: Path, max_decompressed_bytes: int) -> Iterator[InputFile]:
             _refuse_other_compression(inner_head)
             if inner_head.startswith(GZIP_MAGIC):
                 raise InputError("unsupported_compression", "file is gzip-compressed twice")
+            sample = stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]
         else:
             stream = raw  # type: ignore[assignment]
             inner_head = head
+            sample = raw.read(SNIFF_BYTES)
+            raw.seek(0)
         kind: Kind = "avro" if inner_head.startswith(AVRO_MAGIC) else "legacy"
+        if kind == "legacy":
+            _refuse_non_text(sample)
         yield InputFile(kind, stream, size, max_decompressed_bytes, raw)

@@ -9,6 +9,22 @@ from typing import IO
 import polars as pl
 
 REPORT_COLUMNS = ("line_no", "counter", "reason", "raw")
+#: Control characters are written escaped (\t, \r, \xNN) in error_log_lines and the report:
+#: a raw one would corrupt a terminal, a log viewer or a CSV reader.
+_ESCAPES = {
+    chr(code): {9: "\\t", 13: "\\r"}.get(code, f"\\x{code:02x}") for code in (*range(0x20), 0x7F)
+}
+_HAS_CONTROL = r"[\x00-\x1f\x7f]"
+
+
+def escape_controls(column: str) -> pl.Expr:
+    """The text column with every control character escaped (rows without one untouched)."""
+    escaped = pl.col(column)
+    for char, escape in _ESCAPES.items():
+        escaped = escaped.str.replace_all(char, escape, literal=True)
+    return (
+        pl.when(pl.col(column).str.contains(_HAS_CONTROL)).then(escaped).otherwise(pl.col(column))
+    )
 
 
 class ErrorReport:
@@ -42,7 +58,9 @@ class ErrorReport:
             self._file.close()
 
     def add(self, entries: pl.DataFrame) -> None:
-        entries = entries.select(REPORT_COLUMNS)
+        entries = entries.select(REPORT_COLUMNS).with_columns(
+            escape_controls("raw"), escape_controls("reason")
+        )
         self.total += len(entries)
         room = self._log_limit - len(self._log)
         if room > 0:

@@ -25,9 +25,9 @@ from bss.errors import (
     ERR_HOURLY_LINES,
     ERR_PENDING,
     ERR_UPLOAD_TIME,
-    FILESIZE_LIMIT_EXCEEDED,
     RATE_LIMIT_EXCEEDED,
     BssError,
+    file_too_large,
     notfound,
     syntax,
     unauth,
@@ -202,6 +202,14 @@ async def upload(job_id: str, request: Request) -> Any:
             http_status=410,
             error_code="upload_url_expired",
         )
+    if row["phase"] == "error" and row["error_code"] == "upload_url_expired":
+        raise BssError(
+            "SYNTAX",
+            "This upload URL has expired: nothing was uploaded to it within "
+            f"{settings.upload_url_ttl_seconds // 60} minutes; request a new URL",
+            http_status=410,
+            error_code="upload_url_expired",
+        )
     if row["phase"] != "starting":
         raise BssError(
             "SYNTAX",
@@ -225,7 +233,7 @@ async def upload(job_id: str, request: Request) -> Any:
     if declared and declared.isdigit() and int(declared) > settings.max_file_bytes:
         await run_in_threadpool(svc.fail_upload, row["id"], ERR_FILE_BYTES)
         log.warning("upload refused: file too large", extra={**ctx, "bytes": int(declared)})
-        raise upload_limit(FILESIZE_LIMIT_EXCEEDED, ERR_FILE_BYTES, 413)
+        raise file_too_large(settings.max_file_bytes, int(declared))
 
     cfg = await run_in_threadpool(get_config, svc.db, member_id)
     if await run_in_threadpool(svc.pending_count, member_id) >= settings.max_pending_jobs:
@@ -272,7 +280,7 @@ async def upload(job_id: str, request: Request) -> Any:
             if counter is not None:
                 nlines = counter.feed(chunk)
             if nbytes > settings.max_file_bytes:
-                raise _UploadFailed(upload_limit(FILESIZE_LIMIT_EXCEEDED, ERR_FILE_BYTES, 413))
+                raise _UploadFailed(file_too_large(settings.max_file_bytes, nbytes))
             for limit, used, text in byte_limits:
                 if used + nbytes > limit:
                     raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, text, 429))
