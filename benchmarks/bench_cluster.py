@@ -155,7 +155,7 @@ def main() -> None:
     pg_url = PG_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{db}"
     procs: list = []
     try:
-        hset = redis_benchmark(cluster.nodes[0].port)
+        hset = redis_benchmark(cluster.master_of("myhash").port)  # the key it writes
         print(f"redis-benchmark -P 64 -t hset, one master: {hset:,.0f} ops/s")
         rate, per_membership = store_apply_rate(cluster.url, args.store_pairs)
         print(
