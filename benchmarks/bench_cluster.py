@@ -142,9 +142,12 @@ def main() -> None:
     parser.add_argument("--lookups", type=int, default=2000)
     args = parser.parse_args()
 
+    import logging
+
     import boto3
     import psycopg
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's access log
     os.environ.update(AWS)
     root = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     cluster = RedisClusterProcs(root / "redis").start()
