@@ -40,7 +40,7 @@ CONFIG = BatchSegmentConfig()
 
 def parse(data: bytes, config: BatchSegmentConfig = CONFIG, **kwargs) -> tuple[pl.DataFrame, ...]:
     chunks = list(iter_avro_chunks(io.BytesIO(data), config, MEMBER, **kwargs))
-    lines = pl.concat([c.lines for c in chunks]) if chunks else pl.DataFrame(schema=LINE_SCHEMA)
+    lines = pl.concat([c.with_raw() for c in chunks]) if chunks else pl.DataFrame(schema=LINE_SCHEMA)
     pairs = pl.concat([c.pairs for c in chunks]) if chunks else pl.DataFrame(schema=PAIR_SCHEMA)
     return lines, pairs
 
@@ -516,7 +516,7 @@ def parse_until_error(data: bytes, **kwargs) -> tuple[list[str], InputError | No
     raws: list[str] = []
     try:
         for chunk in iter_avro_chunks(io.BytesIO(data), CONFIG, MEMBER, **kwargs):
-            raws.extend(chunk.lines["raw"].to_list())
+            raws.extend(chunk.with_raw()["raw"].to_list())
     except InputError as exc:
         return raws, exc
     return raws, None
@@ -592,20 +592,21 @@ def test_records_before_a_corrupt_block_are_handed_over():
 
 
 def test_heavy_records_end_a_chunk_early(monkeypatch):
-    import bss.formats.avro as avro_format
+    import bss.formats.avro_reference as reference
 
-    monkeypatch.setattr(avro_format, "MAX_PAIRS_PER_CHUNK", 10)
+    monkeypatch.setattr(reference, "MAX_PAIRS_PER_CHUNK", 10)
     records = [user("anid", i + 1, [segment(id=j + 1) for j in range(4)]) for i in range(9)]
     data = write_fastavro(records)
-    chunks = list(iter_avro_chunks(io.BytesIO(data), CONFIG, MEMBER))
+    chunks = list(iter_avro_chunks(io.BytesIO(data), CONFIG, MEMBER, native=False))
     assert [c.pairs.height for c in chunks] == [12, 12, 12]
-    monkeypatch.setattr(avro_format, "MAX_PAIRS_PER_CHUNK", 10**9)
-    monkeypatch.setattr(avro_format, "MAX_RAW_CHARS_PER_CHUNK", 1)
-    chunks = list(iter_avro_chunks(io.BytesIO(data), CONFIG, MEMBER))
+    monkeypatch.setattr(reference, "MAX_PAIRS_PER_CHUNK", 10**9)
+    monkeypatch.setattr(reference, "MAX_RAW_CHARS_PER_CHUNK", 1)
+    chunks = list(iter_avro_chunks(io.BytesIO(data), CONFIG, MEMBER, native=False))
     assert [c.lines.height for c in chunks] == [1] * 9
 
 
-def test_reading_is_streamed():
+@pytest.mark.parametrize("native", [False, True])
+def test_reading_is_streamed(native, monkeypatch):
     class Counting(io.RawIOBase):
         def __init__(self, data: bytes) -> None:
             self.inner = io.BytesIO(data)
@@ -622,9 +623,13 @@ def test_reading_is_streamed():
     records = [user("anid", i + 1, [segment(id=1, code="x" * 200)]) for i in range(30_000)]
     data = write_fastavro(records)
     stream = Counting(data)
-    chunks = iter_avro_chunks(stream, CONFIG, MEMBER, records_per_chunk=1000)
+    if native:  # a batch of blocks per chunk: about 1,000 records of ~220 bytes
+        import bss.formats.avro as avro_format
+
+        monkeypatch.setattr(avro_format, "BATCH_BYTES", 220_000)
+    chunks = iter_avro_chunks(stream, CONFIG, MEMBER, records_per_chunk=1000, native=native)
     first = next(chunks)
-    assert first.lines.height == 1000
+    assert first.lines.height == 1000 if not native else 900 < first.lines.height < 1200
     assert stream.consumed < len(data) // 2  # not the whole file
     assert 0 < first.input_offset <= stream.consumed
     offsets = [first.input_offset] + [c.input_offset for c in chunks]
@@ -642,9 +647,11 @@ def test_chunking_invariance(codec):
     records[10] = user("anid", 0, [segment(id=1)])
     records[20] = user("anid", 5, [])
     data = write_fastavro(records, codec=codec, sync_interval=500)
-    one = list(iter_avro_chunks(io.BytesIO(data), CONFIG, MEMBER, records_per_chunk=1))
-    big = list(iter_avro_chunks(io.BytesIO(data), CONFIG, MEMBER, records_per_chunk=100_000))
-    seven = list(iter_avro_chunks(io.BytesIO(data), CONFIG, MEMBER, records_per_chunk=7))
+
+    def chunks_of(n: int) -> list:
+        return list(iter_avro_chunks(io.BytesIO(data), CONFIG, MEMBER, n, native=False))
+
+    one, big, seven = chunks_of(1), chunks_of(100_000), chunks_of(7)
     assert [c.lines.height for c in one] == [1] * 57
     assert len(big) == 1 and len(seven) == 9
     for chunks in (one, seven):
@@ -700,23 +707,26 @@ segments_strategy = st.lists(
     per_chunk=st.integers(1, 30),
 )
 def test_vectorized_segments_match_the_reference(records, per_chunk):
-    import bss.formats.avro as avro_format
+    import bss.formats.avro_schema as avro_schema
 
     s = custom_schema(["null", "long"], segment_fields=WIDE_SEGMENT)
     data = write_fastavro([{"uid": u, "segments": segs} for u, segs in records], writer_schema=s)
-    fast = parse(data, records_per_chunk=per_chunk)
-    original = avro_format._fast_segments_ok
-    avro_format._fast_segments_ok = lambda fields, named: False
+    fast = parse(data, records_per_chunk=per_chunk, native=False)
+    native = parse(data)
+    original = avro_schema.fast_segments_ok
+    avro_schema.fast_segments_ok = lambda fields, named: False
     try:
         slow = parse(data, records_per_chunk=per_chunk)
     finally:
-        avro_format._fast_segments_ok = original
+        avro_schema.fast_segments_ok = original
+    assert native[0].equals(slow[0])
+    assert native[1].equals(slow[1])
     assert fast[0].equals(slow[0])
     assert fast[1].equals(slow[1])
 
 
 def test_fast_path_is_chosen_only_for_plain_segment_types():
-    from bss.formats.avro import _plan
+    from bss.formats.avro_schema import plan_reading as _plan
 
     def plan_of(seg_fields):
         return _plan(json.dumps(custom_schema(["long"], segment_fields=seg_fields)).encode())

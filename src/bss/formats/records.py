@@ -8,6 +8,7 @@ decides meaning (segment registry, authorization, expirations, duplicates, count
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -101,11 +102,25 @@ class ParsedChunk:
     `pairs` holds rows only for lines whose format_error is null (user errors included; the
     engine drops those). `input_offset` is how far into the (decompressed) input the reader
     has got after this chunk, in bytes, for progress reporting.
+
+    A reader may leave `raw` null and give `render_raw` instead (the Avro reader does: the
+    JSON text of every record costs more than reading it); then `line_hashes` holds, per
+    line, a 64-bit hash that is equal for two well-formed lines exactly when their `raw`
+    would be (the duplicate-line check), and `render_raw` gives the `raw` of chosen lines
+    (by line_no) for the error report, while the chunk is being processed.
     """
 
     lines: pl.DataFrame
     pairs: pl.DataFrame
     input_offset: int
+    line_hashes: pl.Series | None = None
+    render_raw: Callable[[pl.Series], pl.Series] | None = None
+
+    def with_raw(self) -> pl.DataFrame:
+        """`lines` with `raw` filled in for every line."""
+        if self.render_raw is None:
+            return self.lines
+        return self.lines.with_columns(raw=self.render_raw(self.lines["line_no"]))
 
 
 def empty_lines() -> pl.DataFrame:

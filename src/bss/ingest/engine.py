@@ -266,9 +266,9 @@ class _Job:
 
     # -- lines ---------------------------------------------------------------------------
 
-    def _mark_duplicates(self, lines: pl.DataFrame) -> pl.DataFrame:
+    def _mark_duplicates(self, lines: pl.DataFrame, given: pl.Series | None) -> pl.DataFrame:
         well_formed = lines["format_error"].is_null().to_numpy()
-        hashes = lines["raw"].hash(seed=0).to_numpy()
+        hashes = (lines["raw"].hash(seed=0) if given is None else given).to_numpy()
         repeats = np.zeros(len(lines), dtype=bool)
         repeats[well_formed] = self.seen.mark_repeats(hashes[well_formed])
         if not repeats.any():
@@ -307,7 +307,7 @@ class _Job:
 
     def process(self, chunk: ParsedChunk) -> bool:
         """Validate and apply one chunk; True when the job must stop here."""
-        lines = self._mark_duplicates(chunk.lines)
+        lines = self._mark_duplicates(chunk.lines, chunk.line_hashes)
         lines, pairs, stop = self._cut_at_invalid_limit(lines, chunk.pairs)
         counters = self.result.counters
         self.result.lines_read += len(lines)
@@ -334,7 +334,7 @@ class _Job:
         if self.on_applied is not None and not valid.is_empty():
             self.on_applied(valid.select("segment_id", "user_kind", "user_key", "removed"))
         self._count_pairs(pairs, valid)
-        self._report(lines, format_bad, user_bad, pairs)
+        self._report(lines, format_bad, user_bad, pairs, chunk.render_raw)
         return stop
 
     def _apply(self, valid: pl.DataFrame) -> None:
@@ -374,7 +374,12 @@ class _Job:
             setattr(counters, status, len(self.problem_segments[status]))
 
     def _report(
-        self, lines: pl.DataFrame, format_bad: pl.Series, user_bad: pl.Series, pairs: pl.DataFrame
+        self,
+        lines: pl.DataFrame,
+        format_bad: pl.Series,
+        user_bad: pl.Series,
+        pairs: pl.DataFrame,
+        render_raw: Callable[[pl.Series], pl.Series] | None,
     ) -> None:
         line_entries = pl.concat(
             [
@@ -402,8 +407,17 @@ class _Job:
                 raw_of, on="line_no", how="left"
             )
             line_entries = pl.concat([line_entries, pair_entries])
-        if not line_entries.is_empty():
-            self.report.add(line_entries.sort("line_no", "pos").drop("pos"))
+        if line_entries.is_empty():
+            return
+        if render_raw is not None:  # the reader builds `raw` only for the lines reported
+            needed = line_entries["line_no"].unique(maintain_order=True)
+            rendered = pl.DataFrame({"line_no": needed, "_raw": render_raw(needed)})
+            line_entries = (
+                line_entries.join(rendered, on="line_no", how="left")
+                .with_columns(raw=pl.col("_raw"))
+                .drop("_raw")
+            )
+        self.report.add(line_entries.sort("line_no", "pos").drop("pos"))
 
     # -- results -------------------------------------------------------------------------
 
