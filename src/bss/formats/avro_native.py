@@ -80,6 +80,89 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _long_size(expr: str) -> str:
+    """The size of a long in Avro's zig-zag varint encoding, without overflowing BIGINT."""
+    a = f"(CASE WHEN ({expr}) >= 0 THEN ({expr}) ELSE -(({expr}) + 1) END)"
+    bounds = [2 ** (7 * k - 1) for k in range(1, 10)]
+    cases = " ".join(f"WHEN {a} < {b} THEN {k}" for k, b in enumerate(bounds, start=1))
+    return f"(CASE {cases} ELSE 10 END)"
+
+
+def _size_sql(schema: Any, expr: str, named: dict[str, Any], depth: int = 0) -> str:
+    """SQL for the number of bytes a value of this type takes in Avro's binary encoding,
+    as DuckDB decoded it: NULL where the value cannot be what the schema says."""
+    if isinstance(schema, str) and schema in named:
+        return _size_sql(named[schema], expr, named, depth)
+    if isinstance(schema, list):
+        real = [(i, b) for i, b in enumerate(schema) if b != "null"]
+        nulls = [i for i, b in enumerate(schema) if b == "null"]
+        (index, branch) = real[0]
+        present = f"({_long_size(str(index))} + {_size_sql(branch, expr, named, depth)})"
+        if not nulls:
+            return present
+        return f"(CASE WHEN ({expr}) IS NULL THEN {_long_size(str(nulls[0]))} ELSE {present} END)"
+    kind = schema if isinstance(schema, str) else schema.get("type")
+    if isinstance(kind, (dict, list)):
+        return _size_sql(kind, expr, named, depth)
+    if kind == "null":
+        return f"(CASE WHEN ({expr}) IS NULL THEN 0 END)"
+    if kind == "boolean":
+        return f"(CASE WHEN ({expr}) IS NOT NULL THEN 1 END)"
+    if kind in ("int", "long"):
+        return _long_size(f"CAST({expr} AS BIGINT)")
+    if kind == "string":
+        n = f"strlen({expr})"
+        return f"({_long_size(n)} + {n})"
+    if kind == "bytes":
+        n = f"octet_length({expr})"
+        return f"({_long_size(n)} + {n})"
+    if kind == "fixed":
+        return f"(CASE WHEN octet_length({expr}) = {int(schema['size'])} THEN {int(schema['size'])} END)"
+    if kind == "enum":
+        return _long_size(f"CAST(enum_code({expr}) AS BIGINT)")
+    if kind == "array":
+        item = f"x{depth}"
+        inner = _size_sql(schema["items"], item, named, depth + 1)
+        n = f"len({expr})"
+        return (
+            f"(CASE WHEN {n} = 0 THEN 1 ELSE {_long_size(n)} + "
+            f"list_sum(list_transform({expr}, lambda {item}: {inner})) + 1 END)"
+        )
+    if kind == "record":
+        parts = [
+            _size_sql(f["type"], f"({expr}).{_quote(f['name'])}", named, depth)
+            for f in schema["fields"]
+        ]
+        return "(" + " + ".join(parts or ["0"]) + ")"
+    raise ValueError(f"no size for Avro type {kind!r}")
+
+
+def _record_size_sql(plan: ReadPlan) -> str:
+    """The encoded size of each record: DuckDB's decoding is taken only where these sizes add
+    up to exactly the bytes of each block (a damaged block decodes to other sizes, or fails)."""
+    parts = []
+    for f in plan.record_schema["fields"]:
+        name, kind = f["name"], f["type"]
+        column = _quote(name)
+        if name == "uid" and isinstance(kind, list) and sum(b != "null" for b in kind) > 1:
+            tag = f"union_tag({column})"
+            cases = " ".join(
+                f"WHEN 'u{i}' THEN {_long_size(str(i))} + "
+                f"{_size_sql(b, f'union_extract({column}, {chr(39)}u{i}{chr(39)})', plan.named)}"
+                for i, b in enumerate(kind)
+                if b != "null"
+            )
+            nulls = [i for i, b in enumerate(kind) if b == "null"]
+            by_tag = f"(CASE {tag} {cases} END)"
+            if nulls:
+                null_size = _long_size(str(nulls[0]))
+                by_tag = f"(CASE WHEN {column} IS NULL THEN {null_size} ELSE {by_tag} END)"
+            parts.append(by_tag)
+        else:
+            parts.append(_size_sql(kind, column, plan.named))
+    return "(" + " + ".join(parts) + ")"
+
+
 def _select_list(plan: ReadPlan) -> tuple[list[str], dict[int, str]]:
     """SQL expressions for one batch, and uid branch index -> branch short name."""
     real = [(i, b) for i, b in enumerate(plan.uid_branches) if b != "null"]
@@ -109,6 +192,7 @@ def _select_list(plan: ReadPlan) -> tuple[list[str], dict[int, str]]:
     exprs.append("segments")
     record = ", ".join(_quote(name) for name in plan.top_fields)
     exprs.append(f"hash({tag}, {record}) AS line_hash")
+    exprs.append(f"CAST({_record_size_sql(plan)} AS BIGINT) AS encoded_size")
     return exprs, branches
 
 
@@ -153,9 +237,24 @@ class NativeDecoder:
                 out.write(data)
                 out.write(sync)
         try:
-            return self._con.execute(self._select, [str(path)]).to_arrow_table()
+            table = self._con.execute(self._select, [str(path)]).to_arrow_table()
         finally:
             path.unlink()
+        if not _sizes_match(table, blocks):
+            raise self.error_type("records do not take up exactly their blocks' bytes")
+        return table.drop_columns(["encoded_size"])
+
+
+def _sizes_match(table: pa.Table, blocks: list[Block]) -> bool:
+    counts = np.array([count for count, _ in blocks], dtype=np.int64)
+    if table.num_rows != int(counts.sum()):
+        return False
+    sizes = table.column("encoded_size")
+    if sizes.null_count:
+        return False
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    per_block = np.add.reduceat(sizes.to_numpy(), starts)
+    return bool((per_block == np.array([len(data) for _, data in blocks])).all())
 
 
 def _all_ascii(series: pl.Series) -> bool:

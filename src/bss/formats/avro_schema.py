@@ -58,6 +58,9 @@ class ReadPlan:
     segment_fields: list[str] = field(default_factory=list)
     #: Why the native reader cannot take this schema; None when it can.
     not_native: str | None = None
+    #: The writer's record schema (parsed by fastavro) and its named types.
+    record_schema: dict[str, Any] = field(default_factory=dict)
+    named: dict[str, Any] = field(default_factory=dict)
 
 
 def short_name(name: str) -> str:
@@ -182,6 +185,7 @@ def _plan_schema(schema_json: bytes) -> ReadPlan:
     plan.top_fields = [str(name) for name in fields]
     plan.segment_fields = list(seg_fields)
     plan.not_native = _why_not_native(plan, top, named)
+    plan.record_schema, plan.named = top, named
     return plan
 
 
