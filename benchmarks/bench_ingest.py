@@ -10,6 +10,15 @@ segments, mixed expirations including removals), then times, each in a fresh pro
 Prints pairs per second for both, the ratio b/a and each side's peak RSS.
 
     python benchmarks/bench_ingest.py --lines 2000000
+
+With `--format avro` it writes a deterministic deflate Avro file with the published schema
+instead (N records: 60% anid, 20% device_id, 20% external_id, 1 to 6 segments each, written
+by fastavro) and times, each in a fresh process: our complete path as a dry run (read,
+validate, count, report: `bss validate` without --apply), fastavro iterating the records
+and nothing else, DuckDB's `read_avro` counting records and segments, and our dry run on a
+legacy file of as many lines (as many pairs, the same distribution); then the ratios.
+
+    python benchmarks/bench_ingest.py --format avro --lines 1000000
 """
 
 from __future__ import annotations
@@ -53,6 +62,110 @@ def write_file(path: Path, n_lines: int, seed: int = 7) -> int:
                 pos += k
             out.write("".join(lines))
     return pairs
+
+
+def write_avro_file(path: Path, n_records: int, seed: int = 7) -> int:
+    """The Avro file of --format avro; returns the number of segment entries in it."""
+    import fastavro
+
+    from bss.formats.avro_schema import published_schema
+
+    rng = np.random.default_rng(seed)
+    expirations = [0, 1440, 10080, 43200, -1]
+    domains = ["idfa", "aaid", "rida", "tifa"]
+    namespace = "xandr.avro"
+    total = 0
+
+    def records():
+        nonlocal total
+        for start in range(0, n_records, 100_000):
+            n = min(100_000, n_records - start)
+            kinds = rng.random(n).tolist()
+            counts = rng.integers(1, 7, n)
+            uids = rng.integers(1, 2**63, n, dtype=np.int64).tolist()
+            segs = rng.integers(1, SEGMENTS + 1, int(counts.sum())).tolist()
+            exps = rng.integers(0, len(expirations), int(counts.sum())).tolist()
+            total += int(counts.sum())
+            pos = 0
+            for i, k in enumerate(counts.tolist()):
+                if kinds[i] < 0.6:
+                    uid: object = uids[i]
+                elif kinds[i] < 0.8:
+                    device = {"id": f"{uids[i]:032x}", "domain": domains[uids[i] % 4]}
+                    uid = (f"{namespace}.device_id", device)
+                else:
+                    uid = (f"{namespace}.external_id", {"id": f"cust{uids[i]}", "member_id": 0})
+                segments = [
+                    {"id": segs[pos + j], "code": "", "member_id": 0,
+                     "expiration": expirations[exps[pos + j]], "timestamp": 0, "value": 0}
+                    for j in range(k)
+                ]  # fmt: skip
+                pos += k
+                yield {"uid": uid, "segments": segments}
+
+    with path.open("wb") as out:
+        fastavro.writer(out, fastavro.parse_schema(published_schema()), records(), codec="deflate")
+    return total
+
+
+def run_fastavro(path: Path) -> dict[str, float]:
+    import fastavro
+
+    started = time.perf_counter()
+    records = pairs = 0
+    with path.open("rb") as f:
+        for record in fastavro.reader(f):
+            records += 1
+            pairs += len(record["segments"])
+    return {"seconds": time.perf_counter() - started, "records": records, "pairs": pairs}
+
+
+def run_duckdb_avro(path: Path) -> dict[str, float]:
+    import duckdb
+
+    from bss.formats.avro_native import extension_path
+
+    con = duckdb.connect(config={"autoinstall_known_extensions": False})
+    con.execute(f"LOAD '{extension_path()}'")
+    started = time.perf_counter()
+    records, pairs = con.execute(  # type: ignore[misc]
+        f"SELECT count(*), sum(len(segments)) FROM read_avro('{path}')"
+    ).fetchone()
+    return {"seconds": time.perf_counter() - started, "records": records, "pairs": pairs}
+
+
+def run_bss_dry(path: Path) -> dict[str, float]:
+    """Our complete path without a store: what `bss validate` does without --apply."""
+    from bss.formats.config import BatchSegmentConfig
+    from bss.ingest.engine import ingest_file
+    from bss.ingest.registry import SegmentRegistry
+    from bss.settings import Settings
+    from bss.store.dry import DryRunStore
+
+    registry = SegmentRegistry.from_records(
+        {"id": i, "code": f"seg{i}", "member_id": MEMBER_ID} for i in range(1, SEGMENTS + 1)
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        result = ingest_file(
+            path,
+            member_id=MEMBER_ID,
+            seq_base=0,
+            config=BatchSegmentConfig(),
+            registry=registry,
+            store=DryRunStore(),
+            now=int(time.time()),
+            error_report_path=Path(tmp) / "errors.csv",
+            max_decompressed_bytes=10 * 536_870_912,
+            chunk_bytes=int(os.environ.get("BSS_CHUNK_BYTES", Settings().chunk_bytes)),
+        )
+        elapsed = time.perf_counter() - started
+    assert result.error_code is None, result.error_message
+    return {
+        "seconds": elapsed,
+        "records": result.lines_read,
+        "pairs": result.counters.num_valid,
+    }
 
 
 def run_duckdb(path: Path) -> dict[str, float]:
@@ -113,8 +226,17 @@ def run_bss(path: Path) -> dict[str, float]:
     return {"seconds": elapsed, "pairs": result.counters.num_valid}
 
 
+RUNS = {
+    "duckdb": run_duckdb,
+    "bss": run_bss,
+    "bss-dry": run_bss_dry,
+    "fastavro": run_fastavro,
+    "duckdb-avro": run_duckdb_avro,
+}
+
+
 def child(which: str, path: Path) -> None:
-    figures = run_duckdb(path) if which == "duckdb" else run_bss(path)
+    figures = RUNS[which](path)
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(figures))
 
@@ -134,11 +256,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=2_000_000)
     parser.add_argument("--skip-duckdb", action="store_true", help="only our path (RSS runs)")
-    parser.add_argument("--child", choices=["duckdb", "bss"])
+    parser.add_argument("--format", choices=["legacy", "avro"], default="legacy")
+    parser.add_argument("--child", choices=sorted(RUNS))
     parser.add_argument("--file", type=Path)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.file)
+        return
+    if args.format == "avro":
+        main_avro(args.lines)
         return
 
     OUT.mkdir(exist_ok=True)
@@ -163,6 +289,36 @@ def main() -> None:
     if floor["pairs"] != ours["pairs"]:
         print(f"note: pair counts differ: duckdb {floor['pairs']:,} vs bss valid {ours['pairs']:,}")
     print(f"ratio bss/duckdb: {ours['seconds'] / floor['seconds']:.2f}")
+
+
+def main_avro(n_records: int) -> None:
+    OUT.mkdir(exist_ok=True)
+    path = OUT / f"avro-{n_records}.avro"
+    if not path.exists():
+        print(f"writing {path} ...", flush=True)
+        write_avro_file(path, n_records)
+    legacy = OUT / f"legacy-{n_records}.txt"
+    if not legacy.exists():
+        print(f"writing {legacy} ...", flush=True)
+        write_file(legacy, n_records)
+    print(f"file: {n_records:,} Avro records, {path.stat().st_size / 1e6:.0f} MB (deflate)")
+    figures = {
+        "bss dry run (ours)": measure("bss-dry", path),
+        "fastavro iteration": measure("fastavro", path),
+        "duckdb read_avro count": measure("duckdb-avro", path),
+    }
+    figures["bss dry run, legacy file"] = measure("bss-dry", legacy)
+    for label, f in figures.items():
+        print(
+            f"{label:26} {f['seconds']:7.2f} s  {f['records'] / f['seconds']:11,.0f} records/s"
+            f"  {f['pairs'] / f['seconds']:11,.0f} pairs/s  peak RSS {f['peak_rss_mb']:.0f} MB"
+        )
+    ours = figures["bss dry run (ours)"]
+    for label in ("fastavro iteration", "duckdb read_avro count"):
+        print(f"ratio ours/{label.split()[0]}: {ours['seconds'] / figures[label]['seconds']:.2f}")
+    per_pair = ours["seconds"] / ours["pairs"]
+    leg = figures["bss dry run, legacy file"]
+    print(f"ratio ours/legacy dry run, per pair: {per_pair / (leg['seconds'] / leg['pairs']):.2f}")
 
 
 if __name__ == "__main__":

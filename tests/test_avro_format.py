@@ -40,7 +40,9 @@ CONFIG = BatchSegmentConfig()
 
 def parse(data: bytes, config: BatchSegmentConfig = CONFIG, **kwargs) -> tuple[pl.DataFrame, ...]:
     chunks = list(iter_avro_chunks(io.BytesIO(data), config, MEMBER, **kwargs))
-    lines = pl.concat([c.with_raw() for c in chunks]) if chunks else pl.DataFrame(schema=LINE_SCHEMA)
+    lines = (
+        pl.concat([c.with_raw() for c in chunks]) if chunks else pl.DataFrame(schema=LINE_SCHEMA)
+    )
     pairs = pl.concat([c.pairs for c in chunks]) if chunks else pl.DataFrame(schema=PAIR_SCHEMA)
     return lines, pairs
 

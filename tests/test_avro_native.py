@@ -416,7 +416,7 @@ def ingest(path: Path, tmp_path: Path, native: bool, config: BatchSegmentConfig 
         result = ingest_file(
             path,
             member_id=MEMBER,
-            job_no=3,
+            seq_base=3_000,
             config=config,
             registry=REGISTRY,
             store=store,  # type: ignore[arg-type]

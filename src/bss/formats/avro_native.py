@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bss.formats.avro_container import CORRUPT, Header, encode_long, null_codec_header
+from bss.formats.avro_encoded_size import blocks_match, union_by_tag_sizes, value_sizes
 from bss.formats.avro_reference import normalize_uid, open_records, to_json
 from bss.formats.avro_rules import (
     ERR_NO_SEGMENTS,
@@ -80,120 +81,61 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _long_size(expr: str) -> str:
-    """The size of a long in Avro's zig-zag varint encoding, without overflowing BIGINT."""
-    a = f"(CASE WHEN ({expr}) >= 0 THEN ({expr}) ELSE -(({expr}) + 1) END)"
-    bounds = [2 ** (7 * k - 1) for k in range(1, 10)]
-    cases = " ".join(f"WHEN {a} < {b} THEN {k}" for k, b in enumerate(bounds, start=1))
-    return f"(CASE {cases} ELSE 10 END)"
+def _select_list(plan: ReadPlan) -> tuple[str, dict[int, str]]:
+    """The batch query, and uid branch index -> recognised branch short name.
 
-
-def _size_sql(schema: Any, expr: str, named: dict[str, Any], depth: int = 0) -> str:
-    """SQL for the number of bytes a value of this type takes in Avro's binary encoding,
-    as DuckDB decoded it: NULL where the value cannot be what the schema says."""
-    if isinstance(schema, str) and schema in named:
-        return _size_sql(named[schema], expr, named, depth)
-    if isinstance(schema, list):
-        real = [(i, b) for i, b in enumerate(schema) if b != "null"]
-        nulls = [i for i, b in enumerate(schema) if b == "null"]
-        (index, branch) = real[0]
-        present = f"({_long_size(str(index))} + {_size_sql(branch, expr, named, depth)})"
-        if not nulls:
-            return present
-        return f"(CASE WHEN ({expr}) IS NULL THEN {_long_size(str(nulls[0]))} ELSE {present} END)"
-    kind = schema if isinstance(schema, str) else schema.get("type")
-    if isinstance(kind, (dict, list)):
-        return _size_sql(kind, expr, named, depth)
-    if kind == "null":
-        return f"(CASE WHEN ({expr}) IS NULL THEN 0 END)"
-    if kind == "boolean":
-        return f"(CASE WHEN ({expr}) IS NOT NULL THEN 1 END)"
-    if kind in ("int", "long"):
-        return _long_size(f"CAST({expr} AS BIGINT)")
-    if kind == "string":
-        n = f"strlen({expr})"
-        return f"({_long_size(n)} + {n})"
-    if kind == "bytes":
-        n = f"octet_length({expr})"
-        return f"({_long_size(n)} + {n})"
-    if kind == "fixed":
-        return f"(CASE WHEN octet_length({expr}) = {int(schema['size'])} THEN {int(schema['size'])} END)"
-    if kind == "enum":
-        return _long_size(f"CAST(enum_code({expr}) AS BIGINT)")
-    if kind == "array":
-        item = f"x{depth}"
-        inner = _size_sql(schema["items"], item, named, depth + 1)
-        n = f"len({expr})"
-        return (
-            f"(CASE WHEN {n} = 0 THEN 1 ELSE {_long_size(n)} + "
-            f"list_sum(list_transform({expr}, lambda {item}: {inner})) + 1 END)"
-        )
-    if kind == "record":
-        parts = [
-            _size_sql(f["type"], f"({expr}).{_quote(f['name'])}", named, depth)
-            for f in schema["fields"]
-        ]
-        return "(" + " + ".join(parts or ["0"]) + ")"
-    raise ValueError(f"no size for Avro type {kind!r}")
-
-
-def _record_size_sql(plan: ReadPlan) -> str:
-    """The encoded size of each record: DuckDB's decoding is taken only where these sizes add
-    up to exactly the bytes of each block (a damaged block decodes to other sizes, or fails)."""
-    parts = []
-    for f in plan.record_schema["fields"]:
-        name, kind = f["name"], f["type"]
-        column = _quote(name)
-        if name == "uid" and isinstance(kind, list) and sum(b != "null" for b in kind) > 1:
-            tag = f"union_tag({column})"
-            cases = " ".join(
-                f"WHEN 'u{i}' THEN {_long_size(str(i))} + "
-                f"{_size_sql(b, f'union_extract({column}, {chr(39)}u{i}{chr(39)})', plan.named)}"
-                for i, b in enumerate(kind)
-                if b != "null"
-            )
-            nulls = [i for i, b in enumerate(kind) if b == "null"]
-            by_tag = f"(CASE {tag} {cases} END)"
-            if nulls:
-                null_size = _long_size(str(nulls[0]))
-                by_tag = f"(CASE WHEN {column} IS NULL THEN {null_size} ELSE {by_tag} END)"
-            parts.append(by_tag)
-        else:
-            parts.append(_size_sql(kind, column, plan.named))
-    return "(" + " + ".join(parts) + ")"
-
-
-def _select_list(plan: ReadPlan) -> tuple[list[str], dict[int, str]]:
-    """SQL expressions for one batch, and uid branch index -> branch short name."""
+    Per record: the uid branch index (`tag`), one column per non-null uid branch ("u<i>",
+    null on the other branches' rows), every other top-level field as it is, and DuckDB's
+    hash of the whole record with its branch.
+    """
     real = [(i, b) for i, b in enumerate(plan.uid_branches) if b != "null"]
     union = plan.uid_is_union and len(real) > 1
     if union:
         tag = "CAST(substr(CAST(union_tag(uid) AS VARCHAR), 2) AS SMALLINT)"
     elif plan.uid_is_union:  # one non-null branch: DuckDB gives it as a nullable value
-        tag = f"CASE WHEN uid IS NULL THEN NULL ELSE {real[0][0]} END"
+        tag = f"CAST(CASE WHEN uid IS NULL THEN NULL ELSE {real[0][0]} END AS SMALLINT)"
     else:
-        tag = "0"
+        tag = "CAST(0 AS SMALLINT)"
+    exprs = [f"{tag} AS tag"]
     branches: dict[int, str] = {}
-    exprs = [f"CAST({tag} AS SMALLINT) AS tag"]
     for index, schema in real:
-        short, _full = branch_of(schema)
-        if short is None:
-            continue
-        branches[index] = short
         value = f"union_extract(uid, 'u{index}')" if union else "uid"
-        if short == "anid":
-            exprs.append(f"CAST({value} AS BIGINT) AS anid")
-            continue
-        present = {f.get("name") for f in schema.get("fields", [])}
-        for name, kind in NATIVE_BRANCH_FIELDS[short].items():
-            sql_type = "VARCHAR" if kind == "text" else "BIGINT"
-            source = f"({value}).{_quote(name)}" if name in present else "NULL"
-            exprs.append(f"CAST({source} AS {sql_type}) AS {_quote(f'{short}.{name}')}")
-    exprs.append("segments")
+        exprs.append(f"{value} AS u{index}")
+        short, _full = branch_of(schema)
+        if short is not None:
+            branches[index] = short
+    exprs += [_quote(name) for name in plan.top_fields if name != "uid"]
     record = ", ".join(_quote(name) for name in plan.top_fields)
     exprs.append(f"hash({tag}, {record}) AS line_hash")
-    exprs.append(f"CAST({_record_size_sql(plan)} AS BIGINT) AS encoded_size")
-    return exprs, branches
+    return "SELECT " + ", ".join(exprs) + " FROM read_avro(?)", branches
+
+
+def _column(table: pa.Table, name: str) -> pa.Array:
+    column = table.column(name)
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def _record_sizes(table: pa.Table, plan: ReadPlan) -> np.ndarray | None:
+    """The encoded size of each record, from DuckDB's decoded values."""
+    total = np.zeros(table.num_rows, dtype=np.int64)
+    for field in plan.record_schema["fields"]:
+        name, schema = field["name"], field["type"]
+        if name == "uid":
+            resolved = plan.uid_branches
+            if plan.uid_is_union and sum(b != "null" for b in resolved) > 1:
+                columns = {
+                    i: _column(table, f"u{i}") for i, b in enumerate(resolved) if b != "null"
+                }
+                sizes = union_by_tag_sizes(_column(table, "tag"), columns, resolved, plan.named)
+            else:
+                index = next(i for i, b in enumerate(resolved) if b != "null")
+                sizes = value_sizes(_column(table, f"u{index}"), schema, plan.named)
+        else:
+            sizes = value_sizes(_column(table, name), schema, plan.named)
+        if sizes is None:
+            return None
+        total += sizes
+    return total
 
 
 class NativeDecoder:
@@ -207,8 +149,7 @@ class NativeDecoder:
         self._head = null_codec_header(header)
         self._folder = tempfile.TemporaryDirectory(prefix="bss-avro-")
         self._batch_no = 0
-        exprs, self.branches = _select_list(plan)
-        self._select = "SELECT " + ", ".join(exprs) + " FROM read_avro(?)"
+        self._select, self.branches = _select_list(plan)
         # No network and no implicit installs: the extension is the file the package ships.
         self._con = duckdb.connect(
             config={
@@ -217,7 +158,7 @@ class NativeDecoder:
                 "threads": 1,
             }
         )
-        self._con.execute("LOAD " + "'" + str(extension).replace("'", "''") + "'")
+        self._con.execute("LOAD '" + str(extension).replace("'", "''") + "'")
         self.error_type: type[Exception] = duckdb.Error
 
     def close(self) -> None:
@@ -225,8 +166,9 @@ class NativeDecoder:
             self._con.close()
         self._folder.cleanup()
 
-    def decode(self, blocks: list[Block]) -> pa.Table:
-        """The batch's records as flat columns; raises `error_type` when DuckDB cannot."""
+    def decode(self, blocks: list[Block]) -> pa.Table | None:
+        """The batch's records as columns; None when DuckDB cannot decode it, or decodes
+        it to records that do not take up exactly each block's bytes (a damaged block)."""
         self._batch_no += 1
         path = Path(self._folder.name) / f"batch-{self._batch_no}.avro"
         sync = self._header.sync
@@ -238,23 +180,15 @@ class NativeDecoder:
                 out.write(sync)
         try:
             table = self._con.execute(self._select, [str(path)]).to_arrow_table()
+        except self.error_type:
+            return None
         finally:
             path.unlink()
-        if not _sizes_match(table, blocks):
-            raise self.error_type("records do not take up exactly their blocks' bytes")
-        return table.drop_columns(["encoded_size"])
-
-
-def _sizes_match(table: pa.Table, blocks: list[Block]) -> bool:
-    counts = np.array([count for count, _ in blocks], dtype=np.int64)
-    if table.num_rows != int(counts.sum()):
-        return False
-    sizes = table.column("encoded_size")
-    if sizes.null_count:
-        return False
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    per_block = np.add.reduceat(sizes.to_numpy(), starts)
-    return bool((per_block == np.array([len(data) for _, data in blocks])).all())
+        sizes = _record_sizes(table, self._plan)
+        counts = [count for count, _ in blocks]
+        if sizes is None or not blocks_match(sizes, counts, [len(d) for _, d in blocks]):
+            return None
+        return table
 
 
 def _all_ascii(series: pl.Series) -> bool:
@@ -378,6 +312,28 @@ def _segment_rows(segments: pa.ChunkedArray | pa.Array, first_line_no: int) -> p
     return pl.DataFrame(columns)
 
 
+def _rule_columns(table: pa.Table, branches: dict[int, str]) -> pl.DataFrame:
+    """The uid fields the user rules read, as "<branch>.<field>" (and "anid") columns."""
+    columns: dict[str, pl.Series] = {}
+    n = table.num_rows
+    for index, short in branches.items():
+        value = _column(table, f"u{index}")
+        if short == "anid":
+            columns["anid"] = pl.Series("anid", value.cast(pa.int64()))
+            continue
+        names = {value.type.field(i).name for i in range(value.type.num_fields)}
+        for name, kind in NATIVE_BRANCH_FIELDS[short].items():
+            dtype = pl.String if kind == "text" else pl.Int64
+            if name not in names:
+                columns[f"{short}.{name}"] = pl.Series([None] * n, dtype=dtype)
+                continue
+            child = pc.struct_field(value, name)
+            if isinstance(child.type, pa.DictionaryType):
+                child = child.dictionary_decode()
+            columns[f"{short}.{name}"] = pl.Series(child).cast(dtype)
+    return pl.DataFrame(columns)
+
+
 def native_chunk(
     table: pa.Table,
     branches: dict[int, str],
@@ -403,8 +359,7 @@ def native_chunk(
         )
         .to_series()
     )
-    user_cols = pl.from_arrow(table.drop_columns(["tag", "segments", "line_hash"]))  # type: ignore[assignment]
-    kind, key, user_error = _user_columns(user_cols, branch, config, member_id)  # type: ignore[arg-type]
+    kind, key, user_error = _user_columns(_rule_columns(table, branches), branch, config, member_id)
     well_formed = format_error.is_null()
     line_no = pl.Series(np.arange(first_line_no + 1, first_line_no + 1 + n), dtype=pl.Int64)
     lines = pl.DataFrame(
