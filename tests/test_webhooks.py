@@ -248,3 +248,16 @@ def test_signature_helper_matches_the_documented_form():
     body = b'{"batch_segment_upload_job":{}}'
     mac = hmac.new(b"k", b"1700000000." + body, hashlib.sha256).hexdigest()
     assert sign("k", "1700000000", body) == "sha256=" + mac
+
+
+def test_a_job_that_ends_in_error_is_delivered_too(bss_server, receiver):
+    hook = receiver()
+    proc = bss_server(**FAST_RETRIES)
+    admin, member, seg = _setup(proc, hook.url)
+    job = member.run(41, b"\x1f\x8b\x08\x00" + b"not really gzip" * 10)
+    assert job["phase"] == "error"
+    delivered = hook.wait_delivered(1)
+    sent = json.loads(delivered[0]["body"])["batch_segment_upload_job"]
+    assert sent == member.job(41, job["job_id"])
+    assert sent["phase"] == "error" and sent["error_code"] == job["error_code"]
+    assert delivered[0]["signature"] == expected_signature(delivered[0])
