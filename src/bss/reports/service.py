@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from bss.db import fmt_ts, now_s, parse_ts, write_tx
 from bss.errors import BssError, notfound, syntax, unauth
@@ -94,12 +94,12 @@ class SegmentLoads:
             sketch.add(hashes[start:end])
 
 
-def _insert_ignore(conn: Connection, table: Any, **values: Any) -> None:
+def _insert_ignore(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     else:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    conn.execute(dialect_insert(table).values(**values).on_conflict_do_nothing())
+    conn.execute(dialect_insert(table).values(rows).on_conflict_do_nothing())
 
 
 def record_loads(conn: Connection, loads: SegmentLoads, *, source: str | None) -> bool:
@@ -114,24 +114,53 @@ def record_loads(conn: Connection, loads: SegmentLoads, *, source: str | None) -
         if counted is not None:
             return False
         conn.execute(insert(segment_load_sources).values(source=source, counted_on=now_s()))
-    for segment_id in sorted(set(loads.loads) | set(loads.removals)):
-        key = (segment_loads.c.segment_id == segment_id) & (segment_loads.c.day == loads.day)
-        _insert_ignore(
-            conn, segment_loads, segment_id=segment_id, day=loads.day, loads=0, removals=0
-        )
-        stored = conn.execute(
-            select(segment_loads.c.uniques).where(key).with_for_update()
-        ).scalar_one()
-        values: dict[str, Any] = {
-            "loads": segment_loads.c.loads + loads.loads[segment_id],
-            "removals": segment_loads.c.removals + loads.removals[segment_id],
-        }
+    ids = sorted(set(loads.loads) | set(loads.removals))
+    if not ids:
+        return True
+    # Rows are created and locked in segment order, so concurrent writers cannot deadlock.
+    _insert_ignore(
+        conn,
+        segment_loads,
+        [{"segment_id": i, "day": loads.day, "loads": 0, "removals": 0} for i in ids],
+    )
+    mine = (segment_loads.c.day == loads.day) & segment_loads.c.segment_id.in_(ids)
+    stored = dict(
+        conn.execute(
+            select(segment_loads.c.segment_id, segment_loads.c.uniques)
+            .where(mine)
+            .order_by(segment_loads.c.segment_id)
+            .with_for_update()
+        ).all()
+    )
+    rows = []
+    for segment_id in ids:
+        uniques = stored[segment_id]
         added = loads.uniques.get(segment_id)
         if added is not None:
-            sketch = UniqueSketch.from_bytes(stored)
+            sketch = UniqueSketch.from_bytes(uniques)
             sketch.merge(added)
-            values["uniques"] = sketch.to_bytes()
-        conn.execute(update(segment_loads).where(key).values(**values))
+            uniques = sketch.to_bytes()
+        rows.append(
+            {
+                "sid": segment_id,
+                "added": loads.loads[segment_id],
+                "removed": loads.removals[segment_id],
+                "sketch": uniques,
+            }
+        )
+    conn.execute(
+        update(segment_loads)
+        .where(
+            segment_loads.c.segment_id == bindparam("sid"),
+            segment_loads.c.day == loads.day,
+        )
+        .values(
+            loads=segment_loads.c.loads + bindparam("added"),
+            removals=segment_loads.c.removals + bindparam("removed"),
+            uniques=bindparam("sketch"),
+        ),
+        rows,
+    )
     return True
 
 
