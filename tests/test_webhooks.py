@@ -261,3 +261,17 @@ def test_a_job_that_ends_in_error_is_delivered_too(bss_server, receiver):
     assert sent == member.job(41, job["job_id"])
     assert sent["phase"] == "error" and sent["error_code"] == job["error_code"]
     assert delivered[0]["signature"] == expected_signature(delivered[0])
+
+
+def test_a_config_post_keeps_the_webhook_it_does_not_name(admin, member_id):
+    hook = {"webhook_url": "https://hooks.example.invalid/bss", "webhook_secret": "k"}
+    admin.ok(
+        "PUT",
+        "/batch-segment-config",
+        params={"member_id": member_id},
+        json={"batch_segment_upload_config": hook},
+    )
+    replaced = admin.config(member_id, separator_1=";")  # POST: the format config replaced
+    assert replaced["separator_1"] == ";" and replaced["webhook_url"] == hook["webhook_url"]
+    stopped = admin.config(member_id, webhook_url=None)
+    assert stopped["webhook_url"] is None and stopped["separator_1"] == ","

@@ -29,6 +29,10 @@ SEGMENT_FIELD_NAMES = ("SEG_ID", "SEG_CODE", "EXPIRATION", "TIMESTAMP", "VALUE",
 MAX_ERROR_LOG_LINES = 999
 DEFAULT_ERROR_LOG_LINES = 200
 DEFAULT_SEGMENT_LOG_LINES = 200
+#: The member's completion webhook (bss.webhooks): kept by a config POST that does not name
+#: them, since a member may set them itself and an admin replacing the format config should
+#: not silently stop its notifications.
+WEBHOOK_FIELDS = ("webhook_url", "webhook_secret")
 
 
 class ConfigError(ValueError):

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bss.db import INT32_MAX, bounded_int, fmt_ts, now_s, write_tx
 from bss.errors import BssError, notfound, syntax
-from bss.formats.config import BatchSegmentConfig, ConfigError, load_config
+from bss.formats.config import WEBHOOK_FIELDS, BatchSegmentConfig, ConfigError, load_config
 from bss.ingest.registry import SegmentRegistry
 from bss.segments.models import batch_segment_configs, segment_id_counter, segments
 from bss.store import MembershipStore, seqs
@@ -288,12 +288,14 @@ def put_config(db: Engine, member_id: int, data: Any, *, merge: bool) -> dict[st
         data = data[0]
     if not isinstance(data, dict):
         raise syntax("expected a batch_segment_upload_config object")
-    base: dict[str, Any] = {}
+    row = get_config_row(db, member_id)
+    stored = json.loads(row["config_json"]) if row is not None else {}
     if merge:  # a PUT changes the fields it names and keeps the others the member set
-        row = get_config_row(db, member_id)
-        base = json.loads(row["config_json"]) if row is not None else {}
+        base = stored
         if "uses_external_uids" in data:
             base.pop("use_external_uids", None)
+    else:  # a POST replaces the config, except the webhook it does not name
+        base = {f: stored[f] for f in WEBHOOK_FIELDS if f in stored and f not in data}
     merged = {**base, **data, "member_id": member_id}
     for bookkeeping in ("id", "created_on", "last_modified"):
         merged.pop(bookkeeping, None)

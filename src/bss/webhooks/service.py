@@ -31,6 +31,7 @@ from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, upda
 
 from bss.db import fmt_ts, now_s, write_tx
 from bss.errors import syntax
+from bss.formats.config import WEBHOOK_FIELDS
 from bss.segments.models import batch_segment_configs
 from bss.settings import Settings
 from bss.webhooks.models import webhook_deliveries
@@ -38,7 +39,7 @@ from bss.webhooks.models import webhook_deliveries
 log = logging.getLogger("bss.webhooks")
 
 #: Config fields a member may set on its own config (everything else is admin-only).
-MEMBER_WRITABLE_FIELDS = frozenset({"webhook_url", "webhook_secret"})
+MEMBER_WRITABLE_FIELDS = frozenset(WEBHOOK_FIELDS)
 EVENT_JOB_FINISHED = "batch_segment_upload_job.finished"
 USER_AGENT = "bss-webhooks/1"
 
