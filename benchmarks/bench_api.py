@@ -1,19 +1,25 @@
-"""HTTP API benchmark against a real `bss serve` (started here on a temp data dir).
+"""HTTP API under concurrent load, against a real `bss serve` started here, with /health as the
+baseline measured in the same run at the same concurrency.
 
-Measures, with baselines taken in the same run on the same machine:
+For each concurrency level (keep-alive connections, each sending its next request as soon as
+the previous answer is in) it measures GET /health, job status (GET /batch-segment?job_id=),
+GET /user-segments on a store filled first (--store-lines of the bench_ingest file, real uids
+from it) and job creation, and prints req/s, p50 and p99, the ratios against /health (req/s
+ratio, p99 ratio) and req/s at the highest level against the lowest. Then upload throughput
+of a streamed file against a raw loopback socket copy of the same bytes.
 
-* job create (POST /batch-segment) and job status (GET /batch-segment?job_id=) latency,
-  p50/p99 under concurrent load (threads, bounded request count), against a trivial GET
-  of /health and of /openapi.json;
-* upload throughput (MB/s) of POST <upload_url> with a streamed body, against a raw
-  loopback socket copy of the same bytes into a file.
+The load generator is one asyncio process on raw sockets (a thread per client in Python
+measures the client's own GIL, not the server); it shares the machine's cores with the server.
 
-    .venv/bin/python benchmarks/bench_api.py [--requests 2000] [--threads 16] [--upload-mb 200]
+    .venv/bin/python benchmarks/bench_api.py [--concurrency 8,32,128] [--seconds 6] [--rounds 3]
+        [--store-lines 100000] [--processes 1] [--upload-mb 100]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import signal
 import socket
@@ -27,6 +33,9 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_ingest import MEMBER_ID, SEGMENTS, write_file  # noqa: E402
+
 ADMIN, PASSWORD = "bench-admin", "bench-password-1"
 
 
@@ -36,7 +45,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(data_dir: Path, processes: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {
         **os.environ,
@@ -44,10 +53,12 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
         "BSS_ADMIN_PASSWORD": PASSWORD,
         "BSS_REQUESTS_PER_MINUTE": "100000000",
         "BSS_MAX_PENDING_JOBS": "100000000",
-        "BSS_WORKERS": "0",  # measure the API, not the engine
+        "BSS_LOGINS_PER_WINDOW": "1000",
+        "BSS_WORKERS": "1",  # fills the store first; idle while the API is measured
+        "BSS_PROCESSES": str(processes),
     }
     bss = Path(sys.executable).with_name("bss")
-    log = (data_dir.parent / "server.log").open("wb")
+    log = (data_dir.parent / "server.log").open("wb")  # shown when a request fails
     proc = subprocess.Popen(
         [str(bss), "serve", "--port", str(port), "--data-dir", str(data_dir)],
         env=env,
@@ -55,7 +66,7 @@ def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
         stderr=log,
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+    for _ in range(600):
         try:
             if httpx.get(f"{url}/health").status_code == 200:
                 return proc, url
@@ -69,44 +80,148 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def load(
-    make_request: Callable[[httpx.Client, int], httpx.Response],
-    requests: int,
-    threads: int,
-    url: str,
-    token: str,
-) -> dict:
-    """`requests` requests spread over `threads` threads (each with its own keep-alive client)."""
+async def _client(
+    port: int,
+    make_request: Callable[[int], bytes],
+    start: float,
+    warm_until: float,
+    until: float,
+    out: list[float],
+    errors: list[int],
+    offset: int,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    i = offset
+    try:
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= until:
+                return
+            writer.write(make_request(i))
+            i += 1
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            t1 = time.perf_counter()
+            if t0 >= warm_until:
+                out.append(t1 - t0)
+                if status != 200:
+                    errors.append(status)
+    finally:
+        writer.close()
+
+
+async def _load(
+    port: int, make_request: Callable[[int], bytes], clients: int, seconds: float
+) -> tuple[list[float], int]:
     latencies: list[float] = []
-    errors = 0
-    lock = threading.Lock()
-    counter = iter(range(requests))
+    errors: list[int] = []
+    start = time.perf_counter()
+    warm_until = start + min(0.5, seconds / 5)
+    until = warm_until + seconds
+    await asyncio.gather(
+        *(
+            _client(port, make_request, start, warm_until, until, latencies, errors, k * 7919)
+            for k in range(clients)
+        )
+    )
+    return latencies, len(errors)
 
-    def run() -> None:
-        nonlocal errors
-        with httpx.Client(base_url=url, headers={"Authorization": token}, timeout=60) as client:
-            for i in counter:
-                t0 = time.perf_counter()
-                resp = make_request(client, i)
-                dt = time.perf_counter() - t0
-                with lock:
-                    latencies.append(dt)
-                    if resp.status_code != 200:
-                        errors += 1
 
-    started = time.perf_counter()
-    pool = [threading.Thread(target=run) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    wall = time.perf_counter() - started
+def load(
+    port: int, make_request: Callable[[int], bytes], clients: int, seconds: float
+) -> tuple[list[float], int]:
+    """Latencies of the answers received in `seconds` (after a short warm-up), and errors."""
+    try:
+        import uvloop
+
+        return uvloop.run(_load(port, make_request, clients, seconds))
+    except ImportError:
+        return asyncio.run(_load(port, make_request, clients, seconds))
+
+
+def measure(
+    port: int,
+    cases: dict[str, Callable[[int], bytes]],
+    clients: int,
+    seconds: float,
+    rounds: int,
+) -> dict[str, dict]:
+    """Each case for `seconds` in all, in `rounds` short turns taken in rotation: on a machine
+    others load too, every case (the baseline included) sees the same mix of quiet and busy."""
+    latencies: dict[str, list[float]] = {name: [] for name in cases}
+    errors = dict.fromkeys(cases, 0)
+    for _ in range(rounds):
+        for name, make in cases.items():
+            got, failed = load(port, make, clients, seconds / rounds)
+            latencies[name] += got
+            errors[name] += failed
     return {
-        "p50_ms": percentile(latencies, 50) * 1000,
-        "p99_ms": percentile(latencies, 99) * 1000,
-        "rps": len(latencies) / wall,
-        "errors": errors,
+        name: {
+            "rps": len(values) / seconds,
+            "p50_ms": percentile(values, 50) * 1000,
+            "p99_ms": percentile(values, 99) * 1000,
+            "errors": errors[name],
+        }
+        for name, values in latencies.items()
     }
+
+
+def get_request(token: str, path: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: {token}\r\n\r\n".encode()
+        if token
+        else f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+    )
+
+
+def fill_store(url: str, auth: dict[str, str], tmpdir: Path, lines: int) -> list[int]:
+    """Upload `lines` lines of the bench_ingest file for member MEMBER_ID; return sample uids."""
+    with httpx.Client(base_url=url, headers=auth, timeout=None) as client:
+        client.post("/member", json={"member": {"id": MEMBER_ID}})
+        for i in range(1, SEGMENTS + 1):
+            client.post(
+                "/segment",
+                params={"member_id": MEMBER_ID},
+                json={"segment": {"code": f"s{i}"}},
+            )
+        path = tmpdir / "store.txt"
+        pairs = write_file(path, lines)
+        job = client.post("/batch-segment", params={"member_id": MEMBER_ID}).json()["response"][
+            "batch_segment_upload_job"
+        ]
+        started = time.perf_counter()
+        with path.open("rb") as fh:
+            resp = client.post(
+                job["upload_url"],
+                content=fh.read(),
+                headers={"Content-Type": "application/octet-stream"},
+            )
+        assert resp.json()["response"]["status"] == "OK", resp.text[:500]
+        while True:
+            state = client.get(
+                "/batch-segment", params={"member_id": MEMBER_ID, "job_id": job["job_id"]}
+            ).json()["response"]["batch_segment_upload_job"]
+            if state["phase"] in ("completed", "error"):
+                break
+            time.sleep(1)
+        print(
+            f"store: {lines} lines, {pairs} pairs applied in {time.perf_counter() - started:.1f} s "
+            f"(phase {state['phase']}, num_valid {state['num_valid']})"
+        )
+    uids = []
+    with path.open() as fh:
+        for line in fh:
+            uids.append(int(line.split(",", 1)[0]))
+            if len(uids) >= 10_000:
+                break
+    path.unlink()
+    return uids
 
 
 def raw_socket_copy(path: Path, out_dir: Path) -> float:
@@ -164,71 +279,85 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--requests", type=int, default=2000)
-    ap.add_argument("--threads", type=int, default=16)
-    ap.add_argument("--upload-mb", type=int, default=200)
+    ap.add_argument("--concurrency", default="8,32,128", help="client counts, comma-separated")
+    ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per case")
+    ap.add_argument("--rounds", type=int, default=3, help="turns each case's seconds are cut in")
+    ap.add_argument("--store-lines", type=int, default=100_000)
+    ap.add_argument("--processes", type=int, default=1, help="API processes (BSS_PROCESSES)")
+    ap.add_argument("--upload-mb", type=int, default=100)
+    ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
+    levels = [int(x) for x in args.concurrency.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="bss-bench-") as tmp:
         tmpdir = Path(tmp)
-        proc, url = start_server(tmpdir / "data")
+        proc, url = start_server(tmpdir / "data", args.processes)
+        port = int(url.rsplit(":", 1)[1])
         try:
             token = httpx.post(
                 f"{url}/auth", json={"auth": {"username": ADMIN, "password": PASSWORD}}
             ).json()["response"]["token"]
             auth = {"Authorization": token}
-            members = list(range(1, args.threads + 1))
+            uids = fill_store(url, auth, tmpdir, args.store_lines) if args.store_lines else [1]
+            members = list(range(1, 17))
             for m in members:
                 httpx.post(f"{url}/member", json={"member": {"id": m}}, headers=auth)
-            # a job per member to poll
             jobs = [
                 httpx.post(f"{url}/batch-segment", params={"member_id": m}, headers=auth).json()[
                     "response"
                 ]["batch_segment_upload_job"]["job_id"]
                 for m in members
             ]
-            print(
-                f"server {url}  requests={args.requests} threads={args.threads} cpus={os.cpu_count()}"
-            )
-            results = {
-                "baseline GET /health": load(
-                    lambda c, i: c.get("/health"), args.requests, args.threads, url, token
-                ),
-                "baseline GET /openapi.json": load(
-                    lambda c, i: c.get("/openapi.json"), args.requests, args.threads, url, token
-                ),
-                "job status GET /batch-segment?job_id=": load(
-                    lambda c, i: c.get(
-                        "/batch-segment",
-                        params={
-                            "member_id": members[i % len(members)],
-                            "job_id": jobs[i % len(jobs)],
-                        },
-                    ),
-                    args.requests,
-                    args.threads,
-                    url,
-                    token,
-                ),
-                "job create POST /batch-segment": load(
-                    lambda c, i: c.post(
-                        "/batch-segment", params={"member_id": members[i % len(members)]}
-                    ),
-                    args.requests,
-                    args.threads,
-                    url,
-                    token,
-                ),
+            health = get_request("", "/health")
+            status = [
+                get_request(token, f"/batch-segment?member_id={m}&job_id={j}")
+                for m, j in zip(members, jobs, strict=True)
+            ]
+            lookups = [get_request(token, f"/user-segments?uid={u}") for u in uids]
+            cases: dict[str, Callable[[int], bytes]] = {
+                "GET /health (baseline)": lambda i: health,
+                "job status GET /batch-segment?job_id=": lambda i: status[i % len(status)],
+                "GET /user-segments?uid=": lambda i: lookups[i % len(lookups)],
             }
-            base = results["baseline GET /health"]
             print(
-                f"{'':42s} {'p50 ms':>8s} {'p99 ms':>8s} {'req/s':>8s} {'errors':>6s} {'p99 / health p99':>17s}"
+                f"server {url}  processes={args.processes} cpus={os.cpu_count()} "
+                f"seconds/case={args.seconds} store_lines={args.store_lines}"
             )
-            for name, r in results.items():
-                print(
-                    f"{name:42s} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['rps']:8.0f} {r['errors']:6d} "
-                    f"{r['p99_ms'] / base['p99_ms']:17.2f}"
-                )
+            print(
+                f"{'case':40s} {'clients':>7s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
+                f"{'errors':>6s} {'rps/health':>10s} {'p99/health':>10s}"
+            )
+            results: dict[str, dict[int, dict]] = {name: {} for name in cases}
+            for clients in levels:
+                measured = measure(port, cases, clients, args.seconds, args.rounds)
+                base = measured["GET /health (baseline)"]
+                for name, r in measured.items():
+                    results[name][clients] = r
+                    print(
+                        f"{name:40s} {clients:7d} {r['rps']:8.0f} {r['p50_ms']:8.2f} "
+                        f"{r['p99_ms']:8.2f} {r['errors']:6d} {r['rps'] / base['rps']:10.2f} "
+                        f"{r['p99_ms'] / base['p99_ms']:10.2f}"
+                    )
+            lo, hi = min(levels), max(levels)
+            for name in cases:
+                ratio = results[name][hi]["rps"] / results[name][lo]["rps"]
+                print(f"{name:40s} req/s at {hi} clients / at {lo}: {ratio:.2f}")
+            create = measure(
+                port,
+                {
+                    "create": lambda i: (
+                        f"POST /batch-segment?member_id={members[i % len(members)]} HTTP/1.1\r\n"
+                        f"Host: bench\r\nAuthorization: {token}\r\nContent-Length: 0\r\n\r\n"
+                    ).encode()
+                },
+                lo,
+                args.seconds,
+                1,
+            )["create"]
+            print(
+                f"job create POST /batch-segment at {lo} clients: {create['rps']:.0f} req/s, "
+                f"p50 {create['p50_ms']:.2f} ms, p99 {create['p99_ms']:.2f} ms"
+            )
 
             payload = tmpdir / "upload.txt"
             line = b"1234567890123456789,1:1440;2:1440;3:0\n"
@@ -239,11 +368,18 @@ def main() -> None:
             raw = raw_socket_copy(payload, tmpdir)
             up = http_upload(url, token, members[0], payload)
             print(
-                f"\nupload {payload.stat().st_size / 1e6:.0f} MB: HTTP {up:.0f} MB/s, raw loopback socket -> file {raw:.0f} MB/s, ratio {up / raw:.2f}"
+                f"\nupload {payload.stat().st_size / 1e6:.0f} MB: HTTP {up:.0f} MB/s, raw loopback "
+                f"socket -> file {raw:.0f} MB/s, ratio {up / raw:.2f}"
             )
+            if any(r["errors"] for levels in results.values() for r in levels.values()):
+                print("\nserver log (errors seen):")
+                lines = (tmpdir / "server.log").read_text(errors="replace").splitlines()
+                print("\n".join(line for line in lines if '"level": "error"' in line)[-4000:])
+            if args.json:
+                args.json.write_text(json.dumps({"levels": results, "create": create}, indent=2))
         finally:
             proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+            proc.wait(timeout=60)
 
 
 if __name__ == "__main__":

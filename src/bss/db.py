@@ -6,14 +6,18 @@ declares its tables on `metadata` in its own module, and `init_db` imports them 
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import importlib.util
+import os
+import re
 import threading
 import time
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event, inspect, text
@@ -64,24 +68,103 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
+class _SqliteWriters:
+    """Who may write to one SQLite file now: writers of this process queue on a thread lock,
+    writers of every process on the machine on an flock of a file beside the database. Both
+    hand over at once, where SQLite's busy handler sleeps up to 100 ms between retries (bad
+    tail latency once several processes write, e.g. a rate counter per request)."""
+
+    def __init__(self, database: str | None) -> None:
+        self._thread_lock = threading.Lock()
+        self._fd = (
+            os.open(f"{database}.writelock", os.O_RDWR | os.O_CREAT, 0o600)
+            if database and database != ":memory:"
+            else None
+        )
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._thread_lock:
+            if self._fd is None:
+                yield
+                return
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+
+_WRITERS: weakref.WeakKeyDictionary[Engine, _SqliteWriters] = weakref.WeakKeyDictionary()
+_WRITERS_GUARD = threading.Lock()
+
+
+def _sqlite_writers(engine: Engine) -> _SqliteWriters:
+    with _WRITERS_GUARD:
+        writers = _WRITERS.get(engine)
+        if writers is None:
+            writers = _WRITERS[engine] = _SqliteWriters(engine.url.database)
+        return writers
 
 
 @contextmanager
 def write_tx(engine: Engine) -> Iterator[Connection]:
-    """A write transaction. On SQLite, writers of this process queue on a lock instead of in
-    SQLite's busy handler (which sleeps up to 100 ms per retry: bad tail latency), and a
-    transaction that reads before it writes cannot meet a commit made in between by this
-    process (SQLITE_BUSY_SNAPSHOT). PostgreSQL needs none of it."""
+    """A write transaction. On SQLite, writers queue on a lock instead of in SQLite's busy
+    handler (see _SqliteWriters), and a transaction that reads before it writes cannot meet a
+    commit made in between (SQLITE_BUSY_SNAPSHOT). PostgreSQL needs none of it."""
     if not is_sqlite(engine):
         with engine.begin() as conn:
             yield conn
         return
-    with _LOCKS_GUARD:
-        lock = _WRITE_LOCKS.setdefault(engine, threading.Lock())
-    with lock, engine.begin() as conn:
+    with _sqlite_writers(engine).held(), engine.begin() as conn:
         yield conn
+
+
+_NAMED_PARAM = re.compile(r"(?<![:\w]):(\w+)")
+
+
+@lru_cache(maxsize=256)
+def _driver_sql(sql: str, sqlite: bool) -> str:
+    """`:name` parameters as the driver takes them: sqlite3 as they are, psycopg %(name)s."""
+    return sql if sqlite else _NAMED_PARAM.sub(r"%(\1)s", sql)
+
+
+def run_sql(
+    engine: Engine,
+    sql: str,
+    params: dict[str, Any],
+    *,
+    write: bool = False,
+    durable: bool = True,
+) -> list[dict[str, Any]]:
+    """One statement (`:name` parameters) straight on a pooled driver connection, for the
+    request hot path (token, rate counter, job status): SQLAlchemy's execution layer costs
+    0.2-0.7 ms a statement against about 0.02 ms for the driver alone (measured here).
+    `write` commits it, queued like write_tx; `durable=False` lets PostgreSQL skip the flush
+    to disk at commit (a crash may lose the write: fine for counters)."""
+    text_sql = _driver_sql(sql, is_sqlite(engine))
+    # A SQLite writer queues before it takes a pooled connection: one holding a connection
+    # while it waits could starve the writer ahead of it of one (a pool-wide deadlock).
+    queue = _sqlite_writers(engine).held() if write and is_sqlite(engine) else nullcontext()
+    with queue:
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            if write and not durable and not is_sqlite(engine):
+                cursor.execute("SET LOCAL synchronous_commit = off")
+            cursor.execute(text_sql, params)
+            rows = cursor.fetchall() if cursor.description else []
+            names = [d[0] for d in cursor.description or ()]
+            cursor.close()
+            if write:
+                raw.commit()
+        finally:
+            raw.close()  # back to the pool (rolled back there if still open)
+    return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 def init_db(engine: Engine) -> None:

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import BigInteger, Column, Engine, Integer, String, Table, delete, text
+from sqlalchemy import BigInteger, Column, Engine, Integer, String, Table, delete
 
-from bss.db import is_sqlite, metadata, write_tx
+from bss.db import metadata, run_sql, write_tx
 
 rate_counters = Table(
     "rate_counters",
@@ -59,7 +59,7 @@ def _retry_after(window_end_ms: int, now_ms: int) -> int:
 
 
 #: One statement for SQLite 3.35+ and PostgreSQL: count, or restart a lapsed window.
-_HIT = text(
+_HIT = (
     "INSERT INTO rate_counters (key, window_end, hits) VALUES (:key, :end, :first) "
     "ON CONFLICT (key) DO UPDATE SET "
     "hits = CASE WHEN rate_counters.window_end <= :now THEN :first "
@@ -85,11 +85,9 @@ class DatabaseRateLimiter:
             "first": max(cost, 0),  # a refund into a fresh window counts nothing
             "now": now,
         }
-        with write_tx(self.db) as conn:
-            if not is_sqlite(self.db):  # a lost count on a crash is fine; a flush per hit is not
-                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-            hits, window_end = conn.execute(_HIT, params).one()
-        return Verdict(hits, limit, _retry_after(window_end, now))
+        # Once per request: on the driver directly, and a count lost in a crash is fine.
+        (row,) = run_sql(self.db, _HIT, params, write=True, durable=False)
+        return Verdict(row["hits"], limit, _retry_after(row["window_end"], now))
 
     def purge(self) -> int:
         with write_tx(self.db) as conn:

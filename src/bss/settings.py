@@ -149,6 +149,11 @@ class Settings(BaseSettings):
         description="How often the retention sweep runs (old files, job history, expired "
         "memberships, tokens).",
     )
+    api_threads: int = Field(
+        8,
+        description="Threads per API process for blocking request work (database and store "
+        "reads); requests beyond it wait their turn on the event loop.",
+    )
     processes: int = Field(
         1,
         description="API processes `bss serve` runs on its one port (each with BSS_WORKERS "

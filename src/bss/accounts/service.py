@@ -13,7 +13,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, delete, func, insert, select, update
 
 from bss.accounts.models import logins, members, tokens, users
-from bss.db import bounded_int, fmt_ts, now_s, write_tx
+from bss.db import bounded_int, fmt_ts, now_s, run_sql, write_tx
 from bss.errors import BssError, noauth, notfound, syntax
 from bss.ratelimit import RateLimiter
 from bss.settings import Settings
@@ -173,27 +173,20 @@ def _refund(limiter: RateLimiter, counted: list[tuple[str, int]], window: int) -
         limiter.hit(key, limit, window, cost=-1)
 
 
+#: The session behind a token, on every request: run on the driver directly (see run_sql).
+_PRINCIPAL_SQL = (
+    "SELECT users.id, users.username, users.user_type, users.member_id, tokens.expires_at "
+    "FROM tokens JOIN users ON users.id = tokens.user_id WHERE tokens.token_hash = :token_hash"
+)
+
+
 def principal_for_token(db: Engine, token: str | None) -> Principal:
     if not token:
         raise noauth()
-    with db.connect() as conn:
-        row = (
-            conn.execute(
-                select(
-                    users.c.id,
-                    users.c.username,
-                    users.c.user_type,
-                    users.c.member_id,
-                    tokens.c.expires_at,
-                )
-                .select_from(tokens.join(users, users.c.id == tokens.c.user_id))
-                .where(tokens.c.token_hash == _token_hash(token))
-            )
-            .mappings()
-            .first()
-        )
-    if row is None or row["expires_at"] <= now_s():
+    rows = run_sql(db, _PRINCIPAL_SQL, {"token_hash": _token_hash(token)})
+    if not rows or rows[0]["expires_at"] <= now_s():
         raise noauth("Authentication failed - token expired or invalid; log in again")
+    row = rows[0]
     return Principal(row["id"], row["username"], row["user_type"], row["member_id"])
 
 

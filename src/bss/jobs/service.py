@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 
-from bss.db import fmt_ts, init_db, is_sqlite, make_engine, now_s, write_tx
+from bss.db import fmt_ts, init_db, is_sqlite, make_engine, now_s, run_sql, write_tx
 from bss.errors import ERR_PENDING, RATE_LIMIT_EXCEEDED, syntax, upload_limit
 from bss.files import FileStore, open_files
 from bss.files.local import LocalFiles
@@ -133,9 +133,10 @@ class JobService:
 
     # --- reads -----------------------------------------------------------------------------
 
-    def job_row(self, job_id: str) -> Any | None:
-        with self.db.connect() as conn:
-            return conn.execute(select(jobs).where(jobs.c.job_id == job_id)).mappings().first()
+    def job_row(self, job_id: str) -> dict[str, Any] | None:
+        # Every status poll reads this: on the driver directly (see run_sql).
+        rows = run_sql(self.db, "SELECT * FROM jobs WHERE job_id = :job_id", {"job_id": job_id})
+        return rows[0] if rows else None
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         """The job object (documented fields plus upload_source/source_key), or None."""
