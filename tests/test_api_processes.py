@@ -279,3 +279,52 @@ def test_serve_processes_share_one_port_limits_and_roles(tmp_path: Path):
     finally:
         srv.stop()
     assert srv.proc.returncode == 0
+
+
+def test_two_worker_processes_beside_an_api_only_server(servers, tmp_path: Path):
+    (srv,) = servers(1)  # BSS_WORKERS=0: the API never works a job itself
+    admin = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
+    admin.member(14)
+    segs = [admin.segment(14, f"p{i}")["id"] for i in range(5)]
+    # a member known before the jobs: every lookup made while they write must see exactly it
+    first = admin.new_job(14)
+    assert admin.upload(first, legacy([f"77,{segs[0]}:0"]))["status"] == "OK"
+    workers = [
+        ServerProc(srv.data_dir, {"workers": 1}, command=("worker",)).start() for _ in range(2)
+    ]
+    try:
+        admin.wait(14, first["job_id"])
+        assert set(admin.segments_of(14, uid=77)) == {segs[0]}
+        lines = 20_000
+        jobs = []
+        for k in range(1, 5):
+            job = admin.new_job(14)
+            body = legacy([f"{k * 1_000_000 + i},{segs[k]}:0" for i in range(lines)])
+            assert admin.upload(job, body)["status"] == "OK"
+            jobs.append(job)
+        lookups = 0
+        while any(admin.job(14, j["job_id"])["phase"] not in ("completed", "error") for j in jobs):
+            assert set(admin.segments_of(14, uid=77)) == {segs[0]}
+            lookups += 1
+        assert lookups > 0  # the last upload's job cannot be done before the first look
+        for k, job in enumerate(jobs, start=1):
+            done = admin.job(14, job["job_id"])
+            assert done["phase"] == "completed" and done["num_valid"] == lines
+            assert set(admin.segments_of(14, uid=k * 1_000_000 + lines - 1)) == {segs[k]}
+            assert admin.get("/segment", id=segs[k])["segment"]["member_count"] == lines
+        assert set(admin.segments_of(14, uid=77)) == {segs[0]}
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert [w.proc.returncode for w in workers if w.proc] == [0, 0]
+    # both worker processes took jobs (a job is claimed by one worker only)
+    db = sqlite3.connect(srv.data_dir / "bss.db")
+    ours = {j["job_id"] for j in jobs}
+    owners = {
+        claimed_by.split(":")[1]  # host:pid:nonce:w0
+        for job_id, claimed_by in db.execute("SELECT job_id, claimed_by FROM jobs")
+        if job_id in ours
+    }
+    db.close()
+    worker_pids = {str(w.proc.pid) for w in workers if w.proc}
+    assert owners == worker_pids

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from bss.db import INT32_MAX, bounded_int, fmt_ts, now_s, write_tx
+from bss.db import INT32_MAX, bounded_int, fmt_ts, now_s, run_sql, write_tx
 from bss.errors import BssError, notfound, syntax
 from bss.formats.config import WEBHOOK_FIELDS, BatchSegmentConfig, ConfigError, load_config
 from bss.ingest.registry import SegmentRegistry
@@ -243,9 +243,14 @@ def registry_for(
 def segments_by_ids(db: Engine, ids: list[int]) -> dict[int, Any]:
     if not ids:
         return {}
-    with db.connect() as conn:
-        rows = conn.execute(select(segments).where(segments.c.id.in_(ids))).mappings()
-        return {r["id"]: r for r in rows}
+    # Every lookup (GET /user-segments) names its segments: on the driver directly (run_sql).
+    marks = ", ".join(f":id{i}" for i in range(len(ids)))
+    rows = run_sql(
+        db,
+        f"SELECT * FROM segments WHERE id IN ({marks})",
+        {f"id{i}": int(segment_id) for i, segment_id in enumerate(ids)},
+    )
+    return {r["id"]: r for r in rows}
 
 
 # --- batch segment config --------------------------------------------------------------------
