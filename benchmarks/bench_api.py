@@ -54,6 +54,7 @@ def start_server(data_dir: Path, processes: int) -> tuple[subprocess.Popen[bytes
         "BSS_REQUESTS_PER_MINUTE": "100000000",
         "BSS_MAX_PENDING_JOBS": "100000000",
         "BSS_LOGINS_PER_WINDOW": "1000",
+        "BSS_MAX_FILE_BYTES": str(4 << 30),  # the 10M-line file is about the 0.5 GB limit
         "BSS_WORKERS": "1",  # fills the store first; idle while the API is measured
         "BSS_PROCESSES": str(processes),
     }
@@ -196,12 +197,20 @@ def fill_store(url: str, auth: dict[str, str], tmpdir: Path, lines: int) -> list
             "batch_segment_upload_job"
         ]
         started = time.perf_counter()
-        with path.open("rb") as fh:
-            resp = client.post(
-                job["upload_url"],
-                content=fh.read(),
-                headers={"Content-Type": "application/octet-stream"},
-            )
+
+        def chunks():  # type: ignore[no-untyped-def]
+            with path.open("rb") as fh:
+                while block := fh.read(1 << 20):
+                    yield block
+
+        resp = client.post(
+            job["upload_url"],
+            content=chunks(),
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(path.stat().st_size),
+            },
+        )
         assert resp.json()["response"]["status"] == "OK", resp.text[:500]
         while True:
             state = client.get(

@@ -67,7 +67,7 @@ class ServerProc:
         self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         if self.command[0] != "serve":  # a worker has no HTTP to wait for
             return self
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a loaded machine takes long to import everything
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"bss serve exited early:\n{self.log()}")
