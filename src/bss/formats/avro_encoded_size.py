@@ -109,14 +109,15 @@ def _union_sizes(
 
 
 def _array_sizes(array: pa.Array, items: Any, named: dict[str, Any]) -> Sizes:
-    n = len(array)
     counts = _ints(pc.list_value_length(array))
     flat = pc.list_flatten(array)
     item_sizes = value_sizes(flat, items, named)
     if item_sizes is None:
         return None
-    parents = np.asarray(pc.list_parent_indices(array).to_numpy(zero_copy_only=False))
-    sums = np.bincount(parents, weights=item_sizes, minlength=n).astype(np.int64)
+    # Items of consecutive arrays are consecutive: per-array sums from a running total.
+    running = np.concatenate([[0], np.cumsum(item_sizes, dtype=np.int64)])
+    ends = np.cumsum(counts, dtype=np.int64)
+    sums = running[ends] - running[ends - counts]
     # A non-empty array is one block: its count, its items, then the 0 that ends it.
     return np.where(counts == 0, 1, varint_sizes(counts) + sums + 1)
 

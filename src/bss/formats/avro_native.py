@@ -204,52 +204,58 @@ def _lower(series: pl.Series) -> pl.Series:
     )
 
 
-def _user_columns(
-    cols: pl.DataFrame, branch: pl.Series, config: BatchSegmentConfig, member_id: int
-) -> tuple[pl.Series, pl.Series, pl.Series]:
-    """user_kind, user_key, user_error per record: the rules of avro_rules.user_functions."""
-    default_owner = config.external_member_uid or member_id
-    names = set(cols.columns)
-    kinds: list[tuple[str, int, pl.Expr, pl.Expr]] = []  # branch, kind, key, error
+_UserRule = tuple[int, pl.Expr, pl.Expr]  # user_kind, user_key, user_error
 
-    def text(name: str) -> pl.Series:
-        return cols[name].fill_null("")
 
-    if "anid" in names:
-        anid = cols["anid"]
-        key = anid.cast(pl.Int64).reinterpret(signed=False).cast(pl.String)
-        error = pl.when(anid == 0).then(pl.lit("anid 0 is not a valid user ID"))
-        kinds.append(("anid", KIND_ANID, pl.lit(key), error))
-    if "ifa.id" in names:
-        ident, kind = text("ifa.id"), text("ifa.type")
+def _branch_rules(branch: str, rows: pl.DataFrame, default_owner: int) -> _UserRule:
+    """The rules of avro_rules.user_functions for one branch, over that branch's rows."""
+
+    def text(field: str) -> pl.Series:
+        return rows[f"{branch}.{field}"].fill_null("")
+
+    def lower(field: str) -> pl.Expr:
+        return pl.lit(_lower(text(field)))
+
+    if branch == "anid":
+        anid = rows["anid"]
+        key = pl.lit(anid.reinterpret(signed=False).cast(pl.String))
+        return (
+            KIND_ANID,
+            key,
+            pl.when(pl.lit(anid) == 0).then(pl.lit("anid 0 is not a valid user ID")),
+        )
+    if branch == "ifa":
+        ident, kind = pl.lit(text("id")), pl.lit(text("type"))
         error = (
-            pl.when(pl.lit(ident) == "")
+            pl.when(ident == "")
             .then(pl.lit("ifa id is empty"))
-            .when(pl.lit(kind) == "")
+            .when(kind == "")
             .then(pl.lit("ifa type is empty"))
         )
-        key = pl.lit(_lower(kind)) + ":" + pl.lit(_lower(ident))
-        kinds.append(("ifa", KIND_IFA, key, error))
-    if "xfa.ip" in names:
-        ip = text("xfa.ip")
-        make = cols["xfa.device_make_id"].fill_null(0).cast(pl.String)
-        model = cols["xfa.device_model_id"].fill_null(0).cast(pl.String)
-        error = pl.when(pl.lit(ip) == "").then(pl.lit("xfa ip is empty"))
-        kinds.append(("xfa", KIND_XFA, pl.lit(make) + ":" + pl.lit(model) + ":" + ip, error))
-    if "external_id.id" in names:
-        ident, owner = text("external_id.id"), cols["external_id.member_id"]
+        return KIND_IFA, lower("type") + ":" + lower("id"), error
+    if branch == "xfa":
+        ip = pl.lit(text("ip"))
+        make = pl.lit(rows["xfa.device_make_id"].fill_null(0).cast(pl.String))
+        model = pl.lit(rows["xfa.device_model_id"].fill_null(0).cast(pl.String))
+        return (
+            KIND_XFA,
+            make + ":" + model + ":" + ip,
+            pl.when(ip == "").then(pl.lit("xfa ip is empty")),
+        )
+    if branch == "external_id":
+        ident, owner = pl.lit(text("id")), pl.lit(rows["external_id.member_id"])
         owner = (
-            pl.when(pl.lit(owner).fill_null(0) != 0)
-            .then(pl.lit(owner))
+            pl.when(owner.fill_null(0) != 0)
+            .then(owner)
             .otherwise(pl.lit(default_owner, pl.Int64))
             .cast(pl.String)
         )
-        error = pl.when(pl.lit(ident) == "").then(pl.lit("external_id id is empty"))
-        kinds.append(("external_id", KIND_EXTERNAL, owner + ":" + pl.lit(ident), error))
-    if "device_id.id" in names:
-        ident, domain = text("device_id.id"), _lower(text("device_id.domain"))
+        error = pl.when(ident == "").then(pl.lit("external_id id is empty"))
+        return KIND_EXTERNAL, owner + ":" + ident, error
+    if branch == "device_id":
+        ident, domain = text("id"), _lower(text("domain"))
         known = domain.is_in(sorted(DEVICE_DOMAINS))
-        unknown = domain.filter(~known & (ident != "") & (branch == "device_id")).unique()
+        unknown = domain.filter(~known & (ident != "")).unique()
         messages = {d: f"device_id domain {d!r} is not supported" for d in unknown.to_list()}
         error = (
             pl.when(pl.lit(ident) == "")
@@ -257,38 +263,38 @@ def _user_columns(
             .when(~pl.lit(known))
             .then(pl.lit(domain).replace_strict(messages, default=None, return_dtype=pl.String))
         )
-        key = pl.lit(domain) + ":" + pl.lit(_lower(ident))
-        kinds.append(("device_id", KIND_DEVICE, key, error))
-    if "eid.source" in names:
-        source, ident = text("eid.source"), text("eid.id")
-        error = (
-            pl.when(pl.lit(source) == "")
-            .then(pl.lit("eid source is empty"))
-            .when(pl.lit(ident) == "")
-            .then(pl.lit("eid id is empty"))
-        )
-        kinds.append(("eid", KIND_EID, pl.lit(_lower(source)) + ":" + pl.lit(ident), error))
+        return KIND_DEVICE, pl.lit(domain) + ":" + lower("id"), error
+    source, ident = pl.lit(text("source")), pl.lit(text("id"))  # eid
+    error = (
+        pl.when(source == "")
+        .then(pl.lit("eid source is empty"))
+        .when(ident == "")
+        .then(pl.lit("eid id is empty"))
+    )
+    return KIND_EID, lower("source") + ":" + ident, error
 
-    frame = pl.DataFrame({"branch": branch})
-    is_branch = {name: pl.col("branch") == name for name, _, _, _ in kinds}
-    error_expr: pl.Expr = pl.lit(None, pl.String)
-    kind_expr: pl.Expr = pl.lit(None, pl.UInt8)
-    key_expr: pl.Expr = pl.lit(None, pl.String)
-    for name, kind, key, error in reversed(kinds):
-        error_expr = pl.when(is_branch[name]).then(error.otherwise(None)).otherwise(error_expr)
-        kind_expr = pl.when(is_branch[name]).then(pl.lit(kind, pl.UInt8)).otherwise(kind_expr)
-        key_expr = pl.when(is_branch[name]).then(key).otherwise(key_expr)
-    out = frame.select(
-        user_error=error_expr.cast(pl.String),
-        user_kind=kind_expr.cast(pl.UInt8),
-        user_key=key_expr.cast(pl.String),
-    )
-    valid = out["user_error"].is_null()
-    return (
-        out["user_kind"].zip_with(valid, pl.Series([None], dtype=pl.UInt8)),
-        out["user_key"].zip_with(valid, pl.Series([None], dtype=pl.String)),
-        out["user_error"],
-    )
+
+def _user_columns(
+    cols: pl.DataFrame, branch: pl.Series, config: BatchSegmentConfig, member_id: int
+) -> tuple[pl.Series, pl.Series, pl.Series]:
+    """user_kind, user_key, user_error per record; each branch's rules run on its rows only."""
+    default_owner = config.external_member_uid or member_id
+    n = len(branch)
+    kinds = pl.repeat(None, n, dtype=pl.UInt8, eager=True)
+    keys = pl.repeat(None, n, dtype=pl.String, eager=True)
+    errors = pl.repeat(None, n, dtype=pl.String, eager=True)
+    for name in branch.unique().drop_nulls().to_list():
+        where = (branch == name).arg_true()
+        rows = cols.select(c for c in cols.columns if c == name or c.startswith(f"{name}."))
+        kind, key, error = _branch_rules(name, rows[where], default_owner)
+        out = pl.select(
+            user_error=error.otherwise(None).cast(pl.String), user_key=key.cast(pl.String)
+        )
+        valid = out["user_error"].is_null()
+        errors.scatter(where, out["user_error"])
+        keys.scatter(where, out["user_key"].zip_with(valid, pl.Series([None], dtype=pl.String)))
+        kinds.scatter(where, pl.select(pl.when(valid).then(pl.lit(kind, pl.UInt8))).to_series())
+    return kinds, keys, errors
 
 
 def _segment_rows(segments: pa.ChunkedArray | pa.Array, first_line_no: int) -> pl.DataFrame:
