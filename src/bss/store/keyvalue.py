@@ -55,6 +55,8 @@ _ENTRY_STRUCT = struct.Struct("<qqqqB")
 NULL_VALUE = -(1 << 63)
 _I64 = struct.Struct("<q")
 _SEG = struct.Struct(">q")
+#: A count event's key: the second, then the segment id (both big-endian, so sorted by time).
+_EVENT = struct.Struct(">qq")
 _FOLDED = b"folded_through"
 _DROPPED = b"dropped_by_deletions"
 #: Counts lagging the clock by more than this are folded forward by the reader.
@@ -235,12 +237,12 @@ class LmdbStore:
                 self._add(txn, self._count_base, _SEG.pack(seg), delta)
         pending = ~into_base
         if pending.any():
-            pairs = np.zeros(int(pending.sum()), dtype=[("second", ">i8"), ("seg", ">i8")])
-            pairs["second"], pairs["seg"] = seconds[pending], segs[pending]
-            uniq, inverse = np.unique(pairs, return_inverse=True)
-            sums = np.bincount(inverse.ravel(), weights=deltas[pending]).astype(np.int64)
-            for key, delta in zip(uniq, sums.tolist(), strict=True):
-                self._add(txn, self._count_events, key.tobytes(), delta)
+            # One int64 per (second, segment): seconds and segment ids are both below 2**31.
+            combined = (seconds[pending] << 32) | segs[pending]
+            uniq, inverse = np.unique(combined, return_inverse=True)
+            sums = np.bincount(inverse, weights=deltas[pending]).astype(np.int64)
+            for key, delta in zip(uniq.tolist(), sums.tolist(), strict=True):
+                self._add(txn, self._count_events, _EVENT.pack(key >> 32, key & 0xFFFFFFFF), delta)
 
     def _add(self, txn: lmdb.Transaction, db: lmdb._Database, key: bytes, delta: int) -> None:
         if delta == 0:
