@@ -166,8 +166,8 @@ def serve(settings: Settings, host: str, port: int, *, fd: int | None = None) ->
     db = make_engine(settings.resolved_database_url)
     init_db(db)
     stores = _store_handle(settings)
-    if not settings.resolved_store_url.startswith("lmdb://"):
-        _open_or_exit(stores)  # a shared store must be reachable before we serve
+    # A wrong URL, an old store not yet converted, an unreachable Redis: one line at start.
+    _open_or_exit(stores)
     stop = threading.Event()
     keeper = _start_leases(db, settings, stop)
     app = create_app(settings, db=db, stores=stores, process_id=keeper.process_id)

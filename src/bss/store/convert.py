@@ -36,7 +36,7 @@ def convert_duckdb(old: Path, target: Path, db: Engine, now: int, batch_rows: in
     store = LmdbStore(target)
     copied, highest = 0, 0
     try:
-        reader = con.execute(_WINNERS, [now]).fetch_record_batch(batch_rows)
+        reader = con.sql(_WINNERS, params=[now]).to_arrow_reader(batch_rows)
         for record_batch in reader:
             batch = pa.Table.from_batches([record_batch]).cast(APPLY_SCHEMA)
             if batch.num_rows:
