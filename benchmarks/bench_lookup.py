@@ -1,0 +1,123 @@
+"""User lookups on a big store: in process and over HTTP, against baselines of the same run.
+
+Fills an LMDB store with the bench_store workload (job 1 of N lines, about 3.5 N pairs, and
+the overlapping job 2), then measures:
+
+* in process, one core: single-user `user_segments` (lookups/s, p50/p99) and batches of
+  1000 users (`users_segments`, p50/p99);
+* over HTTP against a real `bss serve` on that data dir: GET /user-segments with a few
+  concurrent clients (p50/p99, req/s) and POST /user-segments with 1000 users, each next to
+  GET /health at the same concurrency (the HTTP floor).
+
+    python benchmarks/bench_lookup.py --lines 10000000 --clients 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import bench_store
+import httpx
+import numpy as np
+from bench_api import ADMIN, PASSWORD, load, start_server
+from bench_store import NOW, jobs
+
+from bss.store.keyvalue import LmdbStore
+
+
+def fill(data_dir: Path, lines: int) -> tuple[np.ndarray, int, float]:
+    store = LmdbStore(data_dir / "memberships.lmdb")
+    pairs, started = 0, time.perf_counter()
+    for _, batch in jobs(lines):
+        store.apply(batch)
+        pairs += batch.num_rows
+    took = time.perf_counter() - started
+    store.close()
+    return bench_store.LOOKUP_UIDS, pairs, took
+
+
+def in_process(data_dir: Path, uids: np.ndarray, lookups: int, batches: int) -> dict:
+    store = LmdbStore(data_dir / "memberships.lmdb")
+    rng = np.random.default_rng(5)
+    keys = uids[rng.integers(0, len(uids), lookups)].astype(str).tolist()
+    times = np.empty(lookups)
+    for i, key in enumerate(keys):
+        t0 = time.perf_counter()
+        store.user_segments(1, key, NOW)
+        times[i] = time.perf_counter() - t0
+    batch_times = np.empty(batches)
+    for i in range(batches):
+        users = [(1, u) for u in uids[rng.integers(0, len(uids), 1000)].astype(str).tolist()]
+        t0 = time.perf_counter()
+        store.users_segments(users, NOW)
+        batch_times[i] = time.perf_counter() - t0
+    store.close()
+    return {
+        "lookups_s": lookups / times.sum(),
+        "p50_ms": float(np.percentile(times, 50) * 1e3),
+        "p99_ms": float(np.percentile(times, 99) * 1e3),
+        "batch1000_p50_ms": float(np.percentile(batch_times, 50) * 1e3),
+        "batch1000_p99_ms": float(np.percentile(batch_times, 99) * 1e3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--lookups", type=int, default=100_000)
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--clients", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp) / "data"
+        uids, pairs, took = fill(data_dir, args.lines)
+        print(f"filled {pairs:,} pairs in {took:.0f} s ({pairs / took:,.0f} pairs/s)")
+        local = in_process(data_dir, uids, args.lookups, args.batches)
+        print("in process:", {k: round(v, 3) for k, v in local.items()})
+        proc, url = start_server(data_dir)
+        try:
+            token = httpx.post(
+                f"{url}/auth", json={"auth": {"username": ADMIN, "password": PASSWORD}}
+            ).json()["response"]["token"]
+            keys = uids[np.random.default_rng(9).integers(0, len(uids), args.requests)]
+            keys = keys.astype(str).tolist()
+            health = load(lambda c, i: c.get("/health"), args.requests, args.clients, url, token)
+            get = load(
+                lambda c, i: c.get("/user-segments", params={"uid": keys[i]}),
+                args.requests,
+                args.clients,
+                url,
+                token,
+            )
+            body = {"users": [{"uid": k} for k in keys[:1000]]}
+            post = load(
+                lambda c, i: c.post("/user-segments", json=body),
+                max(20, args.requests // 100),
+                args.clients,
+                url,
+                token,
+            )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        print(f"\n{pairs:,} pairs, {args.clients} concurrent clients; ratios to /health")
+        print("| request | req/s | p50 ms | p99 ms | errors |")
+        print("|---|---|---|---|---|")
+        for name, r in (
+            ("GET /health", health),
+            ("GET /user-segments", get),
+            ("POST /user-segments (1000 users)", post),
+        ):
+            ratio = "" if r is health else f" ({r['p99_ms'] / health['p99_ms']:.1f}x)"
+            print(
+                f"| {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f}{ratio} |"
+                f" {r['errors']} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
