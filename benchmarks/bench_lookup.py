@@ -15,17 +15,98 @@ the overlapping job 2), then measures:
 from __future__ import annotations
 
 import argparse
+import os
+import socket
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import bench_store
 import httpx
 import numpy as np
-from bench_api import ADMIN, PASSWORD, load, start_server
 from bench_store import NOW, jobs
 
 from bss.store.keyvalue import LmdbStore
+
+ADMIN, PASSWORD = "bench-admin", "bench-password-1"
+
+
+def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "BSS_ADMIN_USERNAME": ADMIN,
+        "BSS_ADMIN_PASSWORD": PASSWORD,
+        "BSS_REQUESTS_PER_MINUTE": "100000000",
+        "BSS_WORKERS": "0",
+    }
+    log = (data_dir.parent / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("bss")),
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+        ],
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(1200):
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit("server did not start")
+
+
+def load(
+    make_request: Callable[[httpx.Client, int], httpx.Response],
+    requests: int,
+    clients: int,
+    url: str,
+    token: str,
+) -> dict:
+    """`requests` requests over `clients` threads, each with its own keep-alive client."""
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    counter = iter(range(requests))
+
+    def run() -> None:
+        nonlocal errors
+        with httpx.Client(base_url=url, headers={"Authorization": token}, timeout=60) as client:
+            for i in counter:
+                t0 = time.perf_counter()
+                resp = make_request(client, i)
+                dt = time.perf_counter() - t0
+                with lock:
+                    latencies.append(dt)
+                    errors += resp.status_code != 200
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=run) for _ in range(clients)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    wall = time.perf_counter() - started
+    return {
+        "p50_ms": float(np.percentile(latencies, 50) * 1e3),
+        "p99_ms": float(np.percentile(latencies, 99) * 1e3),
+        "rps": len(latencies) / wall,
+        "errors": errors,
+    }
 
 
 def fill(data_dir: Path, lines: int) -> tuple[np.ndarray, int, float]:
