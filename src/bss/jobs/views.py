@@ -341,7 +341,9 @@ async def _next_chunk(chunks: Any, deadline: float, idle_seconds: float) -> byte
     except StopAsyncIteration:
         return None
     except TimeoutError as exc:
-        if time.monotonic() >= deadline:
+        # Decide by which wait was the shorter one: the event loop's clock (uvloop counts whole
+        # milliseconds) can fire a hair before time.monotonic() reaches the deadline.
+        if left <= idle_seconds:
             raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, ERR_UPLOAD_TIME, 408)) from exc
         raise _UploadFailed(
             BssError(
