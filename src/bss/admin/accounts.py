@@ -6,13 +6,13 @@ import typer
 
 from bss.admin.session import (
     PASSWORD,
-    TOKEN,
     URL,
     USERNAME,
     connect,
     fail,
     given,
     print_json,
+    remote,
     save_token,
     saved_token,
 )
@@ -57,71 +57,54 @@ def logout(url: str = URL) -> None:
 
 
 @member_app.command("create")
+@remote
 def member_create(
+    client: BssClient,
     member_id: int | None = typer.Option(None, "--id", help="Member id (default: the next one)."),
     name: str = typer.Option("", "--name"),
     state: str = typer.Option("active", "--state", help="active or inactive."),
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Create a member and print it as JSON."""
-    with connect(url, username, password, token) as client:
-        print_json(client.create_member(given(id=member_id, name=name, state=state)))
+    print_json(client.create_member(given(id=member_id, name=name, state=state)))
 
 
 @member_app.command("list")
-def member_list(
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
-) -> None:
+@remote
+def member_list(client: BssClient) -> None:
     """Print all members as a JSON list."""
-    with connect(url, username, password, token) as client:
-        print_json(client.list_members())
+    print_json(client.list_members())
 
 
 @member_app.command("show")
+@remote
 def member_show(
+    client: BssClient,
     member_id: int = typer.Argument(...),
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Print one member as JSON."""
-    with connect(url, username, password, token) as client:
-        print_json(client.get_member(member_id))
+    print_json(client.get_member(member_id))
 
 
 @member_app.command("update")
+@remote
 def member_update(
+    client: BssClient,
     member_id: int = typer.Argument(...),
     name: str | None = typer.Option(None, "--name"),
     state: str | None = typer.Option(None, "--state", help="active or inactive."),
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Change the given fields of a member."""
-    with connect(url, username, password, token) as client:
-        print_json(client.update_member(member_id, given(name=name, state=state)))
+    print_json(client.update_member(member_id, given(name=name, state=state)))
 
 
 @member_app.command("delete")
+@remote
 def member_delete(
+    client: BssClient,
     member_id: int = typer.Argument(...),
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Delete a member with its users, segments and config."""
-    with connect(url, username, password, token) as client:
-        client.delete_member(member_id)
+    client.delete_member(member_id)
     typer.echo(f"deleted member {member_id}", err=True)
 
 
@@ -129,17 +112,15 @@ def member_delete(
 
 
 @user_app.command("create")
+@remote
 def user_create(
+    client: BssClient,
     new_username: str = typer.Option(..., "--name", help="The new user's login name."),
     new_password: str | None = typer.Option(
         None, "--new-password", help="At least 8 characters (prompted if not given)."
     ),
     user_type: str = typer.Option("member", "--user-type", help="admin, member, data_provider."),
     member_id: int | None = typer.Option(None, "--member-id", help="Required unless admin."),
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Create a user and print it as JSON."""
     if new_password is None:
@@ -149,62 +130,49 @@ def user_create(
     fields = given(
         username=new_username, password=new_password, user_type=user_type, member_id=member_id
     )
-    with connect(url, username, password, token) as client:
-        print_json(client.create_user(fields))
+    print_json(client.create_user(fields))
 
 
 @user_app.command("list")
+@remote
 def user_list(
+    client: BssClient,
     member_id: int | None = typer.Option(None, "--member-id"),
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Print users (all, or one member's) as a JSON list."""
-    with connect(url, username, password, token) as client:
-        print_json(client.list_users(member_id))
+    print_json(client.list_users(member_id))
 
 
 @user_app.command("show")
+@remote
 def user_show(
+    client: BssClient,
     user_id: int = typer.Argument(...),
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Print one user as JSON."""
-    with connect(url, username, password, token) as client:
-        print_json(client.get_user(user_id))
+    print_json(client.get_user(user_id))
 
 
 @user_app.command("update")
+@remote
 def user_update(
+    client: BssClient,
     user_id: int = typer.Argument(...),
     new_password: str | None = typer.Option(None, "--new-password"),
     user_type: str | None = typer.Option(None, "--user-type"),
     member_id: int | None = typer.Option(None, "--member-id"),
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Change the given fields of a user (a new password ends the user's sessions)."""
     fields = given(password=new_password, user_type=user_type, member_id=member_id)
-    with connect(url, username, password, token) as client:
-        print_json(client.update_user(user_id, fields))
+    print_json(client.update_user(user_id, fields))
 
 
 @user_app.command("delete")
+@remote
 def user_delete(
+    client: BssClient,
     user_id: int = typer.Argument(...),
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Delete a user."""
-    with connect(url, username, password, token) as client:
-        client.delete_user(user_id)
+    client.delete_user(user_id)
     typer.echo(f"deleted user {user_id}", err=True)

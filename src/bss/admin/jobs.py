@@ -10,7 +10,8 @@ from typing import Any
 
 import typer
 
-from bss.admin.session import PASSWORD, TOKEN, URL, USERNAME, connect, fail, print_json
+from bss.admin.session import PASSWORD, TOKEN, URL, USERNAME, connect, fail, print_json, remote
+from bss.client import BssClient
 from bss.ingest.result import COUNTER_NAMES
 
 _MEMBER = typer.Option(..., "--member-id", help="The member the job belongs to.")
@@ -84,25 +85,20 @@ def upload(
         raise typer.Exit(1)
 
 
+@remote
 def status(
+    client: BssClient,
     job_id: str = typer.Argument(..., help="The job_id (40 characters)."),
     member_id: int = _MEMBER,
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Print one job as JSON."""
-    with connect(url, username, password, token) as client:
-        print_json(client.get_job(member_id, job_id))
+    print_json(client.get_job(member_id, job_id))
 
 
+@remote
 def jobs(
+    client: BssClient,
     member_id: int = _MEMBER,
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
     start_element: int = typer.Option(0, "--start-element"),
     num_elements: int = typer.Option(100, "--num-elements"),
     sort: str | None = typer.Option(None, "--sort", help="e.g. last_modified.desc"),
@@ -111,10 +107,9 @@ def jobs(
     from rich.console import Console
     from rich.table import Table
 
-    with connect(url, username, password, token) as client:
-        body = client.list_jobs(
-            member_id, start_element=start_element, num_elements=num_elements, sort=sort
-        )
+    body = client.list_jobs(
+        member_id, start_element=start_element, num_elements=num_elements, sort=sort
+    )
     table = Table(title=f"jobs of member {member_id} ({body['count']} total)")
     for col in ("id", "job_id", "phase", "percent", "num_valid", "error_code", "last_modified"):
         table.add_column(col, no_wrap=col in ("job_id", "last_modified"))

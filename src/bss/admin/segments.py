@@ -11,17 +11,13 @@ from typing import Any
 import typer
 
 from bss.admin.session import (
-    PASSWORD,
-    TOKEN,
-    URL,
-    USERNAME,
-    connect,
     fail,
     given,
     parse_assignments,
     print_json,
+    remote,
 )
-from bss.client import BssError
+from bss.client import BssClient, BssError
 
 segment_app = typer.Typer(no_args_is_help=True, help="Segments of a member.")
 config_app = typer.Typer(no_args_is_help=True, help="Batch segment upload configs (admin).")
@@ -32,7 +28,9 @@ IMPORT_COLUMNS = ("id", "code", "short_name", "state", "expire_minutes")
 
 
 @segment_app.command("create")
+@remote
 def segment_create(
+    client: BssClient,
     member_id: int = typer.Option(..., "--member-id"),
     code: str | None = typer.Option(None, "--code", help="Unique per member, case-insensitive."),
     segment_id: int | None = typer.Option(
@@ -42,10 +40,6 @@ def segment_create(
     description: str | None = typer.Option(None, "--description"),
     state: str | None = typer.Option(None, "--state", help="active (default) or inactive."),
     expire_minutes: int | None = typer.Option(None, "--expire-minutes"),
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Create a segment and print it as JSON."""
     fields = given(
@@ -56,49 +50,40 @@ def segment_create(
         state=state,
         expire_minutes=expire_minutes,
     )
-    with connect(url, username, password, token) as client:
-        print_json(client.create_segment(member_id, fields))
+    print_json(client.create_segment(member_id, fields))
 
 
 @segment_app.command("list")
+@remote
 def segment_list(
+    client: BssClient,
     member_id: int | None = typer.Option(None, "--member-id", help="Admin: all if omitted."),
     search: str | None = typer.Option(None, "--search", help="In code, short name, description."),
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Print segments as a JSON list (every page)."""
-    with connect(url, username, password, token) as client:
-        print_json(client.list_segments(member_id, search=search))
+    print_json(client.list_segments(member_id, search=search))
 
 
 @segment_app.command("show")
+@remote
 def segment_show(
+    client: BssClient,
     segment_id: int = typer.Argument(...),
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Print one segment as JSON."""
-    with connect(url, username, password, token) as client:
-        print_json(client.get_segment(segment_id))
+    print_json(client.get_segment(segment_id))
 
 
 @segment_app.command("update")
+@remote
 def segment_update(
+    client: BssClient,
     segment_id: int = typer.Argument(...),
     code: str | None = typer.Option(None, "--code"),
     short_name: str | None = typer.Option(None, "--short-name"),
     description: str | None = typer.Option(None, "--description"),
     state: str | None = typer.Option(None, "--state"),
     expire_minutes: int | None = typer.Option(None, "--expire-minutes"),
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Change the given fields of a segment."""
     fields = given(
@@ -108,21 +93,17 @@ def segment_update(
         state=state,
         expire_minutes=expire_minutes,
     )
-    with connect(url, username, password, token) as client:
-        print_json(client.update_segment(segment_id, fields))
+    print_json(client.update_segment(segment_id, fields))
 
 
 @segment_app.command("delete")
+@remote
 def segment_delete(
+    client: BssClient,
     segment_id: int = typer.Argument(...),
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Delete a segment."""
-    with connect(url, username, password, token) as client:
-        client.delete_segment(segment_id)
+    client.delete_segment(segment_id)
     typer.echo(f"deleted segment {segment_id}", err=True)
 
 
@@ -159,7 +140,9 @@ def read_segment_file(path: Path) -> list[dict[str, Any]]:
 
 
 @segment_app.command("import")
+@remote
 def segment_import(
+    client: BssClient,
     file: Path = typer.Argument(
         ...,
         exists=True,
@@ -167,10 +150,6 @@ def segment_import(
         help="CSV (id,code,short_name,state,expire_minutes) or JSON list.",
     ),
     member_id: int = typer.Option(..., "--member-id"),
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Create the file's segments, keeping their ids, and print them as a JSON list.
 
@@ -180,14 +159,13 @@ def segment_import(
     if not items:
         fail(f"{file}: no segments in it", 2)
     created: list[dict[str, Any]] = []
-    with connect(url, username, password, token) as client:
-        for start in range(0, len(items), IMPORT_BATCH):
-            batch = items[start : start + IMPORT_BATCH]
-            try:
-                created.extend(client.create_segments(member_id, batch))
-            except BssError as exc:
-                where = f"segments {start + 1}-{start + len(batch)} of {len(items)}"
-                fail(f"{where}: {exc}; {len(created)} segments before them were created")
+    for start in range(0, len(items), IMPORT_BATCH):
+        batch = items[start : start + IMPORT_BATCH]
+        try:
+            created.extend(client.create_segments(member_id, batch))
+        except BssError as exc:
+            where = f"segments {start + 1}-{start + len(batch)} of {len(items)}"
+            fail(f"{where}: {exc}; {len(created)} segments before them were created")
     print_json(created)
     typer.echo(f"imported {len(created)} segments", err=True)
 
@@ -220,71 +198,54 @@ _SET = typer.Option(
 
 
 @config_app.command("show")
+@remote
 def config_show(
+    client: BssClient,
     member_id: int = typer.Option(..., "--member-id"),
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Print the member's config (the defaults if it has none) as JSON."""
-    with connect(url, username, password, token) as client:
-        print_json(client.get_config(member_id))
+    print_json(client.get_config(member_id))
 
 
 @config_app.command("list")
-def config_list(
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
-) -> None:
+@remote
+def config_list(client: BssClient) -> None:
     """Print the config of every member as a JSON list."""
-    with connect(url, username, password, token) as client:
-        print_json([client.get_config(m["id"]) for m in client.list_members()])
+    print_json([client.get_config(m["id"]) for m in client.list_members()])
 
 
 @config_app.command("create")
+@remote
 def config_create(
+    client: BssClient,
     member_id: int = typer.Option(..., "--member-id"),
     file: Path | None = _FILE,
     assignments: list[str] = _SET,
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Set the member's whole config (fields not given take their defaults)."""
     fields = _config_fields(file, assignments)
-    with connect(url, username, password, token) as client:
-        print_json(client.set_config(member_id, fields))
+    print_json(client.set_config(member_id, fields))
 
 
 @config_app.command("update")
+@remote
 def config_update(
+    client: BssClient,
     member_id: int = typer.Option(..., "--member-id"),
     file: Path | None = _FILE,
     assignments: list[str] = _SET,
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Change the given fields of the member's config, keep the others."""
     fields = _config_fields(file, assignments)
-    with connect(url, username, password, token) as client:
-        print_json(client.set_config(member_id, fields, merge=True))
+    print_json(client.set_config(member_id, fields, merge=True))
 
 
 @config_app.command("delete")
+@remote
 def config_delete(
+    client: BssClient,
     member_id: int = typer.Option(..., "--member-id"),
-    url: str = URL,
-    username: str | None = USERNAME,
-    password: str | None = PASSWORD,
-    token: str | None = TOKEN,
 ) -> None:
     """Drop the member's config: it uses the defaults again."""
-    with connect(url, username, password, token) as client:
-        client.delete_config(member_id)
+    client.delete_config(member_id)
     typer.echo(f"member {member_id} uses the default config again", err=True)

@@ -8,6 +8,8 @@ BSS_USERNAME and BSS_PASSWORD a command logs in by itself (and keeps that token 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import sys
@@ -105,6 +107,40 @@ def connect(
         fail(f"cannot reach {base}: {exc}")
     finally:
         client.close()
+
+
+#: The options every command that talks to the service takes, added by `remote`.
+_CONNECTION = (
+    ("url", str, URL),
+    ("username", str | None, USERNAME),
+    ("password", str | None, PASSWORD),
+    ("token", str | None, TOKEN),
+)
+
+
+def remote(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Make `command(client, ...)` a CLI command with --url, --username, --password and
+    --token in place of `client`: it is called with a client connected by `connect`."""
+    signature = inspect.signature(command)
+    own = [p for p in signature.parameters.values() if p.name != "client"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+        for name, kind, default in _CONNECTION
+    ]
+
+    @functools.wraps(command)
+    def run(
+        *, url: str, username: str | None, password: str | None, token: str | None, **options: Any
+    ) -> Any:
+        with connect(url, username, password, token) as client:
+            return command(client, **options)
+
+    # Typer reads the parameters from the signature and their types from the annotations.
+    run.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
+    hints = dict(inspect.get_annotations(command, eval_str=True))
+    hints.pop("client", None)
+    run.__annotations__ = hints | {name: kind for name, kind, _ in _CONNECTION}
+    return run
 
 
 def print_json(value: Any) -> None:
