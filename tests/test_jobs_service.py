@@ -112,7 +112,7 @@ def test_url_expiry_is_persisted(tmp_path):
     svc = _service(tmp_path, upload_url_ttl_seconds=1)
     job = svc.create_job(1, "http://x")
     assert job["phase"] == "starting"
-    time.sleep(1.1)
+    time.sleep(2.1)  # whole seconds: a 1 s TTL ends after 1 to 2 s
     assert svc.get_job(job["job_id"])["error_code"] == "upload_url_expired"  # shown at once
     assert svc.expire_urls() == 1
     assert svc.job_row(job["job_id"])["phase"] == "error"

@@ -115,7 +115,7 @@ def test_an_expired_url_says_expired_every_time(bss_server):
     api = Api(bss_server(upload_url_ttl_seconds=1).url, ADMIN_USER, ADMIN_PASSWORD)
     api.member(3)
     job = api.new_job(3)
-    time.sleep(1.1)
+    time.sleep(2.1)  # whole seconds: a 1 s TTL ends after 1 to 2 s
     for _ in range(2):  # the second time the job is already marked failed
         body = api.upload(job, b"1,1:0\n")
         assert (body["_http"], body["error_code"]) == (410, "upload_url_expired"), body

@@ -184,7 +184,8 @@ def principal_for_token(db: Engine, token: str | None) -> Principal:
     if not token:
         raise noauth()
     rows = run_sql(db, _PRINCIPAL_SQL, {"token_hash": _token_hash(token)})
-    if not rows or rows[0]["expires_at"] <= now_s():
+    # Times are whole seconds: a token lives at least its TTL (up to a second more), never less.
+    if not rows or rows[0]["expires_at"] < now_s():
         raise noauth("Authentication failed - token expired or invalid; log in again")
     row = rows[0]
     return Principal(row["id"], row["username"], row["user_type"], row["member_id"])
@@ -198,7 +199,7 @@ def logout(db: Engine, token: str) -> None:
 def purge_auth(db: Engine, settings: Settings) -> None:
     now = now_s()
     with write_tx(db) as conn:
-        conn.execute(delete(tokens).where(tokens.c.expires_at <= now))
+        conn.execute(delete(tokens).where(tokens.c.expires_at < now))
         conn.execute(delete(logins).where(logins.c.at <= now - settings.login_window_seconds))
 
 

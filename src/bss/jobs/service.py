@@ -123,7 +123,8 @@ class JobService:
         return out
 
     def _url_expired(self, row: Any, now: int) -> bool:
-        return row["created_on"] <= now - self.settings.upload_url_ttl_seconds
+        # Whole seconds: a URL lives at least its TTL (up to a second more), never less.
+        return row["created_on"] < now - self.settings.upload_url_ttl_seconds
 
     def _job_finished(self, conn: Connection, job_pk: int) -> None:
         """In the transaction that moved an uploaded job to completed or error: queue its
@@ -263,7 +264,7 @@ class JobService:
                 update(jobs)
                 .where(
                     jobs.c.phase == "starting",
-                    jobs.c.created_on <= now - self.settings.upload_url_ttl_seconds,
+                    jobs.c.created_on < now - self.settings.upload_url_ttl_seconds,
                 )
                 .values(
                     phase="error",
