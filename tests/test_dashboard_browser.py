@@ -189,9 +189,9 @@ def test_member_flow_upload_watch_report_lookup_segment_logout(
         "News readers",
     )
     page.fill("#short_name", "Daily news readers")
-    page.click("#segment-form button[type=submit]")
-    page.wait_for_load_state()
-    page.wait_for_function("document.querySelector('#short_name').value === 'Daily news readers'")
+    with page.expect_navigation():  # the page reloads itself once the PUT is answered
+        page.click("#segment-form button[type=submit]")
+    assert page.input_value("#short_name") == "Daily news readers"  # as the server renders it
     assert admin.get("/segment", id=new_id)["segment"]["short_name"] == "Daily news readers"
     page.goto(f"{server.url}/ui/segments/{seg}")
     assert page.locator("#segment-jobs tbody tr").count() == 1
