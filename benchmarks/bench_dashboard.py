@@ -13,18 +13,15 @@ Measures, with the baseline taken in the same run on the same machine:
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from harness import ADMIN, PASSWORD, start_server
 from sqlalchemy import insert
 
 from bss.db import init_db, make_engine
@@ -32,14 +29,8 @@ from bss.ingest.result import COUNTER_NAMES
 from bss.jobs.models import jobs
 from bss.jobs.service import new_job_id
 
-ADMIN, PASSWORD = "bench-admin", "bench-password-1"
 MEMBER = 958
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SETTINGS = {"BSS_REQUESTS_PER_MINUTE": "100000000", "BSS_WORKERS": "0"}
 
 
 def seed(data_dir: Path, count: int) -> None:
@@ -79,35 +70,6 @@ def seed(data_dir: Path, count: int) -> None:
             f"VALUES ({MEMBER}, 'bench', 'active', {now}, {now})"
         )
     db.dispose()
-
-
-def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "BSS_ADMIN_USERNAME": ADMIN,
-        "BSS_ADMIN_PASSWORD": PASSWORD,
-        "BSS_REQUESTS_PER_MINUTE": "100000000",
-        "BSS_WORKERS": "0",
-    }
-    bss = Path(sys.executable).with_name("bss")
-    log = (data_dir.parent / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [str(bss), "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        env=env,
-        stdout=log,
-        stderr=log,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("bss serve did not come up")
 
 
 def timed(client: httpx.Client, path: str, repeat: int) -> tuple[float, float, float, int]:
@@ -168,7 +130,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         seed(data_dir, args.jobs)
-        proc, url = start_server(data_dir)
+        proc, url = start_server(data_dir, SETTINGS)
         try:
             client = httpx.Client(base_url=url, timeout=60)
             token = client.post(

@@ -18,61 +18,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
+from harness import ADMIN, PASSWORD, percentile, start_server
 
-ADMIN, PASSWORD = "bench-admin", "bench-password-1"
 MEMBER = 700
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "BSS_ADMIN_USERNAME": ADMIN,
-        "BSS_ADMIN_PASSWORD": PASSWORD,
-        "BSS_REQUESTS_PER_MINUTE": "100000000",
-        # the documented real-time limits, raised for the run
-        "BSS_RT_POSTS_PER_SECOND": "100000000",
-        "BSS_RT_USERS_PER_SECOND": "100000000",
-        "BSS_WORKERS": "0",
-    }
-    bss = Path(sys.executable).with_name("bss")
-    log = (data_dir.parent / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [str(bss), "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        env=env,
-        stdout=log,
-        stderr=log,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise SystemExit("server did not start")
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+SETTINGS = {
+    "BSS_REQUESTS_PER_MINUTE": "100000000",
+    # the documented real-time limits, raised for the run
+    "BSS_RT_POSTS_PER_SECOND": "100000000",
+    "BSS_RT_USERS_PER_SECOND": "100000000",
+    "BSS_WORKERS": "0",
+}
 
 
 def bodies(
@@ -147,7 +109,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(Path(tmp) / "data")
+        proc, url = start_server(Path(tmp) / "data", SETTINGS)
         try:
             http = httpx.Client(base_url=url, timeout=60)
             auth = {"auth": {"username": ADMIN, "password": PASSWORD}}
