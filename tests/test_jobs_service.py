@@ -163,3 +163,17 @@ def test_one_unused_url_under_concurrent_creates_on_sqlite(tmp_path):
     total, items = svc.list_jobs(14, num=100)
     assert total == 40
     assert sum(j["phase"] == "starting" for j in items) == 1
+
+
+def test_a_database_of_an_older_version_gets_the_missing_columns_and_indexes(tmp_path):
+    from sqlalchemy import inspect, text
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'bss.db'}")
+    init_db(engine)
+    with engine.begin() as conn:  # what an older version left: no seq_base, no member index
+        conn.execute(text("DROP INDEX ix_jobs_member_id"))
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN seq_base"))
+    init_db(engine)
+    found = inspect(engine)
+    assert "seq_base" in {c["name"] for c in found.get_columns("jobs")}
+    assert "ix_jobs_member_id" in {i["name"] for i in found.get_indexes("jobs")}

@@ -168,8 +168,8 @@ def run_sql(
 
 
 def init_db(engine: Engine) -> None:
-    """Create every domain's tables (idempotent), and add the nullable columns that a
-    database made by an older version lacks (e.g. jobs.seq_base)."""
+    """Create every domain's tables (idempotent), and add the nullable columns and the
+    indexes that a database made by an older version lacks (e.g. jobs.seq_base)."""
     for name in TABLE_MODULES:
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name)
@@ -188,6 +188,17 @@ def init_db(engine: Engine) -> None:
             except DBAPIError:  # another process added it first
                 if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
                     raise
+        indexed = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in indexed:
+                try:
+                    with write_tx(engine) as conn:
+                        index.create(conn, checkfirst=True)
+                except DBAPIError:  # another process created it first
+                    if index.name not in {
+                        i["name"] for i in inspect(engine).get_indexes(table.name)
+                    }:
+                        raise
 
 
 def bounded_int(
