@@ -9,7 +9,7 @@ import httpx
 import pytest
 from conftest import Api, ServerProc, legacy
 
-from bss.web.security import browser_refusal, csrf_token_for
+from bss.api.browser_guard import browser_refusal, csrf_token_for
 
 PASSWORD = "password-123"
 

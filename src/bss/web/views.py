@@ -1,7 +1,7 @@
 """The dashboard's pages: server-rendered HTML over the same accounts, tokens and services.
 
 Pages only read; every change the browser makes goes through the JSON API (the page's
-scripts call it with the session cookie plus X-CSRF-Token, see bss.web.security).
+scripts call it with the session cookie plus X-CSRF-Token, see bss.api.browser_guard).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from bss.accounts import service as accounts
 from bss.accounts.service import Principal, principal_for_token
+from bss.api.browser_guard import BrowserGuard, csrf_token_for
 from bss.api.deps import TOKEN_COOKIE, member_scope
 from bss.db import fmt_ts, now_s
 from bss.errors import BssError, notfound, syntax
@@ -30,7 +31,6 @@ from bss.jobs.models import PHASES
 from bss.jobs.service import JobService
 from bss.segments import service as segments
 from bss.web import charts, stats
-from bss.web.security import BrowserGuard, csrf_token_for
 
 router = APIRouter(include_in_schema=False)
 STATIC_DIR = Path(__file__).parent / "static"
