@@ -171,9 +171,21 @@ def store_convert(
 
 
 def _settings(**overrides: object):  # type: ignore[no-untyped-def]
+    """The settings, or one line on stderr and exit status 2 when they are invalid."""
+    from pydantic import ValidationError
+
     from bss.settings import Settings
 
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        reasons = "; ".join(
+            (f"BSS_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
+        typer.echo(f"bss: invalid settings: {reasons}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -41,6 +41,7 @@ TABLE_MODULES = (
     "bss.ratelimit",
     "bss.leases",
     "bss.store.seqs",
+    "bss.store.regions",
     "bss.webhooks.models",
     "bss.reports.models",
     "bss.realtime.models",

@@ -7,13 +7,17 @@ is the default, so `bss serve` needs nothing else installed or started.
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MAX_FILE_BYTES = 536_870_912  # 0.5 GB, the documented file limit
+#: Store URL schemes `bss.store.open_store` takes (checked before anything is opened).
+STORE_SCHEMES = ("lmdb", "redis", "rediss", "redis+cluster")
+_REGION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 
 class Settings(BaseSettings):
@@ -36,6 +40,26 @@ class Settings(BaseSettings):
         "Redis server) or redis+cluster://host:port[,host:port...] (a Redis Cluster, see "
         "docs/scale-out.md). Unset: the embedded LMDB environment data_dir/memberships.lmdb, "
         "shared by every process of the machine.",
+    )
+    store_regions: str | None = Field(
+        None,
+        description="Store regions: one membership store per region, as "
+        "`us=<store url>;eu=<store url>` (names: lower-case letters, digits, - and _). Every "
+        "job is applied to every region; it completes when the local region (local_region) "
+        "has it, and the others are caught up from the kept file (docs/scale-out.md). Not "
+        "together with store_url.",
+    )
+    local_region: str | None = Field(
+        None,
+        description="Store regions: the region this process belongs to (one of store_regions): "
+        "jobs complete when it has them, and lookups answer from it unless they name another "
+        "with region=.",
+    )
+    region_retry_max_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Store regions: longest wait between two attempts to catch a region up "
+        "(the first retry comes after 5 s and the wait doubles up to this).",
     )
     store_wait_replicas: int | None = Field(
         None,
@@ -284,6 +308,51 @@ class Settings(BaseSettings):
         "exists.",
     )
 
+    @model_validator(mode="after")
+    def _check_regions(self) -> Settings:
+        if self.store_regions is None:
+            if self.local_region is not None:
+                raise ValueError("BSS_LOCAL_REGION is set but BSS_STORE_REGIONS is not")
+            return self
+        if self.store_url is not None:
+            raise ValueError(
+                "BSS_STORE_REGIONS and BSS_STORE_URL are both set: name the local store as "
+                "one of the regions (BSS_LOCAL_REGION) and unset BSS_STORE_URL"
+            )
+        regions = self.regions
+        if self.local_region not in regions:
+            raise ValueError(
+                f"BSS_LOCAL_REGION must be one of the regions of BSS_STORE_REGIONS "
+                f"({', '.join(regions)}), not {self.local_region!r}"
+            )
+        return self
+
+    @cached_property
+    def regions(self) -> dict[str, str]:
+        """Region name -> store URL, in the order given; empty without store regions."""
+        if self.store_regions is None:
+            return {}
+        out: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in self.store_regions.split(";"))):
+            name, sep, url = (x.strip() for x in part.partition("="))
+            if not sep or not _REGION_NAME.match(name) or not url:
+                raise ValueError(
+                    f"BSS_STORE_REGIONS: {part!r} is not `name=<store url>` (names: lower-case "
+                    "letters, digits, - and _)"
+                )
+            if name in out:
+                raise ValueError(f"BSS_STORE_REGIONS names region {name!r} twice")
+            if url.partition("://")[0] not in STORE_SCHEMES or "://" not in url:
+                raise ValueError(
+                    f"BSS_STORE_REGIONS: region {name!r} has no store URL ({url!r}): use "
+                    "lmdb:///path/to/dir, redis://host:port/db or "
+                    "redis+cluster://host:port[,host:port...]"
+                )
+            out[name] = url
+        if len(out) < 2:
+            raise ValueError("BSS_STORE_REGIONS names fewer than two regions")
+        return out
+
     def make_data_dir(self) -> Path:
         """Create the data dir owner-only (0700) and have every file and folder this process
         creates from now on be owner-only too (umask 077: 0600 / 0700): bss.db holds password
@@ -299,6 +368,10 @@ class Settings(BaseSettings):
 
     @cached_property
     def resolved_store_url(self) -> str:
+        """The membership store this process reads and completes jobs in (with store
+        regions: the local region's)."""
+        if self.local_region is not None:
+            return self.regions[self.local_region]
         return self.store_url or f"lmdb://{(self.data_dir / 'memberships.lmdb').resolve()}"
 
     @cached_property

@@ -24,7 +24,7 @@ from bss.api.envelope import error_response
 from bss.api.lookup import router as lookup_router
 from bss.api.openapi import install as install_openapi
 from bss.db import init_db, make_engine
-from bss.errors import BssError
+from bss.errors import BssError, StoreUnavailable
 from bss.jobs.service import JobService
 from bss.jobs.views import router as jobs_router
 from bss.jobs.worker import StoreHandle
@@ -134,9 +134,7 @@ def create_app(
     app.state.settings = settings
     app.state.db = db
     app.state.jobs = JobService(db, settings)
-    app.state.stores = stores or StoreHandle(
-        settings.resolved_store_url, wait_replicas=settings.store_wait_replicas
-    )
+    app.state.stores = stores or StoreHandle.for_settings(settings)
     app.state.limiter = DatabaseRateLimiter(db)
     app.state.trusted_proxies = trusted_networks(settings.trusted_proxies)
     app.state.process_id = process_id or new_process_id()
@@ -157,6 +155,12 @@ def create_app(
         return error_response(
             BssError("SYNTAX", f"{where}: {first.get('msg', 'invalid request')}", http_status=400)
         )
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request: Request, exc: StoreUnavailable) -> Any:
+        # e.g. a lookup in a store region that is down (region=): the store's fault, said so
+        log.warning("membership store unavailable", extra={"path": request.url.path})
+        return error_response(BssError("SYSTEM", str(exc), http_status=503))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Any:

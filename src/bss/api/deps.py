@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from bss.accounts.service import Principal, principal_for_token
 from bss.db import INT32_MIN, bounded_int
 from bss.errors import BssError, syntax, unauth
+from bss.store import MembershipStore
 
 TOKEN_COOKIE = "bss_token"
 
@@ -131,6 +132,19 @@ async def json_body(request: Request) -> Any:
         return json.loads(raw)
     except ValueError as exc:
         raise syntax(f"request body is not valid JSON: {exc}") from exc
+
+
+def region_store(request: Request) -> MembershipStore:
+    """The membership store a read answers from: the local one, or the store region named
+    by `region=` (400 for a region this service does not have)."""
+    stores = request.app.state.stores
+    region = request.query_params.get("region")
+    if not region:
+        return stores.get()
+    if region not in stores.regions:
+        known = ", ".join(stores.regions) or "none: BSS_STORE_REGIONS is not set"
+        raise syntax(f"unknown region {region!r} (regions: {known})")
+    return stores.get(region)
 
 
 def body_doc(

@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from bss.accounts.service import Principal
-from bss.api.deps import can_touch, int_param, json_body, member_scope, principal
+from bss.api.deps import can_touch, int_param, json_body, member_scope, principal, region_store
 from bss.api.envelope import ok, ok_list
 from bss.db import fmt_ts, now_s
 from bss.errors import BssError, syntax, unauth
@@ -110,7 +110,7 @@ def get_user_segments(request: Request, p: Principal = Depends(principal)) -> An
     qp = request.query_params
     member_id = member_scope(p, qp.get("member_id"), required=False)
     kind, key = user_key(qp, member_id)
-    store = request.app.state.stores.get()
+    store = region_store(request)
     memberships = store.user_segments(int(kind), key, now_s())
     known = segments_by_ids(request.app.state.db, sorted({m.segment_id for m in memberships}))
     items = _segment_items(memberships, known, member_id)
@@ -162,7 +162,7 @@ async def post_user_segments(request: Request, p: Principal = Depends(principal)
     state = request.app.state
 
     def lookup() -> None:
-        found = state.stores.get().users_segments([k for _, k in keyed], now_s())
+        found = region_store(request).users_segments([k for _, k in keyed], now_s())
         ids = sorted({m.segment_id for ms in found for m in ms})
         known = segments_by_ids(state.db, ids)
         for (at, _), memberships in zip(keyed, found, strict=True):
@@ -184,7 +184,7 @@ def get_segment_members(request: Request, p: Principal = Depends(principal)) -> 
     segment = get_segment_row(request.app.state.db, segment_id)
     if not can_touch(p, segment["member_id"]):
         raise unauth(f"You have no access to segment {segment_id}")
-    members = request.app.state.stores.get().segment_members(segment_id, now_s())
+    members = region_store(request).segment_members(segment_id, now_s())
 
     def rows() -> Iterator[str]:
         yield "user_kind,user_key,value,timestamp,expiry\n"

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from bss.accounts.service import purge_auth
 from bss.db import init_db, make_engine, now_s
 from bss.errors import StoreUnavailable, StoreUrlError
+from bss.jobs.regions import RegionCatchUp
 from bss.jobs.service import JobService
 from bss.jobs.worker import StoreHandle, Worker
 from bss.leases import HOSTNAME, LeaseKeeper, reap_dead_local_processes
@@ -72,10 +73,11 @@ def sweeper(
                 deliveries = purge_deliveries(service.db, history)
                 reports = purge_reports(service.db, history)
                 purged = 0
-                try:
-                    purged = stores.get().purge_expired(now_s())
-                except Exception:
-                    log.warning("store purge failed", exc_info=True)
+                for region in (None, *stores.remote_regions):
+                    try:  # a region that is down is purged at a later sweep
+                        purged += stores.get(region).purge_expired(now_s())
+                    except Exception:
+                        log.warning("store purge failed", extra={"region": region}, exc_info=True)
                 log.info(
                     "retention sweep",
                     extra={
@@ -123,16 +125,15 @@ def start_background(
     for i in range(workers):
         worker = Worker(service, stores, stop, name=f"{keeper.process_id}:w{i}")
         threads.append(_thread(worker.run_forever, f"worker-{i}"))
+    if stores.remote_regions:
+        catch_up = RegionCatchUp(service, stores, stop, name=f"{keeper.process_id}:regions")
+        threads.append(_thread(catch_up.run_forever, "regions"))
     threads.append(_thread(lambda: sweeper(service, stores, settings, stop, keeper), "sweeper"))
     threads.append(_thread(lambda: passive_role(settings, service, stop, keeper), "passive-role"))
     for i in range(settings.webhook_threads):
         sender = WebhookSender(service.db, settings, name=f"{keeper.process_id}:h{i}")
         threads.append(_thread(lambda s=sender: s.run_forever(stop), f"webhooks-{i}"))
     return threads
-
-
-def _store_handle(settings: Settings) -> StoreHandle:
-    return StoreHandle(settings.resolved_store_url, wait_replicas=settings.store_wait_replicas)
 
 
 def _open_or_exit(stores: StoreHandle) -> None:
@@ -165,7 +166,7 @@ def serve(settings: Settings, host: str, port: int, *, fd: int | None = None) ->
     settings.make_data_dir()
     db = make_engine(settings.resolved_database_url)
     init_db(db)
-    stores = _store_handle(settings)
+    stores = StoreHandle.for_settings(settings)
     # A wrong URL, an old store not yet converted, an unreachable Redis: one line at start.
     _open_or_exit(stores)
     stop = threading.Event()
@@ -288,7 +289,7 @@ def run_worker(settings: Settings) -> None:
     db = make_engine(settings.resolved_database_url)
     init_db(db)
     service = JobService(db, settings)
-    stores = _store_handle(settings)
+    stores = StoreHandle.for_settings(settings)
     try:
         _open_or_exit(stores)  # fail fast: a wrong URL, an unconverted old store, no Redis
     except SystemExit:

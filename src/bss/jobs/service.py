@@ -29,6 +29,7 @@ from bss.jobs.models import PHASES, jobs
 from bss.leases import live_processes_query
 from bss.reports.service import SegmentLoads, record_loads
 from bss.settings import Settings
+from bss.store import regions
 from bss.webhooks.service import enqueue_job_finished
 
 log = logging.getLogger("bss.jobs")
@@ -140,9 +141,35 @@ class JobService:
         return rows[0] if rows else None
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
-        """The job object (documented fields plus upload_source/source_key), or None."""
+        """The job object (documented fields plus upload_source/source_key, and `regions`
+        with store regions), or None."""
         row = self.job_row(job_id)
-        return None if row is None else self.job_out(row)
+        if row is None:
+            return None
+        out = self.job_out(row)
+        if self.settings.regions:
+            out["regions"] = self.region_states([row])[row["id"]]
+        return out
+
+    def region_states(self, rows: list[Any]) -> dict[int, dict[str, str]]:
+        """Job -> its `regions` extra field: every region, the local one first. The local
+        region has a job once it finished (its phase says how); another region shows its
+        catch-up state, and a finished job that owes it nothing shows "applied"."""
+        owed = regions.job_region_states(self.db, [row["id"] for row in rows])
+        local = self.settings.local_region
+        out = {}
+        for row in rows:
+            phase = row["phase"]
+            finished = phase in ("completed", "error")
+            here = "applied" if finished else "applying" if phase == "processing" else "pending"
+            states = {local: here} if local else {}
+            for name in self.settings.regions:
+                if name != local:
+                    states[name] = owed.get(row["id"], {}).get(
+                        name, "applied" if finished else "pending"
+                    )
+            out[row["id"]] = states
+        return out
 
     def list_jobs(
         self,
@@ -180,7 +207,12 @@ class JobService:
         with self.db.connect() as conn:
             total = conn.execute(select(func.count()).select_from(q.subquery())).scalar_one()
             rows = conn.execute(q.order_by(*order).offset(start).limit(num)).mappings().all()
-        return total, [self.job_out(r, now) for r in rows]
+        out = [self.job_out(r, now) for r in rows]
+        if self.settings.regions:
+            states = self.region_states(list(rows))
+            for job, row in zip(out, rows, strict=True):
+                job["regions"] = states[row["id"]]
+        return total, out
 
     def counts_by_phase(self) -> dict[str, int]:
         with self.db.connect() as conn:
@@ -566,10 +598,13 @@ class JobService:
         worker_id: str,
         values: dict[str, Any],
         loads: SegmentLoads | None = None,
+        *,
+        also: Callable[[Connection], None] | None = None,
     ) -> bool:
-        """Record the job's result; its segment load figures and its completion webhook are
-        written in the same transaction, once: a job finishes only while its worker owns
-        it, so a replayed (re-claimed) job never counts twice."""
+        """Record the job's result; its segment load figures, its completion webhook and
+        `also` (what other store regions are owed) are written in the same transaction, once:
+        a job finishes only while its worker owns it, so a replayed (re-claimed) job never
+        counts twice."""
         now = now_s()
         with self.db.connect() as conn:
             started = conn.execute(
@@ -590,6 +625,8 @@ class JobService:
         def then(conn: Connection) -> None:
             if loads is not None:
                 record_loads(conn, loads, source=f"job:{job_pk}")
+            if also is not None:
+                also(conn)
             self._job_finished(conn, job_pk)
 
         return self._update_owned(job_pk, worker_id, values, then)
@@ -619,6 +656,8 @@ class JobService:
                     jobs.c.file_deleted == 0,
                     jobs.c.phase.in_(("completed", "error")),
                     jobs.c.uploaded_time < file_cutoff,
+                    # Kept, whatever the retention, until every store region has the job.
+                    ~regions.job_owed(jobs.c.id),
                 )
             ).all()
         for job_pk, path in old_files:
@@ -632,6 +671,7 @@ class JobService:
                 select(jobs.c.id, jobs.c.file_path, jobs.c.report_path).where(
                     jobs.c.created_on < history_cutoff,
                     jobs.c.phase.in_(("completed", "error", "starting")),
+                    ~regions.job_owed(jobs.c.id),
                 )
             ).all()
         for _job_pk, path, report in old:
@@ -641,6 +681,8 @@ class JobService:
         if old:
             with write_tx(self.db) as conn:
                 conn.execute(delete(jobs).where(jobs.c.id.in_([r[0] for r in old])))
+                regions.forget_jobs(conn, [r[0] for r in old])
+        regions.purge_applied_deletions(self.db, history_cutoff)
         # Stray partial uploads whose job is no longer uploading. (On S3, incomplete
         # multipart uploads are left to the bucket's lifecycle rule: docs/scale-out.md.)
         strays = self.files.uploads.glob(".*.part") if isinstance(self.files, LocalFiles) else []

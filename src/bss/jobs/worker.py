@@ -14,7 +14,10 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
+
+from sqlalchemy import Connection
 
 from bss.db import now_s
 from bss.ingest.engine import ingest_file
@@ -22,7 +25,8 @@ from bss.jobs.service import JobService
 from bss.metrics import COUNTERS
 from bss.reports.service import SegmentLoads
 from bss.segments.service import get_config, registry_for
-from bss.store import JOB_SEQ_SPAN, MembershipStore, open_store, seqs
+from bss.settings import Settings
+from bss.store import JOB_SEQ_SPAN, MembershipStore, open_store, regions, seqs
 
 log = logging.getLogger("bss.worker")
 
@@ -40,27 +44,64 @@ class Stopping(Exception):
 
 
 class StoreHandle:
-    """Opens the membership store on first use, once per process."""
+    """Opens the membership stores on first use, once per process: the one store, or with
+    store regions (BSS_STORE_REGIONS) one per region. `get()` is the store this process reads
+    and completes jobs in (the local region's); `get(name)` a region's."""
 
-    def __init__(self, url: str, *, wait_replicas: int | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        wait_replicas: int | None = None,
+        regions: Mapping[str, str] | None = None,
+        local_region: str | None = None,
+    ) -> None:
         self.url = url
         self.wait_replicas = wait_replicas
-        self._store: MembershipStore | None = None
-        self._lock = threading.Lock()
+        #: Region name -> store URL; empty without store regions.
+        self.regions: dict[str, str] = dict(regions or {})
+        self.local_region = local_region
+        self._stores: dict[str | None, MembershipStore] = {}
+        # One lock per store: a region that is down (a connect timing out) never holds up
+        # the others, least of all the local one.
+        self._locks: dict[str | None, threading.Lock] = {
+            name: threading.Lock() for name in (None, *self.regions)
+        }
 
-    def get(self) -> MembershipStore:
-        with self._lock:
-            if self._store is None:
+    @classmethod
+    def for_settings(cls, settings: Settings) -> StoreHandle:
+        return cls(
+            settings.resolved_store_url,
+            wait_replicas=settings.store_wait_replicas,
+            regions=settings.regions,
+            local_region=settings.local_region,
+        )
+
+    @property
+    def remote_regions(self) -> list[str]:
+        """The regions other than the local one, which jobs are caught up in afterwards."""
+        return [name for name in self.regions if name != self.local_region]
+
+    def get(self, region: str | None = None) -> MembershipStore:
+        """The local store (`region` None or the local region's name), or another region's;
+        KeyError for a region that is not configured."""
+        if region == self.local_region:
+            region = None
+        url = self.url if region is None else self.regions[region]
+        with self._locks[region]:
+            store = self._stores.get(region)
+            if store is None:
                 # Stores are thread-safe themselves (LMDB transactions serve any thread, and
                 # other processes open the same environment): one instance per process.
-                self._store = open_store(self.url, wait_replicas=self.wait_replicas)
-            return self._store
+                store = self._stores[region] = open_store(url, wait_replicas=self.wait_replicas)
+            return store
 
     def close(self) -> None:
-        with self._lock:
-            if self._store is not None:
-                self._store.close()
-                self._store = None
+        for region, lock in self._locks.items():
+            with lock:
+                store = self._stores.pop(region, None)
+                if store is not None:
+                    store.close()
 
 
 class Worker:
@@ -232,7 +273,21 @@ class Worker:
         }
         if result.lines_read:
             values["file_lines"] = result.lines_read
-        finished = self.service.finish(job_pk, self.name, values, loads)
+
+        def owe_other_regions(conn: Connection) -> None:
+            # With the result, in one transaction: the other regions are owed exactly what
+            # this run applied (bss.store.regions), replayed later from the kept file.
+            regions.record_job(
+                conn,
+                job_pk,
+                self.stores.remote_regions,
+                applied_as_of=now,
+                config_json=config.model_dump_json(),
+                registry_records=registry.frame.drop("code_key").to_dicts(),
+                owed=result.pairs_added + result.pairs_removed > 0,
+            )
+
+        finished = self.service.finish(job_pk, self.name, values, loads, also=owe_other_regions)
         if finished:
             COUNTERS.inc("bss_pairs_applied_total", result.pairs_added + result.pairs_removed)
             COUNTERS.inc("bss_lines_processed_total", result.lines_read)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, or_, select, update
@@ -13,7 +14,7 @@ from bss.errors import BssError, notfound, syntax
 from bss.formats.config import WEBHOOK_FIELDS, BatchSegmentConfig, ConfigError, load_config
 from bss.ingest.registry import SegmentRegistry
 from bss.segments.models import batch_segment_configs, segment_id_counter, segments
-from bss.store import MembershipStore, seqs
+from bss.store import MembershipStore, regions, seqs
 
 MAX_CODE_LENGTH = 50
 #: Segments one POST /segment may create at once (all or nothing).
@@ -213,13 +214,18 @@ def update_segment(db: Engine, segment_id: int, data: dict[str, Any]) -> Any:
     return get_segment_row(db, segment_id)
 
 
-def delete_segment(db: Engine, segment_id: int, store: MembershipStore) -> None:
+def delete_segment(
+    db: Engine, segment_id: int, store: MembershipStore, other_regions: Sequence[str] = ()
+) -> None:
     """Delete the segment and its memberships: the store hides every entry written before a
-    seq reserved now, so a segment given the same id later starts empty."""
+    seq reserved now, so a segment given the same id later starts empty. Store regions other
+    than `store`'s are owed the same deletion (caught up by bss.jobs.regions)."""
+    seq = seqs.reserve(db, 1)
     with write_tx(db) as conn:
         if conn.execute(delete(segments).where(segments.c.id == segment_id)).rowcount == 0:
             raise notfound(f"segment {segment_id} not found")
-    store.delete_segment(segment_id, seqs.reserve(db, 1))
+        regions.record_segment_deletion(conn, segment_id, seq, other_regions)
+    store.delete_segment(segment_id, seq)
 
 
 def registry_for(

@@ -16,6 +16,7 @@ from bss.api.deps import (
     json_body,
     member_scope,
     principal,
+    region_store,
     require_admin,
 )
 from bss.api.envelope import ok, ok_list
@@ -58,9 +59,11 @@ log = logging.getLogger("bss.api")
 
 
 def _counts(request: Request) -> dict[int, int] | None:
-    """Live members per segment, kept exact by the store as writes apply (no scan)."""
+    """Live members per segment, kept exact by the store as writes apply (no scan); from
+    the local store or the store region named by region=."""
+    store = region_store(request)  # an unknown region is the client's error: 400
     try:
-        return request.app.state.stores.get().segment_member_counts(now_s())
+        return store.segment_member_counts(now_s())
     except Exception:  # the store is optional for segment CRUD
         log.warning("segment member counts unavailable", exc_info=True)
         return None
@@ -169,7 +172,8 @@ def delete_segment(request: Request, p: Principal = Depends(principal)) -> Any:
     current = service.get_segment_row(db, segment_id)
     if not can_touch(p, current["member_id"]):
         raise notfound(f"segment {segment_id} not found")
-    service.delete_segment(db, segment_id, request.app.state.stores.get())
+    stores = request.app.state.stores
+    service.delete_segment(db, segment_id, stores.get(), stores.remote_regions)
     return ok(None)
 
 

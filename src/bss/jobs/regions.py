@@ -1,0 +1,151 @@
+"""The catch-up loop of store regions: apply to each other region what it is owed.
+
+A job completes in the local region; every other region is owed a replay of its kept file
+with the job's seq base, as of the job's own time, with the config and segment registry of
+its run (bss.store.regions keeps them), so the replay writes exactly the local memberships.
+Segment deletions are owed the same way. One loop per process takes due rows under a lease
+(never two processes on one row), and a region that cannot be reached is retried with a
+backoff until it is back: nothing is lost, and the file stays until every region has it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from bss.formats.config import BatchSegmentConfig
+from bss.ingest.engine import ingest_file
+from bss.ingest.registry import SegmentRegistry
+from bss.jobs.models import jobs
+from bss.jobs.service import JobService
+from bss.jobs.worker import LeaseLost, Stopping, StoreHandle
+from bss.store import regions
+
+log = logging.getLogger("bss.regions")
+
+
+class RegionCatchUp:
+    def __init__(
+        self, service: JobService, stores: StoreHandle, stop: threading.Event, name: str
+    ) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.db = service.db
+        self.stores = stores
+        self.stop = stop
+        self.name = name
+        self.lease = self.settings.job_lease_seconds
+
+    def run_forever(self) -> None:
+        while not self.stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:  # the database is down, ...: back off
+                log.exception("region catch-up loop failed")
+                worked = False
+                self.stop.wait(5)
+            if not worked:
+                self.stop.wait(self.settings.worker_poll_seconds)
+
+    def run_once(self) -> bool:
+        """Apply one due row; False when none was due."""
+        row = regions.claim_due(self.db, self.name, self.lease)
+        if row is None:
+            return False
+        ctx = {"region": row["region"], "attempt": row["attempts"]}
+        try:
+            if row["job_id"] is not None:
+                self._replay(row, ctx)
+            else:
+                store = self.stores.get(row["region"])
+                store.delete_segment(row["segment_id"], row["delete_seq"])
+        except (LeaseLost, Stopping) as exc:
+            if isinstance(exc, Stopping):
+                regions.give_back(self.db, row, self.name)
+            return True
+        except _Gone as exc:
+            log.error("region write cannot be applied", extra={**ctx, "reason": str(exc)})
+            regions.mark_failed(self.db, row, self.name, str(exc), retry_max_seconds=0, final=True)
+            return True
+        except Exception as exc:  # the region is down or failing: retried after a backoff
+            log.warning("region catch-up failed; will retry", extra={**ctx, "reason": str(exc)})
+            regions.mark_failed(
+                self.db,
+                row,
+                self.name,
+                f"{type(exc).__name__}: {exc}",
+                retry_max_seconds=self.settings.region_retry_max_seconds,
+            )
+            return True
+        if regions.mark_applied(self.db, row, self.name):
+            log.info("region caught up", extra={**ctx, "job": row["job_id"]})
+        return True
+
+    def _replay(self, row: dict[str, Any], ctx: dict[str, Any]) -> None:
+        job = self._job(row["job_id"])
+        inputs = regions.replay_inputs(self.db, row["job_id"])
+        files = self.service.files
+        if job is None or inputs is None:
+            raise _Gone("the job is gone")
+        if not job["file_path"] or job["file_deleted"] or not files.exists(job["file_path"]):
+            raise _Gone("the kept file is gone")
+        ctx["job_id"] = job["job_id"]
+        applied_as_of, config_json, records = inputs
+        store = self.stores.get(row["region"])  # a region that is down raises here
+        lost = threading.Event()
+        done = threading.Event()
+
+        def heartbeat() -> None:
+            while not done.wait(max(1.0, self.lease / 3)):
+                try:
+                    if not regions.renew(self.db, row["id"], self.name, self.lease):
+                        lost.set()
+                        return
+                except Exception:  # database briefly unreachable: try again next beat
+                    log.warning("region lease renewal failed", extra=ctx, exc_info=True)
+
+        def progress(_fraction: float) -> None:
+            if lost.is_set():
+                raise LeaseLost(job["job_id"])
+            if self.stop.is_set():
+                raise Stopping(job["job_id"])
+
+        beat = threading.Thread(target=heartbeat, name="region-lease", daemon=True)
+        beat.start()
+        try:
+            with files.local_copy(job["file_path"]) as path:
+                result = ingest_file(
+                    path,
+                    member_id=job["member_id"],
+                    seq_base=job["seq_base"],
+                    config=BatchSegmentConfig.model_validate_json(config_json),
+                    registry=SegmentRegistry.from_records(records),
+                    store=store,
+                    now=applied_as_of,
+                    max_decompressed_bytes=self.settings.max_decompressed_bytes,
+                    chunk_bytes=self.settings.chunk_bytes,
+                    progress=progress,
+                )
+        finally:
+            done.set()
+            beat.join()
+        applied = (result.pairs_added, result.pairs_removed)
+        if applied != (job["pairs_added"], job["pairs_removed"]):
+            # Same file, seqs, time, config and registry: this would be a bug, not a fault.
+            log.error(
+                "region replay applied other counts than the job",
+                extra={
+                    **ctx,
+                    "replayed": applied,
+                    "job": (job["pairs_added"], job["pairs_removed"]),
+                },
+            )
+
+    def _job(self, job_pk: int) -> Any | None:
+        with self.db.connect() as conn:
+            return conn.execute(jobs.select().where(jobs.c.id == job_pk)).mappings().first()
+
+
+class _Gone(Exception):
+    """What a region is owed can never be applied (the job or its kept file is gone)."""

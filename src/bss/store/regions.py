@@ -1,0 +1,335 @@
+"""Store regions: what each region other than the local one still has to receive.
+
+With BSS_STORE_REGIONS every write to the memberships reaches every region. A job completes
+when the local region has it; for each other region a `region_writes` row records the
+replay still owed (a job's file, applied again with the job's seq base) or a segment
+deletion (its seq), and a catch-up loop (bss.jobs.regions) works the rows off, claimed with
+a lease like jobs are, retried with backoff while a region is down. Under the seq rule a
+replay with the same seqs writes exactly the memberships the local region has, in any order
+and as often as it takes.
+
+`job_replays` keeps what a replay must repeat exactly besides the file and the seqs: the
+time the job was applied as of, the member's config and the segment registry of that run
+(so that segments or a config changed since change nothing). It is dropped once every
+region has the job.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    and_,
+    delete,
+    exists,
+    insert,
+    or_,
+    select,
+    update,
+)
+
+from bss.db import metadata, now_s, write_tx
+
+#: A row waits for its first attempt (or was given back by a process that stopped).
+PENDING = "pending"
+#: A process holds the row's lease and is applying it.
+APPLYING = "applying"
+APPLIED = "applied"
+#: The last attempt failed (region down, ...): retried after a backoff.
+ERROR = "error"
+#: Cannot ever be applied (the kept file is gone): not retried.
+FAILED = "failed"
+#: First wait after a failed attempt; it doubles up to BSS_REGION_RETRY_MAX_SECONDS.
+FIRST_RETRY_SECONDS = 5.0
+
+region_writes = Table(
+    "region_writes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("region", String(40), nullable=False),
+    #: A job (jobs.id) to replay from its kept file, or ...
+    Column("job_id", Integer, nullable=True),
+    #: ... a segment deletion: the segment and the seq it was deleted at.
+    Column("segment_id", Integer, nullable=True),
+    Column("delete_seq", BigInteger, nullable=True),
+    Column("state", String(10), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("error", Text, nullable=True),
+    #: UNIX seconds: not tried again before this.
+    Column("next_try", BigInteger, nullable=False),
+    Column("claimed_by", String(200), nullable=True),
+    Column("claimed_until", BigInteger, nullable=True),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_region_writes_job", "job_id", "region", unique=True),
+    Index("ix_region_writes_due", "state", "next_try"),
+)
+
+job_replays = Table(
+    "job_replays",
+    metadata,
+    Column("job_id", Integer, primary_key=True),
+    #: The `now` the job's memberships were computed as of (starts, expiries).
+    Column("applied_as_of", BigInteger, nullable=False),
+    Column("config_json", Text, nullable=False),
+    #: zlib-compressed JSON list of the segment registry's records at the job's run.
+    Column("registry", LargeBinary, nullable=False),
+)
+
+
+def record_job(
+    conn: Connection,
+    job_pk: int,
+    regions: Sequence[str],
+    *,
+    applied_as_of: int,
+    config_json: str,
+    registry_records: Iterable[dict[str, Any]],
+    owed: bool,
+) -> None:
+    """In the transaction that finishes a job: owe it to every other region (`owed` False
+    when the job applied nothing: those regions have all of it already)."""
+    if not regions:
+        return
+    now = now_s()
+    conn.execute(
+        insert(region_writes),
+        [
+            {
+                "region": region,
+                "job_id": job_pk,
+                "state": PENDING if owed else APPLIED,
+                "attempts": 0,
+                "next_try": now,
+                "updated_at": now,
+            }
+            for region in regions
+        ],
+    )
+    if owed:
+        blob = zlib.compress(json.dumps(list(registry_records)).encode())
+        conn.execute(
+            insert(job_replays).values(
+                job_id=job_pk,
+                applied_as_of=applied_as_of,
+                config_json=config_json,
+                registry=blob,
+            )
+        )
+
+
+def record_segment_deletion(
+    conn: Connection, segment_id: int, seq: int, regions: Sequence[str]
+) -> None:
+    """Owe a segment deletion (at `seq`) to every other region."""
+    now = now_s()
+    for region in regions:
+        conn.execute(
+            insert(region_writes).values(
+                region=region,
+                segment_id=segment_id,
+                delete_seq=seq,
+                state=PENDING,
+                attempts=0,
+                next_try=now,
+                updated_at=now,
+            )
+        )
+
+
+def replay_inputs(db: Engine, job_pk: int) -> tuple[int, str, list[dict[str, Any]]] | None:
+    """(applied_as_of, config JSON, registry records) of a job owed to a region."""
+    with db.connect() as conn:
+        row = conn.execute(select(job_replays).where(job_replays.c.job_id == job_pk)).first()
+    if row is None:
+        return None
+    return row.applied_as_of, row.config_json, json.loads(zlib.decompress(row.registry))
+
+
+def claim_due(db: Engine, holder: str, lease_seconds: int) -> dict[str, Any] | None:
+    """Take the oldest row that is due (waiting, failed and past its backoff, or held by a
+    process whose lease ran out): one guarded UPDATE, so two processes never hold one row."""
+    now = now_s()
+    free = or_(region_writes.c.claimed_until.is_(None), region_writes.c.claimed_until < now)
+    due = and_(
+        free,
+        or_(
+            and_(region_writes.c.state.in_((PENDING, ERROR)), region_writes.c.next_try <= now),
+            region_writes.c.state == APPLYING,  # its holder died
+        ),
+    )
+    with db.connect() as conn:
+        row_id = conn.execute(
+            select(region_writes.c.id).where(due).order_by(region_writes.c.id).limit(1)
+        ).scalar()
+    if row_id is None:
+        return None
+    with write_tx(db) as conn:
+        claimed = conn.execute(
+            update(region_writes)
+            .where(region_writes.c.id == row_id, due)
+            .values(
+                state=APPLYING,
+                claimed_by=holder,
+                claimed_until=now + lease_seconds,
+                attempts=region_writes.c.attempts + 1,
+                updated_at=now,
+            )
+        ).rowcount
+        if claimed != 1:
+            return None  # another process was quicker
+        return dict(
+            conn.execute(select(region_writes).where(region_writes.c.id == row_id)).mappings().one()
+        )
+
+
+def _owned(row_id: int, holder: str) -> Any:
+    return and_(
+        region_writes.c.id == row_id,
+        region_writes.c.claimed_by == holder,
+        region_writes.c.state == APPLYING,
+    )
+
+
+def renew(db: Engine, row_id: int, holder: str, lease_seconds: int) -> bool:
+    """Extend the lease; False when the row is no longer this holder's."""
+    with write_tx(db) as conn:
+        return (
+            conn.execute(
+                update(region_writes)
+                .where(_owned(row_id, holder))
+                .values(claimed_until=now_s() + lease_seconds)
+            ).rowcount
+            == 1
+        )
+
+
+def mark_applied(db: Engine, row: dict[str, Any], holder: str) -> bool:
+    """The region has it; a job's replay inputs go once every region has the job."""
+    now = now_s()
+    with write_tx(db) as conn:
+        done = conn.execute(
+            update(region_writes)
+            .where(_owned(row["id"], holder))
+            .values(state=APPLIED, error=None, claimed_by=None, claimed_until=None, updated_at=now)
+        ).rowcount
+        job_pk = row["job_id"]
+        if done and job_pk is not None:
+            owed = conn.execute(
+                select(region_writes.c.id).where(
+                    region_writes.c.job_id == job_pk, region_writes.c.state != APPLIED
+                )
+            ).first()
+            if owed is None:
+                conn.execute(delete(job_replays).where(job_replays.c.job_id == job_pk))
+    return bool(done)
+
+
+def mark_failed(
+    db: Engine,
+    row: dict[str, Any],
+    holder: str,
+    error: str,
+    *,
+    retry_max_seconds: float,
+    final: bool = False,
+) -> None:
+    """The attempt failed: retried after a backoff that doubles per attempt (or never, when
+    `final`)."""
+    now = now_s()
+    wait = min(retry_max_seconds, FIRST_RETRY_SECONDS * 2 ** max(0, row["attempts"] - 1))
+    with write_tx(db) as conn:
+        conn.execute(
+            update(region_writes)
+            .where(_owned(row["id"], holder))
+            .values(
+                state=FAILED if final else ERROR,
+                error=error[:2000],
+                next_try=now + int(wait + 0.999),
+                claimed_by=None,
+                claimed_until=None,
+                updated_at=now,
+            )
+        )
+
+
+def give_back(db: Engine, row: dict[str, Any], holder: str) -> None:
+    """The process is stopping: the row is due again at once, for any process."""
+    with write_tx(db) as conn:
+        conn.execute(
+            update(region_writes)
+            .where(_owned(row["id"], holder))
+            .values(
+                state=PENDING,
+                attempts=region_writes.c.attempts - 1,
+                next_try=now_s(),
+                claimed_by=None,
+                claimed_until=None,
+            )
+        )
+
+
+def job_region_states(db: Engine, job_pks: Sequence[int]) -> dict[int, dict[str, str]]:
+    """Job -> region -> what the job's `regions` field shows for it."""
+    if not job_pks:
+        return {}
+    with db.connect() as conn:
+        rows = conn.execute(
+            select(
+                region_writes.c.job_id,
+                region_writes.c.region,
+                region_writes.c.state,
+                region_writes.c.attempts,
+                region_writes.c.error,
+            ).where(region_writes.c.job_id.in_(list(job_pks)))
+        ).all()
+    out: dict[int, dict[str, str]] = {}
+    for job_pk, region, state, attempts, error in rows:
+        if state == ERROR:
+            shown = f"error: {error} (attempt {attempts}; retried)"
+        elif state == FAILED:
+            shown = f"error: {error} (not retried)"
+        else:
+            shown = state
+        out.setdefault(job_pk, {})[region] = shown
+    return out
+
+
+def job_owed(job_pk_column: Any) -> Any:
+    """SQL condition: the job is still owed to some region (its file must be kept)."""
+    return exists(
+        select(region_writes.c.id).where(
+            region_writes.c.job_id == job_pk_column,
+            region_writes.c.state.not_in((APPLIED, FAILED)),
+        )
+    )
+
+
+def forget_jobs(conn: Connection, job_pks: Sequence[int]) -> None:
+    """The jobs left the history: their region rows go with them."""
+    conn.execute(delete(region_writes).where(region_writes.c.job_id.in_(list(job_pks))))
+    conn.execute(delete(job_replays).where(job_replays.c.job_id.in_(list(job_pks))))
+
+
+def purge_applied_deletions(db: Engine, before: int) -> int:
+    """Drop segment-deletion rows applied everywhere before `before` (UNIX seconds)."""
+    with write_tx(db) as conn:
+        return conn.execute(
+            delete(region_writes).where(
+                region_writes.c.segment_id.is_not(None),
+                region_writes.c.state == APPLIED,
+                region_writes.c.updated_at < before,
+            )
+        ).rowcount

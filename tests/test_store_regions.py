@@ -1,0 +1,272 @@
+"""Store regions, all real: a `bss serve` whose local region is the embedded LMDB store and
+whose second region ("eu") is a redis-server started here (with an append-only file, so that
+a stopped and restarted region keeps what it had, like a real data center).
+
+The eu Redis is stopped between two jobs: the second job completes locally at once, its file
+is kept past its retention while eu is owed it, and once Redis is back the catch-up applies
+it there: every user's memberships and every segment's count read with `region=eu` equal
+the local ones exactly. No timed assertions: every wait polls with a generous timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster_util import REDIS_SERVER, needs_redis
+from conftest import ADMIN_PASSWORD, ADMIN_USER, BSS, Api, ServerProc, legacy
+
+pytestmark = needs_redis
+MEMBER = 501
+#: This helper's port range (the machine is shared).
+PORTS = range(27100, 27999)
+
+
+def _free_port() -> int:
+    for port in PORTS:
+        with contextlib.closing(socket.socket()) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in the range")
+
+
+class PersistentRedis:
+    """One redis-server that keeps its data across a stop and a start (AOF, fsync always)."""
+
+    def __init__(self, workdir: Path, port: int) -> None:
+        self.port, self.dir = port, workdir / f"redis-{port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> PersistentRedis:
+        args = [
+            str(REDIS_SERVER),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.dir),
+            "--save", "",
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--protected-mode", "no",
+            "--logfile", str(self.dir / "redis.log"),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _until(self._up, "redis-server to come up", timeout=30)
+        return self
+
+    def _up(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError((self.dir / "redis.log").read_text(errors="replace")[-2000:])
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1):
+            return True
+        return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _until(check: Callable[[], Any], what: str, timeout: float = 180) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def eu_redis(tmp_path: Path) -> Iterator[PersistentRedis]:
+    redis = PersistentRedis(tmp_path, _free_port())
+    yield redis
+    redis.stop()
+
+
+def _server(bss_server: Callable[..., ServerProc], tmp_path: Path, eu_url: str, **env: Any):
+    return bss_server(
+        store_regions=f"us=lmdb://{tmp_path / 'us.lmdb'};eu={eu_url}",
+        local_region="us",
+        region_retry_max_seconds=1,
+        **env,
+    )
+
+
+def _lookups(api: Api, users: list[int], **params: Any) -> list[Any]:
+    body = api.ok(
+        "POST",
+        "/user-segments",
+        params=params,
+        json={"users": [{"uid": str(uid)} for uid in users]},
+    )
+    return [answer["segments"] for answer in body["users"]]
+
+
+def _counts(api: Api, **params: Any) -> dict[int, int]:
+    body = api.ok("GET", "/segment", params={"member_id": MEMBER, **params})
+    return {s["id"]: s["member_count"] for s in body["segments"]}
+
+
+def _regions(api: Api, job_id: str) -> dict[str, str]:
+    return api.job(MEMBER, job_id)["regions"]
+
+
+def test_a_region_that_is_down_is_caught_up_from_the_kept_file(
+    bss_server, eu_redis: PersistentRedis, tmp_path: Path
+) -> None:
+    eu_redis.start()
+    # Retention 0 days and a sweep every second: a file is kept only because a region is
+    # owed it.
+    srv = _server(
+        bss_server, tmp_path, eu_redis.url, file_retention_days=0, sweep_seconds=1, workers=1
+    )
+    api = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
+    api.member(MEMBER)
+    seg_a = api.segment(MEMBER, "a")["id"]
+    seg_b = api.segment(MEMBER, "b", expire_minutes=600)["id"]
+    seg_c = api.segment(MEMBER, "c")["id"]
+    users = list(range(1000, 1400))
+    first = [f"{uid},{seg_a}:0;{seg_b}:0" for uid in users[:300]]
+    first += [f"{uid},{seg_c}:1440" for uid in users[100:400]]
+    job1 = api.run(MEMBER, legacy(first))
+    assert job1["phase"] == "completed", job1
+    _until(lambda: _regions(api, job1["job_id"]) == {"us": "applied", "eu": "applied"}, "eu")
+    local = _lookups(api, users)
+    assert sum(map(len, local)) == 900
+    assert _lookups(api, users, region="eu") == local
+    assert _lookups(api, users, region="us") == local
+    assert _counts(api, region="eu") == _counts(api) == {seg_a: 300, seg_b: 300, seg_c: 300}
+
+    eu_redis.stop()
+    # Job 2 removes some of job 1's memberships (removal: expiration -1) and adds others.
+    second = [f"{uid},{seg_a}:-1" for uid in users[:150]]
+    second += [f"{uid},{seg_b}:60;{seg_c}:0" for uid in users[300:400]]
+    job2 = api.run(MEMBER, legacy(second))
+    assert job2["phase"] == "completed", job2  # the local region has it: complete at once
+    assert (job2["num_valid"], job2["num_invalid_format"]) == (350, 0), job2
+    assert job2["regions"]["us"] == "applied"
+    assert job2["regions"]["eu"] == "pending" or job2["regions"]["eu"].startswith(
+        ("applying", "error")
+    ), job2["regions"]
+    # The catch-up has tried and failed: the job says so, and keeps retrying.
+    failed = _until(
+        lambda: (
+            _regions(api, job2["job_id"])["eu"].startswith("error")
+            and _regions(api, job2["job_id"])
+        ),
+        "a failed attempt on eu",
+    )
+    assert "retried" in failed["eu"], failed
+
+    uploads = srv.data_dir / "uploads"
+    # Job 1 is everywhere: the sweep deletes its file; job 2's stays while eu is owed it.
+    _until(lambda: not (uploads / job1["job_id"]).exists(), "job 1's file to be swept")
+    assert (uploads / job2["job_id"]).exists()
+    local = _lookups(api, users)
+    assert sum(map(len, local)) == 900 - 150 + 100
+
+    eu_redis.start()
+    _until(lambda: _regions(api, job2["job_id"])["eu"] == "applied", "eu to catch up")
+    assert _lookups(api, users, region="eu") == local
+    assert _counts(api, region="eu") == _counts(api) == {seg_a: 150, seg_b: 400, seg_c: 300}
+    # Every region has job 2 now: its file goes at the next sweep.
+    _until(lambda: not (uploads / job2["job_id"]).exists(), "job 2's file to be swept")
+
+
+def test_a_remote_region_down_at_start_does_not_stop_the_service(
+    bss_server, tmp_path: Path
+) -> None:
+    port = _free_port()  # nothing listens there
+    srv = _server(bss_server, tmp_path, f"redis://127.0.0.1:{port}/0")
+    api = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
+    api.member(MEMBER)
+    seg = api.segment(MEMBER, "a")["id"]
+    job = api.run(MEMBER, legacy([f"7,{seg}:0"]))
+    assert job["phase"] == "completed"
+    assert job["regions"]["us"] == "applied" and job["regions"]["eu"] != "applied"
+    assert [s["id"] for s in _lookups(api, [7])[0]] == [seg]
+    # A region that is not configured: the documented 400 envelope.
+    for params in ({"uid": "7", "region": "asia"}, {"uid": "7", "region": "US"}):
+        body = api.get("/user-segments", **params)
+        assert (body["_http"], body["status"], body["error_id"]) == (400, "ERROR", "SYNTAX")
+        assert "unknown region" in body["error"]
+    body = api.get("/segment", member_id=MEMBER, region="asia")
+    assert (body["_http"], body["error_id"]) == (400, "SYNTAX")
+
+
+def test_region_param_without_regions_is_refused(bss_server) -> None:
+    srv = bss_server()
+    api = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
+    body = api.get("/user-segments", uid="7", region="eu")
+    assert (body["_http"], body["error_id"]) == (400, "SYNTAX")
+    assert "BSS_STORE_REGIONS is not set" in body["error"]
+
+
+def _start(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BSS), "serve", "--port", str(_free_port()), "--data-dir", str(tmp_path / "d")],
+        env={**ServerProc(tmp_path / "d", {}).env, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        (
+            {
+                "BSS_STORE_REGIONS": "us=lmdb:///tmp/x;eu=redis://h:1/0",
+                "BSS_STORE_URL": "lmdb:///y",
+            },
+            "BSS_STORE_REGIONS and BSS_STORE_URL are both set",
+        ),
+        (
+            {"BSS_STORE_REGIONS": "us=lmdb:///tmp/x;eu=redis://h:1/0", "BSS_LOCAL_REGION": "asia"},
+            "BSS_LOCAL_REGION must be one of the regions of BSS_STORE_REGIONS (us, eu)",
+        ),
+        ({"BSS_STORE_REGIONS": "us=lmdb:///tmp/x"}, "fewer than two regions"),
+    ],
+)
+def test_invalid_region_settings_refuse_start_up_in_one_line(
+    tmp_path: Path, env: dict[str, str], says: str
+) -> None:
+    done = _start(tmp_path, env)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_unreachable_local_region_refuses_start_up_in_one_line(tmp_path: Path) -> None:
+    down = f"redis://127.0.0.1:{_free_port()}/0"
+    env = {
+        "BSS_STORE_REGIONS": f"us={down};eu=lmdb://{tmp_path / 'eu.lmdb'}",
+        "BSS_LOCAL_REGION": "us",
+    }
+    done = _start(tmp_path, env)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the Redis store" in lines[0], done.stderr
