@@ -128,6 +128,10 @@ def _counts(api: Api, **params: Any) -> dict[int, int]:
     return {s["id"]: s["member_count"] for s in body["segments"]}
 
 
+def _block(seg_id: int, **fields: Any) -> dict[str, Any]:
+    return {"seg_id": seg_id, "seg_code": None, "value": None, "expiration": None, **fields}
+
+
 def _regions(api: Api, job_id: str) -> dict[str, str]:
     return api.job(MEMBER, job_id)["regions"]
 
@@ -146,23 +150,33 @@ def test_a_region_that_is_down_is_caught_up_from_the_kept_file(
     seg_a = api.segment(MEMBER, "a")["id"]
     seg_b = api.segment(MEMBER, "b", expire_minutes=600)["id"]
     seg_c = api.segment(MEMBER, "c")["id"]
+    seg_d = api.segment(MEMBER, "d")["id"]
     users = list(range(1000, 1400))
     first = [f"{uid},{seg_a}:0;{seg_b}:0" for uid in users[:300]]
-    first += [f"{uid},{seg_c}:1440" for uid in users[100:400]]
+    first += [f"{uid},{seg_c}:1440;{seg_d}:0" for uid in users[100:400]]
     job1 = api.run(MEMBER, legacy(first))
     assert job1["phase"] == "completed", job1
     _until(lambda: _regions(api, job1["job_id"]) == {"us": "applied", "eu": "applied"}, "eu")
     local = _lookups(api, users)
-    assert sum(map(len, local)) == 900
+    assert sum(map(len, local)) == 1200
     assert _lookups(api, users, region="eu") == local
     assert _lookups(api, users, region="us") == local
-    assert _counts(api, region="eu") == _counts(api) == {seg_a: 300, seg_b: 300, seg_c: 300}
+    assert _counts(api, region="eu") == _counts(api)
+    assert _counts(api) == {seg_a: 300, seg_b: 300, seg_c: 300, seg_d: 300}
 
     eu_redis.stop()
     # Job 2 removes some of job 1's memberships (removal: expiration -1) and adds others.
     second = [f"{uid},{seg_a}:-1" for uid in users[:150]]
     second += [f"{uid},{seg_b}:60;{seg_c}:0" for uid in users[300:400]]
     job2 = api.run(MEMBER, legacy(second))
+    # While eu is down, a real-time post and a segment deletion are owed to it as well.
+    rt = [
+        {"user_id": str(users[0]), "seg_block": [_block(seg_c, value=5)]},
+        {"user_id": str(users[399]), "seg_block": [_block(seg_c, expiration=-1)]},
+    ]
+    answer = api.ok("POST", "/rt-segment", params={"member_id": MEMBER}, json={"rt_segment": rt})
+    assert answer["warnings"] == [], answer
+    api.ok("DELETE", "/segment", params={"id": seg_d})
     assert job2["phase"] == "completed", job2  # the local region has it: complete at once
     assert (job2["num_valid"], job2["num_invalid_format"]) == (350, 0), job2
     assert job2["regions"]["us"] == "applied"
@@ -184,12 +198,16 @@ def test_a_region_that_is_down_is_caught_up_from_the_kept_file(
     _until(lambda: not (uploads / job1["job_id"]).exists(), "job 1's file to be swept")
     assert (uploads / job2["job_id"]).exists()
     local = _lookups(api, users)
-    assert sum(map(len, local)) == 900 - 150 + 100
+    assert sum(map(len, local)) == 1200 - 150 + 100 + 1 - 1 - 300
 
     eu_redis.start()
     _until(lambda: _regions(api, job2["job_id"])["eu"] == "applied", "eu to catch up")
     assert _lookups(api, users, region="eu") == local
     assert _counts(api, region="eu") == _counts(api) == {seg_a: 150, seg_b: 400, seg_c: 300}
+    assert {s["id"]: s.get("value") for s in _lookups(api, [users[0]], region="eu")[0]} == {
+        seg_b: None,
+        seg_c: 5,
+    }
     # Every region has job 2 now: its file goes at the next sweep.
     _until(lambda: not (uploads / job2["job_id"]).exists(), "job 2's file to be swept")
 

@@ -3,7 +3,8 @@
 A job completes in the local region; every other region is owed a replay of its kept file
 with the job's seq base, as of the job's own time, with the config and segment registry of
 its run (bss.store.regions keeps them), so the replay writes exactly the local memberships.
-Segment deletions are owed the same way. One loop per process takes due rows under a lease
+Real-time posts are owed their batch as applied (seqs and all), segment deletions their
+seq. One loop per process takes due rows under a lease
 (never two processes on one row), and a region that cannot be reached is retried with a
 backoff until it is back: nothing is lost, and the file stays until every region has it.
 """
@@ -57,6 +58,8 @@ class RegionCatchUp:
         try:
             if row["job_id"] is not None:
                 self._replay(row, ctx)
+            elif row["batch"] is not None:
+                self.stores.get(row["region"]).apply(regions.read_batch(row["batch"]))
             else:
                 store = self.stores.get(row["region"])
                 store.delete_segment(row["segment_id"], row["delete_seq"])

@@ -682,7 +682,7 @@ class JobService:
             with write_tx(self.db) as conn:
                 conn.execute(delete(jobs).where(jobs.c.id.in_([r[0] for r in old])))
                 regions.forget_jobs(conn, [r[0] for r in old])
-        regions.purge_applied_deletions(self.db, history_cutoff)
+        regions.purge_applied(self.db, history_cutoff)
         # Stray partial uploads whose job is no longer uploading. (On S3, incomplete
         # multipart uploads are left to the bucket's lifecycle rule: docs/scale-out.md.)
         strays = self.files.uploads.glob(".*.part") if isinstance(self.files, LocalFiles) else []

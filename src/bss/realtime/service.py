@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from bss.realtime.models import rt_idempotency_keys
 from bss.reports.service import SegmentLoads, record_loads
 from bss.segments.models import segments
 from bss.settings import Settings
+from bss.store import regions
 from bss.store.base import APPLY_SCHEMA, MembershipStore
 from bss.store.seqs import reserve
 
@@ -246,8 +248,10 @@ class RealtimeService:
         body: Any,
         store: MembershipStore,
         idempotency_key: str | None = None,
+        other_regions: Sequence[str] = (),
     ) -> RtResult:
-        """Check and apply one post (its shape was checked by `check_shape`)."""
+        """Check and apply one post (its shape was checked by `check_shape`); store regions
+        other than `store`'s are owed its batch (caught up by bss.jobs.regions)."""
         entries, default_domain = check_shape(body)
         settings = self.settings
         result = RtResult()
@@ -377,7 +381,8 @@ class RealtimeService:
             "removed",
             seq=pl.int_range(0, len(valid), dtype=pl.Int64) + first,
         )
-        store.apply(batch.to_arrow().cast(APPLY_SCHEMA))
+        applied = batch.to_arrow().cast(APPLY_SCHEMA)
+        store.apply(applied)
         result.pairs_applied = len(valid)
         COUNTERS.inc("bss_rt_pairs_applied_total", len(valid))
         loads = SegmentLoads.at(now)
@@ -385,6 +390,7 @@ class RealtimeService:
         source = f"rt:{member_id}:{idempotency_key}" if idempotency_key else None
         with write_tx(self.db) as conn:
             record_loads(conn, loads, source=source)
+            regions.record_batch(conn, applied, other_regions)
             if idempotency_key:
                 k = rt_idempotency_keys
                 conn.execute(

@@ -74,6 +74,7 @@ async def post_rt_segment(request: Request) -> Any:
                 body=body,
                 store=state.stores.get(),
                 idempotency_key=key,
+                other_regions=state.stores.remote_regions,
             )
         )
     except BaseException:

@@ -2,8 +2,8 @@
 
 With BSS_STORE_REGIONS every write to the memberships reaches every region. A job completes
 when the local region has it; for each other region a `region_writes` row records the
-replay still owed (a job's file, applied again with the job's seq base) or a segment
-deletion (its seq), and a catch-up loop (bss.jobs.regions) works the rows off, claimed with
+replay still owed (a job's file, applied again with the job's seq base), a real-time
+post's batch (kept as it was applied, seqs and all) or a segment deletion (its seq), and a catch-up loop (bss.jobs.regions) works the rows off, claimed with
 a lease like jobs are, retried with backoff while a region is down. Under the seq rule a
 replay with the same seqs writes exactly the memberships the local region has, in any order
 and as often as it takes.
@@ -21,6 +21,8 @@ import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import pyarrow as pa
+from pyarrow import ipc
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -62,6 +64,8 @@ region_writes = Table(
     Column("region", String(40), nullable=False),
     #: A job (jobs.id) to replay from its kept file, or ...
     Column("job_id", Integer, nullable=True),
+    #: ... a real-time post's batch (Arrow IPC stream, APPLY_SCHEMA), applied as it is, or ...
+    Column("batch", LargeBinary, nullable=True),
     #: ... a segment deletion: the segment and the seq it was deleted at.
     Column("segment_id", Integer, nullable=True),
     Column("delete_seq", BigInteger, nullable=True),
@@ -149,6 +153,33 @@ def record_segment_deletion(
         )
 
 
+def record_batch(conn: Connection, batch: pa.Table, regions: Sequence[str]) -> None:
+    """Owe a batch a real-time post applied locally (APPLY_SCHEMA, with its seqs) to every
+    other region."""
+    if not regions:
+        return
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_table(batch)
+    blob = sink.getvalue().to_pybytes()
+    now = now_s()
+    for region in regions:
+        conn.execute(
+            insert(region_writes).values(
+                region=region,
+                batch=blob,
+                state=PENDING,
+                attempts=0,
+                next_try=now,
+                updated_at=now,
+            )
+        )
+
+
+def read_batch(blob: bytes) -> pa.Table:
+    return ipc.open_stream(pa.py_buffer(blob)).read_all()
+
+
 def replay_inputs(db: Engine, job_pk: int) -> tuple[int, str, list[dict[str, Any]]] | None:
     """(applied_as_of, config JSON, registry records) of a job owed to a region."""
     with db.connect() as conn:
@@ -223,7 +254,14 @@ def mark_applied(db: Engine, row: dict[str, Any], holder: str) -> bool:
         done = conn.execute(
             update(region_writes)
             .where(_owned(row["id"], holder))
-            .values(state=APPLIED, error=None, claimed_by=None, claimed_until=None, updated_at=now)
+            .values(
+                state=APPLIED,
+                error=None,
+                batch=None,  # its bytes are not needed any more
+                claimed_by=None,
+                claimed_until=None,
+                updated_at=now,
+            )
         ).rowcount
         job_pk = row["job_id"]
         if done and job_pk is not None:
@@ -323,12 +361,13 @@ def forget_jobs(conn: Connection, job_pks: Sequence[int]) -> None:
     conn.execute(delete(job_replays).where(job_replays.c.job_id.in_(list(job_pks))))
 
 
-def purge_applied_deletions(db: Engine, before: int) -> int:
-    """Drop segment-deletion rows applied everywhere before `before` (UNIX seconds)."""
+def purge_applied(db: Engine, before: int) -> int:
+    """Drop rows of posts and segment deletions applied before `before` (UNIX seconds); a
+    job's rows go with the job."""
     with write_tx(db) as conn:
         return conn.execute(
             delete(region_writes).where(
-                region_writes.c.segment_id.is_not(None),
+                region_writes.c.job_id.is_(None),
                 region_writes.c.state == APPLIED,
                 region_writes.c.updated_at < before,
             )
