@@ -28,6 +28,7 @@ write transaction, so the seq rule holds across processes without a read-modify-
 
 from __future__ import annotations
 
+import itertools
 import struct
 import time
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -90,6 +92,37 @@ def segment_index_keys(kind: np.ndarray, user_key: pa.Array, segment_id: np.ndar
     return pc.binary_join_element_wise(_fixed(prefix, 9), user_key.cast(pa.binary()), b"")
 
 
+def _sorted_unique(keys: pa.Array, seq: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Row order that sorts `keys`, one row per key (the highest seq), and the keys so sorted."""
+    order = pc.sort_indices(keys).to_numpy()
+    keys = keys.take(order)
+    if len(keys) < 2:
+        return order, keys
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = pc.not_equal(keys[1:], keys[:-1]).to_numpy(zero_copy_only=False)
+    if first.all():
+        return order, keys
+    # A (user, segment) given twice in one batch is rare: only then sort by seq as well.
+    by_seq = pc.sort_indices(
+        pa.table({"key": keys, "seq": seq.take(order)}),
+        [("key", "ascending"), ("seq", "descending")],
+    ).to_numpy()
+    order, keys = order[by_seq][first], keys.take(by_seq).filter(pa.array(first))
+    return order, keys
+
+
+def _sum_by(groups: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct groups (sorted) and the sum of values of each: a hash aggregation, as a
+    batch has few distinct groups among many rows."""
+    sums = (
+        pl.DataFrame({"group": groups, "value": values})
+        .group_by("group")
+        .agg(pl.col("value").sum())
+        .sort("group")
+    )
+    return sums["group"].to_numpy(), sums["value"].to_numpy()
+
+
 def _user_prefix(user_kind: int, user_key: str) -> bytes:
     return bytes((user_kind,)) + user_key.encode() + b"\x00"
 
@@ -143,21 +176,10 @@ class LmdbStore:
             batch = self._without_deleted(txn, batch)
             if batch.num_rows == 0:
                 return
-            kind = batch["user_kind"].to_numpy()
-            segment = batch["segment_id"].to_numpy()
-            keys = member_keys(kind, batch["user_key"].combine_chunks(), segment)
-            batch = batch.append_column("key", keys)
-            # Sorted keys make the B+tree writes sequential; the highest seq of a key first.
-            order = pc.sort_indices(batch, [("key", "ascending"), ("seq", "descending")])
-            batch = batch.take(order)
-            keys = batch["key"].combine_chunks()
-            if len(keys) > 1:
-                first = np.ones(len(keys), dtype=bool)
-                first[1:] = pc.not_equal(keys[1:], keys[:-1]).to_numpy(zero_copy_only=False)
-                if not first.all():
-                    batch = batch.filter(first)
-                    keys = batch["key"].combine_chunks()
-            self._merge(txn, batch, keys.to_pylist())
+            keys = member_keys(
+                batch["user_kind"].to_numpy(), batch["user_key"], batch["segment_id"].to_numpy()
+            )
+            self._merge(txn, batch, *_sorted_unique(keys, batch["seq"]))
 
     def _without_deleted(self, txn: lmdb.Transaction, batch: pa.Table) -> pa.Table:
         deleted = {_SEG.unpack(k)[0]: _I64.unpack(v)[0] for k, v in txn.cursor(db=self._deleted)}
@@ -172,51 +194,63 @@ class LmdbStore:
         hidden = (segs[at] == segment) & (batch["seq"].to_numpy() < floors[at])
         return batch.filter(pa.array(~hidden)) if hidden.any() else batch
 
-    def _merge(self, txn: lmdb.Transaction, batch: pa.Table, keys: list[bytes]) -> None:
-        n = len(keys)
+    def _merge(
+        self, txn: lmdb.Transaction, batch: pa.Table, order: np.ndarray, keys: pa.Array
+    ) -> None:
+        """Write the rows `order` of the batch (their `keys` sorted and unique) where they
+        beat the stored entry: one getmulti pass, winners decided in numpy, one putmulti."""
+        n = len(order)
         new = np.empty(n, dtype=ENTRY)
-        new["seq"] = batch["seq"].to_numpy()
-        new["timestamp"] = batch["timestamp"].to_numpy()
-        new["expires_at"] = batch["expires_at"].to_numpy()
-        new["value"] = batch["value"].fill_null(NULL_VALUE).to_numpy()
-        new["removed"] = batch["removed"].to_numpy(zero_copy_only=False)
+        new["seq"] = batch["seq"].to_numpy()[order]
+        new["timestamp"] = batch["timestamp"].to_numpy()[order]
+        new["expires_at"] = batch["expires_at"].to_numpy()[order]
+        new["value"] = batch["value"].fill_null(NULL_VALUE).to_numpy()[order]
+        new["removed"] = batch["removed"].to_numpy(zero_copy_only=False)[order]
+        segment = batch["segment_id"].to_numpy()[order]
+        key_list = keys.to_pylist()
 
-        found = txn.cursor(db=self._members).getmulti(keys)
-        exists = np.zeros(n, dtype=bool)
-        old = np.zeros(0, dtype=ENTRY)
+        found = txn.cursor(db=self._members).getmulti(key_list)
         if found:
             exists = pc.is_in(
-                pa.array(keys, pa.binary()), value_set=pa.array([k for k, _ in found], pa.binary())
+                keys, value_set=pa.array([k for k, _ in found], pa.binary())
             ).to_numpy(zero_copy_only=False)
-            old = np.frombuffer(b"".join(v for _, v in found), dtype=ENTRY)
-        wins = ~exists
-        beaten = new["seq"][exists] > old["seq"]
-        wins[exists] = beaten
+            old = np.frombuffer(b"".join([v for _, v in found]), dtype=ENTRY)
+            beaten = new["seq"][exists] > old["seq"]
+            wins = ~exists
+            wins[exists] = beaten
+            replaced, replaced_segment = old[beaten], segment[exists][beaten]
+        else:
+            exists = np.zeros(n, dtype=bool)
+            wins = np.ones(n, dtype=bool)
+            replaced, replaced_segment = np.zeros(0, dtype=ENTRY), segment[:0]
         if not wins.any():
             return
-        segment = batch["segment_id"].to_numpy()
-        replaced = old[beaten]
+        everything_wins = bool(wins.all())
+        winners = new if everything_wins else new[wins]
         self._count(
             txn,
-            np.concatenate([segment[wins], segment[exists][beaten]]),
-            np.concatenate([new[wins], replaced]),
-            np.concatenate([np.ones(int(wins.sum()), np.int64), -np.ones(len(replaced), np.int64)]),
+            np.concatenate([segment if everything_wins else segment[wins], replaced_segment]),
+            np.concatenate([winners, replaced]),
+            np.concatenate([np.ones(len(winners), np.int64), -np.ones(len(replaced), np.int64)]),
         )
-        raw = new[wins].tobytes()
-        size = ENTRY.itemsize
-        win_keys = [keys[i] for i in np.flatnonzero(wins)]
-        txn.cursor(db=self._members).putmulti(
-            [(k, raw[j * size : (j + 1) * size]) for j, k in enumerate(win_keys)]
-        )
+        # One bytes object per entry straight from numpy (a void item is its raw bytes).
+        values = winners.view(f"V{ENTRY.itemsize}").tolist()
+        win_keys = key_list if everything_wins else itertools.compress(key_list, wins)
+        txn.cursor(db=self._members).putmulti(zip(win_keys, values, strict=True))
         fresh = ~exists
         if fresh.any():
-            index_keys = segment_index_keys(
-                batch["user_kind"].to_numpy()[fresh],
-                batch["user_key"].combine_chunks().filter(pa.array(fresh)),
-                segment[fresh],
+            fresh_keys, fresh_segment = keys, segment
+            if exists.any():
+                fresh_keys, fresh_segment = keys.filter(pa.array(fresh)), segment[fresh]
+            # segment + kind + user key, cut from the member key (kind + user key + NUL +
+            # segment). The member keys are sorted by user already, so a stable sort by
+            # segment sorts the index keys.
+            index_keys = pc.binary_join_element_wise(
+                pc.binary_slice(fresh_keys, -8), pc.binary_slice(fresh_keys, 0, -9), b""
+            ).take(np.argsort(fresh_segment, kind="stable"))
+            txn.cursor(db=self._by_segment).putmulti(
+                zip(index_keys.to_pylist(), itertools.repeat(b""), strict=False)
             )
-            index_keys = index_keys.take(pc.sort_indices(index_keys)).to_pylist()
-            txn.cursor(db=self._by_segment).putmulti([(k, b"") for k in index_keys])
 
     def _count(
         self, txn: lmdb.Transaction, segment: np.ndarray, entries: np.ndarray, sign: np.ndarray
@@ -231,18 +265,46 @@ class LmdbStore:
         deltas = np.concatenate([sign, -sign])
         into_base = seconds <= self._folded_through(txn)
         if into_base.any():
-            uniq, inverse = np.unique(segs[into_base], return_inverse=True)
-            sums = np.bincount(inverse, weights=deltas[into_base]).astype(np.int64)
-            for seg, delta in zip(uniq.tolist(), sums.tolist(), strict=True):
-                self._add(txn, self._count_base, _SEG.pack(seg), delta)
+            uniq, sums = _sum_by(segs[into_base], deltas[into_base])
+            self._add_many(txn, self._count_base, uniq.astype(">i8"), sums)
         pending = ~into_base
         if pending.any():
             # One int64 per (second, segment): seconds and segment ids are both below 2**31.
-            combined = (seconds[pending] << 32) | segs[pending]
-            uniq, inverse = np.unique(combined, return_inverse=True)
-            sums = np.bincount(inverse, weights=deltas[pending]).astype(np.int64)
-            for key, delta in zip(uniq.tolist(), sums.tolist(), strict=True):
-                self._add(txn, self._count_events, _EVENT.pack(key >> 32, key & 0xFFFFFFFF), delta)
+            uniq, sums = _sum_by((seconds[pending] << 32) | segs[pending], deltas[pending])
+            event_keys = np.empty(len(uniq), dtype=[("second", ">i8"), ("seg", ">i8")])
+            event_keys["second"] = uniq >> 32
+            event_keys["seg"] = uniq & 0xFFFFFFFF
+            self._add_many(txn, self._count_events, event_keys, sums)
+
+    def _add_many(
+        self, txn: lmdb.Transaction, db: lmdb._Database, keys: np.ndarray, deltas: np.ndarray
+    ) -> None:
+        """Add deltas to the int64 counters at `keys` (fixed-width big-endian rows, sorted and
+        unique); a counter reaching 0 is removed."""
+        width = keys.dtype.itemsize
+        key_list = keys.view(f"V{width}").tolist()
+        cursor = txn.cursor(db=db)
+        found = cursor.getmulti(key_list)
+        totals = deltas.astype(np.int64)
+        existed = np.zeros(len(keys), dtype=bool)
+        if found:
+            # Fixed-width bytes compare like the keys themselves: find the stored ones.
+            at = np.searchsorted(
+                keys.view(f"S{width}"), np.frombuffer(b"".join([k for k, _ in found]), f"S{width}")
+            )
+            totals[at] += np.frombuffer(b"".join([v for _, v in found]), "<i8")
+            existed[at] = True
+        changed = deltas != 0
+        for i in np.flatnonzero(changed & existed & (totals == 0)).tolist():
+            txn.delete(key_list[i], db=db)
+        put = changed & (totals != 0)
+        cursor.putmulti(
+            zip(
+                itertools.compress(key_list, put),
+                totals[put].astype("<i8").view("V8").tolist(),
+                strict=True,
+            )
+        )
 
     def _add(self, txn: lmdb.Transaction, db: lmdb._Database, key: bytes, delta: int) -> None:
         if delta == 0:
