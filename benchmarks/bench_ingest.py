@@ -30,6 +30,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -235,9 +236,29 @@ RUNS = {
 }
 
 
+def _rss_anon_kb() -> int:
+    """Anonymous resident memory: the heap, not the pages of a memory-mapped store file."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    return 0
+
+
 def child(which: str, path: Path) -> None:
+    peak, done = [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], _rss_anon_kb())
+
+    threading.Thread(target=sample, daemon=True).start()
+    cpu = time.process_time()
     figures = RUNS[which](path)
+    figures["cpu_s"] = time.process_time() - cpu
+    done.set()
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures["peak_rss_anon_mb"] = max(peak[0], _rss_anon_kb()) / 1024
     print(json.dumps(figures))
 
 
@@ -274,21 +295,27 @@ def main() -> None:
         write_file(path, args.lines)
     size_mb = path.stat().st_size / 1e6
     print(f"file: {args.lines:,} lines, {size_mb:.0f} MB")
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     ours = measure("bss", path)
     print(
         f"bss    complete path: {ours['seconds']:7.2f} s  {ours['pairs'] / ours['seconds']:12,.0f} pairs/s"
-        f"  peak RSS {ours['peak_rss_mb']:.0f} MB"
+        f"  CPU {ours['cpu_s']:6.2f} s  peak RSS {ours['peak_rss_mb']:.0f} MB"
+        f"  peak RssAnon {ours['peak_rss_anon_mb']:.0f} MB"
     )
     if args.skip_duckdb:
         return
     floor = measure("duckdb", path)
     print(
         f"duckdb parse floor:   {floor['seconds']:7.2f} s  {floor['pairs'] / floor['seconds']:12,.0f} pairs/s"
-        f"  peak RSS {floor['peak_rss_mb']:.0f} MB"
+        f"  CPU {floor['cpu_s']:6.2f} s  peak RSS {floor['peak_rss_mb']:.0f} MB"
     )
     if floor["pairs"] != ours["pairs"]:
         print(f"note: pair counts differ: duckdb {floor['pairs']:,} vs bss valid {ours['pairs']:,}")
-    print(f"ratio bss/duckdb: {ours['seconds'] / floor['seconds']:.2f}")
+    print(
+        f"ratio bss/duckdb: {ours['seconds'] / floor['seconds']:.2f} (wall), "
+        f"{ours['cpu_s'] / floor['cpu_s']:.2f} (CPU seconds)"
+    )
+    print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 def main_avro(n_records: int) -> None:

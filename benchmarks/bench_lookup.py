@@ -9,12 +9,16 @@ the overlapping job 2), then measures:
   concurrent clients (p50/p99, req/s) and POST /user-segments with 1000 users, each next to
   GET /health at the same concurrency (the HTTP floor).
 
-    python benchmarks/bench_lookup.py --lines 10000000 --clients 4
+    python benchmarks/bench_lookup.py --lines 10000000 --clients 4 --data-dir /tmp/bss-35m
+
+With --data-dir the filled data dir is kept and reused by later runs with the same --lines
+(filling 35M pairs takes minutes); bench_api.py --data-dir measures over the same store.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -109,15 +113,29 @@ def load(
     }
 
 
-def fill(data_dir: Path, lines: int) -> tuple[np.ndarray, int, float]:
+def fill(data_dir: Path, lines: int) -> tuple[np.ndarray, int]:
+    """Fill the data dir's store with the bench_store workload of `lines` lines, once: a
+    marker file names the size, and a kept dir filled earlier is reused."""
+    marker = data_dir / "bench-filled.json"
+    if marker.exists():
+        filled = json.loads(marker.read_text())
+        if filled["lines"] != lines:
+            raise SystemExit(f"{data_dir} holds {filled['lines']} lines, not {lines}")
+        print(f"reusing {data_dir}: {filled['pairs']:,} pairs")
+        return bench_store.lookup_uids(lines), filled["pairs"]
     store = LmdbStore(data_dir / "memberships.lmdb")
-    pairs, started = 0, time.perf_counter()
+    pairs, started, cpu = 0, time.perf_counter(), time.process_time()
     for _, batch in jobs(lines):
         store.apply(batch)
         pairs += batch.num_rows
-    took = time.perf_counter() - started
+    took, cpu = time.perf_counter() - started, time.process_time() - cpu
     store.close()
-    return bench_store.LOOKUP_UIDS, pairs, took
+    print(
+        f"filled {pairs:,} pairs in {took:.0f} s ({pairs / took:,.0f} pairs/s, "
+        f"{pairs / cpu:,.0f} per CPU second)"
+    )
+    marker.write_text(json.dumps({"lines": lines, "pairs": pairs}))
+    return bench_store.lookup_uids(lines), pairs
 
 
 def in_process(data_dir: Path, uids: np.ndarray, lookups: int, batches: int) -> dict:
@@ -152,11 +170,15 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--data-dir", type=Path, help="keep the filled data dir here, reuse it")
+    parser.add_argument("--fill-only", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(tmp) / "data"
-        uids, pairs, took = fill(data_dir, args.lines)
-        print(f"filled {pairs:,} pairs in {took:.0f} s ({pairs / took:,.0f} pairs/s)")
+        data_dir = args.data_dir or Path(tmp) / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        uids, pairs = fill(data_dir, args.lines)
+        if args.fill_only:
+            return
         local = in_process(data_dir, uids, args.lookups, args.batches)
         print("in process:", {k: round(v, 3) for k, v in local.items()})
         proc, url = start_server(data_dir)

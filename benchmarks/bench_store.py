@@ -96,6 +96,11 @@ def jobs(lines: int) -> Iterator[tuple[str, pa.Table]]:
 LOOKUP_UIDS: np.ndarray = np.zeros(0, np.int64)
 
 
+def lookup_uids(lines: int) -> np.ndarray:
+    """Job 1's users, as `jobs(lines)` draws them first, without building the batches."""
+    return np.random.default_rng(7).integers(1, 2**63, lines, dtype=np.int64)
+
+
 # --- candidates ------------------------------------------------------------------------------
 
 
