@@ -151,6 +151,7 @@ def test_schema_names_the_token_scheme_and_query_parameters(fuzz_server):
         "search": "string",
         "start_element": "integer",
         "num_elements": "integer",
+        "region": "string",
     }
     assert get_segment["responses"]["404"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Error"

@@ -11,10 +11,13 @@ the local ones exactly. No timed assertions: every wait polls with a generous ti
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,14 @@ from typing import Any
 import pytest
 from cluster_util import REDIS_SERVER, needs_redis
 from conftest import ADMIN_PASSWORD, ADMIN_USER, BSS, Api, ServerProc, legacy
+from sqlalchemy import select, update
 
-pytestmark = needs_redis
+from bss.db import init_db, make_engine, now_s, write_tx
+from bss.jobs.models import jobs
+from bss.jobs.service import JobService
+from bss.settings import Settings
+from bss.store import regions
+
 MEMBER = 501
 #: This helper's port range (the machine is shared).
 PORTS = range(27100, 27999)
@@ -136,6 +145,7 @@ def _regions(api: Api, job_id: str) -> dict[str, str]:
     return api.job(MEMBER, job_id)["regions"]
 
 
+@needs_redis
 def test_a_region_that_is_down_is_caught_up_from_the_kept_file(
     bss_server, eu_redis: PersistentRedis, tmp_path: Path
 ) -> None:
@@ -288,3 +298,121 @@ def test_an_unreachable_local_region_refuses_start_up_in_one_line(tmp_path: Path
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach the Redis store" in lines[0], done.stderr
+
+
+# --- the region_writes table on both databases ------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def region_service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobService]:
+    env = {
+        "data_dir": tmp_path,
+        "store_regions": f"us=lmdb://{tmp_path / 'us'};eu=lmdb://{tmp_path / 'eu'}",
+        "local_region": "us",
+        "file_retention_days": 0,
+        "history_days": 1,
+    }
+    if request.param == "sqlite":
+        databases: Iterator[str] = iter([Settings(**env).resolved_database_url])
+    else:
+        databases = _pg_database()
+    url = next(databases)
+    engine = make_engine(url)
+    init_db(engine)
+    yield JobService(engine, Settings(**env, database_url=url))
+    engine.dispose()
+    next(databases, None)  # drops a PostgreSQL database
+
+
+def _pg_database() -> Iterator[str]:
+    psycopg = pytest.importorskip("psycopg")
+    admin_dsn = os.environ.get("BSS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        conn = psycopg.connect(admin_dsn, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable: {exc}")
+    name = f"bss_test_{uuid.uuid4().hex[:12]}"
+    conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    yield f"{base}/{name}"
+    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
+def _finished_job(svc: JobService, tmp_path: Path, name: str, *, owed: bool) -> dict[str, Any]:
+    src = tmp_path / name
+    src.write_bytes(b"1,1:0\n")
+    job = svc.submit_file(1, src, upload_source="folder", source_key=name)
+    old = now_s() - 3 * 86400
+    with write_tx(svc.db) as conn:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job["id"])
+            .values(phase="completed", uploaded_time=old, created_on=old)
+        )
+        regions.record_job(
+            conn,
+            job["id"],
+            ["eu"],
+            applied_as_of=old,
+            config_json="{}",
+            registry_records=[{"id": 1, "code": None, "member_id": 1}],
+            owed=owed,
+        )
+    return job
+
+
+def test_region_rows_are_claimed_once_and_keep_their_job_and_file(
+    region_service: JobService, tmp_path: Path
+) -> None:
+    svc = region_service
+    owed = [_finished_job(svc, tmp_path, f"owed-{i}", owed=True) for i in range(6)]
+    nothing = _finished_job(svc, tmp_path, "nothing", owed=False)
+    assert svc.get_job(nothing["job_id"])["regions"] == {"us": "applied", "eu": "applied"}
+    assert svc.get_job(owed[0]["job_id"])["regions"] == {"us": "applied", "eu": "pending"}
+    assert regions.replay_inputs(svc.db, owed[0]["id"]) is not None
+
+    # Retention 0 days, history 1 day: only the job that owes nothing goes, file and all.
+    svc.sweep()
+    uploads = tmp_path / "uploads"
+    assert svc.get_job(nothing["job_id"]) is None
+    assert all((uploads / job["job_id"]).exists() for job in owed)
+
+    # Eight claimers race: every row is claimed by exactly one.
+    claimed: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def claimer(name: str) -> None:
+        while (row := regions.claim_due(svc.db, name, 60)) is not None:
+            with lock:
+                claimed.append((name, row["id"]))
+
+    threads = [threading.Thread(target=claimer, args=(f"p{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(row_id for _, row_id in claimed) == sorted(set(r for _, r in claimed))
+    assert len(claimed) == len(owed)
+    holder = dict((row_id, name) for name, row_id in claimed)
+    rows = {}
+    with svc.db.connect() as conn:
+        for row in conn.execute(select(regions.region_writes)).mappings():
+            rows[row["job_id"]] = dict(row)
+    assert svc.get_job(owed[0]["job_id"])["regions"]["eu"] == "applying"
+
+    # A failed attempt: shown, retried later, and the region's other rows wait as long.
+    first = rows[owed[0]["id"]]
+    regions.mark_failed(svc.db, first, holder[first["id"]], "down", retry_max_seconds=60)
+    assert svc.get_job(owed[0]["job_id"])["regions"]["eu"] == "error: down (attempt 1; retried)"
+    assert regions.claim_due(svc.db, "p9", 60) is None
+    # The rest are applied: their replay inputs go, and the sweep takes their files.
+    for job in owed[1:]:
+        row = rows[job["id"]]
+        assert regions.mark_applied(svc.db, row, holder[row["id"]])
+        assert regions.replay_inputs(svc.db, job["id"]) is None
+    assert regions.replay_inputs(svc.db, owed[0]["id"]) is not None
+    svc.sweep()
+    assert (uploads / owed[0]["job_id"]).exists()
+    assert svc.get_job(owed[0]["job_id"]) is not None
+    assert not any((uploads / job["job_id"]).exists() for job in owed[1:])

@@ -45,6 +45,10 @@ _PAGING = {
     "num_elements": _int("Items per page (at most 100)", 1),
 }
 _JOB_ID = _str("The job_id returned by POST /batch-segment")
+_REGION = _str(
+    "Store regions (BSS_STORE_REGIONS): answer from this region's store instead of the local "
+    "one; a region that is not configured is a 400"
+)
 
 #: (method, path) -> {name: parameter} (query parameters; none is required by the schema:
 #: a missing one that the operation needs is a 400 SYNTAX naming it).
@@ -61,6 +65,7 @@ QUERY_PARAMETERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "member_id": _MEMBER_ID,
         "search": _str("Substring of code, short_name or description"),
         **_PAGING,
+        "region": _REGION,
     },
     ("post", "/segment"): {"member_id": _MEMBER_ID},
     ("put", "/segment"): {"id": _ID},
@@ -96,7 +101,10 @@ QUERY_PARAMETERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         "xfa_ip": _str("Synthetic ID's IP (with device_make_id, device_model_id)"),
         "device_make_id": _int("Device make"),
         "device_model_id": _int("Device model"),
+        "region": _REGION,
     },
+    ("post", "/user-segments"): {"member_id": _MEMBER_ID, "region": _REGION},
+    ("get", "/segment-members"): {"id": _ID, "region": _REGION},
 }
 
 _NULLABLE_STR = {"type": ["string", "null"]}
@@ -191,6 +199,12 @@ SCHEMAS: dict[str, Any] = {
             "percent_complete": _NULLABLE_INT,
             "time_to_process": _NULLABLE_STR,
             "last_modified": _DATE,
+            "regions": {
+                "type": "object",
+                "description": "Extra, with store regions only: region -> pending, applying, "
+                "applied or error: <reason> (docs/scale-out.md)",
+                "additionalProperties": {"type": "string"},
+            },
         },
     },
     "UserSegment": {

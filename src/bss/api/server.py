@@ -125,7 +125,7 @@ def start_background(
     for i in range(workers):
         worker = Worker(service, stores, stop, name=f"{keeper.process_id}:w{i}")
         threads.append(_thread(worker.run_forever, f"worker-{i}"))
-    if stores.remote_regions:
+    if workers and stores.remote_regions:  # replays are worker's work, not an API-only one's
         catch_up = RegionCatchUp(service, stores, stop, name=f"{keeper.process_id}:regions")
         threads.append(_thread(catch_up.run_forever, "regions"))
     threads.append(_thread(lambda: sweeper(service, stores, settings, stop, keeper), "sweeper"))

@@ -285,17 +285,29 @@ def mark_failed(
     final: bool = False,
 ) -> None:
     """The attempt failed: retried after a backoff that doubles per attempt (or never, when
-    `final`)."""
+    `final`). The region's other waiting rows wait as long: a region that is down is tried
+    once per backoff, not once per row (each try can take a store's whole retry time)."""
     now = now_s()
     wait = min(retry_max_seconds, FIRST_RETRY_SECONDS * 2 ** max(0, row["attempts"] - 1))
+    next_try = now + int(wait + 0.999)
     with write_tx(db) as conn:
+        if not final:
+            conn.execute(
+                update(region_writes)
+                .where(
+                    region_writes.c.region == row["region"],
+                    region_writes.c.state.in_((PENDING, ERROR)),
+                    region_writes.c.next_try < next_try,
+                )
+                .values(next_try=next_try)
+            )
         conn.execute(
             update(region_writes)
             .where(_owned(row["id"], holder))
             .values(
                 state=FAILED if final else ERROR,
                 error=error[:2000],
-                next_try=now + int(wait + 0.999),
+                next_try=next_try,
                 claimed_by=None,
                 claimed_until=None,
                 updated_at=now,
