@@ -10,8 +10,7 @@ writes.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import pyarrow as pa
 
@@ -41,8 +40,10 @@ APPLY_SCHEMA = pa.schema(
 JOB_SEQ_SPAN = 1 << 32
 
 
-@dataclass(frozen=True, slots=True)
-class Membership:
+class Membership(NamedTuple):
+    """One live membership. A named tuple: lookups build millions of these, and a tuple is
+    built several times faster than a frozen dataclass."""
+
     segment_id: int
     value: int | None
     timestamp: int
