@@ -13,6 +13,10 @@ measures the client's own GIL, not the server); it shares the machine's cores wi
 
     .venv/bin/python benchmarks/bench_api.py [--concurrency 8,32,128] [--seconds 6] [--rounds 3]
         [--store-lines 100000] [--processes 1] [--upload-mb 100]
+
+The issue's 35M-pair store takes long to fill through uploads: fill a data dir once with
+`bench_lookup.py --lines 10000000 --data-dir DIR --fill-only` and pass `--data-dir DIR` here
+(its segments are registered on first use; lookups name users of that store).
 """
 
 from __future__ import annotations
@@ -233,6 +237,23 @@ def fill_store(url: str, auth: dict[str, str], tmpdir: Path, lines: int) -> list
     return uids
 
 
+def kept_store(url: str, auth: dict[str, str], data_dir: Path) -> list[int]:
+    """Users of a data dir filled by bench_lookup.py; registers its segments on first use."""
+    import bench_store
+
+    lines = json.loads((data_dir / "bench-filled.json").read_text())["lines"]
+    with httpx.Client(base_url=url, headers=auth, timeout=None) as client:
+        client.post("/member", json={"member": {"id": MEMBER_ID}})
+        have = client.get("/segment", params={"member_id": MEMBER_ID, "num_elements": 1})
+        if have.json()["response"].get("count", 0) < bench_store.SEGMENTS:
+            for i in range(1, bench_store.SEGMENTS + 1):
+                client.post(
+                    "/segment", params={"member_id": MEMBER_ID}, json={"segment": {"code": f"s{i}"}}
+                )
+    print(f"store: kept data dir {data_dir} ({lines} lines of bench_store's workload)")
+    return bench_store.lookup_uids(lines)[:10_000].tolist()
+
+
 def raw_socket_copy(path: Path, out_dir: Path) -> float:
     """Baseline MB/s: the same bytes over a loopback TCP socket into a file, no HTTP."""
     server = socket.socket()
@@ -295,19 +316,23 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=1, help="API processes (BSS_PROCESSES)")
     ap.add_argument("--upload-mb", type=int, default=100)
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--data-dir", type=Path, help="a data dir filled by bench_lookup.py, kept")
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="bss-bench-") as tmp:
         tmpdir = Path(tmp)
-        proc, url = start_server(tmpdir / "data", args.processes)
+        proc, url = start_server(args.data_dir or tmpdir / "data", args.processes)
         port = int(url.rsplit(":", 1)[1])
         try:
             token = httpx.post(
                 f"{url}/auth", json={"auth": {"username": ADMIN, "password": PASSWORD}}
             ).json()["response"]["token"]
             auth = {"Authorization": token}
-            uids = fill_store(url, auth, tmpdir, args.store_lines) if args.store_lines else [1]
+            if args.data_dir:
+                uids = kept_store(url, auth, args.data_dir)
+            else:
+                uids = fill_store(url, auth, tmpdir, args.store_lines) if args.store_lines else [1]
             members = list(range(1, 17))
             for m in members:
                 httpx.post(f"{url}/member", json={"member": {"id": m}}, headers=auth)
@@ -330,7 +355,8 @@ def main() -> None:
             }
             print(
                 f"server {url}  processes={args.processes} cpus={os.cpu_count()} "
-                f"seconds/case={args.seconds} store_lines={args.store_lines}"
+                f"seconds/case={args.seconds} store_lines={args.store_lines} "
+                f"data_dir={args.data_dir} load average {os.getloadavg()[0]:.1f}"
             )
             print(
                 f"{'case':40s} {'clients':>7s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
@@ -382,7 +408,11 @@ def main() -> None:
             )
             if any(r["errors"] for levels in results.values() for r in levels.values()):
                 print("\nserver log (errors seen):")
-                lines = (tmpdir / "server.log").read_text(errors="replace").splitlines()
+                lines = (
+                    ((args.data_dir or tmpdir / "data").parent / "server.log")
+                    .read_text(errors="replace")
+                    .splitlines()
+                )
                 print("\n".join(line for line in lines if '"level": "error"' in line)[-4000:])
             if args.json:
                 args.json.write_text(json.dumps({"levels": results, "create": create}, indent=2))
