@@ -8,17 +8,19 @@ database), which is what `--processes N`, or `bss serve` beside `bss worker`, am
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import ADMIN_PASSWORD, ADMIN_USER, Api, ServerProc, legacy
+from conftest import ADMIN_PASSWORD, ADMIN_USER, BSS, Api, ServerProc, legacy
 
 MEMBER_PASSWORD = "password-123"
 
@@ -328,3 +330,24 @@ def test_two_worker_processes_beside_an_api_only_server(servers, tmp_path: Path)
     db.close()
     worker_pids = {str(w.proc.pid) for w in workers if w.proc}
     assert owners == worker_pids
+
+
+def test_validate_apply_beside_a_running_server(servers, tmp_path: Path):
+    """`bss validate --apply` on the data dir of a running server works: the same store and
+    the same seq counter, so the server reads its writes at once and a later job wins."""
+    (srv,) = servers(1, workers=1)
+    admin = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
+    admin.member(31)
+    seg = admin.segment(31, "beside")["id"]
+    (tmp_path / "f.txt").write_text(f"4242,{seg}:0\n")
+    (tmp_path / "segments.json").write_text(json.dumps([{"id": seg, "member_id": 31}]))
+    command = [str(BSS), "validate", str(tmp_path / "f.txt"), "--segments"]
+    command += [str(tmp_path / "segments.json"), "--member-id", "31", "--apply"]
+    command += ["--data-dir", str(srv.data_dir)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BSS_")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert set(admin.segments_of(31, uid=4242)) == {seg}
+    # A job the server runs afterwards removes the pair: its seqs lie above validate's.
+    assert admin.run(31, legacy([f"4242,{seg}:-1"]))["phase"] == "completed"
+    assert admin.segments_of(31, uid=4242) == {}
