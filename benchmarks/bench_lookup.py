@@ -143,23 +143,29 @@ def in_process(data_dir: Path, uids: np.ndarray, lookups: int, batches: int) -> 
     rng = np.random.default_rng(5)
     keys = uids[rng.integers(0, len(uids), lookups)].astype(str).tolist()
     times = np.empty(lookups)
+    cpu = time.process_time()
     for i, key in enumerate(keys):
         t0 = time.perf_counter()
         store.user_segments(1, key, NOW)
         times[i] = time.perf_counter() - t0
+    cpu = time.process_time() - cpu
     batch_times = np.empty(batches)
+    batch_cpu = 0.0
     for i in range(batches):
         users = [(1, u) for u in uids[rng.integers(0, len(uids), 1000)].astype(str).tolist()]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         store.users_segments(users, NOW)
         batch_times[i] = time.perf_counter() - t0
+        batch_cpu += time.process_time() - c0
     store.close()
     return {
         "lookups_s": lookups / times.sum(),
+        "lookups_per_cpu_s": lookups / cpu,
         "p50_ms": float(np.percentile(times, 50) * 1e3),
         "p99_ms": float(np.percentile(times, 99) * 1e3),
         "batch1000_p50_ms": float(np.percentile(batch_times, 50) * 1e3),
         "batch1000_p99_ms": float(np.percentile(batch_times, 99) * 1e3),
+        "batch1000_cpu_ms": batch_cpu / batches * 1e3,
     }
 
 
@@ -180,7 +186,8 @@ def main() -> None:
         if args.fill_only:
             return
         local = in_process(data_dir, uids, args.lookups, args.batches)
-        print("in process:", {k: round(v, 3) for k, v in local.items()})
+        print(f"load average {os.getloadavg()[0]:.1f}")
+        print("in process:", {k: round(float(v), 3) for k, v in local.items()})
         proc, url = start_server(data_dir)
         try:
             token = httpx.post(
@@ -207,7 +214,10 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-        print(f"\n{pairs:,} pairs, {args.clients} concurrent clients; ratios to /health")
+        print(
+            f"\n{pairs:,} pairs, {args.clients} concurrent clients; ratios to /health; "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
         print("| request | req/s | p50 ms | p99 ms | errors |")
         print("|---|---|---|---|---|")
         for name, r in (
