@@ -37,13 +37,61 @@ local function index_key(tag, seg)
   return "bss:s{" .. tag .. "}:" .. seg
 end
 
-local function add_counts(kc, delta)
-  for seg, d in pairs(delta) do
-    if d ~= 0 then
-      if redis.call("HINCRBY", kc, seg, d) == 0 then
-        redis.call("HDEL", kc, seg)
+-- redis.call with a long argument list, in slices (Lua's stack holds ~8000 values); `step`
+-- even for lists of pairs. `option` (may be nil) goes before the list, as ZADD's "LT".
+local function call_sliced(cmd, key, list, step, option)
+  if #list <= step then
+    if option then
+      return redis.call(cmd, key, option, unpack(list))
+    end
+    return redis.call(cmd, key, unpack(list))
+  end
+  local out = {}
+  for first = 1, #list, step do
+    local last = math.min(first + step - 1, #list)
+    local reply
+    if option then
+      reply = redis.call(cmd, key, option, unpack(list, first, last))
+    else
+      reply = redis.call(cmd, key, unpack(list, first, last))
+    end
+    if type(reply) == "table" then
+      for _, v in ipairs(reply) do
+        out[#out + 1] = v
       end
     end
+  end
+  return out
+end
+
+-- Add {segment -> delta} to the counts hash in three calls whatever the number of segments;
+-- a count that reaches 0 is dropped.
+local function add_counts(kc, delta)
+  local segs = {}
+  for seg, d in pairs(delta) do
+    if d ~= 0 then
+      segs[#segs + 1] = seg
+    end
+  end
+  if #segs == 0 then
+    return
+  end
+  local olds = call_sliced("HMGET", kc, segs, 4000)
+  local set, drop = {}, {}
+  for i, seg in ipairs(segs) do
+    local n = tonumber(olds[i] or "0") + delta[seg]
+    if n == 0 then
+      drop[#drop + 1] = seg
+    else
+      set[#set + 1] = seg
+      set[#set + 1] = n
+    end
+  end
+  if #set > 0 then
+    call_sliced("HSET", kc, set, 4000)
+  end
+  if #drop > 0 then
+    call_sliced("HDEL", kc, drop, 4000)
   end
 end
 
@@ -106,91 +154,85 @@ local function marker_cache(kd)
   end
 end
 
--- redis.call with a long argument list, in slices (Lua's stack holds ~8000 values).
-local function call_sliced(cmd, key, list, step)
-  local out = {}
-  for first = 1, #list, step do
-    local last = math.min(first + step - 1, #list)
-    local reply = redis.call(cmd, key, unpack(list, first, last))
-    if type(reply) == "table" then
-      for _, v in ipairs(reply) do
-        out[#out + 1] = v
-      end
-    end
-  end
-  return out
-end
-
--- KEYS: counts, expiry index, deletion markers. ARGV: bucket tag, now, rows.
--- Rows are separated by \30, fields by \31: <kind>:<key>, segment, seq (19 decimal digits),
--- removed (0|1), timestamp, expires_at, value ("" = none).
+-- KEYS: counts, expiry index, deletion markers. ARGV: bucket tag, now, then per user:
+-- <kind>:<key>, n, the user's next event (an entry starts or expires) as of `now`, n flags
+-- ("1": the entry is live at `now`) in one string, then n pairs segment, entry. The client
+-- sends each (user, segment) once, grouped by user; it computed event and flags at `now`
+-- so that this loop parses nothing while the bucket clock is `now` (the usual case).
 -- The seq rule: an entry only replaces one with a lower seq, and never lands below the
--- segment's deletion marker. Rows are grouped by user, so that each user costs one HMGET,
--- one HSET and one ZADD whatever its number of segments. Returns how many entries changed.
+-- segment's deletion marker. Each user costs one HMGET and one HSET; the segment indexes
+-- and the expiry index get one SADD per segment and one ZADD per call. An event earlier
+-- than the user's real next one (a rejected row's) only costs the sweep a visit.
+-- Returns how many entries changed.
 local function apply(keys, args)
   local kc, kx, kd = keys[1], keys[2], keys[3]
-  local tag = args[1]
-  local clock = sweep(tag, kc, kx, tonumber(args[2]))
-  local marker = marker_cache(kd)
-  local users, order = {}, {}
-  for kk, seg, seq, flag, ts, exp, val in
-    string.gmatch(args[3], "([^\30\31]*)\31([^\30\31]*)\31([^\30\31]*)\31([^\30\31]*)\31([^\30\31]*)\31([^\30\31]*)\31([^\30\31]*)")
-  do
-    local m = marker(seg)
-    if not (m and seq < m) then
-      local u = users[kk]
-      if u == nil then
-        u = { segs = {}, rows = {} }
-        users[kk] = u
-        order[#order + 1] = kk
-      end
-      local cur = u.rows[seg]
-      if cur == nil then
-        u.segs[#u.segs + 1] = seg
-      end
-      if cur == nil or cur[1] < seq then
-        u.rows[seg] = { seq, flag, tonumber(ts), tonumber(exp), val }
-      end
-    end
+  local tag, now = args[1], tonumber(args[2])
+  local clock = sweep(tag, kc, kx, now)
+  local exact = clock == now
+  local marker = nil
+  if redis.call("EXISTS", kd) == 1 then
+    marker = marker_cache(kd)
   end
-  local delta, written = {}, 0
-  for _, kk in ipairs(order) do
-    local u = users[kk]
+  local delta, index, events, written = {}, {}, {}, 0
+  local p, nargs = 3, #args
+  while p <= nargs do
+    local kk, n, event, flags = args[p], tonumber(args[p + 1]), args[p + 2], args[p + 3]
+    local first = p + 4
+    p = first + 2 * n
+    local segs = {}
+    for j = 1, n do
+      segs[j] = args[first + 2 * j - 2]
+    end
     local ukey = user_key(tag, kk)
-    local olds = call_sliced("HMGET", ukey, u.segs, 4000)
-    local fields, event = {}, nil
-    for i, seg in ipairs(u.segs) do
-      local new, old = u.rows[seg], olds[i]
-      local old_seq, old_removed, old_ts, old_exp
-      if old then
-        old_seq, old_removed, old_ts, old_exp = parse(old)
+    local olds = call_sliced("HMGET", ukey, segs, 4000)
+    local fields = {}
+    for j = 1, n do
+      local seg, new, old = segs[j], args[first + 2 * j - 1], olds[j]
+      local m = marker and marker(seg)
+      local take = true
+      if old or m then
+        local seq = string.sub(new, 1, 19)
+        take = not (m and seq < m) and not (old and string.sub(old, 1, 19) >= seq)
       end
-      if not old or old_seq < new[1] then
-        local removed, ts, exp = new[2] == "1", new[3], new[4]
-        fields[#fields + 1] = seg
-        fields[#fields + 1] = new[1] .. new[2] .. ts .. ":" .. exp .. ":" .. new[5]
-        local before = old and live(old_removed, old_ts, old_exp, clock) or false
-        local after = live(removed, ts, exp, clock)
+      if take then
+        local after
+        if exact then
+          after = string.byte(flags, j) == 49
+        else
+          local _, removed, ts, exp = parse(new)
+          after = live(removed, ts, exp, clock)
+        end
+        local before = false
+        if old then
+          local _, old_removed, old_ts, old_exp = parse(old)
+          before = live(old_removed, old_ts, old_exp, clock)
+        else
+          local members = index[seg]
+          if members == nil then
+            members = {}
+            index[seg] = members
+          end
+          members[#members + 1] = kk
+        end
         if before ~= after then
           delta[seg] = (delta[seg] or 0) + (after and 1 or -1)
         end
-        if not old then
-          redis.call("SADD", index_key(tag, seg), kk)
-        end
-        local e = exp
-        if ts > clock and ts < e then
-          e = ts
-        end
-        if event == nil or e < event then
-          event = e
-        end
+        fields[#fields + 1] = seg
+        fields[#fields + 1] = new
       end
     end
-    if event ~= nil then
+    if #fields > 0 then
       call_sliced("HSET", ukey, fields, 4000)
-      redis.call("ZADD", kx, "LT", event, kk)
+      events[#events + 1] = event
+      events[#events + 1] = kk
       written = written + #fields / 2
     end
+  end
+  for seg, members in pairs(index) do
+    call_sliced("SADD", index_key(tag, seg), members, 4000)
+  end
+  if #events > 0 then
+    call_sliced("ZADD", kx, events, 4000, "LT")
   end
   add_counts(kc, delta)
   return written
@@ -351,7 +393,7 @@ local function delete_segment(keys, args)
   return step[1]
 end
 
-redis.register_function("bss_apply", apply)
+redis.register_function("bss_apply_users", apply)
 redis.register_function("bss_counts", counts)
 redis.register_function("bss_purge", purge)
 redis.register_function({ function_name = "bss_read_users", callback = read_users, flags = { "no-writes" } })

@@ -7,8 +7,10 @@ counts, its expiry index and its slice of each segment's member index live in on
 All logic runs server-side in Redis Functions (redis_functions.lua), one bucket per call,
 atomically: the seq rule, the counts, the indexes. Readers sum the buckets' counts.
 
-A batch is split by bucket, each bucket's rows packed into one argument, and sent to all
-masters at once (one pipeline per master, on threads); each pipeline ends with `WAIT`, so
+A batch is grouped by bucket and user in one columnar pass (Arrow) that also writes the
+Redis protocol bytes of every call, so Python does no work per pair; one call per bucket, all
+calls of a master sent as one write and all masters at once (on threads). Each master's
+calls end with `WAIT`, so
 a batch only counts as applied once a replica of every master involved holds it. Any error
 (a failover, a moved slot, a lost connection) re-sends the whole batch after refreshing the
 topology: re-applying is harmless under the seq rule. If the cluster does not recover within
@@ -48,14 +50,13 @@ log = logging.getLogger("bss.store.redis")
 BUCKETS = 1024
 LIBRARY = files("bss.store").joinpath("redis_functions.lua").read_text()
 LIBRARY_NAME = "bss_store_v1"
-ROW_SEP, FIELD_SEP = "\x1e", "\x1f"
 
-_BUCKET_SQL = f"SELECT CAST(md5_number_lower(kk) % {BUCKETS} AS USMALLINT) AS b FROM users"
+_HASH_SQL = "SELECT md5_number_lower(kk) AS h FROM users"
 SEQ_DIGITS = 19  # int64 seqs as fixed-width decimal text: compared as strings server-side
 
 
 def bucket_of(user_kind: int, user_key: str) -> int:
-    """The bucket of a user: the same hash as _PACK (DuckDB's md5_number_lower)."""
+    """The bucket of a user: the same hash as _by_user (DuckDB's md5_number_lower)."""
     digest = hashlib.md5(f"{user_kind}:{user_key}".encode()).digest()
     return int.from_bytes(digest[8:], "little") % BUCKETS
 
@@ -91,7 +92,8 @@ class RedisStore:
         self.wait_replicas = (1 if self.cluster else 0) if wait_replicas is None else wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self.retry_seconds = retry_seconds
-        self._pack_db = duckdb.connect()
+        # One thread: the pack is small and the machine runs Redis and other processes too.
+        self._pack_db = duckdb.connect(config={"threads": 1})
         self._pack_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="bss-redis")
         options: dict[str, Any] = {
@@ -158,18 +160,18 @@ class RedisStore:
     def _on_every_master(
         self,
         buckets: Sequence[int],
-        calls: Callable[[Any, int], None],
+        command: Callable[[int], Command],
         *,
         wait: bool = False,
     ) -> dict[int, Any]:
-        """Run `calls(pipeline, bucket)` for every bucket, one pipeline per master, all
-        masters at once; {bucket: reply}. Retried whole (after a topology refresh) on any
+        """Send `command(bucket)` for every bucket, pipelined per master, all masters at
+        once; {bucket: reply}. Retried whole (after a topology refresh) on any
         error until retry_seconds pass: callers only send idempotent calls."""
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.05
         while True:
             try:
-                return self._run_once(buckets, calls, wait=wait)
+                return self._run_once(buckets, command, wait=wait)
             except (redis.RedisError, RedisClusterException, StoreUnavailable) as exc:
                 if time.monotonic() >= deadline:
                     raise StoreUnavailable(f"Redis store error: {exc}") from exc
@@ -183,22 +185,14 @@ class RedisStore:
                     self._load_functions()
 
     def _run_once(
-        self, buckets: Sequence[int], calls: Callable[[Any, int], None], *, wait: bool
+        self, buckets: Sequence[int], command: Callable[[int], Command], *, wait: bool
     ) -> dict[int, Any]:
         groups = self._route(buckets)
+        replicas = self.wait_replicas if wait else 0
 
         def on_master(node: redis.Redis, node_buckets: list[int]) -> list[Any]:
-            pipe = node.pipeline(transaction=False)
-            for bucket in node_buckets:
-                calls(pipe, bucket)
-            if wait and self.wait_replicas:
-                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
-            replies = pipe.execute()
-            if wait and self.wait_replicas and replies[-1] < self.wait_replicas:
-                raise StoreUnavailable(
-                    f"{replies[-1]} of {self.wait_replicas} replicas confirmed a write"
-                )
-            return replies
+            commands = [command(bucket) for bucket in node_buckets]
+            return _send(node, commands, replicas, self.wait_timeout_ms)
 
         futures = {
             self._pool.submit(on_master, node, node_buckets): node_buckets
@@ -206,8 +200,7 @@ class RedisStore:
         }
         out: dict[int, Any] = {}
         for future, node_buckets in futures.items():
-            replies = future.result()
-            out.update(zip(node_buckets, replies, strict=False))
+            out.update(zip(node_buckets, future.result(), strict=True))
         return out
 
     # --- the interface ----------------------------------------------------------------------
@@ -215,51 +208,94 @@ class RedisStore:
     def apply(self, batch: pa.Table) -> None:
         if batch.num_rows == 0:
             return
-        rows = self._pack(batch.select(APPLY_SCHEMA.names).cast(APPLY_SCHEMA))
-        now = str(int(time.time()))
+        now = int(time.time())
+        calls = self._pack(batch.select(APPLY_SCHEMA.names).cast(APPLY_SCHEMA), now)
+        self._on_every_master(sorted(calls), calls.__getitem__, wait=True)
 
-        def call(pipe: Any, bucket: int) -> None:
-            pipe.execute_command("FCALL", "bss_apply", 3, *_keys(bucket), bucket, now, rows[bucket])
+    def _pack(self, batch: pa.Table, now: int) -> dict[int, bytes]:
+        """{bucket: its `bss_apply_users` call as Redis protocol bytes}, built columnar.
 
-        self._on_every_master(sorted(rows), call, wait=True)
+        Arguments: tag, now, then per user <kind>:<key>, n, its next event at `now` (an
+        entry starts or expires), n liveness flags at `now` ("1" live, as one string), and
+        n pairs segment, entry."""
+        batch, buckets, starts = self._by_user(batch)
+        user_offsets = pa.array(np.append(starts, batch.num_rows).astype(np.int32))
 
-    def _pack(self, batch: pa.Table) -> dict[int, str]:
-        """The batch as {bucket: its rows packed in one string}, built columnar (Arrow)."""
+        def col(name: str) -> np.ndarray:
+            return batch[name].to_numpy()
+
+        ts, exp = col("timestamp"), col("expires_at")
+        live = ~col("removed") & (ts <= now) & (exp > now)
+        event = np.where(ts > now, np.minimum(ts, exp), exp)
+        entry = pc.binary_join_element_wise(
+            pc.utf8_lpad(pc.cast(batch["seq"], pa.string()), SEQ_DIGITS, "0"),
+            pc.if_else(batch["removed"], "1", "0"),
+            pc.cast(batch["timestamp"], pa.string()),
+            ":",
+            pc.cast(batch["expires_at"], pa.string()),
+            ":",
+            pc.fill_null(pc.cast(batch["value"], pa.string()), ""),
+            "",
+        )
+        pairs = pc.binary_join_element_wise(
+            _bulk(pc.cast(batch["segment_id"], pa.string())), _bulk(entry), ""
+        )
+        flags = pc.if_else(pa.array(live), "1", "0")
+        users = pc.binary_join_element_wise(
+            _bulk(batch["kk"].take(pa.array(starts))),
+            _bulk(pa.array(np.diff(user_offsets.to_numpy()).astype(str))),
+            _bulk(pa.array(np.minimum.reduceat(event, starts).astype(str))),
+            _bulk(pc.binary_join(pa.ListArray.from_arrays(user_offsets, flags), "")),
+            pc.binary_join(pa.ListArray.from_arrays(user_offsets, _flat(pairs)), ""),
+            "",
+        )
+        users_per_bucket = np.bincount(buckets[starts], minlength=BUCKETS)
+        pairs_per_bucket = np.bincount(buckets, minlength=BUCKETS)
+        offsets = np.concatenate([[0], np.cumsum(users_per_bucket)]).astype(np.int32)
+        bodies = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), _flat(users)), "")
+        bodies = pc.cast(bodies, pa.binary()).to_pylist()
+        now_arg = _bulk_bytes(str(now).encode())
+        out = {}
+        for b in np.flatnonzero(users_per_bucket).tolist():
+            argc = 8 + 4 * int(users_per_bucket[b]) + 2 * int(pairs_per_bucket[b])
+            head = [f"*{argc}\r\n".encode(), _APPLY_HEAD]
+            head += [_bulk_bytes(k.encode()) for k in (*_keys(b), str(b))]
+            out[b] = b"".join([*head, now_arg, bodies[b]])
+        return out
+
+    def _by_user(self, batch: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+        """The batch with a `kk` column (<kind>:<key>), ordered by bucket and user, each
+        (user, segment) once (its highest seq, as the seq rule would keep); the rows'
+        buckets; where each user's rows start. Users are ordered by a 64-bit hash: two users
+        sharing one only split into more runs, each still handled on its own."""
         kk = pc.binary_join_element_wise(
             pc.cast(batch["user_kind"], pa.string()), batch["user_key"], ":"
-        )
-        if pc.any(pc.match_substring_regex(batch["user_key"], "[\\x1e\\x1f]")).as_py():
-            raise ValueError("a user key contains a control character (\\x1e or \\x1f)")
+        ).combine_chunks()
+        # A file's pairs come grouped by line (user): hash each run once.
+        heads = np.flatnonzero(~_same_as_previous(kk))
         with self._pack_lock:
             cur = self._pack_db.cursor()
             try:
-                cur.register("users", pa.table({"kk": kk}))
-                buckets = cur.execute(_BUCKET_SQL).fetchnumpy()["b"]
+                cur.register("users", pa.table({"kk": kk.take(pa.array(heads))}))
+                hashes = cur.execute(_HASH_SQL).fetchnumpy()["h"]
             finally:
                 cur.close()
-
-        def text(name: str) -> pa.ChunkedArray:
-            return pc.cast(batch[name], pa.string())
-
-        rows = pc.binary_join_element_wise(
-            kk,
-            text("segment_id"),
-            pc.utf8_lpad(text("seq"), SEQ_DIGITS, "0"),
-            pc.if_else(batch["removed"], "1", "0"),
-            text("timestamp"),
-            text("expires_at"),
-            pc.fill_null(text("value"), ""),
-            FIELD_SEP,
+        hashes = np.repeat(np.asarray(hashes, dtype=np.uint64), np.diff(np.append(heads, len(kk))))
+        buckets = (hashes % BUCKETS).astype(np.int64)
+        order = np.lexsort(
+            (batch["seq"].to_numpy(), batch["segment_id"].to_numpy(), hashes, buckets)
         )
-        buckets = np.asarray(buckets, dtype=np.int64)
-        order = np.argsort(buckets, kind="stable")
-        per_bucket = np.bincount(buckets, minlength=BUCKETS)
-        offsets = np.concatenate([[0], np.cumsum(per_bucket)]).astype(np.int32)
-        grouped = pa.ListArray.from_arrays(
-            pa.array(offsets), pa.concat_arrays(rows.take(pa.array(order)).chunks)
-        )
-        packed = pc.binary_join(grouped, ROW_SEP).to_pylist()
-        return {b: packed[b] for b in np.flatnonzero(per_bucket).tolist()}
+        batch = batch.append_column("kk", kk).take(pa.array(order))
+        buckets = buckets[order]
+        kk, seg = batch["kk"].combine_chunks(), batch["segment_id"].to_numpy()
+        same_user = _same_as_previous(kk)
+        # Within a (user, segment) run the last row has the highest seq: keep only it.
+        repeated = np.zeros(len(kk), dtype=bool)
+        repeated[:-1] = same_user[1:] & (seg[1:] == seg[:-1])
+        if repeated.any():
+            batch, buckets = batch.filter(pa.array(~repeated)), buckets[~repeated]
+            same_user = _same_as_previous(batch["kk"].combine_chunks())
+        return batch, buckets, np.flatnonzero(~same_user)
 
     def user_segments(self, user_kind: int, user_key: str, now: int) -> list[Membership]:
         return self.users_segments([(user_kind, user_key)], now)[0]
@@ -269,9 +305,9 @@ class RedisStore:
         for i, (kind, key) in enumerate(users):
             by_bucket[bucket_of(kind, key)].append(i)
 
-        def call(pipe: Any, bucket: int) -> None:
+        def call(bucket: int) -> Command:
             kks = [f"{users[i][0]}:{users[i][1]}" for i in by_bucket[bucket]]
-            pipe.execute_command("FCALL_RO", "bss_read_users", 1, _keys(bucket)[2], bucket, *kks)
+            return ("FCALL_RO", "bss_read_users", 1, _keys(bucket)[2], bucket, *kks)
 
         replies = self._on_every_master(sorted(by_bucket), call)
         out: list[list[Membership]] = [[] for _ in users]
@@ -284,8 +320,8 @@ class RedisStore:
     def segment_member_counts(self, now: int) -> dict[int, int]:
         present = int(time.time())
 
-        def call(pipe: Any, bucket: int) -> None:
-            pipe.execute_command("FCALL", "bss_counts", 2, *_keys(bucket)[:2], bucket, now, present)
+        def call(bucket: int) -> Command:
+            return ("FCALL", "bss_counts", 2, *_keys(bucket)[:2], bucket, now, present)
 
         totals: dict[int, int] = defaultdict(int)
         for flat in self._on_every_master(range(BUCKETS), call).values():
@@ -297,8 +333,8 @@ class RedisStore:
         cursors = dict.fromkeys(range(BUCKETS), b"0")
         while cursors:
 
-            def call(pipe: Any, bucket: int) -> None:
-                pipe.execute_command(
+            def call(bucket: int) -> Command:
+                return (
                     "FCALL_RO",
                     "bss_segment_members",
                     1,
@@ -326,9 +362,9 @@ class RedisStore:
         cursors = dict.fromkeys(range(BUCKETS), b"0")
         while cursors:
 
-            def call(pipe: Any, bucket: int) -> None:
+            def call(bucket: int) -> Command:
                 kc, _, kd = _keys(bucket)
-                pipe.execute_command(
+                return (
                     "FCALL",
                     "bss_delete_segment",
                     2,
@@ -348,8 +384,8 @@ class RedisStore:
                     cursors[bucket] = cursor
 
     def purge_expired(self, now: int) -> int:
-        def call(pipe: Any, bucket: int) -> None:
-            pipe.execute_command("FCALL", "bss_purge", 2, *_keys(bucket)[:2], bucket, now)
+        def call(bucket: int) -> Command:
+            return ("FCALL", "bss_purge", 2, *_keys(bucket)[:2], bucket, now)
 
         return sum(int(n) for n in self._on_every_master(range(BUCKETS), call, wait=True).values())
 
@@ -360,6 +396,69 @@ class RedisStore:
         if self._single is not None:
             self._single.close()
         self._pack_db.close()
+
+
+def _send(node: redis.Redis, commands: list[Command], replicas: int, timeout_ms: int) -> list[Any]:
+    """Send `commands` (argument tuples, or calls already in protocol bytes) to one node as
+    one write, then WAIT for `replicas` if any; their replies, in order. Raises the first
+    error reply once every reply is read (the connection stays usable); drops the
+    connection on any other failure."""
+    pool = node.connection_pool
+    conn = pool.get_connection()
+    try:
+        chunks: list[bytes] = []
+        for command in commands:
+            if isinstance(command, bytes):
+                chunks.append(command)
+            else:
+                chunks += conn.pack_command(*command)
+        if replicas:
+            chunks += conn.pack_command("WAIT", replicas, timeout_ms)
+        conn.send_packed_command(chunks)
+        replies, error = [], None
+        for _ in range(len(commands) + (1 if replicas else 0)):
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as exc:
+                error = error or exc
+                replies.append(None)
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+    if error is not None:
+        raise error
+    if replicas and replies.pop() < replicas:
+        raise StoreUnavailable(f"fewer than {replicas} replicas confirmed a write")
+    return replies
+
+
+def _bulk(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Each value as a Redis protocol bulk string: $<bytes>\\r\\n<value>\\r\\n."""
+    size = pc.cast(pc.binary_length(values), pa.string())
+    return pc.binary_join_element_wise("$", size, "\r\n", values, "\r\n", "")
+
+
+def _same_as_previous(values: pa.Array) -> np.ndarray:
+    out = np.zeros(len(values), dtype=bool)
+    if len(values) > 1:
+        out[1:] = pc.equal(values[1:], values[:-1]).to_numpy(zero_copy_only=False)
+    return out
+
+
+def _flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def _bulk_bytes(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+#: The start of every bss_apply_users call after its argument count: the function, 3 keys.
+_APPLY_HEAD = b"".join(_bulk_bytes(a) for a in (b"FCALL", b"bss_apply_users", b"3"))
+#: A call: an argument tuple, or already in protocol bytes.
+Command = tuple[Any, ...] | bytes
 
 
 def _safe(url: str) -> str:
