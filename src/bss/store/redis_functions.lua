@@ -173,23 +173,41 @@ local function apply(keys, args)
   if redis.call("EXISTS", kd) == 1 then
     marker = marker_cache(kd)
   end
-  local delta, index, events, written = {}, {}, {}, 0
+  -- Where each user's arguments start, and its hash key. When none of the users exists
+  -- yet (a first load) and no segment is deleted, every entry is taken as sent.
+  local starts, ukeys, nusers = {}, {}, 0
   local p, nargs = 3, #args
   while p <= nargs do
+    nusers = nusers + 1
+    starts[nusers] = p
+    ukeys[nusers] = user_key(tag, args[p])
+    p = p + 4 + 2 * tonumber(args[p + 1])
+  end
+  local existing = 0
+  for first = 1, nusers, 4000 do
+    existing = existing + redis.call("EXISTS", unpack(ukeys, first, math.min(first + 3999, nusers)))
+  end
+  local fresh = existing == 0 and not marker
+  local delta, index, events, nevents, written = {}, {}, {}, 0, 0
+  local none = {}
+  for u = 1, nusers do
+    p = starts[u]
     local kk, n, event, flags = args[p], tonumber(args[p + 1]), args[p + 2], args[p + 3]
     local first = p + 4
-    p = first + 2 * n
-    local segs = {}
-    for j = 1, n do
-      segs[j] = args[first + 2 * j - 2]
+    local ukey = ukeys[u]
+    local olds = none
+    if existing > 0 then
+      local segs = {}
+      for j = 1, n do
+        segs[j] = args[first + 2 * j - 2]
+      end
+      olds = call_sliced("HMGET", ukey, segs, 4000)
     end
-    local ukey = user_key(tag, kk)
-    local olds = call_sliced("HMGET", ukey, segs, 4000)
-    local fields = {}
+    local fields, nfields = {}, 0
     for j = 1, n do
-      local seg, new, old = segs[j], args[first + 2 * j - 1], olds[j]
-      local m = marker and marker(seg)
+      local seg, new, old = args[first + 2 * j - 2], args[first + 2 * j - 1], olds[j]
       local take = true
+      local m = marker and marker(seg)
       if old or m then
         local seq = string.sub(new, 1, 19)
         take = not (m and seq < m) and not (old and string.sub(old, 1, 19) >= seq)
@@ -209,29 +227,40 @@ local function apply(keys, args)
         else
           local members = index[seg]
           if members == nil then
-            members = {}
-            index[seg] = members
+            index[seg] = { kk }
+          else
+            members[#members + 1] = kk
           end
-          members[#members + 1] = kk
         end
         if before ~= after then
           delta[seg] = (delta[seg] or 0) + (after and 1 or -1)
         end
-        fields[#fields + 1] = seg
-        fields[#fields + 1] = new
+        if not fresh then
+          fields[nfields + 1] = seg
+          fields[nfields + 2] = new
+          nfields = nfields + 2
+        end
       end
     end
-    if #fields > 0 then
+    if fresh then
+      nfields = 2 * n
+      for last = first + nfields - 1, first, -4000 do -- the pairs as sent, in slices
+        redis.call("HSET", ukey, unpack(args, math.max(first, last - 3999), last))
+      end
+    elseif nfields > 0 then
       call_sliced("HSET", ukey, fields, 4000)
-      events[#events + 1] = event
-      events[#events + 1] = kk
-      written = written + #fields / 2
+    end
+    if nfields > 0 then
+      events[nevents + 1] = event
+      events[nevents + 2] = kk
+      nevents = nevents + 2
+      written = written + nfields / 2
     end
   end
   for seg, members in pairs(index) do
     call_sliced("SADD", index_key(tag, seg), members, 4000)
   end
-  if #events > 0 then
+  if nevents > 0 then
     call_sliced("ZADD", kx, events, 4000, "LT")
   end
   add_counts(kc, delta)
