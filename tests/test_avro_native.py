@@ -472,3 +472,30 @@ def test_engine_results_are_identical_for_a_damaged_file(tmp_path):
     assert (native[0].error_code, native[0].error_message) == ("corrupt_avro", message)
     assert native[0].counters.num_valid > 0
     assert native == reference
+
+
+def test_duplicates_across_the_hand_over_to_the_reference(tmp_path):
+    """Records read natively, then repeated in the batch the reference reader takes over
+    (a damaged record after them): the repeats are duplicates on both paths alike."""
+    records = [
+        {"uid": 1_000 + i, "segments": [{**schema_defaults(), "id": 5, "value": i}]}
+        for i in range(150)
+    ]
+    data = write_fastavro(records + records[:8] + records[:8], sync_interval=150)
+    reader = fastavro.reader(io.BytesIO(data))
+    sync = reader._header["sync"]  # noqa: SLF001
+    last_block = data.rindex(sync, 0, len(data) - len(sync)) + len(sync)
+    for pos in range(len(data) - len(sync) - 1, last_block, -1):
+        damaged = bytearray(data)
+        damaged[pos] ^= 0xFF
+        error = _read(bytes(damaged), native=False)[3]
+        if error and "cannot be decoded" in error[1]:
+            break
+    else:
+        raise AssertionError("no single byte makes a record of the last block undecodable")
+    path = tmp_path / "in.avro"
+    path.write_bytes(bytes(damaged))
+    native, reference = ingest(path, tmp_path, True), ingest(path, tmp_path, False)
+    assert reference[0].error_code == "corrupt_avro"
+    assert reference[0].counters.num_invalid_format >= 8  # the repeats before the damage
+    assert native == reference

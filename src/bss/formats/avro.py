@@ -17,9 +17,12 @@ both give the same lines, pairs, duplicates and errors.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+import queue
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from bss.formats.avro_container import (
     CORRUPT,
@@ -52,6 +55,9 @@ from bss.formats.config import BatchSegmentConfig
 from bss.formats.detect import InputError
 from bss.formats.read_ahead import read_ahead
 from bss.formats.records import ParsedChunk
+
+#: Batches decoded at the same time, each by a DuckDB connection on a thread of its own.
+DECODERS = 2
 
 __all__ = [
     "CORRUPT",
@@ -86,7 +92,7 @@ def _batches(blocks: Iterator[Block]) -> Iterator[tuple[list[Block], InputError 
             batch, size = [], 0
 
 
-def _then_raise(blocks: list[Block], error: InputError | None) -> Iterator[Block]:
+def _then_raise(blocks: Iterable[Block], error: InputError | None) -> Iterator[Block]:
     yield from blocks
     if error is not None:
         raise error
@@ -151,40 +157,82 @@ def _native_chunks(
     records_per_chunk: int,
     offset: Callable[[], int],
 ) -> Iterator[ParsedChunk]:
-    decoder = NativeDecoder(header, plan, extension)
+    """The file's chunks in order; DECODERS batches are decoded at the same time.
+
+    Each batch goes to a worker thread of its own (DuckDB, Polars and numpy release the
+    GIL, so the workers and the engine share both cores); the batches are handed on in
+    file order. When a batch cannot be read natively, the batches decoded after it are
+    dropped and the reference reader reads from that batch on.
+    """
+    idle: queue.SimpleQueue[NativeDecoder] = queue.SimpleQueue()
+    decoders = [NativeDecoder(header, plan, extension) for _ in range(DECODERS)]
+    for decoder in decoders:
+        idle.put(decoder)
+    branches = decoders[0].branches
+
+    def decode(batch: list[Block], first_line_no: int) -> tuple[Any, ...] | None:
+        if not batch:  # a framing error right after the previous batch
+            return None
+        decoder = idle.get()
+        try:
+            table = decoder.decode(batch)
+        finally:
+            idle.put(decoder)
+        if table is None:
+            return None
+        return native_chunk(table, branches, first_line_no, config, member_id)
+
+    pending: deque[tuple[Future[tuple[Any, ...] | None], list[Block], InputError | None, int]]
+    pending = deque()
     line_no = 0
+    pool = ThreadPoolExecutor(DECODERS, thread_name_prefix="bss-avro-decode")
     try:
-        for batch, error in _batches(blocks):
-            records = sum(count for count, _ in batch)
-            table = decoder.decode(batch) if batch else None
-            if table is not None:
-                lines, pairs, hashes = native_chunk(
-                    table, decoder.branches, line_no, config, member_id
+        batches = _batches(blocks)
+        while True:
+            # Keep every decoder busy: the next batches are framed while they decode.
+            while len(pending) < DECODERS:
+                item = next(batches, None)
+                if item is None:
+                    break
+                batch, error = item
+                pending.append((pool.submit(decode, batch, line_no), batch, error, line_no))
+                line_no += sum(count for count, _ in batch)
+            if not pending:
+                return
+            future, batch, error, first = pending.popleft()
+            decoded = future.result()
+            if decoded is None:
+                # DuckDB could not read this batch (a damaged record, or something it does
+                # not support): the reference reader takes it from here, to the record.
+                later = [b for _, bs, _, _ in pending for b in bs]
+                last_error = pending[-1][2] if pending else error
+                ended = last_error is not None
+                rest = itertools.chain(batch, later, () if ended else blocks)
+                yield from reference_chunks(
+                    header,
+                    plan,
+                    _then_raise(rest, last_error),
+                    config,
+                    member_id,
+                    records_per_chunk,
+                    first_line_no=first,
+                    input_offset=offset,
+                    hash_bytes=not decoders[0].hash_in_query,
                 )
-                yield ParsedChunk(
-                    lines=lines,
-                    pairs=pairs,
-                    input_offset=offset(),
-                    line_hashes=hashes,
-                    render_raw=RawRenderer(header, plan, batch, line_no),
-                )
-                line_no += records
-                if error is not None:
-                    raise error
-                continue
-            # DuckDB could not read this batch (a damaged record, or something it does
-            # not support): the reference reader takes it from here, to the record.
-            rest = _then_raise(batch, error) if error else itertools.chain(batch, blocks)
-            yield from reference_chunks(
-                header,
-                plan,
-                rest,
-                config,
-                member_id,
-                records_per_chunk,
-                first_line_no=line_no,
-                input_offset=offset,
+                return
+            lines, pairs, hashes = decoded
+            yield ParsedChunk(
+                lines=lines,
+                pairs=pairs,
+                input_offset=offset(),
+                line_hashes=hashes,
+                render_raw=RawRenderer(header, plan, batch, first),
             )
-            return
+            if error is not None:
+                raise error
     finally:
-        decoder.close()
+        for future, *_ in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
+        for decoder in decoders:
+            decoder.close()

@@ -81,12 +81,33 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _select_list(plan: ReadPlan) -> tuple[str, dict[int, str]]:
+def has_boolean(schema: Any, named: dict[str, Any], seen: frozenset[str] = frozenset()) -> bool:
+    """Whether values of this type can hold a boolean anywhere."""
+    if isinstance(schema, str):
+        if schema in named and schema not in seen:
+            return has_boolean(named[schema], named, seen | {schema})
+        return schema == "boolean"
+    if isinstance(schema, list):
+        return any(has_boolean(branch, named, seen) for branch in schema)
+    if not isinstance(schema, dict):
+        return False
+    kind = schema.get("type")
+    if kind == "record":
+        inner = seen | {str(schema.get("name"))}
+        return any(has_boolean(f.get("type"), named, inner) for f in schema.get("fields", []))
+    if kind == "array":
+        return has_boolean(schema.get("items"), named, seen)
+    if kind == "map":
+        return has_boolean(schema.get("values"), named, seen)
+    return has_boolean(kind, named, seen)
+
+
+def _select_list(plan: ReadPlan, hash_in_query: bool) -> tuple[str, dict[int, str]]:
     """The batch query, and uid branch index -> recognised branch short name.
 
     Per record: the uid branch index (`tag`), one column per non-null uid branch ("u<i>",
-    null on the other branches' rows), every other top-level field as it is, and DuckDB's
-    hash of the whole record with its branch.
+    null on the other branches' rows), every other top-level field as it is, and, with
+    `hash_in_query`, DuckDB's hash of the whole record with its branch.
     """
     real = [(i, b) for i, b in enumerate(plan.uid_branches) if b != "null"]
     union = plan.uid_is_union and len(real) > 1
@@ -105,8 +126,9 @@ def _select_list(plan: ReadPlan) -> tuple[str, dict[int, str]]:
         if short is not None:
             branches[index] = short
     exprs += [_quote(name) for name in plan.top_fields if name != "uid"]
-    record = ", ".join(_quote(name) for name in plan.top_fields)
-    exprs.append(f"hash({tag}, {record}) AS line_hash")
+    if hash_in_query:
+        record = ", ".join(_quote(name) for name in plan.top_fields)
+        exprs.append(f"hash({tag}, {record}) AS line_hash")
     return "SELECT " + ", ".join(exprs) + " FROM read_avro(?)", branches
 
 
@@ -138,6 +160,16 @@ def _record_sizes(table: pa.Table, plan: ReadPlan) -> np.ndarray | None:
     return total
 
 
+def _byte_hashes(blocks: list[Block], sizes: np.ndarray) -> pa.Array:
+    """A 64-bit hash of each record's encoded bytes (the blocks' records, in order)."""
+    data = b"".join(data for _, data in blocks)
+    offsets = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(sizes, dtype=np.int64)])
+    records = pa.Array.from_buffers(
+        pa.large_binary(), len(sizes), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+    return pl.Series(records).hash(seed=0).to_arrow()
+
+
 class NativeDecoder:
     """One DuckDB connection with the avro extension loaded, for the batches of one file."""
 
@@ -149,7 +181,13 @@ class NativeDecoder:
         self._head = null_codec_header(header)
         self._folder = tempfile.TemporaryDirectory(prefix="bss-avro-")
         self._batch_no = 0
-        self._select, self.branches = _select_list(plan)
+        # The duplicate-line check compares hashes that are equal exactly when the records'
+        # JSON is. A record's bytes are such a key once the size check has shown them to be
+        # the canonical encoding of the decoded values (any other encoding of the same
+        # values is longer), and hashing them costs far less than DuckDB's hash of the
+        # decoded record. Not for booleans: a byte 2 decodes to true as 1 does.
+        self.hash_in_query = has_boolean(plan.record_schema, plan.named)
+        self._select, self.branches = _select_list(plan, self.hash_in_query)
         # No network and no implicit installs: the extension is the file the package ships.
         self._con = duckdb.connect(
             config={
@@ -188,7 +226,9 @@ class NativeDecoder:
         counts = [count for count, _ in blocks]
         if sizes is None or not blocks_match(sizes, counts, [len(d) for _, d in blocks]):
             return None
-        return table
+        if self.hash_in_query:
+            return table
+        return table.append_column("line_hash", _byte_hashes(blocks, sizes))
 
 
 def _all_ascii(series: pl.Series) -> bool:

@@ -7,6 +7,7 @@ what it cannot take. `raw`, the record as compact JSON, is built here for every 
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -253,6 +254,7 @@ def reference_chunks(
     *,
     first_line_no: int = 0,
     input_offset: Callable[[], int],
+    hash_bytes: bool = False,
 ) -> Iterator[ParsedChunk]:
     """The records of these blocks, in chunks of up to `records_per_chunk` records, numbered
     from `first_line_no` + 1.
@@ -261,13 +263,20 @@ def reference_chunks(
     MAX_RAW_CHARS_PER_CHUNK characters of record JSON; no chunk is empty. An InputError from
     the blocks or an undecodable record ends the records there, after the chunk of those
     read before it.
+
+    With `hash_bytes` (taking over from the native reader) the chunks carry the native
+    reader's line hashes, of each record's encoding, so that a record repeating one read
+    natively is found a duplicate as it is when the whole file is read here.
     """
     user_of = user_functions(config, member_id)
     fast = plan.fast_segments
     records = open_records(header, blocks)
     line_no = first_line_no
+    writer_schema = fastavro.parse_schema(json.loads(header.schema_json)) if hash_bytes else None
+    buffer = io.BytesIO()
     while True:
         cols = _Columns()
+        encoded: list[bytes] = []
         a_line, a_raw, a_format = cols.line_no.append, cols.raw.append, cols.format_error.append
         a_kind, a_key, a_user_err = (
             cols.user_kind.append,
@@ -305,6 +314,11 @@ def reference_chunks(
             line_no += 1
             format_error: str | None = None
             kind = key = user_error = None
+            if writer_schema is not None:  # before normalize_uid rewrites the uid
+                buffer.seek(0)
+                buffer.truncate()
+                fastavro.schemaless_writer(buffer, writer_schema, record)
+                encoded.append(buffer.getvalue())
 
             branch, uid = normalize_uid(record, plan)
             if branch is None:
@@ -337,7 +351,10 @@ def reference_chunks(
             # The records read before a failure are handed over first, whatever the chunk
             # size: what is applied before an unreadable part of the file stays applied.
             lines, pairs = cols.frames()
-            yield ParsedChunk(lines=lines, pairs=pairs, input_offset=input_offset())
+            hashes = pl.Series(encoded, dtype=pl.Binary).hash(seed=0) if hash_bytes else None
+            yield ParsedChunk(
+                lines=lines, pairs=pairs, input_offset=input_offset(), line_hashes=hashes
+            )
         if failure is not None:
             raise failure
         if exhausted:
