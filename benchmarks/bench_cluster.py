@@ -5,10 +5,12 @@ runs the same files in the same run as the baseline.
 
 Prints, with ratios:
   - redis-benchmark -P 64 -t hset against one master (the Redis ceiling on this machine);
-  - the Redis store's own apply rate (seq rule, counts, indexes, WAIT), one writer thread;
+  - the Redis store's own apply rate (seq rule, counts, indexes, WAIT), one writer thread,
+    for a first load and for a rewrite with newer seqs, with CPU per pair by process role;
   - end-to-end pairs/s (upload to completed) with 1 and 2 workers, and embedded;
   - GET /user-segments p50/p99 over HTTP against the cluster-backed API and the embedded one;
-  - Redis memory per membership (used_memory of the masters, before/after).
+  - Redis memory per membership (used_memory of the masters, before/after);
+  - the load average at start and end (the machine may be shared: compare within a run).
 
     .venv/bin/python benchmarks/bench_cluster.py --lines 100000 --files 4
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -70,37 +73,65 @@ def redis_benchmark(port: int) -> float:
     return float(re.findall(r"HSET: ([\d.]+) requests per second", done.stdout)[-1])
 
 
-def store_apply_rate(url: str, pairs: int) -> tuple[float, float]:
-    """pairs/s of RedisStore.apply on engine-sized batches, and bytes per membership."""
-    store = open_store(url)
+def store_apply_rate(cluster: RedisClusterProcs, pairs: int) -> dict[str, float]:
+    """RedisStore.apply on engine-sized batches (seq rule, counts, indexes, WAIT 1): pairs/s
+    of a first load and of a rewrite of the same pairs with newer seqs (a daily refresh);
+    CPU microseconds per pair of this process, the masters and the replicas; bytes of
+    master memory per membership."""
+    store = open_store(cluster.url)
     masters = store._masters()  # type: ignore[attr-defined]
+    nodes = [redis.Redis(port=n.port) for n in cluster.nodes]
     before = sum(m.info("memory")["used_memory"] for m in masters)
-    batch_rows = 100_000
+    batch_rows = 240_000  # about what one 4 MiB chunk of a legacy file holds
     now = int(time.time())
-    elapsed = 0.0
-    for start in range(0, pairs, batch_rows):
-        n = min(batch_rows, pairs - start)
-        idx = np.arange(start, start + n)
-        users = idx // 3  # 3 segments per user
-        table = pa.table(
-            {
-                "user_kind": np.ones(n, dtype=np.uint8),
-                "user_key": pa.array((users + 9_000_000_000_000_000).astype(str)),
-                "segment_id": (idx % 3 + 1 + users % 50).astype(np.int64),
-                "value": pa.nulls(n, pa.int64()),
-                "timestamp": np.full(n, now, dtype=np.int64),
-                "expires_at": np.full(n, now + 30 * 86400, dtype=np.int64) + users % 86400,
-                "removed": np.zeros(n, dtype=bool),
-                "seq": (idx + (1 << 50)).astype(np.int64),
-            },
-            schema=APPLY_SCHEMA,
-        )
-        t = time.perf_counter()
-        store.apply(table)
-        elapsed += time.perf_counter() - t
-    after = sum(m.info("memory")["used_memory"] for m in masters)
+    out: dict[str, float] = {}
+    for label, seq_base in (("first", 1 << 50), ("rewrite", 1 << 51)):
+        elapsed, cpu = 0.0, 0.0
+        masters_now = [n.info("replication")["role"] == "master" for n in nodes]
+        server_cpu = [_cpu(n) for n in nodes]
+        for start in range(0, pairs, batch_rows):
+            table = _store_batch(start, min(batch_rows, pairs - start), now, seq_base)
+            t, c = time.perf_counter(), time.process_time()
+            store.apply(table)
+            elapsed += time.perf_counter() - t
+            cpu += time.process_time() - c
+        spent = [_cpu(n) - c0 for n, c0 in zip(nodes, server_cpu, strict=True)]
+        out[f"{label}_rate"] = pairs / elapsed
+        out[f"{label}_py_us"] = cpu / pairs * 1e6
+        for role in ("master", "replica"):
+            total = sum(
+                x for x, m in zip(spent, masters_now, strict=True) if m == (role == "master")
+            )
+            out[f"{label}_{role}_us"] = total / pairs * 1e6
+        if label == "first":
+            after = sum(m.info("memory")["used_memory"] for m in masters)
+            out["bytes_per_membership"] = (after - before) / pairs
     store.close()
-    return pairs / elapsed, (after - before) / pairs
+    return out
+
+
+def _cpu(node: redis.Redis) -> float:
+    info = node.info("cpu")
+    return float(info["used_cpu_user"] + info["used_cpu_sys"])
+
+
+def _store_batch(start: int, n: int, now: int, seq_base: int) -> pa.Table:
+    """Users in 3 segments each (of 50), expiring over a day 30 days on."""
+    idx = np.arange(start, start + n)
+    users = idx // 3
+    return pa.table(
+        {
+            "user_kind": np.ones(n, dtype=np.uint8),
+            "user_key": pa.array((users + 9_000_000_000_000_000).astype(str)),
+            "segment_id": (idx % 3 + 1 + users % 50).astype(np.int64),
+            "value": pa.nulls(n, pa.int64()),
+            "timestamp": np.full(n, now, dtype=np.int64),
+            "expires_at": np.full(n, now + 30 * 86400, dtype=np.int64) + users % 86400,
+            "removed": np.zeros(n, dtype=bool),
+            "seq": (idx + seq_base).astype(np.int64),
+        },
+        schema=APPLY_SCHEMA,
+    )
 
 
 def run_jobs(api: Api, files: list[tuple[bytes, int]]) -> float:
@@ -138,7 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", type=int, default=100_000, help="lines per file")
     parser.add_argument("--files", type=int, default=4, help="files per run")
-    parser.add_argument("--store-pairs", type=int, default=600_000)
+    parser.add_argument("--store-pairs", type=int, default=960_000)
     parser.add_argument("--lookups", type=int, default=2000)
     args = parser.parse_args()
 
@@ -158,14 +189,27 @@ def main() -> None:
     pg_url = PG_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{db}"
     procs: list = []
     try:
-        hset = redis_benchmark(cluster.master_of("myhash").port)  # the key it writes
-        print(f"redis-benchmark -P 64 -t hset, one master: {hset:,.0f} ops/s")
-        rate, per_membership = store_apply_rate(cluster.url, args.store_pairs)
+        print(f"load average at start: {os.getloadavg()[0]:.1f} (2 cores)")
+        port = cluster.master_of("myhash").port  # the key redis-benchmark writes
+        hset_before = redis_benchmark(port)
+        st = store_apply_rate(cluster, args.store_pairs)
+        hset = (hset_before + redis_benchmark(port)) / 2
         print(
-            f"RedisStore.apply (seq rule, counts, indexes, WAIT 1), one writer: {rate:,.0f} pairs/s"
-            f" = {rate / hset:.2f} x redis-benchmark hset (goal >= 0.33)"
+            f"redis-benchmark -P 64 -t hset, one master: {hset:,.0f} ops/s (mean of before and after)"
         )
-        print(f"Redis memory per membership (masters' used_memory): {per_membership:.0f} bytes")
+        for label, name in (("first", "first load"), ("rewrite", "rewrite, newer seqs")):
+            rate = st[f"{label}_rate"]
+            print(
+                f"RedisStore.apply, {name} (seq rule, counts, indexes, WAIT 1), one writer: "
+                f"{rate:,.0f} pairs/s = {rate / hset:.2f} x redis-benchmark hset (goal >= 0.33)"
+            )
+            print(
+                f"  CPU us per pair: writer {st[f'{label}_py_us']:.2f}, masters "
+                f"{st[f'{label}_master_us']:.2f}, replicas {st[f'{label}_replica_us']:.2f}"
+            )
+        print(
+            f"Redis memory per membership (masters' used_memory): {st['bytes_per_membership']:.0f} bytes"
+        )
         for m in cluster.nodes[:3]:
             m.cli("flushall")
 
@@ -220,6 +264,7 @@ def main() -> None:
         print(f"GET /user-segments, cluster: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
         print(f"GET /user-segments, embedded: p50 {e50:.2f} ms, p99 {e99:.2f} ms")
         print(f"cluster / embedded: p50 {p50 / e50:.2f}, p99 {p99 / e99:.2f}")
+        print(f"load average at end: {os.getloadavg()[0]:.1f}")
     finally:
         for proc in procs:
             proc.stop()
