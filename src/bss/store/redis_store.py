@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from importlib.resources import files
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,6 +54,8 @@ LIBRARY = files("bss.store").joinpath("redis_functions.lua").read_text()
 LIBRARY_NAME = "bss_store_v1"
 
 _HASH_SQL = "SELECT md5_number_lower(kk) AS h FROM users"
+#: apply() encodes and sends a batch in slices of buckets split here.
+_SLICE_EDGES = np.array([BUCKETS // 4, BUCKETS // 2, 3 * BUCKETS // 4])
 SEQ_DIGITS = 19  # int64 seqs as fixed-width decimal text: compared as strings server-side
 
 
@@ -96,6 +100,7 @@ class RedisStore:
         self._pack_db = duckdb.connect(config={"threads": 1})
         self._pack_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="bss-redis")
+        self._senders = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bss-redis-send")
         options: dict[str, Any] = {
             "socket_connect_timeout": connect_timeout,
             "socket_timeout": 60,
@@ -209,59 +214,27 @@ class RedisStore:
         if batch.num_rows == 0:
             return
         now = int(time.time())
-        calls = self._pack(batch.select(APPLY_SCHEMA.names).cast(APPLY_SCHEMA), now)
-        self._on_every_master(sorted(calls), calls.__getitem__, wait=True)
-
-    def _pack(self, batch: pa.Table, now: int) -> dict[int, bytes]:
-        """{bucket: its `bss_apply_users` call as Redis protocol bytes}, built columnar.
-
-        Arguments: tag, now, then per user <kind>:<key>, n, its next event at `now` (an
-        entry starts or expires), n liveness flags at `now` ("1" live, as one string), and
-        n pairs segment, entry."""
-        batch, buckets, starts = self._by_user(batch)
-        user_offsets = pa.array(np.append(starts, batch.num_rows).astype(np.int32))
-
-        def col(name: str) -> np.ndarray:
-            return batch[name].to_numpy()
-
-        ts, exp = col("timestamp"), col("expires_at")
-        live = ~col("removed") & (ts <= now) & (exp > now)
-        event = np.where(ts > now, np.minimum(ts, exp), exp)
-        entry = pc.binary_join_element_wise(
-            pc.utf8_lpad(pc.cast(batch["seq"], pa.string()), SEQ_DIGITS, "0"),
-            pc.if_else(batch["removed"], "1", "0"),
-            pc.cast(batch["timestamp"], pa.string()),
-            ":",
-            pc.cast(batch["expires_at"], pa.string()),
-            ":",
-            pc.fill_null(pc.cast(batch["value"], pa.string()), ""),
-            "",
-        )
-        pairs = pc.binary_join_element_wise(
-            _bulk(pc.cast(batch["segment_id"], pa.string())), _bulk(entry), ""
-        )
-        flags = pc.if_else(pa.array(live), "1", "0")
-        users = pc.binary_join_element_wise(
-            _bulk(batch["kk"].take(pa.array(starts))),
-            _bulk(pa.array(np.diff(user_offsets.to_numpy()).astype(str))),
-            _bulk(pa.array(np.minimum.reduceat(event, starts).astype(str))),
-            _bulk(pc.binary_join(pa.ListArray.from_arrays(user_offsets, flags), "")),
-            pc.binary_join(pa.ListArray.from_arrays(user_offsets, _flat(pairs)), ""),
-            "",
-        )
-        users_per_bucket = np.bincount(buckets[starts], minlength=BUCKETS)
-        pairs_per_bucket = np.bincount(buckets, minlength=BUCKETS)
-        offsets = np.concatenate([[0], np.cumsum(users_per_bucket)]).astype(np.int32)
-        bodies = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), _flat(users)), "")
-        bodies = pc.cast(bodies, pa.binary()).to_pylist()
-        now_arg = _bulk_bytes(str(now).encode())
-        out = {}
-        for b in np.flatnonzero(users_per_bucket).tolist():
-            argc = 8 + 4 * int(users_per_bucket[b]) + 2 * int(pairs_per_bucket[b])
-            head = [f"*{argc}\r\n".encode(), _APPLY_HEAD]
-            head += [_bulk_bytes(k.encode()) for k in (*_keys(b), str(b))]
-            out[b] = b"".join([*head, now_arg, bodies[b]])
-        return out
+        batch, buckets, starts = self._by_user(batch.select(APPLY_SCHEMA.names).cast(APPLY_SCHEMA))
+        # In a few slices of buckets, each sent while the next is encoded, so that the
+        # masters work while this process does.
+        edges = np.searchsorted(starts, np.searchsorted(buckets, _SLICE_EDGES))
+        sent = []
+        for first, last in itertools.pairwise([0, *edges.tolist(), len(starts)]):
+            if first == last:
+                continue
+            end = int(starts[last]) if last < len(starts) else batch.num_rows
+            begin = int(starts[first])
+            calls = _pack(
+                batch.slice(begin, end - begin), buckets[begin:end], starts[first:last] - begin, now
+            )
+            sent.append(
+                self._senders.submit(
+                    self._on_every_master, sorted(calls), calls.__getitem__, wait=True
+                )
+            )
+        wait_all(sent)  # a failed slice raises only once the others are done
+        for future in sent:
+            future.result()
 
     def _by_user(self, batch: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
         """The batch with a `kk` column (<kind>:<key>), ordered by bucket and user, each
@@ -282,9 +255,9 @@ class RedisStore:
                 cur.close()
         hashes = np.repeat(np.asarray(hashes, dtype=np.uint64), np.diff(np.append(heads, len(kk))))
         buckets = (hashes % BUCKETS).astype(np.int64)
-        order = np.lexsort(
-            (batch["seq"].to_numpy(), batch["segment_id"].to_numpy(), hashes, buckets)
-        )
+        # One sort key: the bucket, then the rest of the hash.
+        key = (hashes % np.uint64(BUCKETS)) << np.uint64(54) | hashes >> np.uint64(10)
+        order = np.lexsort((batch["seq"].to_numpy(), batch["segment_id"].to_numpy(), key))
         batch = batch.append_column("kk", kk).take(pa.array(order))
         buckets = buckets[order]
         kk, seg = batch["kk"].combine_chunks(), batch["segment_id"].to_numpy()
@@ -390,12 +363,65 @@ class RedisStore:
         return sum(int(n) for n in self._on_every_master(range(BUCKETS), call, wait=True).values())
 
     def close(self) -> None:
+        self._senders.shutdown(wait=False)
         self._pool.shutdown(wait=False)
         if self._cluster is not None:
             self._cluster.close()
         if self._single is not None:
             self._single.close()
         self._pack_db.close()
+
+
+def _pack(batch: pa.Table, buckets: np.ndarray, starts: np.ndarray, now: int) -> dict[int, bytes]:
+    """{bucket: its `bss_apply_users` call as Redis protocol bytes}, built columnar from
+    rows grouped by user (`starts`: where each user's rows start).
+
+    Arguments: tag, now, then per user <kind>:<key>, n, its next event at `now` (an
+    entry starts or expires), n liveness flags at `now` ("1" live, as one string), and
+    n pairs segment, entry."""
+    user_offsets = pa.array(np.append(starts, batch.num_rows).astype(np.int32))
+
+    def col(name: str) -> np.ndarray:
+        return batch[name].to_numpy()
+
+    ts, exp = col("timestamp"), col("expires_at")
+    live = ~col("removed") & (ts <= now) & (exp > now)
+    event = np.where(ts > now, np.minimum(ts, exp), exp)
+    entry = pc.binary_join_element_wise(
+        pc.utf8_lpad(pc.cast(batch["seq"], pa.string()), SEQ_DIGITS, "0"),
+        pc.if_else(batch["removed"], "1", "0"),
+        pc.cast(batch["timestamp"], pa.string()),
+        ":",
+        pc.cast(batch["expires_at"], pa.string()),
+        ":",
+        pc.fill_null(pc.cast(batch["value"], pa.string()), ""),
+        "",
+    )
+    pairs = pc.binary_join_element_wise(
+        _bulk(pc.cast(batch["segment_id"], pa.string())), _bulk(entry), ""
+    )
+    flags = pc.if_else(pa.array(live), "1", "0")
+    users = pc.binary_join_element_wise(
+        _bulk(batch["kk"].take(pa.array(starts))),
+        _bulk(_text(np.diff(user_offsets.to_numpy()))),
+        _bulk(_text(np.minimum.reduceat(event, starts))),
+        _bulk(pc.binary_join(pa.ListArray.from_arrays(user_offsets, flags), "")),
+        pc.binary_join(pa.ListArray.from_arrays(user_offsets, _flat(pairs)), ""),
+        "",
+    )
+    users_per_bucket = np.bincount(buckets[starts], minlength=BUCKETS)
+    pairs_per_bucket = np.bincount(buckets, minlength=BUCKETS)
+    offsets = np.concatenate([[0], np.cumsum(users_per_bucket)]).astype(np.int32)
+    bodies = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), _flat(users)), "")
+    bodies = pc.cast(bodies, pa.binary()).to_pylist()
+    now_arg = _bulk_bytes(str(now).encode())
+    out = {}
+    for b in np.flatnonzero(users_per_bucket).tolist():
+        argc = 8 + 4 * int(users_per_bucket[b]) + 2 * int(pairs_per_bucket[b])
+        head = [f"*{argc}\r\n".encode(), _APPLY_HEAD]
+        head += [_bulk_bytes(k.encode()) for k in (*_keys(b), str(b))]
+        out[b] = b"".join([*head, now_arg, bodies[b]])
+    return out
 
 
 def _send(node: redis.Redis, commands: list[Command], replicas: int, timeout_ms: int) -> list[Any]:
@@ -445,6 +471,10 @@ def _same_as_previous(values: pa.Array) -> np.ndarray:
     if len(values) > 1:
         out[1:] = pc.equal(values[1:], values[:-1]).to_numpy(zero_copy_only=False)
     return out
+
+
+def _text(values: np.ndarray) -> pa.Array:
+    return pc.cast(pa.array(values), pa.string())
 
 
 def _flat(values: pa.Array | pa.ChunkedArray) -> pa.Array:
