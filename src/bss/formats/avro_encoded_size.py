@@ -20,9 +20,11 @@ Sizes = np.ndarray | None
 def varint_sizes(values: np.ndarray) -> np.ndarray:
     """Bytes of each long in zig-zag varint encoding."""
     values = values.astype(np.int64, copy=False)
-    zigzag = ((values << 1) ^ (values >> 63)).view(np.uint64)
     sizes = np.ones(len(values), dtype=np.int64)
-    largest = int(zigzag.max()) if len(zigzag) else 0
+    if not len(values) or (values.min() >= -64 and values.max() <= 63):
+        return sizes  # all one byte (zeros, small counts): the common case, no zig-zag
+    zigzag = ((values << 1) ^ (values >> 63)).view(np.uint64)
+    largest = int(zigzag.max())
     for k in range(1, 10):
         bound = 1 << (7 * k)
         if largest < bound:
@@ -32,7 +34,9 @@ def varint_sizes(values: np.ndarray) -> np.ndarray:
 
 
 def _ints(array: pa.Array) -> np.ndarray:
-    return np.asarray(array.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    if array.null_count:
+        array = array.fill_null(0)
+    return np.asarray(array.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def _without_nulls(array: pa.Array, allow_null: bool) -> bool:

@@ -56,7 +56,7 @@ from bss.formats.records import (
 
 #: Decompressed bytes of blocks gathered into one DuckDB query (a batch ends after the block
 #: that reaches it). Larger batches cost memory; smaller ones cost a query each.
-BATCH_BYTES = 8 << 20
+BATCH_BYTES = 4 << 20
 
 Block = tuple[int, bytes]
 
