@@ -199,6 +199,9 @@ class RedisStore:
             commands = [command(bucket) for bucket in node_buckets]
             return _send(node, commands, replicas, self.wait_timeout_ms)
 
+        if len(groups) == 1:  # a lookup of one user, one server: no thread hop
+            ((node, node_buckets),) = groups.items()
+            return dict(zip(node_buckets, on_master(node, node_buckets), strict=True))
         futures = {
             self._pool.submit(on_master, node, node_buckets): node_buckets
             for node, node_buckets in groups.items()
