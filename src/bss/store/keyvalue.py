@@ -29,6 +29,7 @@ write transaction, so the seq rule holds across processes without a read-modify-
 from __future__ import annotations
 
 import itertools
+import operator
 import struct
 import time
 from collections.abc import Iterator, Sequence
@@ -54,6 +55,7 @@ ENTRY = np.dtype(
 )
 _ENTRY_STRUCT = struct.Struct("<qqqqB")
 _unpack_entry = _ENTRY_STRUCT.unpack
+_value_of = operator.itemgetter(1)
 _from_bytes = int.from_bytes
 #: Stands for a null value (values are 32-bit, so this one never occurs).
 NULL_VALUE = -(1 << 63)
@@ -377,23 +379,33 @@ class LmdbStore:
             txn.delete(_DROPPED, db=self._meta)
         resume: bytes | None = b""
         while resume is not None:
-            # Short write transactions: jobs of other processes write in between.
-            with self._env.begin(write=True) as txn:
-                cursor = txn.cursor(db=self._members)
-                more = cursor.set_range(resume)
-                gone: list[bytes] = []
-                seen = 0
-                while more and seen < _WALK_CHUNK:
-                    if _ENTRY_STRUCT.unpack(cursor.value())[2] <= now:
-                        gone.append(cursor.key())
-                    seen += 1
-                    more = cursor.next()
-                resume = cursor.key() if more else None
-                for key in gone:
+            started = time.perf_counter()
+            # The scan only reads (no writer waits on it) and runs in C: one chunk of entries,
+            # their expiries checked in numpy.
+            with self._env.begin(db=self._members) as txn:
+                cursor = txn.cursor()
+                if not cursor.set_range(resume):
+                    break
+                items = list(itertools.islice(cursor.iternext(), _WALK_CHUNK + 1))
+            resume = items.pop()[0] if len(items) > _WALK_CHUNK else None
+            entries = np.frombuffer(b"".join(map(_value_of, items)), dtype=ENTRY)
+            expired = np.flatnonzero(entries["expires_at"] <= now).tolist()
+            if expired:
+                dropped += self._drop_expired([items[i][0] for i in expired], now)
+            # A background sweep: the process's other threads (lookups) get the GIL at least
+            # as long as the sweep takes, however big the store.
+            time.sleep(time.perf_counter() - started)
+        return dropped
+
+    def _drop_expired(self, keys: list[bytes], now: int) -> int:
+        with self._env.begin(write=True) as txn:
+            gone = 0
+            for key, value in txn.cursor(db=self._members).getmulti(keys):
+                if _unpack_entry(value)[2] <= now:  # checked again: a job may have written since
                     txn.delete(key, db=self._members)
                     txn.delete(key[-8:] + key[:-9], db=self._by_segment)
-                dropped += len(gone)
-        return dropped
+                    gone += 1
+        return gone
 
     def _fold(self, txn: lmdb.Transaction, through: int) -> None:
         """Move the count events due by `through` into the base counts."""
