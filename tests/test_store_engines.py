@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from cluster_util import (  # noqa: F401 - fixtures
@@ -256,6 +257,22 @@ def test_engine_matches_model(stores: Stores, script: list[Any], shuffle: random
             else:
                 assert store.purge_expired(now) == model.purge(now)
             check_equal(store, model, users, now)
+
+
+def test_redis_batches_group_users_sharing_a_hash() -> None:
+    """The Redis writer orders users by a 64-bit hash; users sharing one still get one run
+    each, and each (user, segment) is sent once, with its highest seq."""
+    from bss.store.redis_store import _by_user
+
+    rows = [
+        Row(0, user, seg, None, NOW, NOW + 60, False, seq)
+        for user, seg, seq in [("a", 1, 5), ("b", 1, 6), ("a", 1, 7), ("a", 2, 1), ("b", 2, 2)]
+    ]
+    batch, buckets, starts = _by_user(table(rows), lambda kk: np.full(len(kk), 7, np.uint64))
+    got = [tuple(r.values()) for r in batch.select(["kk", "segment_id", "seq"]).to_pylist()]
+    assert got == [("0:a", 1, 7), ("0:a", 2, 1), ("0:b", 1, 6), ("0:b", 2, 2)]
+    assert starts.tolist() == [0, 2]
+    assert buckets.tolist() == [7] * 4
 
 
 # --- faults ----------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ SEQ_DIGITS = 19  # int64 seqs as fixed-width decimal text: compared as strings s
 
 
 def bucket_of(user_kind: int, user_key: str) -> int:
-    """The bucket of a user: the same hash as _by_user (DuckDB's md5_number_lower)."""
+    """The bucket of a user: the same hash as RedisStore._hash_users (MD5, lower 64 bits)."""
     digest = hashlib.md5(f"{user_kind}:{user_key}".encode()).digest()
     return int.from_bytes(digest[8:], "little") % BUCKETS
 
@@ -217,7 +217,9 @@ class RedisStore:
         if batch.num_rows == 0:
             return
         now = int(time.time())
-        batch, buckets, starts = self._by_user(batch.select(APPLY_SCHEMA.names).cast(APPLY_SCHEMA))
+        batch, buckets, starts = _by_user(
+            batch.select(APPLY_SCHEMA.names).cast(APPLY_SCHEMA), self._hash_users
+        )
         # In a few slices of buckets, each sent while the next is encoded, so that the
         # masters work while this process does.
         edges = np.searchsorted(starts, np.searchsorted(buckets, _SLICE_EDGES))
@@ -239,39 +241,15 @@ class RedisStore:
         for future in sent:
             future.result()
 
-    def _by_user(self, batch: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-        """The batch with a `kk` column (<kind>:<key>), ordered by bucket and user, each
-        (user, segment) once (its highest seq, as the seq rule would keep); the rows'
-        buckets; where each user's rows start. Users are ordered by a 64-bit hash: two users
-        sharing one only split into more runs, each still handled on its own."""
-        kk = pc.binary_join_element_wise(
-            pc.cast(batch["user_kind"], pa.string()), batch["user_key"], ":"
-        ).combine_chunks()
-        # A file's pairs come grouped by line (user): hash each run once.
-        heads = np.flatnonzero(~_same_as_previous(kk))
+    def _hash_users(self, kk: pa.Array) -> np.ndarray:
+        """MD5's lower 64 bits of each <kind>:<key> (DuckDB's md5_number_lower)."""
         with self._pack_lock:
             cur = self._pack_db.cursor()
             try:
-                cur.register("users", pa.table({"kk": kk.take(pa.array(heads))}))
-                hashes = cur.execute(_HASH_SQL).fetchnumpy()["h"]
+                cur.register("users", pa.table({"kk": kk}))
+                return np.asarray(cur.execute(_HASH_SQL).fetchnumpy()["h"], dtype=np.uint64)
             finally:
                 cur.close()
-        hashes = np.repeat(np.asarray(hashes, dtype=np.uint64), np.diff(np.append(heads, len(kk))))
-        buckets = (hashes % BUCKETS).astype(np.int64)
-        # One sort key: the bucket, then the rest of the hash.
-        key = (hashes % np.uint64(BUCKETS)) << np.uint64(54) | hashes >> np.uint64(10)
-        order = np.lexsort((batch["seq"].to_numpy(), batch["segment_id"].to_numpy(), key))
-        batch = batch.append_column("kk", kk).take(pa.array(order))
-        buckets = buckets[order]
-        kk, seg = batch["kk"].combine_chunks(), batch["segment_id"].to_numpy()
-        same_user = _same_as_previous(kk)
-        # Within a (user, segment) run the last row has the highest seq: keep only it.
-        repeated = np.zeros(len(kk), dtype=bool)
-        repeated[:-1] = same_user[1:] & (seg[1:] == seg[:-1])
-        if repeated.any():
-            batch, buckets = batch.filter(pa.array(~repeated)), buckets[~repeated]
-            same_user = _same_as_previous(batch["kk"].combine_chunks())
-        return batch, buckets, np.flatnonzero(~same_user)
 
     def user_segments(self, user_kind: int, user_key: str, now: int) -> list[Membership]:
         return self.users_segments([(user_kind, user_key)], now)[0]
@@ -373,6 +351,44 @@ class RedisStore:
         if self._single is not None:
             self._single.close()
         self._pack_db.close()
+
+
+def _by_user(
+    batch: pa.Table, hash_users: Callable[[pa.Array], np.ndarray]
+) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """The batch with a `kk` column (<kind>:<key>), ordered by bucket and user, each
+    (user, segment) once (its highest seq, as the seq rule would keep); the rows'
+    buckets; where each user's rows start. Users are ordered by a 64-bit hash."""
+    kk = pc.binary_join_element_wise(
+        pc.cast(batch["user_kind"], pa.string()), batch["user_key"], ":"
+    ).combine_chunks()
+    # A file's pairs come grouped by line (user): hash each run once.
+    heads = np.flatnonzero(~_same_as_previous(kk))
+    hashes = hash_users(kk.take(pa.array(heads)))
+    hashes = np.repeat(hashes, np.diff(np.append(heads, len(kk))))
+    buckets = (hashes % BUCKETS).astype(np.int64)
+    # One sort key: the bucket, then the rest of the hash.
+    key = (hashes % np.uint64(BUCKETS)) << np.uint64(54) | hashes >> np.uint64(10)
+    seq, seg = batch["seq"].to_numpy(), batch["segment_id"].to_numpy()
+    order = np.lexsort((seq, seg, key))
+    same_user = _same_as_previous(kk.take(pa.array(order)))
+    user_keys = key[order][~same_user]
+    if np.any(user_keys[1:] == user_keys[:-1]):
+        # Two users of the batch share a hash (about once in 10**9 batches): the key
+        # decides their order, so that each user's rows stay together.
+        ties = pa.table({"key": key, "kk": kk, "seg": seg, "seq": seq})
+        order = pc.sort_indices(ties, [(c, "ascending") for c in ties.column_names]).to_numpy()
+    batch = batch.append_column("kk", kk).take(pa.array(order))
+    buckets = buckets[order]
+    kk, seg = batch["kk"].combine_chunks(), seg[order]
+    same_user = _same_as_previous(kk)
+    # Within a (user, segment) run the last row has the highest seq: keep only it.
+    repeated = np.zeros(len(kk), dtype=bool)
+    repeated[:-1] = same_user[1:] & (seg[1:] == seg[:-1])
+    if repeated.any():
+        batch, buckets = batch.filter(pa.array(~repeated)), buckets[~repeated]
+        same_user = _same_as_previous(batch["kk"].combine_chunks())
+    return batch, buckets, np.flatnonzero(~same_user)
 
 
 def _pack(batch: pa.Table, buckets: np.ndarray, starts: np.ndarray, now: int) -> dict[int, bytes]:
