@@ -244,6 +244,17 @@ def _segments(cols: _Columns, line_no: int, segments: list[Any]) -> str | None:
     return error
 
 
+def _encoding(buffer: io.BytesIO, writer_schema: Any, record: dict[str, Any]) -> bytes:
+    """The record's canonical encoding, what the native reader hashes for it."""
+    buffer.seek(0)
+    buffer.truncate()
+    try:
+        fastavro.schemaless_writer(buffer, writer_schema, record)
+    except Exception:  # not seen (fastavro encodes what it decoded), but never fail on it:
+        return to_json(record).encode()  # repeats among these records are still found
+    return buffer.getvalue()
+
+
 def reference_chunks(
     header: Header,
     plan: ReadPlan,
@@ -315,10 +326,7 @@ def reference_chunks(
             format_error: str | None = None
             kind = key = user_error = None
             if writer_schema is not None:  # before normalize_uid rewrites the uid
-                buffer.seek(0)
-                buffer.truncate()
-                fastavro.schemaless_writer(buffer, writer_schema, record)
-                encoded.append(buffer.getvalue())
+                encoded.append(_encoding(buffer, writer_schema, record))
 
             branch, uid = normalize_uid(record, plan)
             if branch is None:
