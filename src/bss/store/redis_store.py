@@ -8,13 +8,14 @@ All logic runs server-side in Redis Functions (redis_functions.lua), one bucket 
 atomically: the seq rule, the counts, the indexes. Readers sum the buckets' counts.
 
 A batch is grouped by bucket and user in one columnar pass (Arrow) that also writes the
-Redis protocol bytes of every call, so Python does no work per pair; one call per bucket, all
-calls of a master sent as one write and all masters at once (on threads). Each master's
-calls end with `WAIT`, so
-a batch only counts as applied once a replica of every master involved holds it. Any error
-(a failover, a moved slot, a lost connection) re-sends the whole batch after refreshing the
-topology: re-applying is harmless under the seq rule. If the cluster does not recover within
-`retry_seconds` the error is raised and the job is retried later, by replaying it.
+Redis protocol bytes of every call (one per bucket), so that Python does no work per pair
+and the Function parses nothing. The calls go out in a few slices of buckets, each slice one
+write per master, all masters at once (on threads), while the next slice is encoded. Each
+master's writes end with `WAIT`, so a batch only counts as applied once a replica of every
+master involved holds it. Any error (a failover, a moved slot, a lost connection) re-sends
+the slice after refreshing the topology: re-applying is harmless under the seq rule. If the
+cluster does not recover within `retry_seconds` the error is raised and the job is retried
+later, by replaying it.
 """
 
 from __future__ import annotations
