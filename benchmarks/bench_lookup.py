@@ -33,7 +33,7 @@ from pathlib import Path
 import bench_store
 import httpx
 import numpy as np
-from bench_api import get_request, measure
+from bench_api import get_request, measure, wait_for_sweep
 from bench_store import NOW, jobs
 
 from bss.store.keyvalue import LmdbStore
@@ -166,6 +166,7 @@ def main() -> None:
         print("in process:", {k: round(float(v), 3) for k, v in local.items()})
         proc, url = start_server(data_dir)
         port = int(url.rsplit(":", 1)[1])
+        wait_for_sweep(data_dir.parent / "server.log")
         try:
             token = httpx.post(
                 f"{url}/auth", json={"auth": {"username": ADMIN, "password": PASSWORD}}
