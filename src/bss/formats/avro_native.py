@@ -189,10 +189,13 @@ class NativeDecoder:
         self.hash_in_query = has_boolean(plan.record_schema, plan.named)
         self._select, self.branches = _select_list(plan, self.hash_in_query)
         # No network and no implicit installs: the extension is the file the package ships.
+        # No file cache: DuckDB would keep every batch file it read (a new file each batch)
+        # in memory, which grew with the file (about 4 MiB more per batch).
         self._con = duckdb.connect(
             config={
                 "autoinstall_known_extensions": False,
                 "autoload_known_extensions": False,
+                "enable_external_file_cache": False,
                 "threads": 1,
             }
         )
