@@ -78,10 +78,22 @@ def user_key(qp: Mapping[str, Any], member_id: int | None) -> tuple[UserKind, st
 
 
 def _segment_items(
-    memberships: list[Membership], known: Mapping[int, Any], member_id: int | None
+    memberships: list[Membership],
+    known: Mapping[int, Any],
+    member_id: int | None,
+    stamps: dict[int, str | None] | None = None,
 ) -> list[dict[str, Any]]:
     """The documented segment objects of a user's memberships (only the member's own
-    segments when the request is scoped to a member)."""
+    segments when the request is scoped to a member). `stamps` memoises formatted times
+    across the users of one batch: a job gives most of its pairs the same few times."""
+    stamps = {} if stamps is None else stamps
+
+    def fmt(ts: int) -> str | None:
+        text = stamps.get(ts)
+        if text is None:
+            text = stamps[ts] = fmt_ts(ts)
+        return text
+
     items = []
     for m in memberships:
         seg = known.get(m.segment_id)
@@ -94,8 +106,8 @@ def _segment_items(
                 "code": seg["code"] if seg is not None else None,
                 "member_id": owner,
                 "value": m.value,
-                "timestamp": fmt_ts(m.timestamp),
-                "expiry": fmt_ts(m.expires_at),
+                "timestamp": fmt(m.timestamp),
+                "expiry": fmt(m.expires_at),
             }
         )
     return items
@@ -165,8 +177,9 @@ async def post_user_segments(request: Request, p: Principal = Depends(principal)
         found = region_store(request).users_segments([k for _, k in keyed], now_s())
         ids = sorted({m.segment_id for ms in found for m in ms})
         known = segments_by_ids(state.db, ids)
+        stamps: dict[int, str | None] = {}
         for (at, _), memberships in zip(keyed, found, strict=True):
-            answers[at]["segments"] = _segment_items(memberships, known, member_id)
+            answers[at]["segments"] = _segment_items(memberships, known, member_id, stamps)
 
     await run_in_threadpool(lookup)
     return ok("users", answers)
