@@ -72,9 +72,14 @@ __all__ = [
 
 
 def _batches(blocks: Iterator[Block]) -> Iterator[tuple[list[Block], InputError | None]]:
-    """Blocks gathered up to BATCH_BYTES; a framing error ends the last batch, with it."""
+    """Blocks gathered up to BATCH_BYTES; a framing error ends the last batch, with it.
+
+    The first DECODERS batches are smaller, so that the engine gets its first batch
+    sooner instead of waiting with a core idle while the decoders fill the pipeline.
+    """
     batch: list[Block] = []
     size = 0
+    made = 0
     while True:
         try:
             block = next(blocks, None)
@@ -87,9 +92,9 @@ def _batches(blocks: Iterator[Block]) -> Iterator[tuple[list[Block], InputError 
             return
         batch.append(block)
         size += len(block[1])
-        if size >= BATCH_BYTES:
+        if size >= (BATCH_BYTES if made >= DECODERS else BATCH_BYTES // 4):
             yield batch, None
-            batch, size = [], 0
+            batch, size, made = [], 0, made + 1
 
 
 def _then_raise(blocks: Iterable[Block], error: InputError | None) -> Iterator[Block]:
