@@ -38,23 +38,13 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
+import harness  # noqa: E402
 from bench_ingest import MEMBER_ID, SEGMENTS, write_file  # noqa: E402
-
-ADMIN, PASSWORD = "bench-admin", "bench-password-1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from harness import ADMIN, PASSWORD, percentile  # noqa: E402
 
 
 def start_server(data_dir: Path, processes: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "BSS_ADMIN_USERNAME": ADMIN,
-        "BSS_ADMIN_PASSWORD": PASSWORD,
+    settings = {
         "BSS_REQUESTS_PER_MINUTE": "100000000",
         "BSS_MAX_PENDING_JOBS": "100000000",
         "BSS_LOGINS_PER_WINDOW": "1000",
@@ -62,22 +52,7 @@ def start_server(data_dir: Path, processes: int) -> tuple[subprocess.Popen[bytes
         "BSS_WORKERS": "1",  # fills the store first; idle while the API is measured
         "BSS_PROCESSES": str(processes),
     }
-    bss = Path(sys.executable).with_name("bss")
-    log = (data_dir.parent / "server.log").open("wb")  # shown when a request fails; read below
-    proc = subprocess.Popen(
-        [str(bss), "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        env=env,
-        stdout=log,
-        stderr=log,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise SystemExit("server did not start")
+    return harness.start_server(data_dir, settings)
 
 
 def wait_for_sweep(log_path: Path, timeout: float = 900) -> None:
@@ -93,11 +68,6 @@ def wait_for_sweep(log_path: Path, timeout: float = 900) -> None:
             return
         time.sleep(0.5)
     print("warning: the start-up retention sweep was not done in time; measuring anyway")
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 async def _client(

@@ -23,57 +23,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import bench_store
+import harness
 import httpx
 import numpy as np
 from bench_api import get_request, measure, wait_for_sweep
 from bench_store import NOW, jobs
+from harness import ADMIN, PASSWORD
 
 from bss.store.keyvalue import LmdbStore
 
-ADMIN, PASSWORD = "bench-admin", "bench-password-1"
-
 
 def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "BSS_ADMIN_USERNAME": ADMIN,
-        "BSS_ADMIN_PASSWORD": PASSWORD,
-        "BSS_REQUESTS_PER_MINUTE": "100000000",
-        "BSS_WORKERS": "0",
-    }
-    log = (data_dir.parent / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("bss")),
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-        ],
-        env=env,
-        stdout=log,
-        stderr=log,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise SystemExit("server did not start")
+    settings = {"BSS_REQUESTS_PER_MINUTE": "100000000", "BSS_WORKERS": "0"}
+    return harness.start_server(data_dir, settings, wait_seconds=120)
 
 
 def fill(data_dir: Path, lines: int) -> tuple[np.ndarray, int]:
