@@ -6,10 +6,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from bss.admin import register as register_client_commands
+
+if TYPE_CHECKING:
+    from bss.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Batch Segment Service.")
 
@@ -170,14 +174,15 @@ def store_convert(
     typer.echo(f"converted {copied} memberships from {old} into {url}")
 
 
-def _settings(**overrides: object):  # type: ignore[no-untyped-def]
+def _settings(**overrides: Any) -> Settings:
     """The settings, or one line on stderr and exit status 2 when they are invalid."""
     from pydantic import ValidationError
 
     from bss.settings import Settings
 
+    given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**given)
     except ValidationError as exc:
         reasons = "; ".join(
             (f"BSS_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "")

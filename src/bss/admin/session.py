@@ -92,7 +92,10 @@ def connect(
     remember: Callable[[str], None] | None = None
     if token is None:
         token = saved_token(base)
-        remember = lambda new: save_token(base, new, username)  # noqa: E731
+
+        def remember(new: str) -> None:
+            save_token(base, new, username)
+
     if token is None and (username is None or password is None):
         fail(NOT_LOGGED_IN.format(url=base))
     client = BssClient(base, username, password, token=token, on_token=remember)
