@@ -154,8 +154,9 @@ def _batch_users(body: Any) -> list[Any]:
     summary=f"Live segments of up to {MAX_LOOKUP_USERS} users, in request order",
 )
 async def post_user_segments(request: Request, p: Principal = Depends(principal)) -> Any:
-    users = _batch_users(await json_body(request))
+    # Query parameters are checked before the body, as on every endpoint.
     member_id = member_scope(p, request.query_params.get("member_id"), required=False)
+    users = _batch_users(await json_body(request))
     keyed: list[tuple[int, tuple[int, str]]] = []
     answers: list[dict[str, Any]] = []
     for user in users:
