@@ -2,8 +2,9 @@
 `RedisClusterProcs` (3 masters + 3 replicas joined by `redis-cli --cluster create`); the
 `stores` fixture gives fresh stores of every engine (LMDB, one Redis, a Redis Cluster).
 
-Every process runs in its own temporary directory on a free port, without persistence, and
-is killed (SIGKILL: it holds nothing we keep) when the test module ends.
+Every process runs in its own temporary directory on a free port, without persistence
+unless asked (`persistent=True`: an append-only file synced at every write, so a stop and a
+start keep the data), and is killed when the test module ends.
 """
 
 from __future__ import annotations
@@ -58,18 +59,31 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 class RedisServer:
-    """One redis-server process; `cluster=True` starts it in cluster mode."""
+    """One redis-server process; `cluster=True` starts it in cluster mode, `persistent=True`
+    keeps its data across a stop and a start."""
 
-    def __init__(self, workdir: Path, *, cluster: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        cluster: bool = False,
+        persistent: bool = False,
+        port: int | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cluster = cluster
+        self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def addr(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.addr}/0"
 
     def start(self) -> RedisServer:
         args = [
@@ -78,7 +92,8 @@ class RedisServer:
             "--bind", "127.0.0.1",
             "--dir", str(self.dir),
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.persistent else "no",
+            "--appendfsync", "always",
             "--protected-mode", "no",
             "--logfile", str(self.dir / "redis.log"),
         ]  # fmt: skip
@@ -110,7 +125,13 @@ class RedisServer:
             self.proc.wait()
 
     def stop(self) -> None:
-        self.kill9()
+        """SIGTERM, so that a persistent server closes its file; SIGKILL if it hangs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill9()
 
 
 class RedisClusterProcs:

@@ -10,10 +10,7 @@ the local ones exactly. No timed assertions: every wait polls with a generous ti
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import threading
 import time
@@ -23,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_util import REDIS_SERVER, needs_redis
+from cluster_util import RedisServer, free_port, needs_redis
 from conftest import ADMIN_PASSWORD, ADMIN_USER, BSS, Api, ServerProc, legacy
 from sqlalchemy import select, update
 
@@ -34,65 +31,6 @@ from bss.settings import Settings
 from bss.store import regions
 
 MEMBER = 501
-#: This helper's port range (the machine is shared).
-PORTS = range(27100, 27999)
-
-
-def _free_port() -> int:
-    for port in PORTS:
-        with contextlib.closing(socket.socket()) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in the range")
-
-
-class PersistentRedis:
-    """One redis-server that keeps its data across a stop and a start (AOF, fsync always)."""
-
-    def __init__(self, workdir: Path, port: int) -> None:
-        self.port, self.dir = port, workdir / f"redis-{port}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> PersistentRedis:
-        args = [
-            str(REDIS_SERVER),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.dir),
-            "--save", "",
-            "--appendonly", "yes",
-            "--appendfsync", "always",
-            "--protected-mode", "no",
-            "--logfile", str(self.dir / "redis.log"),
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _until(self._up, "redis-server to come up", timeout=30)
-        return self
-
-    def _up(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError((self.dir / "redis.log").read_text(errors="replace")[-2000:])
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1):
-            return True
-        return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def _until(check: Callable[[], Any], what: str, timeout: float = 180) -> Any:
@@ -107,8 +45,8 @@ def _until(check: Callable[[], Any], what: str, timeout: float = 180) -> Any:
 
 
 @pytest.fixture
-def eu_redis(tmp_path: Path) -> Iterator[PersistentRedis]:
-    redis = PersistentRedis(tmp_path, _free_port())
+def eu_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    redis = RedisServer(tmp_path, persistent=True)
     yield redis
     redis.stop()
 
@@ -147,7 +85,7 @@ def _regions(api: Api, job_id: str) -> dict[str, str]:
 
 @needs_redis
 def test_a_region_that_is_down_is_caught_up_from_the_kept_file(
-    bss_server, eu_redis: PersistentRedis, tmp_path: Path
+    bss_server, eu_redis: RedisServer, tmp_path: Path
 ) -> None:
     eu_redis.start()
     # Retention 0 days and a sweep every second: a file is kept only because a region is
@@ -225,7 +163,7 @@ def test_a_region_that_is_down_is_caught_up_from_the_kept_file(
 def test_a_remote_region_down_at_start_does_not_stop_the_service(
     bss_server, tmp_path: Path
 ) -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     srv = _server(bss_server, tmp_path, f"redis://127.0.0.1:{port}/0")
     api = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
     api.member(MEMBER)
@@ -253,7 +191,7 @@ def test_region_param_without_regions_is_refused(bss_server) -> None:
 
 def _start(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BSS), "serve", "--port", str(_free_port()), "--data-dir", str(tmp_path / "d")],
+        [str(BSS), "serve", "--port", str(free_port()), "--data-dir", str(tmp_path / "d")],
         env={**ServerProc(tmp_path / "d", {}).env, **env},
         capture_output=True,
         text=True,
@@ -289,7 +227,7 @@ def test_invalid_region_settings_refuse_start_up_in_one_line(
 
 
 def test_an_unreachable_local_region_refuses_start_up_in_one_line(tmp_path: Path) -> None:
-    down = f"redis://127.0.0.1:{_free_port()}/0"
+    down = f"redis://127.0.0.1:{free_port()}/0"
     env = {
         "BSS_STORE_REGIONS": f"us={down};eu=lmdb://{tmp_path / 'eu.lmdb'}",
         "BSS_LOCAL_REGION": "us",
