@@ -107,21 +107,7 @@ def record_job(
     when the job applied nothing: those regions have all of it already)."""
     if not regions:
         return
-    now = now_s()
-    conn.execute(
-        insert(region_writes),
-        [
-            {
-                "region": region,
-                "job_id": job_pk,
-                "state": PENDING if owed else APPLIED,
-                "attempts": 0,
-                "next_try": now,
-                "updated_at": now,
-            }
-            for region in regions
-        ],
-    )
+    _owe(conn, regions, PENDING if owed else APPLIED, job_id=job_pk)
     if owed:
         blob = zlib.compress(json.dumps(list(registry_records)).encode())
         conn.execute(
@@ -138,19 +124,8 @@ def record_segment_deletion(
     conn: Connection, segment_id: int, seq: int, regions: Sequence[str]
 ) -> None:
     """Owe a segment deletion (at `seq`) to every other region."""
-    now = now_s()
-    for region in regions:
-        conn.execute(
-            insert(region_writes).values(
-                region=region,
-                segment_id=segment_id,
-                delete_seq=seq,
-                state=PENDING,
-                attempts=0,
-                next_try=now,
-                updated_at=now,
-            )
-        )
+    if regions:
+        _owe(conn, regions, PENDING, segment_id=segment_id, delete_seq=seq)
 
 
 def record_batch(conn: Connection, batch: pa.Table, regions: Sequence[str]) -> None:
@@ -161,19 +136,26 @@ def record_batch(conn: Connection, batch: pa.Table, regions: Sequence[str]) -> N
     sink = pa.BufferOutputStream()
     with ipc.new_stream(sink, batch.schema) as writer:
         writer.write_table(batch)
-    blob = sink.getvalue().to_pybytes()
+    _owe(conn, regions, PENDING, batch=sink.getvalue().to_pybytes())
+
+
+def _owe(conn: Connection, regions: Sequence[str], state: str, **write: Any) -> None:
+    """One region_writes row per region for the same write (a job, a deletion or a batch)."""
     now = now_s()
-    for region in regions:
-        conn.execute(
-            insert(region_writes).values(
-                region=region,
-                batch=blob,
-                state=PENDING,
-                attempts=0,
-                next_try=now,
-                updated_at=now,
-            )
-        )
+    conn.execute(
+        insert(region_writes),
+        [
+            {
+                "region": region,
+                **write,
+                "state": state,
+                "attempts": 0,
+                "next_try": now,
+                "updated_at": now,
+            }
+            for region in regions
+        ],
+    )
 
 
 def read_batch(blob: bytes) -> pa.Table:
