@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -389,6 +390,10 @@ class RecordingStore:
 
     def apply(self, batch: pa.Table) -> None:
         self.batches.append(batch)
+
+    def apply_many(self, batches: Iterable[pa.Table]) -> None:
+        for batch in batches:
+            self.apply(batch)
 
     def applied(self) -> list[dict[str, Any]]:
         if not self.batches:

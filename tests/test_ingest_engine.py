@@ -323,6 +323,39 @@ def test_corrupt_gzip_fails_the_job_not_the_process(run: Runner) -> None:
     assert set(run.segments_of(UserKind.ANID, "1")) == {1}
 
 
+def test_a_job_stopped_mid_file_applies_nothing_more_and_leaves_no_runs(
+    tmp_path: Path, store: LmdbStore
+) -> None:
+    """A worker giving a job up (lost lease, shutdown) raises out of the progress callback:
+    the batches the store held back for its sorted write are dropped, with their files; the
+    job is replayed from the start later."""
+    path = tmp_path / "job.txt"
+    path.write_text("".join(f"{i},1:0\n" for i in range(1, 20_000)))
+    calls = []
+
+    def progress(fraction: float) -> None:
+        calls.append(fraction)
+        if len(calls) == 5:
+            raise RuntimeError("lease lost")
+
+    with pytest.raises(RuntimeError, match="lease lost"):
+        ingest_file(
+            path,
+            member_id=MEMBER,
+            seq_base=JOB_SEQ_SPAN,
+            config=BatchSegmentConfig(),
+            registry=registry(seg(1)),
+            store=store,
+            now=NOW,
+            max_decompressed_bytes=1 << 30,
+            chunk_bytes=1 << 12,
+            progress=progress,
+        )
+    assert store.segment_member_counts(NOW) == {}
+    assert store.user_segments(UserKind.ANID, "1", NOW) == []
+    assert list((tmp_path / "m.lmdb" / "runs").iterdir()) == []
+
+
 def test_refused_compression_is_a_job_error(run: Runner) -> None:
     import bz2
 

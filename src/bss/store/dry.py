@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
@@ -15,6 +15,10 @@ class DryRunStore:
 
     def apply(self, batch: pa.Table) -> None:
         self.rows_seen += batch.num_rows
+
+    def apply_many(self, batches: Iterable[pa.Table]) -> None:
+        for batch in batches:
+            self.apply(batch)
 
     def user_segments(self, user_kind: int, user_key: str, now: int) -> list[Membership]:
         return []

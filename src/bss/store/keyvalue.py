@@ -28,11 +28,12 @@ write transaction, so the seq rule holds across processes without a read-modify-
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import operator
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import lmdb
@@ -42,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bss.store.base import APPLY_SCHEMA, Membership
+from bss.store.sorted_runs import SortedRuns, prefetched, remove_abandoned
 
 #: A stored entry, packed: 33 bytes.
 ENTRY = np.dtype(
@@ -69,6 +71,9 @@ _DROPPED = b"dropped_by_deletions"
 _FOLD_LAG_SECONDS = 60
 #: Keys read and written per transaction when walking a segment or the whole store.
 _WALK_CHUNK = 20_000
+#: Rows per write transaction when a job's sorted runs are merged: a key range narrow enough
+#: that its transaction dirties few pages, wide enough that commits stay few.
+_MERGE_ROWS = 1 << 18
 #: Readers across the threads and processes sharing the environment.
 MAX_READERS = 2048
 
@@ -113,6 +118,54 @@ def _sorted_unique(keys: pa.Array, seq: pa.Array) -> tuple[np.ndarray, pa.Array]
     ).to_numpy()
     order, keys = order[by_seq][first], keys.take(by_seq).filter(pa.array(first))
     return order, keys
+
+
+def _keyed(batch: pa.Table) -> pa.Table:
+    """The batch with its member keys in a last column `key`, sorted by it, each key once
+    (the highest seq)."""
+    batch = batch.select(APPLY_SCHEMA.names).cast(APPLY_SCHEMA).combine_chunks()
+    keys = member_keys(
+        batch["user_kind"].to_numpy(), batch["user_key"], batch["segment_id"].to_numpy()
+    )
+    order, keys = _sorted_unique(keys, batch["seq"])
+    return batch.take(order).append_column("key", keys)
+
+
+class _Sorted:
+    """A keyed batch (sorted by its unique `key`) made ready to write: the packed entries,
+    the keys as bytes, and the per-segment index keys in their own sorted order. All of it
+    is built outside the write transaction, most of it while the previous one writes."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self.size = table.num_rows
+        self.keys = table["key"].combine_chunks()
+        self.key_list: list[bytes] = self.keys.to_pylist()
+        entries = np.empty(self.size, dtype=ENTRY)
+        entries["seq"] = table["seq"].to_numpy()
+        entries["timestamp"] = table["timestamp"].to_numpy()
+        entries["expires_at"] = table["expires_at"].to_numpy()
+        entries["value"] = table["value"].fill_null(NULL_VALUE).to_numpy()
+        entries["removed"] = table["removed"].to_numpy()
+        self.entries = entries
+        self.segment = table["segment_id"].to_numpy()
+        # segment + kind + user key, cut from the member key (kind + user key + NUL +
+        # segment). The member keys are sorted by user already, so a stable sort by
+        # segment sorts the index keys.
+        self.index_order = np.argsort(self.segment, kind="stable")
+        self.index_keys: list[bytes] = (
+            pc.binary_join_element_wise(
+                pc.binary_slice(self.keys, -8), pc.binary_slice(self.keys, 0, -9), b""
+            )
+            .take(self.index_order)
+            .to_pylist()
+        )
+
+    @classmethod
+    def merged(cls, part: pa.Table) -> _Sorted:
+        """A part of several runs: sorted again, one row per key (the highest seq)."""
+        order, keys = _sorted_unique(part["key"].combine_chunks(), part["seq"])
+        return cls(part.take(order).set_column(part.num_columns - 1, "key", keys))
 
 
 def _sum_by(groups: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,28 +217,47 @@ class LmdbStore:
         self._count_events = self._env.open_db(b"count_events")
         self._deleted = self._env.open_db(b"deleted")
         self._meta = self._env.open_db(b"meta")
+        self._runs_root = path / "runs"
+        remove_abandoned(self._runs_root)
 
     # -- writes ------------------------------------------------------------------------------
 
     def apply(self, batch: pa.Table) -> None:
-        if batch.num_rows == 0:
+        self._apply_sorted(_Sorted(_keyed(batch)))
+
+    def apply_many(self, batches: Iterable[pa.Table]) -> None:
+        """A job's batches: each is sorted and kept as a run as it comes (the first in
+        memory, the rest on disk), then all are merged and written in key order, a narrow
+        key range per transaction. A thread prepares the next range (merge, sort, keys)
+        while this one writes the last."""
+        runs = SortedRuns(self._runs_root)
+        try:
+            for batch in batches:
+                runs.add(_keyed(batch))
+            parts = prefetched(map(_Sorted.merged, runs.merged(_MERGE_ROWS)))
+            with contextlib.closing(parts):
+                for part in parts:
+                    self._apply_sorted(part)
+        finally:
+            runs.close()
+
+    def _apply_sorted(self, part: _Sorted) -> None:
+        if part.size == 0:
             return
-        batch = batch.select(APPLY_SCHEMA.names).cast(APPLY_SCHEMA).combine_chunks()
         with self._env.begin(write=True) as txn:
             # Events of the past go straight into the base counts from here on.
             self._fold(txn, int(time.time()))
-            batch = self._without_deleted(txn, batch)
-            if batch.num_rows == 0:
-                return
-            keys = member_keys(
-                batch["user_kind"].to_numpy(), batch["user_key"], batch["segment_id"].to_numpy()
-            )
-            self._merge(txn, batch, *_sorted_unique(keys, batch["seq"]))
+            hidden = self._deleted_rows(txn, part.table)
+            if hidden is not None:
+                part = _Sorted(part.table.filter(pa.array(~hidden)))
+            if part.size:
+                self._merge(txn, part)
 
-    def _without_deleted(self, txn: lmdb.Transaction, batch: pa.Table) -> pa.Table:
+    def _deleted_rows(self, txn: lmdb.Transaction, batch: pa.Table) -> np.ndarray | None:
+        """Where rows fall below their segment's deletion (None when no row does)."""
         deleted = {_SEG.unpack(k)[0]: _I64.unpack(v)[0] for k, v in txn.cursor(db=self._deleted)}
         if not deleted:
-            return batch
+            return None
         segs = np.fromiter(deleted, dtype=np.int64, count=len(deleted))
         floors = np.fromiter(deleted.values(), dtype=np.int64, count=len(deleted))
         order = np.argsort(segs)
@@ -193,27 +265,21 @@ class LmdbStore:
         segment = batch["segment_id"].to_numpy()
         at = np.clip(np.searchsorted(segs, segment), 0, len(segs) - 1)
         hidden = (segs[at] == segment) & (batch["seq"].to_numpy() < floors[at])
-        return batch.filter(pa.array(~hidden)) if hidden.any() else batch
+        return hidden if hidden.any() else None
 
-    def _merge(
-        self, txn: lmdb.Transaction, batch: pa.Table, order: np.ndarray, keys: pa.Array
-    ) -> None:
-        """Write the rows `order` of the batch (their `keys` sorted and unique) where they
-        beat the stored entry: one getmulti pass, winners decided in numpy, one putmulti."""
-        n = len(order)
-        new = np.empty(n, dtype=ENTRY)
-        new["seq"] = batch["seq"].to_numpy()[order]
-        new["timestamp"] = batch["timestamp"].to_numpy()[order]
-        new["expires_at"] = batch["expires_at"].to_numpy()[order]
-        new["value"] = batch["value"].fill_null(NULL_VALUE).to_numpy()[order]
-        new["removed"] = batch["removed"].to_numpy(zero_copy_only=False)[order]
-        segment = batch["segment_id"].to_numpy()[order]
-        key_list = keys.to_pylist()
-
-        found = txn.cursor(db=self._members).getmulti(key_list)
+    def _merge(self, txn: lmdb.Transaction, part: _Sorted) -> None:
+        """Write the rows where they beat the stored entry: one getmulti pass, winners
+        decided in numpy, one putmulti."""
+        new, segment, key_list = part.entries, part.segment, part.key_list
+        members = txn.cursor(db=self._members)
+        # Keys all beyond the stored ones (a first load, a new range of users) can meet no
+        # stored entry, and go in with MDB_APPEND: no search, and full pages where a
+        # split in the middle leaves two half-full ones.
+        append = not members.last() or members.key() < key_list[0]
+        found = [] if append else members.getmulti(key_list)
         if found:
             exists = pc.is_in(
-                keys, value_set=pa.array([k for k, _ in found], pa.binary())
+                part.keys, value_set=pa.array([k for k, _ in found], pa.binary())
             ).to_numpy(zero_copy_only=False)
             old = np.frombuffer(b"".join([v for _, v in found]), dtype=ENTRY)
             beaten = new["seq"][exists] > old["seq"]
@@ -221,8 +287,8 @@ class LmdbStore:
             wins[exists] = beaten
             replaced, replaced_segment = old[beaten], segment[exists][beaten]
         else:
-            exists = np.zeros(n, dtype=bool)
-            wins = np.ones(n, dtype=bool)
+            exists = np.zeros(part.size, dtype=bool)
+            wins = np.ones(part.size, dtype=bool)
             replaced, replaced_segment = np.zeros(0, dtype=ENTRY), segment[:0]
         if not wins.any():
             return
@@ -237,21 +303,15 @@ class LmdbStore:
         # One bytes object per entry straight from numpy (a void item is its raw bytes).
         values = winners.view(f"V{ENTRY.itemsize}").tolist()
         win_keys = key_list if everything_wins else itertools.compress(key_list, wins)
-        txn.cursor(db=self._members).putmulti(zip(win_keys, values, strict=True))
-        fresh = ~exists
-        if fresh.any():
-            fresh_keys, fresh_segment = keys, segment
-            if exists.any():
-                fresh_keys, fresh_segment = keys.filter(pa.array(fresh)), segment[fresh]
-            # segment + kind + user key, cut from the member key (kind + user key + NUL +
-            # segment). The member keys are sorted by user already, so a stable sort by
-            # segment sorts the index keys.
-            index_keys = pc.binary_join_element_wise(
-                pc.binary_slice(fresh_keys, -8), pc.binary_slice(fresh_keys, 0, -9), b""
-            ).take(np.argsort(fresh_segment, kind="stable"))
-            txn.cursor(db=self._by_segment).putmulti(
-                zip(index_keys.to_pylist(), itertools.repeat(b""), strict=False)
-            )
+        members.putmulti(zip(win_keys, values, strict=True), append=append)
+        if exists.all():
+            return
+        index_keys = part.index_keys
+        if exists.any():  # only new (user, segment) pairs enter the index
+            index_keys = itertools.compress(index_keys, ~exists[part.index_order])
+        txn.cursor(db=self._by_segment).putmulti(
+            zip(index_keys, itertools.repeat(b""), strict=False)
+        )
 
     def _count(
         self, txn: lmdb.Transaction, segment: np.ndarray, entries: np.ndarray, sign: np.ndarray

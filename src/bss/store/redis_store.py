@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from importlib.resources import files
@@ -213,6 +213,11 @@ class RedisStore:
         return out
 
     # --- the interface ----------------------------------------------------------------------
+
+    def apply_many(self, batches: Iterable[pa.Table]) -> None:
+        # Each batch already goes out to all masters at once; nothing to gain by holding back.
+        for batch in batches:
+            self.apply(batch)
 
     def apply(self, batch: pa.Table) -> None:
         if batch.num_rows == 0:

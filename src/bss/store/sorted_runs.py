@@ -1,0 +1,163 @@
+"""Sorted runs on disk and their merge: how a whole job reaches a B-tree in key order.
+
+A store writing a job batch by batch in file order lands on random keys: every batch dirties
+pages all over the tree, so a job rewrites the tree about once per batch. Sorting the job as
+a whole first makes each batch a narrow key range that follows the last one, so each page is
+written about once per job (measured in docs/store.md). The job's batches are each sorted
+(and de-duplicated by key) by the caller and kept here as runs: the first in memory, all of
+them as Arrow IPC files once there are two, so memory stays bounded by one batch whatever
+the job's size. `merged()` then walks all runs at once and yields consecutive key ranges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+T = TypeVar("T")
+
+
+class SortedRuns:
+    """Tables sorted by a unique binary `key` column, merged back in key order.
+
+    The files live in a private folder under `root`, named after the process, so that a
+    folder left by a process that died (kill -9) can be told from one still in use.
+    """
+
+    def __init__(self, root: Path, key: str = "key") -> None:
+        self._root = root
+        self._key = key
+        self._folder: Path | None = None
+        self._first: pa.Table | None = None
+        self._files: list[Path] = []
+
+    def add(self, table: pa.Table) -> None:
+        """Keep one run: `table` sorted by `key`, each key once."""
+        if table.num_rows == 0:
+            return
+        if self._first is None and not self._files:
+            self._first = table
+            return
+        if self._first is not None:
+            self._spill(self._first)
+            self._first = None
+        self._spill(table)
+
+    def _spill(self, table: pa.Table) -> None:
+        if self._folder is None:
+            self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self._root))
+        path = self._folder / f"{len(self._files)}.arrow"
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table.combine_chunks())
+        self._files.append(path)
+
+    def merged(self, rows: int) -> Iterator[pa.Table]:
+        """Every run's rows as consecutive tables of about `rows` rows, each covering a key
+        range above the previous one's. A key present in several runs comes in one table
+        (once per run), so the caller decides between them there; the rows of a table are
+        in no particular order."""
+        if self._first is not None:
+            for start in range(0, self._first.num_rows, rows):
+                yield self._first.slice(start, rows)
+            return
+        # Memory-mapped: the runs' pages are the page cache's, not this process's heap.
+        runs = [pa.ipc.open_file(pa.memory_map(str(p))).read_all() for p in self._files]
+        keys = [run.column(self._key).combine_chunks() for run in runs]
+        at = [0] * len(runs)
+        while True:
+            live = [i for i, run in enumerate(runs) if at[i] < run.num_rows]
+            if not live:
+                return
+            step = max(1, rows // len(live))
+            # The smallest of the live runs' keys `step` rows on: every run gives its rows up
+            # to it, so no key beyond it is left behind in one run while taken from another.
+            bound = min(keys[i][min(at[i] + step, runs[i].num_rows) - 1].as_py() for i in live)
+            scalar = pa.scalar(bound, keys[live[0]].type)
+            parts = []
+            for i in live:
+                window = keys[i].slice(at[i], step)
+                taken = pc.sum(pc.less_equal(window, scalar)).as_py() or 0
+                if taken:
+                    parts.append(runs[i].slice(at[i], taken))
+                    at[i] += taken
+            yield pa.concat_tables(parts)
+
+    def close(self) -> None:
+        self._first = None
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+        self._files = []
+
+
+def prefetched(items: Iterator[T]) -> Iterator[T]:
+    """`items`, each computed on a thread of its own while the caller works on the one
+    before (Arrow and LMDB both release the GIL for their heavy parts). Closing the
+    iterator stops the thread."""
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand_over(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not hand_over("item", item):
+                    return
+            hand_over("done", None)
+        except BaseException as exc:  # re-raised on the caller's thread
+            hand_over("error", exc)
+
+    thread = threading.Thread(target=produce, name="bss-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+
+
+def remove_abandoned(root: Path) -> None:
+    """Remove run folders of processes that no longer exist (a job killed mid-way)."""
+    if not root.is_dir():
+        return
+    for folder in root.iterdir():
+        pid_text = folder.name.partition("-")[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            shutil.rmtree(folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

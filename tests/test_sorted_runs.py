@@ -1,0 +1,109 @@
+"""Sorted runs (bss.store.sorted_runs): a job's batches kept sorted on disk and merged back
+in key order, the way the embedded store writes a whole job."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bss.store.sorted_runs import SortedRuns, prefetched, remove_abandoned
+
+
+def run_table(keys: list[bytes], tag: int) -> pa.Table:
+    keys = sorted(set(keys))
+    return pa.table({"tag": [tag] * len(keys), "key": pa.array(keys, pa.binary())})
+
+
+runs_strategy = st.lists(
+    st.lists(st.binary(min_size=0, max_size=4), max_size=30), min_size=1, max_size=6
+)
+
+
+@given(runs=runs_strategy, rows=st.integers(1, 12))
+@settings(max_examples=150, deadline=None)
+def test_merge_gives_every_row_once_in_rising_key_ranges(
+    tmp_path_factory: pytest.TempPathFactory, runs: list[list[bytes]], rows: int
+) -> None:
+    root = tmp_path_factory.mktemp("runs")
+    sorted_runs = SortedRuns(root)
+    expected = []
+    for tag, keys in enumerate(runs):
+        table = run_table(keys, tag)
+        sorted_runs.add(table)
+        expected += [(tag, k) for k in table["key"].to_pylist()]
+    parts = [p.to_pylist() for p in sorted_runs.merged(rows)]
+    got = [(r["tag"], r["key"]) for part in parts for r in part]
+    assert sorted(got) == sorted(expected)
+    # Each part covers keys above every key of the parts before it: a key held by several
+    # runs arrives in one part.
+    for before, after in zip(parts, parts[1:], strict=False):
+        assert max(r["key"] for r in before) < min(r["key"] for r in after)
+    # A part is about `rows` long: never more than the live runs' share each.
+    assert all(len(part) <= max(rows, len(runs)) for part in parts)
+    sorted_runs.close()
+    assert list(root.iterdir()) == []
+
+
+def test_one_run_stays_in_memory_and_two_go_to_disk(tmp_path: Path) -> None:
+    runs = SortedRuns(tmp_path)
+    runs.add(run_table([b"b", b"a"], 0))
+    assert list(tmp_path.iterdir()) == []
+    runs.add(run_table([b"c"], 1))
+    (folder,) = tmp_path.iterdir()
+    assert folder.name.startswith(f"{os.getpid()}-")
+    assert sorted(p.name for p in folder.iterdir()) == ["0.arrow", "1.arrow"]
+    assert [r["key"] for p in runs.merged(10) for r in p.to_pylist()] == [b"a", b"b", b"c"]
+    runs.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_folders_of_dead_processes_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    (tmp_path / f"{dead.stdout.strip()}-abc").mkdir()
+    (tmp_path / f"{dead.stdout.strip()}-abc" / "0.arrow").write_bytes(b"x")
+    (tmp_path / f"{os.getpid()}-def").mkdir()
+    remove_abandoned(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{os.getpid()}-def"]
+
+
+def test_prefetched_keeps_order_and_passes_errors_on() -> None:
+    assert list(prefetched(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("boom")
+
+    items = prefetched(failing())
+    assert next(items) == 1
+    with pytest.raises(ValueError, match="boom"):
+        next(items)
+
+
+def test_closing_prefetched_early_stops_its_thread() -> None:
+    produced = []
+
+    def endless():
+        n = 0
+        while True:
+            produced.append(n)
+            yield n
+            n += 1
+
+    items = prefetched(endless())
+    assert next(items) == 0
+    items.close()
+    count = len(produced)
+    assert count <= 4  # one handed over, one waiting, at most one being made
+    assert len(produced) == count
