@@ -73,7 +73,8 @@ class SortedRuns:
             return
         # Memory-mapped: the runs' pages are the page cache's, not this process's heap.
         runs = [pa.ipc.open_file(pa.memory_map(str(p))).read_all() for p in self._files]
-        keys = [run.column(self._key).combine_chunks() for run in runs]
+        # Each file holds one record batch: its one chunk, not a copy (combine_chunks copies).
+        keys = [run.column(self._key).chunk(0) for run in runs]
         at = [0] * len(runs)
         while True:
             live = [i for i, run in enumerate(runs) if at[i] < run.num_rows]
