@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bss.store.sorted_runs import SortedRuns, prefetched, remove_abandoned
+from bss.store.sorted_runs import SortedRuns, remove_abandoned
 
 
 def run_table(keys: list[bytes], tag: int) -> pa.Table:
@@ -76,34 +76,3 @@ def test_folders_of_dead_processes_are_removed_and_live_ones_kept(tmp_path: Path
     (tmp_path / f"{os.getpid()}-def").mkdir()
     remove_abandoned(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == [f"{os.getpid()}-def"]
-
-
-def test_prefetched_keeps_order_and_passes_errors_on() -> None:
-    assert list(prefetched(iter(range(50)))) == list(range(50))
-
-    def failing():
-        yield 1
-        raise ValueError("boom")
-
-    items = prefetched(failing())
-    assert next(items) == 1
-    with pytest.raises(ValueError, match="boom"):
-        next(items)
-
-
-def test_closing_prefetched_early_stops_its_thread() -> None:
-    produced = []
-
-    def endless():
-        n = 0
-        while True:
-            produced.append(n)
-            yield n
-            n += 1
-
-    items = prefetched(endless())
-    assert next(items) == 0
-    items.close()
-    count = len(produced)
-    assert count <= 4  # one handed over, one waiting, at most one being made
-    assert len(produced) == count

@@ -53,8 +53,8 @@ from bss.formats.avro_schema import (
 )
 from bss.formats.config import BatchSegmentConfig
 from bss.formats.detect import InputError
-from bss.formats.read_ahead import read_ahead
 from bss.formats.records import ParsedChunk
+from bss.read_ahead import read_ahead
 
 #: Batches decoded at the same time, each by a DuckDB connection on a thread of its own.
 DECODERS = 2

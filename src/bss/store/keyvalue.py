@@ -42,8 +42,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bss.read_ahead import read_ahead
 from bss.store.base import APPLY_SCHEMA, Membership
-from bss.store.sorted_runs import SortedRuns, prefetched, remove_abandoned
+from bss.store.sorted_runs import SortedRuns, remove_abandoned
 
 #: A stored entry, packed: 33 bytes.
 ENTRY = np.dtype(
@@ -234,7 +235,7 @@ class LmdbStore:
         try:
             for batch in batches:
                 runs.add(_keyed(batch))
-            parts = prefetched(map(_Sorted.merged, runs.merged(_MERGE_ROWS)))
+            parts = read_ahead(map(_Sorted.merged, runs.merged(_MERGE_ROWS)))
             with contextlib.closing(parts):
                 for part in parts:
                     self._apply_sorted(part)

@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
-T = TypeVar("T")
 
 
 class SortedRuns:
@@ -100,46 +95,6 @@ class SortedRuns:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
         self._files = []
-
-
-def prefetched(items: Iterator[T]) -> Iterator[T]:
-    """`items`, each computed on a thread of its own while the caller works on the one
-    before (Arrow and LMDB both release the GIL for their heavy parts). Closing the
-    iterator stops the thread."""
-    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def hand_over(kind: str, value: Any) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put((kind, value), timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not hand_over("item", item):
-                    return
-            hand_over("done", None)
-        except BaseException as exc:  # re-raised on the caller's thread
-            hand_over("error", exc)
-
-    thread = threading.Thread(target=produce, name="bss-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = ready.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-        thread.join()
 
 
 def remove_abandoned(root: Path) -> None:
