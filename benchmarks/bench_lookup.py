@@ -22,17 +22,21 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
+import operator
 import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import bench_store
 import harness
 import httpx
 import numpy as np
+import pyarrow as pa
 from bench_api import get_request, measure, wait_for_sweep
 from bench_store import NOW, jobs
 from harness import ADMIN, PASSWORD
@@ -57,9 +61,16 @@ def fill(data_dir: Path, lines: int) -> tuple[np.ndarray, int]:
         return bench_store.lookup_uids(lines), filled["pairs"]
     store = LmdbStore(data_dir / "memberships.lmdb")
     pairs, started, cpu = 0, time.perf_counter(), time.process_time()
-    for _, batch in jobs(lines):
-        store.apply(batch)
-        pairs += batch.num_rows
+
+    def counted(job: Iterator[tuple[str, pa.Table]]) -> Iterator[pa.Table]:
+        nonlocal pairs
+        for _, batch in job:
+            pairs += batch.num_rows
+            yield batch
+
+    # Each job as the service writes it: one stream, sorted and written in key order.
+    for _, job in itertools.groupby(jobs(lines), key=operator.itemgetter(0)):
+        store.apply_many(counted(job))
     took, cpu = time.perf_counter() - started, time.process_time() - cpu
     store.close()
     print(

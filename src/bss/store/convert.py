@@ -8,6 +8,7 @@ so a conversion that dies halfway is simply run again.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -35,14 +36,18 @@ def convert_duckdb(old: Path, target: Path, db: Engine, now: int, batch_rows: in
     con = duckdb.connect(str(old), read_only=True, config={"memory_limit": "512MB"})
     store = LmdbStore(target)
     copied, highest = 0, 0
-    try:
-        reader = con.sql(_WINNERS, params=[now]).to_arrow_reader(batch_rows)
-        for record_batch in reader:
+
+    def batches() -> Iterator[pa.Table]:
+        nonlocal copied, highest
+        for record_batch in con.sql(_WINNERS, params=[now]).to_arrow_reader(batch_rows):
             batch = pa.Table.from_batches([record_batch]).cast(APPLY_SCHEMA)
             if batch.num_rows:
-                store.apply(batch)
                 copied += batch.num_rows
                 highest = max(highest, int(batch["seq"].to_numpy().max()))
+                yield batch
+
+    try:
+        store.apply_many(batches())  # written in key order, as a job is
     finally:
         store.close()
         con.close()
