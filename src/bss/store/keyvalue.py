@@ -276,7 +276,7 @@ class LmdbStore:
         # Keys all beyond the stored ones (a first load, a new range of users) can meet no
         # stored entry, and go in with MDB_APPEND: no search, and full pages where a
         # split in the middle leaves two half-full ones.
-        append = not members.last() or members.key() < key_list[0]
+        append = not members.last() or bytes(members.key()) < key_list[0]
         found = [] if append else members.getmulti(key_list)
         if found:
             exists = pc.is_in(
@@ -307,7 +307,7 @@ class LmdbStore:
         members.putmulti(zip(win_keys, values, strict=True), append=append)
         if exists.all():
             return
-        index_keys = part.index_keys
+        index_keys: Iterable[bytes] = part.index_keys
         if exists.any():  # only new (user, segment) pairs enter the index
             index_keys = itertools.compress(index_keys, ~exists[part.index_order])
         txn.cursor(db=self._by_segment).putmulti(
