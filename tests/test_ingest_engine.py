@@ -7,6 +7,7 @@ import gzip
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -354,6 +355,59 @@ def test_a_job_stopped_mid_file_applies_nothing_more_and_leaves_no_runs(
     assert store.segment_member_counts(NOW) == {}
     assert store.user_segments(UserKind.ANID, "1", NOW) == []
     assert list((tmp_path / "m.lmdb" / "runs").iterdir()) == []
+
+
+def test_the_store_reports_its_writing_after_the_file_is_read(
+    tmp_path: Path, store: LmdbStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded store writes a job once its file is read; `write_progress` hears how far
+    (the worker shows it as the `processing` phase's percent_complete). Stopping there (a
+    lost lease) keeps what was written and raises."""
+    monkeypatch.setattr("bss.store.keyvalue._MERGE_ROWS", 5_000)
+    path = tmp_path / "job.txt"
+    path.write_text("".join(f"{i},1:0\n" for i in range(1, 20_001)))
+    read: list[float] = []
+    written: list[tuple[int, float]] = []
+
+    def write_progress(fraction: float) -> None:
+        written.append((len(read), fraction))
+
+    def run(write: Callable[[float], None]) -> IngestResult:
+        return ingest_file(
+            path,
+            member_id=MEMBER,
+            seq_base=JOB_SEQ_SPAN,
+            config=BatchSegmentConfig(),
+            registry=registry(seg(1)),
+            store=store,
+            now=NOW,
+            max_decompressed_bytes=1 << 30,
+            chunk_bytes=1 << 14,
+            progress=read.append,
+            write_progress=write,
+        )
+
+    assert run(write_progress).counters.num_valid == 20_000
+    assert read[-1] == 1.0
+    # 20,000 pairs in ranges of about 5,000: a few steps up to 1.0, all after the reading.
+    fractions = [f for _, f in written]
+    assert {n for n, _ in written} == {len(read)}
+    assert 3 <= len(fractions) <= 5 and fractions[-1] == 1.0
+    assert fractions == sorted(set(fractions))
+
+    def lose_lease(fraction: float) -> None:
+        if fraction >= 0.5:
+            raise RuntimeError("lease lost")
+
+    store.close()
+    store = LmdbStore(tmp_path / "again.lmdb")
+    with pytest.raises(RuntimeError, match="lease lost"):
+        run(lose_lease)
+    # Written up to the range that reached half of the job, nothing after.
+    users = [(UserKind.ANID, str(i)) for i in range(1, 20_001)]
+    kept = sum(1 for found in store.users_segments(users, NOW) if found)
+    assert 10_000 <= kept < 20_000
+    store.close()
 
 
 def test_refused_compression_is_a_job_error(run: Runner) -> None:

@@ -45,10 +45,30 @@ def test_merge_gives_every_row_once_in_rising_key_ranges(
     # runs arrives in one part.
     for before, after in zip(parts, parts[1:], strict=False):
         assert max(r["key"] for r in before) < min(r["key"] for r in after)
-    # A part is about `rows` long: never more than the live runs' share each.
-    assert all(len(part) <= max(rows, len(runs)) for part in parts)
+    # A part is about `rows` long: at most `rows` plus a sampling gap per run.
+    gap = max(1, rows // (4 * len(runs)))
+    assert all(len(part) <= rows + gap * len(runs) for part in parts)
     sorted_runs.close()
     assert list(root.iterdir()) == []
+
+
+def test_parts_are_full_whether_runs_overlap_or_not(tmp_path: Path) -> None:
+    """A file sorted by user makes runs with disjoint key ranges, a random one interleaved
+    runs: either way a part has about `rows` rows, not a run's share of them (which made
+    a transaction, with its sync, per few rows on a sorted file)."""
+    for layout in ("disjoint", "interleaved"):
+        runs = SortedRuns(tmp_path / layout)
+        for r in range(20):
+            if layout == "disjoint":
+                keys = [b"%02d%04d" % (r, i) for i in range(500)]
+            else:
+                keys = [b"%04d%02d" % (i, r) for i in range(500)]
+            runs.add(run_table(keys, r))
+        sizes = [p.num_rows for p in runs.merged(1000)]
+        runs.close()
+        assert sum(sizes) == 10_000
+        gap = 1000 // (4 * 20)
+        assert all(1000 - gap <= n <= 1000 + 20 * gap for n in sizes[:-1]), (layout, sizes)
 
 
 def test_one_run_stays_in_memory_and_two_go_to_disk(tmp_path: Path) -> None:

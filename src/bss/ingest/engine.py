@@ -96,10 +96,14 @@ class _StoreWriter:
 
     _ABORT = object()
 
-    def __init__(self, store: MembershipStore) -> None:
+    def __init__(
+        self, store: MembershipStore, progress: Callable[[float], None] | None = None
+    ) -> None:
         self._store = store
+        self._progress = progress
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
+        self._ended = False
         self._thread = threading.Thread(target=self._run, name="bss-store-writer", daemon=True)
         self._thread.start()
 
@@ -108,16 +112,17 @@ class _StoreWriter:
             if batch is self._ABORT:
                 raise _Aborted
             yield batch
+        self._ended = True
 
     def _run(self) -> None:
         try:
-            self._store.apply_many(self._batches())
+            self._store.apply_many(self._batches(), self._progress)
         except _Aborted:
             pass
         except BaseException as exc:  # re-raised on the engine's thread
             self._error = exc
             # Take what is still sent, so the engine never blocks on a full queue.
-            while self._queue.get() not in (None, self._ABORT):
+            while not self._ended and self._queue.get() not in (None, self._ABORT):
                 pass
 
     def put(self, batch: pa.Table) -> None:
@@ -270,10 +275,11 @@ class _Job:
         now: int,
         report: ErrorReport,
         on_applied: Callable[[pl.DataFrame], None] | None = None,
+        write_progress: Callable[[float], None] | None = None,
     ) -> None:
         self.member_id = member_id
         self.config = config
-        self.writer = _StoreWriter(store)
+        self.writer = _StoreWriter(store, write_progress)
         self.now = now
         self.report = report
         self.result = IngestResult()
@@ -474,9 +480,14 @@ def ingest_file(
     max_decompressed_bytes: int,
     chunk_bytes: int = 4 << 20,
     progress: Callable[[float], None] | None = None,
+    write_progress: Callable[[float], None] | None = None,
     on_applied: Callable[[pl.DataFrame], None] | None = None,
 ) -> IngestResult:
     """Validate and apply one uploaded file; never raises for bad input.
+
+    `progress` hears the fraction of the file read, `write_progress` the fraction written of
+    what the store held back until the file was read (see `MembershipStore.apply_many`);
+    an exception either raises stops the job (what is written stays written).
 
     Pair i of the file (in file order, counting pairs that are not applied) is written with
     seq `seq_base + i`: the job's reserved range (bss.store.base.JOB_SEQ_SPAN), so a replay
@@ -496,6 +507,7 @@ def ingest_file(
             now=now,
             report=report,
             on_applied=on_applied,
+            write_progress=write_progress,
         )
         try:
             with open_input(path, max_decompressed_bytes) as source:

@@ -129,6 +129,7 @@ class RegionCatchUp:
                     max_decompressed_bytes=self.settings.max_decompressed_bytes,
                     chunk_bytes=self.settings.chunk_bytes,
                     progress=progress,
+                    write_progress=progress,
                 )
         finally:
             done.set()

@@ -9,6 +9,7 @@ uninterrupted run would have, without undoing any job applied in between.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -202,17 +203,21 @@ class Worker:
                     lost.set()
                     return
 
-        def progress(fraction: float) -> None:
+        def report_progress(phase: str, fraction: float) -> None:
+            """`percent_complete` is per phase, as documented: `validating` while the file
+            is read, then `processing` while the store writes what it held back."""
             if lost.is_set():
                 raise LeaseLost(job_id)
             if self.stop.is_set():
                 raise Stopping(job_id)
+            if phase == "validating" and fraction >= 1.0:
+                phase, fraction = "processing", 0.0
             pct = max(0, min(99, int(fraction * 100)))
             t = time.monotonic()
             values: dict[str, Any] = {}
-            if fraction >= 1.0 and state["phase"] == "validating":
-                state["phase"] = "processing"
-                values.update(phase="processing", validated_time=now_s())
+            if phase != state["phase"]:
+                state["phase"] = phase
+                values.update(phase=phase, validated_time=now_s())
             elif t - state["last"] < PROGRESS_INTERVAL or pct == state["pct"]:
                 return
             state["last"], state["pct"] = t, pct
@@ -241,7 +246,8 @@ class Worker:
                     error_report_path=report,
                     max_decompressed_bytes=self.settings.max_decompressed_bytes,
                     chunk_bytes=self.settings.chunk_bytes,
-                    progress=progress,
+                    progress=functools.partial(report_progress, "validating"),
+                    write_progress=functools.partial(report_progress, "processing"),
                     on_applied=loads.add,
                 )
         except LeaseLost:

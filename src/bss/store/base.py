@@ -9,7 +9,7 @@ writes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple, Protocol
 
 import pyarrow as pa
@@ -66,10 +66,14 @@ class MembershipStore(Protocol):
         Visible to readers (and reflected in the member counts) once this returns.
         """
 
-    def apply_many(self, batches: Iterable[pa.Table]) -> None:
+    def apply_many(
+        self, batches: Iterable[pa.Table], progress: Callable[[float], None] | None = None
+    ) -> None:
         """Apply a job's batches, as `apply` would one by one; all are visible once this
         returns, some may be before. An engine may hold them back to write them in a better
-        order (the embedded one writes a job in key order)."""
+        order (the embedded one writes a job in key order) once `batches` is exhausted;
+        `progress` then hears the fraction of that writing done. An exception raised by
+        `progress` stops the writing (what is written stays written)."""
 
     def user_segments(self, user_kind: int, user_key: str, now: int) -> list[Membership]:
         """The user's live memberships (not removed, not expired, started by `now`), by id."""

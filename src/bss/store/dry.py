@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
@@ -16,7 +16,9 @@ class DryRunStore:
     def apply(self, batch: pa.Table) -> None:
         self.rows_seen += batch.num_rows
 
-    def apply_many(self, batches: Iterable[pa.Table]) -> None:
+    def apply_many(
+        self, batches: Iterable[pa.Table], progress: Callable[[float], None] | None = None
+    ) -> None:
         for batch in batches:
             self.apply(batch)
 

@@ -33,7 +33,7 @@ import itertools
 import operator
 import struct
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import lmdb
@@ -137,9 +137,11 @@ class _Sorted:
     the keys as bytes, and the per-segment index keys in their own sorted order. All of it
     is built outside the write transaction, most of it while the previous one writes."""
 
-    def __init__(self, table: pa.Table) -> None:
+    def __init__(self, table: pa.Table, rows_merged: int | None = None) -> None:
         self.table = table
         self.size = table.num_rows
+        #: Rows of the runs this part was merged from (a key repeated across runs is one).
+        self.rows_merged = self.size if rows_merged is None else rows_merged
         self.keys = table["key"].combine_chunks()
         self.key_list: list[bytes] = self.keys.to_pylist()
         entries = np.empty(self.size, dtype=ENTRY)
@@ -166,7 +168,7 @@ class _Sorted:
     def merged(cls, part: pa.Table) -> _Sorted:
         """A part of several runs: sorted again, one row per key (the highest seq)."""
         order, keys = _sorted_unique(part["key"].combine_chunks(), part["seq"])
-        return cls(part.take(order).set_column(part.num_columns - 1, "key", keys))
+        return cls(part.take(order).set_column(part.num_columns - 1, "key", keys), part.num_rows)
 
 
 def _sum_by(groups: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -226,7 +228,9 @@ class LmdbStore:
     def apply(self, batch: pa.Table) -> None:
         self._apply_sorted(_Sorted(_keyed(batch)))
 
-    def apply_many(self, batches: Iterable[pa.Table]) -> None:
+    def apply_many(
+        self, batches: Iterable[pa.Table], progress: Callable[[float], None] | None = None
+    ) -> None:
         """A job's batches: each is sorted and kept as a run as it comes (the first in
         memory, the rest on disk), then all are merged and written in key order, a narrow
         key range per transaction. A thread prepares the next range (merge, sort, keys)
@@ -237,8 +241,12 @@ class LmdbStore:
                 runs.add(_keyed(batch))
             parts = read_ahead(map(_Sorted.merged, runs.merged(_MERGE_ROWS)))
             with contextlib.closing(parts):
+                done = 0
                 for part in parts:
                     self._apply_sorted(part)
+                    done += part.rows_merged
+                    if progress is not None:
+                        progress(min(1.0, done / runs.rows))
         finally:
             runs.close()
 

@@ -214,7 +214,9 @@ class RedisStore:
 
     # --- the interface ----------------------------------------------------------------------
 
-    def apply_many(self, batches: Iterable[pa.Table]) -> None:
+    def apply_many(
+        self, batches: Iterable[pa.Table], progress: Callable[[float], None] | None = None
+    ) -> None:
         # Each batch already goes out to all masters at once; nothing to gain by holding back.
         for batch in batches:
             self.apply(batch)

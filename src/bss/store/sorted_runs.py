@@ -11,11 +11,12 @@ the job's size. `merged()` then walks all runs at once and yields consecutive ke
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -35,11 +36,14 @@ class SortedRuns:
         self._folder: Path | None = None
         self._first: pa.Table | None = None
         self._files: list[Path] = []
+        #: Rows kept in all runs.
+        self.rows = 0
 
     def add(self, table: pa.Table) -> None:
         """Keep one run: `table` sorted by `key`, each key once."""
         if table.num_rows == 0:
             return
+        self.rows += table.num_rows
         if self._first is None and not self._files:
             self._first = table
             return
@@ -58,8 +62,8 @@ class SortedRuns:
         self._files.append(path)
 
     def merged(self, rows: int) -> Iterator[pa.Table]:
-        """Every run's rows as consecutive tables of about `rows` rows, each covering a key
-        range above the previous one's. A key present in several runs comes in one table
+        """Every run's rows as consecutive tables of about `rows` rows (see `_bound`), each
+        covering a key range above the previous one's. A key present in several runs comes in one table
         (once per run), so the caller decides between them there; the rows of a table are
         in no particular order."""
         if self._first is not None:
@@ -75,15 +79,13 @@ class SortedRuns:
             live = [i for i, run in enumerate(runs) if at[i] < run.num_rows]
             if not live:
                 return
-            step = max(1, rows // len(live))
-            # The smallest of the live runs' keys `step` rows on: every run gives its rows up
-            # to it, so no key beyond it is left behind in one run while taken from another.
-            bound = min(keys[i][min(at[i] + step, runs[i].num_rows) - 1].as_py() for i in live)
-            scalar = pa.scalar(bound, keys[live[0]].type)
+            windows = {i: keys[i].slice(at[i], rows) for i in live}
+            bound = _bound(windows.values(), rows)
             parts = []
-            for i in live:
-                window = keys[i].slice(at[i], step)
-                taken = pc.sum(pc.less_equal(window, scalar)).as_py() or 0
+            for i, window in windows.items():
+                taken = bisect.bisect_right(
+                    range(len(window)), bound, key=lambda j, w=window: w[j].as_py()
+                )
                 if taken:
                     parts.append(runs[i].slice(at[i], taken))
                     at[i] += taken
@@ -95,6 +97,29 @@ class SortedRuns:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
         self._files = []
+
+
+def _bound(windows: Iterable[pa.Array], rows: int) -> bytes:
+    """A key that about `rows` keys of the windows (each the next `rows` keys of a run) lie
+    at or below, and none beyond a window: the next part is every run's keys up to it.
+
+    Every `gap`-th key of each window is a sample standing for `gap` keys; the bound is the
+    sample that many samples in. However the runs' key ranges overlap (one sorted file makes
+    disjoint runs, a random one interleaved runs), a part has about `rows` rows: at most
+    `rows` plus one `gap` per run.
+    """
+    windows = list(windows)
+    gap = max(1, rows // (4 * len(windows)))
+    samples = pa.concat_arrays(
+        [w.take(pa.array(range(min(gap, len(w)) - 1, len(w), gap))) for w in windows]
+    )
+    wanted = max(1, rows // gap)
+    if len(samples) <= wanted:  # the windows hold about `rows` keys at most: all of them
+        bound = max(w[-1].as_py() for w in windows)
+    else:
+        bound = samples[pc.sort_indices(samples)[wanted - 1].as_py()].as_py()
+    # A full window's last key caps it: a run's keys up to the bound all lie in its window.
+    return min([bound, *(w[-1].as_py() for w in windows if len(w) == rows)])
 
 
 def remove_abandoned(root: Path) -> None:
