@@ -189,7 +189,7 @@ class Worker:
 
         lost = threading.Event()
         done = threading.Event()
-        state = {"pct": 0, "last": 0.0, "phase": "validating"}
+        state: dict[str, Any] = {"pct": 0, "last": 0.0, "phase": "validating"}
 
         def heartbeat() -> None:
             interval = max(1.0, self.settings.job_lease_seconds / 3)

@@ -11,7 +11,6 @@ the job's size. `merged()` then walks all runs at once and yields consecutive ke
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import os
 import shutil
@@ -83,9 +82,7 @@ class SortedRuns:
             bound = _bound(windows.values(), rows)
             parts = []
             for i, window in windows.items():
-                taken = bisect.bisect_right(
-                    range(len(window)), bound, key=lambda j, w=window: w[j].as_py()
-                )
+                taken = _count_at_most(window, bound)
                 if taken:
                     parts.append(runs[i].slice(at[i], taken))
                     at[i] += taken
@@ -120,6 +117,18 @@ def _bound(windows: Iterable[pa.Array], rows: int) -> bytes:
         bound = samples[pc.sort_indices(samples)[wanted - 1].as_py()].as_py()
     # A full window's last key caps it: a run's keys up to the bound all lie in its window.
     return min([bound, *(w[-1].as_py() for w in windows if len(w) == rows)])
+
+
+def _count_at_most(window: pa.Array, bound: bytes) -> int:
+    """How many keys of the sorted window are at most `bound`: a binary search."""
+    low, high = 0, len(window)
+    while low < high:
+        middle = (low + high) // 2
+        if window[middle].as_py() <= bound:
+            low = middle + 1
+        else:
+            high = middle
+    return low
 
 
 def remove_abandoned(root: Path) -> None:
