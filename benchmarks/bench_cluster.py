@@ -165,13 +165,54 @@ def set_up(api: Api) -> list[int]:
     return [api.segment(MEMBER, f"s{i}")["id"] for i in range(SEGMENTS)]
 
 
+def store_figures(cluster: RedisClusterProcs, pairs: int) -> None:
+    """redis-benchmark before and after RedisStore.apply, with the ratios."""
+    port = cluster.master_of("myhash").port  # the key redis-benchmark writes
+    hset_before = redis_benchmark(port)
+    st = store_apply_rate(cluster, pairs)
+    hset = (hset_before + redis_benchmark(port)) / 2
+    print(f"redis-benchmark -P 64 -t hset, one master: {hset:,.0f} ops/s (mean of before and after)")
+    for label, name in (("first", "first load"), ("rewrite", "rewrite, newer seqs")):
+        rate = st[f"{label}_rate"]
+        print(
+            f"RedisStore.apply, {name} (seq rule, counts, indexes, WAIT 1), one writer: "
+            f"{rate:,.0f} pairs/s = {rate / hset:.2f} x redis-benchmark hset (goal >= 0.33)"
+        )
+        print(
+            f"  CPU us per pair: writer {st[f'{label}_py_us']:.2f}, masters "
+            f"{st[f'{label}_master_us']:.2f}, replicas {st[f'{label}_replica_us']:.2f}"
+        )
+    print(
+        f"Redis memory per membership (masters' used_memory): {st['bytes_per_membership']:.0f} bytes"
+    )
+
+
+def store_only(pairs: int) -> None:
+    root = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+    cluster = RedisClusterProcs(root / "redis").start()
+    try:
+        print(f"load average at start: {os.getloadavg()[0]:.1f} (2 cores)")
+        store_figures(cluster, pairs)
+        print(f"load average at end: {os.getloadavg()[0]:.1f}")
+    finally:
+        cluster.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", type=int, default=100_000, help="lines per file")
     parser.add_argument("--files", type=int, default=4, help="files per run")
     parser.add_argument("--store-pairs", type=int, default=960_000)
     parser.add_argument("--lookups", type=int, default=2000)
+    parser.add_argument(
+        "--store-only",
+        action="store_true",
+        help="only redis-benchmark and RedisStore.apply (no PostgreSQL, S3, API or workers)",
+    )
     args = parser.parse_args()
+    if args.store_only:
+        store_only(args.store_pairs)
+        return
 
     import logging
 
@@ -190,26 +231,7 @@ def main() -> None:
     procs: list = []
     try:
         print(f"load average at start: {os.getloadavg()[0]:.1f} (2 cores)")
-        port = cluster.master_of("myhash").port  # the key redis-benchmark writes
-        hset_before = redis_benchmark(port)
-        st = store_apply_rate(cluster, args.store_pairs)
-        hset = (hset_before + redis_benchmark(port)) / 2
-        print(
-            f"redis-benchmark -P 64 -t hset, one master: {hset:,.0f} ops/s (mean of before and after)"
-        )
-        for label, name in (("first", "first load"), ("rewrite", "rewrite, newer seqs")):
-            rate = st[f"{label}_rate"]
-            print(
-                f"RedisStore.apply, {name} (seq rule, counts, indexes, WAIT 1), one writer: "
-                f"{rate:,.0f} pairs/s = {rate / hset:.2f} x redis-benchmark hset (goal >= 0.33)"
-            )
-            print(
-                f"  CPU us per pair: writer {st[f'{label}_py_us']:.2f}, masters "
-                f"{st[f'{label}_master_us']:.2f}, replicas {st[f'{label}_replica_us']:.2f}"
-            )
-        print(
-            f"Redis memory per membership (masters' used_memory): {st['bytes_per_membership']:.0f} bytes"
-        )
+        store_figures(cluster, args.store_pairs)
         for m in cluster.nodes[:3]:
             m.cli("flushall")
 

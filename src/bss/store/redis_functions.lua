@@ -1,4 +1,4 @@
-#!lua name=bss_store_v1
+#!lua name=bss_store_v2
 --[[
 The membership store's server side (Redis Functions, Redis >= 7.0). Loaded by
 bss.store.redis_store into every master; see that module for the data layout.
@@ -6,23 +6,32 @@ bss.store.redis_store into every master; see that module for the data layout.
 Every function works on ONE bucket: all of its keys share the hash tag {<bucket>}, so each
 call touches one hash slot and runs atomically there. A bucket keeps:
 
-  bss:u{b}<kind>:<key>   hash   segment id -> entry (see `parse`)
+  bss:u{b}<kind>:<key>   hash   segment id -> entry (below)
   bss:c{b}               hash   segment id -> live members in the bucket; `_t` the bucket
                                 clock (counts are exact as of it); `_d` entries of deleted
                                 segments dropped since the last purge
   bss:x{b}               zset   <kind>:<key> -> the user's next event (an entry starts or
                                 expires): the expiry index the sweep walks
   bss:p{b}               zset   <kind>:<key> of users with expired entries, for `purge`
-  bss:s{b}:<segment>     set    <kind>:<key> of users with an entry (tombstones too)
+  bss:i{b}:<segment>     string the segment's member index: <kind>:<key> of users with an
+                                entry (tombstones too), each as a 3-byte big-endian length
+                                (its top bit set: dropped, skipped by readers) then the bytes;
+                                appended to, marked in place, compacted by purge and deletion
+  bss:g{b}               hash   segment id -> generation of its index (raised by a compaction,
+                                which moves offsets: a cursor of an older one starts over)
   bss:d{b}               hash   segment id -> seq below which the segment is deleted
+  bss:s{b}:<segment>     set    the index of layout v1 (bss_store_v1): still read, drained by
+                                deletion and purge, never added to
 
 An entry is <seq as 19 decimal digits><removed 0|1><timestamp>:<expires_at>:<value>. Seqs are
 compared as fixed-width decimal strings: Lua numbers are doubles, exact only below 2**53.
 ]]
 
-local function parse(v)
-  local ts, exp, val = string.match(v, "^(%-?%d+):(%-?%d+):(.*)$", 21)
-  return string.sub(v, 1, 19), string.byte(v, 20) == 49, tonumber(ts), tonumber(exp), val
+-- An entry's removed flag, timestamp and expiry.
+local function times(v)
+  local c1 = string.find(v, ":", 22, true)
+  local c2 = string.find(v, ":", c1 + 2, true)
+  return string.byte(v, 20) == 49, tonumber(string.sub(v, 21, c1 - 1)), tonumber(string.sub(v, c1 + 1, c2 - 1))
 end
 
 local function live(removed, ts, exp, t)
@@ -34,7 +43,80 @@ local function user_key(tag, kk)
 end
 
 local function index_key(tag, seg)
+  return "bss:i{" .. tag .. "}:" .. seg
+end
+
+local function old_index_key(tag, seg) -- layout v1
   return "bss:s{" .. tag .. "}:" .. seg
+end
+
+local function gen_key(tag)
+  return "bss:g{" .. tag .. "}"
+end
+
+-- An index entry's 3-byte length, by length (cached: most keys have a few lengths).
+local heads = {}
+local function head_of(size)
+  local h = heads[size]
+  if h == nil then
+    h = string.char(math.floor(size / 65536), math.floor(size / 256) % 256, size % 256)
+    heads[size] = h
+  end
+  return h
+end
+
+-- Calls fn(offset, removed, member) for the index entries of `s` from byte `first` (1-based),
+-- at most `limit` of them and only whole ones; returns the position after the last.
+local function each_entry(s, first, limit, fn)
+  local pos, n, len = first, 0, #s
+  while n < limit and pos + 2 <= len do
+    local a, b, c = string.byte(s, pos, pos + 2)
+    local removed = a >= 128
+    if removed then
+      a = a - 128
+    end
+    local size = a * 65536 + b * 256 + c
+    if pos + 2 + size > len then
+      break
+    end
+    fn(pos, removed, string.sub(s, pos + 3, pos + 2 + size))
+    pos = pos + 3 + size
+    n = n + 1
+  end
+  return pos
+end
+
+-- Rewrites a segment's index without its dropped entries and those of `drop` (a set of
+-- members, may be nil); raises its generation if anything went.
+local function compact(tag, seg, drop)
+  local ki = index_key(tag, seg)
+  local s = redis.call("GET", ki)
+  if not s then
+    return
+  end
+  local kept, n, changed = {}, 0, false
+  each_entry(s, 1, math.huge, function(_, removed, kk)
+    if removed or (drop and drop[kk]) then
+      changed = true
+    else
+      kept[n + 1] = head_of(#kk)
+      kept[n + 2] = kk
+      n = n + 2
+    end
+  end)
+  if not changed then
+    return
+  end
+  if n == 0 then
+    redis.call("DEL", ki)
+  else
+    redis.call("SET", ki, table.concat(kept))
+  end
+  redis.call("HINCRBY", gen_key(tag), seg, 1)
+end
+
+local function generation(tag, seg)
+  return redis.call("HGET", gen_key(tag), seg) or "0"
 end
 
 -- redis.call with a long argument list, in slices (Lua's stack holds ~8000 values); `step`
@@ -111,7 +193,7 @@ local function sweep(tag, kc, kx, now)
     local next_event, expired = nil, false
     for i = 1, #all, 2 do
       local seg = all[i]
-      local _, removed, ts, exp = parse(all[i + 1])
+      local removed, ts, exp = times(all[i + 1])
       local before, after = live(removed, ts, exp, clock), live(removed, ts, exp, now)
       if before ~= after then
         delta[seg] = (delta[seg] or 0) + (after and 1 or -1)
@@ -161,7 +243,7 @@ end
 -- so that this loop parses nothing while the bucket clock is `now` (the usual case).
 -- The seq rule: an entry only replaces one with a lower seq, and never lands below the
 -- segment's deletion marker. Each user costs one HMGET and one HSET; the segment indexes
--- and the expiry index get one SADD per segment and one ZADD per call. An event earlier
+-- and the expiry index get one APPEND per segment and one ZADD per call. An event earlier
 -- than the user's real next one (a rejected row's) only costs the sweep a visit.
 -- Returns how many entries changed.
 local function apply(keys, args)
@@ -217,20 +299,21 @@ local function apply(keys, args)
         if exact then
           after = string.byte(flags, j) == 49
         else
-          local _, removed, ts, exp = parse(new)
+          local removed, ts, exp = times(new)
           after = live(removed, ts, exp, clock)
         end
         local before = false
         if old then
-          local _, old_removed, old_ts, old_exp = parse(old)
+          local old_removed, old_ts, old_exp = times(old)
           before = live(old_removed, old_ts, old_exp, clock)
         else
           local members = index[seg]
           if members == nil then
-            index[seg] = { kk }
-          else
-            members[#members + 1] = kk
+            members = {}
+            index[seg] = members
           end
+          members[#members + 1] = head_of(#kk)
+          members[#members + 1] = kk
         end
         if before ~= after then
           delta[seg] = (delta[seg] or 0) + (after and 1 or -1)
@@ -258,7 +341,7 @@ local function apply(keys, args)
     end
   end
   for seg, members in pairs(index) do
-    call_sliced("SADD", index_key(tag, seg), members, 4000)
+    redis.call("APPEND", index_key(tag, seg), table.concat(members))
   end
   if nevents > 0 then
     call_sliced("ZADD", kx, events, 4000, "LT")
@@ -274,7 +357,7 @@ local function ahead(tag, kx, clock, now)
   for _, kk in ipairs(redis.call("ZRANGEBYSCORE", kx, "-inf", now)) do
     local all = redis.call("HGETALL", user_key(tag, kk))
     for i = 1, #all, 2 do
-      local _, removed, ts, exp = parse(all[i + 1])
+      local removed, ts, exp = times(all[i + 1])
       local before, after = live(removed, ts, exp, clock), live(removed, ts, exp, now)
       if before ~= after then
         delta[all[i]] = (delta[all[i]] or 0) + (after and 1 or -1)
@@ -320,22 +403,30 @@ local function counts(keys, args)
 end
 
 -- KEYS: counts, expiry index. ARGV: bucket tag, now. Sweeps, drops expired entries and
--- lapsed tombstones, and returns how many entries the bucket dropped (with those of
--- deleted segments, dropped by delete_segment since the last purge).
+-- lapsed tombstones (and their index entries: each touched index is compacted), and returns
+-- how many entries the bucket dropped (with those of deleted segments, dropped by
+-- delete_segment since the last purge).
 local function purge(keys, args)
   local kc, tag, now = keys[1], args[1], tonumber(args[2])
   local clock = sweep(tag, kc, keys[2], now)
   local kp = "bss:p{" .. tag .. "}"
   local dropped = tonumber(redis.call("HGET", kc, "_d") or "0")
+  local gone = {} -- segment -> {member -> true}
   for _, kk in ipairs(redis.call("ZRANGE", kp, 0, -1)) do
     local ukey = user_key(tag, kk)
     local all = redis.call("HGETALL", ukey)
     local pending = false -- expired as of the clock, not yet as of `now` (a clock ahead)
     for i = 1, #all, 2 do
-      local _, _, _, exp = parse(all[i + 1])
+      local _, _, exp = times(all[i + 1])
       if exp <= now then
-        redis.call("HDEL", ukey, all[i])
-        redis.call("SREM", index_key(tag, all[i]), kk)
+        local seg = all[i]
+        redis.call("HDEL", ukey, seg)
+        local members = gone[seg]
+        if members == nil then
+          members = {}
+          gone[seg] = members
+        end
+        members[kk] = true
         dropped = dropped + 1
       elseif exp <= clock then
         pending = true
@@ -343,6 +434,15 @@ local function purge(keys, args)
     end
     if not pending then
       redis.call("ZREM", kp, kk)
+    end
+  end
+  for seg, members in pairs(gone) do
+    compact(tag, seg, members)
+    local ko = old_index_key(tag, seg)
+    if redis.call("EXISTS", ko) == 1 then
+      for kk in pairs(members) do
+        redis.call("SREM", ko, kk)
+      end
     end
   end
   redis.call("HDEL", kc, "_d")
@@ -369,26 +469,88 @@ local function read_users(keys, args)
   return out
 end
 
--- KEYS: deletion markers. ARGV: bucket tag, segment, cursor. One SSCAN step over the
--- segment's index: {next cursor, {<kind>:<key>, entry, ...}}.
+-- Index cursors: "0" to start (and when done); "s<SSCAN cursor>" while the v1 set of the
+-- segment is read (it comes first); "<generation>:<offset>" in the index string. A cursor
+-- of an older generation (the index was compacted since) starts the string over.
+
+-- One step of a walk over the segment's index: calls fn(member, mark) for up to 1000 members
+-- (`mark` drops the member's index entry, or nil in the v1 set) and returns the next cursor.
+local function index_step(tag, seg, cursor, fn, writes)
+  local ko = old_index_key(tag, seg)
+  if cursor == "0" and redis.call("EXISTS", ko) == 1 then
+    cursor = "s0"
+  end
+  if string.byte(cursor, 1) == 115 then -- "s": the v1 set
+    local step = redis.call("SSCAN", ko, string.sub(cursor, 2), "COUNT", 1000)
+    for _, kk in ipairs(step[2]) do
+      fn(kk, nil)
+    end
+    if step[1] ~= "0" then
+      return "s" .. step[1]
+    end
+    cursor = "0"
+  end
+  local gen = generation(tag, seg)
+  local offset = 0
+  local colon = string.find(cursor, ":", 1, true)
+  if colon and string.sub(cursor, 1, colon - 1) == gen then
+    offset = tonumber(string.sub(cursor, colon + 1))
+  end
+  local ki = index_key(tag, seg)
+  local chunk = redis.call("GETRANGE", ki, offset, offset + 65535)
+  if #chunk == 0 then
+    return "0"
+  end
+  local marked = false
+  local stop = each_entry(chunk, 1, 1000, function(pos, removed, kk)
+    if not removed then
+      fn(kk, function()
+        local a = string.byte(chunk, pos)
+        redis.call("SETRANGE", ki, offset + pos - 1, string.char(a + 128))
+        marked = true
+      end)
+    end
+  end)
+  if stop == 1 then -- one member longer than the chunk
+    local s = redis.call("GETRANGE", ki, offset, -1)
+    stop = each_entry(s, 1, 1, function(pos, removed, kk)
+      if not removed then
+        fn(kk, function()
+          redis.call("SETRANGE", ki, offset + pos - 1, string.char(string.byte(s, pos) + 128))
+          marked = true
+        end)
+      end
+    end)
+  end
+  local next_offset = offset + stop - 1
+  if next_offset >= redis.call("STRLEN", ki) then
+    if writes then
+      compact(tag, seg, nil) -- drops the marked entries
+    end
+    return "0"
+  end
+  return gen .. ":" .. next_offset
+end
+
+-- KEYS: deletion markers. ARGV: bucket tag, segment, cursor. One step over the segment's
+-- index: {next cursor, {<kind>:<key>, entry, ...}}.
 local function segment_members(keys, args)
   local tag, seg = args[1], args[2]
   local m = redis.call("HGET", keys[1], seg)
-  local step = redis.call("SSCAN", index_key(tag, seg), args[3], "COUNT", 1000)
   local out = {}
-  for _, kk in ipairs(step[2]) do
+  local cursor = index_step(tag, seg, args[3], function(kk)
     local v = redis.call("HGET", user_key(tag, kk), seg)
     if v and not (m and string.sub(v, 1, 19) < m) then
       out[#out + 1] = kk
       out[#out + 1] = v
     end
-  end
-  return { step[1], out }
+  end, false)
+  return { cursor, out }
 end
 
 -- KEYS: counts, deletion markers. ARGV: bucket tag, segment, seq (19 digits), cursor. Raises the
--- segment's deletion marker to `seq` (hiding older entries at once) and drops one SSCAN
--- step of the hidden entries from the counts and the index. Returns the next cursor.
+-- segment's deletion marker to `seq` (hiding older entries at once) and drops one step of
+-- the hidden entries from the counts and the index. Returns the next cursor.
 local function delete_segment(keys, args)
   local kc, kd = keys[1], keys[2]
   local tag, seg, seq = args[1], args[2], args[3]
@@ -397,29 +559,35 @@ local function delete_segment(keys, args)
     redis.call("HSET", kd, seg, seq)
   end
   local clock = tonumber(redis.call("HGET", kc, "_t") or "0")
-  local ks = index_key(tag, seg)
-  local step = redis.call("SSCAN", ks, args[4], "COUNT", 1000)
+  local ko = old_index_key(tag, seg)
   local counted, dropped = 0, 0
-  for _, kk in ipairs(step[2]) do
+  local cursor = index_step(tag, seg, args[4], function(kk, mark)
     local ukey = user_key(tag, kk)
     local v = redis.call("HGET", ukey, seg)
     if v and string.sub(v, 1, 19) < seq then
-      local _, removed, ts, exp = parse(v)
+      local removed, ts, exp = times(v)
       if live(removed, ts, exp, clock) then
         counted = counted + 1
       end
       redis.call("HDEL", ukey, seg)
-      redis.call("SREM", ks, kk)
       dropped = dropped + 1
+      v = nil
     end
-  end
+    if not v then
+      if mark then
+        mark()
+      else
+        redis.call("SREM", ko, kk)
+      end
+    end
+  end, true)
   if counted > 0 then
     add_counts(kc, { [seg] = -counted })
   end
   if dropped > 0 then
     redis.call("HINCRBY", kc, "_d", dropped)
   end
-  return step[1]
+  return cursor
 end
 
 redis.register_function("bss_apply_users", apply)

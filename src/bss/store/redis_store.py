@@ -52,7 +52,10 @@ log = logging.getLogger("bss.store.redis")
 #: data: changing it would move users. 1024 slots spread evenly over up to ~100 masters.
 BUCKETS = 1024
 LIBRARY = files("bss.store").joinpath("redis_functions.lua").read_text()
-LIBRARY_NAME = "bss_store_v1"
+LIBRARY_NAME = "bss_store_v2"
+#: Libraries of earlier layouts: deleted before LIBRARY is loaded (they define the same
+#: function names). Their data is read by LIBRARY as it is (see redis_functions.lua).
+OLD_LIBRARIES = ("bss_store_v1",)
 
 _HASH_SQL = "SELECT md5_number_lower(kk) AS h FROM users"
 #: apply() encodes and sends a batch in slices of buckets split here.
@@ -161,7 +164,15 @@ class RedisStore:
 
     def _load_functions(self) -> None:
         for node in self._masters():
-            node.function_load(LIBRARY, replace=True)
+            try:
+                node.function_load(LIBRARY, replace=True)
+            except redis.ResponseError as exc:
+                if "already exists" not in str(exc):
+                    raise
+                for name in OLD_LIBRARIES:
+                    with contextlib.suppress(redis.ResponseError):
+                        node.function_delete(name)
+                node.function_load(LIBRARY, replace=True)
 
     def _on_every_master(
         self,
