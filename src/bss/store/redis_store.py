@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import struct
 import threading
 import time
 from collections import defaultdict
@@ -60,7 +61,6 @@ OLD_LIBRARIES = ("bss_store_v1",)
 _HASH_SQL = "SELECT md5_number_lower(kk) AS h FROM users"
 #: apply() encodes and sends a batch in slices of buckets split here.
 _SLICE_EDGES = np.array([BUCKETS // 4, BUCKETS // 2, 3 * BUCKETS // 4])
-SEQ_DIGITS = 19  # int64 seqs as fixed-width decimal text: compared as strings server-side
 
 
 def bucket_of(user_kind: int, user_key: str) -> int:
@@ -69,18 +69,32 @@ def bucket_of(user_kind: int, user_key: str) -> int:
     return int.from_bytes(digest[8:], "little") % BUCKETS
 
 
-def _keys(bucket: int) -> tuple[str, str, str]:
-    """The bucket's counts, expiry index and deletion markers."""
-    return f"bss:c{{{bucket}}}", f"bss:x{{{bucket}}}", f"bss:d{{{bucket}}}"
+def _key(bucket: int) -> str:
+    """The bucket's counts: the one key every Function call names (the others derive from
+    the bucket tag server-side)."""
+    return f"bss:c{{{bucket}}}"
 
 
-def _membership(segment: bytes, entry: bytes, now: int) -> Membership | None:
-    """A stored entry as a Membership if it is live at `now`."""
-    ts_text, exp_text, value = entry[SEQ_DIGITS + 1 :].split(b":", 2)
-    ts, exp = int(ts_text), int(exp_text)
-    if entry[SEQ_DIGITS : SEQ_DIGITS + 1] == b"1" or ts > now or exp <= now:
-        return None
-    return Membership(int(segment), int(value) if value else None, ts, exp)
+#: A record after its segment id: seq, flags (1 removed, 2 has a value), timestamp, expiry.
+_FIXED = struct.Struct(">QBqq")
+_VALUE = struct.Struct(">q")
+
+
+def _memberships(records: bytes, now: int) -> Iterator[Membership]:
+    """The live entries among stored records (see redis_functions.lua)."""
+    pos, end = 0, len(records)
+    while pos < end:
+        n = records[pos]
+        segment = int(records[pos + 1 : pos + 1 + n])
+        pos += 1 + n
+        _, flags, ts, exp = _FIXED.unpack_from(records, pos)
+        pos += _FIXED.size
+        value = None
+        if flags & 2:
+            (value,) = _VALUE.unpack_from(records, pos)
+            pos += _VALUE.size
+        if not flags & 1 and ts <= now < exp:
+            yield Membership(segment, value, ts, exp)
 
 
 class RedisStore:
@@ -280,21 +294,20 @@ class RedisStore:
 
         def call(bucket: int) -> Command:
             kks = [f"{users[i][0]}:{users[i][1]}" for i in by_bucket[bucket]]
-            return ("FCALL_RO", "bss_read_users", 1, _keys(bucket)[2], bucket, *kks)
+            return ("FCALL", "bss_read_users", 1, _key(bucket), bucket, *kks)
 
         replies = self._on_every_master(sorted(by_bucket), call)
         out: list[list[Membership]] = [[] for _ in users]
         for bucket, per_user in replies.items():
-            for i, flat in zip(by_bucket[bucket], per_user, strict=True):
-                found = (_membership(flat[j], flat[j + 1], now) for j in range(0, len(flat), 2))
-                out[i] = sorted((m for m in found if m is not None), key=lambda m: m.segment_id)
+            for i, records in zip(by_bucket[bucket], per_user, strict=True):
+                out[i] = sorted(_memberships(records, now), key=lambda m: m.segment_id)
         return out
 
     def segment_member_counts(self, now: int) -> dict[int, int]:
         present = int(time.time())
 
         def call(bucket: int) -> Command:
-            return ("FCALL", "bss_counts", 2, *_keys(bucket)[:2], bucket, now, present)
+            return ("FCALL", "bss_counts", 1, _key(bucket), bucket, now, present)
 
         totals: dict[int, int] = defaultdict(int)
         for flat in self._on_every_master(range(BUCKETS), call).values():
@@ -308,10 +321,10 @@ class RedisStore:
 
             def call(bucket: int) -> Command:
                 return (
-                    "FCALL_RO",
+                    "FCALL",
                     "bss_segment_members",
                     1,
-                    _keys(bucket)[2],
+                    _key(bucket),
                     bucket,
                     segment_id,
                     cursors[bucket],
@@ -321,8 +334,7 @@ class RedisStore:
             for bucket in sorted(replies):
                 cursor, flat = replies[bucket]
                 for j in range(0, len(flat), 2):
-                    membership = _membership(str(segment_id).encode(), flat[j + 1], now)
-                    if membership is not None:
+                    for membership in _memberships(flat[j + 1], now):
                         kind, _, key = flat[j].decode().partition(":")
                         yield int(kind), key, membership
                 if cursor in (b"0", 0, "0"):
@@ -331,18 +343,16 @@ class RedisStore:
                     cursors[bucket] = cursor
 
     def delete_segment(self, segment_id: int, seq: int) -> None:
-        marker = f"{seq:0{SEQ_DIGITS}d}"
+        marker = seq.to_bytes(8, "big")
         cursors = dict.fromkeys(range(BUCKETS), b"0")
         while cursors:
 
             def call(bucket: int) -> Command:
-                kc, _, kd = _keys(bucket)
                 return (
                     "FCALL",
                     "bss_delete_segment",
-                    2,
-                    kc,
-                    kd,
+                    1,
+                    _key(bucket),
                     bucket,
                     segment_id,
                     marker,
@@ -358,7 +368,7 @@ class RedisStore:
 
     def purge_expired(self, now: int) -> int:
         def call(bucket: int) -> Command:
-            return ("FCALL", "bss_purge", 2, *_keys(bucket)[:2], bucket, now)
+            return ("FCALL", "bss_purge", 1, _key(bucket), bucket, now)
 
         return sum(int(n) for n in self._on_every_master(range(BUCKETS), call, wait=True).values())
 
@@ -414,52 +424,102 @@ def _pack(batch: pa.Table, buckets: np.ndarray, starts: np.ndarray, now: int) ->
     """{bucket: its `bss_apply_users` call as Redis protocol bytes}, built columnar from
     rows grouped by user (`starts`: where each user's rows start).
 
-    Arguments: tag, now, then per user <kind>:<key>, n, its next event at `now` (an
-    entry starts or expires), n liveness flags at `now` ("1" live, as one string), and
-    n pairs segment, entry."""
-    user_offsets = pa.array(np.append(starts, batch.num_rows).astype(np.int32))
+    Arguments (see redis_functions.lua): tag, now, pairs, S, then S triples (segment, its
+    entries live at `now`, its index entries), the users' next events at `now` (8 bytes
+    each), then per user <kind>:<key> and its records."""
+    n = batch.num_rows
+    user_offsets = np.append(starts, n).astype(np.int32)
 
     def col(name: str) -> np.ndarray:
-        return batch[name].to_numpy()
+        return batch[name].to_numpy(zero_copy_only=False)
 
-    ts, exp = col("timestamp"), col("expires_at")
-    live = ~col("removed") & (ts <= now) & (exp > now)
+    ts, exp, removed = col("timestamp"), col("expires_at"), col("removed")
+    live = ~removed & (ts <= now) & (exp > now)
     event = np.where(ts > now, np.minimum(ts, exp), exp)
-    entry = pc.binary_join_element_wise(
-        pc.utf8_lpad(pc.cast(batch["seq"], pa.string()), SEQ_DIGITS, "0"),
-        pc.if_else(batch["removed"], "1", "0"),
-        pc.cast(batch["timestamp"], pa.string()),
-        ":",
-        pc.cast(batch["expires_at"], pa.string()),
-        ":",
-        pc.fill_null(pc.cast(batch["value"], pa.string()), ""),
-        "",
-    )
-    pairs = pc.binary_join_element_wise(
-        _bulk(pc.cast(batch["segment_id"], pa.string())), _bulk(entry), ""
-    )
-    flags = pc.if_else(pa.array(live), "1", "0")
+    # Records: <n><segment digits><seq><flags><ts><exp>[<value>].
+    seg_text = _flat(pc.cast(pc.cast(batch["segment_id"], pa.string()), pa.binary()))
+    has_value = pc.is_valid(batch["value"]).to_numpy(zero_copy_only=False)
+    fixed = np.empty(n, dtype=[("seq", ">u8"), ("flags", "u1"), ("ts", ">i8"), ("exp", ">i8")])
+    fixed["seq"] = col("seq")
+    fixed["flags"] = removed.astype(np.uint8) | (has_value.astype(np.uint8) << 1)
+    fixed["ts"], fixed["exp"] = ts, exp
+    values = pc.fill_null(batch["value"], 0).to_numpy()[has_value].astype(">i8")
+    value_offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(has_value * 8, out=value_offsets[1:])
+    records = _flat(pc.binary_join_element_wise(
+        _fixed_binary(pc.binary_length(seg_text).to_numpy().astype(np.uint8), 1),
+        seg_text,
+        _fixed_binary(fixed, _FIXED.size),
+        pa.BinaryArray.from_buffers(
+            pa.binary(), n, [None, pa.py_buffer(value_offsets), pa.py_buffer(values.tobytes())]
+        ),
+        b"",
+    ))
+    kk = batch["kk"].combine_chunks().cast(pa.binary())
     users = pc.binary_join_element_wise(
-        _bulk(batch["kk"].take(pa.array(starts))),
-        _bulk(_text(np.diff(user_offsets.to_numpy()))),
-        _bulk(_text(np.minimum.reduceat(event, starts))),
-        _bulk(pc.binary_join(pa.ListArray.from_arrays(user_offsets, flags), "")),
-        pc.binary_join(pa.ListArray.from_arrays(user_offsets, _flat(pairs)), ""),
-        "",
+        _bulk(kk.take(pa.array(starts))),
+        _bulk(pc.binary_join(pa.ListArray.from_arrays(pa.array(user_offsets), records), b"")),
+        b"",
     )
     users_per_bucket = np.bincount(buckets[starts], minlength=BUCKETS)
+    bucket_users = np.concatenate([[0], np.cumsum(users_per_bucket)])
+    bodies = pc.binary_join(
+        pa.ListArray.from_arrays(pa.array(bucket_users.astype(np.int32)), _flat(users)), b""
+    ).to_pylist()
+    events = np.minimum.reduceat(event, starts).astype(">i8").tobytes()
+    # What a first load takes as sent: per (bucket, segment), its live entries and its
+    # index entries (3-byte length, then <kind>:<key>).
+    seg = col("segment_id")
+    order = np.lexsort((seg, buckets))
+    sb, ss = buckets[order], seg[order]
+    heads = np.flatnonzero(np.append(True, (sb[1:] != sb[:-1]) | (ss[1:] != ss[:-1])))
+    sizes = pc.binary_length(kk).to_numpy().astype(np.uint32)
+    entries = pc.binary_join_element_wise(
+        _fixed_binary(sizes.astype(">u4").view(np.uint8).reshape(-1, 4)[:, 1:].copy(), 3), kk, b""
+    ).take(pa.array(order))
+    group_offsets = pa.array(np.append(heads, n).astype(np.int32))
+    groups = pc.binary_join_element_wise(
+        _bulk(seg_text.take(pa.array(order[heads]))),
+        _bulk(_text(np.add.reduceat(live[order].astype(np.int64), heads))),
+        _bulk(pc.binary_join(pa.ListArray.from_arrays(group_offsets, entries), b"")),
+        b"",
+    )
+    groups_per_bucket = np.bincount(sb[heads], minlength=BUCKETS)
+    bucket_groups = np.concatenate([[0], np.cumsum(groups_per_bucket)]).astype(np.int32)
+    sections = pc.binary_join(
+        pa.ListArray.from_arrays(pa.array(bucket_groups), _flat(groups)), b""
+    ).to_pylist()
     pairs_per_bucket = np.bincount(buckets, minlength=BUCKETS)
-    offsets = np.concatenate([[0], np.cumsum(users_per_bucket)]).astype(np.int32)
-    bodies = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), _flat(users)), "")
-    bodies = pc.cast(bodies, pa.binary()).to_pylist()
     now_arg = _bulk_bytes(str(now).encode())
     out = {}
     for b in np.flatnonzero(users_per_bucket).tolist():
-        argc = 8 + 4 * int(users_per_bucket[b]) + 2 * int(pairs_per_bucket[b])
-        head = [f"*{argc}\r\n".encode(), _APPLY_HEAD]
-        head += [_bulk_bytes(k.encode()) for k in (*_keys(b), str(b))]
-        out[b] = b"".join([*head, now_arg, bodies[b]])
+        nusers, ngroups = int(users_per_bucket[b]), int(groups_per_bucket[b])
+        argc = 9 + 3 * ngroups + 2 * nusers
+        first = int(bucket_users[b])
+        out[b] = b"".join(
+            [
+                f"*{argc}\r\n".encode(),
+                _APPLY_HEAD,
+                _bulk_bytes(_key(b).encode()),
+                _bulk_bytes(str(b).encode()),
+                now_arg,
+                _bulk_bytes(str(int(pairs_per_bucket[b])).encode()),
+                _bulk_bytes(str(ngroups).encode()),
+                sections[b],
+                _bulk_bytes(events[8 * first : 8 * (first + nusers)]),
+                bodies[b],
+            ]
+        )
     return out
+
+
+def _fixed_binary(values: np.ndarray, width: int) -> pa.Array:
+    """Each row of `values` (width bytes) as a binary value."""
+    data = np.ascontiguousarray(values)
+    fixed = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), len(data), [None, pa.py_buffer(data.tobytes())]
+    )
+    return fixed.cast(pa.binary())
 
 
 def _send(node: redis.Redis, commands: list[Command], replicas: int, timeout_ms: int) -> list[Any]:
@@ -500,8 +560,9 @@ def _send(node: redis.Redis, commands: list[Command], replicas: int, timeout_ms:
 
 def _bulk(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Each value as a Redis protocol bulk string: $<bytes>\\r\\n<value>\\r\\n."""
-    size = pc.cast(pc.binary_length(values), pa.string())
-    return pc.binary_join_element_wise("$", size, "\r\n", values, "\r\n", "")
+    size = pc.cast(pc.cast(pc.binary_length(values), pa.string()), pa.binary())
+    values = pc.cast(values, pa.binary())
+    return pc.binary_join_element_wise(b"$", size, b"\r\n", values, b"\r\n", b"")
 
 
 def _same_as_previous(values: pa.Array) -> np.ndarray:
@@ -523,8 +584,8 @@ def _bulk_bytes(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-#: The start of every bss_apply_users call after its argument count: the function, 3 keys.
-_APPLY_HEAD = b"".join(_bulk_bytes(a) for a in (b"FCALL", b"bss_apply_users", b"3"))
+#: The start of every bss_apply_users call after its argument count: the function, 1 key.
+_APPLY_HEAD = b"".join(_bulk_bytes(a) for a in (b"FCALL", b"bss_apply_users", b"1"))
 #: A call: an argument tuple, or already in protocol bytes.
 Command = tuple[Any, ...] | bytes
 
