@@ -171,7 +171,9 @@ def store_figures(cluster: RedisClusterProcs, pairs: int) -> None:
     hset_before = redis_benchmark(port)
     st = store_apply_rate(cluster, pairs)
     hset = (hset_before + redis_benchmark(port)) / 2
-    print(f"redis-benchmark -P 64 -t hset, one master: {hset:,.0f} ops/s (mean of before and after)")
+    print(
+        f"redis-benchmark -P 64 -t hset, one master: {hset:,.0f} ops/s (mean of before and after)"
+    )
     for label, name in (("first", "first load"), ("rewrite", "rewrite, newer seqs")):
         rate = st[f"{label}_rate"]
         print(

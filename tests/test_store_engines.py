@@ -343,3 +343,72 @@ def test_unreachable_store_fails_start_up_in_one_line(tmp_path: Path, command: l
     assert lines[0].startswith(
         f"bss: cannot reach the Redis store at redis+cluster://127.0.0.1:{port}"
     )
+
+
+@needs_redis
+def test_redis_reads_and_converts_layout_v1(tmp_path: Path) -> None:
+    """Data written by the first Redis layout (bss_store_v1: a hash per user of text entries,
+    a set per segment index, decimal markers) reads the same and converts as it is touched;
+    the old library is replaced."""
+    import redis
+
+    from bss.store.redis_store import bucket_of
+
+    server = RedisServer(tmp_path).start()
+    client = redis.Redis(port=server.port)
+    client.function_load(
+        "#!lua name=bss_store_v1\n"
+        "redis.register_function('bss_apply_users', function() return 0 end)\n"
+        "redis.register_function('bss_counts', function() return {} end)"
+    )
+    rows = [
+        Row(1, "alice", 5, None, NOW - 60, NOW + 600, False, 100),
+        Row(1, "alice", 6, 42, NOW - 60, NOW + 60, False, 101),
+        Row(1, "bob", 5, None, NOW - 60, NOW + 3600, False, 102),
+        Row(2, "carol", 6, None, NOW + 30, NOW + 900, False, 104),  # starts later
+        Row(2, "dave", 5, None, NOW - 60, NOW + 900, True, 105),  # a tombstone
+    ]
+    for r in rows:  # as bss_store_v1 stored them, the bucket clock at NOW
+        b = bucket_of(r.user_kind, r.user_key)
+        kk = f"{r.user_kind}:{r.user_key}"
+        entry = f"{r.seq:019d}{int(r.removed)}{r.timestamp}:{r.expires_at}:{r.value or ''}"
+        client.hset(f"bss:u{{{b}}}{kk}", str(r.segment_id), entry)
+        client.sadd(f"bss:s{{{b}}}:{r.segment_id}", kk)
+        event = min(r.timestamp, r.expires_at) if r.timestamp > NOW else r.expires_at
+        client.zadd(f"bss:x{{{b}}}", {kk: event}, lt=True)
+        client.zadd(f"bss:x{{{b}}}", {kk: event}, nx=True)
+        if not r.removed and r.timestamp <= NOW < r.expires_at:
+            client.hincrby(f"bss:c{{{b}}}", str(r.segment_id), 1)
+        client.hset(f"bss:c{{{b}}}", "_t", NOW)
+    bob = bucket_of(1, "bob")
+    client.hset(f"bss:d{{{bob}}}", "7", f"{200:019d}")
+    model = Model()
+    model.apply(rows)
+    model.delete_segment(7, 200)
+    users = [(1, "alice"), (1, "bob"), (2, "carol"), (2, "dave")]
+    store = open_store(f"redis://{server.addr}/0")
+    try:
+        check_equal(store, model, users, NOW)
+        check_equal(store, model, users, NOW + 61)
+        assert not client.keys("bss:u*") and not client.keys("bss:s*")
+        later = [
+            Row(1, "alice", 5, 9, NOW, NOW + 7200, False, 300),
+            Row(1, "alice", 6, None, NOW, NOW + 7200, False, 50),  # older: rejected
+            Row(1, "bob", 7, None, NOW, NOW + 7200, False, 150),  # below the marker
+            Row(2, "erin", 5, None, NOW, NOW + 7200, False, 301),
+        ]
+        store.apply(table(later))
+        model.apply(later)
+        check_equal(store, model, [*users, (2, "erin")], NOW + 61)
+        again = [Row(1, "bob", 7, None, NOW, NOW + 7200, False, 250)]  # above the marker
+        store.apply(table(again))
+        model.apply(again)
+        check_equal(store, model, [*users, (2, "erin")], NOW + 61)
+        store.delete_segment(5, 400)
+        model.delete_segment(5, 400)
+        check_equal(store, model, [*users, (2, "erin")], NOW + 61)
+        assert store.purge_expired(NOW + 1000) == model.purge(NOW + 1000)
+        check_equal(store, model, [*users, (2, "erin")], NOW + 1000)
+    finally:
+        store.close()
+        server.stop()

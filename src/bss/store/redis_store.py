@@ -446,15 +446,17 @@ def _pack(batch: pa.Table, buckets: np.ndarray, starts: np.ndarray, now: int) ->
     values = pc.fill_null(batch["value"], 0).to_numpy()[has_value].astype(">i8")
     value_offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(has_value * 8, out=value_offsets[1:])
-    records = _flat(pc.binary_join_element_wise(
-        _fixed_binary(pc.binary_length(seg_text).to_numpy().astype(np.uint8), 1),
-        seg_text,
-        _fixed_binary(fixed, _FIXED.size),
-        pa.BinaryArray.from_buffers(
-            pa.binary(), n, [None, pa.py_buffer(value_offsets), pa.py_buffer(values.tobytes())]
-        ),
-        b"",
-    ))
+    records = _flat(
+        pc.binary_join_element_wise(
+            _fixed_binary(pc.binary_length(seg_text).to_numpy().astype(np.uint8), 1),
+            seg_text,
+            _fixed_binary(fixed, _FIXED.size),
+            pa.BinaryArray.from_buffers(
+                pa.binary(), n, [None, pa.py_buffer(value_offsets), pa.py_buffer(values.tobytes())]
+            ),
+            b"",
+        )
+    )
     kk = batch["kk"].combine_chunks().cast(pa.binary())
     users = pc.binary_join_element_wise(
         _bulk(kk.take(pa.array(starts))),
