@@ -255,7 +255,9 @@ local function sweep(tag, now)
     end
   end
   add_counts(kc, delta)
-  redis.call("HSET", kc, "_t", now)
+  if now ~= clock then
+    redis.call("HSET", kc, "_t", now)
+  end
   return now
 end
 

@@ -1,18 +1,22 @@
 """The membership store on Redis: a Redis Cluster (`redis+cluster://h:p[,h:p...]`) or one
 server (`redis://h:p/db`), same semantics as the embedded store.
 
-Layout: users are spread over BUCKETS buckets by a stable hash of `<kind>:<key>`; every key
-of a bucket carries the hash tag `{<bucket>}`, so a user's entries, the bucket's member
-counts, its expiry index and its slice of each segment's member index live in one hash slot.
-All logic runs server-side in Redis Functions (redis_functions.lua), one bucket per call,
-atomically: the seq rule, the counts, the indexes. Readers sum the buckets' counts.
+Layout (v2, see redis_functions.lua): users are spread over BUCKETS buckets by a stable hash
+of `<kind>:<key>`; every key of a bucket carries the hash tag `{<bucket>}`, so the bucket's
+users (one hash: user -> its entries as packed binary records), member counts, expiry index
+and its slice of each segment's member index (an appended string) live in one hash slot.
+All logic runs server-side in Redis Functions, one bucket per call, atomically: the seq
+rule, the counts, the indexes. Readers sum the buckets' counts. Buckets written by the
+first layout (v1) are converted by the first call that touches them.
 
 A batch is grouped by bucket and user in one columnar pass (Arrow) that also writes the
-Redis protocol bytes of every call (one per bucket), so that Python does no work per pair
-and the Function parses nothing. The calls go out in a few slices of buckets, each slice one
-write per master, all masters at once (on threads), while the next slice is encoded. Each
-master's writes end with `WAIT`, so a batch only counts as applied once a replica of every
-master involved holds it. Any error (a failover, a moved slot, a lost connection) re-sends
+Redis protocol bytes of every call (one per bucket): each user's records as stored, and
+what a first load of the bucket takes as sent (per segment its live entries and its index
+entries), so that Python does no work per pair and, on a first load, neither does the
+Function. The calls go out in a few slices of buckets, each slice one write per master,
+all masters at once (on threads); a slice is sent as soon as it is encoded, while earlier
+ones may still be in flight. Each master's writes end with `WAIT`, so a batch only counts
+as applied once a replica of every master involved holds it. Any error (a failover, a moved slot, a lost connection) re-sends
 the slice after refreshing the topology: re-applying is harmless under the seq rule. If the
 cluster does not recover within `retry_seconds` the error is raised and the job is retried
 later, by replaying it.
@@ -60,7 +64,8 @@ OLD_LIBRARIES = ("bss_store_v1",)
 
 _HASH_SQL = "SELECT md5_number_lower(kk) AS h FROM users"
 #: apply() encodes and sends a batch in slices of buckets split here.
-_SLICE_EDGES = np.array([BUCKETS // 4, BUCKETS // 2, 3 * BUCKETS // 4])
+_SLICES = 4
+_SLICE_EDGES = np.arange(1, _SLICES) * (BUCKETS // _SLICES)
 
 
 def bucket_of(user_kind: int, user_key: str) -> int:
@@ -118,7 +123,7 @@ class RedisStore:
         self._pack_db = duckdb.connect(config={"threads": 1})
         self._pack_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="bss-redis")
-        self._senders = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bss-redis-send")
+        self._senders = ThreadPoolExecutor(max_workers=_SLICES, thread_name_prefix="bss-redis-send")
         options: dict[str, Any] = {
             "socket_connect_timeout": connect_timeout,
             "socket_timeout": 60,
@@ -253,8 +258,9 @@ class RedisStore:
         batch, buckets, starts = _by_user(
             batch.select(APPLY_SCHEMA.names).cast(APPLY_SCHEMA), self._hash_users
         )
-        # In a few slices of buckets, each sent while the next is encoded, so that the
-        # masters work while this process does.
+        # In a few slices of buckets, each sent (on its own connections, with its own
+        # WAIT) as soon as it is encoded, so that the masters and replicas work while this
+        # process does and while earlier slices wait for their replicas.
         edges = np.searchsorted(starts, np.searchsorted(buckets, _SLICE_EDGES))
         sent = []
         for first, last in itertools.pairwise([0, *edges.tolist(), len(starts)]):
