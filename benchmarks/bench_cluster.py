@@ -13,6 +13,7 @@ Prints, with ratios:
   - the load average at start and end (the machine may be shared: compare within a run).
 
     .venv/bin/python benchmarks/bench_cluster.py --lines 100000 --files 4
+    .venv/bin/python benchmarks/bench_cluster.py --store-only   # the first two only, ~20 s
 """
 
 from __future__ import annotations
