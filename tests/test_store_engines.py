@@ -412,3 +412,43 @@ def test_redis_reads_and_converts_layout_v1(tmp_path: Path) -> None:
     finally:
         store.close()
         server.stop()
+
+
+@needs_redis
+def test_redis_index_walks_span_steps_and_compactions(tmp_path: Path) -> None:
+    """A segment's index in one bucket longer than one step (1000 entries): members stream
+    whole, a deletion walks it in steps, and a walk that a compaction (a purge) interrupts
+    starts that bucket over without missing a member present throughout."""
+    from bss.store.redis_store import bucket_of
+
+    keys: list[str] = []
+    i = 0
+    while len(keys) < 2500:  # users of bucket 0 only
+        if bucket_of(0, str(i)) == 0:
+            keys.append(str(i))
+        i += 1
+    short = [Row(0, k, 3, None, NOW - 10, NOW + 60, False, 10) for k in keys[:500]]
+    long = [Row(0, k, 3, None, NOW - 10, NOW + 3600, False, 11) for k in keys[500:]]
+    model = Model()
+    server = RedisServer(tmp_path).start()
+    store = open_store(f"redis://{server.addr}/0")
+    try:
+        store.apply(table(short + long))
+        model.apply(short + long)
+        walk = store.segment_members(3, NOW)
+        seen = [next(walk) for _ in range(600)]  # into the second step
+        assert store.purge_expired(NOW + 60) == model.purge(NOW + 60) == 500  # compacts
+        seen += list(walk)
+        assert {k for _, k, _ in seen} >= {r.user_key for r in long}
+        check_equal(store, model, [(0, k) for k in keys[:5] + keys[-5:]], NOW + 60)
+        store.delete_segment(3, 100)
+        model.delete_segment(3, 100)
+        again = [Row(0, k, 3, 1, NOW, NOW + 3600, False, 200) for k in keys[::7]]
+        store.apply(table(again))
+        model.apply(again)
+        check_equal(store, model, [(0, k) for k in keys[:20]], NOW + 60)
+        assert len(list(store.segment_members(3, NOW + 60))) == len(again)
+        assert store.purge_expired(NOW + 60) == model.purge(NOW + 60) == 2000
+    finally:
+        store.close()
+        server.stop()
