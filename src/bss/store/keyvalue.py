@@ -226,7 +226,8 @@ class LmdbStore:
     # -- writes ------------------------------------------------------------------------------
 
     def apply(self, batch: pa.Table) -> None:
-        self._apply_sorted(_Sorted(_keyed(batch)))
+        if batch.num_rows:
+            self._apply_sorted(_Sorted(_keyed(batch)))
 
     def apply_many(
         self, batches: Iterable[pa.Table], progress: Callable[[float], None] | None = None
@@ -238,7 +239,8 @@ class LmdbStore:
         runs = SortedRuns(self._runs_root)
         try:
             for batch in batches:
-                runs.add(_keyed(batch))
+                if batch.num_rows:
+                    runs.add(_keyed(batch))
             parts = read_ahead(map(_Sorted.merged, runs.merged(_MERGE_ROWS)))
             with contextlib.closing(parts):
                 done = 0
