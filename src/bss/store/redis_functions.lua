@@ -334,7 +334,7 @@ local function apply(_, args)
   local delta, index, hset, written = {}, {}, {}, 0
   for u = 1, nusers do
     local kk, new, old = kks[u], args[first + 2 * u - 1], olds[u]
-    -- Where each stored record starts, by segment.
+    -- Where each stored record starts, by segment (false once replaced).
     local stored, nstored = {}, 0
     if old then
       if old == new then -- a replay
@@ -353,8 +353,7 @@ local function apply(_, args)
         end
       end
     end
-    local taken, replaced, all_taken = {}, {}, true
-    local nreplaced = 0
+    local taken, ntaken, all_taken, nreplaced = {}, 0, true, 0 -- taken: start, stop, ...
     local pos = 1
     while pos <= #new do
       local seg, seq, removed, ts, exp, next_pos = record(new, pos)
@@ -372,7 +371,7 @@ local function apply(_, args)
         if op then
           local old_ts, old_exp = struct.unpack(">i8i8", old, p + 9)
           before = live(string.byte(old, p + 8) % 2 == 1, old_ts, old_exp, clock)
-          replaced[seg] = true
+          stored[seg] = false -- replaced
           nreplaced = nreplaced + 1
         else
           local members = index[seg]
@@ -386,18 +385,23 @@ local function apply(_, args)
         if before ~= after then
           delta[seg] = (delta[seg] or 0) + (after and 1 or -1)
         end
-        taken[#taken + 1] = string.sub(new, pos, next_pos - 1)
+        taken[ntaken + 1] = pos
+        taken[ntaken + 2] = next_pos - 1
+        ntaken = ntaken + 2
       else
         all_taken = false
       end
       pos = next_pos
     end
-    if #taken > 0 then
+    if ntaken > 0 then
       local value = new
       if not (all_taken and nreplaced == nstored) then
-        local parts = taken
-        for seg, start in pairs(stored) do
-          if not replaced[seg] then
+        local parts = {}
+        for i = 1, ntaken, 2 do
+          parts[#parts + 1] = string.sub(new, taken[i], taken[i + 1])
+        end
+        for _, start in pairs(stored) do
+          if start then
             local _, _, _, _, _, stop = record(old, start)
             parts[#parts + 1] = string.sub(old, start, stop - 1)
           end
@@ -408,7 +412,7 @@ local function apply(_, args)
       hset[#hset + 1] = value
       zadd[#zadd + 1] = struct.unpack(">i8", events, 8 * u - 7)
       zadd[#zadd + 1] = kk
-      written = written + #taken
+      written = written + ntaken / 2
     end
   end
   if #hset > 0 then
