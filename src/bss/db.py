@@ -50,7 +50,15 @@ TABLE_MODULES = (
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # A pool as large as the threads that may use it at once (API threads, workers, roles):
+        # past pool_size, every checkout opened a new connection (and ran the pragmas below)
+        # and closed it on return, on the request path too.
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=32,
+            max_overflow=32,
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
