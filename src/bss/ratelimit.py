@@ -2,7 +2,8 @@
 
 A process counting alone lets N processes allow N times the limit, so the counts live in
 the relational database every process already shares (SQLite on one machine, PostgreSQL
-across machines): one upsert per counted event, no read-then-write window.
+across machines): one upsert per counted event (or per reservation of several, for API
+requests: ReservedBudget), no read-then-write window.
 
 Windows are fixed and start at a key's first hit (not at the wall clock's minute), so a
 burst is never let through twice by a window boundary falling inside it.
@@ -10,6 +11,7 @@ burst is never let through twice by a window boundary falling inside it.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -77,6 +79,11 @@ class DatabaseRateLimiter:
         self.db = db
 
     def hit(self, key: str, limit: int, window_seconds: int, cost: int = 1) -> Verdict:
+        hits, window_end, now = self.count(key, window_seconds, cost)
+        return Verdict(hits, limit, _retry_after(window_end, now))
+
+    def count(self, key: str, window_seconds: int, cost: int = 1) -> tuple[int, int, int]:
+        """Count `cost` hits: (hits in the window, its end in UNIX ms, now in UNIX ms)."""
         now = _now_ms()
         params = {
             "key": key,
@@ -85,12 +92,92 @@ class DatabaseRateLimiter:
             "first": max(cost, 0),  # a refund into a fresh window counts nothing
             "now": now,
         }
-        # Once per request: on the driver directly, and a count lost in a crash is fine.
+        # On the request path (ReservedBudget): on the driver directly, and a count lost in a
+        # crash is fine.
         (row,) = run_sql(self.db, _HIT, params, write=True, durable=False)
-        return Verdict(row["hits"], limit, _retry_after(row["window_end"], now))
+        return row["hits"], row["window_end"], now
 
     def purge(self) -> int:
         with write_tx(self.db) as conn:
             return conn.execute(
                 delete(rate_counters).where(rate_counters.c.window_end <= _now_ms())
             ).rowcount
+
+
+@dataclass(slots=True)
+class _Grant:
+    #: hits this process may still let through (reserved, not yet used); -1: the key is over
+    #: its limit until the window ends
+    left: int
+    #: UNIX ms at which the window the hits were counted in ends (as stored in the database)
+    window_end: int
+    #: the size of this key's next reservation
+    size: int
+
+
+class ReservedBudget:
+    """Request counting shared by every process that writes to the shared counter once per
+    reservation instead of once per request, the limit still holding across processes.
+
+    A process reserves `n` hits of a key's window in the database (the same one-statement
+    upsert as a single hit, counting `n`) and lets that many requests through without
+    writing again, until the window the hits were counted in ends. Every request let through
+    was thus counted in the database before, in its window: all processes together never let
+    more than `limit` through in a window. A key's first reservation is 1 hit; each next one
+    doubles while the key stays busy, up to MAX_RESERVATION, and is never more than 1/16 of
+    the window's budget still free (1 hit near the limit, as before): a quiet key, or one
+    near its limit, costs one write per request. The price: hits one process reserved and
+    has not used yet are not available to another process until the window ends (a member
+    spread over several processes can be refused by one while another holds the rest of
+    its 1/16), and hits reserved by a process that stops stay counted until the window ends.
+
+    Once the database says a key is over its limit, the process refuses that key without
+    writing until the window ends (nothing more can be let through in that window)."""
+
+    MAX_RESERVATION = 64
+
+    def __init__(self, limiter: DatabaseRateLimiter) -> None:
+        self.limiter = limiter
+        self._grants: dict[tuple[str, int, int], _Grant] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str, limit: int, window_seconds: int) -> Verdict | None:
+        """Use one reserved hit (no I/O: fine on the event loop): the verdict, or None when
+        this process holds no hit of the key's current window (then reserve())."""
+        now = _now_ms()
+        with self._lock:
+            grant = self._grants.get((key, limit, window_seconds))
+            if grant is None or grant.window_end <= now or grant.left == 0:
+                return None
+            if grant.left < 0:
+                return Verdict(limit + 1, limit, _retry_after(grant.window_end, now))
+            grant.left -= 1
+            return Verdict(limit - grant.left, limit, _retry_after(grant.window_end, now))
+
+    def reserve(self, key: str, limit: int, window_seconds: int) -> Verdict:
+        """Reserve hits of the key's window in the database and use one (blocking I/O)."""
+        ident = (key, limit, window_seconds)
+        with self._lock:
+            known = self._grants.get(ident)
+            size = 1 if known is None else known.size
+        hits, window_end, now = self.limiter.count(key, window_seconds, size)
+        # before this reservation the window held hits - size: the limit leaves `granted`
+        granted = max(0, min(size, limit - (hits - size)))
+        retry_after = _retry_after(window_end, now)
+        with self._lock:
+            if len(self._grants) > 10_000:
+                for old in [k for k, g in self._grants.items() if g.window_end <= now]:
+                    del self._grants[old]
+            if granted == 0:
+                self._grants[ident] = _Grant(-1, window_end, 1)
+                return Verdict(hits, limit, retry_after)
+            free = limit - hits  # still free in the window for every process
+            next_size = max(1, min(2 * size, self.MAX_RESERVATION, free // 16))
+            current = self._grants.get(ident)
+            unused = (
+                current.left
+                if current is not None and current.window_end == window_end and current.left > 0
+                else 0
+            )  # another request's reservation of the same window, made meanwhile
+            self._grants[ident] = _Grant(unused + granted - 1, window_end, next_size)
+        return Verdict(hits - granted + 1, limit, retry_after)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,20 +181,76 @@ _PRINCIPAL_SQL = (
 )
 
 
+def _expired_or_invalid() -> BssError:
+    return noauth("Authentication failed - token expired or invalid; log in again")
+
+
 def principal_for_token(db: Engine, token: str | None) -> Principal:
     if not token:
         raise noauth()
+    generation = _generation[0]
     rows = run_sql(db, _PRINCIPAL_SQL, {"token_hash": _token_hash(token)})
     # Times are whole seconds: a token lives at least its TTL (up to a second more), never less.
     if not rows or rows[0]["expires_at"] < now_s():
-        raise noauth("Authentication failed - token expired or invalid; log in again")
+        raise _expired_or_invalid()
     row = rows[0]
-    return Principal(row["id"], row["username"], row["user_type"], row["member_id"])
+    found = Principal(row["id"], row["username"], row["user_type"], row["member_id"])
+    if generation == _generation[0]:  # not read across a revocation made in this process
+        _remember(db, token, found, row["expires_at"])
+    return found
+
+
+#: How long (seconds) a process answers a token from memory before it reads the token again:
+#: a token revoked elsewhere (logout, a changed password, a deleted user or member, `bss user
+#: update` in another process) is refused by every process at most this long after the change;
+#: the process that made the change forgets its cached tokens at once. A token's own expiry
+#: is checked on every request, cached or not.
+PRINCIPAL_CACHE_SECONDS = 1.0
+_CACHE_MAX = 4096
+#: (id of the engine, token) -> (principal, token's expires_at, monotonic time read again at)
+_principals: dict[tuple[int, str], tuple[Principal, int, float]] = {}
+#: Bumped by forget_principals(): a read that began before a revocation is not cached.
+_generation = [0]
+
+
+def _remember(db: Engine, token: str, found: Principal, expires_at: int) -> None:
+    if len(_principals) >= _CACHE_MAX:
+        now = time.monotonic()
+        for key in [k for k, v in list(_principals.items()) if v[2] <= now]:
+            _principals.pop(key, None)
+        if len(_principals) >= _CACHE_MAX:
+            _principals.clear()
+    _principals[(id(db), token)] = (found, expires_at, time.monotonic() + PRINCIPAL_CACHE_SECONDS)
+
+
+def cached_principal(db: Engine, token: str | None) -> Principal | None:
+    """The principal of a token read less than PRINCIPAL_CACHE_SECONDS ago (no I/O: safe on
+    the event loop); None when it must be read (principal_for_token). Raises NOAUTH, as
+    principal_for_token does, for no token or a cached token that has expired since."""
+    if not token:
+        raise noauth()
+    entry = _principals.get((id(db), token))
+    if entry is None:
+        return None
+    found, expires_at, until = entry
+    if until <= time.monotonic():
+        _principals.pop((id(db), token), None)
+        return None
+    if expires_at < now_s():
+        raise _expired_or_invalid()
+    return found
+
+
+def forget_principals() -> None:
+    """Drop every cached token: called after anything that can revoke a session."""
+    _generation[0] += 1
+    _principals.clear()
 
 
 def logout(db: Engine, token: str) -> None:
     with write_tx(db) as conn:
         conn.execute(delete(tokens).where(tokens.c.token_hash == _token_hash(token)))
+    forget_principals()
 
 
 def purge_auth(db: Engine, settings: Settings) -> None:
@@ -282,6 +339,7 @@ def delete_member(db: Engine, member_id: int) -> None:
         )
         if conn.execute(delete(members).where(members.c.id == member_id)).rowcount == 0:
             raise notfound(f"member {member_id} not found")
+    forget_principals()
 
 
 def member_exists(db: Engine, member_id: int) -> bool:
@@ -376,6 +434,7 @@ def update_user(db: Engine, user_id: int, data: dict[str, Any]) -> dict[str, Any
         conn.execute(update(users).where(users.c.id == user_id).values(**values))
         if "password_hash" in values:  # a new password ends existing sessions
             conn.execute(delete(tokens).where(tokens.c.user_id == user_id))
+    forget_principals()  # a changed type or member applies to its sessions at once
     return get_user(db, user_id)
 
 
@@ -385,6 +444,7 @@ def delete_user(db: Engine, user_id: int) -> None:
         conn.execute(delete(logins).where(logins.c.user_id == user_id))
         if conn.execute(delete(users).where(users.c.id == user_id)).rowcount == 0:
             raise notfound(f"user {user_id} not found")
+    forget_principals()
 
 
 def _state(value: Any) -> str:

@@ -30,7 +30,7 @@ from bss.jobs.views import router as jobs_router
 from bss.jobs.worker import StoreHandle
 from bss.leases import new_process_id
 from bss.metrics import COUNTERS, render
-from bss.ratelimit import DatabaseRateLimiter
+from bss.ratelimit import DatabaseRateLimiter, ReservedBudget
 from bss.realtime.views import router as realtime_router
 from bss.reports.views import router as reports_router
 from bss.segments.views import router as segments_router
@@ -136,6 +136,7 @@ def create_app(
     app.state.jobs = JobService(db, settings)
     app.state.stores = stores or StoreHandle.for_settings(settings)
     app.state.limiter = DatabaseRateLimiter(db)
+    app.state.budget = ReservedBudget(app.state.limiter)  # API requests per member
     app.state.trusted_proxies = trusted_networks(settings.trusted_proxies)
     app.state.process_id = process_id or new_process_id()
 

@@ -8,9 +8,10 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from bss.accounts.service import Principal, principal_for_token
+from bss.accounts.service import Principal, cached_principal, principal_for_token
 from bss.db import INT32_MIN, bounded_int
 from bss.errors import BssError, syntax, unauth
+from bss.ratelimit import ReservedBudget, Verdict
 from bss.store import MembershipStore
 
 TOKEN_COOKIE = "bss_token"
@@ -27,21 +28,36 @@ def token_of(request: Request) -> str | None:
     return request.cookies.get(TOKEN_COOKIE)
 
 
-def principal(request: Request) -> Principal:
-    """Dependency: the authenticated caller (NOAUTH otherwise); throttled per member."""
-    found = principal_for_token(request.app.state.db, token_of(request))
+async def principal(request: Request) -> Principal:
+    """Dependency: the authenticated caller (NOAUTH otherwise); throttled per member.
+
+    Runs on the event loop: a token read less than a second ago comes from memory
+    (accounts.service.cached_principal) and the request is counted from hits this process
+    reserved (ratelimit.ReservedBudget); only a token not in memory and a new reservation
+    go to a thread (database I/O). The endpoint itself then takes at most one thread hop."""
+    db = request.app.state.db
+    token = token_of(request)
+    found = cached_principal(db, token)
+    if found is None:
+        found = await run_in_threadpool(principal_for_token, db, token)
     request.state.principal = found
-    if found.member_id is not None:
-        count_request(request, f"member:{found.member_id}")
-    else:
-        member = request.query_params.get("member_id") or ""
-        known = member.isdigit() and len(member) <= 10  # never a key made of arbitrary text
-        count_request(request, f"member:{int(member)}" if known else f"user:{found.user_id}")
+    key = _member_key(request, found)
+    per_minute = request.app.state.settings.requests_per_minute
+    if per_minute > 0:
+        budget: ReservedBudget = request.app.state.budget
+        verdict = budget.take(key, per_minute, 60)
+        if verdict is None:
+            verdict = await run_in_threadpool(budget.reserve, key, per_minute, 60)
+        _check(verdict, per_minute)
     return found
 
 
-async def principal_async(request: Request) -> Principal:
-    return await run_in_threadpool(principal, request)
+def _member_key(request: Request, found: Principal) -> str:
+    if found.member_id is not None:
+        return f"member:{found.member_id}"
+    member = request.query_params.get("member_id") or ""
+    known = member.isdigit() and len(member) <= 10  # never a key made of arbitrary text
+    return f"member:{int(member)}" if known else f"user:{found.user_id}"
 
 
 def require_admin(p: Principal) -> None:
@@ -69,11 +85,18 @@ def can_touch(p: Principal, member_id: int) -> bool:
 
 def count_request(request: Request, member_key: str) -> None:
     """Count a request against a member's (or user's) budget, shared by every API process:
-    HTTP 429 + Retry-After when over BSS_REQUESTS_PER_MINUTE."""
+    HTTP 429 + Retry-After when over BSS_REQUESTS_PER_MINUTE (blocking: run in a thread)."""
     per_minute = request.app.state.settings.requests_per_minute
     if per_minute <= 0:
         return
-    verdict = request.app.state.limiter.hit(member_key, per_minute, 60)
+    budget: ReservedBudget = request.app.state.budget
+    verdict = budget.take(member_key, per_minute, 60)
+    if verdict is None:
+        verdict = budget.reserve(member_key, per_minute, 60)
+    _check(verdict, per_minute)
+
+
+def _check(verdict: Verdict, per_minute: int) -> None:
     if not verdict.allowed:
         raise BssError(
             "SYSTEM",
