@@ -302,7 +302,10 @@ def main() -> None:
     ap.add_argument("--upload-mb", type=int, default=100)
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--data-dir", type=Path, help="a data dir filled by bench_lookup.py, kept")
+    ap.add_argument("--port", type=int, help="the server's port (default: any free one)")
     args = ap.parse_args()
+    if args.port:
+        harness.free_port = lambda: args.port
     levels = [int(x) for x in args.concurrency.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="bss-bench-") as tmp:
