@@ -117,19 +117,23 @@ class _Grant:
 
 class ReservedBudget:
     """Request counting shared by every process that writes to the shared counter once per
-    reservation instead of once per request, the limit still holding across processes.
+    reservation of hits instead of once per request, the limit still holding across
+    processes.
 
     A process reserves `n` hits of a key's window in the database (the same one-statement
     upsert as a single hit, counting `n`) and lets that many requests through without
     writing again, until the window the hits were counted in ends. Every request let through
-    was thus counted in the database before, in its window: all processes together never let
+    was thus counted in the database first, in its window: all processes together never let
     more than `limit` through in a window. A key's first reservation is 1 hit; each next one
     doubles while the key stays busy, up to MAX_RESERVATION, and is never more than 1/16 of
     the window's budget still free (1 hit near the limit, as before): a quiet key, or one
-    near its limit, costs one write per request. The price: hits one process reserved and
-    has not used yet are not available to another process until the window ends (a member
-    spread over several processes can be refused by one while another holds the rest of
-    its 1/16), and hits reserved by a process that stops stay counted until the window ends.
+    near its limit, costs one write per request. A busy key's next reservation is made
+    when half of the last one is used (take() says when), so that requests need not wait
+    for it. The price: hits one process reserved and has not used yet are not available to
+    another process until the window ends (a member spread over several processes can be
+    refused by one while another still holds some of its hits: at most 1/16 of what was
+    free at each reservation, and at most 2 x MAX_RESERVATION per process and key), and
+    hits reserved by a process that stops stay counted until the window ends.
 
     Once the database says a key is over its limit, the process refuses that key without
     writing until the window ends (nothing more can be let through in that window)."""
@@ -141,21 +145,26 @@ class ReservedBudget:
         self._grants: dict[tuple[str, int, int], _Grant] = {}
         self._lock = threading.Lock()
 
-    def take(self, key: str, limit: int, window_seconds: int) -> Verdict | None:
-        """Use one reserved hit (no I/O: fine on the event loop): the verdict, or None when
-        this process holds no hit of the key's current window (then reserve())."""
+    def take(self, key: str, limit: int, window_seconds: int) -> tuple[Verdict | None, bool]:
+        """Use one reserved hit (no I/O: fine on the event loop). Returns the verdict, or
+        None when this process holds no hit of the key's current window (then reserve());
+        and whether the next reservation is due (reserve(use=False), not waited for)."""
         now = _now_ms()
         with self._lock:
             grant = self._grants.get((key, limit, window_seconds))
             if grant is None or grant.window_end <= now or grant.left == 0:
-                return None
+                return None, False
             if grant.left < 0:
-                return Verdict(limit + 1, limit, _retry_after(grant.window_end, now))
+                return Verdict(limit + 1, limit, _retry_after(grant.window_end, now)), False
             grant.left -= 1
-            return Verdict(limit - grant.left, limit, _retry_after(grant.window_end, now))
+            verdict = Verdict(limit - grant.left, limit, _retry_after(grant.window_end, now))
+            return verdict, grant.size > 1 and grant.left * 2 <= grant.size
 
-    def reserve(self, key: str, limit: int, window_seconds: int) -> Verdict:
-        """Reserve hits of the key's window in the database and use one (blocking I/O)."""
+    def reserve(
+        self, key: str, limit: int, window_seconds: int, *, use: bool = True
+    ) -> Verdict | None:
+        """Reserve hits of the key's window in the database (blocking I/O) and use one of
+        them for this request (its verdict); `use=False` only adds them to the ones held."""
         ident = (key, limit, window_seconds)
         with self._lock:
             known = self._grants.get(ident)
@@ -170,14 +179,14 @@ class ReservedBudget:
                     del self._grants[old]
             if granted == 0:
                 self._grants[ident] = _Grant(-1, window_end, 1)
-                return Verdict(hits, limit, retry_after)
-            free = limit - hits  # still free in the window for every process
+                return Verdict(hits, limit, retry_after) if use else None
+            free = limit - hits  # still free in the window, for every process
             next_size = max(1, min(2 * size, self.MAX_RESERVATION, free // 16))
             current = self._grants.get(ident)
-            unused = (
+            held = (
                 current.left
                 if current is not None and current.window_end == window_end and current.left > 0
                 else 0
-            )  # another request's reservation of the same window, made meanwhile
-            self._grants[ident] = _Grant(unused + granted - 1, window_end, next_size)
-        return Verdict(hits - granted + 1, limit, retry_after)
+            )  # hits of the same window reserved before (or meanwhile) and not used yet
+            self._grants[ident] = _Grant(held + granted - int(use), window_end, next_size)
+        return Verdict(hits - granted + 1, limit, retry_after) if use else None

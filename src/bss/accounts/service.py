@@ -192,6 +192,7 @@ def principal_for_token(db: Engine, token: str | None) -> Principal:
     rows = run_sql(db, _PRINCIPAL_SQL, {"token_hash": _token_hash(token)})
     # Times are whole seconds: a token lives at least its TTL (up to a second more), never less.
     if not rows or rows[0]["expires_at"] < now_s():
+        _principals.pop((id(db), token), None)
         raise _expired_or_invalid()
     row = rows[0]
     found = Principal(row["id"], row["username"], row["user_type"], row["member_id"])
@@ -223,22 +224,25 @@ def _remember(db: Engine, token: str, found: Principal, expires_at: int) -> None
     _principals[(id(db), token)] = (found, expires_at, time.monotonic() + PRINCIPAL_CACHE_SECONDS)
 
 
-def cached_principal(db: Engine, token: str | None) -> Principal | None:
+def cached_principal(db: Engine, token: str | None) -> tuple[Principal | None, bool]:
     """The principal of a token read less than PRINCIPAL_CACHE_SECONDS ago (no I/O: safe on
-    the event loop); None when it must be read (principal_for_token). Raises NOAUTH, as
-    principal_for_token does, for no token or a cached token that has expired since."""
+    the event loop), or None when it must be read (principal_for_token); and whether it is
+    due to be read again soon (a read made ahead keeps busy tokens from all missing at once).
+    Raises NOAUTH, as principal_for_token does, for no token or a cached token that has
+    expired since."""
     if not token:
         raise noauth()
     entry = _principals.get((id(db), token))
     if entry is None:
-        return None
+        return None, False
     found, expires_at, until = entry
-    if until <= time.monotonic():
+    left = until - time.monotonic()
+    if left <= 0:
         _principals.pop((id(db), token), None)
-        return None
+        return None, False
     if expires_at < now_s():
         raise _expired_or_invalid()
-    return found
+    return found, left < PRINCIPAL_CACHE_SECONDS / 4
 
 
 def forget_principals() -> None:

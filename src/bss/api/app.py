@@ -19,11 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bss.accounts.service import ensure_admin
 from bss.accounts.views import router as accounts_router
+from bss.api.deps import SingleFlight
 from bss.api.docs import add_docs_routes
 from bss.api.envelope import error_response
 from bss.api.lookup import router as lookup_router
 from bss.api.openapi import install as install_openapi
-from bss.db import init_db, make_engine
+from bss.db import init_db, is_sqlite, make_engine
 from bss.errors import BssError, StoreUnavailable
 from bss.jobs.service import JobService
 from bss.jobs.views import router as jobs_router
@@ -138,6 +139,12 @@ def create_app(
     app.state.limiter = DatabaseRateLimiter(db)
     app.state.budget = ReservedBudget(app.state.limiter)  # API requests per member
     app.state.trusted_proxies = trusted_networks(settings.trusted_proxies)
+    app.state.flights = SingleFlight()
+    #: The hot reads (a user's segments, a job's status) answer on the event loop when all
+    #: they touch is SQLite (WAL: a reader never waits for a writer) and the local LMDB
+    #: store: microseconds, less than a thread hop costs. Over a network (PostgreSQL, Redis)
+    #: they keep to a thread.
+    app.state.inline_reads = is_sqlite(db) and app.state.stores.url.startswith("lmdb://")
     app.state.process_id = process_id or new_process_id()
 
     @app.exception_handler(BssError)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Hashable
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
@@ -28,28 +30,70 @@ def token_of(request: Request) -> str | None:
     return request.cookies.get(TOKEN_COOKIE)
 
 
+class SingleFlight:
+    """Blocking calls run in a thread once per key at a time: callers asking for a key
+    already in flight wait for that call instead of starting their own (a token read, a
+    budget reservation: when one lapses, every concurrent request of that token would
+    otherwise go to the thread pool at once)."""
+
+    def __init__(self) -> None:
+        self._running: dict[Hashable, asyncio.Future[Any]] = {}
+
+    def start(self, key: Hashable, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """The call in flight for `key`, or a new one (not waited for: `await` it, shielded)."""
+        running = self._running.get(key)
+        if running is not None and not running.done():  # a done one may await its callback
+            return running
+        future = asyncio.ensure_future(run_in_threadpool(fn, *args, **kw))
+        self._running[key] = future
+
+        def _done(f: asyncio.Future[Any]) -> None:
+            if self._running.get(key) is f:
+                del self._running[key]
+            if not f.cancelled():
+                f.exception()  # retrieved: a read made ahead may fail unseen
+
+        future.add_done_callback(_done)
+        return future
+
+    async def run(self, key: Hashable, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return await asyncio.shield(self.start(key, fn, *args, **kw))
+
+
 async def principal(request: Request) -> Principal:
     """Dependency: the authenticated caller (NOAUTH otherwise); throttled per member.
 
     Runs on the event loop: a token read less than a second ago comes from memory
     (accounts.service.cached_principal) and the request is counted from hits this process
-    reserved (ratelimit.ReservedBudget); only a token not in memory and a new reservation
-    go to a thread (database I/O). The endpoint itself then takes at most one thread hop."""
-    db = request.app.state.db
+    reserved (ratelimit.ReservedBudget). Only a token not in memory and a reservation go to
+    a thread (database I/O), one at a time per token and per member; both are made ahead of
+    need for busy tokens and members, so that their requests do not wait for them."""
+    state = request.app.state
+    db = state.db
     token = token_of(request)
-    found = cached_principal(db, token)
+    found, refresh = cached_principal(db, token)
     if found is None:
-        found = await run_in_threadpool(principal_for_token, db, token)
+        found = await state.flights.run(("token", token), principal_for_token, db, token)
+    elif refresh:
+        state.flights.start(("token", token), principal_for_token, db, token)
     request.state.principal = found
-    key = _member_key(request, found)
-    per_minute = request.app.state.settings.requests_per_minute
+    per_minute = state.settings.requests_per_minute
     if per_minute > 0:
-        budget: ReservedBudget = request.app.state.budget
-        verdict = budget.take(key, per_minute, 60)
-        if verdict is None:
-            verdict = await run_in_threadpool(budget.reserve, key, per_minute, 60)
-        _check(verdict, per_minute)
+        _check(await _count(state, _member_key(request, found), per_minute), per_minute)
     return found
+
+
+async def _count(state: Any, key: str, per_minute: int) -> Verdict:
+    budget: ReservedBudget = state.budget
+    flight = ("budget", key, per_minute)
+    while True:
+        verdict, due = budget.take(key, per_minute, 60)
+        if verdict is not None:
+            if due:
+                state.flights.start(flight, budget.reserve, key, per_minute, 60, use=False)
+            return verdict
+        # no hit held: reserve (or wait for the reservation in flight), then take one
+        await state.flights.run(flight, budget.reserve, key, per_minute, 60, use=False)
 
 
 def _member_key(request: Request, found: Principal) -> str:
@@ -90,7 +134,7 @@ def count_request(request: Request, member_key: str) -> None:
     if per_minute <= 0:
         return
     budget: ReservedBudget = request.app.state.budget
-    verdict = budget.take(member_key, per_minute, 60)
+    verdict, _due = budget.take(member_key, per_minute, 60)
     if verdict is None:
         verdict = budget.reserve(member_key, per_minute, 60)
     _check(verdict, per_minute)
