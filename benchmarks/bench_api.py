@@ -5,8 +5,9 @@ For each concurrency level (keep-alive connections, each sending its next reques
 the previous answer is in) it measures GET /health, job status (GET /batch-segment?job_id=),
 GET /user-segments on a store filled first (--store-lines of the bench_ingest file, real uids
 from it) and job creation, and prints req/s, p50 and p99, the ratios against /health (req/s
-ratio, p99 ratio) and req/s at the highest level against the lowest. Then upload throughput
-of a streamed file against a raw loopback socket copy of the same bytes.
+ratio, p99 ratio), the server's CPU microseconds per answer, the load average, and req/s at
+the highest level against the lowest. Then upload throughput of a streamed file against a
+raw loopback socket copy of the same bytes.
 
 The load generator is one asyncio process on raw sockets (a thread per client in Python
 measures the client's own GIL, not the server); it shares the machine's cores with the server.
@@ -135,20 +136,41 @@ def load(
         return asyncio.run(_load(port, make_request, clients, seconds))
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of the server process and its children (Linux /proc;
+    0 elsewhere): the load generator's own CPU is not in it."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def measure(
     port: int,
     cases: dict[str, Callable[[int], bytes]],
     clients: int,
     seconds: float,
     rounds: int,
+    pid: int = 0,
 ) -> dict[str, dict]:
     """Each case for `seconds` in all, in `rounds` short turns taken in rotation: on a machine
     others load too, every case (the baseline included) sees the same mix of quiet and busy."""
     latencies: dict[str, list[float]] = {name: [] for name in cases}
     errors = dict.fromkeys(cases, 0)
+    cpu = dict.fromkeys(cases, 0.0)
     for _ in range(rounds):
         for name, make in cases.items():
+            before = server_cpu_seconds(pid) if pid else 0.0
             got, failed = load(port, make, clients, seconds / rounds)
+            cpu[name] += (server_cpu_seconds(pid) - before) if pid else 0.0
             latencies[name] += got
             errors[name] += failed
     return {
@@ -157,6 +179,9 @@ def measure(
             "p50_ms": percentile(values, 50) * 1000,
             "p99_ms": percentile(values, 99) * 1000,
             "errors": errors[name],
+            # server CPU per answer, warm-up included in the CPU (a slight overestimate)
+            "server_cpu_s": cpu[name],
+            "cpu_us_per_req": cpu[name] / max(len(values), 1) * 1e6,
         }
         for name, values in latencies.items()
     }
@@ -349,18 +374,20 @@ def main() -> None:
             )
             print(
                 f"{'case':40s} {'clients':>7s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
-                f"{'errors':>6s} {'rps/health':>10s} {'p99/health':>10s}"
+                f"{'errors':>6s} {'rps/health':>10s} {'p99/health':>10s} {'CPU us/req':>10s} "
+                f"{'load':>5s}"
             )
             results: dict[str, dict[int, dict]] = {name: {} for name in cases}
             for clients in levels:
-                measured = measure(port, cases, clients, args.seconds, args.rounds)
+                measured = measure(port, cases, clients, args.seconds, args.rounds, proc.pid)
                 base = measured["GET /health (baseline)"]
                 for name, r in measured.items():
                     results[name][clients] = r
                     print(
                         f"{name:40s} {clients:7d} {r['rps']:8.0f} {r['p50_ms']:8.2f} "
                         f"{r['p99_ms']:8.2f} {r['errors']:6d} {r['rps'] / base['rps']:10.2f} "
-                        f"{r['p99_ms'] / base['p99_ms']:10.2f}"
+                        f"{r['p99_ms'] / base['p99_ms']:10.2f} {r['cpu_us_per_req']:10.0f} "
+                        f"{os.getloadavg()[0]:5.1f}"
                     )
             lo, hi = min(levels), max(levels)
             for name in cases:
