@@ -6,7 +6,8 @@ the previous answer is in) it measures GET /health, job status (GET /batch-segme
 GET /user-segments on a store filled first (--store-lines of the bench_ingest file, real uids
 from it) and job creation, and prints req/s, p50 and p99, the ratios against /health (req/s
 ratio, p99 ratio), the server's CPU microseconds per answer, the load average, and req/s at
-the highest level against the lowest. Then upload throughput of a streamed file against a
+the highest level against the lowest. Levels and cases are measured in rotation, in short
+turns, so that a change in the machine's load during the run falls on all of them alike. Then upload throughput of a streamed file against a
 raw loopback socket copy of the same bytes.
 
 The load generator is one asyncio process on raw sockets (a thread per client in Python
@@ -156,34 +157,39 @@ def server_cpu_seconds(pid: int) -> float:
 def measure(
     port: int,
     cases: dict[str, Callable[[int], bytes]],
-    clients: int,
+    levels: list[int],
     seconds: float,
     rounds: int,
     pid: int = 0,
-) -> dict[str, dict]:
-    """Each case for `seconds` in all, in `rounds` short turns taken in rotation: on a machine
-    others load too, every case (the baseline included) sees the same mix of quiet and busy."""
-    latencies: dict[str, list[float]] = {name: [] for name in cases}
-    errors = dict.fromkeys(cases, 0)
-    cpu = dict.fromkeys(cases, 0.0)
+) -> dict[int, dict[str, dict]]:
+    """Each case at each concurrency level for `seconds` in all, in `rounds` short turns
+    taken in rotation (levels and cases): on a machine others load too, every case (the
+    baseline included) and every level sees the same mix of quiet and busy."""
+    latencies = {c: {name: [] for name in cases} for c in levels}
+    errors = {c: dict.fromkeys(cases, 0) for c in levels}
+    cpu = {c: dict.fromkeys(cases, 0.0) for c in levels}
     for _ in range(rounds):
-        for name, make in cases.items():
-            before = server_cpu_seconds(pid) if pid else 0.0
-            got, failed = load(port, make, clients, seconds / rounds)
-            cpu[name] += (server_cpu_seconds(pid) - before) if pid else 0.0
-            latencies[name] += got
-            errors[name] += failed
+        for clients in levels:
+            for name, make in cases.items():
+                before = server_cpu_seconds(pid) if pid else 0.0
+                got, failed = load(port, make, clients, seconds / rounds)
+                cpu[clients][name] += (server_cpu_seconds(pid) - before) if pid else 0.0
+                latencies[clients][name] += got
+                errors[clients][name] += failed
     return {
-        name: {
-            "rps": len(values) / seconds,
-            "p50_ms": percentile(values, 50) * 1000,
-            "p99_ms": percentile(values, 99) * 1000,
-            "errors": errors[name],
-            # server CPU per answer, warm-up included in the CPU (a slight overestimate)
-            "server_cpu_s": cpu[name],
-            "cpu_us_per_req": cpu[name] / max(len(values), 1) * 1e6,
+        clients: {
+            name: {
+                "rps": len(values) / seconds,
+                "p50_ms": percentile(values, 50) * 1000,
+                "p99_ms": percentile(values, 99) * 1000,
+                "errors": errors[clients][name],
+                # server CPU per answer, warm-up included in the CPU (a slight overestimate)
+                "server_cpu_s": cpu[clients][name],
+                "cpu_us_per_req": cpu[clients][name] / max(len(values), 1) * 1e6,
+            }
+            for name, values in latencies[clients].items()
         }
-        for name, values in latencies.items()
+        for clients in levels
     }
 
 
@@ -374,21 +380,22 @@ def main() -> None:
             )
             print(
                 f"{'case':40s} {'clients':>7s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
-                f"{'errors':>6s} {'rps/health':>10s} {'p99/health':>10s} {'CPU us/req':>10s} "
-                f"{'load':>5s}"
+                f"{'errors':>6s} {'rps/health':>10s} {'p99/health':>10s} {'CPU us/req':>10s}"
             )
             results: dict[str, dict[int, dict]] = {name: {} for name in cases}
-            for clients in levels:
-                measured = measure(port, cases, clients, args.seconds, args.rounds, proc.pid)
+            load_before = os.getloadavg()[0]
+            by_level = measure(port, cases, levels, args.seconds, args.rounds, proc.pid)
+            for clients, measured in by_level.items():
                 base = measured["GET /health (baseline)"]
                 for name, r in measured.items():
                     results[name][clients] = r
                     print(
                         f"{name:40s} {clients:7d} {r['rps']:8.0f} {r['p50_ms']:8.2f} "
                         f"{r['p99_ms']:8.2f} {r['errors']:6d} {r['rps'] / base['rps']:10.2f} "
-                        f"{r['p99_ms'] / base['p99_ms']:10.2f} {r['cpu_us_per_req']:10.0f} "
-                        f"{os.getloadavg()[0]:5.1f}"
+                        f"{r['p99_ms'] / base['p99_ms']:10.2f} {r['cpu_us_per_req']:10.0f}"
                     )
+            load_after = os.getloadavg()[0]
+            print(f"load average {load_before:.1f} before the levels, {load_after:.1f} after")
             lo, hi = min(levels), max(levels)
             for name in cases:
                 ratio = results[name][hi]["rps"] / results[name][lo]["rps"]
@@ -401,10 +408,10 @@ def main() -> None:
                         f"Host: bench\r\nAuthorization: {token}\r\nContent-Length: 0\r\n\r\n"
                     ).encode()
                 },
-                lo,
+                [lo],
                 args.seconds,
                 1,
-            )["create"]
+            )[lo]["create"]
             print(
                 f"job create POST /batch-segment at {lo} clients: {create['rps']:.0f} req/s, "
                 f"p50 {create['p50_ms']:.2f} ms, p99 {create['p99_ms']:.2f} ms"
@@ -431,7 +438,12 @@ def main() -> None:
                 )
                 print("\n".join(line for line in lines if '"level": "error"' in line)[-4000:])
             if args.json:
-                args.json.write_text(json.dumps({"levels": results, "create": create}, indent=2))
+                args.json.write_text(
+                    json.dumps(
+                        {"levels": results, "create": create, "load": [load_before, load_after]},
+                        indent=2,
+                    )
+                )
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)

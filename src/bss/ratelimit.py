@@ -131,14 +131,18 @@ class ReservedBudget:
     when half of the last one is used (take() says when), so that requests need not wait
     for it. The price: hits one process reserved and has not used yet are not available to
     another process until the window ends (a member spread over several processes can be
-    refused by one while another still holds some of its hits: at most 1/16 of what was
-    free at each reservation, and at most 2 x MAX_RESERVATION per process and key), and
-    hits reserved by a process that stops stay counted until the window ends.
+    refused by one while another still holds some of its hits: what is left of its last
+    reservations, about 1/16 of what was free then, never more than 1.5 x MAX_RESERVATION
+    per process and key), and hits reserved by a process that stops stay counted until the
+    window ends. MAX_RESERVATION only matters for limits above 16 x 1024 a window: below, the
+    1/16 rule is the tighter one (at most 62 hits at the default 1000 a minute). At 250
+    requests a second for one member, reservations of 64 were seen to run out before the
+    next one was written (SQLite's writer lock, GIL hand-offs under load): requests waited.
 
     Once the database says a key is over its limit, the process refuses that key without
     writing until the window ends (nothing more can be let through in that window)."""
 
-    MAX_RESERVATION = 64
+    MAX_RESERVATION = 1024
 
     def __init__(self, limiter: DatabaseRateLimiter) -> None:
         self.limiter = limiter
