@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -391,7 +391,9 @@ class RecordingStore:
     def apply(self, batch: pa.Table) -> None:
         self.batches.append(batch)
 
-    def apply_many(self, batches: Iterable[pa.Table]) -> None:
+    def apply_many(
+        self, batches: Iterable[pa.Table], progress: Callable[[float], None] | None = None
+    ) -> None:
         for batch in batches:
             self.apply(batch)
 
