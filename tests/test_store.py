@@ -217,6 +217,38 @@ def test_a_reopened_store_has_everything(tmp_path: Path) -> None:
     s.close()
 
 
+def test_a_segment_deleted_while_a_job_writes_loses_every_entry_of_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LMDB writes a job's entries, then their segment index keys: a deletion between the two
+    still takes every entry the job wrote to the segment, as a deletion before or after."""
+    monkeypatch.setattr("bss.store.keyvalue._MERGE_ROWS", 50)
+    s = LmdbStore(tmp_path / "m.lmdb")
+    users = [str(i) for i in range(1, 201)]
+    batches = [
+        batch([row(u, seg, seq=1 + n) for n, u in enumerate(part) for seg in (7, 8)])
+        for part in (users[:100], users[100:])
+    ]
+    deleted: list[float] = []
+
+    def delete_once_the_entries_are_written(fraction: float) -> None:
+        if fraction >= 0.5 and not deleted:
+            deleted.append(fraction)
+            # Above every seq of the job, as a deletion during the job is.
+            s.delete_segment(7, seq=1_000)
+
+    s.apply_many(iter(batches), delete_once_the_entries_are_written)
+    assert deleted == [0.5]
+    assert s.users_segments([(ANID, u) for u in users], NOW) == [
+        s.user_segments(ANID, u, NOW) for u in users
+    ]
+    assert {segs(s, u)[0] for u in users} == {8} and all(len(segs(s, u)) == 1 for u in users)
+    assert list(s.segment_members(7, NOW)) == []
+    assert sorted(key for _kind, key, _m in s.segment_members(8, NOW)) == sorted(users)
+    assert s.segment_member_counts(NOW) == {8: 200}
+    s.close()
+
+
 def test_store_url_scheme_is_checked(tmp_path: Path) -> None:
     with pytest.raises(StoreUrlError, match="unsupported membership store URL 'rocksdb:///x'"):
         open_store("rocksdb:///x")

@@ -22,8 +22,10 @@ Named databases of the environment:
   dropped since the last purge (a purge reports them).
 
 Writes are vectorised: a batch is keyed and sorted with Arrow, its stored entries are read in
-one `getmulti` pass, winners are decided in numpy, and only winners are written, all in one
-write transaction, so the seq rule holds across processes without a read-modify-write per pair.
+one `getmulti` pass, winners are decided in numpy, and only winners are written, in one
+write transaction, so the seq rule holds across processes without a read-modify-write per
+pair. A job (`apply_many`) is written in key order: its entries by key range of `members`,
+then its index keys by key range of `by_segment` (docs/store.md says why and what it costs).
 """
 
 from __future__ import annotations
@@ -95,13 +97,6 @@ def member_keys(kind: np.ndarray, user_key: pa.Array, segment_id: np.ndarray) ->
     )
 
 
-def segment_index_keys(kind: np.ndarray, user_key: pa.Array, segment_id: np.ndarray) -> pa.Array:
-    prefix = np.zeros(len(segment_id), dtype=[("seg", ">i8"), ("kind", "u1")])
-    prefix["seg"] = segment_id
-    prefix["kind"] = kind
-    return pc.binary_join_element_wise(_fixed(prefix, 9), user_key.cast(pa.binary()), b"")
-
-
 def _sorted_unique(keys: pa.Array, seq: pa.Array) -> tuple[np.ndarray, pa.Array]:
     """Row order that sorts `keys`, one row per key (the highest seq), and the keys so sorted."""
     order = pc.sort_indices(keys).to_numpy()
@@ -134,10 +129,13 @@ def _keyed(batch: pa.Table) -> pa.Table:
 
 class _Sorted:
     """A keyed batch (sorted by its unique `key`) made ready to write: the packed entries,
-    the keys as bytes, and the per-segment index keys in their own sorted order. All of it
-    is built outside the write transaction, most of it while the previous one writes."""
+    the keys as bytes and, when `indexed`, the per-segment index keys in their own sorted
+    order. All of it is built outside the write transaction, most of it while the previous
+    one writes."""
 
-    def __init__(self, table: pa.Table, rows_merged: int | None = None) -> None:
+    def __init__(
+        self, table: pa.Table, rows_merged: int | None = None, *, indexed: bool = True
+    ) -> None:
         self.table = table
         self.size = table.num_rows
         #: Rows of the runs this part was merged from (a key repeated across runs is one).
@@ -152,23 +150,75 @@ class _Sorted:
         entries["removed"] = table["removed"].to_numpy()
         self.entries = entries
         self.segment = table["segment_id"].to_numpy()
-        # segment + kind + user key, cut from the member key (kind + user key + NUL +
-        # segment). The member keys are sorted by user already, so a stable sort by
-        # segment sorts the index keys.
-        self.index_order = np.argsort(self.segment, kind="stable")
-        self.index_keys: list[bytes] = (
-            pc.binary_join_element_wise(
-                pc.binary_slice(self.keys, -8), pc.binary_slice(self.keys, 0, -9), b""
-            )
-            .take(self.index_order)
-            .to_pylist()
-        )
+        #: The count events of the part if every row wins (a first load, new users).
+        self.events = _count_events(self.segment, entries, np.ones(self.size, np.int64))
+        self.index_keys: list[bytes] | None = None
+        if indexed:
+            self.index_order, index_keys = _index_keys(table)
+            self.index_keys = index_keys.to_pylist()
 
     @classmethod
     def merged(cls, part: pa.Table) -> _Sorted:
-        """A part of several runs: sorted again, one row per key (the highest seq)."""
+        """A part of several runs: sorted again, one row per key (the highest seq). Its index
+        keys are written later, by key range of the index (`_IndexPart`)."""
         order, keys = _sorted_unique(part["key"].combine_chunks(), part["seq"])
-        return cls(part.take(order).set_column(part.num_columns - 1, "key", keys), part.num_rows)
+        return cls(
+            part.take(order).set_column(part.num_columns - 1, "key", keys),
+            part.num_rows,
+            indexed=False,
+        )
+
+
+def _index_keys(keyed: pa.Table) -> tuple[np.ndarray, pa.Array]:
+    """The row order that sorts a keyed batch by its per-segment index keys (segment + kind
+    + user key, cut from the member key kind + user key + NUL + segment), and those keys so
+    sorted. The member keys are sorted by user already, so a stable sort by segment sorts
+    the index keys."""
+    order = np.argsort(keyed["segment_id"].to_numpy(), kind="stable")
+    keys = keyed["key"].combine_chunks()
+    index_keys = pc.binary_join_element_wise(
+        pc.binary_slice(keys, -8), pc.binary_slice(keys, 0, -9), b""
+    )
+    return order, index_keys.take(order)
+
+
+def _index_run(keyed: pa.Table) -> pa.Table:
+    """A keyed batch's index keys as a run: sorted, with each row's segment and seq."""
+    order, index_keys = _index_keys(keyed)
+    return pa.table(
+        {
+            "segment_id": keyed["segment_id"].take(order),
+            "seq": keyed["seq"].take(order),
+            "key": index_keys,
+        }
+    )
+
+
+class _IndexPart:
+    """A key range of a job's index keys, from all its runs: sorted, each key once."""
+
+    def __init__(self, part: pa.Table) -> None:
+        order, keys = _sorted_unique(part["key"].combine_chunks(), part["seq"])
+        self.table = part.take(order)
+        self.key_list: list[bytes] = keys.to_pylist()
+        self.size = len(self.key_list)
+
+
+def _count_events(
+    segment: np.ndarray, entries: np.ndarray, sign: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The count events of entries, summed: a live entry adds `sign` to its segment at the
+    second it starts and takes it back at the second it expires. Returns the distinct
+    (second, segment) pairs, as second << 32 | segment (both below 2**31), sorted, and their
+    sums."""
+    live = (entries["removed"] == 0) & (entries["expires_at"] > entries["timestamp"])
+    if not live.any():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    segment, entries, sign = segment[live], entries[live], sign[live]
+    seconds = np.concatenate([entries["timestamp"], entries["expires_at"]])
+    return _sum_by(
+        (seconds << 32) | np.concatenate([segment, segment]), np.concatenate([sign, -sign])
+    )
 
 
 def _sum_by(groups: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -232,25 +282,44 @@ class LmdbStore:
     def apply_many(
         self, batches: Iterable[pa.Table], progress: Callable[[float], None] | None = None
     ) -> None:
-        """A job's batches: each is sorted and kept as a run as it comes (the first in
-        memory, the rest on disk), then all are merged and written in key order, a narrow
-        key range per transaction. A thread prepares the next range (merge, sort, keys)
-        while this one writes the last."""
-        runs = SortedRuns(self._runs_root)
+        """A job's batches: each is sorted twice, by member key and by index key, and kept as
+        runs as it comes (the first in memory, the rest on disk). Then the entries are
+        written in member key order and the index keys in index key order, a narrow key range
+        per transaction, so that each page of either tree is written about once per job. A
+        thread prepares the next range (merge, sort, keys) while this one writes the last.
+
+        The index keys follow the entries: a job stopped in between leaves entries its
+        segments' indexes do not list yet, which the job's replay (any job is run again
+        until it completes) adds, as it adds all of a job's index keys that are missing.
+        A segment deleted in between takes the entries already written with it when their
+        index keys come (`_apply_index`)."""
+        runs, index_runs = SortedRuns(self._runs_root), SortedRuns(self._runs_root)
         try:
             for batch in batches:
                 if batch.num_rows:
-                    runs.add(_keyed(batch))
+                    # The key holds the user and the segment: the run needs no other copy.
+                    keyed = _keyed(batch).drop_columns(["user_kind", "user_key"])
+                    runs.add(keyed)
+                    index_runs.add(_index_run(keyed))
+            done, total = 0, 2 * runs.rows
             parts = read_ahead(map(_Sorted.merged, runs.merged(_MERGE_ROWS)))
             with contextlib.closing(parts):
-                done = 0
                 for part in parts:
                     self._apply_sorted(part)
                     done += part.rows_merged
                     if progress is not None:
-                        progress(min(1.0, done / runs.rows))
+                        progress(min(1.0, done / total))
+            runs.close()
+            index_parts = read_ahead(map(_IndexPart, index_runs.merged(_MERGE_ROWS)))
+            with contextlib.closing(index_parts):
+                for index_part in index_parts:
+                    self._apply_index(index_part)
+                    done += index_part.table.num_rows
+                    if progress is not None:
+                        progress(min(1.0, done / total))
         finally:
             runs.close()
+            index_runs.close()
 
     def _apply_sorted(self, part: _Sorted) -> None:
         if part.size == 0:
@@ -260,7 +329,9 @@ class LmdbStore:
             self._fold(txn, int(time.time()))
             hidden = self._deleted_rows(txn, part.table)
             if hidden is not None:
-                part = _Sorted(part.table.filter(pa.array(~hidden)))
+                part = _Sorted(
+                    part.table.filter(pa.array(~hidden)), indexed=part.index_keys is not None
+                )
             if part.size:
                 self._merge(txn, part)
 
@@ -305,17 +376,22 @@ class LmdbStore:
             return
         everything_wins = bool(wins.all())
         winners = new if everything_wins else new[wins]
-        self._count(
-            txn,
-            np.concatenate([segment if everything_wins else segment[wins], replaced_segment]),
-            np.concatenate([winners, replaced]),
-            np.concatenate([np.ones(len(winners), np.int64), -np.ones(len(replaced), np.int64)]),
-        )
+        if everything_wins and not len(replaced):
+            self._add_events(txn, *part.events)
+        else:
+            self._count(
+                txn,
+                np.concatenate([segment if everything_wins else segment[wins], replaced_segment]),
+                np.concatenate([winners, replaced]),
+                np.concatenate(
+                    [np.ones(len(winners), np.int64), -np.ones(len(replaced), np.int64)]
+                ),
+            )
         # One bytes object per entry straight from numpy (a void item is its raw bytes).
         values = winners.view(f"V{ENTRY.itemsize}").tolist()
         win_keys = key_list if everything_wins else itertools.compress(key_list, wins)
         members.putmulti(zip(win_keys, values, strict=True), append=append)
-        if exists.all():
+        if part.index_keys is None or exists.all():
             return
         index_keys: Iterable[bytes] = part.index_keys
         if exists.any():  # only new (user, segment) pairs enter the index
@@ -324,29 +400,54 @@ class LmdbStore:
             zip(index_keys, itertools.repeat(b""), strict=False)
         )
 
+    def _apply_index(self, part: _IndexPart) -> None:
+        """Add the index keys of a key range of a job's entries (those present already are
+        left as they are)."""
+        with self._env.begin(write=True) as txn:
+            hidden = self._deleted_rows(txn, part.table)
+            if hidden is not None:
+                self._drop_deleted(txn, part.table.filter(pa.array(hidden)))
+                part = _IndexPart(part.table.filter(pa.array(~hidden)))
+            if not part.size:
+                return
+            index = txn.cursor(db=self._by_segment)
+            append = not index.last() or bytes(index.key()) < part.key_list[0]
+            index.putmulti(
+                zip(part.key_list, itertools.repeat(b"")), overwrite=False, append=append
+            )
+
+    def _drop_deleted(self, txn: lmdb.Transaction, rows: pa.Table) -> None:
+        """Drop the entries of index rows whose segment was deleted after the entries were
+        written and before their index keys were: what the deletion would have dropped."""
+        floors = {_SEG.unpack(k)[0]: _I64.unpack(v)[0] for k, v in txn.cursor(db=self._deleted)}
+        members = txn.cursor(db=self._members)
+        segments = rows["segment_id"].to_numpy()
+        keys = rows["key"].to_pylist()
+        for segment in np.unique(segments).tolist():
+            at = np.flatnonzero(segments == segment).tolist()
+            self._drop_below(txn, members, segment, [keys[i] for i in at], floors[segment])
+
     def _count(
         self, txn: lmdb.Transaction, segment: np.ndarray, entries: np.ndarray, sign: np.ndarray
     ) -> None:
         """Add (sign=+1) or take back (-1) the count events of entries of these segments."""
-        live = (entries["removed"] == 0) & (entries["expires_at"] > entries["timestamp"])
-        if not live.any():
+        self._add_events(txn, *_count_events(segment, entries, sign))
+
+    def _add_events(self, txn: lmdb.Transaction, events: np.ndarray, sums: np.ndarray) -> None:
+        """Add count events (`_count_events`): those folded already into the base counts."""
+        if not len(events):
             return
-        segment, entries, sign = segment[live], entries[live], sign[live]
-        seconds = np.concatenate([entries["timestamp"], entries["expires_at"]])
-        segs = np.concatenate([segment, segment])
-        deltas = np.concatenate([sign, -sign])
+        seconds = events >> 32
         into_base = seconds <= self._folded_through(txn)
         if into_base.any():
-            uniq, sums = _sum_by(segs[into_base], deltas[into_base])
-            self._add_many(txn, self._count_base, uniq.astype(">i8"), sums)
+            uniq, totals = _sum_by(events[into_base] & 0xFFFFFFFF, sums[into_base])
+            self._add_many(txn, self._count_base, uniq.astype(">i8"), totals)
         pending = ~into_base
         if pending.any():
-            # One int64 per (second, segment): seconds and segment ids are both below 2**31.
-            uniq, sums = _sum_by((seconds[pending] << 32) | segs[pending], deltas[pending])
-            event_keys = np.empty(len(uniq), dtype=[("second", ">i8"), ("seg", ">i8")])
-            event_keys["second"] = uniq >> 32
-            event_keys["seg"] = uniq & 0xFFFFFFFF
-            self._add_many(txn, self._count_events, event_keys, sums)
+            event_keys = np.empty(int(pending.sum()), dtype=[("second", ">i8"), ("seg", ">i8")])
+            event_keys["second"] = seconds[pending]
+            event_keys["seg"] = events[pending] & 0xFFFFFFFF
+            self._add_many(txn, self._count_events, event_keys, sums[pending])
 
     def _add_many(
         self, txn: lmdb.Transaction, db: lmdb._Database, keys: np.ndarray, deltas: np.ndarray
