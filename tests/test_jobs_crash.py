@@ -47,17 +47,21 @@ def _upload(api: Api, path: Path) -> dict:
 
 
 def _store_digest(data_dir: Path) -> tuple[int, str]:
-    """(live entries, digest of every entry in key order with its value, removal and lifetime;
-    seqs and absolute times differ between runs and are left out)."""
+    """(live entries, digest of every entry in key order with its value, removal and lifetime,
+    then of every key of the per-segment index; seqs and absolute times differ between runs
+    and are left out)."""
     env = lmdb.open(str(data_dir / "memberships.lmdb"), readonly=True, lock=False, max_dbs=8)
     digest, live = hashlib.sha256(), 0
     try:
         members = env.open_db(b"members", create=False)
-        with env.begin(db=members) as txn:
-            for key, value in txn.cursor():
+        by_segment = env.open_db(b"by_segment", create=False)
+        with env.begin() as txn:
+            for key, value in txn.cursor(db=members):
                 _seq, timestamp, expires_at, val, removed = ENTRY_STRUCT.unpack(value)
                 live += not removed
                 digest.update(key + ENTRY_STRUCT.pack(0, 0, expires_at - timestamp, val, removed))
+            for key in txn.cursor(db=by_segment).iternext(values=False):
+                digest.update(b"index:" + key)
     finally:
         env.close()
     return live, digest.hexdigest()

@@ -40,34 +40,29 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from bss.read_ahead import read_ahead
-from bss.store.base import APPLY_SCHEMA, Membership
+from bss.store.base import Membership
+from bss.store.lmdb_parts import (
+    ENTRY,
+    NULL_VALUE,
+    EntryPart,
+    IndexPart,
+    count_events,
+    index_run,
+    keyed_batch,
+    sum_by,
+)
 from bss.store.sorted_runs import SortedRuns, remove_abandoned
 
-#: A stored entry, packed: 33 bytes.
-ENTRY = np.dtype(
-    [
-        ("seq", "<i8"),
-        ("timestamp", "<i8"),
-        ("expires_at", "<i8"),
-        ("value", "<i8"),
-        ("removed", "u1"),
-    ]
-)
 _ENTRY_STRUCT = struct.Struct("<qqqqB")
 _unpack_entry = _ENTRY_STRUCT.unpack
 _value_of = operator.itemgetter(1)
 _from_bytes = int.from_bytes
-#: Stands for a null value (values are 32-bit, so this one never occurs).
-NULL_VALUE = -(1 << 63)
 _I64 = struct.Struct("<q")
 _SEG = struct.Struct(">q")
-#: A count event's key: the second, then the segment id (both big-endian, so sorted by time).
-_EVENT = struct.Struct(">qq")
 _FOLDED = b"folded_through"
 _DROPPED = b"dropped_by_deletions"
 #: Counts lagging the clock by more than this are folded forward by the reader.
@@ -79,158 +74,6 @@ _WALK_CHUNK = 20_000
 _MERGE_ROWS = 1 << 18
 #: Readers across the threads and processes sharing the environment.
 MAX_READERS = 2048
-
-
-def _fixed(values: np.ndarray, width: int) -> pa.Array:
-    """Raw bytes of a numpy array, `width` bytes per row, as an Arrow binary array."""
-    fixed = pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(width), len(values), [None, pa.py_buffer(np.ascontiguousarray(values))]
-    )
-    return fixed.cast(pa.binary())
-
-
-def member_keys(kind: np.ndarray, user_key: pa.Array, segment_id: np.ndarray) -> pa.Array:
-    suffix = np.zeros(len(segment_id), dtype=[("nul", "u1"), ("seg", ">i8")])
-    suffix["seg"] = segment_id
-    return pc.binary_join_element_wise(
-        _fixed(kind.astype(np.uint8), 1), user_key.cast(pa.binary()), _fixed(suffix, 9), b""
-    )
-
-
-def _sorted_unique(keys: pa.Array, seq: pa.Array) -> tuple[np.ndarray, pa.Array]:
-    """Row order that sorts `keys`, one row per key (the highest seq), and the keys so sorted."""
-    order = pc.sort_indices(keys).to_numpy()
-    keys = keys.take(order)
-    if len(keys) < 2:
-        return order, keys
-    first = np.ones(len(keys), dtype=bool)
-    first[1:] = pc.not_equal(keys[1:], keys[:-1]).to_numpy(zero_copy_only=False)
-    if first.all():
-        return order, keys
-    # A (user, segment) given twice in one batch is rare: only then sort by seq as well.
-    by_seq = pc.sort_indices(
-        pa.table({"key": keys, "seq": seq.take(order)}),
-        [("key", "ascending"), ("seq", "descending")],
-    ).to_numpy()
-    order, keys = order[by_seq][first], keys.take(by_seq).filter(pa.array(first))
-    return order, keys
-
-
-def _keyed(batch: pa.Table) -> pa.Table:
-    """The batch with its member keys in a last column `key`, sorted by it, each key once
-    (the highest seq)."""
-    batch = batch.select(APPLY_SCHEMA.names).cast(APPLY_SCHEMA).combine_chunks()
-    keys = member_keys(
-        batch["user_kind"].to_numpy(), batch["user_key"], batch["segment_id"].to_numpy()
-    )
-    order, keys = _sorted_unique(keys, batch["seq"])
-    return batch.take(order).append_column("key", keys)
-
-
-class _Sorted:
-    """A keyed batch (sorted by its unique `key`) made ready to write: the packed entries,
-    the keys as bytes and, when `indexed`, the per-segment index keys in their own sorted
-    order. All of it is built outside the write transaction, most of it while the previous
-    one writes."""
-
-    def __init__(
-        self, table: pa.Table, rows_merged: int | None = None, *, indexed: bool = True
-    ) -> None:
-        self.table = table
-        self.size = table.num_rows
-        #: Rows of the runs this part was merged from (a key repeated across runs is one).
-        self.rows_merged = self.size if rows_merged is None else rows_merged
-        self.keys = table["key"].combine_chunks()
-        self.key_list: list[bytes] = self.keys.to_pylist()
-        entries = np.empty(self.size, dtype=ENTRY)
-        entries["seq"] = table["seq"].to_numpy()
-        entries["timestamp"] = table["timestamp"].to_numpy()
-        entries["expires_at"] = table["expires_at"].to_numpy()
-        entries["value"] = table["value"].fill_null(NULL_VALUE).to_numpy()
-        entries["removed"] = table["removed"].to_numpy()
-        self.entries = entries
-        self.segment = table["segment_id"].to_numpy()
-        #: The count events of the part if every row wins (a first load, new users).
-        self.events = _count_events(self.segment, entries, np.ones(self.size, np.int64))
-        self.index_keys: list[bytes] | None = None
-        if indexed:
-            self.index_order, index_keys = _index_keys(table)
-            self.index_keys = index_keys.to_pylist()
-
-    @classmethod
-    def merged(cls, part: pa.Table) -> _Sorted:
-        """A part of several runs: sorted again, one row per key (the highest seq). Its index
-        keys are written later, by key range of the index (`_IndexPart`)."""
-        order, keys = _sorted_unique(part["key"].combine_chunks(), part["seq"])
-        return cls(
-            part.take(order).set_column(part.num_columns - 1, "key", keys),
-            part.num_rows,
-            indexed=False,
-        )
-
-
-def _index_keys(keyed: pa.Table) -> tuple[np.ndarray, pa.Array]:
-    """The row order that sorts a keyed batch by its per-segment index keys (segment + kind
-    + user key, cut from the member key kind + user key + NUL + segment), and those keys so
-    sorted. The member keys are sorted by user already, so a stable sort by segment sorts
-    the index keys."""
-    order = np.argsort(keyed["segment_id"].to_numpy(), kind="stable")
-    keys = keyed["key"].combine_chunks()
-    index_keys = pc.binary_join_element_wise(
-        pc.binary_slice(keys, -8), pc.binary_slice(keys, 0, -9), b""
-    )
-    return order, index_keys.take(order)
-
-
-def _index_run(keyed: pa.Table) -> pa.Table:
-    """A keyed batch's index keys as a run: sorted, with each row's segment and seq."""
-    order, index_keys = _index_keys(keyed)
-    return pa.table(
-        {
-            "segment_id": keyed["segment_id"].take(order),
-            "seq": keyed["seq"].take(order),
-            "key": index_keys,
-        }
-    )
-
-
-class _IndexPart:
-    """A key range of a job's index keys, from all its runs: sorted, each key once."""
-
-    def __init__(self, part: pa.Table) -> None:
-        order, keys = _sorted_unique(part["key"].combine_chunks(), part["seq"])
-        self.table = part.take(order)
-        self.key_list: list[bytes] = keys.to_pylist()
-        self.size = len(self.key_list)
-
-
-def _count_events(
-    segment: np.ndarray, entries: np.ndarray, sign: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The count events of entries, summed: a live entry adds `sign` to its segment at the
-    second it starts and takes it back at the second it expires. Returns the distinct
-    (second, segment) pairs, as second << 32 | segment (both below 2**31), sorted, and their
-    sums."""
-    live = (entries["removed"] == 0) & (entries["expires_at"] > entries["timestamp"])
-    if not live.any():
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    segment, entries, sign = segment[live], entries[live], sign[live]
-    seconds = np.concatenate([entries["timestamp"], entries["expires_at"]])
-    return _sum_by(
-        (seconds << 32) | np.concatenate([segment, segment]), np.concatenate([sign, -sign])
-    )
-
-
-def _sum_by(groups: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct groups (sorted) and the sum of values of each: a hash aggregation, as a
-    batch has few distinct groups among many rows."""
-    sums = (
-        pl.DataFrame({"group": groups, "value": values})
-        .group_by("group")
-        .agg(pl.col("value").sum())
-        .sort("group")
-    )
-    return sums["group"].to_numpy(), sums["value"].to_numpy()
 
 
 def _user_prefix(user_kind: int, user_key: str) -> bytes:
@@ -277,7 +120,7 @@ class LmdbStore:
 
     def apply(self, batch: pa.Table) -> None:
         if batch.num_rows:
-            self._apply_sorted(_Sorted(_keyed(batch)))
+            self._apply_sorted(EntryPart(keyed_batch(batch)))
 
     def apply_many(
         self, batches: Iterable[pa.Table], progress: Callable[[float], None] | None = None
@@ -298,11 +141,11 @@ class LmdbStore:
             for batch in batches:
                 if batch.num_rows:
                     # The key holds the user and the segment: the run needs no other copy.
-                    keyed = _keyed(batch).drop_columns(["user_kind", "user_key"])
+                    keyed = keyed_batch(batch).drop_columns(["user_kind", "user_key"])
                     runs.add(keyed)
-                    index_runs.add(_index_run(keyed))
+                    index_runs.add(index_run(keyed))
             done, total = 0, 2 * runs.rows
-            parts = read_ahead(map(_Sorted.merged, runs.merged(_MERGE_ROWS)))
+            parts = read_ahead(map(EntryPart.merged, runs.merged(_MERGE_ROWS)))
             with contextlib.closing(parts):
                 for part in parts:
                     self._apply_sorted(part)
@@ -310,7 +153,7 @@ class LmdbStore:
                     if progress is not None:
                         progress(min(1.0, done / total))
             runs.close()
-            index_parts = read_ahead(map(_IndexPart, index_runs.merged(_MERGE_ROWS)))
+            index_parts = read_ahead(map(IndexPart, index_runs.merged(_MERGE_ROWS)))
             with contextlib.closing(index_parts):
                 for index_part in index_parts:
                     self._apply_index(index_part)
@@ -321,7 +164,7 @@ class LmdbStore:
             runs.close()
             index_runs.close()
 
-    def _apply_sorted(self, part: _Sorted) -> None:
+    def _apply_sorted(self, part: EntryPart) -> None:
         if part.size == 0:
             return
         with self._env.begin(write=True) as txn:
@@ -329,7 +172,7 @@ class LmdbStore:
             self._fold(txn, int(time.time()))
             hidden = self._deleted_rows(txn, part.table)
             if hidden is not None:
-                part = _Sorted(
+                part = EntryPart(
                     part.table.filter(pa.array(~hidden)), indexed=part.index_keys is not None
                 )
             if part.size:
@@ -349,7 +192,7 @@ class LmdbStore:
         hidden = (segs[at] == segment) & (batch["seq"].to_numpy() < floors[at])
         return hidden if hidden.any() else None
 
-    def _merge(self, txn: lmdb.Transaction, part: _Sorted) -> None:
+    def _merge(self, txn: lmdb.Transaction, part: EntryPart) -> None:
         """Write the rows where they beat the stored entry: one getmulti pass, winners
         decided in numpy, one putmulti."""
         new, segment, key_list = part.entries, part.segment, part.key_list
@@ -400,14 +243,14 @@ class LmdbStore:
             zip(index_keys, itertools.repeat(b""), strict=False)
         )
 
-    def _apply_index(self, part: _IndexPart) -> None:
+    def _apply_index(self, part: IndexPart) -> None:
         """Add the index keys of a key range of a job's entries (those present already are
         left as they are)."""
         with self._env.begin(write=True) as txn:
             hidden = self._deleted_rows(txn, part.table)
             if hidden is not None:
                 self._drop_deleted(txn, part.table.filter(pa.array(hidden)))
-                part = _IndexPart(part.table.filter(pa.array(~hidden)))
+                part = IndexPart(part.table.filter(pa.array(~hidden)))
             if not part.size:
                 return
             index = txn.cursor(db=self._by_segment)
@@ -431,16 +274,16 @@ class LmdbStore:
         self, txn: lmdb.Transaction, segment: np.ndarray, entries: np.ndarray, sign: np.ndarray
     ) -> None:
         """Add (sign=+1) or take back (-1) the count events of entries of these segments."""
-        self._add_events(txn, *_count_events(segment, entries, sign))
+        self._add_events(txn, *count_events(segment, entries, sign))
 
     def _add_events(self, txn: lmdb.Transaction, events: np.ndarray, sums: np.ndarray) -> None:
-        """Add count events (`_count_events`): those folded already into the base counts."""
+        """Add count events (`count_events`): those folded already into the base counts."""
         if not len(events):
             return
         seconds = events >> 32
         into_base = seconds <= self._folded_through(txn)
         if into_base.any():
-            uniq, totals = _sum_by(events[into_base] & 0xFFFFFFFF, sums[into_base])
+            uniq, totals = sum_by(events[into_base] & 0xFFFFFFFF, sums[into_base])
             self._add_many(txn, self._count_base, uniq.astype(">i8"), totals)
         pending = ~into_base
         if pending.any():

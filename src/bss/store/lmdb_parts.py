@@ -1,0 +1,177 @@
+"""A job's batches made ready for the LMDB store's write transactions, outside them: member
+keys, sorting and de-duplication, packed entries, per-segment index keys and summed count
+events. All of it is columnar (Arrow, numpy, Polars); keyvalue.LmdbStore only writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bss.store.base import APPLY_SCHEMA
+
+#: A stored entry, packed: 33 bytes.
+ENTRY = np.dtype(
+    [
+        ("seq", "<i8"),
+        ("timestamp", "<i8"),
+        ("expires_at", "<i8"),
+        ("value", "<i8"),
+        ("removed", "u1"),
+    ]
+)
+#: Stands for a null value (values are 32-bit, so this one never occurs).
+NULL_VALUE = -(1 << 63)
+
+
+def _fixed(values: np.ndarray, width: int) -> pa.Array:
+    """Raw bytes of a numpy array, `width` bytes per row, as an Arrow binary array."""
+    fixed = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), len(values), [None, pa.py_buffer(np.ascontiguousarray(values))]
+    )
+    return fixed.cast(pa.binary())
+
+
+def member_keys(kind: np.ndarray, user_key: pa.Array, segment_id: np.ndarray) -> pa.Array:
+    suffix = np.zeros(len(segment_id), dtype=[("nul", "u1"), ("seg", ">i8")])
+    suffix["seg"] = segment_id
+    return pc.binary_join_element_wise(
+        _fixed(kind.astype(np.uint8), 1), user_key.cast(pa.binary()), _fixed(suffix, 9), b""
+    )
+
+
+def sorted_unique(keys: pa.Array, seq: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Row order that sorts `keys`, one row per key (the highest seq), and the keys so sorted."""
+    order = pc.sort_indices(keys).to_numpy()
+    keys = keys.take(order)
+    if len(keys) < 2:
+        return order, keys
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = pc.not_equal(keys[1:], keys[:-1]).to_numpy(zero_copy_only=False)
+    if first.all():
+        return order, keys
+    # A (user, segment) given twice in one batch is rare: only then sort by seq as well.
+    by_seq = pc.sort_indices(
+        pa.table({"key": keys, "seq": seq.take(order)}),
+        [("key", "ascending"), ("seq", "descending")],
+    ).to_numpy()
+    order, keys = order[by_seq][first], keys.take(by_seq).filter(pa.array(first))
+    return order, keys
+
+
+def keyed_batch(batch: pa.Table) -> pa.Table:
+    """The batch with its member keys in a last column `key`, sorted by it, each key once
+    (the highest seq)."""
+    batch = batch.select(APPLY_SCHEMA.names).cast(APPLY_SCHEMA).combine_chunks()
+    keys = member_keys(
+        batch["user_kind"].to_numpy(), batch["user_key"], batch["segment_id"].to_numpy()
+    )
+    order, keys = sorted_unique(keys, batch["seq"])
+    return batch.take(order).append_column("key", keys)
+
+
+class EntryPart:
+    """A keyed batch (sorted by its unique `key`) made ready to write: the packed entries,
+    the keys as bytes and, when `indexed`, the per-segment index keys in their own sorted
+    order. All of it is built outside the write transaction, most of it while the previous
+    one writes."""
+
+    def __init__(
+        self, table: pa.Table, rows_merged: int | None = None, *, indexed: bool = True
+    ) -> None:
+        self.table = table
+        self.size = table.num_rows
+        #: Rows of the runs this part was merged from (a key repeated across runs is one).
+        self.rows_merged = self.size if rows_merged is None else rows_merged
+        self.keys = table["key"].combine_chunks()
+        self.key_list: list[bytes] = self.keys.to_pylist()
+        entries = np.empty(self.size, dtype=ENTRY)
+        entries["seq"] = table["seq"].to_numpy()
+        entries["timestamp"] = table["timestamp"].to_numpy()
+        entries["expires_at"] = table["expires_at"].to_numpy()
+        entries["value"] = table["value"].fill_null(NULL_VALUE).to_numpy()
+        entries["removed"] = table["removed"].to_numpy()
+        self.entries = entries
+        self.segment = table["segment_id"].to_numpy()
+        #: The count events of the part if every row wins (a first load, new users).
+        self.events = count_events(self.segment, entries, np.ones(self.size, np.int64))
+        self.index_keys: list[bytes] | None = None
+        if indexed:
+            self.index_order, index_keys = sorted_index_keys(table)
+            self.index_keys = index_keys.to_pylist()
+
+    @classmethod
+    def merged(cls, part: pa.Table) -> EntryPart:
+        """A part of several runs: sorted again, one row per key (the highest seq). Its index
+        keys are written later, by key range of the index (`IndexPart`)."""
+        order, keys = sorted_unique(part["key"].combine_chunks(), part["seq"])
+        return cls(
+            part.take(order).set_column(part.num_columns - 1, "key", keys),
+            part.num_rows,
+            indexed=False,
+        )
+
+
+def sorted_index_keys(keyed: pa.Table) -> tuple[np.ndarray, pa.Array]:
+    """The row order that sorts a keyed batch by its per-segment index keys (segment + kind
+    + user key, cut from the member key kind + user key + NUL + segment), and those keys so
+    sorted. The member keys are sorted by user already, so a stable sort by segment sorts
+    the index keys."""
+    order = np.argsort(keyed["segment_id"].to_numpy(), kind="stable")
+    keys = keyed["key"].combine_chunks()
+    index_keys = pc.binary_join_element_wise(
+        pc.binary_slice(keys, -8), pc.binary_slice(keys, 0, -9), b""
+    )
+    return order, index_keys.take(order)
+
+
+def index_run(keyed: pa.Table) -> pa.Table:
+    """A keyed batch's index keys as a run: sorted, with each row's segment and seq."""
+    order, index_keys = sorted_index_keys(keyed)
+    return pa.table(
+        {
+            "segment_id": keyed["segment_id"].take(order),
+            "seq": keyed["seq"].take(order),
+            "key": index_keys,
+        }
+    )
+
+
+class IndexPart:
+    """A key range of a job's index keys, from all its runs: sorted, each key once."""
+
+    def __init__(self, part: pa.Table) -> None:
+        order, keys = sorted_unique(part["key"].combine_chunks(), part["seq"])
+        self.table = part.take(order)
+        self.key_list: list[bytes] = keys.to_pylist()
+        self.size = len(self.key_list)
+
+
+def count_events(
+    segment: np.ndarray, entries: np.ndarray, sign: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The count events of entries, summed: a live entry adds `sign` to its segment at the
+    second it starts and takes it back at the second it expires. Returns the distinct
+    (second, segment) pairs, as second << 32 | segment (both below 2**31), sorted, and their
+    sums."""
+    live = (entries["removed"] == 0) & (entries["expires_at"] > entries["timestamp"])
+    if not live.any():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    segment, entries, sign = segment[live], entries[live], sign[live]
+    seconds = np.concatenate([entries["timestamp"], entries["expires_at"]])
+    return sum_by(
+        (seconds << 32) | np.concatenate([segment, segment]), np.concatenate([sign, -sign])
+    )
+
+
+def sum_by(groups: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct groups (sorted) and the sum of values of each: a hash aggregation, as a
+    batch has few distinct groups among many rows."""
+    sums = (
+        pl.DataFrame({"group": groups, "value": values})
+        .group_by("group")
+        .agg(pl.col("value").sum())
+        .sort("group")
+    )
+    return sums["group"].to_numpy(), sums["value"].to_numpy()
