@@ -171,7 +171,7 @@ def main() -> None:
                 "GET /user-segments": lambda i: gets[i % len(gets)],
                 "POST /user-segments (1000 users)": lambda i: post,
             }
-            http = measure(port, cases, args.clients, args.seconds, 2)
+            http = measure(port, cases, [args.clients], args.seconds, 2)[args.clients]
         finally:
             proc.terminate()
             proc.wait(timeout=30)
