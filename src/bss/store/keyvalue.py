@@ -140,8 +140,7 @@ class LmdbStore:
         try:
             for batch in batches:
                 if batch.num_rows:
-                    # The key holds the user and the segment: the run needs no other copy.
-                    keyed = keyed_batch(batch).drop_columns(["user_kind", "user_key"])
+                    keyed = keyed_batch(batch)
                     runs.add(keyed)
                     index_runs.add(index_run(keyed))
             done, total = 0, 2 * runs.rows

@@ -62,13 +62,14 @@ def sorted_unique(keys: pa.Array, seq: pa.Array) -> tuple[np.ndarray, pa.Array]:
 
 def keyed_batch(batch: pa.Table) -> pa.Table:
     """The batch with its member keys in a last column `key`, sorted by it, each key once
-    (the highest seq)."""
+    (the highest seq). The key holds the user: the user columns are left out."""
     batch = batch.select(APPLY_SCHEMA.names).cast(APPLY_SCHEMA).combine_chunks()
     keys = member_keys(
         batch["user_kind"].to_numpy(), batch["user_key"], batch["segment_id"].to_numpy()
     )
     order, keys = sorted_unique(keys, batch["seq"])
-    return batch.take(order).append_column("key", keys)
+    rest = batch.drop_columns(["user_kind", "user_key"])
+    return rest.take(order).append_column("key", keys)
 
 
 class EntryPart:
