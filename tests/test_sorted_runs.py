@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bss.store.lmdb_parts import stable_segment_order
 from bss.store.sorted_runs import SortedRuns, remove_abandoned
 
 
@@ -96,3 +98,9 @@ def test_folders_of_dead_processes_are_removed_and_live_ones_kept(tmp_path: Path
     (tmp_path / f"{os.getpid()}-def").mkdir()
     remove_abandoned(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == [f"{os.getpid()}-def"]
+
+
+@given(st.lists(st.integers(min_value=1, max_value=2**31 - 1), max_size=300))
+def test_thestable_segment_order_of_segment_ids_is_numpys(segments: list[int]) -> None:
+    segment = np.array(segments, dtype=np.int64)
+    assert stable_segment_order(segment).tolist() == np.argsort(segment, kind="stable").tolist()

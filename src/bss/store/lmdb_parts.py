@@ -114,12 +114,22 @@ class EntryPart:
         )
 
 
+def stable_segment_order(segment: np.ndarray) -> np.ndarray:
+    """np.argsort(segment, kind="stable") for segment ids in [0, 2**32), about 8 times
+    faster: numpy's stable sort of 16-bit integers is a radix sort, so two of them (low
+    half, then high half, each stable) order the 32-bit ids."""
+    low = (segment & 0xFFFF).astype(np.uint16)
+    high = (segment >> 16).astype(np.uint16)
+    by_low = np.argsort(low, kind="stable")
+    return by_low[np.argsort(high[by_low], kind="stable")]
+
+
 def sorted_index_keys(keyed: pa.Table) -> tuple[np.ndarray, pa.Array]:
     """The row order that sorts a keyed batch by its per-segment index keys (segment + kind
     + user key, cut from the member key kind + user key + NUL + segment), and those keys so
     sorted. The member keys are sorted by user already, so a stable sort by segment sorts
     the index keys."""
-    order = np.argsort(keyed["segment_id"].to_numpy(), kind="stable")
+    order = stable_segment_order(keyed["segment_id"].to_numpy())
     keys = keyed["key"].combine_chunks()
     index_keys = pc.binary_join_element_wise(
         pc.binary_slice(keys, -8), pc.binary_slice(keys, 0, -9), b""
