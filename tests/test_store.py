@@ -249,6 +249,22 @@ def test_a_segment_deleted_while_a_job_writes_loses_every_entry_of_the_job(
     s.close()
 
 
+def test_a_job_repeating_pairs_across_batches_reports_its_writing_up_to_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bss.store.keyvalue._MERGE_ROWS", 40)
+    s = LmdbStore(tmp_path / "m.lmdb")
+    users = [str(i) for i in range(1, 101)]
+    # The same 100 pairs in both batches, the second with higher seqs.
+    batches = [batch([row(u, 7, seq=base + n) for n, u in enumerate(users)]) for base in (1, 500)]
+    progress: list[float] = []
+    s.apply_many(iter(batches), progress.append)
+    assert progress[-1] == 1.0 and progress == sorted(progress)
+    assert sorted(key for _kind, key, _m in s.segment_members(7, NOW)) == sorted(users)
+    assert s.segment_member_counts(NOW) == {7: 100}
+    s.close()
+
+
 def test_store_url_scheme_is_checked(tmp_path: Path) -> None:
     with pytest.raises(StoreUrlError, match="unsupported membership store URL 'rocksdb:///x'"):
         open_store("rocksdb:///x")

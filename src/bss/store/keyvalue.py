@@ -156,7 +156,7 @@ class LmdbStore:
             with contextlib.closing(index_parts):
                 for index_part in index_parts:
                     self._apply_index(index_part)
-                    done += index_part.table.num_rows
+                    done += index_part.rows_merged
                     if progress is not None:
                         progress(min(1.0, done / total))
         finally:

@@ -157,6 +157,8 @@ class IndexPart:
         self.table = part.take(order)
         self.key_list: list[bytes] = keys.to_pylist()
         self.size = len(self.key_list)
+        #: Rows of the runs this part was merged from (a key repeated across runs is one).
+        self.rows_merged = part.num_rows
 
 
 def count_events(
