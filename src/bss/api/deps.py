@@ -137,6 +137,7 @@ def count_request(request: Request, member_key: str) -> None:
     verdict, _due = budget.take(member_key, per_minute, 60)
     if verdict is None:
         verdict = budget.reserve(member_key, per_minute, 60)
+        assert verdict is not None  # reserve() with use=True always returns one
     _check(verdict, per_minute)
 
 
