@@ -247,16 +247,21 @@ async def upload(job_id: str, request: Request) -> Any:
     if await run_in_threadpool(svc.pending_count, member_id) >= settings.max_pending_jobs:
         raise upload_limit(RATE_LIMIT_EXCEEDED, ERR_PENDING, 429)
     usage = await run_in_threadpool(svc.usage, member_id)
-    byte_limits = [
+    configured_byte_limits = [
         (cfg.daily_byte_limit, usage["bytes_day"], ERR_DAILY_BYTES),
         (cfg.hourly_byte_limit, usage["bytes_hour"], ERR_HOURLY_BYTES),
     ]
-    line_limits = [
+    configured_line_limits = [
         (cfg.daily_num_lines_limit, usage["lines_day"], ERR_DAILY_LINES),
         (cfg.hourly_num_lines_limit, usage["lines_hour"], ERR_HOURLY_LINES),
     ]
-    byte_limits = [(lim, used, text) for lim, used, text in byte_limits if lim is not None]
-    line_limits = [(lim, used, text) for lim, used, text in line_limits if lim is not None]
+    # only the limits that are set (None: no limit)
+    byte_limits = [
+        (lim, used, text) for lim, used, text in configured_byte_limits if lim is not None
+    ]
+    line_limits = [
+        (lim, used, text) for lim, used, text in configured_line_limits if lim is not None
+    ]
     if not await run_in_threadpool(svc.begin_upload, row, cfg.max_concurrent_uploads, receiver):
         fresh = await run_in_threadpool(svc.job_row, job_id)
         if fresh is not None and fresh["phase"] != "starting":
