@@ -61,9 +61,9 @@ def _base_url(request: Request) -> str:
 def post_job(request: Request, p: Principal = Depends(principal)) -> Any:
     member_id = member_scope(p, request.query_params.get("member_id"))
     svc: JobService = request.app.state.jobs
-    if not member_exists(svc.db, member_id):  # type: ignore[arg-type]
+    if not member_exists(svc.db, member_id):
         raise notfound(f"member {member_id} not found")
-    job = svc.create_job(member_id, _base_url(request))  # type: ignore[arg-type]
+    job = svc.create_job(member_id, _base_url(request))
     log.info("job created", extra={"job_id": job["job_id"], "member_id": member_id})
     return ok(
         NAME,
