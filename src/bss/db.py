@@ -20,7 +20,16 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event, inspect, text
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    MetaData,
+    create_engine,
+    event,
+    inspect,
+    text,
+)
 from sqlalchemy.exc import DBAPIError
 
 from bss.errors import syntax
@@ -223,6 +232,17 @@ def bounded_int(
     if not minimum <= number <= maximum:
         raise syntax(f"{name} must be between {minimum} and {maximum}")
     return number
+
+
+def inserted_id(result: CursorResult[Any]) -> int:
+    """The primary key of the row a single-row insert() just wrote.
+
+    SQLAlchemy types `inserted_primary_key` as Optional: it is None only when the statement
+    yielded no primary key rows, which a single-row insert() that returned normally rules out.
+    """
+    key = result.inserted_primary_key
+    assert key is not None, "not a single-row insert()"
+    return key[0]
 
 
 def now_s() -> int:

@@ -14,7 +14,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, delete, func, insert, select, update
 
 from bss.accounts.models import logins, members, tokens, users
-from bss.db import bounded_int, fmt_ts, now_s, run_sql, write_tx
+from bss.db import bounded_int, fmt_ts, inserted_id, now_s, run_sql, write_tx
 from bss.errors import BssError, noauth, notfound, syntax
 from bss.ratelimit import RateLimiter
 from bss.settings import Settings
@@ -308,7 +308,7 @@ def create_member(db: Engine, data: dict[str, Any]) -> dict[str, Any]:
             and conn.execute(select(members.c.id).where(members.c.id == values["id"])).first()
         ):
             raise syntax(f"member {values['id']} already exists")
-        new_id = conn.execute(insert(members).values(**values)).inserted_primary_key[0]
+        new_id = inserted_id(conn.execute(insert(members).values(**values)))
     return get_member(db, int(new_id))
 
 
@@ -408,7 +408,7 @@ def create_user(db: Engine, data: dict[str, Any]) -> dict[str, Any]:
     with write_tx(db) as conn:
         if conn.execute(select(users.c.id).where(users.c.username == username)).first():
             raise syntax(f"username {username!r} is taken")
-        new_id = conn.execute(
+        inserted = conn.execute(
             insert(users).values(
                 username=username,
                 password_hash=hash_password(password),
@@ -417,7 +417,8 @@ def create_user(db: Engine, data: dict[str, Any]) -> dict[str, Any]:
                 created_on=now,
                 last_modified=now,
             )
-        ).inserted_primary_key[0]
+        )
+        new_id = inserted_id(inserted)
     return get_user(db, int(new_id))
 
 

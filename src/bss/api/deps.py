@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Hashable
 from ipaddress import IPv4Network, IPv6Network, ip_address
-from typing import Any
+from typing import Any, Literal, overload
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -109,8 +109,16 @@ def require_admin(p: Principal) -> None:
         raise unauth("This service is available to admin users only")
 
 
+@overload
+def member_scope(p: Principal, member_id: Any, *, required: Literal[True] = True) -> int: ...
+@overload
+def member_scope(p: Principal, member_id: Any, *, required: bool) -> int | None: ...
+
+
 def member_scope(p: Principal, member_id: Any, *, required: bool = True) -> int | None:
-    """The member a request acts for: a non-admin only ever acts for its own member."""
+    """The member a request acts for: a non-admin only ever acts for its own member.
+
+    Only an admin acts for no member (without `required`): every other user has one."""
     if member_id in (None, ""):
         if p.is_admin:
             if required:
@@ -137,6 +145,7 @@ def count_request(request: Request, member_key: str) -> None:
     verdict, _due = budget.take(member_key, per_minute, 60)
     if verdict is None:
         verdict = budget.reserve(member_key, per_minute, 60)
+        assert verdict is not None  # reserve() with use=True always returns one
     _check(verdict, per_minute)
 
 

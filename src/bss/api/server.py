@@ -133,7 +133,7 @@ def start_background(
     threads.append(_thread(lambda: passive_role(settings, service, stop, keeper), "passive-role"))
     for i in range(settings.webhook_threads):
         sender = WebhookSender(service.db, settings, name=f"{keeper.process_id}:h{i}")
-        threads.append(_thread(lambda s=sender: s.run_forever(stop), f"webhooks-{i}"))
+        threads.append(_thread(partial(sender.run_forever, stop), f"webhooks-{i}"))
     return threads
 
 

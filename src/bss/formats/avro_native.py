@@ -28,6 +28,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+from polars.expr.whenthen import ChainedThen, Then
 
 from bss.formats.avro_container import CORRUPT, Header, encode_long, null_codec_header
 from bss.formats.avro_encoded_size import blocks_match, union_by_tag_sizes, value_sizes
@@ -247,7 +248,9 @@ def _lower(series: pl.Series) -> pl.Series:
     )
 
 
-_UserRule = tuple[int, pl.Expr, pl.Expr]  # user_kind, user_key, user_error
+#: user_kind, user_key, user_error; the error is a when/then chain the caller closes with
+#: .otherwise(None).
+_UserRule = tuple[int, pl.Expr, Then | ChainedThen]
 
 
 def _branch_rules(branch: str, rows: pl.DataFrame, default_owner: int) -> _UserRule:
@@ -259,6 +262,7 @@ def _branch_rules(branch: str, rows: pl.DataFrame, default_owner: int) -> _UserR
     def lower(field: str) -> pl.Expr:
         return pl.lit(_lower(text(field)))
 
+    error: Then | ChainedThen
     if branch == "anid":
         anid = rows["anid"]
         key = pl.lit(anid.reinterpret(signed=False).cast(pl.String))
@@ -296,12 +300,12 @@ def _branch_rules(branch: str, rows: pl.DataFrame, default_owner: int) -> _UserR
         error = pl.when(ident == "").then(pl.lit("external_id id is empty"))
         return KIND_EXTERNAL, owner + ":" + ident, error
     if branch == "device_id":
-        ident, domain = text("id"), _lower(text("domain"))
+        device_id, domain = text("id"), _lower(text("domain"))
         known = domain.is_in(sorted(DEVICE_DOMAINS))
-        unknown = domain.filter(~known & (ident != "")).unique()
+        unknown = domain.filter(~known & (device_id != "")).unique()
         messages = {d: f"device_id domain {d!r} is not supported" for d in unknown.to_list()}
         error = (
-            pl.when(pl.lit(ident) == "")
+            pl.when(pl.lit(device_id) == "")
             .then(pl.lit("device_id id is empty"))
             .when(~pl.lit(known))
             .then(pl.lit(domain).replace_strict(messages, default=None, return_dtype=pl.String))

@@ -12,12 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, cast
 
 from isal import isal_zlib
 
 GZIP_MAGIC = b"\x1f\x8b"
 AVRO_MAGIC = b"Obj\x01"
+#: isal's stub declares ``error`` as an Exception instance; at runtime it is the class.
+ISAL_ERROR = cast("type[Exception]", isal_zlib.error)
 _OTHER_COMPRESSION = {
     b"BZh": "bzip2",
     b"\xfd7zXZ\x00": "xz",
@@ -102,7 +104,7 @@ class GzipStream(io.RawIOBase):
         room = min(self._limit - self._produced + 1, self._step)
         try:
             out = self._inflater.decompress(data, room)
-        except (zlib.error, isal_zlib.error) as exc:
+        except (zlib.error, ISAL_ERROR) as exc:
             raise InputError("corrupt_gzip", f"gzip data is corrupt: {exc}") from exc
         self._pending = self._inflater.unconsumed_tail or (
             self._inflater.unused_data if self._inflater.eof else b""

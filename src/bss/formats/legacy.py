@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 import polars as pl
+from polars.expr.whenthen import ChainedThen, Then
 
 from bss.formats.config import BatchSegmentConfig
 from bss.formats.records import (
@@ -98,7 +99,7 @@ _DEVICE_ID_RE = {
 DEVICE_ID_DOMAINS = frozenset(_DEVICE_ID_RE)
 #: Pieces are already parsed in parallel, one per thread; within a piece the in-memory engine
 #: has less overhead than the streaming one (measured: about 5% less CPU).
-_ENGINE = "in-memory"
+_ENGINE: Final = "in-memory"
 
 _INT_RE = r"^-?[0-9]+$"
 _DIGITS_RE = r"^[0-9]+$"
@@ -361,7 +362,7 @@ def _parse_lines(
         frame = frame.with_columns(pl.col("_n_blocks").alias("_n_adds"))
 
     # -- line-level format errors, in the order a reader meets them ---------------------------
-    err = pl.when(too_long).then(_lit(REASON_LINE_TOO_LONG))
+    err: Then | ChainedThen = pl.when(too_long).then(_lit(REASON_LINE_TOO_LONG))
     err = err.when(pl.col("rest").is_null()).then(_lit(REASON_NO_SEPARATOR1))
     if sep1 != sep3:
         err = err.when(pl.col("_more1")).then(_lit(REASON_MANY_SEPARATOR1))
@@ -379,7 +380,7 @@ def _parse_lines(
             .when(pl.col("_tail_digits") & pl.col("_domain").is_null())
             .then(pl.concat_str(_lit(REASON_UNKNOWN_DEVICE_TYPE), tail))
         )
-    err = (
+    format_error = (
         err.when(no_segments)
         .then(_lit(REASON_NO_SEGMENTS))
         .when(pl.col("_n_blocks") > MAX_SEGMENTS_PER_LINE)
@@ -395,7 +396,7 @@ def _parse_lines(
     null_kind = pl.lit(None, dtype=pl.UInt8)
 
     frame = frame.with_columns(
-        err.alias("format_error"),
+        format_error.alias("format_error"),
         kind.alias("user_kind"),
         key.alias("user_key"),
         uerr.alias("user_error"),
@@ -434,7 +435,9 @@ def _parse_lines(
         pl.when(bad).then(null_str).otherwise(pl.col("user_key")).alias("user_key"),
         pl.when(bad).then(null_str).otherwise(pl.col("user_error")).alias("user_error"),
     )
-    return lines.cast(LINE_SCHEMA), pairs.select(list(PAIR_SCHEMA)).cast(PAIR_SCHEMA)
+    return lines.cast(pl.Schema(LINE_SCHEMA)), pairs.select(list(PAIR_SCHEMA)).cast(
+        pl.Schema(PAIR_SCHEMA)
+    )
 
 
 def _user_id(
@@ -449,6 +452,9 @@ def _user_id(
     `with_domain`) -> expressions for user_kind, user_key, user_error."""
     uid = pl.col("uid")
     null_str = pl.lit(None, dtype=pl.String)
+    # When/Then chains; the device ID rules below wrap them in a further .otherwise().
+    kind: pl.Expr
+    key: pl.Expr
     if config.use_external_uids:
         owner = config.external_member_uid or member_id
         ok = uid.str.len_chars().is_between(1, MAX_EXTERNAL_UID_CHARS) & ~uid.str.contains(r"\s")
@@ -631,21 +637,21 @@ def _parse_blocks(
 
     if casts:
         exploded = exploded.with_columns(casts)
-    exploded = exploded.with_columns(
+    blocks = exploded.with_columns(
         any_bad.alias("_bad"),
         (pl.col("pos") >= pl.col("_n_adds")).alias("removal"),
         *[expr.alias(name) for name, expr in out.items()],
     ).collect(engine=_ENGINE)
 
     # The reasons are only worked out for the (usually few) bad blocks.
-    reason = pl.when(checks[0][0]).then(_lit(checks[0][1]))
-    for cond, text in checks[1:]:
-        reason = reason.when(cond).then(_lit(text))
+    first_error: Then | ChainedThen = pl.when(checks[0][0]).then(_lit(checks[0][1]))
+    for cond, message in checks[1:]:
+        first_error = first_error.when(cond).then(_lit(message))
     errors = (
-        exploded.lazy()
+        blocks.lazy()
         .filter(pl.col("_bad"))
         .unique(subset="line_no", keep="first", maintain_order=True)
-        .select("line_no", reason.alias("_block_error"))
+        .select("line_no", first_error.alias("_block_error"))
         .collect(engine=_ENGINE)
     )
-    return exploded.select(list(PAIR_SCHEMA)), errors
+    return blocks.select(list(PAIR_SCHEMA)), errors

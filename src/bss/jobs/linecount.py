@@ -8,12 +8,16 @@ nothing is counted while streaming; the worker records the real count afterwards
 
 from __future__ import annotations
 
+from typing import cast
+
 from isal import isal_zlib
 
 GZIP_MAGIC = b"\x1f\x8b"
 AVRO_MAGIC = b"Obj\x01"
 #: Most decompressed bytes produced per step: a gzip bomb cannot balloon memory here.
 STEP = 4 << 20
+#: isal's stub declares ``error`` as an Exception instance; at runtime it is the class.
+ISAL_ERROR = cast("type[Exception]", isal_zlib.error)
 
 
 class LineCounter:
@@ -21,7 +25,7 @@ class LineCounter:
         self.lines = 0
         self._head = b""
         self._kind: str | None = None  # "plain" | "gzip" | "avro" | "broken"
-        self._inflate = None
+        self._inflate: isal_zlib.Decompress | None = None
         self._text_head = b""
         self._last = b"\n"
 
@@ -58,18 +62,20 @@ class LineCounter:
         self._last = data[-1:]
 
     def _gunzip(self, data: bytes) -> None:
+        inflate = self._inflate
+        assert inflate is not None  # feed() creates it when it settles on "gzip"
         try:
             while data and self._kind == "gzip":
-                out = self._inflate.decompress(data, STEP)
+                out = inflate.decompress(data, STEP)
                 self._text(out)
-                if self._inflate.eof:  # next gzip member, if any
-                    data = self._inflate.unused_data
-                    self._inflate = isal_zlib.decompressobj(wbits=31)
+                if inflate.eof:  # next gzip member, if any
+                    data = inflate.unused_data
+                    inflate = self._inflate = isal_zlib.decompressobj(wbits=31)
                     if data and not data.startswith(GZIP_MAGIC[:1]):
                         return  # trailing garbage: the engine will judge the file
                 else:
-                    data = self._inflate.unconsumed_tail
-        except isal_zlib.error:
+                    data = inflate.unconsumed_tail
+        except ISAL_ERROR:
             self._kind = "broken"
 
     def finish(self) -> int:

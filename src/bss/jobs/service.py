@@ -20,7 +20,16 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 
-from bss.db import fmt_ts, init_db, is_sqlite, make_engine, now_s, run_sql, write_tx
+from bss.db import (
+    fmt_ts,
+    init_db,
+    inserted_id,
+    is_sqlite,
+    make_engine,
+    now_s,
+    run_sql,
+    write_tx,
+)
 from bss.errors import ERR_PENDING, RATE_LIMIT_EXCEEDED, syntax, upload_limit
 from bss.files import FileStore, open_files
 from bss.files.local import LocalFiles
@@ -265,7 +274,7 @@ class JobService:
                     last_modified=now,
                 )
             )
-            new_id = conn.execute(
+            inserted = conn.execute(
                 insert(jobs).values(
                     job_id=job_id,
                     member_id=member_id,
@@ -276,7 +285,8 @@ class JobService:
                     last_modified=now,
                     percent_complete=0,
                 )
-            ).inserted_primary_key[0]
+            )
+            new_id = inserted_id(inserted)
             row = conn.execute(select(jobs).where(jobs.c.id == new_id)).mappings().one()
         return self.job_out(row, now)
 
@@ -455,7 +465,7 @@ class JobService:
         file_ref = self.files.put_upload(job_id, source_path)
         now = now_s()
         with write_tx(self.db) as conn:
-            new_id = conn.execute(
+            inserted = conn.execute(
                 insert(jobs).values(
                     **_passive_job(job_id, member_id, upload_source, source_key, now),
                     phase="validating",
@@ -463,7 +473,8 @@ class JobService:
                     file_path=file_ref,
                     file_bytes=nbytes,
                 )
-            ).inserted_primary_key[0]
+            )
+            new_id = inserted_id(inserted)
             row = conn.execute(select(jobs).where(jobs.c.id == new_id)).mappings().one()
         log.info(
             "job submitted",
@@ -485,7 +496,7 @@ class JobService:
         now = now_s()
         job_id = new_job_id()
         with write_tx(self.db) as conn:
-            new_id = conn.execute(
+            inserted = conn.execute(
                 insert(jobs).values(
                     **_passive_job(job_id, member_id, upload_source, source_key, now),
                     phase="error",
@@ -495,7 +506,8 @@ class JobService:
                     file_path=None,
                     file_bytes=file_bytes,
                 )
-            ).inserted_primary_key[0]
+            )
+            new_id = inserted_id(inserted)
             self._job_finished(conn, new_id)
         return self.get_job(job_id)  # type: ignore[return-value]
 

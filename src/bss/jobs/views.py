@@ -61,9 +61,9 @@ def _base_url(request: Request) -> str:
 def post_job(request: Request, p: Principal = Depends(principal)) -> Any:
     member_id = member_scope(p, request.query_params.get("member_id"))
     svc: JobService = request.app.state.jobs
-    if not member_exists(svc.db, member_id):  # type: ignore[arg-type]
+    if not member_exists(svc.db, member_id):
         raise notfound(f"member {member_id} not found")
-    job = svc.create_job(member_id, _base_url(request))  # type: ignore[arg-type]
+    job = svc.create_job(member_id, _base_url(request))
     log.info("job created", extra={"job_id": job["job_id"], "member_id": member_id})
     return ok(
         NAME,
@@ -247,16 +247,21 @@ async def upload(job_id: str, request: Request) -> Any:
     if await run_in_threadpool(svc.pending_count, member_id) >= settings.max_pending_jobs:
         raise upload_limit(RATE_LIMIT_EXCEEDED, ERR_PENDING, 429)
     usage = await run_in_threadpool(svc.usage, member_id)
-    byte_limits = [
+    configured_byte_limits = [
         (cfg.daily_byte_limit, usage["bytes_day"], ERR_DAILY_BYTES),
         (cfg.hourly_byte_limit, usage["bytes_hour"], ERR_HOURLY_BYTES),
     ]
-    line_limits = [
+    configured_line_limits = [
         (cfg.daily_num_lines_limit, usage["lines_day"], ERR_DAILY_LINES),
         (cfg.hourly_num_lines_limit, usage["lines_hour"], ERR_HOURLY_LINES),
     ]
-    byte_limits = [(lim, used, text) for lim, used, text in byte_limits if lim is not None]
-    line_limits = [(lim, used, text) for lim, used, text in line_limits if lim is not None]
+    # only the limits that are set (None: no limit)
+    byte_limits = [
+        (lim, used, text) for lim, used, text in configured_byte_limits if lim is not None
+    ]
+    line_limits = [
+        (lim, used, text) for lim, used, text in configured_line_limits if lim is not None
+    ]
     if not await run_in_threadpool(svc.begin_upload, row, cfg.max_concurrent_uploads, receiver):
         fresh = await run_in_threadpool(svc.job_row, job_id)
         if fresh is not None and fresh["phase"] != "starting":

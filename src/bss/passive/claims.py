@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from bss.db import inserted_id
 from bss.passive.models import CLAIMED, JOB_CREATED, MOVED, passive_claims
 
 T = passive_claims
@@ -72,7 +73,7 @@ class ClaimStore:
         try:
             with self.engine.begin() as conn:
                 result = conn.execute(insert(T).values(**values))
-                values["id"] = result.inserted_primary_key[0]
+                values["id"] = inserted_id(result)
         except IntegrityError:
             return None
         return {c.name: values.get(c.name) for c in T.columns}

@@ -518,6 +518,7 @@ class PassiveScanner:
     def _check(self, flight: _InFlight, stats: ScanStats) -> None:
         if flight.dest_key is None:
             job = self.jobs.get_job(flight.job_id)
+            error: str | None
             if job is None:
                 outcome, error = FAILED, f"job {flight.job_id} no longer exists"
             else:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -113,7 +113,7 @@ class PassiveBackend(ABC):
     backend: str
 
     @abstractmethod
-    def areas(self, member_ids: Iterable[int]) -> list[PassiveArea]: ...
+    def areas(self, member_ids: Iterable[int]) -> Sequence[PassiveArea]: ...
 
 
 def _truncate_utf8(text: str, limit: int) -> str:

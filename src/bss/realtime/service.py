@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-from sqlalchemy import Engine, delete, or_, select, update
+from sqlalchemy import ColumnElement, Engine, delete, or_, select, update
 
 from bss.db import now_s, write_tx
 from bss.errors import BssError, syntax
@@ -140,7 +140,7 @@ def check_shape(body: Any) -> tuple[list[Any], str | None]:
 
 def _registry(db: Engine, ids: set[int], codes: set[tuple[int, str]]) -> SegmentRegistry:
     """Just the segments the post names (by id, or by owner and code)."""
-    conditions = []
+    conditions: list[ColumnElement[bool]] = []
     if ids:
         conditions.append(segments.c.id.in_(sorted(ids)))
     for owner in sorted({o for o, _ in codes}):

@@ -52,7 +52,7 @@ async def post_rt_segment(request: Request) -> Any:
     settings = state.settings
     token = request.query_params.get("access_token") or token_of(request)
     p = await run_in_threadpool(principal_for_token, state.db, token)
-    member_id: int = member_scope(p, request.query_params.get("member_id"))  # type: ignore[assignment]
+    member_id: int = member_scope(p, request.query_params.get("member_id"))
     rt = _service(request)
     rt.admit(member_id)
     key = request.headers.get("idempotency-key")

@@ -95,11 +95,15 @@ class SegmentLoads:
 
 
 def _insert_ignore(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> None:
+    # Each dialect's insert() is its own class (with its own on_conflict_do_nothing()).
     if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        conn.execute(pg_insert(table).values(rows).on_conflict_do_nothing())
     else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    conn.execute(dialect_insert(table).values(rows).on_conflict_do_nothing())
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        conn.execute(sqlite_insert(table).values(rows).on_conflict_do_nothing())
 
 
 def record_loads(conn: Connection, loads: SegmentLoads, *, source: str | None) -> bool:
@@ -304,13 +308,14 @@ def parse_report_request(body: Any, now: int) -> tuple[ReportSpec, dict[str, Any
 
     orders: list[tuple[str, bool]] = []
     for item in req.get("orders") or []:
+        name: str | None  # a dict item's "order_by" may be missing (or not a string)
         if isinstance(item, str):
             name, direction = item, "ASC"
         elif isinstance(item, dict):
             name, direction = item.get("order_by"), str(item.get("direction", "ASC"))
         else:
             raise syntax('orders must list column names or {"order_by": ..., "direction": ...}')
-        if name not in columns:
+        if not isinstance(name, str) or name not in columns:
             raise syntax(f"cannot order by {name!r}: not a column of the report")
         if direction.upper() not in ("ASC", "DESC"):
             raise syntax("order direction must be ASC or DESC")
@@ -446,8 +451,8 @@ def run_report(
     dims = [i for i, c in enumerate(columns) if c in DIMENSIONS]
     out.sort(key=lambda r: sort_key([r[i] for i in dims]))
     for name, descending in reversed(spec.orders):
-        i = columns.index(name)
-        out.sort(key=lambda r, i=i: sort_key([r[i]]), reverse=descending)
+        column = columns.index(name)
+        out.sort(key=lambda r: sort_key([r[column]]), reverse=descending)
     return out
 
 

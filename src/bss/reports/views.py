@@ -40,7 +40,7 @@ async def post_report(request: Request, p: Principal = Depends(principal)) -> An
     report_id = await run_in_threadpool(
         lambda: service.create_report(
             db,
-            member_id=member_id,  # type: ignore[arg-type]
+            member_id=member_id,
             user_id=p.user_id,
             username=p.username,
             config=config,

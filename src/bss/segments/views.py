@@ -190,9 +190,9 @@ def get_config(request: Request, p: Principal = Depends(principal)) -> Any:
     if not p.is_admin and p.member_id != member_id:
         raise unauth()
     db = request.app.state.db
-    row = service.get_config_row(db, member_id)  # type: ignore[arg-type]
-    cfg = service.get_config(db, member_id)  # type: ignore[arg-type]
-    return ok("batch_segment_upload_config", service.config_out(cfg, member_id, row))  # type: ignore[arg-type]
+    row = service.get_config_row(db, member_id)
+    cfg = service.get_config(db, member_id)
+    return ok("batch_segment_upload_config", service.config_out(cfg, member_id, row))
 
 
 async def _put(request: Request, p: Principal, merge: bool) -> Any:
@@ -240,5 +240,5 @@ async def put_config(request: Request, p: Principal = Depends(principal)) -> Any
 def delete_config(request: Request, p: Principal = Depends(principal)) -> Any:
     require_admin(p)
     member_id = member_scope(p, request.query_params.get("member_id"))
-    service.delete_config(request.app.state.db, member_id)  # type: ignore[arg-type]
+    service.delete_config(request.app.state.db, member_id)
     return ok(None)

@@ -421,7 +421,7 @@ class LmdbStore:
                     gone += 1
         return gone
 
-    def _fold(self, txn: lmdb.Transaction, through: int) -> None:
+    def _fold(self, txn: lmdb.Transaction[bytes], through: int) -> None:
         """Move the count events due by `through` into the base counts."""
         if through <= self._folded_through(txn):
             return
@@ -497,7 +497,7 @@ class LmdbStore:
 
     def segment_members(self, segment_id: int, now: int) -> Iterator[tuple[int, str, Membership]]:
         prefix = _SEG.pack(segment_id)
-        resume = prefix
+        resume: bytes | None = prefix
         while resume is not None:
             # One short read transaction per chunk: a slow client must not pin old pages.
             with self._env.begin() as txn:

@@ -64,7 +64,7 @@ def bars(
     step = max(1, n // 8)
     for i, label in enumerate(labels):
         x = LEFT + i * slot + (slot - bar_w) / 2
-        base = TOP + plot_h
+        base: float = TOP + plot_h  # moves up to each stacked bar's top
         for s in series:
             value = s.values[i]
             if value <= 0:

@@ -89,7 +89,11 @@ def resolve_target(url: str, settings: Settings) -> tuple[str, int, str]:
     except OSError as exc:
         raise TargetUnresolved(f"webhook_url host {host!r} does not resolve: {exc}") from exc
     allowed = allowed_networks(settings)
-    addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    addresses = []
+    for info in infos:
+        text = info[4][0]
+        assert isinstance(text, str)  # an IPv4/IPv6 sockaddr starts with the address text
+        addresses.append(ipaddress.ip_address(text.split("%", 1)[0]))
     for ip in addresses:
         if _internal(ip) and not any(ip in net for net in allowed):
             raise TargetRefused(
