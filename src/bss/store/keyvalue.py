@@ -37,6 +37,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import lmdb
 import numpy as np
@@ -75,6 +76,8 @@ _MERGE_ROWS = 1 << 18
 #: Readers across the threads and processes sharing the environment.
 MAX_READERS = 2048
 
+_Part = TypeVar("_Part", EntryPart, IndexPart)
+
 
 def _user_prefix(user_kind: int, user_key: str) -> bytes:
     return bytes((user_kind,)) + user_key.encode() + b"\x00"
@@ -90,6 +93,25 @@ def _membership(key: bytes, value: bytes) -> Membership:
 def _live(value: bytes, now: int) -> bool:
     _seq, timestamp, expires_at, _val, removed = _unpack_entry(value)
     return not removed and timestamp <= now < expires_at
+
+
+def _write_ranges(
+    parts: Iterator[_Part],
+    write: Callable[[_Part], None],
+    done: int,
+    total: int,
+    progress: Callable[[float], None] | None,
+) -> int:
+    """Write key ranges one by one while a thread prepares the next; report the rows of the
+    runs written so far out of `total`. Returns that count."""
+    ahead = read_ahead(parts)
+    with contextlib.closing(ahead):
+        for part in ahead:
+            write(part)
+            done += part.rows_merged
+            if progress is not None:
+                progress(min(1.0, done / total))
+    return done
 
 
 class LmdbStore:
@@ -143,22 +165,22 @@ class LmdbStore:
                     keyed = keyed_batch(batch)
                     runs.add(keyed)
                     index_runs.add(index_run(keyed))
-            done, total = 0, 2 * runs.rows
-            parts = read_ahead(map(EntryPart.merged, runs.merged(_MERGE_ROWS)))
-            with contextlib.closing(parts):
-                for part in parts:
-                    self._apply_sorted(part)
-                    done += part.rows_merged
-                    if progress is not None:
-                        progress(min(1.0, done / total))
+            total = 2 * runs.rows
+            written = _write_ranges(
+                map(EntryPart.merged, runs.merged(_MERGE_ROWS)),
+                self._apply_sorted,
+                0,
+                total,
+                progress,
+            )
             runs.close()
-            index_parts = read_ahead(map(IndexPart, index_runs.merged(_MERGE_ROWS)))
-            with contextlib.closing(index_parts):
-                for index_part in index_parts:
-                    self._apply_index(index_part)
-                    done += index_part.rows_merged
-                    if progress is not None:
-                        progress(min(1.0, done / total))
+            _write_ranges(
+                map(IndexPart, index_runs.merged(_MERGE_ROWS)),
+                self._apply_index,
+                written,
+                total,
+                progress,
+            )
         finally:
             runs.close()
             index_runs.close()
