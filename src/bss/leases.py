@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 
-from sqlalchemy import BigInteger, Column, Engine, String, Table, delete, select
+from sqlalchemy import BigInteger, Column, Engine, Select, String, Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bss.db import is_sqlite, metadata, write_tx
@@ -68,7 +68,7 @@ def release(db: Engine, names: list[str], holder: str) -> None:
         conn.execute(delete(leases).where(leases.c.name.in_(names), leases.c.holder == holder))
 
 
-def live_processes_query(now_ms: int | None = None):  # type: ignore[no-untyped-def]
+def live_processes_query(now_ms: int | None = None) -> Select[tuple[str]]:
     """SELECT of the ids of processes whose lease is live (for use inside other statements)."""
     now_ms = _now_ms() if now_ms is None else now_ms
     return select(leases.c.holder).where(

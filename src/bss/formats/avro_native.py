@@ -359,7 +359,7 @@ def _segment_rows(segments: pa.ChunkedArray | pa.Array, first_line_no: int) -> p
     }
     for name, dtype in SEGMENT_INPUT.items():
         if name in present:
-            columns[name] = pl.from_arrow(items.field(name)).cast(dtype)  # type: ignore[union-attr]
+            columns[name] = pl.from_arrow(items.field(name)).cast(dtype)
         else:
             columns[name] = pl.Series(name, [None] * len(parents), dtype=dtype)
     return pl.DataFrame(columns)
@@ -397,7 +397,7 @@ def native_chunk(
     """lines (raw left null), pairs and line hashes of one decoded batch."""
     n = table.num_rows
     segments = table.column("segments")
-    counts = pl.from_arrow(pc.list_value_length(segments)).fill_null(0)  # type: ignore[arg-type]
+    counts = pl.from_arrow(pc.list_value_length(segments)).fill_null(0)
     tags = pl.from_arrow(table.column("tag"))
     branch = tags.replace_strict(branches, default=None, return_dtype=pl.String)  # type: ignore[union-attr]
     format_error = (
@@ -431,7 +431,7 @@ def native_chunk(
     if len(good) < n:
         seg = seg.filter(pl.col("line_no").is_in(good.implode()))
     lines, pairs = vectorized_pairs(lines, seg)
-    hashes = pl.from_arrow(table.column("line_hash")).cast(pl.UInt64)  # type: ignore[union-attr]
+    hashes = pl.from_arrow(table.column("line_hash")).cast(pl.UInt64)
     return lines, pairs, hashes  # type: ignore[return-value]
 
 

@@ -173,14 +173,14 @@ def open_input(path: Path, max_decompressed_bytes: int) -> Iterator[InputFile]:
         _refuse_other_compression(head)
         stream: BinaryIO
         if head.startswith(GZIP_MAGIC):
-            stream = io.BufferedReader(GzipStream(raw, max_decompressed_bytes), 1 << 20)  # type: ignore[arg-type]
+            stream = io.BufferedReader(GzipStream(raw, max_decompressed_bytes), 1 << 20)
             inner_head = stream.peek(16)[:16]
             _refuse_other_compression(inner_head)
             if inner_head.startswith(GZIP_MAGIC):
                 raise InputError("unsupported_compression", "file is gzip-compressed twice")
             sample = stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]
         else:
-            stream = raw  # type: ignore[assignment]
+            stream = raw
             inner_head = head
             sample = raw.read(SNIFF_BYTES)
             raw.seek(0)

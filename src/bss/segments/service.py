@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, Select, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bss.db import INT32_MAX, bounded_int, fmt_ts, now_s, run_sql, write_tx
@@ -36,7 +36,9 @@ def segment_out(row: Any, member_count: int | None = None) -> dict[str, Any]:
     }
 
 
-def _query(*, member_id: int | None, segment_id: int | None, code: str | None, search: str | None):  # type: ignore[no-untyped-def]
+def _query(
+    *, member_id: int | None, segment_id: int | None, code: str | None, search: str | None
+) -> Select[Any]:
     q = select(segments)
     if member_id is not None:
         q = q.where(segments.c.member_id == member_id)
