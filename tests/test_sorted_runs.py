@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bss.store.lmdb_parts import stable_segment_order
+from bss.store.lmdb_parts import sorted_unique, stable_segment_order
 from bss.store.sorted_runs import SortedRuns, remove_abandoned
 
 
@@ -101,6 +101,25 @@ def test_folders_of_dead_processes_are_removed_and_live_ones_kept(tmp_path: Path
 
 
 @given(st.lists(st.integers(min_value=1, max_value=2**31 - 1), max_size=300))
-def test_thestable_segment_order_of_segment_ids_is_numpys(segments: list[int]) -> None:
+def test_the_stable_segment_order_of_segment_ids_is_numpys(segments: list[int]) -> None:
     segment = np.array(segments, dtype=np.int64)
     assert stable_segment_order(segment).tolist() == np.argsort(segment, kind="stable").tolist()
+
+
+@given(
+    st.lists(st.tuples(st.binary(max_size=2), st.integers(min_value=0, max_value=5)), max_size=60)
+)
+def test_sorted_unique_keeps_each_key_once_with_its_highest_seq(
+    rows: list[tuple[bytes, int]],
+) -> None:
+    """Keys from a tiny alphabet repeat often, with seqs that tie: the row kept for a key is
+    its highest seq, the earliest row among equal ones."""
+    keys = pa.array([k for k, _ in rows], pa.binary())
+    seq = pa.array([s for _, s in rows], pa.int64())
+    best: dict[bytes, int] = {}
+    for i, (key, s) in enumerate(rows):
+        if key not in best or s > rows[best[key]][1]:
+            best[key] = i
+    order, sorted_keys = sorted_unique(keys, seq)
+    assert sorted_keys.to_pylist() == sorted(best)
+    assert order.tolist() == [best[k] for k in sorted(best)]

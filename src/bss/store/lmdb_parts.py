@@ -51,13 +51,25 @@ def sorted_unique(keys: pa.Array, seq: pa.Array) -> tuple[np.ndarray, pa.Array]:
     first[1:] = pc.not_equal(keys[1:], keys[:-1]).to_numpy(zero_copy_only=False)
     if first.all():
         return order, keys
-    # A (user, segment) given twice in one batch is rare: only then sort by seq as well.
-    by_seq = pc.sort_indices(
-        pa.table({"key": keys, "seq": seq.take(order)}),
-        [("key", "ascending"), ("seq", "descending")],
-    ).to_numpy()
-    order, keys = order[by_seq][first], keys.take(by_seq).filter(pa.array(first))
-    return order, keys
+    keep = _highest_seq_of_each(first, seq.to_numpy()[order])
+    return order[keep], keys.filter(pa.array(keep))
+
+
+def _highest_seq_of_each(first: np.ndarray, seq: np.ndarray) -> np.ndarray:
+    """Of each group of equal keys (sorted rows; `first` marks where a group starts), the
+    row with the highest seq, the earliest among equal seqs. Only the rows of groups of two
+    or more are sorted again: a key given twice is the rare case."""
+    starts = np.flatnonzero(first)
+    sizes = np.diff(np.append(starts, len(first)))
+    group = np.repeat(np.arange(len(starts)), sizes)
+    repeated = np.flatnonzero((sizes > 1)[group])
+    by_seq = repeated[np.lexsort((-seq[repeated], group[repeated]))]
+    keep = first.copy()
+    keep[repeated] = False
+    winner = np.ones(len(by_seq), dtype=bool)
+    winner[1:] = group[by_seq[1:]] != group[by_seq[:-1]]
+    keep[by_seq[winner]] = True
+    return keep
 
 
 def keyed_batch(batch: pa.Table) -> pa.Table:
@@ -107,11 +119,9 @@ class EntryPart:
         """A part of several runs: sorted again, one row per key (the highest seq). Its index
         keys are written later, by key range of the index (`IndexPart`)."""
         order, keys = sorted_unique(part["key"].combine_chunks(), part["seq"])
-        return cls(
-            part.take(order).set_column(part.num_columns - 1, "key", keys),
-            part.num_rows,
-            indexed=False,
-        )
+        # The keys come sorted already: only the other columns are taken.
+        rest = part.drop_columns(["key"]).take(order)
+        return cls(rest.append_column("key", keys), part.num_rows, indexed=False)
 
 
 def stable_segment_order(segment: np.ndarray) -> np.ndarray:
@@ -154,7 +164,7 @@ class IndexPart:
 
     def __init__(self, part: pa.Table) -> None:
         order, keys = sorted_unique(part["key"].combine_chunks(), part["seq"])
-        self.table = part.take(order)
+        self.table = part.drop_columns(["key"]).take(order).append_column("key", keys)
         self.key_list: list[bytes] = keys.to_pylist()
         self.size = len(self.key_list)
         #: Rows of the runs this part was merged from (a key repeated across runs is one).
