@@ -1,8 +1,17 @@
 """A job's batches made ready for the LMDB store's write transactions, outside them: member
 keys, sorting and de-duplication, packed entries, per-segment index keys and summed count
-events. All of it is columnar (Arrow, numpy, Polars); keyvalue.LmdbStore only writes."""
+events. All of it is columnar (Arrow, numpy, Polars); keyvalue.LmdbStore only writes.
+
+A part is prepared on one thread while another writes the previous one, and py-lmdb's
+putmulti gives up the GIL around each put. A preparing thread that holds the GIL for long
+(making Python objects, as `to_pylist` does) stalls the writer at every put: measured, a
+putmulti of 262k keys took about 3 times as long beside a thread making lists as beside one
+sorting with Arrow, which lets the GIL go. So the preparation holds to Arrow, numpy and
+Polars, and the Python objects the writer needs are made on the writer's thread."""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import polars as pl
@@ -98,7 +107,6 @@ class EntryPart:
         #: Rows of the runs this part was merged from (a key repeated across runs is one).
         self.rows_merged = self.size if rows_merged is None else rows_merged
         self.keys = table["key"].combine_chunks()
-        self.key_list: list[bytes] = self.keys.to_pylist()
         entries = np.empty(self.size, dtype=ENTRY)
         entries["seq"] = table["seq"].to_numpy()
         entries["timestamp"] = table["timestamp"].to_numpy()
@@ -113,6 +121,11 @@ class EntryPart:
         if indexed:
             self.index_order, index_keys = sorted_index_keys(table)
             self.index_keys = index_keys.to_pylist()
+
+    @functools.cached_property
+    def key_list(self) -> list[bytes]:
+        """The keys as bytes, made on first use, on the writer's thread (see the module's docstring)."""
+        return self.keys.to_pylist()
 
     @classmethod
     def merged(cls, part: pa.Table) -> EntryPart:
@@ -165,10 +178,15 @@ class IndexPart:
     def __init__(self, part: pa.Table) -> None:
         order, keys = sorted_unique(part["key"].combine_chunks(), part["seq"])
         self.table = part.drop_columns(["key"]).take(order).append_column("key", keys)
-        self.key_list: list[bytes] = keys.to_pylist()
-        self.size = len(self.key_list)
+        self.keys = keys
+        self.size = len(keys)
         #: Rows of the runs this part was merged from (a key repeated across runs is one).
         self.rows_merged = part.num_rows
+
+    @functools.cached_property
+    def key_list(self) -> list[bytes]:
+        """The keys as bytes, made on first use, on the writer's thread (see the module's docstring)."""
+        return self.keys.to_pylist()
 
 
 def count_events(
