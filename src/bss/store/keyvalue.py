@@ -98,20 +98,21 @@ def _live(value: bytes, now: int) -> bool:
 def _write_ranges(
     parts: Iterator[_Part],
     write: Callable[[_Part], None],
-    done: int,
-    total: int,
     progress: Callable[[float], None] | None,
-) -> int:
-    """Write key ranges one by one while a thread prepares the next; report the rows of the
-    runs written so far out of `total`. Returns that count."""
+    start: float,
+    share: float,
+    rows: int,
+) -> None:
+    """Write key ranges one by one while a thread prepares the next. Progress goes from
+    `start` to `start + share` as the parts' rows of the runs reach `rows`."""
     ahead = read_ahead(parts)
+    done = 0
     with contextlib.closing(ahead):
         for part in ahead:
             write(part)
             done += part.rows_merged
             if progress is not None:
-                progress(min(1.0, done / total))
-    return done
+                progress(min(1.0, start + share * done / max(rows, 1)))
 
 
 class LmdbStore:
@@ -147,11 +148,13 @@ class LmdbStore:
     def apply_many(
         self, batches: Iterable[pa.Table], progress: Callable[[float], None] | None = None
     ) -> None:
-        """A job's batches: each is sorted twice, by member key and by index key, and kept as
-        runs as it comes (the first in memory, the rest on disk). Then the entries are
-        written in member key order and the index keys in index key order, a narrow key range
-        per transaction, so that each page of either tree is written about once per job. A
-        thread prepares the next range (merge, sort, keys) while this one writes the last.
+        """A job's batches: each is sorted by member key and kept as a run as it comes (the
+        first in memory, the rest on disk). Then the entries are written in member key order,
+        a narrow key range per transaction, each range also kept as a run of its index keys;
+        then the index keys in index key order, so that each page of either tree is written
+        about once per job. A thread prepares the next range (merge, sort, index run) while
+        this one writes the last: the index runs are made there, off the busy cores of the
+        parse, where the single writer leaves a core part idle.
 
         The index keys follow the entries: a job stopped in between leaves entries its
         segments' indexes do not list yet, which the job's replay (any job is run again
@@ -159,27 +162,28 @@ class LmdbStore:
         A segment deleted in between takes the entries already written with it when their
         index keys come (`_apply_index`)."""
         runs, index_runs = SortedRuns(self._runs_root), SortedRuns(self._runs_root)
+
+        def entry_parts() -> Iterator[EntryPart]:
+            # Each key range, once sorted, gives its index run too: sorting by segment
+            # (stable) puts member-key-ordered rows in index key order.
+            for table in runs.merged(_MERGE_ROWS):
+                part = EntryPart.merged(table)
+                index_runs.add(index_run(part.table))
+                yield part
+
         try:
             for batch in batches:
                 if batch.num_rows:
-                    keyed = keyed_batch(batch)
-                    runs.add(keyed)
-                    index_runs.add(index_run(keyed))
-            total = 2 * runs.rows
-            written = _write_ranges(
-                map(EntryPart.merged, runs.merged(_MERGE_ROWS)),
-                self._apply_sorted,
-                0,
-                total,
-                progress,
-            )
+                    runs.add(keyed_batch(batch))
+            _write_ranges(entry_parts(), self._apply_sorted, progress, 0.0, 0.5, runs.rows)
             runs.close()
             _write_ranges(
                 map(IndexPart, index_runs.merged(_MERGE_ROWS)),
                 self._apply_index,
-                written,
-                total,
                 progress,
+                0.5,
+                0.5,
+                index_runs.rows,
             )
         finally:
             runs.close()
