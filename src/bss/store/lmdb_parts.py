@@ -194,16 +194,19 @@ def count_events(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The count events of entries, summed: a live entry adds `sign` to its segment at the
     second it starts and takes it back at the second it expires. Returns the distinct
-    (second, segment) pairs, as second << 32 | segment (both below 2**31), sorted, and their
-    sums."""
-    live = (entries["removed"] == 0) & (entries["expires_at"] > entries["timestamp"])
-    if not live.any():
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    segment, entries, sign = segment[live], entries[live], sign[live]
-    seconds = np.concatenate([entries["timestamp"], entries["expires_at"]])
-    return sum_by(
+    (second, segment) pairs with a sum other than 0, as second << 32 | segment (both below
+    2**31), sorted, and their sums."""
+    start, end = entries["timestamp"], entries["expires_at"]
+    live = (entries["removed"] == 0) & (end > start)
+    # Entries that are not live count 0 rather than being left out: picking rows out of the
+    # packed entries cost more than the whole sum.
+    sign = np.where(live, sign, 0)
+    seconds = np.concatenate([start, end])
+    groups, sums = sum_by(
         (seconds << 32) | np.concatenate([segment, segment]), np.concatenate([sign, -sign])
     )
+    counted = sums != 0
+    return groups[counted], sums[counted]
 
 
 def sum_by(groups: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
