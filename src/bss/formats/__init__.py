@@ -23,5 +23,8 @@ def read_chunks(
         )
     else:
         from bss.formats.legacy import iter_legacy_chunks
+        from bss.read_ahead import read_ahead
 
-        yield from iter_legacy_chunks(source.stream, config, member_id, chunk_bytes)
+        # The next chunk is parsed on a thread of its own while the engine validates this
+        # one: each step alone leaves part of the two cores idle.
+        yield from read_ahead(iter_legacy_chunks(source.stream, config, member_id, chunk_bytes))
