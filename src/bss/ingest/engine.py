@@ -240,6 +240,21 @@ class PairRules:
         return pairs.with_columns(status=status)
 
 
+def store_batch(valid: pl.DataFrame, seq: pl.Expr) -> pa.Table:
+    """Valid pairs as the store takes them (APPLY_SCHEMA), each with the seq `seq` gives it."""
+    batch = valid.select(
+        "user_kind",
+        "user_key",
+        "segment_id",
+        "value",
+        "timestamp",
+        "expires_at",
+        "removed",
+        seq=seq,
+    )
+    return batch.to_arrow().cast(APPLY_SCHEMA)
+
+
 def problem_reason() -> pl.Expr:
     """Why a resolved pair whose status is not VALID was rejected (the error report's text)."""
     return (
@@ -369,17 +384,7 @@ class _Job:
     def _apply(self, valid: pl.DataFrame) -> None:
         if valid.is_empty():
             return
-        batch = valid.select(
-            "user_kind",
-            "user_key",
-            "segment_id",
-            "value",
-            "timestamp",
-            "expires_at",
-            "removed",
-            seq=pl.col("_index").cast(pl.Int64) + self.seq_base,
-        )
-        self.writer.put(batch.to_arrow().cast(APPLY_SCHEMA))
+        self.writer.put(store_batch(valid, pl.col("_index").cast(pl.Int64) + self.seq_base))
 
     def _count_pairs(self, pairs: pl.DataFrame, valid: pl.DataFrame) -> None:
         counters = self.result.counters

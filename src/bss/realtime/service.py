@@ -27,7 +27,7 @@ from bss.errors import BssError, syntax
 from bss.formats.config import BatchSegmentConfig
 from bss.formats.legacy import DEVICE_ID_DOMAINS, parse_user_ids
 from bss.formats.records import MAX_VALUE, MIN_VALUE, PAIR_SCHEMA
-from bss.ingest.engine import VALID, PairRules, problem_reason
+from bss.ingest.engine import VALID, PairRules, problem_reason, store_batch
 from bss.ingest.registry import SegmentRegistry
 from bss.metrics import COUNTERS
 from bss.ratelimit import RateLimiter, Verdict
@@ -36,7 +36,7 @@ from bss.reports.service import SegmentLoads, record_loads
 from bss.segments.models import segments
 from bss.settings import Settings
 from bss.store import regions
-from bss.store.base import APPLY_SCHEMA, MembershipStore
+from bss.store.base import MembershipStore
 from bss.store.seqs import reserve
 
 # The documented warning texts, word for word.
@@ -371,17 +371,7 @@ class RealtimeService:
 
         # 4. apply: seqs in post order, the same store as files
         first = reserve(self.db, len(valid))
-        batch = valid.select(
-            "user_kind",
-            "user_key",
-            "segment_id",
-            "value",
-            "timestamp",
-            "expires_at",
-            "removed",
-            seq=pl.int_range(0, len(valid), dtype=pl.Int64) + first,
-        )
-        applied = batch.to_arrow().cast(APPLY_SCHEMA)
+        applied = store_batch(valid, pl.int_range(0, len(valid), dtype=pl.Int64) + first)
         store.apply(applied)
         result.pairs_applied = len(valid)
         COUNTERS.inc("bss_rt_pairs_applied_total", len(valid))
