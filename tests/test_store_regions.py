@@ -150,7 +150,12 @@ def test_a_region_that_is_down_is_caught_up_from_the_kept_file(
 
     eu_redis.start()
     _until(lambda: _regions(api, job2["job_id"])["eu"] == "applied", "eu to catch up")
-    assert _lookups(api, users, region="eu") == local
+    # The real-time post and the deletion are region writes of their own, each retried on
+    # its own backoff: they may reach eu after the job does.
+    _until(
+        lambda: _lookups(api, users, region="eu") == local,
+        "eu to have the real-time post and the deletion too",
+    )
     assert _counts(api, region="eu") == _counts(api) == {seg_a: 150, seg_b: 400, seg_c: 300}
     assert {s["id"]: s.get("value") for s in _lookups(api, [users[0]], region="eu")[0]} == {
         seg_b: None,
