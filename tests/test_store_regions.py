@@ -150,8 +150,8 @@ def test_a_region_that_is_down_is_caught_up_from_the_kept_file(
 
     eu_redis.start()
     _until(lambda: _regions(api, job2["job_id"])["eu"] == "applied", "eu to catch up")
-    # The real-time post and the deletion are region writes of their own, each retried on
-    # its own backoff: they may reach eu after the job does.
+    # The real-time post and the deletion are region writes of their own, claimed one at a
+    # time after the job's: they may reach eu just after the job does.
     _until(
         lambda: _lookups(api, users, region="eu") == local,
         "eu to have the real-time post and the deletion too",

@@ -81,6 +81,14 @@ def _highest_seq_of_each(first: np.ndarray, seq: np.ndarray) -> np.ndarray:
     return keep
 
 
+def unique_by_key(part: pa.Table) -> tuple[pa.Table, pa.Array]:
+    """Rows of several keyed runs sorted again by `key`, one row per key (the highest seq),
+    with the key column last; and the keys so sorted."""
+    order, keys = sorted_unique(part["key"].combine_chunks(), part["seq"])
+    # The keys come sorted already: only the other columns are taken.
+    return part.drop_columns(["key"]).take(order).append_column("key", keys), keys
+
+
 def keyed_batch(batch: pa.Table) -> pa.Table:
     """The batch with its member keys in a last column `key`, sorted by it, each key once
     (the highest seq). The key holds the user: the user columns are left out."""
@@ -93,7 +101,18 @@ def keyed_batch(batch: pa.Table) -> pa.Table:
     return rest.take(order).append_column("key", keys)
 
 
-class EntryPart:
+class _KeyedPart:
+    """A part whose sorted, unique keys the writer needs as Python bytes."""
+
+    keys: pa.Array
+
+    @functools.cached_property
+    def key_list(self) -> list[bytes]:
+        """The keys as bytes, made on first use, on the writer's thread (see the module's docstring)."""
+        return self.keys.to_pylist()
+
+
+class EntryPart(_KeyedPart):
     """A keyed batch (sorted by its unique `key`) made ready to write: the packed entries,
     the keys as bytes and, when `indexed`, the per-segment index keys in their own sorted
     order. All of it is built outside the write transaction, most of it while the previous
@@ -122,19 +141,12 @@ class EntryPart:
             self.index_order, index_keys = sorted_index_keys(table)
             self.index_keys = index_keys.to_pylist()
 
-    @functools.cached_property
-    def key_list(self) -> list[bytes]:
-        """The keys as bytes, made on first use, on the writer's thread (see the module's docstring)."""
-        return self.keys.to_pylist()
-
     @classmethod
     def merged(cls, part: pa.Table) -> EntryPart:
         """A part of several runs: sorted again, one row per key (the highest seq). Its index
         keys are written later, by key range of the index (`IndexPart`)."""
-        order, keys = sorted_unique(part["key"].combine_chunks(), part["seq"])
-        # The keys come sorted already: only the other columns are taken.
-        rest = part.drop_columns(["key"]).take(order)
-        return cls(rest.append_column("key", keys), part.num_rows, indexed=False)
+        table, _ = unique_by_key(part)
+        return cls(table, part.num_rows, indexed=False)
 
 
 def stable_segment_order(segment: np.ndarray) -> np.ndarray:
@@ -172,21 +184,14 @@ def index_run(keyed: pa.Table) -> pa.Table:
     )
 
 
-class IndexPart:
+class IndexPart(_KeyedPart):
     """A key range of a job's index keys, from all its runs: sorted, each key once."""
 
     def __init__(self, part: pa.Table) -> None:
-        order, keys = sorted_unique(part["key"].combine_chunks(), part["seq"])
-        self.table = part.drop_columns(["key"]).take(order).append_column("key", keys)
-        self.keys = keys
-        self.size = len(keys)
+        self.table, self.keys = unique_by_key(part)
+        self.size = len(self.keys)
         #: Rows of the runs this part was merged from (a key repeated across runs is one).
         self.rows_merged = part.num_rows
-
-    @functools.cached_property
-    def key_list(self) -> list[bytes]:
-        """The keys as bytes, made on first use, on the writer's thread (see the module's docstring)."""
-        return self.keys.to_pylist()
 
 
 def count_events(
