@@ -10,9 +10,13 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from bss.identity.graph import Caps
 
 MAX_FILE_BYTES = 536_870_912  # 0.5 GB, the documented file limit
 #: Store URL schemes `bss.store.open_store` takes (checked before anything is opened).
@@ -263,6 +267,35 @@ class Settings(BaseSettings):
         "answered again, not re-applied).",
     )
 
+    link_ttl_days: int = Field(
+        180,
+        ge=1,
+        le=3650,
+        description="Identity graph: days a link lives after it was asserted (fixed when the "
+        "assertion is first applied: a job's recorded time or a post's time plus this); "
+        "asserting it again refreshes it.",
+    )
+    link_max_hops: int = Field(
+        2,
+        ge=0,
+        le=5,
+        description="Identity graph: hops a read expands through (related=true and the "
+        "in-process expansion): 1 takes an ID's own links only.",
+    )
+    links_per_id: int = Field(
+        25,
+        ge=1,
+        le=1000,
+        description="Identity graph: links an expansion follows from each ID, its most "
+        "recently asserted live ones.",
+    )
+    cluster_max_ids: int = Field(
+        50,
+        ge=1,
+        le=1000,
+        description="Identity graph: IDs one expansion reaches at most, the queried ones included.",
+    )
+
     webhook_allowed_networks: str = Field(
         "",
         description="Completion webhooks: networks (CIDR, comma-separated) webhook targets may "
@@ -326,6 +359,13 @@ class Settings(BaseSettings):
                 f"({', '.join(regions)}), not {self.local_region!r}"
             )
         return self
+
+    @cached_property
+    def graph_caps(self) -> Caps:
+        """The expansion bounds (link_max_hops, links_per_id, cluster_max_ids)."""
+        from bss.identity.graph import Caps
+
+        return Caps(self.link_max_hops, self.links_per_id, self.cluster_max_ids)
 
     @cached_property
     def regions(self) -> dict[str, str]:

@@ -39,6 +39,28 @@ APPLY_SCHEMA = pa.schema(
 #: and the counter starts above them.
 JOB_SEQ_SPAN = 1 << 32
 
+#: The scope of links every member's reads follow (only admins write them); any other scope
+#: is the member id whose reads alone follow the link.
+SHARED_SCOPE = 0
+
+#: Columns of a batch given to `MembershipStore.apply_links`: one link assertion or removal
+#: a row, between user A and user B (either order: a link has no direction).
+LINK_SCHEMA = pa.schema(
+    [
+        ("scope", pa.int64()),  # the member id, or SHARED_SCOPE
+        ("a_kind", pa.uint8()),
+        ("a_key", pa.string()),
+        ("b_kind", pa.uint8()),
+        ("b_key", pa.string()),
+        ("asserted_at", pa.int64()),  # UNIX seconds: the job's recorded time, the post's time
+        # UNIX seconds: asserted_at + BSS_LINK_TTL_DAYS, fixed when first applied. A removal
+        # stays as a tombstone until then, so that no older assertion brings the link back.
+        ("expires_at", pa.int64()),
+        ("removed", pa.bool_()),
+        ("seq", pa.int64()),
+    ]
+)
+
 
 class Membership(NamedTuple):
     """One live membership. A named tuple: lookups build millions of these, and a tuple is
@@ -48,6 +70,24 @@ class Membership(NamedTuple):
     value: int | None
     timestamp: int
     expires_at: int
+
+
+class Link(NamedTuple):
+    """One live link as seen from one of its ends: the other end, and the link's facts."""
+
+    kind: int
+    key: str
+    scope: int
+    seq: int
+    asserted_at: int
+    expires_at: int
+
+
+def link_order(link: Link) -> tuple[int, int, int, str]:
+    """How an ID's links are ranked: the most recently asserted (highest seq) first; two
+    links of one seq (one assertion in two scopes cannot happen, but a total order costs
+    nothing) by scope, then the other end."""
+    return (-link.seq, link.scope, link.kind, link.key)
 
 
 class MembershipStore(Protocol):
@@ -102,5 +142,22 @@ class MembershipStore(Protocol):
     def purge_expired(self, now: int) -> int:
         """Reclaim expired entries, lapsed tombstones and deleted segments' entries; return
         how many entries were dropped."""
+
+    def apply_links(self, batch: pa.Table) -> None:
+        """Write link assertions and removals (LINK_SCHEMA) under the seq rule, per (scope,
+        unordered pair of users): the row with the highest seq wins, a removal stays as a
+        tombstone until its `expires_at`. Visible to readers once this returns."""
+
+    def top_links(
+        self, users: Sequence[tuple[int, str]], scopes: Sequence[int], now: int, limit: int
+    ) -> list[list[Link]]:
+        """For each user (in the order given), its live links (not removed, asserted by
+        `now`, not expired) in any of `scopes`, ranked by `link_order`, at most `limit`.
+
+        One call is a bounded number of round trips on a distributed engine, however many
+        users it names."""
+
+    def delete_scope_links(self, scope: int) -> None:
+        """Drop every link of one scope (a deleted member's), tombstones included."""
 
     def close(self) -> None: ...

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-from bss.store.base import Membership
+from bss.store.base import Link, Membership
 
 
 class DryRunStore:
@@ -39,6 +39,17 @@ class DryRunStore:
 
     def purge_expired(self, now: int) -> int:
         return 0
+
+    def apply_links(self, batch: pa.Table) -> None:
+        self.rows_seen += batch.num_rows
+
+    def top_links(
+        self, users: Sequence[tuple[int, str]], scopes: Sequence[int], now: int, limit: int
+    ) -> list[list[Link]]:
+        return [[] for _ in users]
+
+    def delete_scope_links(self, scope: int) -> None:
+        return None
 
     def close(self) -> None:
         return None

@@ -18,6 +18,7 @@ Named databases of the environment:
   apply (and by `purge_expired`), so a count is the base plus the few events due since: exact
   to the second at any `now` from the last fold on (an earlier `now` is answered as of it).
 - ``deleted``: segment id -> the seq its deletion was given; writes below it are dropped.
+- ``links``: the identity graph's links under both ends (bss.store.lmdb_links).
 - ``meta``: the second counts are folded through, and how many entries segment deletions
   dropped since the last purge (a purge reports them).
 
@@ -45,7 +46,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bss.read_ahead import read_ahead
-from bss.store.base import Membership
+from bss.store.base import Link, Membership
+from bss.store.lmdb_links import LmdbLinks
 from bss.store.lmdb_parts import (
     ENTRY,
     NULL_VALUE,
@@ -125,7 +127,7 @@ class LmdbStore:
             str(path),
             mode=0o600,
             map_size=map_size,
-            max_dbs=8,
+            max_dbs=16,
             max_readers=MAX_READERS,
             readahead=False,
             lock=True,
@@ -136,6 +138,7 @@ class LmdbStore:
         self._count_events = self._env.open_db(b"count_events")
         self._deleted = self._env.open_db(b"deleted")
         self._meta = self._env.open_db(b"meta")
+        self._links = LmdbLinks(self._env)
         self._runs_root = path / "runs"
         remove_abandoned(self._runs_root)
 
@@ -412,6 +415,8 @@ class LmdbStore:
             txn.delete(index_key, db=self._by_segment)
 
     def purge_expired(self, now: int) -> int:
+        """Memberships dropped are counted; lapsed links and tombstones go too, uncounted."""
+        self._links.purge(now)
         with self._env.begin(write=True) as txn:
             self._fold(txn, now)
             raw = txn.get(_DROPPED, db=self._meta)
@@ -543,6 +548,19 @@ class LmdbStore:
             for key, value in found:
                 if _live(value, now):
                     yield key[0], key[1:-9].decode(), _membership(key, value)
+
+    # -- links (bss.store.lmdb_links) -----------------------------------------------------------
+
+    def apply_links(self, batch: pa.Table) -> None:
+        self._links.apply(batch)
+
+    def top_links(
+        self, users: Sequence[tuple[int, str]], scopes: Sequence[int], now: int, limit: int
+    ) -> list[list[Link]]:
+        return self._links.top_links(users, scopes, now, limit)
+
+    def delete_scope_links(self, scope: int) -> None:
+        self._links.delete_scope(scope)
 
     def close(self) -> None:
         self._env.close()

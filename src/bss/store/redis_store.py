@@ -20,6 +20,9 @@ as applied once a replica of every master involved holds it. Any error (a failov
 the slice after refreshing the topology: re-applying is harmless under the seq rule. If the
 cluster does not recover within `retry_seconds` the error is raised and the job is retried
 later, by replaying it.
+
+The identity graph's links live in the same buckets, in a library of their own
+(redis_links.lua, bss.store.redis_links).
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
 from bss.errors import StoreUnavailable
-from bss.store.base import APPLY_SCHEMA, Membership
+from bss.store import redis_links
+from bss.store.base import APPLY_SCHEMA, Link, Membership
 
 log = logging.getLogger("bss.store.redis")
 
@@ -80,6 +84,11 @@ def _key(bucket: int) -> str:
     """The bucket's counts: the one key every Function call names (the others derive from
     the bucket tag server-side)."""
     return f"bss:c{{{bucket}}}"
+
+
+def _links_key(bucket: int) -> str:
+    """The bucket's set of link scopes: the key every links Function call names."""
+    return f"bss:ls{{{bucket}}}"
 
 
 #: A record after its segment id: seq, flags (1 removed, 2 has a value), timestamp, expiry.
@@ -194,6 +203,7 @@ class RedisStore:
                     with contextlib.suppress(redis.ResponseError):
                         node.function_delete(name)
                 node.function_load(LIBRARY, replace=True)
+            node.function_load(redis_links.LIBRARY, replace=True)
 
     def _on_every_master(
         self,
@@ -385,10 +395,62 @@ class RedisStore:
                     cursors[bucket] = cursor
 
     def purge_expired(self, now: int) -> int:
+        """Memberships dropped are counted; lapsed links and tombstones go too, uncounted."""
+
+        def purge_links(bucket: int) -> Command:
+            return ("FCALL", "bss_purge_links", 1, _links_key(bucket), bucket, now)
+
+        self._on_every_master(range(BUCKETS), purge_links, wait=True)
+
         def call(bucket: int) -> Command:
             return ("FCALL", "bss_purge", 1, _key(bucket), bucket, now)
 
         return sum(int(n) for n in self._on_every_master(range(BUCKETS), call, wait=True).values())
+
+    # --- links (bss.store.redis_links) --------------------------------------------------------
+
+    def apply_links(self, batch: pa.Table) -> None:
+        if batch.num_rows == 0:
+            return
+        calls = redis_links.apply_args(batch, bucket_of)
+
+        def call(bucket: int) -> Command:
+            return ("FCALL", "bss_apply_links", 1, _links_key(bucket), bucket, *calls[bucket])
+
+        self._on_every_master(sorted(calls), call, wait=True)
+
+    def top_links(
+        self, users: Sequence[tuple[int, str]], scopes: Sequence[int], now: int, limit: int
+    ) -> list[list[Link]]:
+        by_bucket: dict[int, list[int]] = defaultdict(list)
+        for i, (kind, key) in enumerate(users):
+            by_bucket[bucket_of(kind, key)].append(i)
+
+        def call(bucket: int) -> Command:
+            kks = [f"{users[i][0]}:{users[i][1]}" for i in by_bucket[bucket]]
+            return (
+                "FCALL",
+                "bss_read_links",
+                1,
+                _links_key(bucket),
+                bucket,
+                len(scopes),
+                *scopes,
+                *kks,
+            )
+
+        out: list[list[Link]] = [[] for _ in users]
+        n = len(scopes)
+        for bucket, flat in self._on_every_master(sorted(by_bucket), call).items():
+            for j, i in enumerate(by_bucket[bucket]):
+                out[i] = redis_links.ranked(flat[j * n : (j + 1) * n], scopes, now, limit)
+        return out
+
+    def delete_scope_links(self, scope: int) -> None:
+        def call(bucket: int) -> Command:
+            return ("FCALL", "bss_delete_scope_links", 1, _links_key(bucket), bucket, scope)
+
+        self._on_every_master(range(BUCKETS), call, wait=True)
 
     def close(self) -> None:
         self._senders.shutdown(wait=False)

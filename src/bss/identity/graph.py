@@ -1,0 +1,139 @@
+"""Related IDs: the bounded, deterministic expansion of user IDs through their links.
+
+The functions other parts call in process:
+
+- `related_ids(store, users, member_id, now, caps)` -> `Expansion`: the IDs related to
+  `users` in member `member_id`'s reads (its own links and shared links; shared links only
+  when `member_id` is None), each with how it was reached. `Expansion.via(r)` is what an
+  answer shows for it: the ID's text form, or ``"shared"`` when a shared link was needed.
+- `expand(store, users, scopes, now, caps)`: the same over explicit link scopes (GET
+  /user-links shows a member its own links only).
+- `expanded_segments(store, users, member_id, now, caps)`: the live memberships of every
+  related ID, each segment once (the membership that expires last), with its `via`.
+- `remove_links_of(store, users, scope, seq, now, ttl_days)` (bss.identity.links): remove
+  every live link of some IDs in one scope, as tombstones under the seq rule (opt-outs).
+
+The expansion is a pure function of the live links in the reader's scopes: from the given
+IDs, breadth first, at most `caps.max_hops` hops; at each ID its `caps.links_per_id` most
+recently asserted live links (highest seq first: seqs are handed out in the order the
+service first applied writes); the IDs in the order first reached, stopping once
+`caps.max_ids` IDs (the given ones included) are reached. It never depends on batch
+boundaries, replays, the order regions applied things or which process applied them. Each
+hop is one `top_links` call on the store (one round trip per master on Redis).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from bss.identity.ids import format_id
+from bss.store.base import SHARED_SCOPE, Link, Membership, MembershipStore
+
+User = tuple[int, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """BSS_LINK_MAX_HOPS, BSS_LINKS_PER_ID, BSS_CLUSTER_MAX_IDS."""
+
+    max_hops: int = 2
+    links_per_id: int = 25
+    max_ids: int = 50
+
+
+class Reached(NamedTuple):
+    kind: int
+    key: str
+    #: Hops from the nearest given ID (0 for the given IDs).
+    hop: int
+    #: Every way it was first reached (at its hop) needed a shared link.
+    shared: bool
+
+
+class FollowedLink(NamedTuple):
+    """A link the expansion followed, between two reached IDs."""
+
+    a: User
+    b: User
+    link: Link
+
+
+@dataclass(slots=True)
+class Expansion:
+    ids: list[Reached] = field(default_factory=list)
+    links: list[FollowedLink] = field(default_factory=list)
+
+    @staticmethod
+    def via(reached: Reached) -> str:
+        """What an answer names as a segment's source: the ID, or "shared" when a shared
+        link was needed to reach it."""
+        return "shared" if reached.shared else format_id(reached.kind, reached.key)
+
+
+def scopes_of(member_id: int | None) -> list[int]:
+    """The link scopes a member's reads follow: its own and the shared ones."""
+    return [SHARED_SCOPE] if member_id is None else [member_id, SHARED_SCOPE]
+
+
+def related_ids(
+    store: MembershipStore, users: list[User], member_id: int | None, now: int, caps: Caps
+) -> Expansion:
+    """The IDs related to `users` in member `member_id`'s reads (see the module docstring)."""
+    return expand(store, users, scopes_of(member_id), now, caps)
+
+
+def expand(
+    store: MembershipStore, users: list[User], scopes: list[int], now: int, caps: Caps
+) -> Expansion:
+    """Breadth-first expansion of `users` through the live links of `scopes`."""
+    found: dict[User, Reached] = {}
+    for user in users:
+        if user not in found and len(found) < caps.max_ids:
+            found[user] = Reached(user[0], user[1], 0, False)
+    out = Expansion()
+    seen_links: set[tuple[User, User, int]] = set()
+    frontier = list(found)
+    for hop in range(1, caps.max_hops + 1):
+        if not frontier:
+            break
+        next_frontier: list[User] = []
+        per_user = store.top_links(frontier, scopes, now, caps.links_per_id)
+        for user, links in zip(frontier, per_user, strict=True):
+            parent_shared = found[user].shared
+            for link in links:
+                other = (link.kind, link.key)
+                shared = parent_shared or link.scope == SHARED_SCOPE
+                reached = found.get(other)
+                if reached is None:
+                    if len(found) >= caps.max_ids:
+                        continue
+                    reached = found[other] = Reached(other[0], other[1], hop, shared)
+                    next_frontier.append(other)
+                elif reached.hop == hop and reached.shared and not shared:
+                    # Also reached at this hop through the member's own links only.
+                    found[other] = reached._replace(shared=False)
+                pair = (user, other) if user <= other else (other, user)
+                if (*pair, link.scope) not in seen_links:
+                    seen_links.add((*pair, link.scope))
+                    out.links.append(FollowedLink(pair[0], pair[1], link))
+        frontier = next_frontier
+    out.ids = list(found.values())
+    return out
+
+
+def expanded_segments(
+    store: MembershipStore, users: list[User], member_id: int | None, now: int, caps: Caps
+) -> tuple[Expansion, list[tuple[Membership, str]]]:
+    """The expansion of `users` and the live memberships of all its IDs, each segment once
+    (the membership that expires last; on a tie the ID reached first) with its `via`, by
+    segment id."""
+    expansion = related_ids(store, users, member_id, now, caps)
+    found = store.users_segments([(r.kind, r.key) for r in expansion.ids], now)
+    best: dict[int, tuple[Membership, str]] = {}
+    for reached, memberships in zip(expansion.ids, found, strict=True):
+        for m in memberships:
+            held = best.get(m.segment_id)
+            if held is None or m.expires_at > held[0].expires_at:
+                best[m.segment_id] = (m, Expansion.via(reached))
+    return expansion, [best[s] for s in sorted(best)]

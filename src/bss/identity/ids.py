@@ -1,0 +1,116 @@
+"""The one text form of a user ID, used by link files, the API and every answer.
+
+Each form maps to the (UserKind, key) the membership store keys users by (see
+bss.formats.records), so a link end names exactly the user a segment file names:
+
+- ``uid=7652266028043224430``: the platform user ID, 1 .. 2**64-1;
+- ``device=idfa:6d92078a-...``: a device ID, ``<domain>:<id>`` (the id lower-cased; a legacy
+  device type number is taken for its domain);
+- ``ifa=idfa:6d92078a-...``: an Avro ifa, ``<type>:<id>`` (both lower-cased);
+- ``ext=456:PS123``: member 456's own ID ``PS123`` (kept as written);
+- ``eid=liveramp.com:XY123``: an extended ID, ``<source>:<id>`` (the source lower-cased);
+- ``xfa=<make>:<model>:<ip>``: a synthetic ID (make and model integers).
+
+Junk IDs are refused (`JunkId`) wherever an ID is taken as a link end: ``0``, an all-zero
+IFA, the opted-out cookie value, and the placeholders ``null``, ``unknown``, ``anonymous``,
+``invalid`` (any case), or nothing at all.
+"""
+
+from __future__ import annotations
+
+import re
+
+from bss.formats.records import DEVICE_DOMAINS, LEGACY_DEVICE_TYPES, MAX_UID, UserKind
+
+#: The user-ID cookie's value once a browser opted out (GET /optout): never a user.
+OPTED_OUT_UID = "-1"
+#: Placeholders senders put where they have no ID.
+_PLACEHOLDERS = frozenset({"", "0", "null", "unknown", "anonymous", "invalid", OPTED_OUT_UID})
+#: An ID that is only zeros and separators (an all-zero IFA: 00000000-0000-...).
+_ALL_ZEROS = re.compile(r"^[0\-:.]+$")
+#: Characters no ID holds (they would break keys and answers): control characters.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Longest ID text taken (form and all): nothing a client sends is kept unbounded.
+MAX_ID_CHARS = 512
+
+_PREFIX = {
+    UserKind.ANID: "uid",
+    UserKind.DEVICE: "device",
+    UserKind.IFA: "ifa",
+    UserKind.EXTERNAL: "ext",
+    UserKind.EID: "eid",
+    UserKind.XFA: "xfa",
+}
+_KIND = {prefix: kind for kind, prefix in _PREFIX.items()}
+FORMS = "uid=, device=<domain>:<id>, ifa=<type>:<id>, ext=<member>:<id>, eid=<source>:<id>, xfa=<make>:<model>:<ip>"
+
+
+class InvalidId(ValueError):
+    """The text is not a user ID in the link text form; the message says why."""
+
+
+class JunkId(InvalidId):
+    """A well-formed ID that names no user (0, an all-zero IFA, a placeholder)."""
+
+
+def _junk(part: str) -> bool:
+    return part.lower() in _PLACEHOLDERS or bool(_ALL_ZEROS.match(part))
+
+
+def _split(rest: str, form: str, what: str) -> tuple[str, str]:
+    head, sep, tail = rest.partition(":")
+    if not sep or not head or not tail:
+        raise InvalidId(f"{form}= needs {what} (e.g. {form}=idfa:6d92078a-...)")
+    return head, tail
+
+
+def parse_id(text: str) -> tuple[UserKind, str]:
+    """`uid=...` (any form above) -> (UserKind, store key). Raises `InvalidId` (or its
+    subclass `JunkId`) with a message fit for an error log."""
+    if len(text) > MAX_ID_CHARS:
+        raise InvalidId(f"ID longer than {MAX_ID_CHARS} characters")
+    if _CONTROL.search(text):
+        raise InvalidId("ID holds a control character")
+    form, sep, rest = text.strip().partition("=")
+    kind = _KIND.get(form.lower()) if sep else None
+    if kind is None:
+        raise InvalidId(f"not an ID of the form {FORMS}: {text[:80]!r}")
+    if kind == UserKind.ANID:
+        if _junk(rest):
+            raise JunkId(f"junk ID {text[:80]!r}")
+        if not rest.isdigit() or not 0 < int(rest) <= MAX_UID:
+            raise InvalidId("uid= must be a platform user ID between 1 and 2^64-1")
+        return kind, str(int(rest))
+    if kind == UserKind.XFA:
+        parts = rest.split(":", 2)
+        if len(parts) != 3 or not all(p.isdigit() for p in parts[:2]) or not parts[2]:
+            raise InvalidId("xfa= needs <device_make_id>:<device_model_id>:<ip>")
+        if _junk(parts[2]):
+            raise JunkId(f"junk ID {text[:80]!r}")
+        return kind, f"{int(parts[0])}:{int(parts[1])}:{parts[2]}"
+    if kind == UserKind.EXTERNAL:
+        owner, ident = _split(rest, "ext", "<member id>:<id>")
+        if not owner.isdigit() or int(owner) < 1:
+            raise InvalidId("ext= needs a member id before the colon (ext=456:PS123)")
+        if _junk(ident):
+            raise JunkId(f"junk ID {text[:80]!r}")
+        return kind, f"{int(owner)}:{ident}"
+    if kind == UserKind.EID:
+        source, ident = _split(rest, "eid", "<source>:<id>")
+        if _junk(ident):
+            raise JunkId(f"junk ID {text[:80]!r}")
+        return kind, f"{source.lower()}:{ident}"
+    head, ident = _split(rest, form.lower(), "<type>:<id>")
+    head = head.lower()
+    if kind == UserKind.DEVICE:
+        head = LEGACY_DEVICE_TYPES.get(head, head)
+        if head not in DEVICE_DOMAINS:
+            raise InvalidId(f"device= domain must be one of {sorted(DEVICE_DOMAINS)}")
+    if _junk(ident):
+        raise JunkId(f"junk ID {text[:80]!r}")
+    return kind, f"{head}:{ident.lower()}"
+
+
+def format_id(kind: int, key: str) -> str:
+    """(UserKind, store key) -> the link text form (`uid=123`)."""
+    return f"{_PREFIX[UserKind(kind)]}={key}"
