@@ -54,6 +54,7 @@ TABLE_MODULES = (
     "bss.webhooks.models",
     "bss.reports.models",
     "bss.realtime.models",
+    "bss.lifecycle.models",
 )
 
 

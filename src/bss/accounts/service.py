@@ -327,25 +327,6 @@ def update_member(db: Engine, member_id: int, data: dict[str, Any]) -> dict[str,
     return get_member(db, member_id)
 
 
-def delete_member(db: Engine, member_id: int) -> None:
-    """Delete a member with its users (and their sessions), segments and config. Its job
-    history stays until the retention sweep; its memberships expire in the store."""
-    from bss.segments.models import batch_segment_configs, segments
-
-    with write_tx(db) as conn:
-        user_ids = select(users.c.id).where(users.c.member_id == member_id)
-        conn.execute(delete(tokens).where(tokens.c.user_id.in_(user_ids)))
-        conn.execute(delete(logins).where(logins.c.user_id.in_(user_ids)))
-        conn.execute(delete(users).where(users.c.member_id == member_id))
-        conn.execute(delete(segments).where(segments.c.member_id == member_id))
-        conn.execute(
-            delete(batch_segment_configs).where(batch_segment_configs.c.member_id == member_id)
-        )
-        if conn.execute(delete(members).where(members.c.id == member_id)).rowcount == 0:
-            raise notfound(f"member {member_id} not found")
-    forget_principals()
-
-
 def member_exists(db: Engine, member_id: int) -> bool:
     with db.connect() as conn:
         return (

@@ -22,6 +22,7 @@ from bss.api.deps import (
 )
 from bss.api.envelope import ok, ok_list
 from bss.errors import notfound, syntax, unauth
+from bss.lifecycle.erasure import erase_member
 
 router = APIRouter()
 
@@ -166,13 +167,26 @@ async def put_member(request: Request, p: Principal = Depends(principal)) -> Any
     )
 
 
-@router.delete("/member", tags=["member"], summary="Delete a member and its users (admin), ?id=")
+@router.delete(
+    "/member",
+    tags=["member"],
+    summary="Erase a member (admin), ?id=: its users, segments, memberships in every region, "
+    "jobs, files, figures; an audit record stays",
+)
 def delete_member(request: Request, p: Principal = Depends(principal)) -> Any:
     require_admin(p)
     member_id = int_param(request, "id")
     if member_id is None:
         raise syntax("id is required")
-    service.delete_member(request.app.state.db, member_id)
+    state = request.app.state
+    erase_member(
+        state.db,
+        member_id,
+        state.stores.get(),
+        state.stores.remote_regions,
+        state.jobs.files,
+        requested_by=p.username,
+    )
     return ok(None)
 
 

@@ -1,0 +1,1 @@
+"""The audience lifecycle: member erasure, replace-mode uploads and opt-outs."""
