@@ -331,6 +331,15 @@ class Settings(BaseSettings):
         "deliveries.",
     )
 
+    tcf_vendor_id: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="The service's IAB TCF v2 vendor id: where GDPR applies, targeting answers and "
+        "ID syncs need a TC string giving this vendor consent (and purposes 1, 3 and 4). "
+        "Unset: requests where GDPR applies get no segments and no sync.",
+    )
+
     admin_username: str | None = Field(
         None,
         description="First start: the admin user to create (with BSS_ADMIN_PASSWORD).",
