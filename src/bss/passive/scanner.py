@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from bss.passive.claims import ClaimStore, claim_identity, utcnow
-from bss.passive.folder import FolderBackend
+from bss.passive.folder import FolderBackend, UnsafePath
 from bss.passive.models import CLAIMED, JOB_CREATED, MOVED, passive_claims
 from bss.passive.storage import (
     DONE,
@@ -269,6 +269,8 @@ class PassiveScanner:
         for area in self.areas():
             try:
                 self._scan_area(area, stats)
+            except UnsafePath:
+                pass  # a link in a member's folder: refused and logged where it was found
             except Exception:  # noqa: BLE001
                 log.exception("scanning %s failed", area.location)
         if stats.claimed or stats.resumed or stats.deferred:
