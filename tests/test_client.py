@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from conftest import ADMIN_PASSWORD, ADMIN_USER, BSS, Api, legacy
 
-from bss.client import BssClient, BssError
+from bss.client import ApiError, BssClient
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_client_streams_gzip_and_waits(server, setup, tmp_path):
         assert client.user_segments(31, uid=5999)[0]["id"] == setup
         assert client.list_jobs(31)["count"] >= 1
         assert client.error_report(31, job["job_id"]).startswith("line_no,counter,reason,raw")
-        with pytest.raises(BssError) as err:
+        with pytest.raises(ApiError) as err:
             client.get_job(31, "x" * 40)
         assert err.value.error_id == "NOTFOUND"
 
@@ -90,7 +90,7 @@ def test_client_reports_why_a_big_upload_was_refused(bss_server, tmp_path):
     path.write_bytes(b"1,1:0\n" * 2_000_000)  # 12 MB: refused by the declared length
     with BssClient(srv.url, ADMIN_USER, ADMIN_PASSWORD) as client:
         job = client.create_job(1)
-        with pytest.raises(BssError) as err:
+        with pytest.raises(ApiError) as err:
             client.upload(job["upload_url"], path)
         assert err.value.error_code in ("FILESIZE_LIMIT_EXCEEDED", "uploading-error")
         assert client.get_job(1, job["job_id"])["error_code"] == "uploading-error"

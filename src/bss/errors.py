@@ -1,84 +1,113 @@
-"""Errors the domain services raise, with the documented error ids and texts.
+"""Errors the domain raises, with the documented error ids and texts, and no HTTP.
 
-Below the web layer nothing imports FastAPI: services raise `BssError`, and bss.api.envelope
-renders it as the documented error envelope.
+Each class is a kind of failure (not found, invalid, forbidden, ...); the web layer maps each
+kind to its HTTP status in one place (bss.api.envelope.STATUS) and renders the documented
+envelope. The CLI and workers read the message. Nothing here knows about HTTP.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
 class BssError(Exception):
-    """An error a service reports to its caller: the documented `error_id`, a message, and the
-    HTTP status the documented API answers it with. The web layer renders it (bss.api.envelope);
-    the CLI and workers read its message."""
+    """A failure the caller is told about: the documented `error_id`, a message, and the
+    optional documented extras (`error_code`, an `errors` list, extra fields).
+
+    `retry_after` says, in seconds, when trying again may succeed (a throttle, a key in
+    use). `bare` marks the documented upload-limit body, which carries only status,
+    error_code and errors."""
+
+    #: The documented error id this kind is reported with (a raise may name another).
+    error_id_default: ClassVar[str] = "SYNTAX"
+    #: The message when none is given.
+    default_message: ClassVar[str] = "invalid request"
 
     def __init__(
         self,
-        error_id: str,
-        error: str,
+        error: str | None = None,
         *,
-        http_status: int = 400,
+        error_id: str | None = None,
         error_description: str | None = None,
         error_code: str | None = None,
         errors: list[str] | None = None,
-        headers: dict[str, str] | None = None,
+        retry_after: int | None = None,
         bare: bool = False,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(error)
-        self.error_id = error_id
-        self.error = error
-        self.http_status = http_status
+        message = self.default_message if error is None else error
+        super().__init__(message)
+        self.error = message
+        self.error_id = error_id or self.error_id_default
         self.error_description = error_description
         self.error_code = error_code
         self.errors = errors
-        self.headers = headers
-        #: Render only status/error_code/errors: the documented upload-limit bodies, verbatim.
+        self.retry_after = retry_after
         self.bare = bare
         #: Fields after the documented ones (the documented ones are never changed).
         self.extra = extra or {}
 
-    def body(self) -> dict[str, Any]:
-        if self.bare:
-            resp: dict[str, Any] = {"status": "ERROR", "error_code": self.error_code}
-            if self.errors is not None:
-                resp["errors"] = self.errors
-            return {"response": {**resp, **self.extra}}
-        resp = {
-            "status": "ERROR",
-            "error_id": self.error_id,
-            "error": self.error,
-            "error_description": self.error_description or self.error,
-            "error_code": self.error_code,
-        }
-        if self.errors is not None:
-            resp["errors"] = self.errors
-        return {"response": {**resp, **self.extra}}
+
+class Invalid(BssError):
+    """The request (a parameter, a body, a setting) is malformed or out of range."""
 
 
-def noauth(msg: str = "Authentication failed - not logged in") -> BssError:
-    return BssError("NOAUTH", msg, http_status=401)
+class NotAuthenticated(BssError):
+    """No session, or an expired or invalid one; or a login that did not match."""
+
+    error_id_default = "NOAUTH"
+    default_message = "Authentication failed - not logged in"
 
 
-def unauth(msg: str = "You do not have access to this resource") -> BssError:
-    return BssError("UNAUTH", msg, http_status=403)
+class Forbidden(BssError):
+    """The caller is known but may not do this."""
+
+    error_id_default = "UNAUTH"
+    default_message = "You do not have access to this resource"
 
 
-def notfound(msg: str) -> BssError:
-    return BssError("NOTFOUND", msg, http_status=404)
+class NotFound(BssError):
+    """The object named does not exist (or is not the caller's to see)."""
+
+    error_id_default = "NOTFOUND"
 
 
-def syntax(msg: str, **kw: Any) -> BssError:
-    return BssError("SYNTAX", msg, http_status=400, **kw)
+class Conflict(BssError):
+    """The object's state does not allow this now (a used upload URL, a key being applied)."""
 
 
-def upload_limit(error_code: str, text: str, http_status: int) -> BssError:
+class Expired(BssError):
+    """The object named existed but is gone for good (an upload URL past its time)."""
+
+
+class TooLarge(BssError):
+    """More data than a limit allows (a file, a posted body)."""
+
+
+class UnsupportedMediaType(BssError):
+    """A body sent in a form this operation does not take."""
+
+
+class TimedOut(BssError):
+    """The caller took longer than allowed (an upload past its time or stalled)."""
+
+
+class RateLimited(BssError):
+    """Over a budget (requests, logins, uploads); `retry_after` says when to come back."""
+
+    error_id_default = "SYSTEM"
+
+
+class Unavailable(BssError):
+    """A service this one depends on cannot be reached now (not the caller's fault)."""
+
+    error_id_default = "SYSTEM"
+
+
+def limit_exceeded(text: str, kind: type[BssError] = RateLimited) -> BssError:
     """The documented upload-limit body: status, error_code and `errors`, nothing else."""
-    return BssError(
-        "SYNTAX", text, http_status=http_status, error_code=error_code, errors=[text], bare=True
-    )
+    error_code = FILESIZE_LIMIT_EXCEEDED if kind is TooLarge else RATE_LIMIT_EXCEEDED
+    return kind(text, error_code=error_code, errors=[text], bare=True)
 
 
 # The documented `errors` texts, word for word.
@@ -109,6 +138,11 @@ class StoreUrlError(ValueError):
 def file_too_large(max_file_bytes: int, file_bytes: int) -> BssError:
     """The documented 413 body, plus the limit and the file's size (its Content-Length, or the
     bytes received when it was refused mid-stream) as extra fields."""
-    error = upload_limit(FILESIZE_LIMIT_EXCEEDED, ERR_FILE_BYTES, 413)
+    error = limit_exceeded(ERR_FILE_BYTES, TooLarge)
     error.extra = {"max_file_bytes": max_file_bytes, "file_bytes": file_bytes}
     return error
+
+
+def syntax(msg: str) -> Invalid:
+    """Deprecated spelling of Invalid(msg), kept only while db.bounded_int still uses it."""
+    return Invalid(msg)

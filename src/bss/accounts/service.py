@@ -15,7 +15,7 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 
 from bss.accounts.models import logins, members, tokens, users
 from bss.db import bounded_int, fmt_ts, inserted_id, now_s, run_sql, write_tx
-from bss.errors import BssError, noauth, notfound, syntax
+from bss.errors import BssError, Invalid, NotAuthenticated, NotFound, RateLimited
 from bss.ratelimit import RateLimiter
 from bss.settings import Settings
 
@@ -127,18 +127,17 @@ def login(
         counted.append((key, limit))
         if not verdict.allowed:
             _refund(limiter, counted, window)  # a refused attempt checked no password
-            raise BssError(
-                "UNAUTH",
+            raise RateLimited(
                 "Too many failed logins for this user from this address; try again in "
                 f"{verdict.retry_after} seconds",
-                http_status=429,
+                error_id="UNAUTH",
                 error_code="LOGIN_RATE_EXCEEDED",
-                headers={"Retry-After": str(verdict.retry_after)},
+                retry_after=verdict.retry_after,
             )
     with db.connect() as conn:
         row = conn.execute(select(users).where(users.c.username == username)).mappings().first()
     if row is None or not verify_password(row["password_hash"], password):
-        raise BssError("UNAUTH", "No match found for user/pass", http_status=401)
+        raise NotAuthenticated("No match found for user/pass", error_id="UNAUTH")
     _refund(limiter, counted, window)
     now = now_s()
     with db.connect() as conn:  # read outside the write transaction (see write_tx)
@@ -148,13 +147,12 @@ def login(
             .where(logins.c.user_id == row["id"], logins.c.at > now - settings.login_window_seconds)
         ).scalar_one()
     if recent >= settings.logins_per_window:
-        raise BssError(
-            "UNAUTH",
+        raise RateLimited(
             f"Too many logins: at most {settings.logins_per_window} per "
             f"{settings.login_window_seconds // 60} minutes per user; reuse your token",
-            http_status=429,
+            error_id="UNAUTH",
             error_code="LOGIN_RATE_EXCEEDED",
-            headers={"Retry-After": str(settings.login_window_seconds)},
+            retry_after=settings.login_window_seconds,
         )
     token = secrets.token_hex(24)
     with write_tx(db) as conn:
@@ -182,12 +180,12 @@ _PRINCIPAL_SQL = (
 
 
 def _expired_or_invalid() -> BssError:
-    return noauth("Authentication failed - token expired or invalid; log in again")
+    return NotAuthenticated("Authentication failed - token expired or invalid; log in again")
 
 
 def principal_for_token(db: Engine, token: str | None) -> Principal:
     if not token:
-        raise noauth()
+        raise NotAuthenticated()
     generation = _generation[0]
     rows = run_sql(db, _PRINCIPAL_SQL, {"token_hash": _token_hash(token)})
     # Times are whole seconds: a token lives at least its TTL (up to a second more), never less.
@@ -231,7 +229,7 @@ def cached_principal(db: Engine, token: str | None) -> tuple[Principal | None, b
     Raises NOAUTH, as principal_for_token does, for no token or a cached token that has
     expired since."""
     if not token:
-        raise noauth()
+        raise NotAuthenticated()
     entry = _principals.get((id(db), token))
     if entry is None:
         return None, False
@@ -288,7 +286,7 @@ def list_members(db: Engine, member_id: int | None = None) -> list[dict[str, Any
 def get_member(db: Engine, member_id: int) -> dict[str, Any]:
     found = list_members(db, member_id)
     if not found:
-        raise notfound(f"member {member_id} not found")
+        raise NotFound(f"member {member_id} not found")
     return found[0]
 
 
@@ -307,7 +305,7 @@ def create_member(db: Engine, data: dict[str, Any]) -> dict[str, Any]:
             "id" in values
             and conn.execute(select(members.c.id).where(members.c.id == values["id"])).first()
         ):
-            raise syntax(f"member {values['id']} already exists")
+            raise Invalid(f"member {values['id']} already exists")
         new_id = inserted_id(conn.execute(insert(members).values(**values)))
     return get_member(db, int(new_id))
 
@@ -323,7 +321,7 @@ def update_member(db: Engine, member_id: int, data: dict[str, Any]) -> dict[str,
             conn.execute(update(members).where(members.c.id == member_id).values(**values)).rowcount
             == 0
         ):
-            raise notfound(f"member {member_id} not found")
+            raise NotFound(f"member {member_id} not found")
     return get_member(db, member_id)
 
 
@@ -363,32 +361,32 @@ def list_users(
 def get_user(db: Engine, user_id: int) -> dict[str, Any]:
     found = list_users(db, user_id=user_id)
     if not found:
-        raise notfound(f"user {user_id} not found")
+        raise NotFound(f"user {user_id} not found")
     return found[0]
 
 
 def _check_user_fields(db: Engine, user_type: str, member_id: int | None) -> None:
     if user_type not in USER_TYPES:
-        raise syntax(f"user_type must be one of {', '.join(USER_TYPES)}")
+        raise Invalid(f"user_type must be one of {', '.join(USER_TYPES)}")
     if user_type != "admin":
         if member_id is None:
-            raise syntax("member_id is required for member and data_provider users")
+            raise Invalid("member_id is required for member and data_provider users")
         if not member_exists(db, member_id):
-            raise syntax(f"member {member_id} does not exist")
+            raise Invalid(f"member {member_id} does not exist")
 
 
 def create_user(db: Engine, data: dict[str, Any]) -> dict[str, Any]:
     username = str(data.get("username") or "").strip()
     password = data.get("password")
     if not username or not isinstance(password, str) or len(password) < 8:
-        raise syntax("username and a password of at least 8 characters are required")
+        raise Invalid("username and a password of at least 8 characters are required")
     user_type = str(data.get("user_type") or "member")
     member_id = _int(data["member_id"], "member_id") if data.get("member_id") is not None else None
     _check_user_fields(db, user_type, member_id)
     now = now_s()
     with write_tx(db) as conn:
         if conn.execute(select(users.c.id).where(users.c.username == username)).first():
-            raise syntax(f"username {username!r} is taken")
+            raise Invalid(f"username {username!r} is taken")
         inserted = conn.execute(
             insert(users).values(
                 username=username,
@@ -408,7 +406,7 @@ def update_user(db: Engine, user_id: int, data: dict[str, Any]) -> dict[str, Any
     values: dict[str, Any] = {"last_modified": now_s()}
     if data.get("password") is not None:
         if not isinstance(data["password"], str) or len(data["password"]) < 8:
-            raise syntax("password must have at least 8 characters")
+            raise Invalid("password must have at least 8 characters")
         values["password_hash"] = hash_password(data["password"])
     user_type = str(data.get("user_type") or current["user_type"])
     member_id = data.get("member_id", current["member_id"])
@@ -429,14 +427,14 @@ def delete_user(db: Engine, user_id: int) -> None:
         conn.execute(delete(tokens).where(tokens.c.user_id == user_id))
         conn.execute(delete(logins).where(logins.c.user_id == user_id))
         if conn.execute(delete(users).where(users.c.id == user_id)).rowcount == 0:
-            raise notfound(f"user {user_id} not found")
+            raise NotFound(f"user {user_id} not found")
     forget_principals()
 
 
 def _state(value: Any) -> str:
     text = str(value or "active").lower()
     if text not in ("active", "inactive"):
-        raise syntax("state must be active or inactive")
+        raise Invalid("state must be active or inactive")
     return text
 
 

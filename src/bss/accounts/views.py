@@ -21,7 +21,7 @@ from bss.api.deps import (
     token_of,
 )
 from bss.api.envelope import ok, ok_list
-from bss.errors import notfound, syntax, unauth
+from bss.errors import Forbidden, Invalid
 from bss.lifecycle.erasure import erase_member
 
 router = APIRouter()
@@ -61,7 +61,7 @@ def _obj(body: Any, name: str) -> dict[str, Any]:
         return body[name]
     if isinstance(body, dict) and name not in body and body:
         return body
-    raise syntax(f'expected a JSON body like {{"{name}": {{...}}}}')
+    raise Invalid(f'expected a JSON body like {{"{name}": {{...}}}}')
 
 
 @router.post(
@@ -78,7 +78,7 @@ async def post_auth(request: Request) -> Any:
         or not isinstance(auth.get("username"), str)
         or not isinstance(auth.get("password"), str)
     ):
-        raise syntax('expected {"auth": {"username": "...", "password": "..."}}')
+        raise Invalid('expected {"auth": {"username": "...", "password": "..."}}')
     settings = request.app.state.settings
     token = await run_in_threadpool(
         partial(
@@ -135,7 +135,7 @@ def get_member(request: Request, p: Principal = Depends(principal)) -> Any:
     member_id = int_param(request, "id")
     if not p.is_admin:
         if member_id is not None and member_id != p.member_id:
-            raise unauth()
+            raise Forbidden()
         return ok("member", service.get_member(db, p.member_id))  # type: ignore[arg-type]
     if member_id is not None:
         return ok("member", service.get_member(db, member_id))
@@ -159,7 +159,7 @@ async def put_member(request: Request, p: Principal = Depends(principal)) -> Any
     require_admin(p)
     member_id = int_param(request, "id")
     if member_id is None:
-        raise syntax("id is required")
+        raise Invalid("id is required")
     data = _obj(await json_body(request), "member")
     return ok(
         "member",
@@ -177,7 +177,7 @@ def delete_member(request: Request, p: Principal = Depends(principal)) -> Any:
     require_admin(p)
     member_id = int_param(request, "id")
     if member_id is None:
-        raise syntax("id is required")
+        raise Invalid("id is required")
     state = request.app.state
     erase_member(
         state.db,
@@ -224,7 +224,7 @@ async def put_user(request: Request, p: Principal = Depends(principal)) -> Any:
     require_admin(p)
     user_id = int_param(request, "id")
     if user_id is None:
-        raise syntax("id is required")
+        raise Invalid("id is required")
     data = _obj(await json_body(request), "user")
     return ok(
         "user", await run_in_threadpool(service.update_user, request.app.state.db, user_id, data)
@@ -236,11 +236,11 @@ def delete_user(request: Request, p: Principal = Depends(principal)) -> Any:
     require_admin(p)
     user_id = int_param(request, "id")
     if user_id is None:
-        raise syntax("id is required")
+        raise Invalid("id is required")
     if user_id == p.user_id:
-        raise syntax("you cannot delete yourself")
+        raise Invalid("you cannot delete yourself")
     service.delete_user(request.app.state.db, user_id)
     return ok(None)
 
 
-__all__ = ["router", "notfound"]
+__all__ = ["router"]

@@ -16,7 +16,7 @@ from bss.admin.session import (
     save_token,
     saved_token,
 )
-from bss.client import BssClient, BssError
+from bss.client import ApiError, BssClient
 
 member_app = typer.Typer(no_args_is_help=True, help="Members (admin).")
 user_app = typer.Typer(no_args_is_help=True, help="Users (admin).")
@@ -35,7 +35,7 @@ def login(
     with BssClient(url, username, password) as client:
         try:
             token = client.login()
-        except BssError as exc:
+        except ApiError as exc:
             fail(str(exc))
     path = save_token(url, token, username)
     typer.echo(f"logged in to {url.rstrip('/')} as {username}; token kept in {path}", err=True)

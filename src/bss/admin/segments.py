@@ -17,7 +17,7 @@ from bss.admin.session import (
     print_json,
     remote,
 )
-from bss.client import BssClient, BssError
+from bss.client import ApiError, BssClient
 
 segment_app = typer.Typer(no_args_is_help=True, help="Segments of a member.")
 config_app = typer.Typer(no_args_is_help=True, help="Batch segment upload configs (admin).")
@@ -163,7 +163,7 @@ def segment_import(
         batch = items[start : start + IMPORT_BATCH]
         try:
             created.extend(client.create_segments(member_id, batch))
-        except BssError as exc:
+        except ApiError as exc:
             where = f"segments {start + 1}-{start + len(batch)} of {len(items)}"
             fail(f"{where}: {exc}; {len(created)} segments before them were created")
     print_json(created)

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import httpx
 import typer
 
-from bss.client import BssClient, BssError
+from bss.client import ApiError, BssClient
 
 URL = typer.Option("http://127.0.0.1:8080", "--url", envvar="BSS_URL", help="Service base URL.")
 USERNAME = typer.Option(None, "--username", envvar="BSS_USERNAME", help="Login (BSS_USERNAME).")
@@ -101,7 +101,7 @@ def connect(
     client = BssClient(base, username, password, token=token, on_token=remember)
     try:
         yield client
-    except BssError as exc:
+    except ApiError as exc:
         if exc.error_id == "NOAUTH" and remember is not None and not client.can_login:
             save_token(base, None)
             fail(f"your token for {base} is no longer valid: run `bss login` again")

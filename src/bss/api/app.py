@@ -21,11 +21,11 @@ from bss.accounts.service import ensure_admin
 from bss.accounts.views import router as accounts_router
 from bss.api.deps import SingleFlight
 from bss.api.docs import add_docs_routes
-from bss.api.envelope import error_response
+from bss.api.envelope import error_response, http_error_response
 from bss.api.lookup import router as lookup_router
 from bss.api.openapi import install as install_openapi
 from bss.db import init_db, is_sqlite, make_engine
-from bss.errors import BssError, StoreUnavailable
+from bss.errors import BssError, Invalid, StoreUnavailable, Unavailable
 from bss.jobs.service import JobService
 from bss.jobs.views import router as jobs_router
 from bss.jobs.worker import StoreHandle
@@ -154,28 +154,24 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> Any:
         error_id = _HTTP_IDS.get(exc.status_code, "SYNTAX" if exc.status_code < 500 else "SYSTEM")
-        return error_response(BssError(error_id, str(exc.detail), http_status=exc.status_code))
+        return http_error_response(exc.status_code, error_id, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> Any:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()))
-        return error_response(
-            BssError("SYNTAX", f"{where}: {first.get('msg', 'invalid request')}", http_status=400)
-        )
+        return error_response(Invalid(f"{where}: {first.get('msg', 'invalid request')}"))
 
     @app.exception_handler(StoreUnavailable)
     async def _store_down(request: Request, exc: StoreUnavailable) -> Any:
         # e.g. a lookup in a store region that is down (region=): the store's fault, said so
         log.warning("membership store unavailable", extra={"path": request.url.path})
-        return error_response(BssError("SYSTEM", str(exc), http_status=503))
+        return error_response(Unavailable(str(exc)))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Any:
         log.exception("unhandled error", extra={"path": request.url.path})
-        return error_response(
-            BssError("SYSTEM", "Internal error; see the server log", http_status=500)
-        )
+        return http_error_response(500, "SYSTEM", "Internal error; see the server log")
 
     app.add_middleware(AccessLog)
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from bss.api.deps import TOKEN_COOKIE
 from bss.api.envelope import error_response
-from bss.errors import BssError
+from bss.errors import Forbidden
 
 CSRF_HEADER = "x-csrf-token"
 #: Scripts, styles, images and connections only from this origin; no inline script or
@@ -46,7 +46,7 @@ def csrf_token_for(session_token: str) -> str:
 
 
 def _refusal(message: str) -> Any:
-    return error_response(BssError("UNAUTH", message, http_status=403, error_code="CSRF"))
+    return error_response(Forbidden(message, error_code="CSRF"))
 
 
 def origin_of(url: str | None) -> str | None:

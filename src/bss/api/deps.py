@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from bss.accounts.service import Principal, cached_principal, principal_for_token
 from bss.db import INT32_MIN, bounded_int
-from bss.errors import BssError, syntax, unauth
+from bss.errors import Forbidden, Invalid, RateLimited
 from bss.ratelimit import ReservedBudget, Verdict
 from bss.store import MembershipStore
 
@@ -106,7 +106,7 @@ def _member_key(request: Request, found: Principal) -> str:
 
 def require_admin(p: Principal) -> None:
     if not p.is_admin:
-        raise unauth("This service is available to admin users only")
+        raise Forbidden("This service is available to admin users only")
 
 
 @overload
@@ -122,12 +122,12 @@ def member_scope(p: Principal, member_id: Any, *, required: bool = True) -> int 
     if member_id in (None, ""):
         if p.is_admin:
             if required:
-                raise syntax("member_id is required")
+                raise Invalid("member_id is required")
             return None
         return p.member_id
     mid = bounded_int(member_id, "member_id")
     if not p.is_admin and mid != p.member_id:
-        raise unauth(f"You have no access to member {mid}")
+        raise Forbidden(f"You have no access to member {mid}")
     return mid
 
 
@@ -151,12 +151,10 @@ def count_request(request: Request, member_key: str) -> None:
 
 def _check(verdict: Verdict, per_minute: int) -> None:
     if not verdict.allowed:
-        raise BssError(
-            "SYSTEM",
+        raise RateLimited(
             f"Too many requests: at most {per_minute} per minute per member",
-            http_status=429,
             error_code="RATE_EXCEEDED",
-            headers={"Retry-After": str(verdict.retry_after)},
+            retry_after=verdict.retry_after,
         )
 
 
@@ -207,7 +205,7 @@ async def json_body(request: Request) -> Any:
 
         return json.loads(raw)
     except ValueError as exc:
-        raise syntax(f"request body is not valid JSON: {exc}") from exc
+        raise Invalid(f"request body is not valid JSON: {exc}") from exc
 
 
 def region_store(request: Request) -> MembershipStore:
@@ -219,7 +217,7 @@ def region_store(request: Request) -> MembershipStore:
         return stores.get()
     if region not in stores.regions:
         known = ", ".join(stores.regions) or "none: BSS_STORE_REGIONS is not set"
-        raise syntax(f"unknown region {region!r} (regions: {known})")
+        raise Invalid(f"unknown region {region!r} (regions: {known})")
     return stores.get(region)
 
 

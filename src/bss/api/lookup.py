@@ -18,7 +18,7 @@ from bss.accounts.service import Principal
 from bss.api.deps import can_touch, int_param, json_body, member_scope, principal, region_store
 from bss.api.envelope import ok, ok_list
 from bss.db import fmt_ts, now_s
-from bss.errors import BssError, syntax, unauth
+from bss.errors import BssError, Forbidden, Invalid
 from bss.formats.records import DEVICE_DOMAINS, LEGACY_DEVICE_TYPES, MAX_UID, UserKind
 from bss.segments.service import get_segment_row, segments_by_ids
 from bss.store import Membership
@@ -36,42 +36,42 @@ def user_key(qp: Mapping[str, Any], member_id: int | None) -> tuple[UserKind, st
         try:
             uid = int(qp["uid"])
         except ValueError as exc:
-            raise syntax("uid must be a 64-bit platform user ID") from exc
+            raise Invalid("uid must be a 64-bit platform user ID") from exc
         if not 0 < uid <= MAX_UID:
-            raise syntax("uid must be between 1 and 2^64-1 (0 is never a valid user)")
+            raise Invalid("uid must be between 1 and 2^64-1 (0 is never a valid user)")
         return UserKind.ANID, str(uid)
     if qp.get("device_id"):
         domain = (qp.get("domain") or "").lower()
         domain = LEGACY_DEVICE_TYPES.get(domain, domain)
         if domain not in DEVICE_DOMAINS:
-            raise syntax(f"domain must be one of {sorted(DEVICE_DOMAINS)} (or a legacy number)")
+            raise Invalid(f"domain must be one of {sorted(DEVICE_DOMAINS)} (or a legacy number)")
         return UserKind.DEVICE, f"{domain}:{qp['device_id'].lower()}"
     if qp.get("ifa"):
         ifa_type = (qp.get("ifa_type") or "").lower()
         if not ifa_type:
-            raise syntax("ifa_type is required with ifa (e.g. idfa, aaid)")
+            raise Invalid("ifa_type is required with ifa (e.g. idfa, aaid)")
         return UserKind.IFA, f"{ifa_type}:{qp['ifa'].lower()}"
     if qp.get("external_id"):
         owner = qp.get("external_member_id") or member_id
         if owner is None:
-            raise syntax("external_member_id is required with external_id")
+            raise Invalid("external_member_id is required with external_id")
         try:
             owner = int(owner)
         except ValueError as exc:
-            raise syntax("external_member_id must be an integer") from exc
+            raise Invalid("external_member_id must be an integer") from exc
         return UserKind.EXTERNAL, f"{owner}:{qp['external_id']}"
     if qp.get("eid"):
         source = qp.get("source")
         if not source:
-            raise syntax("source is required with eid (e.g. liveramp.com)")
+            raise Invalid("source is required with eid (e.g. liveramp.com)")
         return UserKind.EID, f"{source}:{qp['eid']}"
     if qp.get("xfa_ip"):
         try:
             make, model = int(qp["device_make_id"]), int(qp["device_model_id"])
         except (KeyError, ValueError) as exc:
-            raise syntax("device_make_id and device_model_id are required with xfa_ip") from exc
+            raise Invalid("device_make_id and device_model_id are required with xfa_ip") from exc
         return UserKind.XFA, f"{make}:{model}:{qp['xfa_ip']}"
-    raise syntax(
+    raise Invalid(
         "give one user ID: uid, device_id+domain, ifa+ifa_type, external_id[+external_member_id], "
         "eid+source, or xfa_ip+device_make_id+device_model_id"
     )
@@ -146,13 +146,13 @@ def _user_segments(request: Request, p: Principal) -> Any:
 
 def _batch_users(body: Any) -> list[Any]:
     if not isinstance(body, dict) or not isinstance(body.get("users"), list):
-        raise syntax(
+        raise Invalid(
             'expected a JSON body like {"users": [{"uid": "..."}, '
             '{"device_id": "...", "domain": "idfa"}, ...]}'
         )
     users = body["users"]
     if len(users) > MAX_LOOKUP_USERS:
-        raise syntax(f"too many users: {len(users)} given, at most {MAX_LOOKUP_USERS} per request")
+        raise Invalid(f"too many users: {len(users)} given, at most {MAX_LOOKUP_USERS} per request")
     return users
 
 
@@ -202,10 +202,10 @@ async def post_user_segments(request: Request, p: Principal = Depends(principal)
 def get_segment_members(request: Request, p: Principal = Depends(principal)) -> Any:
     segment_id = int_param(request, "id", minimum=1)
     if segment_id is None:
-        raise syntax("id is required")
+        raise Invalid("id is required")
     segment = get_segment_row(request.app.state.db, segment_id)
     if not can_touch(p, segment["member_id"]):
-        raise unauth(f"You have no access to segment {segment_id}")
+        raise Forbidden(f"You have no access to segment {segment_id}")
     members = region_store(request).segment_members(segment_id, now_s())
 
     def rows() -> Iterator[str]:

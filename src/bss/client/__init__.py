@@ -18,7 +18,7 @@ CHUNK = 1 << 20
 FINAL_PHASES = ("completed", "error")
 
 
-class BssError(Exception):
+class ApiError(Exception):
     """An ERROR envelope (or a non-JSON failure) from the service."""
 
     def __init__(self, status_code: int, response: dict[str, Any]) -> None:
@@ -70,9 +70,9 @@ class BssClient:
         try:
             body = resp.json()["response"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise BssError(resp.status_code, {"error": resp.text[:500]}) from exc
+            raise ApiError(resp.status_code, {"error": resp.text[:500]}) from exc
         if body.get("status") != "OK":
-            raise BssError(resp.status_code, body)
+            raise ApiError(resp.status_code, body)
         return body
 
     @property
@@ -81,7 +81,7 @@ class BssClient:
 
     def login(self) -> str:
         if not self.can_login:
-            raise BssError(401, {"error_id": "NOAUTH", "error": "no token and no credentials"})
+            raise ApiError(401, {"error_id": "NOAUTH", "error": "no token and no credentials"})
         resp = self.http.post(
             "/auth", json={"auth": {"username": self.username, "password": self.password}}
         )
@@ -105,7 +105,7 @@ class BssClient:
             resp = self.http.request(method, path, headers=headers, **kwargs)
             try:
                 return self._unwrap(resp)
-            except BssError as exc:
+            except ApiError as exc:
                 if exc.error_id == "NOAUTH" and attempt == 0 and self.can_login:
                     self.login()
                     continue
@@ -156,9 +156,9 @@ class BssClient:
             try:
                 body = self.request("GET", "/batch-segment", params={"job_id": job_id})
                 job = self._one(body["batch_segment_upload_job"])
-            except (BssError, httpx.HTTPError):
+            except (ApiError, httpx.HTTPError):
                 raise exc from None
-            raise BssError(
+            raise ApiError(
                 0,
                 {
                     "error_code": job.get("error_code"),
@@ -342,4 +342,4 @@ class BssClient:
         return self.request("GET", "/user-segments", params=params)["segments"]
 
 
-__all__ = ["BssClient", "BssError"]
+__all__ = ["BssClient", "ApiError"]

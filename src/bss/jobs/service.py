@@ -30,7 +30,7 @@ from bss.db import (
     run_sql,
     write_tx,
 )
-from bss.errors import ERR_PENDING, RATE_LIMIT_EXCEEDED, syntax, upload_limit
+from bss.errors import ERR_PENDING, Invalid, limit_exceeded
 from bss.files import FileStore, open_files
 from bss.files.local import LocalFiles
 from bss.ingest.result import COUNTER_NAMES
@@ -208,9 +208,9 @@ class JobService:
         if sort:
             field, _, direction = sort.partition(".")
             if field not in SORT_FIELDS:
-                raise syntax(f"cannot sort by {field!r}; see /batch-segment/meta")
+                raise Invalid(f"cannot sort by {field!r}; see /batch-segment/meta")
             if direction not in ("", "asc", "desc"):
-                raise syntax("sort must look like FIELD.asc or FIELD.desc")
+                raise Invalid("sort must look like FIELD.asc or FIELD.desc")
             col = jobs.c[field]
             order = [col.desc() if direction == "desc" else col.asc(), jobs.c.id.asc()]
         with self.db.connect() as conn:
@@ -259,7 +259,7 @@ class JobService:
     def create_job(self, member_id: int, base_url: str) -> dict[str, Any]:
         """A new job in phase "starting"; an older unused URL of the member is invalidated."""
         if self.pending_count(member_id) >= self.settings.max_pending_jobs:
-            raise upload_limit(RATE_LIMIT_EXCEEDED, ERR_PENDING, 429)
+            raise limit_exceeded(ERR_PENDING)
         now = now_s()
         job_id = new_job_id()
         with write_tx(self.db) as conn:

@@ -25,13 +25,16 @@ from bss.errors import (
     ERR_HOURLY_LINES,
     ERR_PENDING,
     ERR_UPLOAD_TIME,
-    RATE_LIMIT_EXCEEDED,
     BssError,
+    Conflict,
+    Expired,
+    Forbidden,
+    Invalid,
+    NotFound,
+    TimedOut,
+    UnsupportedMediaType,
     file_too_large,
-    notfound,
-    syntax,
-    unauth,
-    upload_limit,
+    limit_exceeded,
 )
 from bss.jobs.linecount import LineCounter
 from bss.jobs.service import FILTER_FIELDS, SORT_FIELDS, UPLOAD_TOUCH_SECONDS, JobService
@@ -62,7 +65,7 @@ def post_job(request: Request, p: Principal = Depends(principal)) -> Any:
     member_id = member_scope(p, request.query_params.get("member_id"))
     svc: JobService = request.app.state.jobs
     if not member_exists(svc.db, member_id):
-        raise notfound(f"member {member_id} not found")
+        raise NotFound(f"member {member_id} not found")
     job = svc.create_job(member_id, _base_url(request))
     log.info("job created", extra={"job_id": job["job_id"], "member_id": member_id})
     return ok(
@@ -98,7 +101,7 @@ def _get_jobs(request: Request, p: Principal) -> Any:
     if job_id:
         job = svc.get_job(job_id)
         if job is None or (member_id is not None and job["member_id"] != member_id):
-            raise notfound(f"job {job_id} not found")
+            raise NotFound(f"job {job_id} not found")
         return ok(NAME, _payload(p, job), count=1, start_element=0, num_elements=100)
     start = int_param(request, "start_element", 0, minimum=0) or 0
     num = min(int_param(request, "num_elements", 100, minimum=1) or 100, 100)
@@ -108,7 +111,7 @@ def _get_jobs(request: Request, p: Principal) -> Any:
             try:
                 filters[key] = parse_ts(qp[key])
             except ValueError as exc:
-                raise syntax(str(exc)) from exc
+                raise Invalid(str(exc)) from exc
     for key in ("phase", "upload_source"):
         if qp.get(key):
             filters[key] = qp[key]
@@ -148,14 +151,14 @@ def get_error_report(request: Request, p: Principal = Depends(principal)) -> Any
     svc: JobService = request.app.state.jobs
     job_id = request.query_params.get("job_id")
     if not job_id:
-        raise syntax("job_id is required")
+        raise Invalid("job_id is required")
     member_id = member_scope(p, request.query_params.get("member_id"), required=False)
     row = svc.job_row(job_id)
     if row is None or (member_id is not None and row["member_id"] != member_id):
-        raise notfound(f"job {job_id} not found")
+        raise NotFound(f"job {job_id} not found")
     ref = row["report_path"]
     if not ref or not svc.files.exists(ref):
-        raise notfound(f"job {job_id} has no error report (phase {row['phase']})")
+        raise NotFound(f"job {job_id} has no error report (phase {row['phase']})")
     if not ref.startswith("s3://"):
         return FileResponse(ref, media_type="text/csv", filename=f"{job_id}-errors.csv")
     return StreamingResponse(
@@ -189,52 +192,44 @@ async def upload(job_id: str, request: Request) -> Any:
     receiver: str = app.state.process_id
     row = await run_in_threadpool(svc.job_row, job_id)
     if row is None:
-        raise notfound("no such upload URL")
+        raise NotFound("no such upload URL")
     member_id = row["member_id"]
     p: Principal | None = None
     token = token_of(request)
     if token:  # the URL is a capability; a token, when sent, must be valid and the member's
         p = await run_in_threadpool(principal_for_token, svc.db, token)
         if not (p.is_admin or p.member_id == member_id):
-            raise unauth("This upload URL belongs to another member")
+            raise Forbidden("This upload URL belongs to another member")
     ctx = {"job_id": job_id, "member_id": member_id}
 
     # Refusals of a URL that can no longer take an upload are not counted against the member:
     # whoever holds an old URL must not be able to spend the member's request budget.
     if row["phase"] == "starting" and svc._url_expired(row, now_s()):
         await run_in_threadpool(svc.expire_urls)
-        raise BssError(
-            "SYNTAX",
+        raise Expired(
             "This upload URL has expired: uploads must start within "
             f"{settings.upload_url_ttl_seconds // 60} minutes; request a new URL",
-            http_status=410,
             error_code="upload_url_expired",
         )
     if row["phase"] == "error" and row["error_code"] == "upload_url_expired":
-        raise BssError(
-            "SYNTAX",
+        raise Expired(
             "This upload URL has expired: nothing was uploaded to it within "
             f"{settings.upload_url_ttl_seconds // 60} minutes; request a new URL",
-            http_status=410,
             error_code="upload_url_expired",
         )
     if row["phase"] != "starting":
-        raise BssError(
-            "SYNTAX",
+        raise Conflict(
             f"This upload URL is no longer valid (job phase {row['phase']!r}); each URL takes one upload",
-            http_status=409,
             error_code="upload_url_used",
         )
     if p is not None:  # only the member's own (valid) token spends its budget
         await run_in_threadpool(count_request, request, f"member:{member_id}")
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype != OCTET_STREAM:
-        raise BssError(
-            "SYNTAX",
+        raise UnsupportedMediaType(
             f"Wrong Content-Type {ctype or '(none)'!r}: send the raw file with "
             "'Content-Type: application/octet-stream' (curl --data-binary @FILE, not -d/--data). "
             "Nothing was uploaded; this URL can still be used.",
-            http_status=415,
             error_code="INVALID_CONTENT_TYPE",
         )
     declared = request.headers.get("content-length")
@@ -245,7 +240,7 @@ async def upload(job_id: str, request: Request) -> Any:
 
     cfg = await run_in_threadpool(get_config, svc.db, member_id)
     if await run_in_threadpool(svc.pending_count, member_id) >= settings.max_pending_jobs:
-        raise upload_limit(RATE_LIMIT_EXCEEDED, ERR_PENDING, 429)
+        raise limit_exceeded(ERR_PENDING)
     usage = await run_in_threadpool(svc.usage, member_id)
     configured_byte_limits = [
         (cfg.daily_byte_limit, usage["bytes_day"], ERR_DAILY_BYTES),
@@ -265,13 +260,8 @@ async def upload(job_id: str, request: Request) -> Any:
     if not await run_in_threadpool(svc.begin_upload, row, cfg.max_concurrent_uploads, receiver):
         fresh = await run_in_threadpool(svc.job_row, job_id)
         if fresh is not None and fresh["phase"] != "starting":
-            raise BssError(
-                "SYNTAX",
-                "This upload URL is already in use",
-                http_status=409,
-                error_code="upload_url_used",
-            )
-        raise upload_limit(RATE_LIMIT_EXCEEDED, ERR_CONCURRENT, 429)
+            raise Conflict("This upload URL is already in use", error_code="upload_url_used")
+        raise limit_exceeded(ERR_CONCURRENT)
 
     log.info("upload started", extra=ctx)
     sink = await run_in_threadpool(svc.files.upload_sink, job_id)
@@ -296,10 +286,10 @@ async def upload(job_id: str, request: Request) -> Any:
                 raise _UploadFailed(file_too_large(settings.max_file_bytes, nbytes))
             for limit, used, text in byte_limits:
                 if used + nbytes > limit:
-                    raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, text, 429))
+                    raise _UploadFailed(limit_exceeded(text))
             for limit, used, text in line_limits:
                 if used + nlines > limit:
-                    raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, text, 429))
+                    raise _UploadFailed(limit_exceeded(text))
             await sink.awrite(chunk)
             if time.monotonic() - last_touch >= UPLOAD_TOUCH_SECONDS:
                 last_touch = time.monotonic()
@@ -309,7 +299,7 @@ async def upload(job_id: str, request: Request) -> Any:
             nlines = counter.finish()
             for limit, used, text in line_limits:
                 if used + nlines > limit:
-                    raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, text, 429))
+                    raise _UploadFailed(limit_exceeded(text))
         file_ref = await run_in_threadpool(sink.commit)
     except _UploadFailed as failed:
         await run_in_threadpool(sink.abort)
@@ -323,7 +313,7 @@ async def upload(job_id: str, request: Request) -> Any:
         )
         log.warning("upload cut off", extra={**ctx, "bytes": nbytes})
         return error_response(
-            BssError("SYSTEM", "upload cut off", http_status=400, error_code="uploading-error")
+            Invalid("upload cut off", error_id="SYSTEM", error_code="uploading-error")
         )
     except BaseException:
         await asyncio.shield(run_in_threadpool(sink.abort))
@@ -357,12 +347,11 @@ async def _next_chunk(chunks: Any, deadline: float, idle_seconds: float) -> byte
         # Decide by which wait was the shorter one: the event loop's clock (uvloop counts whole
         # milliseconds) can fire a hair before time.monotonic() reaches the deadline.
         if left <= idle_seconds:
-            raise _UploadFailed(upload_limit(RATE_LIMIT_EXCEEDED, ERR_UPLOAD_TIME, 408)) from exc
+            raise _UploadFailed(limit_exceeded(ERR_UPLOAD_TIME, TimedOut)) from exc
         raise _UploadFailed(
-            BssError(
-                "SYSTEM",
+            TimedOut(
                 f"the upload stalled: no data for {idle_seconds:g} seconds",
-                http_status=408,
+                error_id="SYSTEM",
                 error_code="uploading-error",
             )
         ) from exc
@@ -376,9 +365,8 @@ def _closing(response: Response) -> Response:
 
 
 def _upload_taken_away() -> BssError:
-    return BssError(
-        "SYSTEM",
+    return Conflict(
         "the upload was failed meanwhile (its server was presumed stopped); request a new URL",
-        http_status=409,
+        error_id="SYSTEM",
         error_code="uploading-error",
     )

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, delete, select, update
 from bss.accounts.models import logins, members, tokens, users
 from bss.accounts.service import forget_principals
 from bss.db import inserted_id, now_s, write_tx
-from bss.errors import notfound
+from bss.errors import NotFound
 from bss.files import FileStore
 from bss.jobs.models import jobs
 from bss.lifecycle.models import member_erasures
@@ -62,7 +62,7 @@ def erase_member(
                 )
             ).scalar()
     if erasure_pk is None:
-        raise notfound(f"member {member_id} not found")
+        raise NotFound(f"member {member_id} not found")
     forget_principals()
     _finish(db, erasure_pk, store, other_regions, files)
     return erasure_out(_row(db, erasure_pk))

@@ -23,7 +23,7 @@ import polars as pl
 from sqlalchemy import ColumnElement, Engine, delete, or_, select, update
 
 from bss.db import now_s, write_tx
-from bss.errors import BssError, syntax
+from bss.errors import Conflict, Invalid, RateLimited
 from bss.formats.config import BatchSegmentConfig
 from bss.formats.legacy import DEVICE_ID_DOMAINS, parse_user_ids
 from bss.formats.records import MAX_VALUE, MIN_VALUE, PAIR_SCHEMA
@@ -75,14 +75,12 @@ class RtResult:
         }
 
 
-def rate_exceeded(verdict: Verdict, what: str) -> BssError:
-    return BssError(
-        "SYSTEM",
+def rate_exceeded(verdict: Verdict, what: str) -> RateLimited:
+    return RateLimited(
         f"Rate limit exceeded. You have exceeded your request limit of {verdict.limit} {what} "
         "per 1 seconds to rt-segment, please wait and try again",
-        http_status=429,
         error_code="RATE_EXCEEDED",
-        headers={"Retry-After": str(verdict.retry_after)},
+        retry_after=verdict.retry_after,
     )
 
 
@@ -94,44 +92,44 @@ def _int_field(block: dict[str, Any], name: str, where: str) -> None:
     if value is None:
         return
     if type(value) is not int:
-        raise syntax(f"{where}.{name} must be an integer or null")
+        raise Invalid(f"{where}.{name} must be an integer or null")
     if not -_INT64 <= value < _INT64:
-        raise syntax(f"{where}.{name} is out of range")
+        raise Invalid(f"{where}.{name} is out of range")
 
 
 def check_shape(body: Any) -> tuple[list[Any], str | None]:
     """The entries of a post, or a 400 naming the first place it is not the documented shape."""
     if not isinstance(body, dict) or "rt_segment" not in body:
-        raise syntax('the body must be a JSON object {"rt_segment": [...]}')
+        raise Invalid('the body must be a JSON object {"rt_segment": [...]}')
     entries = body["rt_segment"]
     if not isinstance(entries, list):
-        raise syntax("rt_segment must be an array")
+        raise Invalid("rt_segment must be an array")
     default_domain = body.get("domain")
     if default_domain is not None and not isinstance(default_domain, str):
-        raise syntax("domain must be a string or null")
+        raise Invalid("domain must be a string or null")
     for i, entry in enumerate(entries):
         where = f"rt_segment[{i}]"
         if not isinstance(entry, dict):
-            raise syntax(f"{where} must be an object")
+            raise Invalid(f"{where} must be an object")
         user_id = entry.get("user_id")
         if user_id is not None and (type(user_id) not in (str, int)):
-            raise syntax(f"{where}.user_id must be a string")
+            raise Invalid(f"{where}.user_id must be a string")
         if entry.get("domain") is not None and not isinstance(entry["domain"], str):
-            raise syntax(f"{where}.domain must be a string or null")
+            raise Invalid(f"{where}.domain must be a string or null")
         blocks = entry.get("seg_block")
         if blocks is None:
             continue
         if not isinstance(blocks, list):
-            raise syntax(f"{where}.seg_block must be an array")
+            raise Invalid(f"{where}.seg_block must be an array")
         for j, block in enumerate(blocks):
             bwhere = f"{where}.seg_block[{j}]"
             if not isinstance(block, dict):
-                raise syntax(f"{bwhere} must be an object")
+                raise Invalid(f"{bwhere} must be an object")
             for name in _BLOCK_INTS:
                 _int_field(block, name, bwhere)
             code = block.get("seg_code")
             if code is not None and not isinstance(code, str):
-                raise syntax(f"{bwhere}.seg_code must be a string or null")
+                raise Invalid(f"{bwhere}.seg_code must be a string or null")
     return entries, default_domain
 
 
@@ -206,11 +204,9 @@ class RealtimeService:
             if row["response_json"] is not None:
                 return json.loads(row["response_json"])
             if row["created_on"] > now - IDEMPOTENCY_STALE_SECONDS:
-                raise BssError(
-                    "SYNTAX",
+                raise Conflict(
                     "a post with this Idempotency-Key is being applied; retry in a moment",
-                    http_status=409,
-                    headers={"Retry-After": "1"},
+                    retry_after=1,
                 )
             # Its post was interrupted (process ended): this one applies it.
             conn.execute(update(k).where(where).values(created_on=now))

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from bss.accounts.service import member_exists, principal_for_token
 from bss.api.deps import member_scope, token_of
 from bss.api.envelope import ok
-from bss.errors import BssError, notfound, syntax
+from bss.errors import Invalid, NotFound, TooLarge
 from bss.realtime.service import RealtimeService
 from bss.segments.service import get_config
 
@@ -21,7 +21,7 @@ MAX_IDEMPOTENCY_KEY = 200
 
 async def _body(request: Request, limit: int) -> Any:
     declared = request.headers.get("content-length")
-    too_large = BssError("SYNTAX", f"the JSON payload exceeds {limit} bytes", http_status=413)
+    too_large = TooLarge(f"the JSON payload exceeds {limit} bytes")
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_large
     raw = bytearray()
@@ -32,7 +32,7 @@ async def _body(request: Request, limit: int) -> Any:
     try:
         return json.loads(raw)
     except ValueError as exc:
-        raise syntax(f"request body is not valid JSON: {exc}") from exc
+        raise Invalid(f"request body is not valid JSON: {exc}") from exc
 
 
 def _service(request: Request) -> RealtimeService:
@@ -57,10 +57,10 @@ async def post_rt_segment(request: Request) -> Any:
     rt.admit(member_id)
     key = request.headers.get("idempotency-key")
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
-        raise syntax(f"Idempotency-Key must have 1 to {MAX_IDEMPOTENCY_KEY} characters")
+        raise Invalid(f"Idempotency-Key must have 1 to {MAX_IDEMPOTENCY_KEY} characters")
     body = await _body(request, settings.rt_max_post_bytes)
     if not await run_in_threadpool(member_exists, state.db, member_id):
-        raise notfound(f"member {member_id} not found")
+        raise NotFound(f"member {member_id} not found")
     if key is not None:
         earlier = await run_in_threadpool(rt.replay_or_claim, member_id, key)
         if earlier is not None:

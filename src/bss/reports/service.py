@@ -25,7 +25,7 @@ import polars as pl
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from bss.db import fmt_ts, now_s, parse_ts, write_tx
-from bss.errors import BssError, notfound, syntax, unauth
+from bss.errors import BssError, Forbidden, Invalid, NotFound
 from bss.formats.config import BatchSegmentConfig
 from bss.reports.models import reports, segment_load_sources, segment_loads
 from bss.reports.sketch import UniqueSketch, user_hashes
@@ -209,20 +209,20 @@ def _interval_days(interval: str, today: int) -> tuple[int, int]:
 
 def _parse_day(text: Any, name: str) -> int:
     if not isinstance(text, str):
-        raise syntax(f"{name} must be a date string YYYY-MM-DD")
+        raise Invalid(f"{name} must be a date string YYYY-MM-DD")
     try:
         return parse_ts(text) // DAY
     except ValueError as exc:
-        raise syntax(f"{name}: {exc}") from exc
+        raise Invalid(f"{name}: {exc}") from exc
 
 
 def _parse_end_day(text: Any) -> int:
     if not isinstance(text, str):
-        raise syntax("end_date must be a date string YYYY-MM-DD")
+        raise Invalid("end_date must be a date string YYYY-MM-DD")
     try:
         ts = parse_ts(text)
     except ValueError as exc:
-        raise syntax(f"end_date: {exc}") from exc
+        raise Invalid(f"end_date: {exc}") from exc
     return -(-ts // DAY)  # an end within a day includes that day
 
 
@@ -233,10 +233,10 @@ def _filters(raw: Any) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for item in items:
         if not isinstance(item, dict):
-            raise syntax('filters must be a list of objects such as {"segment_id": 220}')
+            raise Invalid('filters must be a list of objects such as {"segment_id": 220}')
         for name, value in item.items():
             if name not in FILTERABLE:
-                raise syntax(f"cannot filter by {name!r}; filters: {', '.join(FILTERABLE)}")
+                raise Invalid(f"cannot filter by {name!r}; filters: {', '.join(FILTERABLE)}")
             out.setdefault(name, []).extend(_as_list(value))
     return out
 
@@ -244,47 +244,47 @@ def _filters(raw: Any) -> dict[str, list[Any]]:
 def parse_report_request(body: Any, now: int) -> tuple[ReportSpec, dict[str, Any]]:
     """Validate a POST /report body; returns the spec and the request as stored."""
     if not isinstance(body, dict) or not isinstance(body.get("report"), dict):
-        raise syntax('expected {"report": {"report_type": "segment_load", "columns": [...]}}')
+        raise Invalid('expected {"report": {"report_type": "segment_load", "columns": [...]}}')
     req = body["report"]
     if req.get("report_type") != REPORT_TYPE:
-        raise syntax(f'report_type must be "{REPORT_TYPE}" (the only report this service runs)')
+        raise Invalid(f'report_type must be "{REPORT_TYPE}" (the only report this service runs)')
     columns = req.get("columns")
     if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
-        raise syntax("columns must be a non-empty list of column names")
+        raise Invalid("columns must be a non-empty list of column names")
     unknown = [c for c in columns if c not in DIMENSIONS + METRICS]
     if unknown:
-        raise syntax(f"unknown column(s) {unknown}; columns: {', '.join(DIMENSIONS + METRICS)}")
+        raise Invalid(f"unknown column(s) {unknown}; columns: {', '.join(DIMENSIONS + METRICS)}")
     if len(set(columns)) != len(columns):
-        raise syntax("columns lists a column more than once")
+        raise Invalid("columns lists a column more than once")
     groups = req.get("groups") or []
     if not isinstance(groups, list) or any(g not in DIMENSIONS for g in groups):
-        raise syntax(f"groups must list dimensions: {', '.join(DIMENSIONS)}")
+        raise Invalid(f"groups must list dimensions: {', '.join(DIMENSIONS)}")
     missing = [g for g in groups if g not in columns]
     if missing:
-        raise syntax(f"groups {missing} must also be columns")
+        raise Invalid(f"groups {missing} must also be columns")
     if "daily_uniques" in columns and "day" not in columns:
-        raise syntax("daily_uniques needs the day dimension (add day to columns)")
+        raise Invalid("daily_uniques needs the day dimension (add day to columns)")
     for metric in ("monthly_uniques", "avg_daily_uniques"):
         if metric in columns and ("month" not in columns or "day" in columns):
-            raise syntax(f"{metric} needs the month dimension, without day")
+            raise Invalid(f"{metric} needs the month dimension, without day")
 
     today = now // DAY
     interval = req.get("report_interval")
     start_date, end_date = req.get("start_date"), req.get("end_date")
     if interval is not None and (start_date is not None or end_date is not None):
-        raise syntax("give report_interval or start_date/end_date, not both")
+        raise Invalid("give report_interval or start_date/end_date, not both")
     if start_date is not None or end_date is not None:
         if start_date is None or end_date is None:
-            raise syntax("start_date and end_date go together")
+            raise Invalid("start_date and end_date go together")
         start_day, end_day = _parse_day(start_date, "start_date"), _parse_end_day(end_date)
         if end_day <= start_day:
-            raise syntax("end_date must be after start_date")
+            raise Invalid("end_date must be after start_date")
         if end_day - start_day > MAX_REPORT_DAYS:
-            raise syntax(f"a report covers at most {MAX_REPORT_DAYS} days")
+            raise Invalid(f"a report covers at most {MAX_REPORT_DAYS} days")
     else:
         interval = interval if interval is not None else DEFAULT_INTERVAL
         if interval not in INTERVALS:
-            raise syntax(f"report_interval must be one of {', '.join(INTERVALS)}")
+            raise Invalid(f"report_interval must be one of {', '.join(INTERVALS)}")
         start_day, end_day = _interval_days(interval, today)
 
     filters = _filters(req.get("filters"))
@@ -293,9 +293,9 @@ def parse_report_request(body: Any, now: int) -> tuple[ReportSpec, dict[str, Any
         try:
             segment_ids = sorted({int(v) for v in filters["segment_id"] if not isinstance(v, bool)})
         except (TypeError, ValueError) as exc:
-            raise syntax("segment_id filters must be integers") from exc
+            raise Invalid("segment_id filters must be integers") from exc
         if not segment_ids or any(not 0 < v < 2**31 for v in segment_ids):
-            raise syntax("segment_id filters must be integers between 1 and 2147483647")
+            raise Invalid("segment_id filters must be integers between 1 and 2147483647")
     days = {_parse_day(v, "day filter") for v in filters["day"]} if "day" in filters else None
     months = None
     if "month" in filters:
@@ -304,7 +304,7 @@ def parse_report_request(body: Any, now: int) -> tuple[ReportSpec, dict[str, Any
             try:
                 months.add(datetime.strptime(str(v), "%Y-%m").strftime("%Y-%m"))
             except ValueError as exc:
-                raise syntax(f"month filter {v!r} is not YYYY-MM") from exc
+                raise Invalid(f"month filter {v!r} is not YYYY-MM") from exc
 
     orders: list[tuple[str, bool]] = []
     for item in req.get("orders") or []:
@@ -314,18 +314,18 @@ def parse_report_request(body: Any, now: int) -> tuple[ReportSpec, dict[str, Any
         elif isinstance(item, dict):
             name, direction = item.get("order_by"), str(item.get("direction", "ASC"))
         else:
-            raise syntax('orders must list column names or {"order_by": ..., "direction": ...}')
+            raise Invalid('orders must list column names or {"order_by": ..., "direction": ...}')
         if not isinstance(name, str) or name not in columns:
-            raise syntax(f"cannot order by {name!r}: not a column of the report")
+            raise Invalid(f"cannot order by {name!r}: not a column of the report")
         if direction.upper() not in ("ASC", "DESC"):
-            raise syntax("order direction must be ASC or DESC")
+            raise Invalid("order direction must be ASC or DESC")
         orders.append((name, direction.upper() == "DESC"))
     fmt = str(req.get("format") or "csv").lower()
     if fmt not in FORMATS:
-        raise syntax(f"format must be one of {', '.join(FORMATS)}")
+        raise Invalid(f"format must be one of {', '.join(FORMATS)}")
     timezone = req.get("timezone")
     if timezone not in (None, "UTC", "utc"):
-        raise syntax("timezone: reports are in UTC only")
+        raise Invalid("timezone: reports are in UTC only")
     stored = {**req, "row_per": [c for c in columns if c in DIMENSIONS]}
     spec = ReportSpec(
         columns=list(columns),
@@ -353,11 +353,11 @@ def _segments_in_scope(
     }
     missing = [i for i in ids if i not in rows]
     if missing:
-        raise notfound(f"segment(s) {missing} not found")
+        raise NotFound(f"segment(s) {missing} not found")
     owners = config.authorized_owners(member_id)
     foreign = [i for i in ids if rows[i]["member_id"] not in owners]
     if foreign:
-        raise unauth(f"segment(s) {foreign} are not yours to report on")
+        raise Forbidden(f"segment(s) {foreign} are not yours to report on")
     return rows
 
 
@@ -521,7 +521,7 @@ def get_report_row(db: Engine, report_id: str, member_id: int | None) -> Any:
             conn.execute(select(reports).where(reports.c.report_id == report_id)).mappings().first()
         )
     if row is None or (member_id is not None and row["member_id"] != member_id):
-        raise notfound(f"report {report_id} not found")
+        raise NotFound(f"report {report_id} not found")
     return row
 
 

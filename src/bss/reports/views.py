@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from bss.accounts.service import Principal, member_exists
 from bss.api.deps import json_body, member_scope, principal
 from bss.api.envelope import ok
-from bss.errors import notfound, syntax
+from bss.errors import Invalid, NotFound
 from bss.reports import service
 from bss.segments.service import get_config
 
@@ -21,7 +21,7 @@ router = APIRouter()
 def _report_id(request: Request) -> str:
     report_id = request.query_params.get("id")
     if not report_id:
-        raise syntax("id is required (the report_id POST /report returned)")
+        raise Invalid("id is required (the report_id POST /report returned)")
     return report_id
 
 
@@ -34,7 +34,7 @@ async def post_report(request: Request, p: Principal = Depends(principal)) -> An
     member_id = member_scope(p, request.query_params.get("member_id"))
     db = request.app.state.db
     if not await run_in_threadpool(member_exists, db, member_id):
-        raise notfound(f"member {member_id} not found")
+        raise NotFound(f"member {member_id} not found")
     body = await json_body(request)
     config = await run_in_threadpool(get_config, db, member_id)
     report_id = await run_in_threadpool(
@@ -67,7 +67,7 @@ def download_report(request: Request, p: Principal = Depends(principal)) -> Any:
     row = service.get_report_row(request.app.state.db, _report_id(request), member_id)
     fmt = (request.query_params.get("format") or row["format"]).lower()
     if fmt not in service.FORMATS:
-        raise syntax(f"format must be one of {', '.join(service.FORMATS)}")
+        raise Invalid(f"format must be one of {', '.join(service.FORMATS)}")
     if fmt == "json":
         columns, rows = service.report_result(row)
         data = [dict(zip(columns, r, strict=True)) for r in rows]

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, Select, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bss.db import INT32_MAX, bounded_int, fmt_ts, now_s, run_sql, write_tx
-from bss.errors import BssError, notfound, syntax
+from bss.errors import BssError, Invalid, NotFound
 from bss.formats.config import WEBHOOK_FIELDS, BatchSegmentConfig, ConfigError, load_config
 from bss.ingest.registry import SegmentRegistry
 from bss.segments.models import batch_segment_configs, segment_id_counter, segments
@@ -79,7 +79,7 @@ def get_segment_row(db: Engine, segment_id: int) -> Any:
     with db.connect() as conn:
         row = conn.execute(select(segments).where(segments.c.id == segment_id)).mappings().first()
     if row is None:
-        raise notfound(f"segment {segment_id} not found")
+        raise NotFound(f"segment {segment_id} not found")
     return row
 
 
@@ -92,7 +92,7 @@ def _values(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
             if not code:
                 code = None
             elif len(code) > MAX_CODE_LENGTH:
-                raise syntax(f"code may have at most {MAX_CODE_LENGTH} characters")
+                raise Invalid(f"code may have at most {MAX_CODE_LENGTH} characters")
         values["code"] = code
         values["code_key"] = code.lower() if code else None
     for name in ("short_name", "description"):
@@ -101,7 +101,7 @@ def _values(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
     if "state" in data or not partial:
         state = str(data.get("state") or "active").lower()
         if state not in ("active", "inactive"):
-            raise syntax("state must be active or inactive")
+            raise Invalid("state must be active or inactive")
         values["state"] = state
     if "expire_minutes" in data or not partial:
         em = data.get("expire_minutes")
@@ -122,19 +122,19 @@ def create_segments(
     """Create up to MAX_SEGMENTS_PER_REQUEST segments in one transaction: all or none.
     Errors name the item (`segments[3]: ...`) unless `label` is None (a single segment)."""
     if not 1 <= len(items) <= MAX_SEGMENTS_PER_REQUEST:
-        raise syntax(f"segments must hold 1 to {MAX_SEGMENTS_PER_REQUEST} segment objects")
+        raise Invalid(f"segments must hold 1 to {MAX_SEGMENTS_PER_REQUEST} segment objects")
     now = now_s()
     rows: list[dict[str, Any]] = []
     for index, item in enumerate(items):
         where = "" if label is None else f"{label}[{index}]: "
         if not isinstance(item, dict):
-            raise syntax(f"{where}expected a segment object")
+            raise Invalid(f"{where}expected a segment object")
         try:
             values = _values(item, partial=False)
             if item.get("id") is not None:
                 values["id"] = bounded_int(item["id"], "id", minimum=1, maximum=INT32_MAX)
         except BssError as exc:
-            raise syntax(where + exc.error) from exc
+            raise Invalid(where + exc.error) from exc
         rows.append({**values, "member_id": member_id, "created_on": now, "last_modified": now})
     _refuse_repeats(rows, label)
     explicit = [r["id"] for r in rows if "id" in r]
@@ -147,7 +147,7 @@ def create_segments(
                 ).scalar()
                 if taken is not None:
                     # Ids are global: say it is taken, never by which member.
-                    raise syntax(f"segment id {taken} is already taken; choose another id")
+                    raise Invalid(f"segment id {taken} is already taken; choose another id")
             if code_keys:
                 clash = conn.execute(
                     select(segments.c.code).where(
@@ -155,14 +155,14 @@ def create_segments(
                     )
                 ).scalar()
                 if clash is not None:
-                    raise syntax(f"code {clash!r} already exists for member {member_id}")
+                    raise Invalid(f"code {clash!r} already exists for member {member_id}")
             automatic = iter(_reserve_ids(conn, explicit, len(rows) - len(explicit)))
             for row in rows:
                 if "id" not in row:
                     row["id"] = next(automatic)
             conn.execute(insert(segments), rows)
     except IntegrityError as exc:  # a concurrent request took an id or code in between
-        raise syntax(
+        raise Invalid(
             "a segment id or code of this request was just taken; nothing was created"
         ) from exc
     by_id = segments_by_ids(db, [r["id"] for r in rows])
@@ -174,9 +174,9 @@ def _refuse_repeats(rows: list[dict[str, Any]], label: str | None) -> None:
     seen_codes: set[str] = set()
     for index, row in enumerate(rows):
         if row.get("id") in seen_ids:
-            raise syntax(f"{label}[{index}]: id {row['id']} appears twice in this request")
+            raise Invalid(f"{label}[{index}]: id {row['id']} appears twice in this request")
         if row["code_key"] in seen_codes:
-            raise syntax(f"{label}[{index}]: code {row['code']!r} appears twice in this request")
+            raise Invalid(f"{label}[{index}]: code {row['code']!r} appears twice in this request")
         if "id" in row:
             seen_ids.add(row["id"])
         if row["code_key"]:
@@ -194,7 +194,7 @@ def _reserve_ids(conn: Any, explicit: list[int], count: int) -> list[int]:
         conn.execute(insert(segment_id_counter).values(id=1, last_id=last))
     high = max([last, *explicit])
     if high + count > INT32_MAX:
-        raise syntax(f"no automatic segment id is left below {INT32_MAX}; give explicit ids")
+        raise Invalid(f"no automatic segment id is left below {INT32_MAX}; give explicit ids")
     conn.execute(
         update(segment_id_counter).where(segment_id_counter.c.id == 1).values(last_id=high + count)
     )
@@ -210,9 +210,9 @@ def update_segment(db: Engine, segment_id: int, data: dict[str, Any]) -> Any:
                 update(segments).where(segments.c.id == segment_id).values(**values)
             ).rowcount
     except IntegrityError as exc:
-        raise syntax(f"code {values.get('code')!r} already exists for this member") from exc
+        raise Invalid(f"code {values.get('code')!r} already exists for this member") from exc
     if n == 0:
-        raise notfound(f"segment {segment_id} not found")
+        raise NotFound(f"segment {segment_id} not found")
     return get_segment_row(db, segment_id)
 
 
@@ -225,7 +225,7 @@ def delete_segment(
     seq = seqs.reserve(db, 1)
     with write_tx(db) as conn:
         if conn.execute(delete(segments).where(segments.c.id == segment_id)).rowcount == 0:
-            raise notfound(f"segment {segment_id} not found")
+            raise NotFound(f"segment {segment_id} not found")
         regions.record_segment_deletion(conn, segment_id, seq, other_regions)
     store.delete_segment(segment_id, seq)
 
@@ -300,7 +300,7 @@ def put_config(db: Engine, member_id: int, data: Any, *, merge: bool) -> dict[st
     if isinstance(data, list) and len(data) == 1:
         data = data[0]
     if not isinstance(data, dict):
-        raise syntax("expected a batch_segment_upload_config object")
+        raise Invalid("expected a batch_segment_upload_config object")
     row = get_config_row(db, member_id)
     stored = json.loads(row["config_json"]) if row is not None else {}
     if merge:  # a PUT changes the fields it names and keeps the others the member set
@@ -315,7 +315,7 @@ def put_config(db: Engine, member_id: int, data: Any, *, merge: bool) -> dict[st
     try:
         cfg = load_config(merged)
     except ConfigError as exc:
-        raise syntax(str(exc)) from exc
+        raise Invalid(str(exc)) from exc
     text = json.dumps(cfg.member_settings())
     now = now_s()
     with write_tx(db) as conn:
@@ -344,4 +344,4 @@ def delete_config(db: Engine, member_id: int) -> None:
             delete(batch_segment_configs).where(batch_segment_configs.c.member_id == member_id)
         ).rowcount
     if deleted == 0:
-        raise notfound(f"member {member_id} has no config of its own (it uses the defaults)")
+        raise NotFound(f"member {member_id} has no config of its own (it uses the defaults)")

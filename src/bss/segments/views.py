@@ -21,7 +21,7 @@ from bss.api.deps import (
 )
 from bss.api.envelope import ok, ok_list
 from bss.db import bounded_int, now_s
-from bss.errors import notfound, syntax, unauth
+from bss.errors import Forbidden, Invalid, NotFound
 from bss.segments import service
 from bss.webhooks.service import MEMBER_WRITABLE_FIELDS, check_webhook_target
 
@@ -76,7 +76,7 @@ def _out(row: Any, counts: dict[int, int] | None) -> dict[str, Any]:
 def _segment_body(body: Any) -> dict[str, Any]:
     if isinstance(body, dict) and isinstance(body.get("segment"), dict):
         return body["segment"]
-    raise syntax('expected a JSON body like {"segment": {"code": "...", ...}}')
+    raise Invalid('expected a JSON body like {"segment": {"code": "...", ...}}')
 
 
 def _new_segments(body: Any) -> tuple[list[Any], bool]:
@@ -94,12 +94,12 @@ def get_segment(request: Request, p: Principal = Depends(principal)) -> Any:
     member_id = member_scope(p, request.query_params.get("member_id"), required=False)
     if segment_id is not None or code is not None:
         if code is not None and member_id is None:
-            raise syntax("member_id is required with code")
+            raise Invalid("member_id is required with code")
         _, rows = service.list_segments(
             db, member_id=member_id, segment_id=segment_id, code=code, limit=1
         )
         if not rows:
-            raise notfound("segment not found")
+            raise NotFound("segment not found")
         return ok("segment", _out(rows[0], _counts(request)))
     start = int_param(request, "start_element", 0, minimum=0) or 0
     num = min(int_param(request, "num_elements", 100, minimum=1) or 100, 100)
@@ -127,10 +127,10 @@ async def post_segment(request: Request, p: Principal = Depends(principal)) -> A
     items, bulk = _new_segments(await json_body(request))
     for item in items:
         if isinstance(item, dict) and item.get("member_id") not in (None, member_id):
-            raise syntax("segment.member_id must match the member_id parameter")
+            raise Invalid("segment.member_id must match the member_id parameter")
     db = request.app.state.db
     if not await run_in_threadpool(member_exists, db, member_id):
-        raise syntax(f"member {member_id} does not exist")
+        raise Invalid(f"member {member_id} does not exist")
     if not bulk:
         row = await run_in_threadpool(service.create_segment, db, member_id, items[0])
         return ok("segment", _out(row, None), id=row["id"])
@@ -153,11 +153,11 @@ async def put_segment(request: Request, p: Principal = Depends(principal)) -> An
     if segment_id is None and data.get("id") is not None:
         segment_id = bounded_int(data["id"], "id")
     if segment_id is None:
-        raise syntax("id is required")
+        raise Invalid("id is required")
     db = request.app.state.db
     current = await run_in_threadpool(service.get_segment_row, db, segment_id)
     if not can_touch(p, current["member_id"]):
-        raise notfound(f"segment {segment_id} not found")
+        raise NotFound(f"segment {segment_id} not found")
     data.pop("member_id", None)
     row = await run_in_threadpool(service.update_segment, db, segment_id, data)
     return ok("segment", _out(row, None), id=row["id"])
@@ -167,11 +167,11 @@ async def put_segment(request: Request, p: Principal = Depends(principal)) -> An
 def delete_segment(request: Request, p: Principal = Depends(principal)) -> Any:
     segment_id = int_param(request, "id")
     if segment_id is None:
-        raise syntax("id is required")
+        raise Invalid("id is required")
     db = request.app.state.db
     current = service.get_segment_row(db, segment_id)
     if not can_touch(p, current["member_id"]):
-        raise notfound(f"segment {segment_id} not found")
+        raise NotFound(f"segment {segment_id} not found")
     stores = request.app.state.stores
     service.delete_segment(db, segment_id, stores.get(), stores.remote_regions)
     return ok(None)
@@ -188,7 +188,7 @@ def delete_segment(request: Request, p: Principal = Depends(principal)) -> Any:
 def get_config(request: Request, p: Principal = Depends(principal)) -> Any:
     member_id = member_scope(p, request.query_params.get("member_id"))
     if not p.is_admin and p.member_id != member_id:
-        raise unauth()
+        raise Forbidden()
     db = request.app.state.db
     row = service.get_config_row(db, member_id)
     cfg = service.get_config(db, member_id)
@@ -199,7 +199,7 @@ async def _put(request: Request, p: Principal, merge: bool) -> Any:
     member_id = member_scope(p, request.query_params.get("member_id"))
     db = request.app.state.db
     if not await run_in_threadpool(member_exists, db, member_id):
-        raise syntax(f"member {member_id} does not exist")
+        raise Invalid(f"member {member_id} does not exist")
     body = await json_body(request)
     if not p.is_admin:
         # A member may set its own webhook fields, and nothing else of its config.

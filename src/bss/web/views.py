@@ -24,8 +24,9 @@ from bss.accounts import service as accounts
 from bss.accounts.service import Principal, principal_for_token
 from bss.api.browser_guard import BrowserGuard, csrf_token_for
 from bss.api.deps import TOKEN_COOKIE, member_scope
+from bss.api.envelope import status_of
 from bss.db import fmt_ts, now_s
-from bss.errors import BssError, notfound, syntax
+from bss.errors import BssError, Forbidden, Invalid, NotFound
 from bss.ingest.result import COUNTER_NAMES
 from bss.jobs.models import PHASES
 from bss.jobs.service import JobService
@@ -154,7 +155,7 @@ def page(view: Callable[..., Response]) -> Callable[..., Response]:
             return render(
                 request,
                 "error.html",
-                status_code=exc.http_status,
+                status_code=status_of(exc),
                 error=exc,
                 nav="",
                 **_base(request),
@@ -178,7 +179,7 @@ def _day_start(text: str, name: str) -> int:
     try:
         day = date.fromisoformat(text)
     except ValueError as exc:
-        raise syntax(f"{name} must be a date like 2026-11-24") from exc
+        raise Invalid(f"{name} must be a date like 2026-11-24") from exc
     return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
 
 
@@ -189,16 +190,16 @@ def _int_arg(request: Request, name: str, default: int, *, minimum: int = 0) -> 
     try:
         value = int(raw)
     except ValueError as exc:
-        raise syntax(f"{name} must be an integer") from exc
+        raise Invalid(f"{name} must be an integer") from exc
     if value < minimum:
-        raise syntax(f"{name} must be at least {minimum}")
+        raise Invalid(f"{name} must be at least {minimum}")
     return value
 
 
 def _choice(request: Request, name: str, allowed: tuple[str, ...]) -> str:
     value = request.query_params.get(name) or ""
     if value and value not in allowed:
-        raise syntax(f"{name} must be one of {', '.join(allowed)}")
+        raise Invalid(f"{name} must be one of {', '.join(allowed)}")
     return value
 
 
@@ -239,7 +240,7 @@ def jobs_page(request: Request) -> Response:
     source = _choice(request, "source", SOURCES)
     per_page = _int_arg(request, "per_page", 100, minimum=1)
     if per_page not in PAGE_SIZES:
-        raise syntax(f"per_page must be one of {', '.join(map(str, PAGE_SIZES))}")
+        raise Invalid(f"per_page must be one of {', '.join(map(str, PAGE_SIZES))}")
     page_no = _int_arg(request, "page", 1, minimum=1)
     filters: dict[str, Any] = {"phase": phase or None, "upload_source": source or None}
     if qp.get("from"):
@@ -327,7 +328,7 @@ def job_page(request: Request, job_id: str) -> Response:
     svc: JobService = request.app.state.jobs
     row = svc.job_row(job_id)
     if row is None or not (p.is_admin or row["member_id"] == p.member_id):
-        raise notfound(f"job {job_id} not found")
+        raise NotFound(f"job {job_id} not found")
     job = svc.job_out(row)
     report = Path(row["report_path"] or svc.reports_dir / f"{job_id}.csv")
     error_rows, more_errors = _error_rows(job, report)
@@ -441,7 +442,7 @@ def segment_page(request: Request, segment_id: int) -> Response:
     db = request.app.state.db
     row = segments.get_segment_row(db, segment_id)
     if not (p.is_admin or row["member_id"] == p.member_id):
-        raise notfound(f"segment {segment_id} not found")
+        raise NotFound(f"segment {segment_id} not found")
     counts = _member_counts(request)
     segment = segments.segment_out(row, None if counts is None else counts.get(segment_id, 0))
     recent = []
@@ -546,7 +547,7 @@ def charts_page(request: Request) -> Response:
 def admin_page(request: Request) -> Response:
     p: Principal = request.state.principal
     if not p.is_admin:
-        raise BssError("UNAUTH", "This page is available to admin users only", http_status=403)
+        raise Forbidden("This page is available to admin users only")
     db = request.app.state.db
     members = accounts.list_members(db)
     member_id = _int_arg(request, "member_id", members[0]["id"] if members else 0)

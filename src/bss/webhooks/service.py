@@ -30,7 +30,7 @@ import httpx
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 
 from bss.db import fmt_ts, now_s, write_tx
-from bss.errors import syntax
+from bss.errors import Invalid
 from bss.formats.config import WEBHOOK_FIELDS
 from bss.segments.models import batch_segment_configs
 from bss.settings import Settings
@@ -117,7 +117,7 @@ def check_webhook_target(body: Any, settings: Settings) -> None:
     except TargetUnresolved:
         return  # checked again at every attempt; DNS may be down for a moment
     except TargetRefused as exc:
-        raise syntax(str(exc)) from exc
+        raise Invalid(str(exc)) from exc
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

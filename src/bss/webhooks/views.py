@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from bss.accounts.service import Principal
 from bss.api.deps import int_param, member_scope, principal
 from bss.api.envelope import ok_list
-from bss.errors import syntax
+from bss.errors import Invalid
 from bss.webhooks.models import DELIVERY_STATES
 from bss.webhooks.service import list_deliveries
 
@@ -26,7 +26,7 @@ def get_deliveries(request: Request, p: Principal = Depends(principal)) -> Any:
     member_id = member_scope(p, qp.get("member_id"), required=False)
     state = qp.get("state") or None
     if state is not None and state not in DELIVERY_STATES:
-        raise syntax(f"state must be one of {', '.join(DELIVERY_STATES)}")
+        raise Invalid(f"state must be one of {', '.join(DELIVERY_STATES)}")
     start = int_param(request, "start_element", 0, minimum=0) or 0
     num = min(int_param(request, "num_elements", 100, minimum=1) or 100, 100)
     total, items = list_deliveries(
