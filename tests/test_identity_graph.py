@@ -21,7 +21,14 @@ from cluster_util import (  # noqa: F401 - fixtures
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bss.identity.graph import Caps, Expansion, expand, expanded_segments, related_ids
+from bss.identity.graph import (
+    Caps,
+    Expansion,
+    expand,
+    expand_many,
+    expanded_segments,
+    related_ids,
+)
 from bss.identity.ids import format_id
 from bss.store import APPLY_SCHEMA
 from bss.store.base import LINK_SCHEMA, SHARED_SCOPE, Link
@@ -167,12 +174,15 @@ def check(store: Any, ref: Reference, now: int) -> None:
         for limit in (25, 2):
             got = store.top_links(USERS, scopes, now, limit)
             assert got == [ref.top(u, scopes, now, limit) for u in USERS], (scopes, limit)
+    groups = [[USERS[0]], [USERS[4], USERS[2]], [USERS[7]]]
     for caps in CAPS:
-        for starts in ([USERS[0]], [USERS[4], USERS[2]]):
-            for scopes in ([MEMBER, SHARED_SCOPE], [SHARED_SCOPE]):
-                got = expand(store, starts, scopes, now, caps)
-                want = ref.expand(starts, scopes, now, caps)
-                assert [((r.kind, r.key), r.hop, r.shared) for r in got.ids] == want
+        for scopes in ([MEMBER, SHARED_SCOPE], [SHARED_SCOPE]):
+            want = [ref.expand(starts, scopes, now, caps) for starts in groups]
+            got = [expand(store, starts, scopes, now, caps) for starts in groups]
+            # Many expansions read hop by hop together answer as each alone.
+            together = expand_many(store, groups, scopes, now, caps)
+            for one in (got, together):
+                assert [[((r.kind, r.key), r.hop, r.shared) for r in e.ids] for e in one] == want
 
 
 @given(script=ops, shuffle=st.randoms(use_true_random=False))

@@ -26,6 +26,7 @@ from bss.api.lookup import router as lookup_router
 from bss.api.openapi import install as install_openapi
 from bss.db import init_db, is_sqlite, make_engine
 from bss.errors import BssError, Invalid, StoreUnavailable, Unavailable
+from bss.identity.views import router as identity_router
 from bss.jobs.service import JobService
 from bss.jobs.views import router as jobs_router
 from bss.jobs.worker import StoreHandle
@@ -179,6 +180,7 @@ def create_app(
     app.include_router(segments_router)
     app.include_router(jobs_router)
     app.include_router(lookup_router)
+    app.include_router(identity_router)
     app.include_router(realtime_router)
     app.include_router(webhooks_router)
     app.include_router(reports_router)

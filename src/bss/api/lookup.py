@@ -2,7 +2,8 @@
 call), and GET /segment-members (a segment's live members as CSV, for its owner and admins).
 
 Users are named by any of the ID kinds the store keys by; the (UserKind, key) text forms are
-those documented in bss.formats.records.
+those documented in bss.formats.records. With `related=true` the lookups expand through the
+identity graph (bss.identity.graph): every segment once, with `via`, the ID it came from.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from bss.api.envelope import ok, ok_list
 from bss.db import fmt_ts, now_s
 from bss.errors import BssError, Forbidden, Invalid
 from bss.formats.records import DEVICE_DOMAINS, LEGACY_DEVICE_TYPES, MAX_UID, UserKind
+from bss.identity.graph import expanded_segments_many
 from bss.segments.service import get_segment_row, segments_by_ids
 from bss.store import Membership
 
@@ -77,15 +79,29 @@ def user_key(qp: Mapping[str, Any], member_id: int | None) -> tuple[UserKind, st
     )
 
 
+def related_flag(value: Any) -> bool:
+    """The `related` parameter: true or false (absent: false)."""
+    if value in (None, "", False):
+        return False
+    if value is True or str(value).lower() in ("true", "1"):
+        return True
+    if str(value).lower() in ("false", "0"):
+        return False
+    raise Invalid("related must be true or false")
+
+
 def _segment_items(
     memberships: list[Membership],
     known: Mapping[int, Any],
     member_id: int | None,
     stamps: dict[int, str | None] | None = None,
+    *,
+    vias: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The documented segment objects of a user's memberships (only the member's own
     segments when the request is scoped to a member). `stamps` memoises formatted times
-    across the users of one batch: a job gives most of its pairs the same few times."""
+    across the users of one batch: a job gives most of its pairs the same few times.
+    `vias` (an expanded lookup): each membership's source ID, shown as `via`."""
     stamps = {} if stamps is None else stamps
 
     def fmt(ts: int) -> str | None:
@@ -95,22 +111,39 @@ def _segment_items(
         return text
 
     items = []
-    for m in memberships:
+    for i, m in enumerate(memberships):
         seg = known.get(m.segment_id)
         owner = seg["member_id"] if seg is not None else None
         if member_id is not None and owner != member_id:
             continue
-        items.append(
-            {
-                "id": m.segment_id,
-                "code": seg["code"] if seg is not None else None,
-                "member_id": owner,
-                "value": m.value,
-                "timestamp": fmt(m.timestamp),
-                "expiry": fmt(m.expires_at),
-            }
-        )
+        item = {
+            "id": m.segment_id,
+            "code": seg["code"] if seg is not None else None,
+            "member_id": owner,
+            "value": m.value,
+            "timestamp": fmt(m.timestamp),
+            "expiry": fmt(m.expires_at),
+        }
+        if vias is not None:
+            item["via"] = vias[i]
+        items.append(item)
     return items
+
+
+def _lookup(
+    request: Request, users: list[tuple[int, str]], member_id: int | None, related: bool
+) -> list[tuple[list[Membership], list[str] | None]]:
+    """Each user's live memberships; with `related`, those of its related IDs too, each
+    segment once, with the `via` of each."""
+    store = region_store(request)
+    now = now_s()
+    if not related:
+        if len(users) == 1:
+            return [(store.user_segments(*users[0], now), None)]
+        return [(found, None) for found in store.users_segments(users, now)]
+    caps = request.app.state.settings.graph_caps
+    answers = expanded_segments_many(store, [[u] for u in users], member_id, now, caps)
+    return [([m for m, _ in found], [v for _, v in found]) for _, found in answers]
 
 
 @router.get(
@@ -130,10 +163,10 @@ def _user_segments(request: Request, p: Principal) -> Any:
     qp = request.query_params
     member_id = member_scope(p, qp.get("member_id"), required=False)
     kind, key = user_key(qp, member_id)
-    store = region_store(request)
-    memberships = store.user_segments(int(kind), key, now_s())
+    related = related_flag(qp.get("related"))
+    ((memberships, vias),) = _lookup(request, [(int(kind), key)], member_id, related)
     known = segments_by_ids(request.app.state.db, sorted({m.segment_id for m in memberships}))
-    items = _segment_items(memberships, known, member_id)
+    items = _segment_items(memberships, known, member_id, vias=vias)
     return ok_list(
         "segments",
         items,
@@ -164,7 +197,9 @@ def _batch_users(body: Any) -> list[Any]:
 async def post_user_segments(request: Request, p: Principal = Depends(principal)) -> Any:
     # Query parameters are checked before the body, as on every endpoint.
     member_id = member_scope(p, request.query_params.get("member_id"), required=False)
-    users = _batch_users(await json_body(request))
+    body = await json_body(request)
+    users = _batch_users(body)
+    related = related_flag(request.query_params.get("related")) or related_flag(body.get("related"))
     keyed: list[tuple[int, tuple[int, str]]] = []
     answers: list[dict[str, Any]] = []
     for user in users:
@@ -183,12 +218,14 @@ async def post_user_segments(request: Request, p: Principal = Depends(principal)
     state = request.app.state
 
     def lookup() -> None:
-        found = region_store(request).users_segments([k for _, k in keyed], now_s())
-        ids = sorted({m.segment_id for ms in found for m in ms})
+        found = _lookup(request, [k for _, k in keyed], member_id, related)
+        ids = sorted({m.segment_id for ms, _ in found for m in ms})
         known = segments_by_ids(state.db, ids)
         stamps: dict[int, str | None] = {}
-        for (at, _), memberships in zip(keyed, found, strict=True):
-            answers[at]["segments"] = _segment_items(memberships, known, member_id, stamps)
+        for (at, _), (memberships, vias) in zip(keyed, found, strict=True):
+            answers[at]["segments"] = _segment_items(
+                memberships, known, member_id, stamps, vias=vias
+            )
 
     await run_in_threadpool(lookup)
     return ok("users", answers)

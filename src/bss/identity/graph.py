@@ -10,6 +10,8 @@ The functions other parts call in process:
   /user-links shows a member its own links only).
 - `expanded_segments(store, users, member_id, now, caps)`: the live memberships of every
   related ID, each segment once (the membership that expires last), with its `via`.
+- `expand_many` / `expanded_segments_many`: the same for many groups of IDs at once (one
+  store read per hop for all of them), each group answered as if alone.
 - `remove_links_of(store, users, scope, seq, now, ttl_days)` (bss.identity.links): remove
   every live link of some IDs in one scope, as tombstones under the seq rule (opt-outs).
 
@@ -87,38 +89,83 @@ def expand(
     store: MembershipStore, users: list[User], scopes: list[int], now: int, caps: Caps
 ) -> Expansion:
     """Breadth-first expansion of `users` through the live links of `scopes`."""
-    found: dict[User, Reached] = {}
-    for user in users:
-        if user not in found and len(found) < caps.max_ids:
-            found[user] = Reached(user[0], user[1], 0, False)
-    out = Expansion()
-    seen_links: set[tuple[User, User, int]] = set()
-    frontier = list(found)
-    for hop in range(1, caps.max_hops + 1):
-        if not frontier:
-            break
-        next_frontier: list[User] = []
-        per_user = store.top_links(frontier, scopes, now, caps.links_per_id)
-        for user, links in zip(frontier, per_user, strict=True):
+    return expand_many(store, [users], scopes, now, caps)[0]
+
+
+class _Walk:
+    """One expansion under way."""
+
+    def __init__(self, users: list[User], caps: Caps) -> None:
+        self.found: dict[User, Reached] = {}
+        for user in users:
+            if user not in self.found and len(self.found) < caps.max_ids:
+                self.found[user] = Reached(user[0], user[1], 0, False)
+        self.frontier = list(self.found)
+        self.links: list[FollowedLink] = []
+        self.seen_links: set[tuple[User, User, int]] = set()
+
+    def step(self, hop: int, per_user: list[list[Link]], max_ids: int) -> None:
+        """Take the frontier's links (ranked, capped), in frontier order."""
+        found, next_frontier = self.found, []
+        for user, links in zip(self.frontier, per_user, strict=True):
             parent_shared = found[user].shared
             for link in links:
                 other = (link.kind, link.key)
                 shared = parent_shared or link.scope == SHARED_SCOPE
                 reached = found.get(other)
                 if reached is None:
-                    if len(found) >= caps.max_ids:
+                    if len(found) >= max_ids:
                         continue
-                    reached = found[other] = Reached(other[0], other[1], hop, shared)
+                    found[other] = Reached(other[0], other[1], hop, shared)
                     next_frontier.append(other)
                 elif reached.hop == hop and reached.shared and not shared:
                     # Also reached at this hop through the member's own links only.
                     found[other] = reached._replace(shared=False)
                 pair = (user, other) if user <= other else (other, user)
-                if (*pair, link.scope) not in seen_links:
-                    seen_links.add((*pair, link.scope))
-                    out.links.append(FollowedLink(pair[0], pair[1], link))
-        frontier = next_frontier
-    out.ids = list(found.values())
+                if (*pair, link.scope) not in self.seen_links:
+                    self.seen_links.add((*pair, link.scope))
+                    self.links.append(FollowedLink(pair[0], pair[1], link))
+        self.frontier = next_frontier
+
+
+def expand_many(
+    store: MembershipStore, groups: list[list[User]], scopes: list[int], now: int, caps: Caps
+) -> list[Expansion]:
+    """`expand` of each group of users, all groups' hops read together: one `top_links`
+    call per hop however many groups (a POST /user-segments of 1000 users)."""
+    walks = [_Walk(users, caps) for users in groups]
+    for hop in range(1, caps.max_hops + 1):
+        wanted = list(dict.fromkeys(u for walk in walks for u in walk.frontier))
+        if not wanted:
+            break
+        read = dict(
+            zip(wanted, store.top_links(wanted, scopes, now, caps.links_per_id), strict=True)
+        )
+        for walk in walks:
+            walk.step(hop, [read[u] for u in walk.frontier], caps.max_ids)
+    return [Expansion(list(walk.found.values()), walk.links) for walk in walks]
+
+
+def expanded_segments_many(
+    store: MembershipStore,
+    groups: list[list[User]],
+    member_id: int | None,
+    now: int,
+    caps: Caps,
+) -> list[tuple[Expansion, list[tuple[Membership, str]]]]:
+    """`expanded_segments` of each group, with one read of memberships for all."""
+    expansions = expand_many(store, groups, scopes_of(member_id), now, caps)
+    users = list(dict.fromkeys((r.kind, r.key) for e in expansions for r in e.ids))
+    segments = dict(zip(users, store.users_segments(users, now), strict=True))
+    out = []
+    for expansion in expansions:
+        best: dict[int, tuple[Membership, str]] = {}
+        for reached in expansion.ids:
+            for m in segments[(reached.kind, reached.key)]:
+                held = best.get(m.segment_id)
+                if held is None or m.expires_at > held[0].expires_at:
+                    best[m.segment_id] = (m, Expansion.via(reached))
+        out.append((expansion, [best[s] for s in sorted(best)]))
     return out
 
 
@@ -128,12 +175,4 @@ def expanded_segments(
     """The expansion of `users` and the live memberships of all its IDs, each segment once
     (the membership that expires last; on a tie the ID reached first) with its `via`, by
     segment id."""
-    expansion = related_ids(store, users, member_id, now, caps)
-    found = store.users_segments([(r.kind, r.key) for r in expansion.ids], now)
-    best: dict[int, tuple[Membership, str]] = {}
-    for reached, memberships in zip(expansion.ids, found, strict=True):
-        for m in memberships:
-            held = best.get(m.segment_id)
-            if held is None or m.expires_at > held[0].expires_at:
-                best[m.segment_id] = (m, Expansion.via(reached))
-    return expansion, [best[s] for s in sorted(best)]
+    return expanded_segments_many(store, [users], member_id, now, caps)[0]

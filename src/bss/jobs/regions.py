@@ -59,7 +59,9 @@ class RegionCatchUp:
             if row["job_id"] is not None:
                 self._replay(row, ctx)
             elif row["batch"] is not None:
-                self.stores.get(row["region"]).apply(regions.read_batch(row["batch"]))
+                regions.apply_batch(
+                    self.stores.get(row["region"]), regions.read_batch(row["batch"])
+                )
             else:
                 store = self.stores.get(row["region"])
                 store.delete_segment(row["segment_id"], row["delete_seq"])

@@ -19,7 +19,8 @@ router = APIRouter()
 MAX_IDEMPOTENCY_KEY = 200
 
 
-async def _body(request: Request, limit: int) -> Any:
+async def read_json_body(request: Request, limit: int) -> Any:
+    """A JSON body of at most `limit` bytes (413 past it, read no further)."""
     declared = request.headers.get("content-length")
     too_large = TooLarge(f"the JSON payload exceeds {limit} bytes")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -58,7 +59,7 @@ async def post_rt_segment(request: Request) -> Any:
     key = request.headers.get("idempotency-key")
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
         raise Invalid(f"Idempotency-Key must have 1 to {MAX_IDEMPOTENCY_KEY} characters")
-    body = await _body(request, settings.rt_max_post_bytes)
+    body = await read_json_body(request, settings.rt_max_post_bytes)
     if not await run_in_threadpool(member_exists, state.db, member_id):
         raise NotFound(f"member {member_id} not found")
     if key is not None:

@@ -44,6 +44,7 @@ from sqlalchemy import (
 )
 
 from bss.db import metadata, now_s, write_tx
+from bss.store.base import LINK_SCHEMA, MembershipStore
 
 #: A row waits for its first attempt (or was given back by a process that stopped).
 PENDING = "pending"
@@ -64,7 +65,8 @@ region_writes = Table(
     Column("region", String(40), nullable=False),
     #: A job (jobs.id) to replay from its kept file, or ...
     Column("job_id", Integer, nullable=True),
-    #: ... a real-time post's batch (Arrow IPC stream, APPLY_SCHEMA), applied as it is, or ...
+    #: ... a real-time post's batch (Arrow IPC stream, APPLY_SCHEMA, or LINK_SCHEMA for a
+    #: link post), applied as it is, or ...
     Column("batch", LargeBinary, nullable=True),
     #: ... a segment deletion: the segment and the seq it was deleted at.
     Column("segment_id", Integer, nullable=True),
@@ -129,8 +131,8 @@ def record_segment_deletion(
 
 
 def record_batch(conn: Connection, batch: pa.Table, regions: Sequence[str]) -> None:
-    """Owe a batch a real-time post applied locally (APPLY_SCHEMA, with its seqs) to every
-    other region."""
+    """Owe a batch a real-time post applied locally (APPLY_SCHEMA, with its seqs; or
+    LINK_SCHEMA, a link post's) to every other region."""
     if not regions:
         return
     sink = pa.BufferOutputStream()
@@ -160,6 +162,15 @@ def _owe(conn: Connection, regions: Sequence[str], state: str, **write: Any) -> 
 
 def read_batch(blob: bytes) -> pa.Table:
     return ipc.open_stream(pa.py_buffer(blob)).read_all()
+
+
+def apply_batch(store: MembershipStore, batch: pa.Table) -> None:
+    """Apply a recorded batch: memberships (APPLY_SCHEMA) or links (LINK_SCHEMA, a
+    real-time link post's, told apart by its columns)."""
+    if batch.schema.names == LINK_SCHEMA.names:
+        store.apply_links(batch)
+    else:
+        store.apply(batch)
 
 
 def replay_inputs(db: Engine, job_pk: int) -> tuple[int, str, list[dict[str, Any]]] | None:

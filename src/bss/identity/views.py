@@ -1,0 +1,85 @@
+"""The identity graph's endpoints: POST /id-link (real-time links) and GET /user-links."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from bss.accounts.service import Principal, member_exists
+from bss.api.deps import member_scope, principal, region_store
+from bss.api.envelope import ok
+from bss.api.lookup import user_key
+from bss.db import now_s
+from bss.errors import Forbidden, Invalid, NotFound
+from bss.identity.ids import InvalidId, parse_id
+from bss.identity.service import MAX_LINKS_PER_POST, post_links, user_links
+from bss.realtime.views import read_json_body
+from bss.store.base import SHARED_SCOPE
+
+router = APIRouter()
+
+
+@router.post(
+    "/id-link",
+    tags=["identity"],
+    summary=f"Assert or remove up to {MAX_LINKS_PER_POST} links between user IDs at once",
+)
+async def post_id_link(
+    request: Request,
+    member_id: int | None = Query(None, description="The member whose links these are."),
+    p: Principal = Depends(principal),
+) -> Any:
+    state = request.app.state
+    scope_member: int = member_scope(p, member_id)
+    body = await read_json_body(request, state.settings.rt_max_post_bytes)
+    scope_name = body.get("scope", "member") if isinstance(body, dict) else "member"
+    if scope_name not in ("member", "shared"):
+        raise Invalid('scope must be "member" or "shared"')
+    if scope_name == "shared" and not p.is_admin:
+        raise Forbidden("Only admin users may write shared links")
+    if not await run_in_threadpool(member_exists, state.db, scope_member):
+        raise NotFound(f"member {scope_member} not found")
+    result = await run_in_threadpool(
+        lambda: post_links(
+            state.db,
+            state.stores.get(),
+            state.stores.remote_regions,
+            scope=SHARED_SCOPE if scope_name == "shared" else scope_member,
+            body=body,
+            now=now_s(),
+            ttl_days=state.settings.link_ttl_days,
+        )
+    )
+    return ok("message", result.message(), warnings=result.warnings)
+
+
+@router.get(
+    "/user-links",
+    tags=["identity"],
+    summary="A user's related IDs and the links that relate them (id=uid=... or the lookup forms)",
+)
+def get_user_links(
+    request: Request,
+    member_id: int | None = Query(None, description="The member whose links are shown."),
+    id: str | None = Query(None, description="The user in the link text form (uid=..., ext=M:ID)."),
+    p: Principal = Depends(principal),
+) -> Any:
+    scope_member = member_scope(p, member_id, required=False)
+    if id:
+        try:
+            kind, key = parse_id(id)
+        except InvalidId as exc:
+            raise Invalid(str(exc)) from exc
+    else:
+        kind, key = user_key(request.query_params, scope_member)
+    # A member sees its own links; admins see shared links too.
+    scopes = [] if scope_member is None else [scope_member]
+    if p.is_admin:
+        scopes.append(SHARED_SCOPE)
+    state = request.app.state
+    answer = user_links(
+        region_store(request), (int(kind), key), scopes, now_s(), state.settings.graph_caps
+    )
+    return ok("ids", answer["ids"], links=answer["links"])
