@@ -171,6 +171,7 @@ def test_a_database_of_an_older_version_gets_the_missing_columns_and_indexes(tmp
     engine = make_engine(f"sqlite:///{tmp_path / 'bss.db'}")
     init_db(engine)
     with engine.begin() as conn:  # what an older version left: no seq_base, no member index
+        conn.execute(text("DROP TABLE alembic_version"))  # (and no migrations yet)
         conn.execute(text("DROP INDEX ix_jobs_member_id"))
         conn.execute(text("ALTER TABLE jobs DROP COLUMN seq_base"))
     init_db(engine)

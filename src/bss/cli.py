@@ -244,6 +244,56 @@ def worker(
     run_worker(_settings(data_dir=data_dir, workers=workers))
 
 
+db_app = typer.Typer(no_args_is_help=True, help="The database's schema (migrations).")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Data dir of the embedded database (or BSS_DATABASE_URL)."
+    ),
+) -> None:
+    """Upgrade the database schema to this version's (stop processes of an older version
+    first). One process migrates at a time; running it again does nothing."""
+    from bss import migrate
+    from bss.startup import connect_database, refuse
+
+    settings = _settings(data_dir=data_dir)
+    settings.make_data_dir()
+    engine = connect_database(settings)
+    try:
+        found = migrate.upgrade(engine)
+    except migrate.SchemaError as exc:
+        refuse(str(exc))
+    finally:
+        engine.dispose()
+    if found.up_to_date:
+        typer.echo(f"database schema already at revision {found.head}")
+    else:
+        typer.echo(f"database schema upgraded from {found.describe()} to revision {found.head}")
+
+
+@db_app.command("current")
+def db_current(
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Data dir of the embedded database (or BSS_DATABASE_URL)."
+    ),
+) -> None:
+    """Print the database's schema revision and this version's; exit 1 if they differ."""
+    from bss import migrate
+    from bss.startup import connect_database
+
+    engine = connect_database(_settings(data_dir=data_dir))
+    try:
+        found = migrate.state(engine)
+    finally:
+        engine.dispose()
+    typer.echo(f"database: {found.describe()}; this bss: revision {found.head}")
+    if not found.up_to_date:
+        raise typer.Exit(1)
+
+
 # login, member, user, segment, config, upload, status, jobs: clients of a running service.
 register_client_commands(app)
 

@@ -1,7 +1,8 @@
 """The relational store (members, users, segments, configs, jobs, passive claims).
 
 One SQLAlchemy Core code path for SQLite (the embedded default) and PostgreSQL; each domain
-declares its tables on `metadata` in its own module, and `init_db` imports them all.
+declares its tables on `metadata` in its own module (TABLE_MODULES), and every change to them
+ships as a migration (bss/migrations, docs/migrations.md) that `init_db` applies.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -27,10 +28,7 @@ from sqlalchemy import (
     MetaData,
     create_engine,
     event,
-    inspect,
-    text,
 )
-from sqlalchemy.exc import DBAPIError
 
 from bss.errors import syntax
 
@@ -130,6 +128,11 @@ def _sqlite_writers(engine: Engine) -> _SqliteWriters:
         return writers
 
 
+def sqlite_writer_lock(engine: Engine) -> AbstractContextManager[None]:
+    """Held by one writer of this SQLite database at a time, across the machine's processes."""
+    return _sqlite_writers(engine).held()
+
+
 @contextmanager
 def write_tx(engine: Engine) -> Iterator[Connection]:
     """A write transaction. On SQLite, writers queue on a lock instead of in SQLite's busy
@@ -186,38 +189,18 @@ def run_sql(
     return [dict(zip(names, row, strict=True)) for row in rows]
 
 
-def init_db(engine: Engine) -> None:
-    """Create every domain's tables (idempotent), and add the nullable columns and the
-    indexes that a database made by an older version lacks (e.g. jobs.seq_base)."""
+def import_table_modules() -> None:
+    """Declare every domain's tables on `metadata`."""
     for name in TABLE_MODULES:
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name)
-    metadata.create_all(engine)
-    inspector = inspect(engine)
-    for table in metadata.sorted_tables:
-        present = {c["name"] for c in inspector.get_columns(table.name)}
-        missing = [c for c in table.columns if c.name not in present and c.nullable]
-        for column in missing:
-            kind = column.type.compile(dialect=engine.dialect)
-            try:
-                with write_tx(engine) as conn:
-                    conn.execute(
-                        text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
-                    )
-            except DBAPIError:  # another process added it first
-                if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
-                    raise
-        indexed = {i["name"] for i in inspector.get_indexes(table.name)}
-        for index in table.indexes:
-            if index.name not in indexed:
-                try:
-                    with write_tx(engine) as conn:
-                        index.create(conn, checkfirst=True)
-                except DBAPIError:  # another process created it first
-                    if index.name not in {
-                        i["name"] for i in inspect(engine).get_indexes(table.name)
-                    }:
-                        raise
+
+
+def init_db(engine: Engine) -> None:
+    """Bring the database's schema to this code's revision (bss.migrate), under its lock."""
+    from bss.migrate import upgrade
+
+    upgrade(engine)
 
 
 def bounded_int(

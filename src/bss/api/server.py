@@ -17,7 +17,7 @@ import uvicorn
 from sqlalchemy import Engine
 
 from bss.accounts.service import purge_auth
-from bss.db import init_db, make_engine, now_s
+from bss.db import now_s
 from bss.errors import StoreUnavailable, StoreUrlError
 from bss.jobs.regions import RegionCatchUp
 from bss.jobs.service import JobService
@@ -26,6 +26,7 @@ from bss.leases import HOSTNAME, LeaseKeeper, reap_dead_local_processes
 from bss.ratelimit import DatabaseRateLimiter
 from bss.reports.service import purge_reports
 from bss.settings import Settings
+from bss.startup import engines_in_use, open_database
 from bss.webhooks.service import WebhookSender, purge_deliveries
 
 log = logging.getLogger("bss.server")
@@ -165,8 +166,7 @@ def serve(settings: Settings, host: str, port: int, *, fd: int | None = None) ->
         supervise(settings, host, port)
         return
     settings.make_data_dir()
-    db = make_engine(settings.resolved_database_url)
-    init_db(db)
+    db = open_database(settings)
     stores = StoreHandle.for_settings(settings)
     # A wrong URL, an old store not yet converted, an unreachable Redis: one line at start.
     _open_or_exit(stores)
@@ -205,6 +205,7 @@ def serve(settings: Settings, host: str, port: int, *, fd: int | None = None) ->
             "port": port,
             "data_dir": str(settings.data_dir),
             "workers": settings.workers,
+            **engines_in_use(settings),
         },
     )
     try:
@@ -226,8 +227,7 @@ def supervise(settings: Settings, host: str, port: int) -> None:
     from bss.accounts.service import ensure_admin
 
     settings.make_data_dir()
-    db = make_engine(settings.resolved_database_url)
-    init_db(db)  # once, here: children creating tables or the admin at once would collide
+    db = open_database(settings)  # upgraded once, here, before any child starts
     ensure_admin(db, settings)
     db.dispose()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -257,7 +257,13 @@ def supervise(settings: Settings, host: str, port: int) -> None:
     children = [spawn() for _ in range(settings.processes)]
     log.info(
         "serving",
-        extra={"host": host, "port": port, "processes": settings.processes, "supervisor": True},
+        extra={
+            "host": host,
+            "port": port,
+            "processes": settings.processes,
+            "supervisor": True,
+            **engines_in_use(settings),
+        },
     )
     exit_code = 0
     while not stop.wait(0.5):
@@ -291,8 +297,7 @@ def supervise(settings: Settings, host: str, port: int) -> None:
 
 def run_worker(settings: Settings) -> None:
     settings.make_data_dir()
-    db = make_engine(settings.resolved_database_url)
-    init_db(db)
+    db = open_database(settings)
     service = JobService(db, settings)
     stores = StoreHandle.for_settings(settings)
     try:
@@ -311,7 +316,10 @@ def run_worker(settings: Settings) -> None:
     threads = start_background(
         service, stores, settings, stop, keeper, workers=max(1, settings.workers)
     )
-    log.info("worker process running", extra={"workers": max(1, settings.workers)})
+    log.info(
+        "worker process running",
+        extra={"workers": max(1, settings.workers), **engines_in_use(settings)},
+    )
     while not stop.wait(1):
         pass
     for t in threads:

@@ -1,0 +1,1 @@
+"""Alembic scripts for the database schema (see bss.migrate and docs/migrations.md)."""
