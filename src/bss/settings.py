@@ -299,8 +299,9 @@ class Settings(BaseSettings):
     webhook_allowed_networks: str = Field(
         "",
         description="Completion webhooks: networks (CIDR, comma-separated) webhook targets may "
-        "be in although they are private, loopback or link-local; everything else in those "
-        "ranges is refused.",
+        "be in although they are not globally routable (private, loopback, link-local, shared "
+        "100.64.0.0/10, reserved; IPv6 forms carrying such an IPv4 address count as it); every "
+        "other such address is refused.",
     )
     webhook_first_retry_seconds: float = Field(
         10.0,
@@ -317,13 +318,23 @@ class Settings(BaseSettings):
     )
     webhook_timeout_seconds: float = Field(
         10.0,
-        description="Completion webhooks: seconds a receiver has to answer one delivery "
-        "(connect and response).",
+        gt=0,
+        description="Completion webhooks: seconds one attempt may take in all (connecting, "
+        "sending and the answer's head, however slowly the receiver sends them); the answer's "
+        "body is never read.",
     )
     webhook_threads: int = Field(
         2,
-        description="Completion webhooks: delivery threads per process (each delivers to one "
-        "member at a time).",
+        description="Completion webhooks: threads per process that claim due deliveries (each "
+        "sends up to webhook_in_flight at once, one per member).",
+    )
+    webhook_in_flight: int = Field(
+        16,
+        ge=1,
+        le=1000,
+        description="Completion webhooks: deliveries each delivery thread sends at once, each "
+        "to a different member, so a slow receiver delays no other member's deliveries unless "
+        "this many receivers are slow at the same time.",
     )
     webhook_poll_seconds: float = Field(
         1.0,

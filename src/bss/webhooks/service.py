@@ -13,20 +13,13 @@ answer was recorded sends again after its lease runs out, with the same X-BSS-De
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ipaddress
 import json
 import logging
-import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 
 from bss.db import fmt_ts, now_s, write_tx
@@ -35,72 +28,14 @@ from bss.formats.config import WEBHOOK_FIELDS
 from bss.segments.models import batch_segment_configs
 from bss.settings import Settings
 from bss.webhooks.models import webhook_deliveries
+from bss.webhooks.sender import Attempt, TargetRefused, TargetUnresolved, resolve_target, send
+from bss.webhooks.sender import sign as sign  # the documented signature's helper
 
 log = logging.getLogger("bss.webhooks")
 
 #: Config fields a member may set on its own config (everything else is admin-only).
 MEMBER_WRITABLE_FIELDS = frozenset(WEBHOOK_FIELDS)
 EVENT_JOB_FINISHED = "batch_segment_upload_job.finished"
-USER_AGENT = "bss-webhooks/1"
-
-
-class TargetRefused(Exception):
-    """The webhook URL points where the service must not send (SSRF guard)."""
-
-
-class TargetUnresolved(TargetRefused):
-    """The webhook URL's host does not resolve (now): a config may name it, no attempt can."""
-
-
-# --- the target guard ------------------------------------------------------------------------
-
-
-def allowed_networks(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    text = settings.webhook_allowed_networks.strip()
-    return [ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part]
-
-
-def _internal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
-
-
-def resolve_target(url: str, settings: Settings) -> tuple[str, int, str]:
-    """(host, port, the address to connect to), after refusing internal addresses.
-
-    Every address the name resolves to is checked, and the connection is then made to the
-    checked one: a name that resolves differently a moment later cannot slip past.
-    """
-    parts = urlsplit(url)
-    host = parts.hostname
-    if parts.scheme not in ("http", "https") or not host:
-        raise TargetRefused("webhook_url must be an http:// or https:// URL with a host")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise TargetUnresolved(f"webhook_url host {host!r} does not resolve: {exc}") from exc
-    allowed = allowed_networks(settings)
-    addresses = []
-    for info in infos:
-        text = info[4][0]
-        assert isinstance(text, str)  # an IPv4/IPv6 sockaddr starts with the address text
-        addresses.append(ipaddress.ip_address(text.split("%", 1)[0]))
-    for ip in addresses:
-        if _internal(ip) and not any(ip in net for net in allowed):
-            raise TargetRefused(
-                f"webhook_url host {host!r} is in a private, loopback or link-local network "
-                f"({ip}); list it in BSS_WEBHOOK_ALLOWED_NETWORKS to allow it"
-            )
-    return host, port, str(addresses[0])
 
 
 def check_webhook_target(body: Any, settings: Settings) -> None:
@@ -118,12 +53,6 @@ def check_webhook_target(body: Any, settings: Settings) -> None:
         return  # checked again at every attempt; DNS may be down for a moment
     except TargetRefused as exc:
         raise Invalid(str(exc)) from exc
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """X-BSS-Signature: HMAC-SHA256 of `timestamp + "." + body` with the member's secret."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
 
 
 # --- the outbox ------------------------------------------------------------------------------
@@ -221,17 +150,6 @@ def purge_deliveries(db: Engine, before: int) -> int:
 # --- sending ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    status_code: int | None
-    error: str | None
-    url: str | None
-
-    @property
-    def ok(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
-
-
 def retry_delay(settings: Settings, failures: int) -> float:
     """Seconds before the next attempt after `failures` failed ones: doubling, capped."""
     delay = settings.webhook_first_retry_seconds * 2 ** max(0, failures - 1)
@@ -239,17 +157,22 @@ def retry_delay(settings: Settings, failures: int) -> float:
 
 
 class WebhookSender:
-    """Claims due deliveries (the oldest pending one per member) and sends them."""
+    """Claims due deliveries (the oldest pending one per member) and sends them.
+
+    Up to webhook_in_flight claimed deliveries are sent at once, each on a thread of its own.
+    A member has at most one delivery in flight, and an attempt ends by its total deadline,
+    so a slow receiver holds one of those places for at most webhook_timeout_seconds while
+    the other members' deliveries go on.
+    """
 
     def __init__(self, db: Engine, settings: Settings, name: str) -> None:
         self.db = db
         self.settings = settings
         self.name = name
-        # The lease outlasts one attempt (connect + answer) with room to record it.
+        # The lease outlasts one attempt (its total deadline) with room to record it.
         self.lease_seconds = int(2 * settings.webhook_timeout_seconds) + 5
-        self.http = httpx.Client(
-            timeout=settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False
-        )
+        self._places = threading.BoundedSemaphore(settings.webhook_in_flight)
+        self._sending: set[threading.Thread] = set()
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("webhook sender started", extra={"sender": self.name})
@@ -262,14 +185,36 @@ class WebhookSender:
                 stop.wait(5)
             if not worked:
                 stop.wait(self.settings.webhook_poll_seconds)
-        self.http.close()
+        for thread in list(self._sending):
+            thread.join()
 
     def run_once(self) -> bool:
-        row = self.claim_next()
-        if row is None:
+        """Claim one due delivery and start sending it; False if none is due or no place is free."""
+        if not self._places.acquire(blocking=False):
             return False
-        self.deliver(row)
+        try:
+            row = self.claim_next()
+        except BaseException:
+            self._places.release()
+            raise
+        if row is None:
+            self._places.release()
+            return False
+        thread = threading.Thread(
+            target=self._send_and_free, args=(row,), name=f"webhook-{row['id']}", daemon=True
+        )
+        self._sending.add(thread)
+        thread.start()
         return True
+
+    def _send_and_free(self, row: Any) -> None:
+        try:
+            self.deliver(row)
+        except Exception:  # database trouble: the lease runs out and another attempt follows
+            log.exception("webhook delivery failed", extra={"sender": self.name})
+        finally:
+            self._sending.discard(threading.current_thread())
+            self._places.release()
 
     def claim_next(self) -> Any | None:
         d = webhook_deliveries
@@ -304,40 +249,8 @@ class WebhookSender:
     def deliver(self, row: Any) -> None:
         with self.db.connect() as conn:
             url, secret = _webhook_of(conn, row["member_id"])
-        attempt = self._attempt(row, url, secret or "")
+        attempt = send(url, secret or "", row["delivery_id"], row["body"].encode(), self.settings)
         self._record(row, attempt)
-
-    def _attempt(self, row: Any, url: str | None, secret: str) -> Attempt:
-        if not url:
-            return Attempt(None, "the member has no webhook_url", None)
-        try:
-            host, port, address = resolve_target(url, self.settings)
-        except TargetRefused as exc:
-            return Attempt(None, str(exc), url)
-        parts = urlsplit(url)
-        netloc_ip = f"[{address}]" if ":" in address else address
-        pinned = urlunsplit(
-            (parts.scheme, f"{netloc_ip}:{port}", parts.path or "/", parts.query, "")
-        )
-        body = row["body"].encode()
-        timestamp = str(now_s())
-        default_port = 443 if parts.scheme == "https" else 80
-        headers = {
-            "Host": host if port == default_port else f"{host}:{port}",
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            "X-BSS-Timestamp": timestamp,
-            "X-BSS-Signature": sign(secret, timestamp, body),
-            "X-BSS-Delivery": row["delivery_id"],
-        }
-        try:
-            resp = self.http.post(
-                pinned, content=body, headers=headers, extensions={"sni_hostname": host}
-            )
-        except httpx.HTTPError as exc:
-            return Attempt(None, f"{type(exc).__name__}: {exc}"[:500], url)
-        error = None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"
-        return Attempt(resp.status_code, error, url)
 
     def _record(self, row: Any, attempt: Attempt) -> None:
         d = webhook_deliveries
