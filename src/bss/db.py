@@ -53,6 +53,7 @@ TABLE_MODULES = (
     "bss.reports.models",
     "bss.realtime.models",
     "bss.lifecycle.models",
+    "bss.targeting.models",
 )
 
 

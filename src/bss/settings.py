@@ -351,6 +351,26 @@ class Settings(BaseSettings):
         "Unset: requests where GDPR applies get no segments and no sync.",
     )
 
+    openrtb_data_id: str = Field(
+        "bss",
+        min_length=1,
+        max_length=100,
+        description="OpenRTB answers: the id of the user.data[] Data objects this service adds "
+        "(a merge replaces the posted entries with this id).",
+    )
+    openrtb_data_name: str = Field(
+        "BSS",
+        min_length=1,
+        max_length=100,
+        description="OpenRTB answers: the name of the Data objects this service adds.",
+    )
+    openrtb_max_request_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="OpenRTB answers: largest bid request POST /openrtb/user-data takes (413 "
+        "beyond).",
+    )
+
     admin_username: str | None = Field(
         None,
         description="First start: the admin user to create (with BSS_ADMIN_PASSWORD).",

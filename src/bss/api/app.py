@@ -37,6 +37,7 @@ from bss.realtime.views import router as realtime_router
 from bss.reports.views import router as reports_router
 from bss.segments.views import router as segments_router
 from bss.settings import Settings
+from bss.targeting.views import router as targeting_router
 from bss.web.views import mount_dashboard
 from bss.webhooks.views import router as webhooks_router
 
@@ -184,6 +185,7 @@ def create_app(
     app.include_router(realtime_router)
     app.include_router(webhooks_router)
     app.include_router(reports_router)
+    app.include_router(targeting_router)
     mount_dashboard(app)  # the web dashboard at / and /ui/...
 
     @app.get(

@@ -18,6 +18,10 @@ segments = Table(
     Column("description", Text, nullable=True),
     Column("state", String(10), nullable=False, default="active"),
     Column("expire_minutes", Integer, nullable=True),
+    #: The segment's place in a published taxonomy (OpenRTB segtax, e.g. 4 for the IAB
+    #: Audience Taxonomy 1.1) and its node id there: bid requests name it by that node.
+    Column("taxonomy_id", Integer, nullable=True),
+    Column("taxonomy_node", String(100), nullable=True),
     Column("created_on", BigInteger, nullable=False),
     Column("last_modified", BigInteger, nullable=False),
     Index("ux_segments_member_code", "member_id", "code_key", unique=True),

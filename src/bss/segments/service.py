@@ -17,6 +17,7 @@ from bss.segments.models import batch_segment_configs, segment_id_counter, segme
 from bss.store import MembershipStore, regions, seqs
 
 MAX_CODE_LENGTH = 50
+MAX_TAXONOMY_NODE_LENGTH = 100
 #: Segments one POST /segment may create at once (all or nothing).
 MAX_SEGMENTS_PER_REQUEST = 1000
 
@@ -30,6 +31,8 @@ def segment_out(row: Any, member_count: int | None = None) -> dict[str, Any]:
         "member_id": row["member_id"],
         "state": row["state"],
         "expire_minutes": row["expire_minutes"],
+        "taxonomy_id": row["taxonomy_id"],
+        "taxonomy_node": row["taxonomy_node"],
         "member_count": member_count,
         "created_on": fmt_ts(row["created_on"]),
         "last_modified": fmt_ts(row["last_modified"]),
@@ -108,6 +111,18 @@ def _values(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
         if em is not None:
             em = bounded_int(em, "expire_minutes", minimum=0)
         values["expire_minutes"] = em
+    if "taxonomy_id" in data or not partial:
+        tax = data.get("taxonomy_id")
+        values["taxonomy_id"] = None if tax is None else bounded_int(tax, "taxonomy_id", minimum=1)
+    if "taxonomy_node" in data or not partial:
+        node = data.get("taxonomy_node")
+        if node is not None:
+            node = str(node).strip() or None
+            if node is not None and len(node) > MAX_TAXONOMY_NODE_LENGTH:
+                raise syntax(
+                    f"taxonomy_node may have at most {MAX_TAXONOMY_NODE_LENGTH} characters"
+                )
+        values["taxonomy_node"] = node
     return values
 
 

@@ -35,6 +35,8 @@ _SEGMENT_BODY = body_doc(
         "description": "string",
         "state": "string",
         "expire_minutes": "integer",
+        "taxonomy_id": "integer",
+        "taxonomy_node": "string",
     },
 )
 _CONFIG_BODY = body_doc(

@@ -1,0 +1,180 @@
+"""What a bid request says about its user: the IDs it carries and its privacy signals.
+
+Reads `user`, `device` and `regs` of an OpenRTB 2.5 or 2.6 BidRequest (2.5 keeps some fields
+in `ext`; 2.6's own fields win where both are given). Nothing here trusts the request's
+shape: a part of the wrong type or an ID that names no user is skipped with a note, never an
+exception.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from bss.formats.records import DEVICE_DOMAINS
+from bss.identity.ids import InvalidId, parse_id
+
+User = tuple[int, str]
+
+#: device.os (lower-cased) -> the advertising ID kind its devices use.
+IFA_KIND_BY_OS = {"ios": "idfa", "ipados": "idfa", "tvos": "idfa", "android": "aaid"}
+#: ifa_type values that are not device advertising IDs: publisher-, SSP- or session-scoped
+#: (IAB guidelines for IFA in OTT/CTV; idfv is scoped to one app developer), so they never
+#: name the same user across sellers.
+SCOPED_IFA_TYPES = frozenset({"ppid", "sspid", "sessionid", "idfv"})
+_IFA_TYPE = re.compile(r"[a-z0-9_-]{1,32}")
+#: Notes kept about skipped parts (the rest are counted in the last note).
+MAX_NOTES = 20
+
+
+@dataclass(slots=True)
+class FoundIds:
+    """The IDs of a request in the order read (each once), and what was skipped."""
+
+    max_ids: int
+    ids: list[User] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    _more_notes: int = 0
+
+    def add(self, text: str, where: str) -> None:
+        try:
+            user = parse_id(text)
+        except InvalidId as exc:
+            self.note(f"{where}: {exc}")
+            return
+        if user in self.ids:
+            return
+        if len(self.ids) >= self.max_ids:
+            self.note(f"{where}: more than {self.max_ids} IDs in the request, the rest not read")
+            return
+        self.ids.append(user)
+
+    def note(self, text: str) -> None:
+        if len(self.notes) < MAX_NOTES:
+            self.notes.append(text[:200])
+        else:
+            self._more_notes += 1
+
+    def all_notes(self) -> list[str]:
+        extra = [f"{self._more_notes} more parts skipped"] if self._more_notes else []
+        return self.notes + extra
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def read_ids(
+    request: dict[str, Any], member_id: int, *, user_id_is_external: bool, max_ids: int
+) -> FoundIds:
+    """The user IDs of a bid request, in the link text form's (kind, key)."""
+    found = FoundIds(max_ids)
+    user, device = request.get("user"), request.get("device")
+    if user is not None and not isinstance(user, dict):
+        found.note("user: not an object")
+    if device is not None and not isinstance(device, dict):
+        found.note("device: not an object")
+    user, device = _obj(user), _obj(device)
+    buyeruid = user.get("buyeruid")
+    if buyeruid is not None:
+        if isinstance(buyeruid, str):
+            found.add(f"uid={buyeruid}", "user.buyeruid")
+        else:
+            found.note("user.buyeruid: not a string")
+    _read_ifa(device, found)
+    for where in ("user.eids", "user.ext.eids"):
+        eids = user.get("eids") if where == "user.eids" else _obj(user.get("ext")).get("eids")
+        if eids is not None:
+            _read_eids(eids, where, found)
+    if user_id_is_external and user.get("id") is not None:
+        user_id = _text(user.get("id"))
+        if user_id is None:
+            found.note("user.id: not a string")
+        else:
+            found.add(f"ext={member_id}:{user_id}", "user.id")
+    return found
+
+
+def _read_ifa(device: dict[str, Any], found: FoundIds) -> None:
+    ifa = device.get("ifa")
+    if ifa is None:
+        return
+    if not isinstance(ifa, str):
+        found.note("device.ifa: not a string")
+        return
+    if device.get("lmt") == 1:
+        found.note("device.ifa: not used, device.lmt=1 (limit ad tracking)")
+        return
+    kind = _text(_obj(device.get("ext")).get("ifa_type"))
+    if kind is None:
+        kind = IFA_KIND_BY_OS.get(str(device.get("os") or "").lower())
+        if kind is None:
+            found.note(
+                "device.ifa: no device.ext.ifa_type, and device.os is neither iOS nor Android"
+            )
+            return
+    kind = kind.lower()
+    if not _IFA_TYPE.fullmatch(kind):
+        found.note("device.ext.ifa_type: not an IFA type such as idfa or aaid")
+        return
+    if kind in SCOPED_IFA_TYPES:
+        found.note(f"device.ifa: ifa_type {kind} is publisher- or session-scoped, not used")
+        return
+    if kind in DEVICE_DOMAINS:
+        found.add(f"device={kind}:{ifa}", "device.ifa")
+    found.add(f"ifa={kind}:{ifa}", "device.ifa")
+
+
+def _read_eids(eids: Any, where: str, found: FoundIds) -> None:
+    if not isinstance(eids, list):
+        found.note(f"{where}: not an array")
+        return
+    for i, eid in enumerate(eids):
+        source = _text(_obj(eid).get("source"))
+        uids = _obj(eid).get("uids")
+        if source is None or ":" in source or not isinstance(uids, list):
+            found.note(f"{where}[{i}]: needs a source (a domain) and a uids array")
+            continue
+        for j, uid in enumerate(uids):
+            ident = _text(_obj(uid).get("id"))
+            if ident is None:
+                found.note(f"{where}[{i}].uids[{j}]: no id")
+            else:
+                found.add(f"eid={source.lower()}:{ident}", f"{where}[{i}].uids[{j}]")
+
+
+@dataclass(frozen=True, slots=True)
+class Signals:
+    """The privacy signals of a request, as bss.privacy.decision takes them."""
+
+    gdpr: Any = None
+    consent: Any = None
+    us_privacy: Any = None
+    gpp: Any = None
+    gpp_sid: Any = None
+    coppa: Any = None
+
+
+def read_signals(request: dict[str, Any]) -> Signals:
+    """regs.gdpr, user.consent, regs.us_privacy, regs.gpp, regs.gpp_sid (2.6) or their 2.5
+    places in regs.ext / user.ext; regs.coppa."""
+    regs, user = _obj(request.get("regs")), _obj(request.get("user"))
+    regs_ext, user_ext = _obj(regs.get("ext")), _obj(user.get("ext"))
+
+    def either(own: dict[str, Any], ext: dict[str, Any], name: str) -> Any:
+        value = own.get(name)
+        return ext.get(name) if value is None else value
+
+    return Signals(
+        gdpr=either(regs, regs_ext, "gdpr"),
+        consent=either(user, user_ext, "consent"),
+        us_privacy=either(regs, regs_ext, "us_privacy"),
+        gpp=either(regs, regs_ext, "gpp"),
+        gpp_sid=either(regs, regs_ext, "gpp_sid"),
+        coppa=regs.get("coppa"),
+    )

@@ -1,0 +1,126 @@
+"""What the answers need to know about segments and members, kept in memory for a few
+seconds: a bid request must not wait on the database.
+
+Segments are looked up by id the first time a membership names them (another member's
+segment is remembered as not the reader's), so a segment created a moment ago is found at
+once; a change to an existing segment or to a member's settings shows within
+CATALOG_SECONDS.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from bss.accounts.models import members
+from bss.db import now_s, write_tx
+from bss.segments.service import segments_by_ids
+from bss.targeting.models import openrtb_member_settings
+
+#: How long segment facts and member settings are used before they are read again.
+CATALOG_SECONDS = 5.0
+SEGMENT_ID_FIELDS = ("id", "code")
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentFacts:
+    member_id: int
+    code: str | None
+    active: bool
+    taxonomy_id: int | None
+    taxonomy_node: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSettings:
+    """A member's OpenRTB answer settings (the defaults for a member that set none)."""
+
+    user_id_is_external: bool = False
+    segment_id_field: str = "id"
+
+    def out(self) -> dict[str, Any]:
+        return {
+            "user_id_is_external": self.user_id_is_external,
+            "segment_id_field": self.segment_id_field,
+        }
+
+
+class Catalog:
+    def __init__(self, db: Engine, max_age: float = CATALOG_SECONDS) -> None:
+        self.db = db
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._segments: dict[int, SegmentFacts | None] = {}
+        self._members: dict[int, MemberSettings | None] = {}
+        self._loaded = time.monotonic()
+
+    def _fresh(self) -> None:
+        if time.monotonic() - self._loaded > self.max_age:
+            with self._lock:
+                self._segments, self._members = {}, {}
+                self._loaded = time.monotonic()
+
+    def segments(self, ids: list[int]) -> dict[int, SegmentFacts | None]:
+        """Facts of each segment id (None: no such segment)."""
+        self._fresh()
+        known = self._segments
+        missing = [i for i in ids if i not in known]
+        if missing:
+            rows = segments_by_ids(self.db, missing)
+            for i in missing:
+                row = rows.get(i)
+                known[i] = None if row is None else _facts(row)
+        return {i: known[i] for i in ids}
+
+    def member(self, member_id: int) -> MemberSettings | None:
+        """The member's settings; None when there is no such member."""
+        self._fresh()
+        if member_id not in self._members:
+            self._members[member_id] = read_member_settings(self.db, member_id)
+        return self._members[member_id]
+
+    def forget_member(self, member_id: int) -> None:
+        self._members.pop(member_id, None)
+
+
+def _facts(row: Any) -> SegmentFacts:
+    return SegmentFacts(
+        member_id=row["member_id"],
+        code=row["code"],
+        active=row["state"] == "active",
+        taxonomy_id=row.get("taxonomy_id"),
+        taxonomy_node=row.get("taxonomy_node"),
+    )
+
+
+def read_member_settings(db: Engine, member_id: int) -> MemberSettings | None:
+    s = openrtb_member_settings
+    q = (
+        select(members.c.id, s.c.user_id_is_external, s.c.segment_id_field)
+        .select_from(members.outerjoin(s, s.c.member_id == members.c.id))
+        .where(members.c.id == member_id)
+    )
+    with db.connect() as conn:
+        row = conn.execute(q).first()
+    if row is None:
+        return None
+    if row.segment_id_field is None:
+        return MemberSettings()
+    return MemberSettings(bool(row.user_id_is_external), row.segment_id_field)
+
+
+def write_member_settings(db: Engine, member_id: int, settings: MemberSettings) -> None:
+    s = openrtb_member_settings
+    values = {
+        "user_id_is_external": settings.user_id_is_external,
+        "segment_id_field": settings.segment_id_field,
+        "last_modified": now_s(),
+    }
+    with write_tx(db) as conn:
+        done = conn.execute(s.update().where(s.c.member_id == member_id).values(**values))
+        if not done.rowcount:
+            conn.execute(s.insert().values(member_id=member_id, **values))
