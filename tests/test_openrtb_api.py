@@ -183,6 +183,27 @@ def test_large_bodies_are_refused_with_413(env):
     assert (got["_http"], got["error"]) == (413, "the bid request exceeds 4096 bytes")
 
 
+def test_segment_taxonomy_fields(env):
+    _srv, admin, _data, _local = env
+    seg = admin.segment(M, "tax-1", taxonomy_id=4, taxonomy_node="  77 ")
+    assert (seg["taxonomy_id"], seg["taxonomy_node"]) == (4, "77")
+    changed = admin.ok(
+        "PUT", "/segment", params={"id": seg["id"]}, json={"segment": {"taxonomy_id": None}}
+    )["segment"]
+    assert (changed["taxonomy_id"], changed["taxonomy_node"]) == (None, "77")
+    for fields, error in (
+        ({"taxonomy_id": 0}, "taxonomy_id"),
+        ({"taxonomy_id": "four"}, "taxonomy_id must be an integer"),
+        ({"taxonomy_node": "n" * 101}, "taxonomy_node may have at most 100 characters"),
+    ):
+        bad = admin.call(
+            "POST", "/segment", params={"member_id": M}, json={"segment": {"code": "t", **fields}}
+        )
+        assert bad["_http"] == 400 and error in bad["error"], bad
+    plain = admin.segment(M, "tax-none")
+    assert (plain["taxonomy_id"], plain["taxonomy_node"]) == (None, None)
+
+
 def test_member_settings(env):
     srv, admin, data, local = env
     member = Api(srv.url, "m31", "password-123")

@@ -119,7 +119,7 @@ def _values(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
         if node is not None:
             node = str(node).strip() or None
             if node is not None and len(node) > MAX_TAXONOMY_NODE_LENGTH:
-                raise syntax(
+                raise Invalid(
                     f"taxonomy_node may have at most {MAX_TAXONOMY_NODE_LENGTH} characters"
                 )
         values["taxonomy_node"] = node

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from bss.accounts.service import Principal
 from bss.api.deps import member_scope, principal, region_store
 from bss.api.envelope import ok
-from bss.errors import BssError, notfound, syntax
+from bss.errors import Invalid, NotFound, TooLarge
 from bss.targeting import data_settings
 from bss.targeting.catalog import Catalog, MemberSettings, write_member_settings
 from bss.targeting.service import Targeting, merge_user_data
@@ -72,7 +72,7 @@ def targeting_of(request: Request) -> Targeting:
 
 async def _bid_request(request: Request, limit: int) -> dict[str, Any]:
     declared = request.headers.get("content-length")
-    too_large = BssError("SYNTAX", f"the bid request exceeds {limit} bytes", http_status=413)
+    too_large = TooLarge(f"the bid request exceeds {limit} bytes")
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_large
     raw = bytearray()
@@ -83,9 +83,9 @@ async def _bid_request(request: Request, limit: int) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        raise syntax("the body is not valid JSON: post an OpenRTB BidRequest object") from exc
+        raise Invalid("the body is not valid JSON: post an OpenRTB BidRequest object") from exc
     if not isinstance(body, dict):
-        raise syntax("the body must be a JSON object: an OpenRTB BidRequest")
+        raise Invalid("the body must be a JSON object: an OpenRTB BidRequest")
     return body
 
 
@@ -105,12 +105,12 @@ async def post_user_data(
     member = member_scope(p, member_id)
     body = await _bid_request(request, request.app.state.settings.openrtb_max_request_bytes)
     if merge and nested_deeper_than(body, MAX_MERGE_DEPTH):
-        raise syntax(f"the bid request nests more than {MAX_MERGE_DEPTH} levels deep")
+        raise Invalid(f"the bid request nests more than {MAX_MERGE_DEPTH} levels deep")
     targeting = targeting_of(request)
 
     def answer() -> Any:
         if targeting.catalog.member(member) is None:
-            raise notfound(f"member {member} not found")
+            raise NotFound(f"member {member} not found")
         return targeting.answer(body, member, related=related)
 
     if request.app.state.inline_reads and not request.query_params.get("region"):
@@ -144,7 +144,7 @@ def get_settings(
     member = member_scope(p, member_id)
     settings = targeting_of(request).catalog.member(member)
     if settings is None:
-        raise notfound(f"member {member} not found")
+        raise NotFound(f"member {member} not found")
     return ok("openrtb_settings", settings.out())
 
 
@@ -159,7 +159,7 @@ def put_settings(
     catalog = targeting_of(request).catalog
     catalog.forget_member(member)
     if catalog.member(member) is None:
-        raise notfound(f"member {member} not found")
+        raise NotFound(f"member {member} not found")
     settings = MemberSettings(**body.openrtb_settings.model_dump())
     write_member_settings(request.app.state.db, member, settings)
     catalog.forget_member(member)
