@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 from typing import NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
@@ -23,12 +22,15 @@ def refuse(message: str) -> NoReturn:
 
 def safe_url(url: str) -> str:
     """The URL without password or query (either may hold a secret), for logs and messages."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.split(':', 1)[0]}@{host}" if user.split(":", 1)[0] else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url.split("?", 1)[0]
+    authority, slash, path = rest.split("?", 1)[0].split("#", 1)[0].partition("/")
+    if "@" in authority:
+        userinfo, _, hosts = authority.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        authority = f"{user}@{hosts}" if user else hosts
+    return f"{scheme}://{authority}{slash}{path}"
 
 
 def _reason(exc: BaseException) -> str:
@@ -67,6 +69,39 @@ def open_database(settings: Settings) -> Engine:
         engine.dispose()
         refuse(f"BSS_DATABASE_URL {safe_url(settings.resolved_database_url)!r}: {_reason(exc)}")
     return engine
+
+
+def check_files(settings: Settings) -> None:
+    """BSS_FILES_URL usable: an s3:// bucket that exists and that these credentials reach
+    (a missing bucket or no credentials otherwise failed every upload with a 500)."""
+    url = settings.resolved_files_url
+    if url.startswith("file://"):
+        return
+    if not url.startswith("s3://"):
+        refuse(f"BSS_FILES_URL {safe_url(url)!r}: use file:///path or s3://bucket/prefix")
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    from bss.files.s3 import probe_client, split_ref
+
+    bucket, _prefix = split_ref(url)
+    where = settings.s3_endpoint_url or "AWS S3"
+    try:
+        probe_client(settings.s3_endpoint_url).head_bucket(Bucket=bucket)
+    except NoCredentialsError:
+        refuse(
+            f"BSS_FILES_URL {url!r}: no S3 credentials found (set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an instance role)"
+        )
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = exc.response.get("Error", {}).get("Code", "")
+        if status == 404 or code in {"404", "NoSuchBucket"}:
+            refuse(f"BSS_FILES_URL {url!r}: bucket {bucket!r} does not exist at {where}")
+        if status == 403 or code in {"403", "AccessDenied", "InvalidAccessKeyId"}:
+            refuse(f"BSS_FILES_URL {url!r}: access to bucket {bucket!r} at {where} is denied")
+        refuse(f"BSS_FILES_URL {url!r}: {where} answered {code or status} for bucket {bucket!r}")
+    except (BotoCoreError, ValueError) as exc:
+        refuse(f"BSS_FILES_URL {url!r}: cannot reach {where}: {_reason(exc)}")
 
 
 def engines_in_use(settings: Settings) -> dict[str, str]:

@@ -39,3 +39,5 @@ def configure_logging(level: str = "INFO") -> None:
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # boto3 tells where it found credentials at every client it makes.
+    logging.getLogger("botocore.credentials").setLevel(logging.WARNING)

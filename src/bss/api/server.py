@@ -26,7 +26,7 @@ from bss.leases import HOSTNAME, LeaseKeeper, reap_dead_local_processes
 from bss.ratelimit import DatabaseRateLimiter
 from bss.reports.service import purge_reports
 from bss.settings import Settings
-from bss.startup import engines_in_use, open_database
+from bss.startup import check_files, engines_in_use, open_database
 from bss.webhooks.service import WebhookSender, purge_deliveries
 
 log = logging.getLogger("bss.server")
@@ -166,6 +166,7 @@ def serve(settings: Settings, host: str, port: int, *, fd: int | None = None) ->
         supervise(settings, host, port)
         return
     settings.make_data_dir()
+    check_files(settings)
     db = open_database(settings)
     stores = StoreHandle.for_settings(settings)
     # A wrong URL, an old store not yet converted, an unreachable Redis: one line at start.
@@ -227,6 +228,7 @@ def supervise(settings: Settings, host: str, port: int) -> None:
     from bss.accounts.service import ensure_admin
 
     settings.make_data_dir()
+    check_files(settings)
     db = open_database(settings)  # upgraded once, here, before any child starts
     ensure_admin(db, settings)
     db.dispose()
@@ -297,6 +299,7 @@ def supervise(settings: Settings, host: str, port: int) -> None:
 
 def run_worker(settings: Settings) -> None:
     settings.make_data_dir()
+    check_files(settings)
     db = open_database(settings)
     service = JobService(db, settings)
     stores = StoreHandle.for_settings(settings)

@@ -33,6 +33,18 @@ def _client(endpoint_url: str | None) -> Any:
     )
 
 
+def probe_client(endpoint_url: str | None) -> Any:
+    """A client for one start-up check: a few seconds, not the retries of real work."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2}),
+    )
+
+
 def split_ref(ref: str) -> tuple[str, str]:
     parts = urlsplit(ref)
     return parts.netloc, parts.path.lstrip("/")
