@@ -6,7 +6,6 @@ scripts call it with the session cookie plus X-CSRF-Token, see bss.api.browser_g
 
 from __future__ import annotations
 
-import csv
 import functools
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from bss.api.deps import TOKEN_COOKIE, member_scope
 from bss.api.envelope import status_of
 from bss.db import fmt_ts, now_s
 from bss.errors import BssError, Forbidden, Invalid, NotFound
+from bss.ingest.report import read_report
 from bss.ingest.result import COUNTER_NAMES
 from bss.jobs.models import PHASES
 from bss.jobs.service import JobService
@@ -307,11 +307,10 @@ def _error_rows(job: dict[str, Any], report: Path | None) -> tuple[list[dict[str
     """
     rows: list[dict[str, str]] = []
     if report is not None and report.exists():
-        with report.open(newline="", encoding="utf-8", errors="replace") as fh:
-            for row in csv.DictReader(fh):
-                if len(rows) == ERROR_ROWS_SHOWN:
-                    return rows, True
-                rows.append(row)
+        for row in read_report(report):
+            if len(rows) == ERROR_ROWS_SHOWN:
+                return rows, True
+            rows.append(row)
         return rows, False
     for line in (job.get("error_log_lines") or "").splitlines():
         counter, sep, rest = line.partition("-")
