@@ -154,3 +154,92 @@ def test_bootstrap_says_how_to_create_an_admin_and_reports_an_ignored_password(t
         assert Api(again.url).login(ADMIN_USER, ADMIN_PASSWORD)["status"] == "OK"
     finally:
         again.stop()
+
+
+def test_cli_flags_read_as_flags_and_dash_capital_v_prints_the_version():
+    out = subprocess.run([str(BSS), "-V"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "bss 0.1.0"
+    for command in (["validate"], ["upload"]):
+        text = subprocess.run(
+            [str(BSS), *command, "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "COLUMNS": "200"},
+        ).stdout
+        assert "<bool>" not in text, text
+        flag = "--apply" if command == ["validate"] else "--json"
+        line = next(line for line in text.splitlines() if flag in line)
+        assert "<" not in line.split(flag, 1)[1].split("  ", 2)[1], line
+    assert "<int>" in text  # options that take a value still show its type
+
+
+def test_login_to_an_unreachable_url_prints_one_line(tmp_path):
+    from conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    out = Cli(url, tmp_path / "cfg").run("login", "--username", "a", "--password", "b", check=False)
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [f"error: cannot reach {url}: [Errno 111] Connection refused"]
+
+
+def test_validate_takes_the_csv_segment_import_takes(tmp_path):
+    (tmp_path / "f.txt").write_text("11,5001:0;5002:0;5003:0\n")
+    (tmp_path / "segments.csv").write_text(
+        "id,code,short_name,state,expire_minutes\n"
+        "5001,cars,Cars,active,1440\n"
+        "5002,bikes,,inactive,\n"
+    )
+    command = [str(BSS), "validate", str(tmp_path / "f.txt"), "--member-id", "77", "--segments"]
+    out = subprocess.run([*command, str(tmp_path / "segments.csv")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    fields = json.loads(out.stdout)
+    assert (fields["num_valid"], fields["num_inactive_segment"], fields["num_invalid_segment"]) == (
+        1,
+        1,
+        1,
+    )
+    # A JSON segment without member_id, and CSV cells that are no numbers: one line, status 2.
+    (tmp_path / "segments.json").write_text(json.dumps([{"id": 5001, "code": "cars"}]))
+    (tmp_path / "bad.csv").write_text("5001,cars,,active,soon\n")
+    for name, message in (
+        ("segments.json", "segment 1 has no member_id"),
+        ("bad.csv", "segment 1: expire_minutes 'soon' is not an integer"),
+    ):
+        out = subprocess.run([*command, str(tmp_path / name)], capture_output=True, text=True)
+        assert out.returncode == 2
+        assert out.stderr.splitlines() == [
+            f"error: invalid segments file {tmp_path / name}: {message}"
+        ]
+
+
+def test_show_by_username_segment_show_by_member_and_unknown_config_fields(bss_server, tmp_path):
+    srv = bss_server()
+    cli = Cli(srv.url, tmp_path / "cfg", BSS_USERNAME=ADMIN_USER, BSS_PASSWORD=ADMIN_PASSWORD)
+    for member_id in (77, 78):
+        cli.json("member", "create", "--id", str(member_id))
+    seg = cli.json("segment", "create", "--member-id", "78", "--code", "c78")
+    user = cli.json(
+        "user", "create", "--name", "acme", "--new-password", "acme-pass-1", "--member-id", "77"
+    )
+    assert cli.json("user", "show", "acme") == user
+    assert cli.json("user", "show", str(user["id"])) == user
+    missing = cli.run("user", "show", "nobody", check=False)
+    assert missing.returncode == 1 and "no user named 'nobody'" in missing.stderr
+    # --member-id scopes the lookup as it does for the other segment commands.
+    seg_id = str(seg["id"])
+    assert cli.json("segment", "show", seg_id, "--member-id", "78")["code"] == "c78"
+    other = cli.run("segment", "show", seg_id, "--member-id", "77", check=False)
+    assert other.returncode == 1 and "segment not found" in other.stderr
+
+    before = cli.json("config", "show", "--member-id", "77")
+    refused = cli.run(
+        "config", "update", "--member-id", "77", "--set", "nosuchfield=1", check=False
+    )
+    assert refused.returncode == 2
+    assert "unknown config field(s) nosuchfield" in refused.stderr
+    refused = cli.run(
+        "config", "create", "--member-id", "77", "--set", "num_error_log_line=5", check=False
+    )
+    assert refused.returncode == 2 and "num_error_log_line" in refused.stderr
+    assert cli.json("config", "show", "--member-id", "77") == before

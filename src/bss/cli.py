@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from typer.core import TyperOption
 
 from bss.admin import register as register_client_commands
 
@@ -16,6 +17,16 @@ if TYPE_CHECKING:
     from bss.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Batch Segment Service.")
+_typer_value_type = TyperOption.display_type_rich
+
+
+def _flag_without_value_type(option: TyperOption, ctx: Any) -> str | None:
+    """Typer's help shows `<bool>` after a flag (`--apply <bool>`), which reads as if the flag
+    took a value: a flag shows no type."""
+    return None if option.is_flag else _typer_value_type(option, ctx)
+
+
+TyperOption.display_type_rich = _flag_without_value_type  # type: ignore[method-assign,assignment]
 
 
 def _version(show: bool) -> None:
@@ -29,7 +40,12 @@ def _version(show: bool) -> None:
 @app.callback()
 def _main(
     _show_version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        False,
+        "--version",
+        "-V",
+        callback=_version,
+        is_eager=True,
+        help="Print the version and exit.",
     ),
 ) -> None:
     """Batch Segment Service: `bss serve` runs it; the other commands talk to it or check files."""
@@ -53,7 +69,9 @@ def validate(
         ...,
         "--segments",
         exists=True,
-        help="JSON list of segment objects (id, code, member_id, state, expire_minutes).",
+        help="The member's segments: the CSV `bss segment import` takes "
+        "(id,code,short_name,state,expire_minutes; they belong to --member-id), or a JSON list "
+        "of segment objects (id, code, member_id, state, expire_minutes).",
     ),
     member_id: int = typer.Option(..., "--member-id", help="The uploading member."),
     apply: bool = typer.Option(
@@ -84,16 +102,7 @@ def validate(
     except (ConfigError, json.JSONDecodeError) as exc:
         typer.echo(f"error: invalid config: {exc}", err=True)
         raise typer.Exit(2) from exc
-    try:
-        raw_segments = json.loads(segments.read_text())
-        if isinstance(raw_segments, dict):  # accept the API's {"segments": [...]} as well
-            raw_segments = raw_segments.get(
-                "segments", raw_segments.get("response", {}).get("segments", [])
-            )
-        registry = SegmentRegistry.from_records(raw_segments)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        typer.echo(f"error: invalid segments file: {exc!r}", err=True)
-        raise typer.Exit(2) from exc
+    registry = SegmentRegistry.from_records(_segment_records(segments, member_id))
     settings = Settings(data_dir=data_dir)
     store: MembershipStore
     seq_base = 0
@@ -138,6 +147,39 @@ def validate(
         # The job object has no field for the reason; it goes to stderr.
         typer.echo(f"error: {result.error_code}: {result.error_message}", err=True)
         raise typer.Exit(1)
+
+
+def _segment_records(path: Path, member_id: int) -> list[dict[str, Any]]:
+    """The segments of `bss validate --segments`: the file `bss segment import` takes (CSV
+    rows belong to `member_id`; JSON objects name their member_id), checked field by field,
+    or one line on stderr and exit status 2."""
+    from bss.admin.segments import read_segment_file
+
+    def bad(message: str) -> typer.Exit:
+        typer.echo(f"error: invalid segments file {path}: {message}", err=True)
+        return typer.Exit(2)
+
+    is_csv = not path.read_text(encoding="utf-8-sig").lstrip().startswith(("[", "{"))
+    records = []
+    seen: set[tuple[int | None, int | None]] = set()
+    for n, item in enumerate(read_segment_file(path), start=1):
+        if is_csv:
+            item = {"member_id": member_id, **item}
+        for name in ("id", "member_id"):
+            if item.get(name) in (None, ""):
+                raise bad(f"segment {n} has no {name}")
+        numbers: dict[str, int | None] = {}
+        for name in ("id", "member_id", "expire_minutes"):
+            value = item.get(name)
+            try:
+                numbers[name] = None if value in (None, "") else int(value)
+            except (TypeError, ValueError):
+                raise bad(f"segment {n}: {name} {value!r} is not an integer") from None
+        if (numbers["member_id"], numbers["id"]) in seen:
+            raise bad(f"segment {n}: id {numbers['id']} appears twice")
+        seen.add((numbers["member_id"], numbers["id"]))
+        records.append({**item, **numbers})
+    return records
 
 
 store_app = typer.Typer(no_args_is_help=True, help="Membership store maintenance.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import typer
 
 from bss.admin.session import (
@@ -37,6 +38,8 @@ def login(
             token = client.login()
         except ApiError as exc:
             fail(str(exc))
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach {url.rstrip('/')}: {exc}")
     path = save_token(url, token, username)
     typer.echo(f"logged in to {url.rstrip('/')} as {username}; token kept in {path}", err=True)
 
@@ -147,10 +150,16 @@ def user_list(
 @remote
 def user_show(
     client: BssClient,
-    user_id: int = typer.Argument(...),
+    user: str = typer.Argument(..., help="The user's id or username."),
 ) -> None:
     """Print one user as JSON."""
-    print_json(client.get_user(user_id))
+    if user.isdigit():
+        print_json(client.get_user(int(user)))
+        return
+    found = [u for u in client.list_users() if u["username"] == user]
+    if not found:
+        fail(f"no user named {user!r}")
+    print_json(found[0])
 
 
 @user_app.command("update")

@@ -18,6 +18,7 @@ from bss.admin.session import (
     remote,
 )
 from bss.client import ApiError, BssClient
+from bss.formats.config import BatchSegmentConfig
 
 segment_app = typer.Typer(no_args_is_help=True, help="Segments of a member.")
 config_app = typer.Typer(no_args_is_help=True, help="Batch segment upload configs (admin).")
@@ -69,9 +70,12 @@ def segment_list(
 def segment_show(
     client: BssClient,
     segment_id: int = typer.Argument(...),
+    member_id: int | None = typer.Option(
+        None, "--member-id", help="The segment's member (admin: any member if omitted)."
+    ),
 ) -> None:
     """Print one segment as JSON."""
-    print_json(client.get_segment(segment_id))
+    print_json(client.get_segment(segment_id, member_id))
 
 
 @segment_app.command("update")
@@ -117,8 +121,8 @@ def read_segment_file(path: Path) -> list[dict[str, Any]]:
             data = json.loads(text)
         except ValueError as exc:
             fail(f"{path}: not valid JSON: {exc}", 2)
-        if isinstance(data, dict):
-            data = data.get("segments")
+        if isinstance(data, dict):  # {"segments": [...]} or a whole API answer
+            data = data.get("segments", (data.get("response") or {}).get("segments"))
         if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
             fail(f"{path}: expected a JSON list of segment objects", 2)
         return data
@@ -185,7 +189,15 @@ def _config_fields(file: Path | None, assignments: list[str]) -> dict[str, Any]:
         if not isinstance(data, dict):
             fail(f"{file}: expected a batch_segment_upload_config object", 2)
         fields.update(data)
-    fields.update(parse_assignments(assignments))
+    assigned = parse_assignments(assignments)
+    unknown = sorted(set(assigned) - set(BatchSegmentConfig.model_fields))
+    if unknown:
+        fail(
+            f"unknown config field(s) {', '.join(unknown)}; the fields are: "
+            + ", ".join(BatchSegmentConfig.model_fields),
+            2,
+        )
+    fields.update(assigned)
     if not fields:
         fail("give a JSON file and/or --set NAME=VALUE", 2)
     return fields

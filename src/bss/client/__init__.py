@@ -290,8 +290,11 @@ class BssClient:
             if not body["segments"] or len(found) >= body["count"]:
                 return found
 
-    def get_segment(self, segment_id: int) -> dict[str, Any]:
-        return self.request("GET", "/segment", params={"id": segment_id})["segment"]
+    def get_segment(self, segment_id: int, member_id: int | None = None) -> dict[str, Any]:
+        params = (
+            {"id": segment_id} if member_id is None else {"id": segment_id, "member_id": member_id}
+        )
+        return self.request("GET", "/segment", params=params)["segment"]
 
     def create_segment(self, member_id: int, fields: dict[str, Any]) -> dict[str, Any]:
         body = self.request(
