@@ -41,11 +41,25 @@ class DataSettings:
 
 @dataclass(frozen=True, slots=True)
 class SegmentSource:
-    """One segment of an answer and the ID its membership came from (dashboard)."""
+    """One segment of an answer, where its Data object names it, and the ID its membership
+    came from (the dashboard's explanation)."""
 
     segment_id: int
     code: str | None
     via: str
+    segtax: int | None
+    openrtb_id: str
+    value: str | None
+
+    def out(self) -> dict[str, Any]:
+        return {
+            "id": self.segment_id,
+            "code": self.code,
+            "via": self.via,
+            "segtax": self.segtax,
+            "segment_id": self.openrtb_id,
+            "value": self.value,
+        }
 
 
 @dataclass(slots=True)
@@ -124,29 +138,32 @@ class Targeting:
             for m, via in memberships
             if (f := facts[m.segment_id]) is not None and f.member_id == member_id and f.active
         ]
-        answer.data = self._data_objects(owned, member)
-        answer.sources = [SegmentSource(m.segment_id, f.code, via) for m, via, f in owned]
+        answer.sources = [self._source(m, via, f, member) for m, via, f in owned]
+        answer.data = self._data_objects(answer.sources)
         if not answer.data:
             answer.reason = "no_segments"
         return answer
 
-    def _data_objects(
-        self, owned: list[tuple[Membership, str, SegmentFacts]], member: MemberSettings
-    ) -> list[dict[str, Any]]:
+    @staticmethod
+    def _source(m: Membership, via: str, f: SegmentFacts, member: MemberSettings) -> SegmentSource:
+        segtax: int | None = None
+        openrtb_id = str(m.segment_id)
+        if f.taxonomy_id is not None and f.taxonomy_node:
+            segtax, openrtb_id = f.taxonomy_id, f.taxonomy_node
+        elif member.segment_id_field == "code" and f.code:
+            openrtb_id = f.code
+        value = None if m.value is None else str(m.value)
+        return SegmentSource(m.segment_id, f.code, via, segtax, openrtb_id, value)
+
+    def _data_objects(self, sources: list[SegmentSource]) -> list[dict[str, Any]]:
         by_taxonomy: dict[int | None, dict[str, dict[str, str]]] = {}
-        for m, _via, f in owned:
-            if f.taxonomy_id is not None and f.taxonomy_node:
-                taxonomy, seg_id = f.taxonomy_id, f.taxonomy_node
-            else:
-                taxonomy = None
-                use_code = member.segment_id_field == "code" and f.code
-                seg_id = f.code if use_code else str(m.segment_id)  # type: ignore[assignment]
-            segments = by_taxonomy.setdefault(taxonomy, {})
-            if seg_id not in segments:  # two segments on one node (or code) say it once
-                segment = {"id": seg_id}
-                if m.value is not None:
-                    segment["value"] = str(m.value)
-                segments[seg_id] = segment
+        for source in sources:
+            segments = by_taxonomy.setdefault(source.segtax, {})
+            if source.openrtb_id not in segments:  # two segments on one node (or code): once
+                segment = {"id": source.openrtb_id}
+                if source.value is not None:
+                    segment["value"] = source.value
+                segments[source.openrtb_id] = segment
         out = []
         for taxonomy in sorted(by_taxonomy, key=lambda t: -1 if t is None else t):
             data: dict[str, Any] = {

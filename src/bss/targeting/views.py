@@ -100,6 +100,11 @@ async def post_user_data(
     member_id: int | None = Query(None, description="The member whose segments are read"),
     merge: bool = Query(False, description="Answer the posted request with user.data filled"),
     related: bool = Query(True, description="Also read IDs related through links"),
+    explain: bool = Query(
+        False,
+        description="Add `segments`: each segment's id and code, where the Data objects name "
+        "it, and the ID its membership came from",
+    ),
     p: Principal = Depends(principal),
 ) -> Any:
     member = member_scope(p, member_id)
@@ -117,7 +122,13 @@ async def post_user_data(
         found = answer()
     else:
         found = await run_in_threadpool(answer)
-    extras = {"ids": found.ids, "related_ids": found.related_ids, "reason": found.reason}
+    extras: dict[str, Any] = {
+        "ids": found.ids,
+        "related_ids": found.related_ids,
+        "reason": found.reason,
+    }
+    if explain:
+        extras["segments"] = [source.out() for source in found.sources]
     if merge:
         merged = merge_user_data(body, found.data, targeting.settings.data_id)
         return ok("request", merged, **extras, skipped=found.skipped)

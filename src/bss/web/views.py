@@ -31,6 +31,7 @@ from bss.ingest.result import COUNTER_NAMES
 from bss.jobs.models import PHASES
 from bss.jobs.service import JobService
 from bss.segments import service as segments
+from bss.targeting.service import NONE_REASONS
 from bss.web import charts, stats
 
 router = APIRouter(include_in_schema=False)
@@ -477,6 +478,23 @@ def lookup_page(request: Request) -> Response:
         "lookup.html",
         nav="lookup",
         members=_members(request, p),
+        **_base(request),
+    )
+
+
+# --- bid requests ----------------------------------------------------------------------------
+
+
+@router.get("/ui/openrtb")
+@page
+def openrtb_page(request: Request) -> Response:
+    p: Principal = request.state.principal
+    return render(
+        request,
+        "openrtb.html",
+        nav="openrtb",
+        members=_members(request, p),
+        reasons=NONE_REASONS,
         **_base(request),
     )
 
