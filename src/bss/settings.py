@@ -106,7 +106,10 @@ class Settings(BaseSettings):
         500,
         description="Failed password checks per user from all addresses per login window: "
         "a ceiling far above the per-address one, so a spread-out guesser is stopped too but "
-        "one address cannot lock a user out.",
+        "one address cannot lock a user out. A client holding the `bss_device` cookie of an "
+        "earlier successful login (browsers, `bss login`) is held by the per-address limit "
+        "only, so strangers reaching the ceiling do not lock out the user's own clients; "
+        "unknown usernames cost the same argon2 check as known ones.",
     )
     trusted_proxies: str = Field(
         "",

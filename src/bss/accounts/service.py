@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import hmac
 import logging
 import secrets
 import time
@@ -45,6 +47,34 @@ def verify_password(password_hash: str, password: str) -> bool:
         return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+#: Set by POST /auth after a correct password (only /auth sees it): a known client's proof.
+DEVICE_COOKIE = "bss_device"
+DEVICE_COOKIE_SECONDS = 400 * 86400  # the longest a browser keeps a cookie
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked in place of an unknown user's hash: a login takes one argon2 verification
+    whether the username exists or not, so its time does not tell."""
+    return hash_password(secrets.token_hex(16))
+
+
+def _device_proof(user_id: int, password_hash: str) -> str:
+    """What a client that logged in before holds (the device cookie): keyed by the stored
+    password hash, so nobody can make it without a correct login, and a new password ends it."""
+    message = f"bss-device:{user_id}".encode()
+    return hmac.new(password_hash.encode(), message, hashlib.sha256).hexdigest()
+
+
+def device_proof(db: Engine, username: str) -> str | None:
+    """The device cookie's value for a user (after a successful login)."""
+    with db.connect() as conn:
+        row = conn.execute(
+            select(users.c.id, users.c.password_hash).where(users.c.username == username)
+        ).first()
+    return None if row is None else _device_proof(row.id, row.password_hash)
 
 
 def _token_hash(token: str) -> str:
@@ -99,14 +129,18 @@ def ensure_admin(db: Engine, settings: Settings) -> None:
         )
 
 
-def _failure_limits(settings: Settings, username: str, client: str) -> list[tuple[str, int]]:
+def _failure_limits(
+    settings: Settings, username: str, client: str, *, known_client: bool
+) -> list[tuple[str, int]]:
     """Failed-password counters: per user and client address (stops one guesser without
     locking the user out for everyone else) and per user (a far higher ceiling, against
-    guessing spread over many addresses)."""
-    return [
-        (f"login-failures:{username}@{client}", settings.login_failures_per_client),
-        (f"login-failures:{username}", settings.login_failures_per_user),
-    ]
+    guessing spread over many addresses). A known client (one holding the device cookie of
+    an earlier successful login) is held by the first only: strangers who exhaust the
+    ceiling cannot lock the user out of the browsers and CLIs it already uses."""
+    limits = [(f"login-failures:{username}@{client}", settings.login_failures_per_client)]
+    if not known_client:
+        limits.append((f"login-failures:{username}", settings.login_failures_per_user))
+    return limits
 
 
 def login(
@@ -117,12 +151,21 @@ def login(
     *,
     limiter: RateLimiter,
     client: str,
+    device: str | None = None,
 ) -> str:
+    """A new token for a correct password; `device` is the device cookie the client sent."""
+    with db.connect() as conn:
+        row = conn.execute(select(users).where(users.c.username == username)).mappings().first()
+    known_client = (
+        row is not None
+        and device is not None
+        and hmac.compare_digest(device, _device_proof(row["id"], row["password_hash"]))
+    )
     # Every attempt is counted as a failure before the password is checked and refunded when
     # it succeeds: concurrent guesses, in however many processes, cannot slip past the limit.
     window = settings.login_window_seconds
     counted: list[tuple[str, int]] = []
-    for key, limit in _failure_limits(settings, username[:200], client):
+    for key, limit in _failure_limits(settings, username[:200], client, known_client=known_client):
         verdict = limiter.hit(key, limit, window)
         counted.append((key, limit))
         if not verdict.allowed:
@@ -134,9 +177,8 @@ def login(
                 error_code="LOGIN_RATE_EXCEEDED",
                 retry_after=verdict.retry_after,
             )
-    with db.connect() as conn:
-        row = conn.execute(select(users).where(users.c.username == username)).mappings().first()
-    if row is None or not verify_password(row["password_hash"], password):
+    checked = verify_password(_dummy_hash() if row is None else row["password_hash"], password)
+    if row is None or not checked:
         raise NotAuthenticated("No match found for user/pass", error_id="UNAUTH")
     _refund(limiter, counted, window)
     now = now_s()

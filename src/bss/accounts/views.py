@@ -89,9 +89,20 @@ async def post_auth(request: Request) -> Any:
             auth["password"],
             limiter=request.app.state.limiter,
             client=client_address(request),
+            device=request.cookies.get(service.DEVICE_COOKIE),
         )
     )
     resp = ok("token", token)
+    device = await run_in_threadpool(service.device_proof, request.app.state.db, auth["username"])
+    resp.set_cookie(
+        service.DEVICE_COOKIE,
+        device or "",
+        max_age=service.DEVICE_COOKIE_SECONDS,
+        path="/auth",
+        httponly=True,
+        samesite="strict",
+        secure=(settings.public_url or "").startswith("https://"),
+    )
     resp.set_cookie(
         TOKEN_COOKIE,
         token,

@@ -15,6 +15,7 @@ from bss.admin.session import (
     print_json,
     remote,
     save_token,
+    saved_device,
     saved_token,
 )
 from bss.client import ApiError, BssClient
@@ -33,14 +34,14 @@ def login(
         username = typer.prompt("username")
     if password is None:
         password = typer.prompt("password", hide_input=True)
-    with BssClient(url, username, password) as client:
+    with BssClient(url, username, password, device=saved_device(url)) as client:
         try:
             token = client.login()
         except ApiError as exc:
             fail(str(exc))
         except httpx.HTTPError as exc:
             fail(f"cannot reach {url.rstrip('/')}: {exc}")
-    path = save_token(url, token, username)
+        path = save_token(url, token, username, client.device)
     typer.echo(f"logged in to {url.rstrip('/')} as {username}; token kept in {path}", err=True)
 
 

@@ -53,20 +53,33 @@ def _saved() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def saved_token(url: str) -> str | None:
+def _entry(url: str) -> dict[str, Any]:
     entry = _saved().get(url.rstrip("/"))
-    return entry.get("token") if isinstance(entry, dict) else None
+    return entry if isinstance(entry, dict) else {}
 
 
-def save_token(url: str, token: str | None, username: str | None = None) -> Path:
+def saved_token(url: str) -> str | None:
+    return _entry(url).get("token")
+
+
+def saved_device(url: str) -> str | None:
+    """The device cookie of the login to `url` (until logout): it lets this client's correct
+    password through when strangers' failures have stopped the user's other logins."""
+    return _entry(url).get("device")
+
+
+def save_token(
+    url: str, token: str | None, username: str | None = None, device: str | None = None
+) -> Path:
     """Keep (or with None, forget) the token for `url`; the file is owner-only (0600)."""
     path = token_file()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = _saved()
+    device = device or saved_device(url)
     if token is None:
         data.pop(url.rstrip("/"), None)
     else:
-        data[url.rstrip("/")] = {"token": token, "username": username}
+        data[url.rstrip("/")] = {"token": token, "username": username, "device": device}
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -94,11 +107,13 @@ def connect(
         token = saved_token(base)
 
         def remember(new: str) -> None:
-            save_token(base, new, username)
+            save_token(base, new, username, client.device)
 
     if token is None and (username is None or password is None):
         fail(NOT_LOGGED_IN.format(url=base))
-    client = BssClient(base, username, password, token=token, on_token=remember)
+    client = BssClient(
+        base, username, password, token=token, on_token=remember, device=saved_device(base)
+    )
     try:
         yield client
     except ApiError as exc:

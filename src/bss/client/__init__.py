@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 CHUNK = 1 << 20
+DEVICE_COOKIE = "bss_device"
 FINAL_PHASES = ("completed", "error")
 
 
@@ -45,6 +46,7 @@ class BssClient:
         *,
         token: str | None = None,
         on_token: Callable[[str], None] | None = None,
+        device: str | None = None,
         timeout: float = 60.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -53,6 +55,9 @@ class BssClient:
         self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
         self.token: str | None = token
         self.on_token = on_token
+        #: The device cookie of an earlier login: the service lets a known client's correct
+        #: password through while strangers' failures have stopped everyone else.
+        self.device = device
 
     def close(self) -> None:
         self.http.close()
@@ -83,9 +88,12 @@ class BssClient:
         if not self.can_login:
             raise ApiError(401, {"error_id": "NOAUTH", "error": "no token and no credentials"})
         resp = self.http.post(
-            "/auth", json={"auth": {"username": self.username, "password": self.password}}
+            "/auth",
+            json={"auth": {"username": self.username, "password": self.password}},
+            headers={"Cookie": f"{DEVICE_COOKIE}={self.device}"} if self.device else None,
         )
         self.token = self._unwrap(resp)["token"]
+        self.device = resp.cookies.get(DEVICE_COOKIE) or self.device
         if self.on_token is not None:
             self.on_token(self.token)
         return self.token
