@@ -185,3 +185,22 @@ def test_a_failed_job_says_what_went_wrong_and_what_to_do(
     assert "cannot be decompressed" in html and "gzip -t FILE" in html
     assert failed["error_message"].replace("'", "&#39;") in html
     assert 'id="match-rate">–<' in html  # no user was read: no rate, not 0%
+
+
+@pytest.mark.parametrize("before", ['x="', "a=b c"])
+def test_a_cookie_header_parsed_oddly_still_needs_the_csrf_token(
+    server: ServerProc, admin: Api, before: str
+) -> None:
+    """The guard finds the session cookie exactly where the framework finds it: a cookie
+    before it that another parser stops at cannot smuggle the session past the check."""
+    assert admin.token is not None
+    headers = {
+        "Sec-Fetch-Site": "same-origin",
+        "Origin": server.url,
+        "Cookie": f"{before}; bss_token={admin.token}",
+    }
+    member = {"member": {"id": 7299, "name": "smuggled"}}
+    resp = httpx.post(f"{server.url}/member", json=member, headers=headers)
+    assert resp.status_code == 403
+    assert "X-CSRF-Token" in resp.json()["response"]["error"]
+    assert admin.get("/member", id=7299)["status"] == "ERROR"

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
+
+from starlette.requests import cookie_parser
 
 from bss.api.deps import TOKEN_COOKIE
 from bss.api.envelope import error_response
@@ -75,16 +76,13 @@ def browser_refusal(
         return None  # not a browser
     if "authorization" in headers or (path == "/auth" and method == "POST"):
         return None  # the caller proved itself with a header, or is not yet logged in
-    cookies = SimpleCookie()
-    try:
-        cookies.load(headers.get("cookie", ""))
-    except Exception:
-        return None
-    session = cookies.get(TOKEN_COOKIE)
+    # The framework's parser, the one that finds the session for the request: a header it
+    # reads differently from another parser cannot hide the session from this check.
+    session = cookie_parser(headers.get("cookie", "")).get(TOKEN_COOKIE)
     if session is None:
         return None  # no ambient credential: the request is judged by its own token
     sent = headers.get(CSRF_HEADER, "")
-    if not hmac.compare_digest(sent, csrf_token_for(session.value)):
+    if not hmac.compare_digest(sent, csrf_token_for(session)):
         return (
             "Missing or wrong X-CSRF-Token: a browser request that changes data needs the "
             "token of this service's page, not just the session cookie"
