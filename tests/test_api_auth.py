@@ -120,6 +120,17 @@ def test_metrics_prometheus_text(server, admin):
     assert "bss_bytes_uploaded_total" in text
 
 
+def test_metrics_take_a_token_when_one_is_set(bss_server):
+    srv = bss_server(metrics_token="scrape-secret-1")
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "scrape-secret-1"}):
+        refused = httpx.get(f"{srv.url}/metrics", headers=headers)
+        assert refused.status_code == 401
+        assert refused.json()["response"]["error_id"] == "NOAUTH"
+        assert "bss_jobs" not in refused.text
+    text = httpx.get(f"{srv.url}/metrics", headers={"Authorization": "Bearer scrape-secret-1"}).text
+    assert 'bss_jobs{phase="completed"} 0' in text
+
+
 def test_password_guessing_is_throttled(bss_server):
     srv = bss_server()
     api = Api(srv.url)

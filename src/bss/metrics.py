@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import threading
 from collections import defaultdict
 
@@ -59,3 +60,12 @@ def render(jobs_by_phase: dict[str, int]) -> str:
         for key, value in sorted(entries):
             lines.append(f"{key} {int(value) if float(value).is_integer() else value}")
     return "\n".join(lines) + "\n"
+
+
+def scrape_allowed(metrics_token: str, authorization: str | None) -> bool:
+    """Whether a /metrics request may read the figures: any request when no token is set,
+    else one that sends `Authorization: Bearer <token>`."""
+    if not metrics_token:
+        return True
+    scheme, _, sent = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(sent.strip(), metrics_token)

@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         "only, so strangers reaching the ceiling do not lock out the user's own clients; "
         "unknown usernames cost the same argon2 check as known ones.",
     )
+    metrics_token: str = Field(
+        "",
+        description="When set, GET /metrics answers only requests with `Authorization: Bearer "
+        "<this token>` (Prometheus: `authorization: {credentials: <token>}` in the scrape "
+        "config); empty: /metrics is open to anyone who can reach the port.",
+    )
     trusted_proxies: str = Field(
         "",
         description="Comma-separated addresses or networks (CIDR) of reverse proxies whose "

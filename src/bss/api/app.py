@@ -25,13 +25,13 @@ from bss.api.envelope import error_response, http_error_response
 from bss.api.lookup import router as lookup_router
 from bss.api.openapi import install as install_openapi
 from bss.db import init_db, is_sqlite, make_engine
-from bss.errors import BssError, Invalid, StoreUnavailable, Unavailable
+from bss.errors import BssError, Invalid, NotAuthenticated, StoreUnavailable, Unavailable
 from bss.identity.views import router as identity_router
 from bss.jobs.service import JobService
 from bss.jobs.views import router as jobs_router
 from bss.jobs.worker import StoreHandle
 from bss.leases import new_process_id
-from bss.metrics import COUNTERS, render
+from bss.metrics import COUNTERS, render, scrape_allowed
 from bss.ratelimit import DatabaseRateLimiter, ReservedBudget
 from bss.realtime.views import router as realtime_router
 from bss.reports.views import router as reports_router
@@ -191,7 +191,11 @@ def create_app(
     @app.get(
         "/metrics", tags=["ops"], summary="Prometheus metrics", response_class=PlainTextResponse
     )
-    def metrics() -> PlainTextResponse:
+    def metrics(request: Request) -> PlainTextResponse:
+        if not scrape_allowed(settings.metrics_token, request.headers.get("authorization")):
+            raise NotAuthenticated(
+                "GET /metrics needs the metrics token: Authorization: Bearer <BSS_METRICS_TOKEN>"
+            )
         return PlainTextResponse(
             render(app.state.jobs.counts_by_phase()), media_type="text/plain; version=0.0.4"
         )
