@@ -7,6 +7,7 @@ the Apache Python package writes the same container format (and its bzip2/deflat
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
@@ -503,14 +504,47 @@ def test_block_claiming_more_records_than_bytes():
     assert "claims 524287 records" in err.message
 
 
-@pytest.mark.parametrize("codec", ["null", "deflate", "snappy"])
-def test_truncated_at_every_offset_of_a_small_file(codec):
-    records = sample_records(12)
-    data = write_fastavro(records, codec=codec, sync_interval=300)
-    full, _ = parse(data)
-    raws = full["raw"].to_list()
-    for cut in range(len(data)):
-        check_prefix_or_corrupt(data[:cut], raws)
+SMALL_FILES = {
+    codec: write_fastavro(sample_records(12), codec=codec, sync_interval=300)
+    for codec in ("null", "deflate", "snappy")
+}
+
+
+@functools.cache
+def small_file_raws(codec: str) -> list[str]:
+    return parse(SMALL_FILES[codec])[0]["raw"].to_list()
+
+
+def boundary_cuts(data: bytes) -> list[int]:
+    """Cuts where the reader meets something new: in the magic and the header, and at, just
+    before and just after each sync marker and the next block's count and size."""
+    sync = data[header_length(data) - 16 : header_length(data)]
+    marks = [i for i in range(len(data)) if data[i : i + 16] == sync]
+    cuts = {0, 1, 3, 4, 5, len(data) // 3, len(data) - 1}
+    for mark in marks:
+        cuts |= {mark + d for d in (-2, -1, 0, 1, 8, 15, 16, 17, 18, 19)}
+    return sorted(cut for cut in cuts if 0 <= cut < len(data))
+
+
+@pytest.mark.parametrize("codec", sorted(SMALL_FILES))
+def test_truncated_at_each_boundary_of_a_small_file(codec):
+    data = SMALL_FILES[codec]
+    for cut in boundary_cuts(data):
+        check_prefix_or_corrupt(data[:cut], small_file_raws(codec))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(codec=st.sampled_from(sorted(SMALL_FILES)), draw=st.data())
+def test_truncated_at_generated_offsets_of_a_small_file(codec, draw):
+    """Any offset (every offset was tried once; the cuts above are where outcomes change)."""
+    data = SMALL_FILES[codec]
+    head = header_length(data)
+    # half the cuts among the blocks, where the reader has the most to get wrong
+    cut = draw.draw(
+        st.one_of(st.integers(0, len(data) - 1), st.integers(head - 16, len(data) - 1)),
+        label="cut",
+    )
+    check_prefix_or_corrupt(data[:cut], small_file_raws(codec))
 
 
 def parse_until_error(data: bytes, **kwargs) -> tuple[list[str], InputError | None]:
