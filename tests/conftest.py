@@ -1,5 +1,12 @@
 """Shared fixtures: a REAL `bss serve` process on a free loopback port, driven over HTTP.
 
+Markers by layer (pyproject lists them; `pytest -m "not slow"` is the quick run):
+- `process`: the test starts real processes: `bss serve`/`worker`, redis-server, an S3
+  server, a browser. Given automatically to tests using a fixture or a module that starts
+  them (PROCESS_FIXTURES, PROCESS_NAMES); mark others `@pytest.mark.process` yourself.
+- `browser`, `postgres`, `cluster`: what else the test needs, given the same way.
+- `slow`: every `process` test, and long property runs marked by hand.
+
 `bss_server(**env)` starts one with a temp data dir and short limits given as BSS_* settings
 (keyword names are the Settings field names, e.g. `upload_url_ttl_seconds=1`); `server` is
 a default one shared by a test module. `Api` wraps httpx with the envelope and a token.
@@ -23,6 +30,38 @@ import pytest
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin-password-1"
 BSS = Path(sys.executable).with_name("bss")
+
+
+#: Fixtures that start processes (directly or through the fixtures they use).
+PROCESS_FIXTURES = frozenset(
+    {"server", "bss_server", "redis_single", "redis_cluster", "moto", "s3_server"}
+)
+#: Names whose presence in a test module means its tests start processes.
+PROCESS_NAMES = frozenset({"ServerProc", "BSS", "MotoServer", "RedisServer", "RedisClusterProcs"})
+#: Module names (without `tests/test_`) whose tests need more than processes.
+NEEDS = {"browser": ("dashboard_browser",), "cluster": ("cluster_topology",)}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        module = getattr(item, "module", None)
+        name = getattr(module, "__name__", "").removeprefix("test_")
+        engine = getattr(getattr(item, "callspec", None), "params", {}).get("stores", "lmdb")
+        process = (
+            bool(fixtures & PROCESS_FIXTURES)
+            or any(hasattr(module, n) for n in PROCESS_NAMES)
+            or engine != "lmdb"
+        )
+        if process:
+            item.add_marker(pytest.mark.process)
+        for marker, modules in NEEDS.items():
+            if name in modules:
+                item.add_marker(getattr(pytest.mark, marker))
+        if "postgres" in name or fixtures & {"pg_url", "fresh_pg_url", "pg_engine"}:
+            item.add_marker(pytest.mark.postgres)
+        if process or item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.slow)
 
 
 def free_port() -> int:
