@@ -1,4 +1,4 @@
-"""The embedded store shared by real processes of one machine, and old data dirs converted."""
+"""The embedded store shared by real processes of one machine, and the seqs they take."""
 
 from __future__ import annotations
 
@@ -7,16 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
-import pyarrow as pa
-from typer.testing import CliRunner
-
-from bss.cli import app
 from bss.db import init_db, make_engine
 from bss.formats.records import UserKind
 from bss.store import JOB_SEQ_SPAN, open_store, seqs
-from bss.store.base import APPLY_SCHEMA
-from bss.store.keyvalue import LmdbStore
 
 NOW = 1_800_000_000
 ANID = int(UserKind.ANID)
@@ -99,93 +92,14 @@ def test_two_processes_apply_concurrently_and_the_final_store_is_exact(tmp_path:
         store.close()
 
 
-def _old_data_dir(data: Path) -> None:
-    """A data dir of the previous layout: memberships appended to one DuckDB file."""
-    data.mkdir()
-    con = duckdb.connect(str(data / "memberships.duckdb"))
-    con.execute(
-        "CREATE TABLE memberships (user_kind UTINYINT NOT NULL, user_key VARCHAR NOT NULL,"
-        " segment_id BIGINT NOT NULL, value BIGINT, timestamp BIGINT NOT NULL,"
-        " expires_at BIGINT NOT NULL, removed BOOLEAN NOT NULL, seq BIGINT NOT NULL)"
-    )
-    old = 1 << 40
-    rows = [
-        (1, "1", 10, 5, NOW - 60, NOW + 3600, False, 3 * old + 1),  # superseded below
-        (1, "1", 10, 6, NOW - 30, NOW + 7200, False, 3 * old + 9),
-        (1, "2", 10, None, NOW - 30, NOW + 3600, False, 2 * old),
-        (1, "2", 10, None, NOW, NOW + 180 * 86400, True, 4 * old),  # removed: a tombstone
-        (2, "idfa:ab", 11, None, NOW - 30, NOW + 3600, False, 7 * old + 3),
-        (1, "3", 11, None, NOW - 300, NOW - 60, False, 1 * old),  # expired: not copied
-    ]
-    con.executemany("INSERT INTO memberships VALUES (?,?,?,?,?,?,?,?)", rows)
-    con.close()
-
-
-def test_an_old_data_dir_is_refused_then_converted(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    _old_data_dir(data)
-    env = {"BSS_DATA_DIR": str(data)}
-    for command in (["worker"], ["serve", "--port", "1"]):
-        refused = subprocess.run(
-            [sys.executable, "-m", "bss", *command],
-            env={**_env(), **env},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert refused.returncode == 2, refused.stderr
-        assert f"bss store convert --data-dir {data}" in refused.stderr
-    result = CliRunner().invoke(app, ["store", "convert", "--data-dir", str(data)])
-    assert result.exit_code == 0, result.output
-    assert "converted 4 memberships" in result.output
-    assert not (data / "memberships.duckdb").exists()
-    assert (data / "memberships.duckdb.converted").exists()
-    store = LmdbStore(data / "memberships.lmdb")
-    try:
-        got = store.users_segments([(1, "1"), (1, "2"), (2, "idfa:ab"), (1, "3")], NOW)
-        assert [[(m.segment_id, m.value, m.expires_at) for m in ms] for ms in got] == [
-            [(10, 6, NOW + 7200)],
-            [],
-            [(11, None, NOW + 3600)],
-            [],
-        ]
-        assert store.segment_member_counts(NOW) == {10: 1, 11: 1}
-        # The tombstone holds off a replay of an old job's write.
-        store.apply(
-            pa.table(
-                {
-                    n: [v]
-                    for n, v in zip(
-                        APPLY_SCHEMA.names,
-                        (1, "2", 10, None, NOW, NOW + 60, False, 3 * (1 << 40)),
-                        strict=True,
-                    )
-                },
-                schema=APPLY_SCHEMA,
-            )
-        )
-        assert store.user_segments(1, "2", NOW) == []
-    finally:
-        store.close()
-    # New seqs start above every converted one.
-    db = make_engine(f"sqlite:///{data / 'bss.db'}")
-    init_db(db)
-    assert seqs.reserve(db, 1) > 7 * (1 << 40) + 3
-    db.dispose()
-    again = CliRunner().invoke(app, ["store", "convert", "--data-dir", str(data)])
-    assert again.exit_code == 0 and "nothing to convert" in again.output
-
-
 def test_seq_reservations_never_overlap(tmp_path: Path) -> None:
     db = make_engine(f"sqlite:///{tmp_path / 'bss.db'}")
     init_db(db)
     first = seqs.reserve(db, JOB_SEQ_SPAN)
-    assert first == 1 << 40  # above the old layout's job 0
+    assert first == 1 << 40  # seqs.FIRST_SEQ
     second = seqs.reserve(db, 5)
     assert second == first + JOB_SEQ_SPAN
     assert seqs.reserve(db, 1) == second + 5
-    seqs.ensure_above(db, 10**15)
-    assert seqs.reserve(db, 1) == 10**15 + 1
     db.dispose()
 
 

@@ -88,6 +88,7 @@ def validate(
     ),
 ) -> None:
     """Check a segment file and print the job's result fields as JSON (a dry run unless --apply)."""
+    from bss import clock
     from bss.db import init_db, make_engine
     from bss.errors import StoreUrlError
     from bss.formats.config import BatchSegmentConfig, ConfigError, load_config
@@ -132,7 +133,7 @@ def validate(
             config=cfg,
             registry=registry,
             store=store,
-            now=int(time.time()),
+            now=clock.now_s(),
             error_report_path=error_report,
             max_decompressed_bytes=settings.max_decompressed_bytes,
             chunk_bytes=settings.chunk_bytes,
@@ -180,40 +181,6 @@ def _segment_records(path: Path, member_id: int) -> list[dict[str, Any]]:
         seen.add((numbers["member_id"], numbers["id"]))
         records.append({**item, **numbers})
     return records
-
-
-store_app = typer.Typer(no_args_is_help=True, help="Membership store maintenance.")
-app.add_typer(store_app, name="store")
-
-
-@store_app.command("convert")
-def store_convert(
-    data_dir: Path | None = typer.Option(
-        None, "--data-dir", help="Data dir holding the old memberships.duckdb (or BSS_DATA_DIR)."
-    ),
-) -> None:
-    """Convert the old DuckDB membership file of a data dir into the LMDB store (stop the
-    service first; run again if interrupted)."""
-    from bss.db import init_db, make_engine, now_s
-    from bss.store import OLD_STORE_FILE
-    from bss.store.convert import convert_duckdb
-
-    settings = _settings(data_dir=data_dir)
-    old = settings.data_dir / OLD_STORE_FILE
-    url = settings.resolved_store_url
-    if not old.exists():
-        typer.echo(f"nothing to convert: {old} does not exist")
-        return
-    if not url.startswith("lmdb://"):
-        typer.echo(f"error: BSS_STORE_URL {url!r} is not an lmdb:// store", err=True)
-        raise typer.Exit(2)
-    db = make_engine(settings.resolved_database_url)
-    try:
-        init_db(db)
-        copied = convert_duckdb(old, Path(url.removeprefix("lmdb://")), db, now_s())
-    finally:
-        db.dispose()
-    typer.echo(f"converted {copied} memberships from {old} into {url}")
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -280,7 +247,7 @@ def worker(
 ) -> None:
     """Process queued jobs only (no HTTP), beside `bss serve` on the same data dir / database."""
     from bss.api.logs import configure_logging
-    from bss.api.server import run_worker
+    from bss.worker_process import run_worker
 
     configure_logging()
     run_worker(_settings(data_dir=data_dir, workers=workers))

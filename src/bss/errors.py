@@ -132,7 +132,7 @@ class StoreUnavailable(Exception):
 
 
 class StoreUrlError(ValueError):
-    """A membership store URL this build cannot open, or an old store to convert first."""
+    """A membership store URL this build cannot open."""
 
 
 def file_too_large(max_file_bytes: int, file_bytes: int) -> BssError:

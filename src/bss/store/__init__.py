@@ -9,9 +9,6 @@ from bss.store.base import APPLY_SCHEMA, JOB_SEQ_SPAN, Membership, MembershipSto
 
 __all__ = ["APPLY_SCHEMA", "JOB_SEQ_SPAN", "Membership", "MembershipStore", "open_store"]
 
-#: File of the store layout before LMDB (one DuckDB file), converted by `bss store convert`.
-OLD_STORE_FILE = "memberships.duckdb"
-
 
 def open_store(url: str, *, wait_replicas: int | None = None) -> MembershipStore:
     """`lmdb:///path/to/dir` (the embedded default: an LMDB environment directory),
@@ -22,17 +19,9 @@ def open_store(url: str, *, wait_replicas: int | None = None) -> MembershipStore
     1 on a cluster, 0 on one server)."""
     scheme, sep, rest = url.partition("://")
     if sep and scheme == "lmdb":
-        path = Path(rest)
-        old = path.parent / OLD_STORE_FILE
-        if old.exists():  # renamed once converted; a half-done conversion is run again
-            raise StoreUrlError(
-                f"{old} holds memberships in the old DuckDB layout; convert it with "
-                f"`bss store convert --data-dir {path.parent}` (the old file is kept), "
-                "then start again"
-            )
         from bss.store.keyvalue import LmdbStore
 
-        return LmdbStore(path)
+        return LmdbStore(Path(rest))
     if sep and scheme in ("redis", "rediss", "redis+cluster"):
         from bss.store.redis_store import RedisStore
 

@@ -9,7 +9,7 @@ and PostgreSQL alike: no lock held between reading and bumping.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Engine, String, Table, func, select, update
+from sqlalchemy import BigInteger, Column, Engine, String, Table, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bss.db import metadata, write_tx
@@ -23,8 +23,8 @@ seq_counters = Table(
 )
 
 _GLOBAL = "global"
-#: Seqs of the layout before the counter: job_no * 2**40 + index of the pair in its file.
-OLD_JOB_SEQ_SPAN = 1 << 40
+#: The first seq handed out (every existing store's seqs are above it too).
+FIRST_SEQ = 1 << 40
 
 
 def reserve(db: Engine, n: int) -> int:
@@ -42,28 +42,8 @@ def reserve(db: Engine, n: int) -> int:
             after = conn.execute(bump).scalar()
         if after is not None:
             return int(after) - n
-        _create(db, _initial(db))
+        _create(db, FIRST_SEQ)
     raise RuntimeError("the seq counter row could not be created")
-
-
-def ensure_above(db: Engine, seq: int) -> None:
-    """Make every later reservation start above `seq` (used when old data is converted)."""
-    _create(db, max(seq + 1, _initial(db)))
-    with write_tx(db) as conn:
-        conn.execute(
-            update(seq_counters)
-            .where(seq_counters.c.name == _GLOBAL, seq_counters.c.next_seq <= seq)
-            .values(next_seq=seq + 1)
-        )
-
-
-def _initial(db: Engine) -> int:
-    """Above every seq the old layout can have given: (highest job number + 1) * 2**40."""
-    from bss.jobs.models import jobs  # the jobs domain sits above the store
-
-    with db.connect() as conn:
-        highest = conn.execute(select(func.max(jobs.c.id))).scalar() or 0
-    return (int(highest) + 1) * OLD_JOB_SEQ_SPAN
 
 
 def _create(db: Engine, first: int) -> None:
