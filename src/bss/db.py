@@ -13,7 +13,6 @@ import importlib.util
 import os
 import re
 import threading
-import time
 import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -30,6 +29,7 @@ from sqlalchemy import (
     event,
 )
 
+from bss import clock
 from bss.errors import syntax
 
 metadata = MetaData()
@@ -231,8 +231,8 @@ def inserted_id(result: CursorResult[Any]) -> int:
 
 
 def now_s() -> int:
-    """Current UNIX time in whole seconds (what every table stores)."""
-    return int(time.time())
+    """Current UNIX time in whole seconds (what every table stores), from bss.clock."""
+    return clock.now_s()
 
 
 def fmt_ts(ts: int | float | None) -> str | None:

@@ -14,11 +14,11 @@ import os
 import secrets
 import socket
 import threading
-import time
 
 from sqlalchemy import BigInteger, Column, Engine, Select, String, Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from bss import clock
 from bss.db import is_sqlite, metadata, write_tx
 
 log = logging.getLogger("bss.leases")
@@ -42,7 +42,7 @@ def new_process_id() -> str:
 
 
 def _now_ms() -> int:
-    return int(time.time() * 1000)
+    return clock.now_ms()
 
 
 def acquire(db: Engine, name: str, holder: str, ttl_seconds: float) -> bool:

@@ -12,12 +12,12 @@ burst is never let through twice by a window boundary falling inside it.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import BigInteger, Column, Engine, Integer, String, Table, delete
 
+from bss import clock
 from bss.db import metadata, run_sql, write_tx
 
 rate_counters = Table(
@@ -53,7 +53,7 @@ class RateLimiter(Protocol):
 
 
 def _now_ms() -> int:
-    return int(time.time() * 1000)
+    return clock.now_ms()
 
 
 def _retry_after(window_end_ms: int, now_ms: int) -> int:
