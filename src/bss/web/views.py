@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import ada_url
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -213,13 +214,37 @@ def match_rate(job: dict[str, Any]) -> float | None:
 # --- login -----------------------------------------------------------------------------------
 
 
+#: The target is resolved against origins of both schemes: "http:x" is a path on an http
+#: site but another host on an https one, and the service may be served either way.
+_ORIGINS = ("http://bss.invalid", "https://bss.invalid")
+
+
+def same_origin_path(target: str | None) -> str:
+    """Where to go after logging in: `target` if a browser resolves it to a path of this
+    service (as the normalised path, query and fragment), else "/".
+
+    Parsed by the WHATWG URL standard, as the browser will parse it: tabs and newlines are
+    dropped and backslashes are slashes there, so `/\\evil.example/` or `/<TAB>/evil.example/`
+    would leave the site although they start with one "/".
+    """
+    paths = set()
+    for origin in _ORIGINS:
+        try:
+            url = ada_url.URL(target or "/", origin + "/")
+        except ValueError:
+            return "/"
+        if url.origin != origin:
+            return "/"  # only ever back into this service
+        paths.add(url.pathname + url.search + url.hash)
+    (path,) = paths if len(paths) == 1 else ("/",)
+    return path if path.startswith("/") and not path.startswith("//") else "/"
+
+
 @router.get("/ui/login")
 def login_page(request: Request) -> Response:
     request.state.render_started = time.perf_counter()
     request.state.cpu_started = time.thread_time()
-    target = request.query_params.get("next") or "/"
-    if not target.startswith("/") or target.startswith("//"):
-        target = "/"  # only ever back into this service
+    target = same_origin_path(request.query_params.get("next"))
     try:
         _session(request)
         return RedirectResponse(target, status_code=303)  # already logged in
