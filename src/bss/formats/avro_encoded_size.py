@@ -43,7 +43,7 @@ def _without_nulls(array: pa.Array, allow_null: bool) -> bool:
     return allow_null or array.null_count == 0
 
 
-def value_sizes(
+def value_sizes(  # noqa: C901  one branch per Avro type, as the spec's encoding table lists them
     array: pa.Array, schema: Any, named: dict[str, Any], allow_null: bool = False
 ) -> Sizes:
     """Encoded size of each value of `array` (0 where null, if `allow_null`)."""

@@ -178,7 +178,7 @@ def _parse_text(
     )
 
 
-def iter_legacy_chunks(
+def iter_legacy_chunks(  # noqa: PLR0915  the read loop: chunk boundaries and the bounded carry of a cut line, in one place
     stream: BinaryIO, config: BatchSegmentConfig, member_id: int, chunk_bytes: int
 ) -> Iterator[ParsedChunk]:
     """Read `stream` `chunk_bytes` at a time and parse each run of complete lines.
@@ -278,7 +278,7 @@ def _lit(text: str) -> pl.Expr:
     return pl.lit(text, dtype=pl.String)
 
 
-def _parse_lines(
+def _parse_lines(  # noqa: PLR0915  the legacy line rules as one lazy query plan; to be split (issue 24.5)
     frame: pl.LazyFrame,
     config: BatchSegmentConfig,
     member_id: int,
@@ -542,7 +542,7 @@ def _int_syntax(text: pl.Expr, parsed: pl.Expr, has_plus: bool) -> pl.Expr:
     return (parsed.is_not_null() & ~_plus(text, has_plus)) | overflow
 
 
-def _parse_blocks(
+def _parse_blocks(  # noqa: PLR0915  the SEG-block rules as one query plan; to be split (issue 24.5)
     lines: pl.DataFrame, config: BatchSegmentConfig, *, has_plus: bool
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Explode the SEG blocks of well-formed lines; return (pairs, first block error per line)."""

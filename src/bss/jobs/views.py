@@ -185,7 +185,7 @@ class _UploadFailed(Exception):
         }
     },
 )
-async def upload(job_id: str, request: Request) -> Any:
+async def upload(job_id: str, request: Request) -> Any:  # noqa: C901, PLR0915  to be split (issue 24.5): the upload rules move out of the view
     app = request.app
     svc: JobService = app.state.jobs
     settings = app.state.settings

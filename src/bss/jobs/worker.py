@@ -139,7 +139,7 @@ class Worker:
         self.process(row)
         return True
 
-    def process(self, row: Any) -> None:
+    def process(self, row: Any) -> None:  # noqa: C901, PLR0915  to be split (issue 24.5): the job run becomes an object of its own
         job_pk, job_id = row["id"], row["job_id"]
         ctx = {
             "job_id": job_id,

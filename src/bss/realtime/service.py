@@ -236,7 +236,7 @@ class RealtimeService:
 
     # -- the post ----------------------------------------------------------------------------
 
-    def apply(
+    def apply(  # noqa: C901, PLR0915  to be split (issue 24.5): validation, apply and counting in one pass
         self,
         *,
         member_id: int,
