@@ -3,6 +3,7 @@ the batch rules, limits, idempotency, and visibility to lookups when the answer 
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -263,6 +264,27 @@ def test_idempotency_key_applies_once(world):
     assert again["message"] == first["message"] and again["replayed"] is True
     # the retry did not apply again: the later post (value 2) still stands
     assert live(api, uid)[seg["autos"]]["value"] == 2
+
+
+def test_an_idempotency_key_reused_with_another_body_is_a_conflict(world):
+    api, seg = world["api"], world["seg"]
+    body = {"rt_segment": [{"user_id": "6161", "seg_block": [block(seg["autos"], value=1)]}]}
+    first = post(api, body, headers={"Idempotency-Key": "k-6161"})
+    assert first["status"] == "OK" and "replayed" not in first
+    other = {"rt_segment": [{"user_id": "6262", "seg_block": [block(seg["autos"], value=1)]}]}
+    refused = post(api, other, headers={"Idempotency-Key": "k-6161"})
+    assert refused["_http"] == 409 and "used with a different body" in refused["error"]
+    assert live(api, "6262") == {}  # the new body was not applied...
+    # ...and the same body, spaced and ordered otherwise, is still a replay.
+    respaced = api.call(
+        "POST",
+        "/rt-segment",
+        content=json.dumps(
+            {"rt_segment": [dict(reversed(body["rt_segment"][0].items()))]}, indent=3
+        ).encode(),
+        headers={"Idempotency-Key": "k-6161", "Content-Type": "application/json"},
+    )
+    assert respaced["status"] == "OK" and respaced["replayed"] is True
 
 
 def test_post_size_and_user_rate_limits(bss_server):

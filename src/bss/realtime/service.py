@@ -13,6 +13,7 @@ entry is skipped with a warning naming it and why, as documented.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -58,12 +59,24 @@ _BLOCK_INTS = ("seg_id", "value", "expiration", "member_id")
 IDEMPOTENCY_STALE_SECONDS = 60
 
 
+def post_sha256(body: Any) -> str:
+    """A post's fingerprint: the same JSON value, however it was spaced or ordered."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 @dataclass(slots=True)
 class RtResult:
     users_in_request: int = 0
     segments_in_request: int = 0
     warnings: list[dict[str, Any]] = field(default_factory=list)
     pairs_applied: int = 0
+    #: The post's fingerprint, kept with the answer under its Idempotency-Key.
+    post_sha256: str | None = None
+
+    def stored(self) -> str:
+        """The answer as kept under the post's Idempotency-Key."""
+        return json.dumps({**self.body(), "post_sha256": self.post_sha256})
 
     def body(self) -> dict[str, Any]:
         return {
@@ -187,9 +200,10 @@ class RealtimeService:
 
     # -- idempotency -------------------------------------------------------------------------
 
-    def replay_or_claim(self, member_id: int, key: str) -> dict[str, Any] | None:
+    def replay_or_claim(self, member_id: int, key: str, body: Any) -> dict[str, Any] | None:
         """The stored answer of an earlier post with this key, or None after claiming the
-        key for this post (409 while another post with it is being applied)."""
+        key for this post (409 while another post with it is being applied, and for a post
+        whose body differs from the one the key was first used with)."""
         self._purge_keys()
         k = rt_idempotency_keys
         now = now_s()
@@ -202,7 +216,13 @@ class RealtimeService:
                 )
                 return None
             if row["response_json"] is not None:
-                return json.loads(row["response_json"])
+                earlier: dict[str, Any] = json.loads(row["response_json"])
+                if earlier.get("post_sha256", post_sha256(body)) != post_sha256(body):
+                    raise Conflict(
+                        "this Idempotency-Key was used with a different body: a retry must "
+                        "send the same body, a new post needs a new key"
+                    )
+                return earlier
             if row["created_on"] > now - IDEMPOTENCY_STALE_SECONDS:
                 raise Conflict(
                     "a post with this Idempotency-Key is being applied; retry in a moment",
@@ -250,7 +270,7 @@ class RealtimeService:
         other than `store`'s are owed its batch (caught up by bss.jobs.regions)."""
         entries, default_domain = check_shape(body)
         settings = self.settings
-        result = RtResult()
+        result = RtResult(post_sha256=post_sha256(body) if idempotency_key else None)
         warn = result.warnings
         max_users, max_segments = settings.rt_max_users_per_post, settings.rt_max_segments_per_user
         for entry in entries[max_users:]:
@@ -382,7 +402,7 @@ class RealtimeService:
                 conn.execute(
                     update(k)
                     .where(k.c.member_id == member_id, k.c.idempotency_key == idempotency_key)
-                    .values(response_json=json.dumps(result.body()))
+                    .values(response_json=result.stored())
                 )
         return result
 
@@ -397,5 +417,5 @@ class RealtimeService:
                     k.c.idempotency_key == key,
                     k.c.response_json.is_(None),
                 )
-                .values(response_json=json.dumps(result.body()))
+                .values(response_json=result.stored())
             )

@@ -63,7 +63,7 @@ async def post_rt_segment(request: Request) -> Any:
     if not await run_in_threadpool(member_exists, state.db, member_id):
         raise NotFound(f"member {member_id} not found")
     if key is not None:
-        earlier = await run_in_threadpool(rt.replay_or_claim, member_id, key)
+        earlier = await run_in_threadpool(rt.replay_or_claim, member_id, key, body)
         if earlier is not None:
             return ok("message", earlier["message"], warnings=earlier["warnings"], replayed=True)
     config = await run_in_threadpool(get_config, state.db, member_id)
