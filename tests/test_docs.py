@@ -126,3 +126,41 @@ def test_docs_pages_load_only_assets_served_by_the_service(readme_server):
             assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
             assert httpx.get(readme_server.url + asset).status_code == 200, asset
     assert "/docs" in README and "/redoc" in README
+
+
+def test_readme_says_how_to_change_the_port_and_that_command_listens_there(tmp_path):
+    found = re.search(r"`(\.venv/bin/bss serve --port) (\d+) (--host) (\S+)`", README)
+    assert found is not None, "the README shows how to change the port"
+    from conftest import free_port
+
+    port = free_port()
+    command = [str(BSS), "serve", "--port", str(port), "--host", "127.0.0.1"]
+    proc = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env={**os.environ, **{f"BSS_{k.upper()}": v for k, v in _readme_admin().items()}},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                proc.poll()
+                assert proc.returncode is None, "bss serve --port exited"
+                import time
+
+                time.sleep(0.1)
+        else:
+            raise AssertionError("bss serve --port did not listen there")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_the_walkthrough_no_longer_describes_the_duckdb_one_process_rule():
+    walkthrough = (ROOT / "docs" / "http-walkthrough.md").read_text()
+    assert "DuckDB" not in walkthrough and "one process at a time" not in walkthrough
+    assert "bss worker" in walkthrough and "processes.md" in walkthrough
