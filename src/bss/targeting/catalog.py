@@ -3,8 +3,9 @@ seconds: a bid request must not wait on the database.
 
 Segments are looked up by id the first time a membership names them (another member's
 segment is remembered as not the reader's), so a segment created a moment ago is found at
-once; a change to an existing segment or to a member's settings shows within
-CATALOG_SECONDS.
+once; every CATALOG_SECONDS the known ones are read again in a few queries, so a change to an
+existing segment or to a member's settings shows within that time and requests do not wait
+on the database meanwhile.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from bss.targeting.models import openrtb_member_settings
 
 #: How long segment facts and member settings are used before they are read again.
 CATALOG_SECONDS = 5.0
-SEGMENT_ID_FIELDS = ("id", "code")
+#: Segment ids read again in one query when the facts are refreshed.
+REFRESH_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +61,21 @@ class Catalog:
         self._loaded = time.monotonic()
 
     def _fresh(self) -> None:
-        if time.monotonic() - self._loaded > self.max_age:
-            with self._lock:
-                self._segments, self._members = {}, {}
-                self._loaded = time.monotonic()
+        """Past `max_age`, read again every segment known (in chunks, one thread at a time;
+        the others keep using the facts they have meanwhile) and forget member settings."""
+        if time.monotonic() - self._loaded <= self.max_age or not self._lock.acquire(False):
+            return
+        try:
+            ids = list(self._segments)
+            fresh: dict[int, SegmentFacts | None] = {}
+            for start in range(0, len(ids), REFRESH_CHUNK):
+                chunk = ids[start : start + REFRESH_CHUNK]
+                rows = segments_by_ids(self.db, chunk)
+                fresh.update((i, _facts(rows[i]) if i in rows else None) for i in chunk)
+            self._segments, self._members = fresh, {}
+            self._loaded = time.monotonic()
+        finally:
+            self._lock.release()
 
     def segments(self, ids: list[int]) -> dict[int, SegmentFacts | None]:
         """Facts of each segment id (None: no such segment)."""
