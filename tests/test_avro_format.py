@@ -573,6 +573,11 @@ CORRUPTION_FILES = {
 CORRUPTION_FILES["apache-deflate"] = write_apache(sample_records(40), codec="deflate")
 
 
+@functools.cache
+def corruption_file_raws(name: str) -> list[str]:
+    return parse(CORRUPTION_FILES[name])[0]["raw"].to_list()
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     name=st.sampled_from(sorted(CORRUPTION_FILES)),
@@ -580,8 +585,7 @@ CORRUPTION_FILES["apache-deflate"] = write_apache(sample_records(40), codec="def
 )
 def test_truncated_files_parse_a_prefix_or_fail_cleanly(name, cut):
     data = CORRUPTION_FILES[name]
-    raws = parse(data)[0]["raw"].to_list()
-    check_prefix_or_corrupt(data[: int(len(data) * cut)], raws)
+    check_prefix_or_corrupt(data[: int(len(data) * cut)], corruption_file_raws(name))
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
