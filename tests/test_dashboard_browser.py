@@ -412,3 +412,28 @@ def test_every_page_is_accessible_and_screenshotted(
         for page in contexts.values():
             page.context.close()
     assert failures == {}
+
+
+def test_day_charts_open_at_the_latest_days_on_a_phone(
+    browser: Any, server: ServerProc, world: dict[str, Any]
+) -> None:
+    page = _context(browser, server, ADMIN_USER, PHONE).new_page()
+    page.goto(server.url + "/ui/charts")
+    boxes = page.eval_on_selector_all(
+        "figure.chart-box",
+        """boxes => boxes.filter(b => b.querySelector('svg.chart')).map(b => {
+            const box = b.getBoundingClientRect(), svg = b.querySelector('svg.chart').getBoundingClientRect();
+            const days = [...b.querySelectorAll('svg.chart text[text-anchor=middle]')];
+            return {caption: b.closest('section').querySelector('h2').textContent,
+                    boxLeft: box.left, boxRight: box.right, svgLeft: svg.left, svgRight: svg.right,
+                    lastDayRight: days.length ? days[days.length - 1].getBoundingClientRect().right : null};
+        })""",
+    )
+    _shot(page, "charts-phone-opened")
+    days = [b for b in boxes if "per day" in b["caption"] or "Error rates" in b["caption"]]
+    assert len(days) == 2, boxes
+    for b in days:
+        assert b["svgLeft"] < b["boxLeft"], b  # wider than the phone: the oldest days are off
+        assert b["svgRight"] <= b["boxRight"] + 1, b  # ...and the latest are in view
+        assert b["lastDayRight"] is None or b["lastDayRight"] <= b["boxRight"] + 1, b
+    page.context.close()

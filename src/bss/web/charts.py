@@ -3,6 +3,7 @@ and every chart has a text alternative (its <title> and a data table beside it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,30 @@ def _fmt(value: float, percent: bool) -> str:
     return f"{value:g}"
 
 
+def _axis_top(value: float) -> float:
+    """The y axis' top: the smallest of 1, 2, 2.5 and 5 times a power of ten that holds
+    `value`, so that its half is a round number too."""
+    if value <= 0:
+        return 1.0
+    power = 10.0 ** math.floor(math.log10(value))
+    return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= value * (1 - 1e-12))
+
+
+def _axis_labels(ticks: Sequence[float], percent: bool) -> list[str]:
+    """Labels for the y ticks: percentages with as many decimals as it takes to show each
+    tick exactly (0.0%, 0.1%, 0.2%, not 0.0%, 0.1%, 0.1%)."""
+    if not percent:
+        return [_fmt(t, False) for t in ticks]
+    for decimals in range(1, 9):
+        labels = [f"{t * 100:.{decimals}f}%" for t in ticks]
+        if all(
+            abs(float(lb[:-1]) - t * 100) <= 1e-9 * max(ticks) * 100
+            for lb, t in zip(labels, ticks, strict=True)
+        ):
+            return labels
+    return labels
+
+
 def bars(
     title: str,
     labels: Sequence[str],
@@ -45,7 +70,7 @@ def bars(
         else max((s.values[i] for s in series), default=0)
         for i in range(len(labels))
     ]
-    top = max(totals, default=0) or 1
+    top = _axis_top(max(totals, default=0))
     plot_w, plot_h = WIDTH - LEFT - 8, HEIGHT - BOTTOM - TOP
     slot = plot_w / n
     bar_w = max(slot * 0.7, 1)
@@ -54,12 +79,13 @@ def bars(
         f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
         f"<title>{escape(title)}</title>",
     ]
-    for frac in (0, 0.5, 1):
+    fracs = (0, 0.5, 1)
+    for frac, label in zip(fracs, _axis_labels([top * f for f in fracs], percent), strict=True):
         y = TOP + plot_h * (1 - frac)
         parts.append(
             f'<line class="grid" x1="{LEFT}" x2="{WIDTH - 8}" y1="{y:.1f}" y2="{y:.1f}"/>'
             f'<text class="axis" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">'
-            f"{_fmt(top * frac, percent)}</text>"
+            f"{label}</text>"
         )
     step = max(1, n // 8)
     for i, label in enumerate(labels):

@@ -88,7 +88,7 @@ FAILURE_HELP: dict[str, tuple[str, str]] = {
     ),
     "uploading-error": (
         "The upload did not finish: it was cut off, refused by a limit, or took too long.",
-        "Read the message below. For a limit, wait for the hour or day to pass or ask an "
+        "Read the message above. For a limit, wait for the hour or day to pass or ask an "
         "admin to raise it; otherwise upload the file again as a new job.",
     ),
     "file_missing": (
@@ -103,7 +103,7 @@ FAILURE_HELP: dict[str, tuple[str, str]] = {
 }
 FAILURE_DEFAULT = (
     "The job ended in an error.",
-    "Read the message below, fix the file or the setting it names, and upload it again.",
+    "Read the message above, fix the file or the setting it names, and upload it again.",
 )
 
 
