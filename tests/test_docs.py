@@ -164,3 +164,18 @@ def test_the_walkthrough_no_longer_describes_the_duckdb_one_process_rule():
     walkthrough = (ROOT / "docs" / "http-walkthrough.md").read_text()
     assert "DuckDB" not in walkthrough and "one process at a time" not in walkthrough
     assert "bss worker" in walkthrough and "processes.md" in walkthrough
+
+
+def test_every_job_error_code_and_the_once_per_job_counters_are_documented():
+    from bss.formats.detect import EMPTY_FILE, NOT_A_SEGMENT_FILE
+    from bss.ingest.engine import DEDUPLICATED
+    from bss.web.views import FAILURE_HELP
+
+    walkthrough = (ROOT / "docs" / "http-walkthrough.md").read_text()
+    table = set(re.findall(r"^\| `([A-Za-z_-]+)` \|", walkthrough, flags=re.M))
+    codes = {*FAILURE_HELP, EMPTY_FILE, NOT_A_SEGMENT_FILE, "processing-error"}
+    assert codes <= table, sorted(codes - table)
+    once = walkthrough.split("count each segment once per job", 1)[0].rsplit("\n\n", 1)[-1]
+    assert all(f"`{name}`" in once for name in DEDUPLICATED)
+    dashboard = (ROOT / "docs" / "dashboard.md").read_text()
+    assert "once per job" in dashboard
