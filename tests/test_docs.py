@@ -179,3 +179,39 @@ def test_every_job_error_code_and_the_once_per_job_counters_are_documented():
     assert all(f"`{name}`" in once for name in DEDUPLICATED)
     dashboard = (ROOT / "docs" / "dashboard.md").read_text()
     assert "once per job" in dashboard
+
+
+def test_the_scale_out_runbook_creates_the_bucket_and_gives_each_process_its_own_dirs(
+    tmp_path,
+):
+    from passive_util import MotoServer
+
+    runbook = (ROOT / "docs" / "scale-out.md").read_text().split("## Runbook", 1)[1]
+    runbook = runbook.split("\n## ", 1)[0]
+    bucket_block, machine_block = _blocks(runbook, "sh")[:2]
+    moto = MotoServer()
+    try:
+        script = bucket_block.replace("http://10.0.0.20:9000", moto.url).replace(
+            ".venv/bin/python", sys.executable
+        )
+        out = _run_shell(script, tmp_path)
+        assert out.returncode == 0, out.stderr
+        import boto3
+
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=moto.url,
+            aws_access_key_id="bss",
+            aws_secret_access_key="change-me-too",
+            region_name="us-east-1",
+        )
+        assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["acme-bss"]
+    finally:
+        moto.stop()
+    commands = [line for line in machine_block.replace("\\\n", " ").splitlines() if "bss " in line]
+    dirs = [re.search(r"--data-dir (\S+)", c).group(1) for c in commands]  # type: ignore[union-attr]
+    ports = [re.search(r"--port (\d+)", c).group(1) for c in commands if "serve" in c]  # type: ignore[union-attr]
+    assert len(commands) == 4 and len(set(dirs)) == 4 and len(set(ports)) == 2
+    assert [c for c in commands if "BSS_ADMIN_" in c] == [commands[0]]
+    assert "serve" in commands[0]
+    assert "replica" in runbook and "cluster-migration-barrier" in runbook
