@@ -3,97 +3,133 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from bss.accounts import service
-from bss.accounts.service import Principal
 from bss.api.deps import (
     TOKEN_COOKIE,
-    body_doc,
+    AppSettings,
+    Caller,
+    Db,
+    Jobs,
+    Limiter,
+    Stores,
     client_address,
-    int_param,
-    json_body,
-    principal,
     require_admin,
     token_of,
 )
 from bss.api.envelope import ok, ok_list
+from bss.api.params import IdQuery, Int32, JsonBodyRoute, MemberIdQuery, RequiredIdQuery
 from bss.errors import Forbidden, Invalid
 from bss.lifecycle.erasure import erase_member
 
-router = APIRouter()
+router = APIRouter(route_class=JsonBodyRoute)
 
-_MEMBER_BODY = body_doc("member", {"id": "integer", "name": "string", "state": "string"})
-_USER_BODY = body_doc(
-    "user",
-    {"username": "string", "password": "string", "user_type": "string", "member_id": "integer"},
-)
 
-_AUTH_BODY = {
-    "requestBody": {
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "auth": {
-                            "type": "object",
-                            "properties": {
-                                "username": {"type": "string"},
-                                "password": {"type": "string"},
-                            },
-                            "required": ["username", "password"],
-                        }
-                    },
-                }
-            }
+class Credentials(BaseModel):
+    username: str
+    password: str
+
+
+class AuthBody(BaseModel):
+    """POST /auth: {"auth": {"username": "...", "password": "..."}}."""
+
+    wrong_shape: ClassVar[str] = 'expected {"auth": {"username": "...", "password": "..."}}'
+    auth: Credentials
+
+
+class _Wrapped(BaseModel):
+    """A body {name: {...}}; the fields alone, unwrapped, are read the same way (clients
+    have always been allowed to leave the wrapper out)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wrap(cls, data: Any) -> Any:
+        name = next(iter(cls.model_fields))
+        if isinstance(data, dict) and name not in data and data:
+            return {name: data}
+        return data
+
+
+#: active (the default) or inactive, in any letter case.
+State = Annotated[
+    str | None,
+    Field(
+        description="active (the default) or inactive, in any letter case",
+        # checked by the service, which names the field in its message
+        json_schema_extra={
+            "pattern": "^([aA][cC][tT][iI][vV][eE]|[iI][nN][aA][cC][tT][iI][vV][eE])?$"
         },
-        "required": True,
-    }
-}
+    ),
+]
 
 
-def _obj(body: Any, name: str) -> dict[str, Any]:
-    if isinstance(body, dict) and isinstance(body.get(name), dict):
-        return body[name]
-    if isinstance(body, dict) and name not in body and body:
-        return body
-    raise Invalid(f'expected a JSON body like {{"{name}": {{...}}}}')
+class MemberFields(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: Int32 = Field(None, description="Chosen id (optional; 32-bit)")
+    name: str | None = None
+    state: State = None
+
+
+class MemberBody(_Wrapped):
+    """{"member": {...}} (or the fields alone)."""
+
+    wrong_shape: ClassVar[str] = 'expected a JSON body like {"member": {...}}'
+
+    member: MemberFields
+
+
+class UserFields(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    username: str | None = None
+    password: str | None = Field(None, description="At least 8 characters")
+    user_type: str | None = Field(
+        None,
+        description="admin, member (the default) or data_provider",
+        json_schema_extra={"enum": ["admin", "member", "data_provider", None]},
+    )
+    member_id: Int32 = Field(None, description="Required for member and data_provider users")
+
+
+class UserBody(_Wrapped):
+    """{"user": {...}} (or the fields alone)."""
+
+    wrong_shape: ClassVar[str] = 'expected a JSON body like {"user": {...}}'
+
+    user: UserFields
+
+
+def _fields(model: BaseModel) -> dict[str, Any]:
+    """The fields a body gave (the services tell a field left out from one set to null)."""
+    return model.model_dump(exclude_unset=True)
 
 
 @router.post(
     "/auth",
     tags=["auth"],
     summary="Log in; returns a token (also set as a cookie)",
-    openapi_extra=_AUTH_BODY,
 )
-async def post_auth(request: Request) -> Any:
-    body = await json_body(request)
-    auth = body.get("auth") if isinstance(body, dict) else None
-    if (
-        not isinstance(auth, dict)
-        or not isinstance(auth.get("username"), str)
-        or not isinstance(auth.get("password"), str)
-    ):
-        raise Invalid('expected {"auth": {"username": "...", "password": "..."}}')
-    settings = request.app.state.settings
+async def post_auth(
+    request: Request, body: AuthBody, db: Db, settings: AppSettings, limiter: Limiter
+) -> Any:
     token = await run_in_threadpool(
         partial(
             service.login,
-            request.app.state.db,
+            db,
             settings,
-            auth["username"],
-            auth["password"],
-            limiter=request.app.state.limiter,
+            body.auth.username,
+            body.auth.password,
+            limiter=limiter,
             client=client_address(request),
             device=request.cookies.get(service.DEVICE_COOKIE),
         )
     )
     resp = ok("token", token)
-    device = await run_in_threadpool(service.device_proof, request.app.state.db, auth["username"])
+    device = await run_in_threadpool(service.device_proof, db, body.auth.username)
     resp.set_cookie(
         service.DEVICE_COOKIE,
         device or "",
@@ -115,7 +151,7 @@ async def post_auth(request: Request) -> Any:
 
 
 @router.get("/auth", tags=["auth"], summary="The logged-in user")
-def get_auth(p: Principal = Depends(principal)) -> Any:
+def get_auth(p: Caller) -> Any:
     return ok(
         "user",
         {
@@ -128,10 +164,10 @@ def get_auth(p: Principal = Depends(principal)) -> Any:
 
 
 @router.delete("/auth", tags=["auth"], summary="Log out (invalidate the token)")
-def delete_auth(request: Request, p: Principal = Depends(principal)) -> Any:
+def delete_auth(request: Request, p: Caller, db: Db) -> Any:
     token = token_of(request)
     if token:
-        service.logout(request.app.state.db, token)
+        service.logout(db, token)
     resp = ok(None)
     resp.delete_cookie(TOKEN_COOKIE)
     return resp
@@ -140,42 +176,40 @@ def delete_auth(request: Request, p: Principal = Depends(principal)) -> Any:
 # --- /member ---------------------------------------------------------------------------------
 
 
+def _required(value: int | None, name: str = "id") -> int:
+    if value is None:
+        raise Invalid(f"{name} is required")
+    return value
+
+
 @router.get("/member", tags=["member"], summary="Members (admin: all or ?id=; others: their own)")
-def get_member(request: Request, p: Principal = Depends(principal)) -> Any:
-    db = request.app.state.db
-    member_id = int_param(request, "id")
+def get_member(p: Caller, db: Db, id: IdQuery = None) -> Any:
     if not p.is_admin:
-        if member_id is not None and member_id != p.member_id:
+        if id is not None and id != p.member_id:
             raise Forbidden()
         return ok("member", service.get_member(db, p.member_id))  # type: ignore[arg-type]
-    if member_id is not None:
-        return ok("member", service.get_member(db, member_id))
+    if id is not None:
+        return ok("member", service.get_member(db, id))
     items = service.list_members(db)
     return ok_list("members", items, count=len(items), start_element=0, num_elements=len(items))
 
 
-@router.post(
-    "/member", tags=["member"], summary="Create a member (admin)", openapi_extra=_MEMBER_BODY
-)
-async def post_member(request: Request, p: Principal = Depends(principal)) -> Any:
+@router.post("/member", tags=["member"], summary="Create a member (admin)")
+async def post_member(p: Caller, db: Db, body: MemberBody) -> Any:
     require_admin(p)
-    data = _obj(await json_body(request), "member")
-    return ok("member", await run_in_threadpool(service.create_member, request.app.state.db, data))
+    return ok("member", await run_in_threadpool(service.create_member, db, _fields(body.member)))
 
 
 @router.put(
-    "/member", tags=["member"], summary="Update a member (admin), ?id=", openapi_extra=_MEMBER_BODY
+    "/member",
+    tags=["member"],
+    summary="Update a member (admin), ?id=",
 )
-async def put_member(request: Request, p: Principal = Depends(principal)) -> Any:
+async def put_member(p: Caller, db: Db, id: RequiredIdQuery, body: MemberBody) -> Any:
     require_admin(p)
-    member_id = int_param(request, "id")
-    if member_id is None:
-        raise Invalid("id is required")
-    data = _obj(await json_body(request), "member")
-    return ok(
-        "member",
-        await run_in_threadpool(service.update_member, request.app.state.db, member_id, data),
-    )
+    member_id = _required(id)
+    data = _fields(body.member)
+    return ok("member", await run_in_threadpool(service.update_member, db, member_id, data))
 
 
 @router.delete(
@@ -184,19 +218,11 @@ async def put_member(request: Request, p: Principal = Depends(principal)) -> Any
     summary="Erase a member (admin), ?id=: its users, segments, memberships in every region, "
     "jobs, files, figures; an audit record stays",
 )
-def delete_member(request: Request, p: Principal = Depends(principal)) -> Any:
+def delete_member(p: Caller, db: Db, stores: Stores, jobs: Jobs, id: RequiredIdQuery) -> Any:
     require_admin(p)
-    member_id = int_param(request, "id")
-    if member_id is None:
-        raise Invalid("id is required")
-    state = request.app.state
+    member_id = _required(id)
     erase_member(
-        state.db,
-        member_id,
-        state.stores.get(),
-        state.stores.remote_regions,
-        state.jobs.files,
-        requested_by=p.username,
+        db, member_id, stores.get(), stores.remote_regions, jobs.files, requested_by=p.username
     )
     return ok(None)
 
@@ -207,14 +233,12 @@ def delete_member(request: Request, p: Principal = Depends(principal)) -> Any:
 @router.get(
     "/user", tags=["user"], summary="Users (admin: all, ?id=, ?member_id=; others: themselves)"
 )
-def get_user(request: Request, p: Principal = Depends(principal)) -> Any:
-    db = request.app.state.db
+def get_user(p: Caller, db: Db, id: IdQuery = None, member_id: MemberIdQuery = None) -> Any:
     if not p.is_admin:
         return ok("user", service.get_user(db, p.user_id))
-    user_id = int_param(request, "id")
-    if user_id is not None:
-        return ok("user", service.get_user(db, user_id))
-    items = service.list_users(db, member_id=int_param(request, "member_id"))
+    if id is not None:
+        return ok("user", service.get_user(db, id))
+    items = service.list_users(db, member_id=member_id)
     return ok_list("users", items, count=len(items), start_element=0, num_elements=len(items))
 
 
@@ -222,36 +246,24 @@ def get_user(request: Request, p: Principal = Depends(principal)) -> Any:
     "/user",
     tags=["user"],
     summary="Create a user (admin): username, password, user_type, member_id",
-    openapi_extra=_USER_BODY,
 )
-async def post_user(request: Request, p: Principal = Depends(principal)) -> Any:
+async def post_user(p: Caller, db: Db, body: UserBody) -> Any:
     require_admin(p)
-    data = _obj(await json_body(request), "user")
-    return ok("user", await run_in_threadpool(service.create_user, request.app.state.db, data))
+    return ok("user", await run_in_threadpool(service.create_user, db, _fields(body.user)))
 
 
-@router.put("/user", tags=["user"], summary="Update a user (admin), ?id=", openapi_extra=_USER_BODY)
-async def put_user(request: Request, p: Principal = Depends(principal)) -> Any:
+@router.put("/user", tags=["user"], summary="Update a user (admin), ?id=")
+async def put_user(p: Caller, db: Db, id: RequiredIdQuery, body: UserBody) -> Any:
     require_admin(p)
-    user_id = int_param(request, "id")
-    if user_id is None:
-        raise Invalid("id is required")
-    data = _obj(await json_body(request), "user")
-    return ok(
-        "user", await run_in_threadpool(service.update_user, request.app.state.db, user_id, data)
-    )
+    user_id = _required(id)
+    return ok("user", await run_in_threadpool(service.update_user, db, user_id, _fields(body.user)))
 
 
 @router.delete("/user", tags=["user"], summary="Delete a user (admin), ?id=")
-def delete_user(request: Request, p: Principal = Depends(principal)) -> Any:
+def delete_user(p: Caller, db: Db, id: RequiredIdQuery) -> Any:
     require_admin(p)
-    user_id = int_param(request, "id")
-    if user_id is None:
-        raise Invalid("id is required")
+    user_id = _required(id)
     if user_id == p.user_id:
         raise Invalid("you cannot delete yourself")
-    service.delete_user(request.app.state.db, user_id)
+    service.delete_user(db, user_id)
     return ok(None)
-
-
-__all__ = ["router"]

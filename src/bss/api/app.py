@@ -24,6 +24,7 @@ from bss.api.docs import add_docs_routes
 from bss.api.envelope import error_response, http_error_response
 from bss.api.lookup import router as lookup_router
 from bss.api.openapi import install as install_openapi
+from bss.api.params import validation_message
 from bss.db import init_db, is_sqlite, make_engine
 from bss.errors import BssError, Invalid, NotAuthenticated, StoreUnavailable, Unavailable
 from bss.identity.views import router as identity_router
@@ -159,10 +160,9 @@ def create_app(
         return http_error_response(exc.status_code, error_id, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> Any:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(x) for x in first.get("loc", ()))
-        return error_response(Invalid(f"{where}: {first.get('msg', 'invalid request')}"))
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Any:
+        wrong_shape = getattr(request.scope.get("route"), "wrong_shape", None)
+        return error_response(Invalid(validation_message(exc.errors(), wrong_shape)))
 
     @app.exception_handler(StoreUnavailable)
     async def _store_down(request: Request, exc: StoreUnavailable) -> Any:

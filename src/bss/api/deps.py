@@ -1,19 +1,25 @@
-"""Request-scoped helpers: the caller (token from header or cookie), member scope, throttling."""
+"""Request-scoped helpers: the caller (token from header or cookie), member scope, throttling,
+and the application's parts as typed dependencies (`db: Db`, `jobs: Jobs`, ...), so that views
+never reach into `request.app.state`."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable
 from ipaddress import IPv4Network, IPv6Network, ip_address
-from typing import Any, Literal, overload
+from typing import Annotated, Any, Literal, overload
 
-from fastapi import Request
+from fastapi import Depends, Request
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from bss.accounts.service import Principal, cached_principal, principal_for_token
-from bss.db import INT32_MIN, bounded_int
+from bss.api.params import RegionQuery
 from bss.errors import Forbidden, Invalid, RateLimited
-from bss.ratelimit import ReservedBudget, Verdict
+from bss.jobs.service import JobService
+from bss.jobs.worker import StoreHandle
+from bss.ratelimit import RateLimiter, ReservedBudget, Verdict
+from bss.settings import Settings
 from bss.store import MembershipStore
 
 TOKEN_COOKIE = "bss_token"
@@ -110,25 +116,24 @@ def require_admin(p: Principal) -> None:
 
 
 @overload
-def member_scope(p: Principal, member_id: Any, *, required: Literal[True] = True) -> int: ...
+def member_scope(p: Principal, member_id: int | None, *, required: Literal[True] = True) -> int: ...
 @overload
-def member_scope(p: Principal, member_id: Any, *, required: bool) -> int | None: ...
+def member_scope(p: Principal, member_id: int | None, *, required: bool) -> int | None: ...
 
 
-def member_scope(p: Principal, member_id: Any, *, required: bool = True) -> int | None:
+def member_scope(p: Principal, member_id: int | None, *, required: bool = True) -> int | None:
     """The member a request acts for: a non-admin only ever acts for its own member.
 
     Only an admin acts for no member (without `required`): every other user has one."""
-    if member_id in (None, ""):
+    if member_id is None:
         if p.is_admin:
             if required:
                 raise Invalid("member_id is required")
             return None
         return p.member_id
-    mid = bounded_int(member_id, "member_id")
-    if not p.is_admin and mid != p.member_id:
-        raise Forbidden(f"You have no access to member {mid}")
-    return mid
+    if not p.is_admin and member_id != p.member_id:
+        raise Forbidden(f"You have no access to member {member_id}")
+    return member_id
 
 
 def can_touch(p: Principal, member_id: int) -> bool:
@@ -186,59 +191,53 @@ def _in_networks(address: str, networks: tuple[IPv4Network | IPv6Network, ...]) 
     return any(ip in net for net in networks)
 
 
-def int_param(
-    request: Request, name: str, default: int | None = None, *, minimum: int | None = None
-) -> int | None:
-    """An integer query parameter: ids and counts are 32-bit (bss.db.bounded_int)."""
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return default
-    return bounded_int(raw, name, minimum=INT32_MIN if minimum is None else minimum)
+def database(request: Request) -> Engine:
+    """The database engine, for code that runs outside a route's dependencies (the
+    dashboard's session check)."""
+    return request.app.state.db
 
 
-async def json_body(request: Request) -> Any:
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        import json
-
-        return json.loads(raw)
-    except ValueError as exc:
-        raise Invalid(f"request body is not valid JSON: {exc}") from exc
+async def _db(request: Request) -> Engine:
+    return database(request)
 
 
-def region_store(request: Request) -> MembershipStore:
+async def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def _jobs(request: Request) -> JobService:
+    return request.app.state.jobs
+
+
+async def _stores(request: Request) -> StoreHandle:
+    return request.app.state.stores
+
+
+async def _limiter(request: Request) -> RateLimiter:
+    return request.app.state.limiter
+
+
+#: The database engine.
+Db = Annotated[Engine, Depends(_db)]
+#: The service's settings.
+AppSettings = Annotated[Settings, Depends(_settings)]
+#: The job service (queries, uploads, queue).
+Jobs = Annotated[JobService, Depends(_jobs)]
+#: The membership stores: the local one and the store regions.
+Stores = Annotated[StoreHandle, Depends(_stores)]
+#: The shared rate limiter (database-backed).
+Limiter = Annotated[RateLimiter, Depends(_limiter)]
+#: The authenticated caller (NOAUTH otherwise), throttled per member.
+Caller = Annotated[Principal, Depends(principal)]
+
+
+def region_store(request: Request, region: RegionQuery = None) -> MembershipStore:
     """The membership store a read answers from: the local one, or the store region named
     by `region=` (400 for a region this service does not have)."""
     stores = request.app.state.stores
-    region = request.query_params.get("region")
     if not region:
         return stores.get()
     if region not in stores.regions:
         known = ", ".join(stores.regions) or "none: BSS_STORE_REGIONS is not set"
         raise Invalid(f"unknown region {region!r} (regions: {known})")
     return stores.get(region)
-
-
-def body_doc(
-    name: str, properties: dict[str, str], required: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """OpenAPI `openapi_extra` for a JSON body {name: {...}} (bodies are parsed by hand so that
-    the documented wrappers and loose clients are accepted; this keeps /openapi.json useful)."""
-    inner: dict[str, Any] = {
-        "type": "object",
-        "properties": {k: {"type": v} for k, v in properties.items()},
-    }
-    if required:
-        inner["required"] = list(required)
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {"type": "object", "properties": {name: inner}, "required": [name]}
-                }
-            },
-        }
-    }

@@ -9,26 +9,30 @@ identity graph (bss.identity.graph): every segment once, with `via`, the ID it c
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from functools import partial
+from typing import Annotated, Any, ClassVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field, WithJsonSchema
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from bss.accounts.service import Principal
-from bss.api.deps import can_touch, int_param, json_body, member_scope, principal, region_store
+from bss.api.deps import AppSettings, Caller, Db, can_touch, member_scope, region_store
 from bss.api.envelope import ok, ok_list
+from bss.api.params import Int32, JsonBodyRoute, MemberIdQuery, PositiveId, Text
 from bss.db import fmt_ts, now_s
 from bss.errors import BssError, Forbidden, Invalid
 from bss.formats.records import DEVICE_DOMAINS, LEGACY_DEVICE_TYPES, MAX_UID, UserKind
 from bss.identity.graph import expanded_segments_many
 from bss.segments.service import get_segment_row, segments_by_ids
-from bss.store import Membership
+from bss.settings import Settings
+from bss.store import Membership, MembershipStore
 
 #: Users one POST /user-segments may ask for.
 MAX_LOOKUP_USERS = 1000
 
-router = APIRouter()
+router = APIRouter(route_class=JsonBodyRoute)
 
 
 def user_key(qp: Mapping[str, Any], member_id: int | None) -> tuple[UserKind, str]:
@@ -131,19 +135,80 @@ def _segment_items(
 
 
 def _lookup(
-    request: Request, users: list[tuple[int, str]], member_id: int | None, related: bool
+    store: MembershipStore,
+    settings: Settings,
+    users: list[tuple[int, str]],
+    member_id: int | None,
+    related: bool,
 ) -> list[tuple[list[Membership], list[str] | None]]:
     """Each user's live memberships; with `related`, those of its related IDs too, each
     segment once, with the `via` of each."""
-    store = region_store(request)
     now = now_s()
     if not related:
         if len(users) == 1:
             return [(store.user_segments(*users[0], now), None)]
         return [(found, None) for found in store.users_segments(users, now)]
-    caps = request.app.state.settings.graph_caps
-    answers = expanded_segments_many(store, [[u] for u in users], member_id, now, caps)
+    answers = expanded_segments_many(
+        store, [[u] for u in users], member_id, now, settings.graph_caps
+    )
     return [([m for m, _ in found], [v for _, v in found]) for _, found in answers]
+
+
+Region = Annotated[MembershipStore, Depends(region_store)]
+
+
+def _text(description: str) -> Any:
+    return Query(description=description)
+
+
+def _user_query(
+    uid: Annotated[
+        str | None,
+        WithJsonSchema({"type": "string", "pattern": "^[0-9]{1,20}$"}),
+        _text("Platform user ID (1 to 2^64-1)"),
+    ] = None,
+    device_id: Annotated[Text, _text("Device ID (with domain)")] = None,
+    domain: Annotated[Text, _text("Device ID type: idfa, aaid, ... or a legacy number")] = None,
+    ifa: Annotated[Text, _text("IFA (with ifa_type)")] = None,
+    ifa_type: Annotated[Text, _text("e.g. idfa, aaid")] = None,
+    external_id: Annotated[
+        Text, _text("External user ID (with external_member_id or member_id)")
+    ] = None,
+    external_member_id: Annotated[Int32, Query(description="Owner of the external ID")] = None,
+    eid: Annotated[Text, _text("Extended ID (with source)")] = None,
+    source: Annotated[Text, _text("EID source, e.g. liveramp.com")] = None,
+    xfa_ip: Annotated[
+        Text, _text("Synthetic ID's IP (with device_make_id, device_model_id)")
+    ] = None,
+    device_make_id: Annotated[Int32, Query(description="Device make")] = None,
+    device_model_id: Annotated[Int32, Query(description="Device model")] = None,
+) -> dict[str, str]:
+    """The user a GET names, as user_key reads it (the given, non-empty parameters)."""
+    given = {
+        "uid": uid,
+        "device_id": device_id,
+        "domain": domain,
+        "ifa": ifa,
+        "ifa_type": ifa_type,
+        "external_id": external_id,
+        "external_member_id": external_member_id,
+        "eid": eid,
+        "source": source,
+        "xfa_ip": xfa_ip,
+        "device_make_id": device_make_id,
+        "device_model_id": device_model_id,
+    }
+    return {k: str(v) for k, v in given.items() if v is not None and v != ""}
+
+
+UserQuery = Annotated[dict[str, str], Depends(_user_query)]
+#: true or false in any letter case, or 1 or 0 (absent or empty: false).
+_FLAG = "^([tT][rR][uU][eE]|[fF][aA][lL][sS][eE]|[01])?$"
+RelatedQuery = Annotated[
+    str | None,
+    WithJsonSchema({"type": "string", "pattern": _FLAG}),
+    Query(description="true: expand through the identity graph (each segment once, with via)"),
+]
 
 
 @router.get(
@@ -151,21 +216,39 @@ def _lookup(
     tags=["lookup"],
     summary="A user's live segments (uid=, device_id=&domain=, ifa=&ifa_type=, external_id=, eid=&source=)",
 )
-async def get_user_segments(request: Request, p: Principal = Depends(principal)) -> Any:
+async def get_user_segments(
+    request: Request,
+    p: Caller,
+    db: Db,
+    user: UserQuery,
+    store: Region,
+    settings: AppSettings,
+    member_id: MemberIdQuery = None,
+    related: RelatedQuery = None,
+    region: Annotated[Text, Query(include_in_schema=False)] = None,
+) -> Any:
+    scoped = member_scope(p, member_id, required=False)
+    kind, key = user_key(user, scoped)
+    expand = related_flag(related)
+    lookup = partial(_user_segments, db, store, settings, (int(kind), key), scoped, expand)
     # A local LMDB seek and a SQLite read take microseconds and never wait on a lock: on the
     # event loop, without a thread hop; Redis, PostgreSQL or another region: in a thread.
-    if request.app.state.inline_reads and not request.query_params.get("region"):
-        return _user_segments(request, p)
-    return await run_in_threadpool(_user_segments, request, p)
+    if request.app.state.inline_reads and not region and not expand:
+        return lookup()
+    return await run_in_threadpool(lookup)
 
 
-def _user_segments(request: Request, p: Principal) -> Any:
-    qp = request.query_params
-    member_id = member_scope(p, qp.get("member_id"), required=False)
-    kind, key = user_key(qp, member_id)
-    related = related_flag(qp.get("related"))
-    ((memberships, vias),) = _lookup(request, [(int(kind), key)], member_id, related)
-    known = segments_by_ids(request.app.state.db, sorted({m.segment_id for m in memberships}))
+def _user_segments(
+    db: Engine,
+    store: MembershipStore,
+    settings: Settings,
+    user: tuple[int, str],
+    member_id: int | None,
+    related: bool,
+) -> Any:
+    kind, key = user
+    ((memberships, vias),) = _lookup(store, settings, [user], member_id, related)
+    known = segments_by_ids(db, sorted({m.segment_id for m in memberships}))
     items = _segment_items(memberships, known, member_id, vias=vias)
     return ok_list(
         "segments",
@@ -173,20 +256,29 @@ def _user_segments(request: Request, p: Principal) -> Any:
         count=len(items),
         start_element=0,
         num_elements=len(items),
-        user={"kind": kind.name.lower(), "key": key},
+        user={"kind": UserKind(kind).name.lower(), "key": key},
     )
 
 
-def _batch_users(body: Any) -> list[Any]:
-    if not isinstance(body, dict) or not isinstance(body.get("users"), list):
-        raise Invalid(
-            'expected a JSON body like {"users": [{"uid": "..."}, '
-            '{"device_id": "...", "domain": "idfa"}, ...]}'
-        )
-    users = body["users"]
-    if len(users) > MAX_LOOKUP_USERS:
-        raise Invalid(f"too many users: {len(users)} given, at most {MAX_LOOKUP_USERS} per request")
-    return users
+class LookupBody(BaseModel):
+    """{"users": [{"uid": "..."}, {"device_id": "...", "domain": "idfa"}, ...]}: each user
+    is named by the same fields as GET /user-segments takes; one that is not is answered
+    with an error of its own in its place."""
+
+    wrong_shape: ClassVar[str] = (
+        'expected a JSON body like {"users": [{"uid": "..."}, '
+        '{"device_id": "...", "domain": "idfa"}, ...]}'
+    )
+    users: list[Any] = Field(
+        json_schema_extra={"maxItems": MAX_LOOKUP_USERS, "items": {"type": "object"}}
+    )
+    related: bool | str | None = Field(
+        None,
+        description="true: expand every user through the identity graph (as ?related=true)",
+        json_schema_extra={
+            "anyOf": [{"type": "boolean"}, {"type": "string", "pattern": _FLAG}, {"type": "null"}]
+        },
+    )
 
 
 @router.post(
@@ -194,12 +286,20 @@ def _batch_users(body: Any) -> list[Any]:
     tags=["lookup"],
     summary=f"Live segments of up to {MAX_LOOKUP_USERS} users, in request order",
 )
-async def post_user_segments(request: Request, p: Principal = Depends(principal)) -> Any:
-    # Query parameters are checked before the body, as on every endpoint.
-    member_id = member_scope(p, request.query_params.get("member_id"), required=False)
-    body = await json_body(request)
-    users = _batch_users(body)
-    related = related_flag(request.query_params.get("related")) or related_flag(body.get("related"))
+async def post_user_segments(
+    p: Caller,
+    db: Db,
+    store: Region,
+    settings: AppSettings,
+    body: LookupBody,
+    member_id: MemberIdQuery = None,
+    related: RelatedQuery = None,
+) -> Any:
+    scoped = member_scope(p, member_id, required=False)
+    expand = related_flag(related) or related_flag(body.related)
+    users = body.users
+    if len(users) > MAX_LOOKUP_USERS:
+        raise Invalid(f"too many users: {len(users)} given, at most {MAX_LOOKUP_USERS} per request")
     keyed: list[tuple[int, tuple[int, str]]] = []
     answers: list[dict[str, Any]] = []
     for user in users:
@@ -209,23 +309,20 @@ async def post_user_segments(request: Request, p: Principal = Depends(principal)
             continue
         try:
             kind, key = user_key(
-                {k: str(v) for k, v in user.items() if v is not None and v != ""}, member_id
+                {k: str(v) for k, v in user.items() if v is not None and v != ""}, scoped
             )
         except BssError as exc:
             answers[-1]["error"] = exc.error
             continue
         keyed.append((len(answers) - 1, (int(kind), key)))
-    state = request.app.state
 
     def lookup() -> None:
-        found = _lookup(request, [k for _, k in keyed], member_id, related)
+        found = _lookup(store, settings, [k for _, k in keyed], scoped, expand)
         ids = sorted({m.segment_id for ms, _ in found for m in ms})
-        known = segments_by_ids(state.db, ids)
+        known = segments_by_ids(db, ids)
         stamps: dict[int, str | None] = {}
         for (at, _), (memberships, vias) in zip(keyed, found, strict=True):
-            answers[at]["segments"] = _segment_items(
-                memberships, known, member_id, stamps, vias=vias
-            )
+            answers[at]["segments"] = _segment_items(memberships, known, scoped, stamps, vias=vias)
 
     await run_in_threadpool(lookup)
     return ok("users", answers)
@@ -236,14 +333,19 @@ async def post_user_segments(request: Request, p: Principal = Depends(principal)
     tags=["lookup"],
     summary="A segment's live members as CSV (?id=), for its owner and admins",
 )
-def get_segment_members(request: Request, p: Principal = Depends(principal)) -> Any:
-    segment_id = int_param(request, "id", minimum=1)
-    if segment_id is None:
+def get_segment_members(
+    p: Caller,
+    db: Db,
+    store: Region,
+    id: Annotated[PositiveId, Query(description="The segment's id (required)")],
+) -> Any:
+    if id is None:
         raise Invalid("id is required")
-    segment = get_segment_row(request.app.state.db, segment_id)
+    segment_id = id
+    segment = get_segment_row(db, segment_id)
     if not can_touch(p, segment["member_id"]):
         raise Forbidden(f"You have no access to segment {segment_id}")
-    members = region_store(request).segment_members(segment_id, now_s())
+    members = store.segment_members(segment_id, now_s())
 
     def rows() -> Iterator[str]:
         yield "user_kind,user_key,value,timestamp,expiry\n"

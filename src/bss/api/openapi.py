@@ -1,11 +1,10 @@
 """The OpenAPI description served at /openapi.json (and rendered at /docs and /redoc).
 
-The views parse query parameters and bodies by hand (so that the documented wrappers and loose
-clients are accepted), so FastAPI cannot see them: this module adds what a client needs to
-know to the generated schema, in one place: the query parameters of every operation, the
-token scheme (header or cookie), the documented envelope with each operation's payload, and
-the error responses. An operation not listed here still gets the envelope, the token scheme
-and the error responses; add its parameters and payload to the tables below.
+Parameters and bodies are generated from the views' declared parameters and pydantic
+models (bss.api.params). This module adds what those cannot say: the token scheme (header
+or cookie), the documented envelope around each operation's payload, the error responses
+(400 SYNTAX instead of FastAPI's 422), and the schemas of bodies that a service reads and
+checks itself (bss.api.params.body_of).
 """
 
 from __future__ import annotations
@@ -16,7 +15,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from bss.api.deps import TOKEN_COOKIE
-from bss.db import INT32_MAX, INT32_MIN
+from bss.api.params import BODY_MODELS
+from bss.db import INT32_MAX
 
 _REF = "#/components/schemas/"
 
@@ -24,88 +24,6 @@ _REF = "#/components/schemas/"
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": _REF + name}
 
-
-def _int(description: str, minimum: int = INT32_MIN) -> dict[str, Any]:
-    return {
-        "schema": {"type": "integer", "minimum": minimum, "maximum": INT32_MAX},
-        "description": description,
-    }
-
-
-def _str(description: str, **schema: Any) -> dict[str, Any]:
-    return {"schema": {"type": "string", **schema}, "description": description}
-
-
-_ID = _int("The object's id (32-bit)")
-_MEMBER_ID = _int(
-    "The member acted for: admins name it; other users act for their own member (may omit it)"
-)
-_PAGING = {
-    "start_element": _int("First item of the page (0-based)", 0),
-    "num_elements": _int("Items per page (at most 100)", 1),
-}
-_JOB_ID = _str("The job_id returned by POST /batch-segment")
-_REGION = _str(
-    "Store regions (BSS_STORE_REGIONS): answer from this region's store instead of the local "
-    "one; a region that is not configured is a 400"
-)
-
-#: (method, path) -> {name: parameter} (query parameters; none is required by the schema:
-#: a missing one that the operation needs is a 400 SYNTAX naming it).
-QUERY_PARAMETERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
-    ("get", "/member"): {"id": _ID},
-    ("put", "/member"): {"id": _ID},
-    ("delete", "/member"): {"id": _ID},
-    ("get", "/user"): {"id": _ID, "member_id": _MEMBER_ID},
-    ("put", "/user"): {"id": _ID},
-    ("delete", "/user"): {"id": _ID},
-    ("get", "/segment"): {
-        "id": _ID,
-        "code": _str("A segment code (with member_id); case-insensitive"),
-        "member_id": _MEMBER_ID,
-        "search": _str("Substring of code, short_name or description"),
-        **_PAGING,
-        "region": _REGION,
-    },
-    ("post", "/segment"): {"member_id": _MEMBER_ID},
-    ("put", "/segment"): {"id": _ID},
-    ("delete", "/segment"): {"id": _ID},
-    **{
-        (method, "/batch-segment-config"): {"member_id": _MEMBER_ID}
-        for method in ("get", "post", "put", "delete")
-    },
-    ("post", "/batch-segment"): {"member_id": _MEMBER_ID},
-    ("get", "/batch-segment"): {
-        "member_id": _MEMBER_ID,
-        "job_id": _JOB_ID,
-        "id": _ID,
-        **_PAGING,
-        "sort": _str("FIELD.asc or FIELD.desc (see /batch-segment/meta)"),
-        "min_last_modified": _str("YYYY-MM-DD HH:MM:SS (UTC)"),
-        "max_last_modified": _str("YYYY-MM-DD HH:MM:SS (UTC)"),
-        "phase": _str("starting, uploading, validating, processing, completed or error"),
-        "upload_source": _str("api or passive"),
-    },
-    ("get", "/batch-segment/error-report"): {"member_id": _MEMBER_ID, "job_id": _JOB_ID},
-    ("get", "/user-segments"): {
-        "member_id": _MEMBER_ID,
-        "uid": _str("Platform user ID (1 to 2^64-1)", pattern="^[0-9]{1,20}$"),
-        "device_id": _str("Device ID (with domain)"),
-        "domain": _str("Device ID type: idfa, aaid, ... or a legacy number"),
-        "ifa": _str("IFA (with ifa_type)"),
-        "ifa_type": _str("e.g. idfa, aaid"),
-        "external_id": _str("External user ID (with external_member_id or member_id)"),
-        "external_member_id": _int("Owner of the external ID"),
-        "eid": _str("Extended ID (with source)"),
-        "source": _str("EID source, e.g. liveramp.com"),
-        "xfa_ip": _str("Synthetic ID's IP (with device_make_id, device_model_id)"),
-        "device_make_id": _int("Device make"),
-        "device_model_id": _int("Device model"),
-        "region": _REGION,
-    },
-    ("post", "/user-segments"): {"member_id": _MEMBER_ID, "region": _REGION},
-    ("get", "/segment-members"): {"id": _ID, "region": _REGION},
-}
 
 _NULLABLE_STR = {"type": ["string", "null"]}
 _NULLABLE_INT = {"type": ["integer", "null"]}
@@ -328,10 +246,6 @@ def _envelope(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _describe_operation(method: str, path: str, operation: dict[str, Any]) -> None:
     key = (method, path)
-    declared = {p["name"] for p in operation.get("parameters", [])}
-    for name, spec in QUERY_PARAMETERS.get(key, {}).items():
-        if name not in declared:
-            operation.setdefault("parameters", []).append({"name": name, "in": "query", **spec})
     if key in PUBLIC:
         operation["security"] = []
     elif key in TOKEN_OPTIONAL:
@@ -366,6 +280,10 @@ def install(app: FastAPI) -> None:
             schema["openapi"] = "3.1.0"
             components = schema.setdefault("components", {})
             components.setdefault("schemas", {}).update(SCHEMAS)
+            for name, model in BODY_MODELS.items():
+                body = model.model_json_schema(ref_template=_REF + "{model}")
+                components["schemas"].update(body.pop("$defs", {}))
+                components["schemas"][name] = body
             for name in ("HTTPValidationError", "ValidationError"):
                 components["schemas"].pop(name, None)
             components["securitySchemes"] = {

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
+from pydantic import BaseModel, Field, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from bss.accounts.service import member_exists, principal_for_token
-from bss.api.deps import member_scope, token_of
+from bss.api.deps import AppSettings, Db, Limiter, Stores, member_scope, token_of
 from bss.api.envelope import ok
+from bss.api.params import MemberIdQuery, Text, body_of, parse_json
 from bss.errors import Invalid, NotFound, TooLarge
 from bss.realtime.service import RealtimeService
 from bss.segments.service import get_config
@@ -19,8 +21,35 @@ router = APIRouter()
 MAX_IDEMPOTENCY_KEY = 200
 
 
+class SegBlock(BaseModel):
+    """One segment for the user: by seg_id, or by seg_code with member_id."""
+
+    seg_id: int | None = None
+    seg_code: str | None = None
+    member_id: int | None = None
+    value: int | None = None
+    expiration: int | None = Field(
+        None, description="Minutes the membership lasts; 0 uses the default, -1 removes it"
+    )
+
+
+class RtSegmentEntry(BaseModel):
+    user_id: str | int | None = None
+    domain: str | None = None
+    seg_block: list[SegBlock] | None = None
+
+
+class RtSegmentBody(BaseModel):
+    """The documented Instant Audience payload. Entries that cannot be applied are reported
+    as warnings in the answer, not refused: the body is checked by the service."""
+
+    rt_segment: list[RtSegmentEntry]
+    domain: str | None = Field(None, description="Default device ID type of the entries")
+
+
 async def read_json_body(request: Request, limit: int) -> Any:
-    """A JSON body of at most `limit` bytes (413 past it, read no further)."""
+    """A JSON body of at most `limit` bytes (413 past it, read no further), nested at most
+    bss.api.params.MAX_JSON_DEPTH levels."""
     declared = request.headers.get("content-length")
     too_large = TooLarge(f"the JSON payload exceeds {limit} bytes")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -31,58 +60,77 @@ async def read_json_body(request: Request, limit: int) -> Any:
         if len(raw) > limit:
             raise too_large
     try:
-        return json.loads(raw)
-    except ValueError as exc:
+        if not raw.strip():
+            return json.loads(raw)  # raises: an empty body is not JSON
+        return parse_json(bytes(raw))
+    except json.JSONDecodeError as exc:
         raise Invalid(f"request body is not valid JSON: {exc}") from exc
 
 
-def _service(request: Request) -> RealtimeService:
+async def _realtime(request: Request, db: Db, settings: AppSettings, limiter: Limiter) -> Any:
+    """The real-time service, one per application (it holds the admission counters)."""
     state = request.app.state
     if getattr(state, "realtime", None) is None:
-        state.realtime = RealtimeService(state.db, state.settings, state.limiter)
+        state.realtime = RealtimeService(db, settings, limiter)
     return state.realtime
+
+
+Realtime = Annotated[RealtimeService, Depends(_realtime)]
 
 
 @router.post(
     "/rt-segment",
     tags=["real-time"],
     summary="Add users to segments (or remove them) at once; token as header or ?access_token=",
+    openapi_extra=body_of(RtSegmentBody),
 )
-async def post_rt_segment(request: Request) -> Any:
-    state = request.app.state
-    settings = state.settings
-    token = request.query_params.get("access_token") or token_of(request)
-    p = await run_in_threadpool(principal_for_token, state.db, token)
-    member_id: int = member_scope(p, request.query_params.get("member_id"))
-    rt = _service(request)
-    rt.admit(member_id)
-    key = request.headers.get("idempotency-key")
+async def post_rt_segment(
+    request: Request,
+    db: Db,
+    settings: AppSettings,
+    stores: Stores,
+    rt: Realtime,
+    access_token: Annotated[
+        Text, Query(description="The token, for clients that cannot send a header")
+    ] = None,
+    member_id: MemberIdQuery = None,
+    idempotency_key: Annotated[
+        str | None,
+        WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY}),
+        Header(description="Makes a retried post apply once (1 to 200 characters)"),
+    ] = None,
+) -> Any:
+    token = access_token or token_of(request)
+    p = await run_in_threadpool(principal_for_token, db, token)
+    scoped: int = member_scope(p, member_id)
+    rt.admit(scoped)
+    key = idempotency_key
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
         raise Invalid(f"Idempotency-Key must have 1 to {MAX_IDEMPOTENCY_KEY} characters")
     body = await read_json_body(request, settings.rt_max_post_bytes)
-    if not await run_in_threadpool(member_exists, state.db, member_id):
-        raise NotFound(f"member {member_id} not found")
+    if not await run_in_threadpool(member_exists, db, scoped):
+        raise NotFound(f"member {scoped} not found")
     if key is not None:
-        earlier = await run_in_threadpool(rt.replay_or_claim, member_id, key, body)
+        earlier = await run_in_threadpool(rt.replay_or_claim, scoped, key, body)
         if earlier is not None:
             return ok("message", earlier["message"], warnings=earlier["warnings"], replayed=True)
-    config = await run_in_threadpool(get_config, state.db, member_id)
+    config = await run_in_threadpool(get_config, db, scoped)
     try:
         result = await run_in_threadpool(
             lambda: rt.apply(
-                member_id=member_id,
+                member_id=scoped,
                 config=config,
                 body=body,
-                store=state.stores.get(),
+                store=stores.get(),
                 idempotency_key=key,
-                other_regions=state.stores.remote_regions,
+                other_regions=stores.remote_regions,
             )
         )
     except BaseException:
         if key is not None:
-            await run_in_threadpool(rt.release_key, member_id, key)
+            await run_in_threadpool(rt.release_key, scoped, key)
         raise
     if key is not None:
-        await run_in_threadpool(rt.remember, member_id, key, result)
+        await run_in_threadpool(rt.remember, scoped, key, result)
     out = result.body()
     return ok("message", out["message"], warnings=out["warnings"])

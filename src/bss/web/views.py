@@ -19,18 +19,20 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy import Engine
 
 from bss.accounts import service as accounts
 from bss.accounts.service import Principal, principal_for_token
 from bss.api.browser_guard import BrowserGuard, csrf_token_for
-from bss.api.deps import TOKEN_COOKIE, member_scope
+from bss.api.deps import TOKEN_COOKIE, AppSettings, Db, Jobs, Stores, database, member_scope
 from bss.api.envelope import status_of
+from bss.api.params import read_int
 from bss.db import fmt_ts, now_s
 from bss.errors import BssError, Forbidden, Invalid, NotFound
 from bss.ingest.report import read_report
 from bss.ingest.result import COUNTER_NAMES
 from bss.jobs.models import PHASES
-from bss.jobs.service import JobService
+from bss.jobs.worker import StoreHandle
 from bss.segments import service as segments
 from bss.targeting.service import NONE_REASONS
 from bss.web import charts, stats
@@ -116,7 +118,7 @@ def _session(request: Request) -> tuple[Principal, str]:
     if not token:
         raise LoginRequired
     try:
-        found = principal_for_token(request.app.state.db, token)
+        found = principal_for_token(database(request), token)
     except BssError as exc:
         raise LoginRequired from exc
     return found, token
@@ -171,9 +173,9 @@ def _base(request: Request) -> dict[str, Any]:
     return {"user": p, "csrf": getattr(request.state, "csrf", "")}
 
 
-def _members(request: Request, p: Principal) -> list[dict[str, Any]]:
+def _members(db: Engine, p: Principal) -> list[dict[str, Any]]:
     if p.is_admin:
-        return accounts.list_members(request.app.state.db)
+        return accounts.list_members(db)
     return []
 
 
@@ -183,6 +185,12 @@ def _day_start(text: str, name: str) -> int:
     except ValueError as exc:
         raise Invalid(f"{name} must be a date like 2026-11-24") from exc
     return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
+
+
+def _member_arg(request: Request, p: Principal) -> int | None:
+    """The member a page shows (?member_id=): only an admin may name another member."""
+    member_id = read_int(request.query_params.get("member_id"), "member_id")
+    return member_scope(p, member_id, required=False)
 
 
 def _int_arg(request: Request, name: str, default: int, *, minimum: int = 0) -> int:
@@ -258,10 +266,10 @@ def login_page(request: Request) -> Response:
 
 @router.get("/")
 @page
-def jobs_page(request: Request) -> Response:
+def jobs_page(request: Request, db: Db, jobs: Jobs, settings: AppSettings) -> Response:
     p: Principal = request.state.principal
     qp = request.query_params
-    member_id = member_scope(p, qp.get("member_id"), required=False)
+    member_id = _member_arg(request, p)
     phase = _choice(request, "phase", PHASES)
     source = _choice(request, "source", SOURCES)
     per_page = _int_arg(request, "per_page", 100, minimum=1)
@@ -273,8 +281,7 @@ def jobs_page(request: Request) -> Response:
         filters["min_last_modified"] = _day_start(qp["from"], "from")
     if qp.get("to"):
         filters["max_last_modified"] = _day_start(qp["to"], "to") + 86399
-    svc: JobService = request.app.state.jobs
-    total, items = svc.list_jobs(
+    total, items = jobs.list_jobs(
         member_id, start=(page_no - 1) * per_page, num=per_page, filters=filters
     )
     pages = max(1, -(-total // per_page))
@@ -301,10 +308,10 @@ def jobs_page(request: Request) -> Response:
         phases=PHASES,
         sources=SOURCES,
         member_id=member_id,
-        members=_members(request, p),
+        members=_members(db, p),
         args=qp,
         page_link=lambda n: "/?" + urlencode({**kept, "page": n}),
-        history_days=request.app.state.settings.history_days,
+        history_days=settings.history_days,
         **_base(request),
     )
 
@@ -348,9 +355,9 @@ def _error_rows(job: dict[str, Any], report: Path | None) -> tuple[list[dict[str
 
 @router.get("/ui/jobs/{job_id}")
 @page
-def job_page(request: Request, job_id: str) -> Response:
+def job_page(request: Request, job_id: str, db: Db, jobs: Jobs) -> Response:
     p: Principal = request.state.principal
-    svc: JobService = request.app.state.jobs
+    svc = jobs
     row = svc.job_row(job_id)
     if row is None or not (p.is_admin or row["member_id"] == p.member_id):
         raise NotFound(f"job {job_id} not found")
@@ -358,7 +365,7 @@ def job_page(request: Request, job_id: str) -> Response:
     report = Path(row["report_path"] or svc.reports_dir / f"{job_id}.csv")
     error_rows, more_errors = _error_rows(job, report)
     seg_log = stats.parse_segment_log(job["segment_log_lines"])
-    names = segments.segments_by_ids(request.app.state.db, sorted({s for _, s, _ in seg_log}))
+    names = segments.segments_by_ids(db, sorted({s for _, s, _ in seg_log}))
     failure = None
     if job["phase"] == "error":
         failure = FAILURE_HELP.get(job["error_code"] or "", FAILURE_DEFAULT)
@@ -388,14 +395,14 @@ def job_page(request: Request, job_id: str) -> Response:
 
 @router.get("/ui/upload")
 @page
-def upload_page(request: Request) -> Response:
+def upload_page(request: Request, db: Db) -> Response:
     p: Principal = request.state.principal
     return render(
         request,
         "upload.html",
         nav="upload",
-        members=_members(request, p),
-        member_id=member_scope(p, request.query_params.get("member_id"), required=False),
+        members=_members(db, p),
+        member_id=_member_arg(request, p),
         **_base(request),
     )
 
@@ -403,30 +410,30 @@ def upload_page(request: Request) -> Response:
 # --- segments --------------------------------------------------------------------------------
 
 
-def _member_counts(request: Request) -> dict[int, int] | None:
+def _member_counts(stores: StoreHandle) -> dict[int, int] | None:
     """Kept exact by the store as writes apply: no cache needed."""
     try:
-        return request.app.state.stores.get().segment_member_counts(now_s())
+        return stores.get().segment_member_counts(now_s())
     except Exception:  # the page still lists segments without their counts
         return None
 
 
 @router.get("/ui/segments")
 @page
-def segments_page(request: Request) -> Response:
+def segments_page(request: Request, db: Db, stores: Stores) -> Response:
     p: Principal = request.state.principal
-    member_id = member_scope(p, request.query_params.get("member_id"), required=False)
+    member_id = _member_arg(request, p)
     search = request.query_params.get("search") or ""
     per_page = 100
     page_no = _int_arg(request, "page", 1, minimum=1)
     total, rows = segments.list_segments(
-        request.app.state.db,
+        db,
         member_id=member_id,
         search=search or None,
         start=(page_no - 1) * per_page,
         limit=per_page,
     )
-    counts = _member_counts(request)
+    counts = _member_counts(stores)
     items = [
         segments.segment_out(r, None if counts is None else counts.get(r["id"], 0)) for r in rows
     ]
@@ -454,7 +461,7 @@ def segments_page(request: Request) -> Response:
         page_link=lambda n: "/ui/segments?" + urlencode({**kept, "page": n}),
         search=search,
         member_id=member_id,
-        members=_members(request, p),
+        members=_members(db, p),
         chart=chart,
         **_base(request),
     )
@@ -462,13 +469,12 @@ def segments_page(request: Request) -> Response:
 
 @router.get("/ui/segments/{segment_id}")
 @page
-def segment_page(request: Request, segment_id: int) -> Response:
+def segment_page(request: Request, segment_id: int, db: Db, stores: Stores) -> Response:
     p: Principal = request.state.principal
-    db = request.app.state.db
     row = segments.get_segment_row(db, segment_id)
     if not (p.is_admin or row["member_id"] == p.member_id):
         raise NotFound(f"segment {segment_id} not found")
-    counts = _member_counts(request)
+    counts = _member_counts(stores)
     segment = segments.segment_out(row, None if counts is None else counts.get(segment_id, 0))
     recent = []
     for job in stats.segment_jobs(db, row["member_id"], segment_id):
@@ -496,13 +502,13 @@ def segment_page(request: Request, segment_id: int) -> Response:
 
 @router.get("/ui/lookup")
 @page
-def lookup_page(request: Request) -> Response:
+def lookup_page(request: Request, db: Db) -> Response:
     p: Principal = request.state.principal
     return render(
         request,
         "lookup.html",
         nav="lookup",
-        members=_members(request, p),
+        members=_members(db, p),
         **_base(request),
     )
 
@@ -512,13 +518,13 @@ def lookup_page(request: Request) -> Response:
 
 @router.get("/ui/openrtb")
 @page
-def openrtb_page(request: Request) -> Response:
+def openrtb_page(request: Request, db: Db) -> Response:
     p: Principal = request.state.principal
     return render(
         request,
         "openrtb.html",
         nav="openrtb",
-        members=_members(request, p),
+        members=_members(db, p),
         reasons=NONE_REASONS,
         **_base(request),
     )
@@ -529,11 +535,10 @@ def openrtb_page(request: Request) -> Response:
 
 @router.get("/ui/charts")
 @page
-def charts_page(request: Request) -> Response:
+def charts_page(request: Request, db: Db, settings: AppSettings) -> Response:
     p: Principal = request.state.principal
-    member_id = member_scope(p, request.query_params.get("member_id"), required=False)
-    days = request.app.state.settings.history_days
-    db = request.app.state.db
+    member_id = _member_arg(request, p)
+    days = settings.history_days
     now = now_s()
     per_day = stats.daily(db, member_id, now, days)
     labels = [datetime.fromtimestamp(d.day, UTC).strftime("%m-%d") for d in per_day]
@@ -576,7 +581,7 @@ def charts_page(request: Request) -> Response:
         member_rows=members,
         member_chart=member_chart,
         member_id=member_id,
-        members=_members(request, p),
+        members=_members(db, p),
         **_base(request),
     )
 
@@ -586,11 +591,10 @@ def charts_page(request: Request) -> Response:
 
 @router.get("/ui/admin")
 @page
-def admin_page(request: Request) -> Response:
+def admin_page(request: Request, db: Db) -> Response:
     p: Principal = request.state.principal
     if not p.is_admin:
         raise Forbidden("This page is available to admin users only")
-    db = request.app.state.db
     members = accounts.list_members(db)
     member_id = _int_arg(request, "member_id", members[0]["id"] if members else 0)
     config = None

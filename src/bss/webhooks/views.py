@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Query
+from pydantic import WithJsonSchema
 
-from bss.accounts.service import Principal
-from bss.api.deps import int_param, member_scope, principal
+from bss.api.deps import Caller, Db, member_scope
 from bss.api.envelope import ok_list
+from bss.api.params import MemberIdQuery, Paging, Text
 from bss.errors import Invalid
 from bss.webhooks.models import DELIVERY_STATES
 from bss.webhooks.service import list_deliveries
@@ -21,20 +22,25 @@ router = APIRouter()
     tags=["webhooks"],
     summary="Webhook deliveries of a member, newest first (?member_id=, job_id=, state=)",
 )
-def get_deliveries(request: Request, p: Principal = Depends(principal)) -> Any:
-    qp = request.query_params
-    member_id = member_scope(p, qp.get("member_id"), required=False)
-    state = qp.get("state") or None
+def get_deliveries(
+    p: Caller,
+    db: Db,
+    page: Paging,
+    member_id: MemberIdQuery = None,
+    job_id: Annotated[Text, Query(description="Only this job's deliveries")] = None,
+    state: Annotated[
+        str | None,
+        WithJsonSchema({"type": "string", "enum": [*DELIVERY_STATES, ""]}),
+        Query(description=f"One of {', '.join(DELIVERY_STATES)}"),
+    ] = None,
+) -> Any:
+    scoped = member_scope(p, member_id, required=False)
+    state = state or None
     if state is not None and state not in DELIVERY_STATES:
         raise Invalid(f"state must be one of {', '.join(DELIVERY_STATES)}")
-    start = int_param(request, "start_element", 0, minimum=0) or 0
-    num = min(int_param(request, "num_elements", 100, minimum=1) or 100, 100)
     total, items = list_deliveries(
-        request.app.state.db,
-        member_id,
-        job_id=qp.get("job_id") or None,
-        state=state,
-        start=start,
-        num=num,
+        db, scoped, job_id=job_id or None, state=state, start=page.start, num=page.num
     )
-    return ok_list("webhook_deliveries", items, count=total, start_element=start, num_elements=num)
+    return ok_list(
+        "webhook_deliveries", items, count=total, start_element=page.start, num_elements=page.num
+    )
