@@ -21,6 +21,8 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    negative_data_rejection,
+    positive_data_acceptance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -35,6 +37,8 @@ CHECKS = [
     status_code_conformance,
     content_type_conformance,
     response_schema_conformance,
+    positive_data_acceptance,
+    negative_data_rejection,
 ]
 
 
@@ -126,7 +130,7 @@ def test_every_operation_answers_as_documented(fuzz_server, guard):
                 _fuzz(operation, mode, guard)
             except Unsatisfiable:  # nothing can be made invalid: an operation without inputs
                 continue
-            except Exception as exc:  # collect, report all at the end
+            except (Exception, BaseExceptionGroup) as exc:  # collect, report all at the end
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
     assert not failures, "\n\n".join(failures)
 

@@ -23,7 +23,7 @@ from bss.api.deps import (
     token_of,
 )
 from bss.api.envelope import ok, ok_list
-from bss.api.params import IdQuery, Int32, JsonBodyRoute, MemberIdQuery, RequiredIdQuery
+from bss.api.params import BodyInt32, IdQuery, JsonBodyRoute, MemberIdQuery, RequiredIdQuery
 from bss.errors import Forbidden, Invalid
 from bss.lifecycle.erasure import erase_member
 
@@ -42,9 +42,24 @@ class AuthBody(BaseModel):
     auth: Credentials
 
 
+def _wrapped_or_not(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """The schema says what _Wrapped reads: {name: {...}}, or the fields alone (at least
+    one, and no `name`)."""
+    name = next(iter(model.model_fields))
+    fields = schema["properties"][name]
+    schema.pop("properties")
+    schema.pop("required")
+    schema["anyOf"] = [
+        {"type": "object", "properties": {name: fields}, "required": [name]},
+        {"allOf": [fields], "minProperties": 1, "not": {"required": [name]}},
+    ]
+
+
 class _Wrapped(BaseModel):
     """A body {name: {...}}; the fields alone, unwrapped, are read the same way (clients
     have always been allowed to leave the wrapper out)."""
+
+    model_config = ConfigDict(json_schema_extra=_wrapped_or_not)
 
     @model_validator(mode="before")
     @classmethod
@@ -70,7 +85,7 @@ State = Annotated[
 
 class MemberFields(BaseModel):
     model_config = ConfigDict(extra="allow")
-    id: Int32 = Field(None, description="Chosen id (optional; 32-bit)")
+    id: BodyInt32 = Field(None, description="Chosen id (optional; 32-bit)")
     name: str | None = None
     state: State = None
 
@@ -86,13 +101,15 @@ class MemberBody(_Wrapped):
 class UserFields(BaseModel):
     model_config = ConfigDict(extra="allow")
     username: str | None = None
-    password: str | None = Field(None, description="At least 8 characters")
+    password: str | None = Field(
+        None, description="At least 8 characters", json_schema_extra={"minLength": 8}
+    )
     user_type: str | None = Field(
         None,
         description="admin, member (the default) or data_provider",
         json_schema_extra={"enum": ["admin", "member", "data_provider", None]},
     )
-    member_id: Int32 = Field(None, description="Required for member and data_provider users")
+    member_id: BodyInt32 = Field(None, description="Required for member and data_provider users")
 
 
 class UserBody(_Wrapped):
@@ -101,6 +118,20 @@ class UserBody(_Wrapped):
     wrong_shape: ClassVar[str] = 'expected a JSON body like {"user": {...}}'
 
     user: UserFields
+
+
+class NewUserFields(UserFields):
+    """A new user: username and password are required (the service says so when missing)."""
+
+    model_config = ConfigDict(json_schema_extra={"required": ["username", "password"]})
+
+
+class NewUserBody(_Wrapped):
+    """{"user": {...}} (or the fields alone)."""
+
+    wrong_shape: ClassVar[str] = UserBody.wrong_shape
+
+    user: NewUserFields
 
 
 def _fields(model: BaseModel) -> dict[str, Any]:
@@ -247,7 +278,7 @@ def get_user(p: Caller, db: Db, id: IdQuery = None, member_id: MemberIdQuery = N
     tags=["user"],
     summary="Create a user (admin): username, password, user_type, member_id",
 )
-async def post_user(p: Caller, db: Db, body: UserBody) -> Any:
+async def post_user(p: Caller, db: Db, body: NewUserBody) -> Any:
     require_admin(p)
     return ok("user", await run_in_threadpool(service.create_user, db, _fields(body.user)))
 

@@ -75,6 +75,39 @@ PositiveId = Annotated[
     int | None, BeforeValidator(_int_between(1, INT32_MAX)), _schema(1, INT32_MAX)
 ]
 
+
+def _body_schema(lo: int, hi: int, digits: str) -> WithJsonSchema:
+    """In a JSON body an integer may also come as a decimal string (the CLI's CSV import
+    sends its cells so) or as null (none): the schema says so. The string form is described
+    up to nine digits, all of which are in range."""
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": lo, "maximum": hi},
+                {"type": "string", "pattern": f"^{digits}$"},
+                {"type": "null"},
+            ]
+        }
+    )
+
+
+# The same integers in a JSON body.
+BodyInt32 = Annotated[
+    int | None,
+    BeforeValidator(_int_between(INT32_MIN, INT32_MAX)),
+    _body_schema(INT32_MIN, INT32_MAX, "-?[0-9]{1,9}"),
+]
+BodyCount = Annotated[
+    int | None,
+    BeforeValidator(_int_between(0, INT32_MAX)),
+    _body_schema(0, INT32_MAX, "[0-9]{1,9}"),
+]
+BodyPositiveId = Annotated[
+    int | None,
+    BeforeValidator(_int_between(1, INT32_MAX)),
+    _body_schema(1, INT32_MAX, "[1-9][0-9]{0,8}"),
+]
+
 #: Query parameters used by many operations.
 IdQuery = Annotated[Int32, Query(description="The object's id (32-bit)")]
 #: The object an operation acts on: without it, 400 "id is required".

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -26,7 +27,18 @@ log = logging.getLogger("bss.upload")
 
 NAME = "batch_segment_upload_job"
 JobIdQuery = Annotated[Text, Query(description="The job_id returned by POST /batch-segment")]
-DateQuery = Annotated[Text, Query(description="YYYY-MM-DD HH:MM:SS (UTC; also YYYY-MM-DD)")]
+#: FIELD, FIELD.asc or FIELD.desc for each sortable field.
+_SORTS = [f"{name}{way}" for name in SORT_FIELDS for way in ("", ".asc", ".desc")]
+#: The documented date form; the schema's pattern keeps to days every month has.
+_DATE = (
+    "^([1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
+    "([ T+]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9])?)?$"
+)
+DateQuery = Annotated[
+    str | None,
+    WithJsonSchema({"type": "string", "pattern": _DATE}),
+    Query(description="YYYY-MM-DD HH:MM:SS (UTC; also YYYY-MM-DD)"),
+]
 
 
 def _payload(p: Principal | None, job: dict[str, Any]) -> Any:
@@ -68,7 +80,9 @@ class JobFilters:
 
 def _job_filters(
     sort: Annotated[
-        Text, Query(description="FIELD.asc or FIELD.desc (see /batch-segment/meta)")
+        str | None,
+        WithJsonSchema({"type": "string", "enum": _SORTS}),
+        Query(description="FIELD.asc or FIELD.desc (see /batch-segment/meta)"),
     ] = None,
     min_last_modified: DateQuery = None,
     max_last_modified: DateQuery = None,

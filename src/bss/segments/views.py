@@ -23,12 +23,13 @@ from bss.api.deps import (
 )
 from bss.api.envelope import ok, ok_list
 from bss.api.params import (
-    Count,
+    BodyCount,
+    BodyInt32,
+    BodyPositiveId,
     IdQuery,
     JsonBodyRoute,
     MemberIdQuery,
     Paging,
-    PositiveId,
     RequiredIdQuery,
     Text,
     body_of,
@@ -49,7 +50,7 @@ _SEGMENT_SHAPE = 'expected a JSON body like {"segment": {"code": "...", ...}}'
 
 class SegmentFields(BaseModel):
     model_config = ConfigDict(extra="allow")
-    id: PositiveId = Field(None, description="Chosen id (optional; ids are global)")
+    id: BodyPositiveId = Field(None, description="Chosen id (optional; ids are global)")
     code: str | None = Field(None, description="Unique per member, in any letter case")
     short_name: str | None = None
     description: str | None = None
@@ -60,9 +61,9 @@ class SegmentFields(BaseModel):
             "pattern": "^([aA][cC][tT][iI][vV][eE]|[iI][nN][aA][cC][tT][iI][vV][eE])?$"
         },
     )
-    expire_minutes: Count = Field(None, description="Default lifetime of a membership")
-    member_id: int | None = Field(None, description="If given, the member_id parameter's")
-    taxonomy_id: PositiveId = Field(None, description="OpenRTB segment taxonomy (segtax) id")
+    expire_minutes: BodyCount = Field(None, description="Default lifetime of a membership")
+    member_id: BodyInt32 = Field(None, description="If given, the member_id parameter's")
+    taxonomy_id: BodyPositiveId = Field(None, description="OpenRTB segment taxonomy (segtax) id")
     taxonomy_node: str | None = Field(None, description="The segment's node in that taxonomy")
 
 
