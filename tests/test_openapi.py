@@ -1,7 +1,10 @@
-"""The OpenAPI schema describes the API (issue 9.8): schemathesis generates requests for every
-operation in /openapi.json of a real `bss serve` (its limits raised) and checks each answer:
-no server error, a documented status code and content type, a body that fits the schema.
-Operations added later are picked up from the schema by themselves.
+"""The OpenAPI schema describes the API (issue 9.8, generated from the typed requests since
+issue 24.2): schemathesis generates requests for every operation in /openapi.json of a real
+`bss serve` (its limits raised) and checks each answer: no server error, a documented status
+code and content type, a body that fits the schema, no schema-violating request accepted and
+no schema-valid request rejected, except where the documented behaviour refuses a request
+for a reason a schema cannot state (DOCUMENTED_REFUSALS, each said in the operation's
+description). Operations added later are picked up from the schema by themselves.
 
 Fuzzed requests may log the admin out, change its password or type, or delete users; a guard
 repairs the admin after each case so that the next one runs logged in again."""
@@ -40,6 +43,33 @@ CHECKS = [
     positive_data_acceptance,
     negative_data_rejection,
 ]
+
+
+#: Operations whose schema-valid requests may still be refused with the documented 400,
+#: for a reason no OpenAPI schema can state: only the 400 "schema-valid request rejected"
+#: failure is excused for them, never a server error or a schema-violating request accepted.
+DOCUMENTED_REFUSALS = {
+    "POST /member": "an id that is taken",
+    "POST /user": "a username that is taken; a member_id that does not exist",
+    "PUT /user": "a member_id that does not exist, or none for a member user",
+    "DELETE /user": "the caller's own user",
+    "POST /segment": "a member or a code that does not exist or is taken; ids already taken",
+    "PUT /segment": "the id may come in the query or in the body: one of them is needed",
+    "POST /batch-segment-config": "the config's own rules (distinct separators, fields)",
+    "PUT /batch-segment-config": "the config's own rules (distinct separators, fields)",
+    "GET /user-segments": "exactly one user ID (uid, device_id+domain, ...) is needed",
+    "POST /report": "the report's rules (groups within columns, dates, metrics per dimension)",
+    "POST /rt-segment": "a member that does not exist... is a 404; the body's own rules",
+}
+
+
+def _only_documented_refusals(label: str, exc: BaseException) -> bool:
+    listed = [line.strip() for line in str(exc).splitlines() if line.strip().startswith("- ")]
+    return (
+        label in DOCUMENTED_REFUSALS
+        and bool(listed)
+        and all(line == "- ST202 Schema-valid request rejected" for line in listed)
+    )
 
 
 class AdminGuard:
@@ -131,6 +161,10 @@ def test_every_operation_answers_as_documented(fuzz_server, guard):
             except Unsatisfiable:  # nothing can be made invalid: an operation without inputs
                 continue
             except (Exception, BaseExceptionGroup) as exc:  # collect, report all at the end
+                if mode is GenerationMode.POSITIVE and _only_documented_refusals(
+                    operation.label, exc
+                ):
+                    continue
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
     assert not failures, "\n\n".join(failures)
 

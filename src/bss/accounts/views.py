@@ -120,10 +120,17 @@ class UserBody(_Wrapped):
     user: UserFields
 
 
+def _new_user_schema(schema: dict[str, Any]) -> None:
+    """A username with something in it, a password of 8 characters or more."""
+    schema["required"] = ["username", "password"]
+    schema["properties"]["username"] = {"type": "string", "pattern": "\\S"}
+    schema["properties"]["password"] = {"type": "string", "minLength": 8}
+
+
 class NewUserFields(UserFields):
     """A new user: username and password are required (the service says so when missing)."""
 
-    model_config = ConfigDict(json_schema_extra={"required": ["username", "password"]})
+    model_config = ConfigDict(json_schema_extra=_new_user_schema)
 
 
 class NewUserBody(_Wrapped):
@@ -225,7 +232,12 @@ def get_member(p: Caller, db: Db, id: IdQuery = None) -> Any:
     return ok_list("members", items, count=len(items), start_element=0, num_elements=len(items))
 
 
-@router.post("/member", tags=["member"], summary="Create a member (admin)")
+@router.post(
+    "/member",
+    description="Refused with 400 SYNTAX, whatever the schema allows: an id that is taken.",
+    tags=["member"],
+    summary="Create a member (admin)",
+)
 async def post_member(p: Caller, db: Db, body: MemberBody) -> Any:
     require_admin(p)
     return ok("member", await run_in_threadpool(service.create_member, db, _fields(body.member)))
@@ -275,6 +287,7 @@ def get_user(p: Caller, db: Db, id: IdQuery = None, member_id: MemberIdQuery = N
 
 @router.post(
     "/user",
+    description="Refused with 400 SYNTAX, whatever the schema allows: a username that is taken, a member_id that does not exist.",
     tags=["user"],
     summary="Create a user (admin): username, password, user_type, member_id",
 )
@@ -283,14 +296,24 @@ async def post_user(p: Caller, db: Db, body: NewUserBody) -> Any:
     return ok("user", await run_in_threadpool(service.create_user, db, _fields(body.user)))
 
 
-@router.put("/user", tags=["user"], summary="Update a user (admin), ?id=")
+@router.put(
+    "/user",
+    description="Refused with 400 SYNTAX, whatever the schema allows: a member_id that does not exist, or none for a member or data_provider user.",
+    tags=["user"],
+    summary="Update a user (admin), ?id=",
+)
 async def put_user(p: Caller, db: Db, id: RequiredIdQuery, body: UserBody) -> Any:
     require_admin(p)
     user_id = _required(id)
     return ok("user", await run_in_threadpool(service.update_user, db, user_id, _fields(body.user)))
 
 
-@router.delete("/user", tags=["user"], summary="Delete a user (admin), ?id=")
+@router.delete(
+    "/user",
+    description="Refused with 400 SYNTAX, whatever the schema allows: the caller's own user.",
+    tags=["user"],
+    summary="Delete a user (admin), ?id=",
+)
 def delete_user(p: Caller, db: Db, id: RequiredIdQuery) -> Any:
     require_admin(p)
     user_id = _required(id)

@@ -213,6 +213,7 @@ RelatedQuery = Annotated[
 
 @router.get(
     "/user-segments",
+    description="Refused with 400 SYNTAX, whatever the schema allows: not exactly one user ID (uid, device_id+domain, ifa+ifa_type, external_id, eid+source, xfa_ip+device_make_id+device_model_id).",
     tags=["lookup"],
     summary="A user's live segments (uid=, device_id=&domain=, ifa=&ifa_type=, external_id=, eid=&source=)",
 )

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from bss.api.deps import TOKEN_COOKIE
-from bss.api.params import BODY_MODELS
+from bss.api.params import BODY_MODELS, CHECKED_BY_VIEW
 from bss.db import INT32_MAX
 
 _REF = "#/components/schemas/"
@@ -244,8 +244,16 @@ def _envelope(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _describe_operation(method: str, path: str, operation: dict[str, Any]) -> None:
+def _describe_operation(
+    method: str, path: str, operation: dict[str, Any], regions: list[str]
+) -> None:
     key = (method, path)
+    for parameter in operation.get("parameters", []):
+        schema = parameter.get("schema", {})
+        if schema.pop(CHECKED_BY_VIEW, False):
+            parameter["required"] = True
+        if parameter["name"] == "region" and parameter["in"] == "query":
+            schema["enum"] = [*regions, ""]  # another region is a 400
     if key in PUBLIC:
         operation["security"] = []
     elif key in TOKEN_OPTIONAL:
@@ -303,7 +311,7 @@ def install(app: FastAPI) -> None:
             schema["security"] = [{"token_header": []}, {"token_cookie": []}]
             for path, operations in schema.get("paths", {}).items():
                 for method, operation in operations.items():
-                    _describe_operation(method, path, operation)
+                    _describe_operation(method, path, operation, list(app.state.stores.regions))
             app.openapi_schema = schema
         return app.openapi_schema
 

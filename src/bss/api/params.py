@@ -108,6 +108,23 @@ BodyPositiveId = Annotated[
     _body_schema(1, INT32_MAX, "[1-9][0-9]{0,8}"),
 ]
 
+#: In a parameter's schema: the operation needs it, but the view checks it (with its
+#: documented message, or only for some callers); bss.api.openapi marks it required.
+CHECKED_BY_VIEW = "x-checked-by-view"
+
+#: The member acted for, which an admin must name (a 400 "member_id is required" otherwise).
+ScopedMemberIdQuery = Annotated[
+    int | None,
+    BeforeValidator(_int_between(INT32_MIN, INT32_MAX)),
+    WithJsonSchema(
+        {"type": "integer", "minimum": INT32_MIN, "maximum": INT32_MAX, CHECKED_BY_VIEW: True}
+    ),
+    Query(
+        description="The member acted for: required for admins; other users act for their own "
+        "member and may leave it out"
+    ),
+]
+
 #: Query parameters used by many operations.
 IdQuery = Annotated[Int32, Query(description="The object's id (32-bit)")]
 #: The object an operation acts on: without it, 400 "id is required".

@@ -16,7 +16,15 @@ from starlette.requests import ClientDisconnect
 from bss.accounts.service import Principal, member_exists, principal_for_token
 from bss.api.deps import AppSettings, Caller, Db, Jobs, count_request, member_scope, token_of
 from bss.api.envelope import error_response, ok, ok_list
-from bss.api.params import IdQuery, MemberIdQuery, Page, Paging, Text
+from bss.api.params import (
+    CHECKED_BY_VIEW,
+    IdQuery,
+    MemberIdQuery,
+    Page,
+    Paging,
+    ScopedMemberIdQuery,
+    Text,
+)
 from bss.db import parse_ts
 from bss.errors import Invalid, NotFound
 from bss.jobs.service import FILTER_FIELDS, SORT_FIELDS, JobService
@@ -50,7 +58,11 @@ def _payload(p: Principal | None, job: dict[str, Any]) -> Any:
     "/batch-segment", tags=["batch-segment"], summary="Create a job and its upload URL, ?member_id="
 )
 def post_job(
-    request: Request, p: Caller, jobs: Jobs, settings: AppSettings, member_id: MemberIdQuery = None
+    request: Request,
+    p: Caller,
+    jobs: Jobs,
+    settings: AppSettings,
+    member_id: ScopedMemberIdQuery = None,
 ) -> Any:
     scoped = member_scope(p, member_id)
     if not member_exists(jobs.db, scoped):
@@ -174,7 +186,14 @@ def get_meta(p: Caller) -> Any:
     response_class=FileResponse,
 )
 def get_error_report(
-    p: Caller, jobs: Jobs, job_id: JobIdQuery = None, member_id: MemberIdQuery = None
+    p: Caller,
+    jobs: Jobs,
+    job_id: Annotated[
+        str | None,
+        WithJsonSchema({"type": "string", CHECKED_BY_VIEW: True}),
+        Query(description="The job_id returned by POST /batch-segment"),
+    ] = None,
+    member_id: MemberIdQuery = None,
 ) -> Any:
     svc = jobs
     if not job_id:

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from bss.accounts.service import member_exists, principal_for_token
 from bss.api.deps import AppSettings, Db, Limiter, Stores, member_scope, token_of
 from bss.api.envelope import ok
-from bss.api.params import MemberIdQuery, Text, body_of, parse_json
+from bss.api.params import ScopedMemberIdQuery, Text, body_of, parse_json
 from bss.errors import Invalid, NotFound, TooLarge
 from bss.realtime.service import RealtimeService
 from bss.segments.service import get_config
@@ -21,14 +21,19 @@ router = APIRouter()
 MAX_IDEMPOTENCY_KEY = 200
 
 
+#: A block's numbers are 64-bit (a number out of range is a 400; one that names nothing
+#: is a warning).
+Int64 = Annotated[int | None, Field(ge=-(2**63), le=2**63 - 1)]
+
+
 class SegBlock(BaseModel):
     """One segment for the user: by seg_id, or by seg_code with member_id."""
 
-    seg_id: int | None = None
+    seg_id: Int64 = None
     seg_code: str | None = None
-    member_id: int | None = None
-    value: int | None = None
-    expiration: int | None = Field(
+    member_id: Int64 = None
+    value: Int64 = None
+    expiration: Int64 = Field(
         None, description="Minutes the membership lasts; 0 uses the default, -1 removes it"
     )
 
@@ -80,6 +85,7 @@ Realtime = Annotated[RealtimeService, Depends(_realtime)]
 
 @router.post(
     "/rt-segment",
+    description="Refused with 400 SYNTAX, whatever the schema allows: a body that breaks the documented shape; entries that name nothing are warnings.",
     tags=["real-time"],
     summary="Add users to segments (or remove them) at once; token as header or ?access_token=",
     openapi_extra=body_of(RtSegmentBody),
@@ -93,7 +99,7 @@ async def post_rt_segment(
     access_token: Annotated[
         Text, Query(description="The token, for clients that cannot send a header")
     ] = None,
-    member_id: MemberIdQuery = None,
+    member_id: ScopedMemberIdQuery = None,
     idempotency_key: Annotated[
         str | None,
         WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY}),

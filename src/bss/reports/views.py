@@ -6,20 +6,31 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from bss.accounts.service import member_exists
 from bss.api.deps import Caller, Db, member_scope
 from bss.api.envelope import ok
-from bss.api.params import JsonBodyRoute, MemberIdQuery, Text, body_of
+from bss.api.params import (
+    CHECKED_BY_VIEW,
+    JsonBodyRoute,
+    MemberIdQuery,
+    ScopedMemberIdQuery,
+    Text,
+    body_of,
+)
 from bss.errors import Invalid, NotFound
 from bss.reports import service
 from bss.segments.service import get_config
 
 router = APIRouter(route_class=JsonBodyRoute)
 
-ReportIdQuery = Annotated[Text, Query(description="The report_id POST /report returned")]
+ReportIdQuery = Annotated[
+    str | None,
+    WithJsonSchema({"type": "string", CHECKED_BY_VIEW: True}),
+    Query(description="The report_id POST /report returned"),
+]
 
 
 class ReportOrder(BaseModel):
@@ -30,7 +41,12 @@ class ReportOrder(BaseModel):
 class ReportRequest(BaseModel):
     report_type: Literal["segment_load"]
     columns: list[str] = Field(
-        description=f"Dimensions and metrics: {', '.join(service.DIMENSIONS + service.METRICS)}"
+        description=f"Dimensions and metrics: {', '.join(service.DIMENSIONS + service.METRICS)}",
+        json_schema_extra={
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"enum": [*service.DIMENSIONS, *service.METRICS]},
+        },
     )
     groups: list[str] | None = None
     report_interval: str | None = Field(
@@ -60,12 +76,13 @@ def _report_id(report_id: str | None) -> str:
 
 @router.post(
     "/report",
+    description="Refused with 400 SYNTAX, whatever the schema allows: a request that breaks the report's rules (groups among the columns, one of report_interval or start/end dates, metrics that need day or month).",
     tags=["reports"],
     summary='Request a report (report_type "segment_load"), ?member_id= for admins',
     openapi_extra=body_of(ReportBody),
 )
 async def post_report(
-    p: Caller, db: Db, member_id: MemberIdQuery = None, body: Annotated[Any, Body()] = None
+    p: Caller, db: Db, member_id: ScopedMemberIdQuery = None, body: Annotated[Any, Body()] = None
 ) -> Any:
     scoped = member_scope(p, member_id)
     if not await run_in_threadpool(member_exists, db, scoped):

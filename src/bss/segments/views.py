@@ -31,6 +31,7 @@ from bss.api.params import (
     MemberIdQuery,
     Paging,
     RequiredIdQuery,
+    ScopedMemberIdQuery,
     Text,
     body_of,
 )
@@ -77,6 +78,10 @@ class SegmentBody(BaseModel):
 
 class NewSegmentsBody(BaseModel):
     """{"segment": {...}}, or {"segments": [...]} to create up to 1000 at once (all or none)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": ["segment"]}, {"required": ["segments"]}]}
+    )
 
     wrong_shape: ClassVar[str] = _SEGMENT_SHAPE
 
@@ -162,11 +167,12 @@ def get_segment(
 
 @router.post(
     "/segment",
+    description="Refused with 400 SYNTAX, whatever the schema allows: a member that does not exist, a code or id that is taken.",
     tags=["segment"],
     summary="Create a segment, ?member_id=",
 )
 async def post_segment(
-    p: Caller, db: Db, body: NewSegmentsBody, member_id: MemberIdQuery = None
+    p: Caller, db: Db, body: NewSegmentsBody, member_id: ScopedMemberIdQuery = None
 ) -> Any:
     scoped = member_scope(p, member_id)
     bulk = body.segments is not None
@@ -192,6 +198,7 @@ async def post_segment(
 
 @router.put(
     "/segment",
+    description="Refused with 400 SYNTAX, whatever the schema allows: no id, in the query or in the body's segment.",
     tags=["segment"],
     summary="Update a segment, ?id=",
 )
@@ -227,7 +234,7 @@ def delete_segment(p: Caller, db: Db, stores: Stores, id: RequiredIdQuery) -> An
     tags=["batch-segment-config"],
     summary="A member's config (defaults if none)",
 )
-def get_config(p: Caller, db: Db, member_id: MemberIdQuery = None) -> Any:
+def get_config(p: Caller, db: Db, member_id: ScopedMemberIdQuery = None) -> Any:
     scoped = member_scope(p, member_id)
     if not p.is_admin and p.member_id != scoped:
         raise Forbidden()
@@ -255,6 +262,7 @@ async def _put(
 
 @router.post(
     "/batch-segment-config",
+    description="Refused with 400 SYNTAX, whatever the schema allows: a config that breaks its own rules (separators distinct, segment_fields).",
     tags=["batch-segment-config"],
     summary="Set a member's config (admin)",
     openapi_extra=body_of(ConfigBody),
@@ -263,7 +271,7 @@ async def post_config(
     p: Caller,
     db: Db,
     settings: AppSettings,
-    member_id: MemberIdQuery = None,
+    member_id: ScopedMemberIdQuery = None,
     body: RawConfig = None,
 ) -> Any:
     return await _put(p, db, settings, member_id, {} if body is None else body, merge=False)
@@ -271,6 +279,7 @@ async def post_config(
 
 @router.put(
     "/batch-segment-config",
+    description="Refused with 400 SYNTAX, whatever the schema allows: a config that breaks its own rules (separators distinct, segment_fields).",
     tags=["batch-segment-config"],
     summary="Change fields of a member's config (admin)",
     openapi_extra=body_of(ConfigBody),
@@ -279,7 +288,7 @@ async def put_config(
     p: Caller,
     db: Db,
     settings: AppSettings,
-    member_id: MemberIdQuery = None,
+    member_id: ScopedMemberIdQuery = None,
     body: RawConfig = None,
 ) -> Any:
     return await _put(p, db, settings, member_id, {} if body is None else body, merge=True)
@@ -290,7 +299,7 @@ async def put_config(
     tags=["batch-segment-config"],
     summary="Drop a member's config: back to the defaults (admin)",
 )
-def delete_config(p: Caller, db: Db, member_id: MemberIdQuery = None) -> Any:
+def delete_config(p: Caller, db: Db, member_id: ScopedMemberIdQuery = None) -> Any:
     require_admin(p)
     service.delete_config(db, member_scope(p, member_id))
     return ok(None)
