@@ -11,6 +11,7 @@ from bss.accounts.service import Principal, member_exists
 from bss.api.deps import member_scope, principal, region_store
 from bss.api.envelope import ok
 from bss.api.lookup import user_key
+from bss.api.params import MemberIdQuery, ScopedMemberIdQuery
 from bss.db import now_s
 from bss.errors import Forbidden, Invalid, NotFound
 from bss.identity.ids import InvalidId, parse_id
@@ -28,7 +29,7 @@ router = APIRouter()
 )
 async def post_id_link(
     request: Request,
-    member_id: int | None = Query(None, description="The member whose links these are."),
+    member_id: ScopedMemberIdQuery = None,
     p: Principal = Depends(principal),
 ) -> Any:
     state = request.app.state
@@ -62,7 +63,7 @@ async def post_id_link(
 )
 def get_user_links(
     request: Request,
-    member_id: int | None = Query(None, description="The member whose links are shown."),
+    member_id: MemberIdQuery = None,
     id: str | None = Query(None, description="The user in the link text form (uid=..., ext=M:ID)."),
     p: Principal = Depends(principal),
 ) -> Any:

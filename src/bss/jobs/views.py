@@ -190,7 +190,7 @@ def get_error_report(
     jobs: Jobs,
     job_id: Annotated[
         str | None,
-        WithJsonSchema({"type": "string", CHECKED_BY_VIEW: True}),
+        WithJsonSchema({"type": "string", "minLength": 1, CHECKED_BY_VIEW: True}),
         Query(description="The job_id returned by POST /batch-segment"),
     ] = None,
     member_id: MemberIdQuery = None,

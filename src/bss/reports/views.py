@@ -28,7 +28,7 @@ router = APIRouter(route_class=JsonBodyRoute)
 
 ReportIdQuery = Annotated[
     str | None,
-    WithJsonSchema({"type": "string", CHECKED_BY_VIEW: True}),
+    WithJsonSchema({"type": "string", "minLength": 1, CHECKED_BY_VIEW: True}),
     Query(description="The report_id POST /report returned"),
 ]
 

@@ -80,7 +80,12 @@ class NewSegmentsBody(BaseModel):
     """{"segment": {...}}, or {"segments": [...]} to create up to 1000 at once (all or none)."""
 
     model_config = ConfigDict(
-        json_schema_extra={"anyOf": [{"required": ["segment"]}, {"required": ["segments"]}]}
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["segment"], "properties": {"segment": {"type": "object"}}},
+                {"required": ["segments"], "properties": {"segments": {"type": "array"}}},
+            ]
+        }
     )
 
     wrong_shape: ClassVar[str] = _SEGMENT_SHAPE

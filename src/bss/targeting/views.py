@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from bss.accounts.service import Principal
 from bss.api.deps import member_scope, principal, region_store
 from bss.api.envelope import ok
+from bss.api.params import ScopedMemberIdQuery
 from bss.errors import Invalid, NotFound, TooLarge
 from bss.targeting import data_settings
 from bss.targeting.catalog import Catalog, MemberSettings, write_member_settings
@@ -97,7 +98,7 @@ async def _bid_request(request: Request, limit: int) -> dict[str, Any]:
 )
 async def post_user_data(
     request: Request,
-    member_id: int | None = Query(None, description="The member whose segments are read"),
+    member_id: ScopedMemberIdQuery = None,
     merge: bool = Query(False, description="Answer the posted request with user.data filled"),
     related: bool = Query(True, description="Also read IDs related through links"),
     explain: bool = Query(
@@ -149,7 +150,7 @@ class OpenrtbSettingsBody(BaseModel):
 @router.get("/openrtb/settings", summary="A member's OpenRTB answer settings")
 def get_settings(
     request: Request,
-    member_id: int | None = Query(None),
+    member_id: ScopedMemberIdQuery = None,
     p: Principal = Depends(principal),
 ) -> Any:
     member = member_scope(p, member_id)
@@ -163,7 +164,7 @@ def get_settings(
 def put_settings(
     request: Request,
     body: OpenrtbSettingsBody,
-    member_id: int | None = Query(None),
+    member_id: ScopedMemberIdQuery = None,
     p: Principal = Depends(principal),
 ) -> Any:
     member = member_scope(p, member_id)
