@@ -61,6 +61,7 @@ DOCUMENTED_REFUSALS = {
     "POST /report": "the report's rules (groups within columns, dates, metrics per dimension)",
     "POST /rt-segment": "the body's own rules",
     "GET /user-links": "exactly one user ID is needed",
+    "POST /id-link": "the body's own rules (links that cannot be applied are warnings)",
 }
 
 

@@ -26,6 +26,14 @@ router = APIRouter()
     "/id-link",
     tags=["identity"],
     summary=f"Assert or remove up to {MAX_LINKS_PER_POST} links between user IDs at once",
+    description="Refused with 400 SYNTAX, whatever the schema allows: a body that breaks the "
+    "documented shape; links that cannot be applied are warnings.",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
 )
 async def post_id_link(
     request: Request,

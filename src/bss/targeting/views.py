@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from bss.accounts.service import Principal
-from bss.api.deps import member_scope, principal, region_store
+from bss.api.deps import Db, member_scope, principal, region_store
 from bss.api.envelope import ok
 from bss.api.params import ScopedMemberIdQuery
 from bss.errors import Invalid, NotFound, TooLarge
@@ -164,6 +164,7 @@ def get_settings(
 def put_settings(
     request: Request,
     body: OpenrtbSettingsBody,
+    db: Db,
     member_id: ScopedMemberIdQuery = None,
     p: Principal = Depends(principal),
 ) -> Any:
@@ -173,6 +174,6 @@ def put_settings(
     if catalog.member(member) is None:
         raise NotFound(f"member {member} not found")
     settings = MemberSettings(**body.openrtb_settings.model_dump())
-    write_member_settings(request.app.state.db, member, settings)
+    write_member_settings(db, member, settings)
     catalog.forget_member(member)
     return ok("openrtb_settings", settings.out())
