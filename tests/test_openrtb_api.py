@@ -91,6 +91,40 @@ def test_answers_equal_the_in_process_function(env):
     assert other["data"][0]["segment"] == [{"id": str(theirs)}]
 
 
+def test_links_posted_to_id_link_expand_the_answer(env):
+    srv, admin, data, _local = env
+    seg = admin.segment(M, "linked-crm")["id"]
+    theirs = admin.segment(OTHER, "linked-theirs")["id"]
+    data.memberships([(f"ext={M}:CRM-LINK", seg, 5), (f"ext={OTHER}:X", theirs, None)])
+    request = {"user": {"buyeruid": "8080"}, "regs": {"gdpr": 0}}
+    before = post(admin, request)
+    assert (before["data"], before["reason"], before["related_ids"]) == ([], "no_segments", [])
+    member = Api(srv.url, "m31", "password-123")
+    linked = member.call(
+        "POST",
+        "/id-link",
+        json={"links": [{"a": "uid=8080", "b": f"ext={M}:CRM-LINK"}], "scope": "member"},
+    )
+    assert linked["status"] == "OK", linked
+    other = Api(srv.url, "m32", "password-123")
+    assert (
+        other.call(
+            "POST",
+            "/id-link",
+            params={"member_id": OTHER},
+            json={"links": [{"a": "uid=8080", "b": f"ext={OTHER}:X"}], "scope": "member"},
+        )["status"]
+        == "OK"
+    )
+    got = post(member, request)
+    assert got["related_ids"] == [f"ext={M}:CRM-LINK"]  # never OTHER's link
+    assert got["data"][0]["segment"] == [{"id": str(seg), "value": "5"}]
+    mine = post(other, request, member_id=OTHER)
+    assert mine["related_ids"] == [f"ext={OTHER}:X"]
+    assert mine["data"][0]["segment"] == [{"id": str(theirs)}]
+    assert post(member, request, related="false")["data"] == []
+
+
 def test_merge_round_trip(env):
     srv, admin, data, local = env
     seg = admin.segment(M, "merge-a")["id"]
