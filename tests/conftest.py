@@ -3,7 +3,8 @@
 Markers by layer (pyproject lists them; `pytest -m "not slow"` is the quick run):
 - `process`: the test starts real processes: `bss serve`/`worker`, redis-server, an S3
   server, a browser. Given automatically to tests using a fixture or a module that starts
-  them (PROCESS_FIXTURES, PROCESS_NAMES); mark others `@pytest.mark.process` yourself.
+  them, or whose code or fixtures' code does (PROCESS_FIXTURES, PROCESS_NAMES,
+  PROCESS_CALLS); mark others `@pytest.mark.process` yourself.
 - `browser`, `postgres`, `cluster`: what else the test needs, given the same way.
 - `slow`: every `process` test, and long property runs marked by hand.
 
@@ -14,6 +15,8 @@ a default one shared by a test module. `Api` wraps httpx with the envelope and a
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import signal
 import socket
@@ -42,6 +45,27 @@ PROCESS_NAMES = frozenset({"ServerProc", "BSS", "MotoServer", "RedisServer", "Re
 NEEDS = {"browser": ("dashboard_browser",), "cluster": ("cluster_topology",)}
 
 
+#: Source text by which a test or one of its fixtures starts a process itself.
+PROCESS_CALLS = ("ServerProc(", "subprocess.", "Popen(", "sys.executable", "MotoServer(")
+
+
+@functools.cache
+def _starts_processes(function: Callable[..., Any]) -> bool:
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return False
+    return any(call in source for call in PROCESS_CALLS)
+
+
+def _uses_processes(item: pytest.Item) -> bool:
+    functions = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in getattr(info, "name2fixturedefs", {}).values():
+        functions += [d.func for d in defs]
+    return any(f is not None and _starts_processes(f) for f in functions)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
@@ -52,6 +76,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             bool(fixtures & PROCESS_FIXTURES)
             or any(hasattr(module, n) for n in PROCESS_NAMES)
             or engine != "lmdb"
+            or _uses_processes(item)
         )
         if process:
             item.add_marker(pytest.mark.process)
