@@ -305,6 +305,12 @@ class Settings(BaseSettings):
         description="Identity graph: IDs one expansion reaches at most, the queried ones included.",
     )
 
+    store_allow_empty: bool = Field(
+        False,
+        description="Start with a new, empty embedded store (lmdb) although its data.mdb is "
+        "missing and the job database lists completed jobs that wrote memberships; without "
+        "it, start-up stops with one line naming the file (restore it from a backup).",
+    )
     webhook_allowed_networks: str = Field(
         "",
         description="Completion webhooks: networks (CIDR, comma-separated) webhook targets may "

@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection
@@ -44,6 +44,29 @@ class Stopping(Exception):
     """The process is shutting down: give the job back for an immediate re-run elsewhere."""
 
 
+def jobs_wrote_memberships(settings: Settings) -> Callable[[], bool]:
+    """Asks the job database whether a completed job wrote memberships to the store."""
+
+    def ask() -> bool:
+        from sqlalchemy import select
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from bss.db import make_engine
+        from bss.jobs.models import jobs
+
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            with engine.connect() as conn:
+                query = select(jobs.c.id).where(jobs.c.phase == "completed", jobs.c.num_valid > 0)
+                return conn.execute(query.limit(1)).first() is not None
+        except SQLAlchemyError:
+            return False  # no job database yet (or not reachable: its own check says so)
+        finally:
+            engine.dispose()
+
+    return ask
+
+
 class StoreHandle:
     """Opens the membership stores on first use, once per process: the one store, or with
     store regions (BSS_STORE_REGIONS) one per region. `get()` is the store this process reads
@@ -56,9 +79,12 @@ class StoreHandle:
         wait_replicas: int | None = None,
         regions: Mapping[str, str] | None = None,
         local_region: str | None = None,
+        held_data: Callable[[], bool] | None = None,
     ) -> None:
         self.url = url
         self.wait_replicas = wait_replicas
+        #: Whether the job database says the store held data (asked if its file is gone).
+        self.held_data = held_data
         #: Region name -> store URL; empty without store regions.
         self.regions: dict[str, str] = dict(regions or {})
         self.local_region = local_region
@@ -76,6 +102,7 @@ class StoreHandle:
             wait_replicas=settings.store_wait_replicas,
             regions=settings.regions,
             local_region=settings.local_region,
+            held_data=None if settings.store_allow_empty else jobs_wrote_memberships(settings),
         )
 
     @property
@@ -94,7 +121,9 @@ class StoreHandle:
             if store is None:
                 # Stores are thread-safe themselves (LMDB transactions serve any thread, and
                 # other processes open the same environment): one instance per process.
-                store = self._stores[region] = open_store(url, wait_replicas=self.wait_replicas)
+                store = self._stores[region] = open_store(
+                    url, wait_replicas=self.wait_replicas, held_data=self.held_data
+                )
             return store
 
     def close(self) -> None:

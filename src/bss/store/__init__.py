@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from bss.errors import StoreUrlError
@@ -10,18 +11,20 @@ from bss.store.base import APPLY_SCHEMA, JOB_SEQ_SPAN, Membership, MembershipSto
 __all__ = ["APPLY_SCHEMA", "JOB_SEQ_SPAN", "Membership", "MembershipStore", "open_store"]
 
 
-def open_store(url: str, *, wait_replicas: int | None = None) -> MembershipStore:
+def open_store(
+    url: str, *, wait_replicas: int | None = None, held_data: Callable[[], bool] | None = None
+) -> MembershipStore:
     """`lmdb:///path/to/dir` (the embedded default: an LMDB environment directory),
     `redis://host:port/db` (one Redis server) or `redis+cluster://host:port[,host:port...]`
     (a Redis Cluster).
 
     `wait_replicas`: replicas a Redis write must reach before it counts as applied (default
-    1 on a cluster, 0 on one server)."""
+    1 on a cluster, 0 on one server). `held_data`: see LmdbStore (asked if its file is gone)."""
     scheme, sep, rest = url.partition("://")
     if sep and scheme == "lmdb":
         from bss.store.keyvalue import LmdbStore
 
-        return LmdbStore(Path(rest))
+        return LmdbStore(Path(rest), held_data=held_data)
     if sep and scheme in ("redis", "rediss", "redis+cluster"):
         from bss.store.redis_store import RedisStore
 

@@ -45,6 +45,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bss.errors import StoreUnavailable
 from bss.read_ahead import read_ahead
 from bss.store.base import Link, Membership
 from bss.store.lmdb_links import LmdbLinks
@@ -117,21 +118,69 @@ def _write_ranges(
                 progress(min(1.0, start + share * done / max(rows, 1)))
 
 
+class StoreFileDamaged(StoreUnavailable):
+    """The store's file is missing, cut short or unreadable: opening it would crash or lose data."""
+
+
+def _check_file_whole(env: lmdb.Environment, data: Path) -> None:
+    """Refuse a data.mdb shorter than the pages its header says it has.
+
+    The pages are memory-mapped: touching one past the end of a truncated file kills the
+    process with SIGBUS, before any exception or log line. The header (read with pread, not
+    through the map) gives the last page in use; the file must reach its end.
+    """
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = data.stat().st_size
+    if size < need:
+        env.close()
+        raise StoreFileDamaged(
+            f"the membership store file {data} is cut short ({size} bytes; its pages need "
+            f"{need}): restore it from a backup, or move the directory away to start empty"
+        )
+
+
 class LmdbStore:
-    def __init__(self, path: str | Path, map_size: int = 1 << 40) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        map_size: int = 1 << 40,
+        *,
+        held_data: Callable[[], bool] | None = None,
+    ) -> None:
+        """Open (or create) the environment at `path`.
+
+        `held_data`: asked only when there is no data.mdb (or an empty one); True (the job
+        database says completed jobs wrote memberships) refuses to create an empty store in
+        its place, which would silently answer every lookup with nothing.
+        """
         path = Path(path)
+        data = path / "data.mdb"
+        fresh = not data.exists() or data.stat().st_size == 0
+        if fresh and held_data is not None and held_data():
+            raise StoreFileDamaged(
+                f"the membership store file {data} is missing or empty, but the job database "
+                "lists completed jobs that wrote to it: restore it from a backup, or set "
+                "BSS_STORE_ALLOW_EMPTY=true to start with an empty store"
+            )
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         # map_size only reserves address space; the file grows as pages are written. The
         # files hold members' data: owner-only.
-        self._env = lmdb.open(
-            str(path),
-            mode=0o600,
-            map_size=map_size,
-            max_dbs=16,
-            max_readers=MAX_READERS,
-            readahead=False,
-            lock=True,
-        )
+        try:
+            self._env = lmdb.open(
+                str(path),
+                mode=0o600,
+                map_size=map_size,
+                max_dbs=16,
+                max_readers=MAX_READERS,
+                readahead=False,
+                lock=True,
+            )
+        except lmdb.Error as exc:
+            raise StoreFileDamaged(
+                f"the membership store file {data} cannot be opened ({exc}): restore it from "
+                "a backup, or move the directory away to start empty"
+            ) from None
+        _check_file_whole(self._env, data)
         self._members = self._env.open_db(b"members")
         self._by_segment = self._env.open_db(b"by_segment")
         self._count_base = self._env.open_db(b"count_base")
