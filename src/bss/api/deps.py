@@ -233,8 +233,10 @@ Caller = Annotated[Principal, Depends(principal)]
 
 def region_store(request: Request, region: RegionQuery = None) -> MembershipStore:
     """The membership store a read answers from: the local one, or the store region named
-    by `region=` (400 for a region this service does not have)."""
+    by `region=` (400 for a region this service does not have). Called directly, without
+    the declared parameter, it reads `region=` from the query itself."""
     stores = request.app.state.stores
+    region = region or request.query_params.get("region")
     if not region:
         return stores.get()
     if region not in stores.regions:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from bss.accounts.service import Principal, member_exists
-from bss.api.deps import member_scope, principal, region_store
+from bss.accounts.service import member_exists
+from bss.api.deps import AppSettings, Caller, Db, Stores, member_scope, region_store
 from bss.api.envelope import ok
 from bss.api.lookup import user_key
 from bss.api.params import MemberIdQuery, ScopedMemberIdQuery
@@ -17,6 +17,7 @@ from bss.errors import Forbidden, Invalid, NotFound
 from bss.identity.ids import InvalidId, parse_id
 from bss.identity.service import MAX_LINKS_PER_POST, post_links, user_links
 from bss.realtime.views import read_json_body
+from bss.store import MembershipStore
 from bss.store.base import SHARED_SCOPE
 
 router = APIRouter()
@@ -37,28 +38,30 @@ router = APIRouter()
 )
 async def post_id_link(
     request: Request,
+    p: Caller,
+    db: Db,
+    settings: AppSettings,
+    stores: Stores,
     member_id: ScopedMemberIdQuery = None,
-    p: Principal = Depends(principal),
 ) -> Any:
-    state = request.app.state
     scope_member: int = member_scope(p, member_id)
-    body = await read_json_body(request, state.settings.rt_max_post_bytes)
+    body = await read_json_body(request, settings.rt_max_post_bytes)
     scope_name = body.get("scope", "member") if isinstance(body, dict) else "member"
     if scope_name not in ("member", "shared"):
         raise Invalid('scope must be "member" or "shared"')
     if scope_name == "shared" and not p.is_admin:
         raise Forbidden("Only admin users may write shared links")
-    if not await run_in_threadpool(member_exists, state.db, scope_member):
+    if not await run_in_threadpool(member_exists, db, scope_member):
         raise NotFound(f"member {scope_member} not found")
     result = await run_in_threadpool(
         lambda: post_links(
-            state.db,
-            state.stores.get(),
-            state.stores.remote_regions,
+            db,
+            stores.get(),
+            stores.remote_regions,
             scope=SHARED_SCOPE if scope_name == "shared" else scope_member,
             body=body,
             now=now_s(),
-            ttl_days=state.settings.link_ttl_days,
+            ttl_days=settings.link_ttl_days,
         )
     )
     return ok("message", result.message(), warnings=result.warnings)
@@ -71,9 +74,11 @@ async def post_id_link(
 )
 def get_user_links(
     request: Request,
+    p: Caller,
+    settings: AppSettings,
+    store: Annotated[MembershipStore, Depends(region_store)],
     member_id: MemberIdQuery = None,
     id: str | None = Query(None, description="The user in the link text form (uid=..., ext=M:ID)."),
-    p: Principal = Depends(principal),
 ) -> Any:
     scope_member = member_scope(p, member_id, required=False)
     if id:
@@ -87,8 +92,5 @@ def get_user_links(
     scopes = [] if scope_member is None else [scope_member]
     if p.is_admin:
         scopes.append(SHARED_SCOPE)
-    state = request.app.state
-    answer = user_links(
-        region_store(request), (int(kind), key), scopes, now_s(), state.settings.graph_caps
-    )
+    answer = user_links(store, (int(kind), key), scopes, now_s(), settings.graph_caps)
     return ok("ids", answer["ids"], links=answer["links"])
