@@ -144,3 +144,16 @@ def test_an_empty_query_value_is_no_value(admin, member_id):
     """?id= is the same as no id: the list, not an error (as before the typed parameters)."""
     body = admin.get("/segment", id="", member_id=member_id)
     assert body["status"] == "OK" and "segments" in body, body
+
+
+def test_a_body_that_is_not_an_object_is_the_documented_400(admin, member_id):
+    """A JSON number, string or null as the whole body: the route's own message, not a 500."""
+    for raw in (b"1952", b'"text"', b"null", b"[]"):
+        for method, path, params in (
+            ("POST", "/member", {}),
+            ("POST", "/segment", {"member_id": member_id}),
+            ("POST", "/id-link", {"member_id": member_id}),
+            ("POST", "/report", {"member_id": member_id}),
+        ):
+            body = admin.call(method, path, params=params, content=raw)
+            assert (body["_http"], body["error_id"]) == (400, "SYNTAX"), (path, raw, body)

@@ -200,6 +200,8 @@ _TOO_DEEP = f"nested deeper than {MAX_JSON_DEPTH} levels"
 
 
 def _depth_over(value: Any, limit: int) -> bool:
+    if not isinstance(value, dict | list):  # a number, a string, null: no nesting
+        return False
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
