@@ -19,6 +19,13 @@ and nothing else, DuckDB's `read_avro` counting records and segments, and our dr
 legacy file of as many lines (as many pairs, the same distribution); then the ratios.
 
     python benchmarks/bench_ingest.py --format avro --lines 1000000
+
+With `--replace` it measures a replace-mode job against the same file appended (each in a
+fresh process, on a copy of one embedded store holding a segment of N members): the file
+holds 90% of those members, so the replace removes the other 10% (the issue's 10M-pair
+segment replaced by 9M users is `--lines 10000000`).
+
+    python benchmarks/bench_ingest.py --replace --lines 1000000
 """
 
 from __future__ import annotations
@@ -27,12 +34,14 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -244,7 +253,90 @@ def run_bss(path: Path) -> dict[str, float]:
     return {"seconds": elapsed, "pairs": result.counters.num_valid}
 
 
+def _one_segment_file(path: Path, users: int) -> None:
+    with path.open("w") as out:
+        for start in range(0, users, 200_000):
+            out.write(
+                "".join(f"{u},1:0\n" for u in range(start + 1, min(users, start + 200_000) + 1))
+            )
+
+
+def _replace_paths(path: Path) -> tuple[Path, Path]:
+    """(the store holding the old members, the new file) of a --replace run."""
+    return path.parent / f"{path.name}.store", path.parent / f"{path.name}.new"
+
+
+def _ingest_one_segment(path: Path, store: Any, seq_base: int) -> Any:
+    from bss.formats.config import BatchSegmentConfig
+    from bss.ingest.engine import ingest_file
+    from bss.ingest.registry import SegmentRegistry
+
+    return ingest_file(
+        path,
+        member_id=MEMBER_ID,
+        seq_base=seq_base,
+        config=BatchSegmentConfig(),
+        registry=SegmentRegistry.from_records([{"id": 1, "code": "s", "member_id": MEMBER_ID}]),
+        store=store,
+        now=int(time.time()),
+        max_decompressed_bytes=10 * 536_870_912,
+    )
+
+
+def run_replace_job(path: Path, replace: bool) -> dict[str, float]:
+    from bss.formats.config import BatchSegmentConfig
+    from bss.lifecycle.replace import ReplaceState, apply_floors
+    from bss.store.base import JOB_SEQ_SPAN
+    from bss.store.keyvalue import LmdbStore
+
+    base, new_file = _replace_paths(path)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        copy = Path(tmp) / "m.lmdb"
+        shutil.copytree(base, copy)
+        store = LmdbStore(copy)
+        before = store.segment_member_counts(int(time.time()))
+        started = time.perf_counter()
+        result = _ingest_one_segment(new_file, store, 2 * JOB_SEQ_SPAN)
+        removed = 0
+        if replace:
+            state = ReplaceState(before=before)
+            apply_floors(
+                store,
+                added=result.added_by_segment,
+                seq_base=2 * JOB_SEQ_SPAN,
+                state=state,
+                config=BatchSegmentConfig(),
+                force=True,
+                now=int(time.time()),
+                keep_state=lambda _state: None,
+            )
+            removed = sum((state.removed or {}).values())
+        elapsed = time.perf_counter() - started
+        members = store.segment_member_counts(int(time.time())).get(1, 0)
+        store.close()
+    return {
+        "seconds": elapsed,
+        "pairs": result.counters.num_valid,
+        "removed": removed,
+        "members": members,
+    }
+
+
+def prepare_replace(path: Path) -> dict[str, float]:
+    from bss.store.base import JOB_SEQ_SPAN
+    from bss.store.keyvalue import LmdbStore
+
+    base, _ = _replace_paths(path)
+    store = LmdbStore(base)
+    result = _ingest_one_segment(path, store, JOB_SEQ_SPAN)
+    store.close()
+    return {"seconds": 0.0, "pairs": result.counters.num_valid}
+
+
 RUNS = {
+    "replace-prepare": prepare_replace,
+    "replace-append": lambda path: run_replace_job(path, replace=False),
+    "replace": lambda path: run_replace_job(path, replace=True),
     "duckdb": run_duckdb,
     "bss": run_bss,
     "bss-dry": run_bss_dry,
@@ -297,9 +389,13 @@ def main() -> None:
     parser.add_argument("--format", choices=["legacy", "avro"], default="legacy")
     parser.add_argument("--child", choices=sorted(RUNS))
     parser.add_argument("--file", type=Path)
+    parser.add_argument("--replace", action="store_true", help="replace mode against append")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.file)
+        return
+    if args.replace:
+        main_replace(args.lines)
         return
     if args.format == "avro":
         main_avro(args.lines)
@@ -332,6 +428,29 @@ def main() -> None:
         f"ratio bss/duckdb: {ours['seconds'] / floor['seconds']:.2f} (wall), "
         f"{ours['cpu_s'] / floor['cpu_s']:.2f} (CPU seconds)"
     )
+    print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+def main_replace(members: int) -> None:
+    OUT.mkdir(exist_ok=True)
+    path = OUT / f"replace-{members}.txt"
+    base, new_file = _replace_paths(path)
+    if not base.exists():
+        print(f"writing {path} and its store ...", flush=True)
+        _one_segment_file(path, members)
+        _one_segment_file(new_file, members * 9 // 10)
+        measure("replace-prepare", path)
+    print(f"segment of {members:,} members; the file holds {members * 9 // 10:,} of them")
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    for _ in range(2):  # alternating, so that neither side always runs on a warmer cache
+        appended = measure("replace-append", path)
+        replaced = measure("replace", path)
+        print(
+            f"append {appended['seconds']:7.2f} s  replace {replaced['seconds']:7.2f} s "
+            f"(removed {replaced['removed']:,.0f}, members after {replaced['members']:,.0f})"
+            f"  ratio {replaced['seconds'] / appended['seconds']:.2f}"
+            f"  peak RssAnon {appended['peak_rss_anon_mb']:.0f} / {replaced['peak_rss_anon_mb']:.0f} MB"
+        )
     print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

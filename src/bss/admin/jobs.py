@@ -33,6 +33,18 @@ def upload(
     ),
     member_id: int = _MEMBER,
     as_json: bool = typer.Option(False, "--json", help="Print the final job as JSON."),
+    replace: bool = typer.Option(
+        False,
+        "--replace",
+        help="Replace mode: each segment the file adds to holds exactly the file's members "
+        "once the job completes (docs/lifecycle.md).",
+    ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="With --replace: replace even when more than max_replace_removal_fraction of a "
+        "segment's members would be removed.",
+    ),
     poll: float = typer.Option(1.0, "--poll", help="Seconds between status checks."),
     url: str = URL,
     username: str | None = USERNAME,
@@ -55,7 +67,9 @@ def upload(
 
     size = file.stat().st_size
     with connect(url, username, password, token) as client:
-        job = client.create_job(member_id)
+        if force and not replace:
+            fail("--force only applies with --replace", 2)
+        job = client.create_job(member_id, replace=replace, force=force)
         limit = job.get("max_file_bytes") or DOCUMENTED_MAX_FILE_BYTES
         if size > limit:
             fail(

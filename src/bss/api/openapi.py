@@ -117,6 +117,16 @@ SCHEMAS: dict[str, Any] = {
             "percent_complete": _NULLABLE_INT,
             "time_to_process": _NULLABLE_STR,
             "last_modified": _DATE,
+            "mode": {
+                "type": "string",
+                "enum": ["append", "replace"],
+                "description": "Extra: replace makes each segment the file adds to exactly "
+                "the file's members once the job completes (docs/lifecycle.md)",
+            },
+            "replace_removed": {
+                "type": "integer",
+                "description": "Extra, replace jobs only: memberships the replace removed",
+            },
             "regions": {
                 "type": "object",
                 "description": "Extra, with store regions only: region -> pending, applying, "

@@ -129,9 +129,15 @@ class BssClient:
 
     # --- jobs -------------------------------------------------------------------------------
 
-    def create_job(self, member_id: int) -> dict[str, Any]:
-        """The new job; `max_file_bytes` in it is the service's per-file limit (when it says)."""
-        body = self.request("POST", "/batch-segment", params={"member_id": member_id})
+    def create_job(
+        self, member_id: int, *, replace: bool = False, force: bool = False
+    ) -> dict[str, Any]:
+        """The new job; `max_file_bytes` in it is the service's per-file limit (when it says).
+        `replace`: a replace-mode upload (`force`: past the removal guard)."""
+        params: dict[str, Any] = {"member_id": member_id}
+        if replace:
+            params.update(mode="replace", force="true" if force else "false")
+        body = self.request("POST", "/batch-segment", params=params)
         job = self._one(body["batch_segment_upload_job"])
         if "max_file_bytes" in body:
             job = {**job, "max_file_bytes": body["max_file_bytes"]}

@@ -118,6 +118,9 @@ class BatchSegmentConfig(BaseModel):
     #: The secret is write-only: never returned by the API.
     webhook_url: str | None = None
     webhook_secret: str | None = None
+    #: A replace-mode upload ends in error, removing nothing, when it would remove more than
+    #: this share of a segment's members (unless the upload says force=true).
+    max_replace_removal_fraction: float = Field(0.5, ge=0.0, le=1.0)
     created_on: str | None = None
     last_modified: str | None = None
 

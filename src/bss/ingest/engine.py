@@ -458,11 +458,13 @@ class _Job:
     def finish(self) -> IngestResult:
         self.writer.close()
         self.result.error_log_lines = self.report.log_lines() if self.report.total else None
-        self.result.segment_log_lines = _segment_log(self.added, self.removed)
+        self.result.segment_log_lines = segment_log(self.added, self.removed)
+        self.result.added_by_segment = self.added
+        self.result.removed_by_segment = self.removed
         return self.result
 
 
-def _segment_log(added: Counter[int], removed: Counter[int]) -> str:
+def segment_log(added: Counter[int], removed: Counter[int]) -> str:
     """`added:` and `removed:` lists of SEG_ID:COUNT, by count descending, each capped."""
 
     def ranked(counts: Counter[int]) -> list[str]:

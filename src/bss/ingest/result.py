@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 #: Counter names, exactly as in `batch_segment_upload_job`.
@@ -44,6 +45,9 @@ class IngestResult:
     lines_read: int = 0
     pairs_added: int = 0
     pairs_removed: int = 0
+    #: Pairs added and removed per segment (what `segment_log_lines` ranks).
+    added_by_segment: Counter[int] = field(default_factory=Counter)
+    removed_by_segment: Counter[int] = field(default_factory=Counter)
 
     def job_fields(self) -> dict[str, object]:
         """The result fields of the job object, with the documented names."""

@@ -51,6 +51,13 @@ jobs = Table(
     #: First of the JOB_SEQ_SPAN store seqs reserved at the job's first run; a replay of an
     #: interrupted run reuses them (bss.store.seqs).
     Column("seq_base", BigInteger, nullable=True),
+    #: "replace" for a replace-mode upload (bss.lifecycle.replace); null: append.
+    Column("mode", String(10), nullable=True),
+    #: 1 when the upload said force=true: the replace removal guard does not apply.
+    Column("replace_force", Integer, nullable=True),
+    #: JSON, a replace job's bookkeeping kept across replays: the member counts of its
+    #: segments before its first run, and what the floors removed (bss.lifecycle.replace).
+    Column("replace_state", Text, nullable=True),
     Index("ix_jobs_member_modified", "member_id", "last_modified"),
     #: A member's history newest first (ORDER BY id DESC LIMIT n) without sorting all its
     #: jobs: 100 of 5000 in under 1 ms instead of ~100 ms on SQLite.

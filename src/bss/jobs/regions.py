@@ -21,6 +21,7 @@ from bss.ingest.registry import SegmentRegistry
 from bss.jobs.models import jobs
 from bss.jobs.service import JobService
 from bss.jobs.worker import LeaseLost, Stopping, StoreHandle
+from bss.lifecycle.replace import REPLACE, replay_floors
 from bss.store import regions
 
 log = logging.getLogger("bss.regions")
@@ -133,6 +134,9 @@ class RegionCatchUp:
                     progress=progress,
                     write_progress=progress,
                 )
+            if job["mode"] == REPLACE and job["phase"] == "completed":
+                # The region gets the floors with the job: after its pairs, as locally.
+                replay_floors(store, job["replace_state"], job["seq_base"])
         finally:
             done.set()
             beat.join()

@@ -36,6 +36,7 @@ from bss.files.local import LocalFiles
 from bss.ingest.result import COUNTER_NAMES
 from bss.jobs.models import PHASES, jobs
 from bss.leases import live_processes_query
+from bss.lifecycle.replace import APPEND, REPLACE, mode_columns, replace_removed_total
 from bss.reports.service import SegmentLoads, record_loads
 from bss.settings import Settings
 from bss.store import regions
@@ -130,6 +131,9 @@ class JobService:
         out["segment_log_lines"] = row["segment_log_lines"]
         out["created_on"] = fmt_ts(row["created_on"])
         out["last_modified"] = fmt_ts(last_modified)
+        out["mode"] = row["mode"] or APPEND
+        if row["mode"] == REPLACE:
+            out["replace_removed"] = replace_removed_total(row["replace_state"])
         return out
 
     def _url_expired(self, row: Any, now: int) -> bool:
@@ -256,8 +260,11 @@ class JobService:
 
     # --- job creation and the upload ------------------------------------------------------
 
-    def create_job(self, member_id: int, base_url: str) -> dict[str, Any]:
-        """A new job in phase "starting"; an older unused URL of the member is invalidated."""
+    def create_job(
+        self, member_id: int, base_url: str, *, mode: str = APPEND, force: bool = False
+    ) -> dict[str, Any]:
+        """A new job in phase "starting"; an older unused URL of the member is invalidated.
+        `mode` "replace" makes it a replace-mode upload (bss.lifecycle.replace)."""
         if self.pending_count(member_id) >= self.settings.max_pending_jobs:
             raise limit_exceeded(ERR_PENDING)
         now = now_s()
@@ -284,6 +291,7 @@ class JobService:
                     created_on=now,
                     last_modified=now,
                     percent_complete=0,
+                    **mode_columns(mode, force),
                 )
             )
             new_id = inserted_id(inserted)
@@ -455,7 +463,14 @@ class JobService:
     # --- passive uploads --------------------------------------------------------------------
 
     def submit_file(
-        self, member_id: int, source_path: Path, *, upload_source: str, source_key: str
+        self,
+        member_id: int,
+        source_path: Path,
+        *,
+        upload_source: str,
+        source_key: str,
+        mode: str = APPEND,
+        force: bool = False,
     ) -> dict[str, Any]:
         """Move (or copy) a file into job storage as a job already uploaded and queued."""
         if upload_source not in UPLOAD_SOURCES:
@@ -472,6 +487,7 @@ class JobService:
                     uploaded_time=now,
                     file_path=file_ref,
                     file_bytes=nbytes,
+                    **mode_columns(mode, force),
                 )
             )
             new_id = inserted_id(inserted)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
@@ -63,12 +63,22 @@ def post_job(
     jobs: Jobs,
     settings: AppSettings,
     member_id: ScopedMemberIdQuery = None,
+    mode: Literal["append", "replace"] = Query(
+        "append",
+        description="Extra: replace makes each segment the file adds to exactly the file's "
+        "members once the job completes (docs/lifecycle.md)",
+    ),
+    force: bool = Query(
+        False,
+        description="Extra, with mode=replace: replace even when more than the member's "
+        "max_replace_removal_fraction of a segment's members would be removed",
+    ),
 ) -> Any:
     scoped = member_scope(p, member_id)
     if not member_exists(jobs.db, scoped):
         raise NotFound(f"member {scoped} not found")
     base_url = (settings.public_url or str(request.base_url)).rstrip("/")
-    job = jobs.create_job(scoped, base_url)
+    job = jobs.create_job(scoped, base_url, mode=mode, force=force)
     log.info("job created", extra={"job_id": job["job_id"], "member_id": scoped})
     return ok(
         NAME,

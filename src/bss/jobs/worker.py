@@ -15,14 +15,24 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection
 
 from bss.db import now_s
-from bss.ingest.engine import ingest_file
+from bss.formats.config import BatchSegmentConfig
+from bss.ingest.engine import ingest_file, segment_log
+from bss.ingest.registry import SegmentRegistry
 from bss.jobs.service import JobService
+from bss.lifecycle.replace import (
+    REPLACE,
+    Refused,
+    ReplaceState,
+    apply_floors,
+    counts_before,
+)
 from bss.metrics import COUNTERS
 from bss.reports.service import SegmentLoads
 from bss.segments.service import get_config, registry_for
@@ -259,6 +269,12 @@ class Worker:
         now = now_s()
         # Report figures of this run only; written with the result, so a replay counts once.
         loads = SegmentLoads.at(now)
+        replace = None
+        if row["mode"] == REPLACE:
+            replace = self._replace_state(row, store, config, registry, now)
+            if replace is None:
+                log.warning("lease lost before the replace job started", extra=ctx)
+                return
         beat = threading.Thread(target=heartbeat, name=f"lease-{job_id[:8]}", daemon=True)
         beat.start()
         log.info("job processing", extra=ctx)
@@ -279,6 +295,12 @@ class Worker:
                     write_progress=functools.partial(report_progress, "processing"),
                     on_applied=loads.add,
                 )
+            refused = None
+            if replace is not None and result.error_code is None:
+                # Under the lease (the heartbeat still runs): the walks take a while.
+                refused = self._set_floors(
+                    row, store, config, replace, result.added_by_segment, seq_base
+                )
         except LeaseLost:
             log.warning("lease lost; another worker took the job over", extra=ctx)
             return
@@ -296,6 +318,10 @@ class Worker:
             done.set()
             beat.join()
 
+        if refused is None and replace is not None and replace.removed:
+            removed = result.removed_by_segment + Counter(replace.removed)
+            result.segment_log_lines = segment_log(result.added_by_segment, removed)
+            loads.removals.update(replace.removed)
         fields = result.job_fields()
         values = {
             **fields,
@@ -308,6 +334,10 @@ class Worker:
         }
         if result.lines_read:
             values["file_lines"] = result.lines_read
+        if refused is not None:
+            values.update(
+                phase="error", error_code=refused.error_code, error_message=refused.error_message
+            )
 
         def owe_other_regions(conn: Connection) -> None:
             # With the result, in one transaction: the other regions are owed exactly what
@@ -338,3 +368,48 @@ class Worker:
             )
         else:
             log.warning("job finished but lease was lost; result dropped", extra=ctx)
+
+    def _replace_state(
+        self,
+        row: Any,
+        store: MembershipStore,
+        config: BatchSegmentConfig,
+        registry: SegmentRegistry,
+        now: int,
+    ) -> ReplaceState | None:
+        """A replace job's state: the counts its guard measures against are taken before
+        its first run writes anything, and kept for its replays. None: the lease is lost."""
+        state = ReplaceState.load(row["replace_state"])
+        if state is not None:
+            return state
+        owners = config.authorized_owners(row["member_id"])
+        frame = registry.frame
+        writable = set(frame.filter(frame["member_id"].is_in(list(owners)))["id"].to_list())
+        state = ReplaceState(before=counts_before(store, writable, now))
+        if not self.service.renew(row["id"], self.name, replace_state=state.dump()):
+            return None
+        return state
+
+    def _set_floors(
+        self,
+        row: Any,
+        store: MembershipStore,
+        config: BatchSegmentConfig,
+        state: ReplaceState,
+        added: Mapping[int, int],
+        seq_base: int,
+    ) -> Refused | None:
+        def keep(updated: ReplaceState) -> None:
+            if not self.service.renew(row["id"], self.name, replace_state=updated.dump()):
+                raise LeaseLost(row["job_id"])
+
+        return apply_floors(
+            store,
+            added=added,
+            seq_base=seq_base,
+            state=state,
+            config=config,
+            force=bool(row["replace_force"]),
+            now=now_s(),
+            keep_state=keep,
+        )

@@ -35,6 +35,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from bss.lifecycle.replace import passive_mode
 from bss.passive.claims import ClaimStore, claim_identity, utcnow
 from bss.passive.folder import FolderBackend, UnsafePath
 from bss.passive.models import CLAIMED, JOB_CREATED, MOVED, passive_claims
@@ -462,7 +463,8 @@ class PassiveScanner:
         try:
             area.fetch(flight.work_key, file, tmp)
             self._ensure_ours(flight)  # the download may have been long
-            return self.jobs.submit_file(area.member_id, tmp, **common)
+            mode, force = passive_mode(file.key)
+            return self.jobs.submit_file(area.member_id, tmp, mode=mode, force=force, **common)
         finally:
             tmp.unlink(missing_ok=True)
 

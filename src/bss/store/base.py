@@ -139,6 +139,11 @@ class MembershipStore(Protocol):
         reclaimed later by `purge_expired`. Writes with a higher seq (a segment created again
         under the same explicit id) are unaffected."""
 
+    def count_below(self, segment_id: int, seq: int, now: int) -> int:
+        """How many of the segment's live members are held by an entry with a seq below
+        `seq`: those a deletion (or a replace's floor) at `seq` would hide. Walks the
+        segment's own entries, never the whole store."""
+
     def purge_expired(self, now: int) -> int:
         """Reclaim expired entries, lapsed tombstones and deleted segments' entries; return
         how many entries were dropped."""

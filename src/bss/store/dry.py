@@ -37,6 +37,9 @@ class DryRunStore:
     def delete_segment(self, segment_id: int, seq: int) -> None:
         return None
 
+    def count_below(self, segment_id: int, seq: int, now: int) -> int:
+        return 0
+
     def purge_expired(self, now: int) -> int:
         return 0
 

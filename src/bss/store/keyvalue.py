@@ -445,15 +445,15 @@ class LmdbStore:
     ) -> None:
         """Remove the entries (and their index keys and counts) older than a deletion."""
         main_keys = [k[8:] + b"\x00" + k[:8] for k in index_keys]
-        found = dict(members.getmulti(main_keys))
-        gone_keys, gone = [], []
-        for index_key, key in zip(index_keys, main_keys, strict=True):
-            value = found.get(key)
-            if value is not None and _I64.unpack_from(value)[0] < seq:
-                gone_keys.append((index_key, key))
-                gone.append(value)
-        if not gone:
+        found = members.getmulti(main_keys)
+        if not found:
             return
+        seqs = np.frombuffer(b"".join(map(_value_of, found)), dtype=ENTRY)["seq"]
+        below = np.flatnonzero(seqs < seq).tolist()
+        if not below:
+            return
+        gone = [bytes(found[i][1]) for i in below]
+        gone_keys = [(key[-8:] + key[:-9], key) for key in (bytes(found[i][0]) for i in below)]
         self._add(txn, self._meta, _DROPPED, len(gone))
         entries = np.frombuffer(b"".join(gone), dtype=ENTRY)
         self._count(
@@ -576,6 +576,32 @@ class LmdbStore:
         return {seg: n for seg, n in sorted(counts.items()) if n > 0}
 
     def segment_members(self, segment_id: int, now: int) -> Iterator[tuple[int, str, Membership]]:
+        for key, value in self._segment_entries(segment_id):
+            if _live(value, now):
+                yield key[0], key[1:-9].decode(), _membership(key, value)
+
+    def count_below(self, segment_id: int, seq: int, now: int) -> int:
+        below = 0
+        for chunk in self._segment_chunks(segment_id):
+            # A chunk's entries checked at once in numpy, not one by one.
+            entries = np.frombuffer(b"".join(map(_value_of, chunk)), dtype=ENTRY)
+            below += int(
+                np.count_nonzero(
+                    (entries["seq"] < seq)
+                    & (entries["removed"] == 0)
+                    & (entries["timestamp"] <= now)
+                    & (entries["expires_at"] > now)
+                )
+            )
+        return below
+
+    def _segment_entries(self, segment_id: int) -> Iterator[tuple[bytes, bytes]]:
+        """(members key, entry) of every entry the segment's index lists."""
+        for chunk in self._segment_chunks(segment_id):
+            yield from chunk
+
+    def _segment_chunks(self, segment_id: int) -> Iterator[list[tuple[bytes, bytes]]]:
+        """The segment's (members key, entry) pairs, a chunk per read transaction."""
         prefix = _SEG.pack(segment_id)
         resume: bytes | None = prefix
         while resume is not None:
@@ -594,9 +620,7 @@ class LmdbStore:
                 resume = index.key() if more and index.key().startswith(prefix) else None
                 main_keys = [k[8:] + b"\x00" + k[:8] for k in keys]
                 found = txn.cursor(db=self._members).getmulti(main_keys)
-            for key, value in found:
-                if _live(value, now):
-                    yield key[0], key[1:-9].decode(), _membership(key, value)
+            yield found
 
     # -- links (bss.store.lmdb_links) -----------------------------------------------------------
 

@@ -113,6 +113,16 @@ def _memberships(records: bytes, now: int) -> Iterator[Membership]:
             yield Membership(segment, value, ts, exp)
 
 
+def _seqs_and_liveness(records: bytes, now: int) -> Iterator[tuple[int, bool]]:
+    """(seq, live at `now`) of each stored record (see `_memberships`)."""
+    pos, end = 0, len(records)
+    while pos < end:
+        pos += 1 + records[pos]
+        seq, flags, ts, exp = _FIXED.unpack_from(records, pos)
+        pos += _FIXED.size + (_VALUE.size if flags & 2 else 0)
+        yield seq, not flags & 1 and ts <= now < exp
+
+
 class RedisStore:
     def __init__(
         self,
@@ -344,6 +354,21 @@ class RedisStore:
         return {seg: n for seg, n in totals.items() if n > 0}
 
     def segment_members(self, segment_id: int, now: int) -> Iterator[tuple[int, str, Membership]]:
+        for kk, records in self._segment_records(segment_id):
+            for membership in _memberships(records, now):
+                kind, _, key = kk.decode().partition(":")
+                yield int(kind), key, membership
+
+    def count_below(self, segment_id: int, seq: int, now: int) -> int:
+        return sum(
+            1
+            for _kk, records in self._segment_records(segment_id)
+            for entry_seq, live in _seqs_and_liveness(records, now)
+            if live and entry_seq < seq
+        )
+
+    def _segment_records(self, segment_id: int) -> Iterator[tuple[bytes, bytes]]:
+        """(<kind>:<key>, its record of the segment) of every member the index lists."""
         cursors = dict.fromkeys(range(BUCKETS), b"0")
         while cursors:
 
@@ -362,9 +387,7 @@ class RedisStore:
             for bucket in sorted(replies):
                 cursor, flat = replies[bucket]
                 for j in range(0, len(flat), 2):
-                    for membership in _memberships(flat[j + 1], now):
-                        kind, _, key = flat[j].decode().partition(":")
-                        yield int(kind), key, membership
+                    yield flat[j], flat[j + 1]
                 if cursor in (b"0", 0, "0"):
                     del cursors[bucket]
                 else:

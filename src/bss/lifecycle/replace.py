@@ -1,0 +1,153 @@
+"""Replace-mode uploads: each segment the file adds to becomes exactly the file's members.
+
+`POST /batch-segment?member_id=M&mode=replace` (a passive file named `replace.*`, `bss upload
+--replace`). The job writes its pairs as any job does, with seqs `seq_base + i`, so until it
+completes a reader sees the old members plus the adds written so far. Once every pair is
+written, each segment with at least one valid add in the file gets a floor at the job's
+seq base: its entries below the floor are hidden and dropped, exactly as a segment deletion
+at that seq would (`MembershipStore.delete_segment`), without deleting the segment. What
+stays is the file's adds (with their expirations) and every write with a higher seq (a
+real-time post or a job that started after this one). A job that started earlier and
+applies later loses in the replaced segments: its seqs are below the floor.
+
+The floor is one write transaction per segment on LMDB; on Redis each user's bucket takes it
+in one Function call (a lookup of a user sees the old or the new members, never a mix), the
+buckets of all masters in one round. The removal guard: a job that would remove more than
+the member's `max_replace_removal_fraction` of a segment's members (counted before the job
+first ran) ends in `error` with REMOVAL_OVER_LIMIT and removes nothing, unless the upload
+said `force=true`. A job that ends in `error` for any reason removes nothing.
+
+A replay (a worker killed mid-job, another region) writes the same entries with the same
+seqs and sets the same floors; what the floors removed is kept with the job before they are
+set, so the counts a replay reports are the first run's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bss.formats.config import BatchSegmentConfig
+from bss.store.base import MembershipStore
+
+APPEND = "append"
+REPLACE = "replace"
+MODES = (APPEND, REPLACE)
+#: error_code of a replace job refused by the removal guard.
+REMOVAL_OVER_LIMIT = "replace_removal_over_limit"
+#: Passive uploads: a file whose name (its last part) starts with one of these is a
+#: replace-mode upload; the second also says force=true.
+PASSIVE_PREFIX = "replace."
+PASSIVE_FORCE_PREFIX = "replace-force."
+
+
+def mode_columns(mode: str, force: bool) -> dict[str, Any]:
+    """The jobs columns of an upload's mode (nothing for a plain append)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}")
+    if mode == APPEND:
+        return {}
+    return {"mode": REPLACE, "replace_force": 1 if force else 0}
+
+
+def passive_mode(source_key: str) -> tuple[str, bool]:
+    """(mode, force) of a passively uploaded file, by its name."""
+    name = source_key.rsplit("/", 1)[-1]
+    if name.startswith(PASSIVE_FORCE_PREFIX):
+        return REPLACE, True
+    if name.startswith(PASSIVE_PREFIX):
+        return REPLACE, False
+    return APPEND, False
+
+
+@dataclass(slots=True)
+class ReplaceState:
+    """Kept with the job (`jobs.replace_state`) across replays."""
+
+    #: Live members per segment the member may write, before the job first ran.
+    before: dict[int, int] = field(default_factory=dict)
+    #: Segment -> memberships its floor removed; set just before the floors are.
+    removed: dict[int, int] | None = None
+
+    @classmethod
+    def load(cls, text: str | None) -> ReplaceState | None:
+        if not text:
+            return None
+        data = json.loads(text)
+        removed = data.get("removed")
+        return cls(
+            before={int(k): v for k, v in data["before"].items()},
+            removed=None if removed is None else {int(k): v for k, v in removed.items()},
+        )
+
+    def dump(self) -> str:
+        return json.dumps({"before": self.before, "removed": self.removed})
+
+
+def replace_removed_total(state_text: str | None) -> int:
+    state = ReplaceState.load(state_text)
+    return sum((state.removed or {}).values()) if state is not None else 0
+
+
+def counts_before(
+    store: MembershipStore, writable: set[int] | frozenset[int], now: int
+) -> dict[int, int]:
+    """The member counts of the segments a job may write, as the guard measures against."""
+    return {seg: n for seg, n in store.segment_member_counts(now).items() if seg in writable}
+
+
+@dataclass(slots=True)
+class Refused:
+    error_code: str
+    error_message: str
+
+
+def apply_floors(
+    store: MembershipStore,
+    *,
+    added: Mapping[int, int],
+    seq_base: int,
+    state: ReplaceState,
+    config: BatchSegmentConfig,
+    force: bool,
+    now: int,
+    keep_state: Callable[[ReplaceState], None],
+) -> Refused | None:
+    """Set the floors of a replace job whose pairs are all written: count what each floor
+    removes, check the guard, keep the counts with the job (`keep_state`), then set them.
+    Refused (and nothing removed) when the guard stops the job."""
+    replaced = sorted(seg for seg, n in added.items() if n > 0)
+    if state.removed is None:
+        removed = {seg: store.count_below(seg, seq_base, now) for seg in replaced}
+        if not force:
+            refused = _guard(removed, state.before, config.max_replace_removal_fraction)
+            if refused is not None:
+                return refused
+        state.removed = removed
+        keep_state(state)
+    for seg in replaced:
+        store.delete_segment(seg, seq_base)
+    return None
+
+
+def replay_floors(store: MembershipStore, state_text: str | None, seq_base: int) -> None:
+    """Another region's replay of a completed replace job: the same floors."""
+    state = ReplaceState.load(state_text)
+    for seg in sorted((state.removed or {}) if state is not None else ()):
+        store.delete_segment(seg, seq_base)
+
+
+def _guard(removed: dict[int, int], before: dict[int, int], limit: float) -> Refused | None:
+    for seg in sorted(removed):
+        total = before.get(seg, 0)
+        if total and removed[seg] / total > limit:
+            share = removed[seg] / total
+            return Refused(
+                REMOVAL_OVER_LIMIT,
+                f"the replace would remove {removed[seg]} of segment {seg}'s {total} members "
+                f"({share:.0%}), more than max_replace_removal_fraction ({limit:g}); nothing "
+                "was removed. Upload again with force=true to replace anyway",
+            )
+    return None
