@@ -276,6 +276,13 @@ class Settings(BaseSettings):
         "answered again, not re-applied).",
     )
 
+    optout_secret: str | None = Field(
+        None,
+        description="Opt-outs: the HMAC key the suppression list keeps IDs under (never in the "
+        "clear). Unset: a random key made once and kept in the database; set it to keep the "
+        "key out of the database (the same value on every host).",
+    )
+
     link_ttl_days: int = Field(
         180,
         ge=1,

@@ -1,5 +1,5 @@
 """The `bss` commands that talk to a running service through the Python client (bss.client):
-login, members, users, segments, configs, uploads and jobs."""
+login, members, users, segments, configs, uploads, jobs and opt-outs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add the client-side commands to the `bss` command."""
-    from bss.admin import accounts, jobs, segments
+    from bss.admin import accounts, jobs, optout, segments
 
     app.command()(accounts.login)
     app.command()(accounts.logout)
@@ -19,3 +19,4 @@ def register(app: typer.Typer) -> None:
     app.command()(jobs.upload)
     app.command()(jobs.status)
     app.command()(jobs.jobs)
+    app.add_typer(optout.optout_app, name="optout")

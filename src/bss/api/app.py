@@ -32,6 +32,7 @@ from bss.jobs.service import JobService
 from bss.jobs.views import router as jobs_router
 from bss.jobs.worker import StoreHandle
 from bss.leases import new_process_id
+from bss.lifecycle.views import router as lifecycle_router
 from bss.metrics import COUNTERS, render, scrape_allowed
 from bss.ratelimit import DatabaseRateLimiter, ReservedBudget
 from bss.realtime.views import router as realtime_router
@@ -186,6 +187,7 @@ def create_app(
     app.include_router(webhooks_router)
     app.include_router(reports_router)
     app.include_router(targeting_router)
+    app.include_router(lifecycle_router)
     mount_dashboard(app)  # the web dashboard at / and /ui/...
 
     @app.get(

@@ -25,6 +25,7 @@ from bss.db import fmt_ts, now_s
 from bss.errors import BssError, Forbidden, Invalid
 from bss.formats.records import DEVICE_DOMAINS, LEGACY_DEVICE_TYPES, MAX_UID, UserKind
 from bss.identity.graph import expanded_segments_many
+from bss.lifecycle.optout import PLATFORM, SuppressionList
 from bss.segments.service import get_segment_row, segments_by_ids
 from bss.settings import Settings
 from bss.store import Membership, MembershipStore
@@ -251,6 +252,7 @@ def _user_segments(
     ((memberships, vias),) = _lookup(store, settings, [user], member_id, related)
     known = segments_by_ids(db, sorted({m.segment_id for m in memberships}))
     items = _segment_items(memberships, known, member_id, vias=vias)
+    items = _unsuppressed(_suppression(db, settings), (int(kind), key), items)
     return ok_list(
         "segments",
         items,
@@ -322,8 +324,11 @@ async def post_user_segments(
         ids = sorted({m.segment_id for ms, _ in found for m in ms})
         known = segments_by_ids(db, ids)
         stamps: dict[int, str | None] = {}
-        for (at, _), (memberships, vias) in zip(keyed, found, strict=True):
-            answers[at]["segments"] = _segment_items(memberships, known, scoped, stamps, vias=vias)
+        suppression = _suppression(db, settings)
+        for (at, user), (memberships, vias) in zip(keyed, found, strict=True):
+            answers[at]["segments"] = _unsuppressed(
+                suppression, user, _segment_items(memberships, known, scoped, stamps, vias=vias)
+            )
 
     await run_in_threadpool(lookup)
     return ok("users", answers)
@@ -338,6 +343,7 @@ def get_segment_members(
     p: Caller,
     db: Db,
     store: Region,
+    settings: AppSettings,
     id: Annotated[PositiveId, Query(description="The segment's id (required)")],
 ) -> Any:
     if id is None:
@@ -347,11 +353,15 @@ def get_segment_members(
     if not can_touch(p, segment["member_id"]):
         raise Forbidden(f"You have no access to segment {segment_id}")
     members = store.segment_members(segment_id, now_s())
+    suppression = _suppression(db, settings)
+    owner = segment["member_id"]
 
     def rows() -> Iterator[str]:
         yield "user_kind,user_key,value,timestamp,expiry\n"
         lines: list[str] = []
         for kind, key, m in members:
+            if suppression.standing(owner, kind, key):
+                continue
             value = "" if m.value is None else m.value
             lines.append(
                 f"{UserKind(kind).name.lower()},{_csv(key)},{value},"
@@ -367,6 +377,23 @@ def get_segment_members(
         media_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="segment-{segment_id}.csv"'},
     )
+
+
+def _suppression(db: Engine, settings: Settings) -> SuppressionList:
+    return SuppressionList.of(db, settings)
+
+
+def _unsuppressed(
+    suppression: SuppressionList, user: tuple[int, str], items: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """A user's segment objects without those an opt-out hides: all of them platform-wide,
+    a member's own segments in its scope."""
+    scopes = suppression.standing_scopes(*user)
+    if not scopes:
+        return items
+    if PLATFORM in scopes:
+        return []
+    return [item for item in items if item["member_id"] not in scopes]
 
 
 def _csv(text: str) -> str:

@@ -39,6 +39,8 @@ INACTIVE_SEGMENT = "num_inactive_segment"
 INVALID_TIMESTAMP = "num_invalid_timestamp"
 OTHER_ERROR = "num_other_error"
 PAST_EXPIRATION = "num_past_expiration"
+#: An extra counter: valid pairs not applied because their user opted out (bss.lifecycle).
+OPTED_OUT = "num_opted_out"
 #: Counters of problems with a segment count each segment once per job.
 DEDUPLICATED = (INVALID_SEGMENT, UNAUTH_SEGMENT, INACTIVE_SEGMENT, PAST_EXPIRATION)
 
@@ -82,6 +84,10 @@ class _SeenLines:
                 # Two sorted runs: the stable sort merges them in linear time.
                 self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]), kind="stable")
         return repeats
+
+
+#: (user kinds, user keys, seqs) of pairs -> where an opt-out suppresses the write.
+Suppress = Callable[[np.ndarray, list[str], np.ndarray], np.ndarray]
 
 
 class _Aborted(Exception):
@@ -270,6 +276,8 @@ def problem_reason() -> pl.Expr:
         .then(pl.lit("VALUE outside -2147483648..2147483647"))
         .when(pl.col("expiration_invalid"))
         .then(pl.lit("EXPIRATION below -2"))
+        .when(pl.col("status") == OPTED_OUT)
+        .then(pl.lit("the user opted out"))
         .otherwise(
             pl.lit("segment ") + pl.col("_segment_ref") + pl.lit(" expired before processing")
         )
@@ -291,8 +299,10 @@ class _Job:
         report: ErrorReport,
         on_applied: Callable[[pl.DataFrame], None] | None = None,
         write_progress: Callable[[float], None] | None = None,
+        suppress: Suppress | None = None,
     ) -> None:
         self.member_id = member_id
+        self.suppress = suppress
         self.config = config
         self.writer = _StoreWriter(store, write_progress)
         self.now = now
@@ -372,6 +382,8 @@ class _Job:
         pairs = pairs.with_row_index("_index", offset=self.pairs_seen)
         self.pairs_seen += len(pairs)
         pairs = self._resolve(pairs.join(good_lines, on="line_no", how="inner"))
+        if self.suppress is not None and not pairs.is_empty():
+            pairs = self._mark_opted_out(pairs)
 
         valid = pairs.filter(pl.col("status") == VALID)
         self._apply(valid)
@@ -380,6 +392,20 @@ class _Job:
         self._count_pairs(pairs, valid)
         self._report(lines, format_bad, user_bad, pairs, chunk.render_raw)
         return stop
+
+    def _mark_opted_out(self, pairs: pl.DataFrame) -> pl.DataFrame:
+        """Valid pairs an opt-out suppresses at their seq become OPTED_OUT."""
+        assert self.suppress is not None
+        seq = (pairs["_index"].cast(pl.Int64) + self.seq_base).to_numpy()
+        mask = (
+            self.suppress(pairs["user_kind"].to_numpy(), pairs["user_key"].to_list(), seq)
+            & (pairs["status"] == VALID).to_numpy()
+        )
+        if not mask.any():
+            return pairs
+        return pairs.with_columns(
+            status=pl.when(pl.Series(mask)).then(pl.lit(OPTED_OUT)).otherwise(pl.col("status"))
+        )
 
     def _apply(self, valid: pl.DataFrame) -> None:
         if valid.is_empty():
@@ -400,7 +426,9 @@ class _Job:
         if problems.is_empty():
             return
         for status, n in problems.group_by("status").len().iter_rows():
-            if status not in DEDUPLICATED:
+            if status == OPTED_OUT:
+                self.result.num_opted_out += n
+            elif status not in DEDUPLICATED:
                 setattr(counters, status, getattr(counters, status) + n)
         for status in DEDUPLICATED:
             refs = problems.filter(pl.col("status") == status)["_segment_ref"].unique()
@@ -489,6 +517,7 @@ def ingest_file(
     progress: Callable[[float], None] | None = None,
     write_progress: Callable[[float], None] | None = None,
     on_applied: Callable[[pl.DataFrame], None] | None = None,
+    suppress: Suppress | None = None,
 ) -> IngestResult:
     """Validate and apply one uploaded file; never raises for bad input.
 
@@ -499,6 +528,9 @@ def ingest_file(
     Pair i of the file (in file order, counting pairs that are not applied) is written with
     seq `seq_base + i`: the job's reserved range (bss.store.base.JOB_SEQ_SPAN), so a replay
     with the same base rewrites the same entries and changes nothing.
+
+    `suppress` (bss.lifecycle.optout) tells which valid pairs an opt-out suppresses at
+    their seq: they are not applied, counted in `num_opted_out` and reported.
 
     A file that cannot be read (corrupt, refused compression, too large once decompressed)
     or that passes num_invalid_before_error ends with `error_code` set; what was applied
@@ -515,6 +547,7 @@ def ingest_file(
             report=report,
             on_applied=on_applied,
             write_progress=write_progress,
+            suppress=suppress,
         )
         try:
             with open_input(path, max_decompressed_bytes) as source:

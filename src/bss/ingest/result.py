@@ -45,6 +45,8 @@ class IngestResult:
     lines_read: int = 0
     pairs_added: int = 0
     pairs_removed: int = 0
+    #: Valid pairs not applied because their user opted out (an extra counter).
+    num_opted_out: int = 0
     #: Pairs added and removed per segment (what `segment_log_lines` ranks).
     added_by_segment: Counter[int] = field(default_factory=Counter)
     removed_by_segment: Counter[int] = field(default_factory=Counter)

@@ -58,6 +58,8 @@ jobs = Table(
     #: JSON, a replace job's bookkeeping kept across replays: the member counts of its
     #: segments before its first run, and what the floors removed (bss.lifecycle.replace).
     Column("replace_state", Text, nullable=True),
+    #: Valid pairs not applied because their user opted out (an extra counter).
+    Column("num_opted_out", BigInteger, nullable=True),
     Index("ix_jobs_member_modified", "member_id", "last_modified"),
     #: A member's history newest first (ORDER BY id DESC LIMIT n) without sorting all its
     #: jobs: 100 of 5000 in under 1 ms instead of ~100 ms on SQLite.

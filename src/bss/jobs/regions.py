@@ -11,6 +11,7 @@ backoff until it is back: nothing is lost, and the file stays until every region
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any
@@ -21,6 +22,7 @@ from bss.ingest.registry import SegmentRegistry
 from bss.jobs.models import jobs
 from bss.jobs.service import JobService
 from bss.jobs.worker import LeaseLost, Stopping, StoreHandle
+from bss.lifecycle.optout import SuppressionList
 from bss.lifecycle.replace import REPLACE, replay_floors
 from bss.store import regions
 
@@ -133,6 +135,10 @@ class RegionCatchUp:
                     chunk_bytes=self.settings.chunk_bytes,
                     progress=progress,
                     write_progress=progress,
+                    # The same list decides as locally: by seq, whenever the replay runs.
+                    suppress=functools.partial(
+                        SuppressionList.of(self.db, self.settings).write_mask, job["member_id"]
+                    ),
                 )
             if job["mode"] == REPLACE and job["phase"] == "completed":
                 # The region gets the floors with the job: after its pairs, as locally.

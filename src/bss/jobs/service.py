@@ -131,6 +131,7 @@ class JobService:
         out["segment_log_lines"] = row["segment_log_lines"]
         out["created_on"] = fmt_ts(row["created_on"])
         out["last_modified"] = fmt_ts(last_modified)
+        out["num_opted_out"] = row["num_opted_out"] or 0
         out["mode"] = row["mode"] or APPEND
         if row["mode"] == REPLACE:
             out["replace_removed"] = replace_removed_total(row["replace_state"])

@@ -26,6 +26,7 @@ from bss.formats.config import BatchSegmentConfig
 from bss.ingest.engine import ingest_file, segment_log
 from bss.ingest.registry import SegmentRegistry
 from bss.jobs.service import JobService
+from bss.lifecycle.optout import SuppressionList
 from bss.lifecycle.replace import (
     REPLACE,
     Refused,
@@ -275,6 +276,7 @@ class Worker:
             if replace is None:
                 log.warning("lease lost before the replace job started", extra=ctx)
                 return
+        suppression = SuppressionList.of(self.service.db, self.settings)
         beat = threading.Thread(target=heartbeat, name=f"lease-{job_id[:8]}", daemon=True)
         beat.start()
         log.info("job processing", extra=ctx)
@@ -294,6 +296,7 @@ class Worker:
                     progress=functools.partial(report_progress, "validating"),
                     write_progress=functools.partial(report_progress, "processing"),
                     on_applied=loads.add,
+                    suppress=functools.partial(suppression.write_mask, row["member_id"]),
                 )
             refused = None
             if replace is not None and result.error_code is None:
@@ -330,6 +333,7 @@ class Worker:
             "lines_read": result.lines_read,
             "pairs_added": result.pairs_added,
             "pairs_removed": result.pairs_removed,
+            "num_opted_out": result.num_opted_out,
             "report_path": files.put_report(job_id, report) if report.exists() else None,
         }
         if result.lines_read:

@@ -1,4 +1,4 @@
-"""Tables of the lifecycle domain: the audit record of member erasures."""
+"""Tables of the lifecycle domain: member erasures, opt-outs and their suppression list."""
 
 from __future__ import annotations
 
@@ -27,4 +27,49 @@ member_erasures = Table(
     Column("store_seq", BigInteger, nullable=True),
     Column("completed_on", BigInteger, nullable=True),
     Index("ix_member_erasures_member", "member_id"),
+)
+
+#: Opt-out requests and withdrawals (POST and DELETE /user-optout, `bss optout add`, the ID
+#: sync's /optout cookie): the audit trail, kept. Never the IDs themselves.
+optout_requests = Table(
+    "optout_requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    #: The member whose scope the request is in; null: platform-wide.
+    Column("member_id", Integer, nullable=True),
+    #: "optout" or "withdrawal".
+    Column("kind", String(12), nullable=False),
+    Column("requested_on", BigInteger, nullable=False),
+    Column("requested_by", String(200), nullable=True),
+    #: The seq the request was given: writes above an opt-out's are not applied while it
+    #: stands; a withdrawal's seq is where writes apply again.
+    Column("seq", BigInteger, nullable=False),
+    Column("ids", Integer, nullable=False),
+    Column("memberships_removed", Integer, nullable=False),
+    Column("links_removed", Integer, nullable=False),
+    Index("ix_optout_requests_member", "member_id", "id"),
+)
+
+#: The suppression list: one row per opted-out ID and scope, the ID as a keyed hash (HMAC
+#: with the service secret), never in the clear.
+optout_suppressions = Table(
+    "optout_suppressions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    #: The member id, or 0: platform-wide.
+    Column("scope", Integer, nullable=False),
+    Column("id_hash", String(64), nullable=False),
+    Column("optout_seq", BigInteger, nullable=False),
+    #: Set by a withdrawal: writes above this seq apply again.
+    Column("withdrawn_seq", BigInteger, nullable=True),
+    Column("request_id", Integer, nullable=False),
+    Index("ix_optout_suppressions_scope_hash", "scope", "id_hash"),
+)
+
+#: Secrets the service makes for itself when no setting gives one (the opt-out HMAC key).
+service_secrets = Table(
+    "service_secrets",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("value", String(200), nullable=False),
 )

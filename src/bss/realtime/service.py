@@ -28,8 +28,9 @@ from bss.errors import Conflict, Invalid, RateLimited
 from bss.formats.config import BatchSegmentConfig
 from bss.formats.legacy import DEVICE_ID_DOMAINS, parse_user_ids
 from bss.formats.records import MAX_VALUE, MIN_VALUE, PAIR_SCHEMA
-from bss.ingest.engine import VALID, PairRules, problem_reason, store_batch
+from bss.ingest.engine import OPTED_OUT, VALID, PairRules, problem_reason, store_batch
 from bss.ingest.registry import SegmentRegistry
+from bss.lifecycle.optout import REASON_OPTED_OUT, SuppressionList
 from bss.metrics import COUNTERS
 from bss.ratelimit import RateLimiter, Verdict
 from bss.realtime.models import rt_idempotency_keys
@@ -387,7 +388,12 @@ class RealtimeService:
 
         # 4. apply: seqs in post order, the same store as files
         first = reserve(self.db, len(valid))
-        applied = store_batch(valid, pl.int_range(0, len(valid), dtype=pl.Int64) + first)
+        valid = valid.with_columns(_seq=pl.int_range(0, len(valid), dtype=pl.Int64) + first)
+        valid = self._drop_opted_out(member_id, valid, block_of, warn)
+        if valid.is_empty():
+            warn.append({"message": W_NO_VALID_REQUEST, "entity": {"rt_segment": entries}})
+            return result
+        applied = store_batch(valid, pl.col("_seq"))
         store.apply(applied)
         result.pairs_applied = len(valid)
         COUNTERS.inc("bss_rt_pairs_applied_total", len(valid))
@@ -405,6 +411,35 @@ class RealtimeService:
                     .values(response_json=result.stored())
                 )
         return result
+
+    def _drop_opted_out(
+        self,
+        member_id: int,
+        valid: pl.DataFrame,
+        block_of: dict[tuple[int, int], Any],
+        warn: list[dict[str, Any]],
+    ) -> pl.DataFrame:
+        """Entries whose user opted out (at their seq) are skipped with a warning each."""
+        suppression = SuppressionList.of(self.db, self.settings)
+        if not suppression.active_for(member_id):
+            return valid
+        mask = suppression.write_mask(
+            member_id,
+            valid["user_kind"].to_numpy(),
+            valid["user_key"].to_list(),
+            valid["_seq"].to_numpy(),
+        )
+        if not mask.any():
+            return valid
+        for user_row, pos in valid.filter(pl.Series(mask)).select("line_no", "pos").iter_rows():
+            warn.append(
+                {
+                    "message": f"{REASON_OPTED_OUT.capitalize()}.",
+                    "entity": block_of[(user_row, pos)],
+                    "counter": OPTED_OUT,
+                }
+            )
+        return valid.filter(~pl.Series(mask))
 
     def remember(self, member_id: int, key: str, result: RtResult) -> None:
         """Keep the answer of a post that applied nothing (all warnings) under its key."""

@@ -1,0 +1,298 @@
+"""Opt-outs (bss.lifecycle.optout), all real: `bss serve` processes (LMDB, a second store
+region on a redis-server that is down while the opt-out, a job and the withdrawal happen),
+the database read directly for what must never be kept in the clear.
+
+No timed assertions: every wait polls with a generous timeout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from cluster_util import RedisServer, needs_redis
+from conftest import ADMIN_PASSWORD, ADMIN_USER, BSS, Api, legacy
+from sqlalchemy import select
+
+from bss.db import init_db, make_engine
+from bss.lifecycle.models import optout_requests, optout_suppressions, service_secrets
+from bss.lifecycle.optout import SuppressionList, is_opted_out
+from bss.settings import Settings
+
+M, N = 801, 802
+SEG_A, SEG_B, SEG_X = 9301, 9302, 9303
+
+
+def _until(check: Callable[[], Any], what: str, timeout: float = 180) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _segs(api: Api, uid: int, **params: Any) -> list[int]:
+    body = api.ok("POST", "/user-segments", params=params, json={"users": [{"uid": str(uid)}]})
+    return sorted(s["id"] for s in body["users"][0]["segments"])
+
+
+def _setup(api: Api) -> None:
+    api.member(M)
+    api.member(N)
+    assert api.segment(M, "a", id=SEG_A)["id"] == SEG_A
+    assert api.segment(M, "b", id=SEG_B)["id"] == SEG_B
+    assert api.segment(N, "x", id=SEG_X)["id"] == SEG_X
+    first = api.run(M, legacy([f"{u},{SEG_A}:0;{SEG_B}:0" for u in range(1, 6)]))
+    assert first["phase"] == "completed", first
+    other = api.run(N, legacy([f"{u},{SEG_X}:0" for u in range(1, 6)]))
+    assert other["phase"] == "completed", other
+
+
+def _optout(api: Api, uids: list[int], **params: Any) -> dict[str, Any]:
+    body = api.ok(
+        "POST", "/user-optout", params=params, json={"users": [{"uid": str(u)} for u in uids]}
+    )
+    return body["user_optout"]
+
+
+def test_member_optout_removes_suppresses_and_is_withdrawn(bss_server) -> None:
+    srv = bss_server()
+    api = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
+    _setup(api)
+    done = _optout(api, [1, 2], member_id=M)
+    assert (done["ids"], done["memberships_removed"], done["member_id"]) == (2, 4, M)
+    # Gone from M's segments at once; member N's segment is another scope.
+    assert _segs(api, 1) == [SEG_X] and _segs(api, 2) == [SEG_X]
+    assert _segs(api, 3) == [SEG_A, SEG_B, SEG_X]
+
+    # A file job: the opted-out user's pairs are counted and reported, not applied.
+    job = api.run(M, legacy([f"1,{SEG_A}:0;{SEG_B}:0", f"3,{SEG_A}:0", f"6,{SEG_A}:0"]))
+    assert job["phase"] == "completed", job
+    assert (job["num_valid"], job["num_opted_out"]) == (2, 2), job
+    assert "opted out" in job["error_log_lines"]
+    assert _segs(api, 1) == [SEG_X] and _segs(api, 6) == [SEG_A]
+    # Member N's writes for the same user are not suppressed by M's opt-out.
+    assert api.run(N, legacy([f"2,{SEG_X}:0"]))["num_opted_out"] == 0
+
+    # A real-time post: a warning naming it, nothing applied.
+    rt = [{"user_id": "2", "seg_block": [{"seg_id": SEG_B}]}]
+    answer = api.ok("POST", "/rt-segment", params={"member_id": M}, json={"rt_segment": rt})
+    assert [w.get("counter") for w in answer["warnings"]] == ["num_opted_out", None], answer
+    assert _segs(api, 2) == [SEG_X]
+
+    # Exports and counts leave them out.
+    csv = api.raw("GET", "/segment-members", params={"id": SEG_A}).text
+    assert {line.split(",")[1] for line in csv.splitlines()[1:]} == {"3", "4", "5", "6"}
+    counts = api.ok("GET", "/segment", params={"member_id": M})["segments"]
+    assert {s["id"]: s["member_count"] for s in counts} == {SEG_A: 4, SEG_B: 3}
+
+    # The audit trail: who, when, how many.
+    trail = api.ok("GET", "/user-optout", params={"member_id": M})
+    assert trail["count"] == 1
+    (request,) = trail["user_optouts"]
+    assert (request["kind"], request["ids"], request["memberships_removed"]) == ("optout", 2, 4)
+    assert request["requested_by"] == ADMIN_USER
+
+    # Withdrawn: only later writes apply again.
+    gone = api.ok("DELETE", "/user-optout", params={"member_id": M, "uid": "1"})
+    assert gone["user_optout"]["withdrawn"] == 1
+    again = api.call("DELETE", "/user-optout", params={"member_id": M, "uid": "1"})
+    assert (again["_http"], again["error_id"]) == (404, "NOTFOUND")
+    back = api.run(M, legacy([f"1,{SEG_A}:0"]))
+    assert (back["num_valid"], back["num_opted_out"]) == (1, 0), back
+    assert _segs(api, 1) == [SEG_A, SEG_X]
+    assert _segs(api, 2) == [SEG_X]  # still opted out
+    kinds = [
+        r["kind"] for r in api.ok("GET", "/user-optout", params={"member_id": M})["user_optouts"]
+    ]
+    assert kinds == ["withdrawal", "optout"]
+
+    # Bad input: a clear 400, nothing kept.
+    for body in ({"users": []}, {"users": [{"uid": "0"}]}, {"users": [{"uid": "1"}] * 1001}):
+        bad = api.call("POST", "/user-optout", params={"member_id": M}, json=body)
+        assert (bad["_http"], bad["error_id"]) == (400, "SYNTAX"), bad
+    assert api.ok("GET", "/user-optout", params={"member_id": M})["count"] == 2
+
+    # The suppression list keeps keyed hashes, never the IDs.
+    db = make_engine(f"sqlite:///{srv.data_dir / 'bss.db'}")
+    with db.connect() as conn:
+        rows = conn.execute(select(optout_suppressions)).mappings().all()
+        key = conn.execute(select(service_secrets.c.value)).scalar_one()
+    assert sorted(r["id_hash"] for r in rows) == sorted(
+        hmac.new(key.encode(), f"1:{u}".encode(), hashlib.sha256).hexdigest() for u in (1, 2)
+    )
+
+
+def test_platform_wide_optout_by_an_admin(bss_server) -> None:
+    srv = bss_server()
+    api = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
+    _setup(api)
+    done = _optout(api, [3])
+    assert (done["member_id"], done["memberships_removed"]) == (None, 3)
+    assert _segs(api, 3) == []
+    for member, seg in ((M, SEG_A), (N, SEG_X)):
+        job = api.run(member, legacy([f"3,{seg}:0"]))
+        assert (job["num_valid"], job["num_opted_out"]) == (0, 1), job
+    assert _segs(api, 3) == []
+    # A member's user cannot opt out platform-wide: its own scope is implied.
+    api.user(f"u{M}", M)
+    member_api = Api(srv.url, f"u{M}", "password-123")
+    mine = _optout(member_api, [4])
+    assert (mine["member_id"], mine["memberships_removed"]) == (M, 2)
+    assert _segs(api, 4) == [SEG_X]
+    other = member_api.call(
+        "POST", "/user-optout", params={"member_id": N}, json={"users": [{"uid": "5"}]}
+    )
+    assert (other["_http"], other["error_id"]) == (403, "UNAUTH"), other
+    platform = api.ok("GET", "/user-optout")["user_optouts"]
+    assert [(r["member_id"], r["ids"]) for r in platform] == [(None, 1)]
+
+
+@pytest.fixture
+def eu_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    redis = RedisServer(tmp_path, persistent=True)
+    yield redis
+    redis.stop()
+
+
+@needs_redis
+def test_regions_and_replays_decide_by_seq(bss_server, tmp_path: Path, eu_redis) -> None:
+    """eu is down while M opts user 1 out, a job writes for it, and the opt-out is withdrawn:
+    once back, eu applies the removals and replays the job after the withdrawal, and still
+    suppresses the job's pair (its seq lies between the two), as the local region did."""
+    eu_redis.start()
+    srv = bss_server(
+        store_regions=f"us=lmdb://{tmp_path / 'us.lmdb'};eu={eu_redis.url}",
+        local_region="us",
+        region_retry_max_seconds=1,
+    )
+    api = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
+    _setup(api)
+    _until(lambda: _segs(api, 1, region="eu") == [SEG_A, SEG_B, SEG_X], "eu: the first jobs")
+    eu_redis.stop()
+    _optout(api, [1], member_id=M)
+    job = api.run(M, legacy([f"1,{SEG_A}:0", f"7,{SEG_A}:0"]))
+    assert (job["num_valid"], job["num_opted_out"]) == (1, 1), job
+    api.ok("DELETE", "/user-optout", params={"member_id": M, "uid": "1"})
+    assert _segs(api, 1) == [SEG_X] and _segs(api, 7) == [SEG_A]
+    eu_redis.start()
+    _until(lambda: api.job(M, job["job_id"])["regions"]["eu"] == "applied", "eu: the job")
+    _until(lambda: _segs(api, 1, region="eu") == [SEG_X], "eu: the removals")
+    assert _segs(api, 7, region="eu") == [SEG_A]
+
+
+def test_write_mask_follows_the_intervals(tmp_path: Path) -> None:
+    """Suppressed: seqs strictly between an opt-out and its withdrawal, in the member's scope
+    or platform-wide; `is_opted_out` is the standing state the read paths ask for."""
+    db = make_engine(f"sqlite:///{tmp_path / 'bss.db'}")
+    init_db(db)
+    settings = Settings(data_dir=tmp_path, optout_secret="k")
+    suppression = SuppressionList.of(db, settings)
+    key = suppression.hash(0, "9")
+    with db.begin() as conn:
+        conn.execute(
+            optout_requests.insert().values(
+                id=1,
+                member_id=M,
+                kind="optout",
+                requested_on=0,
+                seq=10,
+                ids=1,
+                memberships_removed=0,
+                links_removed=0,
+            )
+        )
+        conn.execute(
+            optout_suppressions.insert(),
+            [
+                {
+                    "scope": M,
+                    "id_hash": key,
+                    "optout_seq": 10,
+                    "withdrawn_seq": 20,
+                    "request_id": 1,
+                },
+                {
+                    "scope": M,
+                    "id_hash": key,
+                    "optout_seq": 30,
+                    "withdrawn_seq": None,
+                    "request_id": 1,
+                },
+                {
+                    "scope": 0,
+                    "id_hash": suppression.hash(0, "8"),
+                    "optout_seq": 50,
+                    "withdrawn_seq": None,
+                    "request_id": 1,
+                },
+            ],
+        )
+    suppression.invalidate()
+    seqs = np.array([5, 10, 11, 19, 20, 25, 30, 31, 10**9])
+    mask = suppression.write_mask(M, np.zeros(len(seqs), np.uint8), ["9"] * len(seqs), seqs)
+    assert mask.tolist() == [False, False, True, True, False, False, False, True, True]
+    assert not suppression.write_mask(N, np.zeros(1, np.uint8), ["9"], np.array([15]))[0]
+    plat = suppression.write_mask(N, np.zeros(2, np.uint8), ["8", "8"], np.array([49, 51]))
+    assert plat.tolist() == [False, True]
+    assert is_opted_out(db, settings, M, 0, "9") and not is_opted_out(db, settings, N, 0, "9")
+    assert is_opted_out(db, settings, None, 0, "8") and is_opted_out(db, settings, N, 0, "8")
+    assert not is_opted_out(db, settings, None, 0, "9")
+
+
+def test_related_ids_and_their_links_and_bss_optout_add(bss_server, tmp_path: Path) -> None:
+    srv = bss_server()
+    api = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
+    _setup(api)
+    # uid 1 is linked to uid 2 in M's scope, uid 2 to uid 3: related=true reaches both.
+    links = [{"a": "uid=1", "b": "uid=2"}, {"a": "uid=2", "b": "uid=3"}]
+    api.ok("POST", "/id-link", params={"member_id": M}, json={"links": links})
+    body = api.ok(
+        "POST",
+        "/user-optout",
+        params={"member_id": M},
+        json={"users": [{"uid": "1"}], "related": True},
+    )["user_optout"]
+    assert (body["ids"], body["memberships_removed"], body["links_removed"]) == (3, 6, 2)
+    assert [_segs(api, u, member_id=M) for u in (1, 2, 3, 4)] == [[], [], [], [SEG_A, SEG_B]]
+    linked = api.ok("GET", "/user-links", params={"member_id": M, "uid": "2"})
+    assert linked.get("links", []) == []
+
+    ids = tmp_path / "optouts.txt"
+    ids.write_text('# tonight\n4\n\n{"uid": "5"}\n')
+    done = subprocess.run(
+        [str(BSS), "optout", "add", str(ids), "--member-id", str(M)]
+        + ["--url", srv.url, "--username", ADMIN_USER, "--password", ADMIN_PASSWORD],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "requests": 1,
+        "ids": 2,
+        "memberships_removed": 4,
+        "links_removed": 0,
+    }
+    assert _segs(api, 4) == [SEG_X] and _segs(api, 5) == [SEG_X]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("4\nnot an id\n")
+    refused = subprocess.run(
+        [str(BSS), "optout", "add", str(bad), "--member-id", str(M)]
+        + ["--url", srv.url, "--username", ADMIN_USER, "--password", ADMIN_PASSWORD],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2 and "line 2" in refused.stderr, refused.stderr
