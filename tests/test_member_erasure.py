@@ -25,6 +25,7 @@ from bss.accounts import service as accounts
 from bss.db import init_db, make_engine, now_s
 from bss.errors import BssError
 from bss.files import open_files
+from bss.identity.links import link_batch
 from bss.jobs.models import jobs
 from bss.lifecycle.erasure import erase_member, list_erasures
 from bss.lifecycle.models import member_erasures
@@ -201,6 +202,16 @@ def test_an_interrupted_erasure_is_finished_by_the_next_delete(tmp_path: Path) -
         seg = segments.create_segment(db, 7, {"code": "x", "id": 55})["id"]
         other = segments.create_segment(db, 7, {"code": "y"})["id"]
         _apply(store, db, [("u1", seg), ("u2", seg), ("u1", other)])
+        store.apply_links(
+            link_batch(
+                7,
+                [((0, "u1"), (0, "u2"), False)],
+                asserted_at=now_s(),
+                ttl_days=1,
+                first_seq=seqs.reserve(db, 1),
+            )
+        )
+        assert len(store.top_links([(0, "u1")], [7], now_s(), 10)[0]) == 1
         assert [m.segment_id for m in store.user_segments(0, "u1", now_s())] == sorted([seg, other])
 
         with pytest.raises(OSError, match="the store is down"):
@@ -216,6 +227,7 @@ def test_an_interrupted_erasure_is_finished_by_the_next_delete(tmp_path: Path) -
         assert store.user_segments(0, "u1", now_s()) == []
         assert store.user_segments(0, "u2", now_s()) == []
         assert store.segment_member_counts(now_s()) == {}
+        assert store.top_links([(0, "u1")], [7], now_s(), 10) == [[]]
         # Only one marker seq, owed once per segment to the other region.
         with db.connect() as conn:
             owed = conn.execute(

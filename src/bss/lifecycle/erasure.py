@@ -143,6 +143,8 @@ def _finish(
             )
     for segment_id in segment_ids:
         store.delete_segment(segment_id, seq)
+    # The member's own links (the identity graph's member scope), in the local region.
+    store.delete_scope_links(row["member_id"])
     for ref in json.loads(row["files"]):
         files.delete(ref)
     with write_tx(db) as conn:
