@@ -137,8 +137,10 @@ def upgrade(engine: Engine) -> SchemaState:
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
         conn.commit()
-    log.info(
-        "database schema upgraded",
+    # A new database made at the head is no news; start-up errors after it stay one line.
+    log.log(
+        logging.DEBUG if found.empty else logging.INFO,
+        "database schema created" if found.empty else "database schema upgraded",
         extra={"from_revision": revision, "to_revision": found.head},
     )
     return found
