@@ -141,16 +141,23 @@ def _lookup(
     users: list[tuple[int, str]],
     member_id: int | None,
     related: bool,
+    suppression: SuppressionList,
 ) -> list[tuple[list[Membership], list[str] | None]]:
-    """Each user's live memberships; with `related`, those of its related IDs too, each
-    segment once, with the `via` of each."""
+    """Each user's live memberships; with `related`, those of its related IDs too (but not
+    of related IDs opted out in the reader's scope or platform-wide), each segment once,
+    with the `via` of each."""
     now = now_s()
     if not related:
         if len(users) == 1:
             return [(store.user_segments(*users[0], now), None)]
         return [(found, None) for found in store.users_segments(users, now)]
     answers = expanded_segments_many(
-        store, [[u] for u in users], member_id, now, settings.graph_caps
+        store,
+        [[u] for u in users],
+        member_id,
+        now,
+        settings.graph_caps,
+        hidden=lambda kind, key: suppression.standing(member_id, kind, key),
     )
     return [([m for m, _ in found], [v for _, v in found]) for _, found in answers]
 
@@ -249,10 +256,11 @@ def _user_segments(
     related: bool,
 ) -> Any:
     kind, key = user
-    ((memberships, vias),) = _lookup(store, settings, [user], member_id, related)
+    suppression = _suppression(db, settings)
+    ((memberships, vias),) = _lookup(store, settings, [user], member_id, related, suppression)
     known = segments_by_ids(db, sorted({m.segment_id for m in memberships}))
     items = _segment_items(memberships, known, member_id, vias=vias)
-    items = _unsuppressed(_suppression(db, settings), (int(kind), key), items)
+    items = _unsuppressed(suppression, (int(kind), key), items)
     return ok_list(
         "segments",
         items,
@@ -320,11 +328,11 @@ async def post_user_segments(
         keyed.append((len(answers) - 1, (int(kind), key)))
 
     def lookup() -> None:
-        found = _lookup(store, settings, [k for _, k in keyed], scoped, expand)
+        suppression = _suppression(db, settings)
+        found = _lookup(store, settings, [k for _, k in keyed], scoped, expand, suppression)
         ids = sorted({m.segment_id for ms, _ in found for m in ms})
         known = segments_by_ids(db, ids)
         stamps: dict[int, str | None] = {}
-        suppression = _suppression(db, settings)
         for (at, user), (memberships, vias) in zip(keyed, found, strict=True):
             answers[at]["segments"] = _unsuppressed(
                 suppression, user, _segment_items(memberships, known, scoped, stamps, vias=vias)

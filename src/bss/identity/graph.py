@@ -26,6 +26,7 @@ hop is one `top_links` call on the store (one round trip per master on Redis).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -152,16 +153,20 @@ def expanded_segments_many(
     member_id: int | None,
     now: int,
     caps: Caps,
+    hidden: Callable[[int, str], bool] | None = None,
 ) -> list[tuple[Expansion, list[tuple[Membership, str]]]]:
-    """`expanded_segments` of each group, with one read of memberships for all."""
+    """`expanded_segments` of each group, with one read of memberships for all. An ID for
+    which `hidden(kind, key)` is true (an opt-out standing for it) contributes no segment."""
     expansions = expand_many(store, groups, scopes_of(member_id), now, caps)
     users = list(dict.fromkeys((r.kind, r.key) for e in expansions for r in e.ids))
+    if hidden is not None:
+        users = [u for u in users if not hidden(*u)]
     segments = dict(zip(users, store.users_segments(users, now), strict=True))
     out = []
     for expansion in expansions:
         best: dict[int, tuple[Membership, str]] = {}
         for reached in expansion.ids:
-            for m in segments[(reached.kind, reached.key)]:
+            for m in segments.get((reached.kind, reached.key), ()):
                 held = best.get(m.segment_id)
                 if held is None or m.expires_at > held[0].expires_at:
                     best[m.segment_id] = (m, Expansion.via(reached))
@@ -170,9 +175,14 @@ def expanded_segments_many(
 
 
 def expanded_segments(
-    store: MembershipStore, users: list[User], member_id: int | None, now: int, caps: Caps
+    store: MembershipStore,
+    users: list[User],
+    member_id: int | None,
+    now: int,
+    caps: Caps,
+    hidden: Callable[[int, str], bool] | None = None,
 ) -> tuple[Expansion, list[tuple[Membership, str]]]:
-    """The expansion of `users` and the live memberships of all its IDs, each segment once
-    (the membership that expires last; on a tie the ID reached first) with its `via`, by
-    segment id."""
-    return expanded_segments_many(store, [users], member_id, now, caps)[0]
+    """The expansion of `users` and the live memberships of all its IDs but the `hidden`
+    ones, each segment once (the membership that expires last; on a tie the ID reached
+    first) with its `via`, by segment id."""
+    return expanded_segments_many(store, [users], member_id, now, caps, hidden)[0]

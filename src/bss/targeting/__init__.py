@@ -55,6 +55,7 @@ def open(
     LMDB store and SQLite database), or given as URLs; the rest from `settings` (a
     bss.settings.Settings), by default the BSS_* environment."""
     from bss.db import make_engine
+    from bss.lifecycle.optout import SuppressionList
     from bss.settings import Settings
     from bss.store import open_store
     from bss.targeting.catalog import Catalog
@@ -70,7 +71,9 @@ def open(
     settings = Settings(**{**base.model_dump(), **overrides})
     db = make_engine(settings.resolved_database_url)
     store = open_store(settings.resolved_store_url)
-    targeting = Targeting(store, Catalog(db), data_settings(settings))
+    targeting = Targeting(
+        store, Catalog(db), data_settings(settings), SuppressionList.of(db, settings)
+    )
 
     def close() -> None:
         store.close()

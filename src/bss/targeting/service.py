@@ -16,6 +16,7 @@ from typing import Any
 from bss.db import now_s
 from bss.identity.graph import Caps, expanded_segments
 from bss.identity.ids import format_id
+from bss.lifecycle.optout import SuppressionList
 from bss.privacy import REASONS, decision
 from bss.store import Membership, MembershipStore
 from bss.targeting.bidrequest import read_ids, read_signals
@@ -90,11 +91,14 @@ class Targeting:
         store: MembershipStore,
         catalog: Catalog,
         settings: DataSettings,
+        suppression: SuppressionList | None = None,
         clock: Callable[[], int] = now_s,
     ) -> None:
         self.store = store
         self.catalog = catalog
         self.settings = settings
+        #: Opt-outs: an ID opted out in the member's scope or platform-wide contributes none.
+        self.suppression = suppression
         self.clock = clock
 
     def answer(self, request: dict[str, Any], member_id: int, *, related: bool = True) -> Answer:
@@ -125,8 +129,16 @@ class Targeting:
             answer.reason = "no_ids"
             return answer
         caps = self.settings.caps if related else Caps(max_hops=0)
+        suppression = self.suppression
         expansion, memberships = expanded_segments(
-            self.store, found.ids, member_id, self.clock(), caps
+            self.store,
+            found.ids,
+            member_id,
+            self.clock(),
+            caps,
+            hidden=None
+            if suppression is None
+            else lambda kind, key: suppression.standing(member_id, kind, key),
         )
         given = set(found.ids)
         answer.related_ids = [

@@ -15,6 +15,7 @@ from bss.api.deps import Db, member_scope, principal, region_store
 from bss.api.envelope import ok
 from bss.api.params import ScopedMemberIdQuery
 from bss.errors import Invalid, NotFound, TooLarge
+from bss.lifecycle.optout import SuppressionList
 from bss.targeting import data_settings
 from bss.targeting.catalog import Catalog, MemberSettings, write_member_settings
 from bss.targeting.service import Targeting, merge_user_data
@@ -68,7 +69,8 @@ def targeting_of(request: Request) -> Targeting:
     if catalog is None:
         catalog = state.openrtb_catalog = Catalog(state.db)
         state.openrtb_settings = data_settings(state.settings)
-    return Targeting(region_store(request), catalog, state.openrtb_settings)
+    suppression = SuppressionList.of(state.db, state.settings)
+    return Targeting(region_store(request), catalog, state.openrtb_settings, suppression)
 
 
 async def _bid_request(request: Request, limit: int) -> dict[str, Any]:
