@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 
 from bss import clock
-from bss.errors import syntax
+from bss.errors import Invalid
 
 metadata = MetaData()
 
@@ -209,13 +209,13 @@ def bounded_int(
 ) -> int:
     """An integer from a query parameter or a JSON body, in range, or SYNTAX naming `name`."""
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise syntax(f"{name} must be an integer")
+        raise Invalid(f"{name} must be an integer")
     try:
         number = int(value)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise syntax(f"{name} must be an integer") from exc
+        raise Invalid(f"{name} must be an integer") from exc
     if not minimum <= number <= maximum:
-        raise syntax(f"{name} must be between {minimum} and {maximum}")
+        raise Invalid(f"{name} must be between {minimum} and {maximum}")
     return number
 
 

@@ -141,8 +141,3 @@ def file_too_large(max_file_bytes: int, file_bytes: int) -> BssError:
     error = limit_exceeded(ERR_FILE_BYTES, TooLarge)
     error.extra = {"max_file_bytes": max_file_bytes, "file_bytes": file_bytes}
     return error
-
-
-def syntax(msg: str) -> Invalid:
-    """Deprecated spelling of Invalid(msg), kept only while db.bounded_int still uses it."""
-    return Invalid(msg)
