@@ -62,6 +62,8 @@ DOCUMENTED_REFUSALS = {
     "POST /rt-segment": "the body's own rules",
     "GET /user-links": "exactly one user ID is needed",
     "POST /id-link": "the body's own rules (links that cannot be applied are warnings)",
+    "POST /user-optout": "each user names one ID form, as GET /user-segments takes them",
+    "DELETE /user-optout": "exactly one user ID is needed",
 }
 
 

@@ -361,8 +361,11 @@ def test_kill_9_mid_replace_then_replay(bss_server) -> None:
     )
     job = body["batch_segment_upload_job"]
     assert api.upload(job, _file(NEW, SEG_A))["status"] == "OK"
+    # Waits for the processing phase (a worker holds the job and its seqs), not for
+    # percent_complete: progress is written at most once a second, so a fast run can reach
+    # its floors (seconds at 0%) and finish unseen.
     seen = _until(
-        lambda: (j := api.job(MEMBER, job["job_id"]))["percent_complete"] > 0 and j,
+        lambda: (j := api.job(MEMBER, job["job_id"]))["phase"] == "processing" and j,
         "the job to start",
     )
     assert seen["phase"] in ("validating", "processing"), seen
