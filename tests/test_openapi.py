@@ -62,6 +62,7 @@ DOCUMENTED_REFUSALS = {
     "POST /rt-segment": "the body's own rules",
     "GET /user-links": "exactly one user ID is needed",
     "POST /id-link": "the body's own rules (links that cannot be applied are warnings)",
+    "POST /batch-segment": "a file_type other than segments or links; mode=replace of links",
 }
 
 
