@@ -205,7 +205,8 @@ def test_the_scale_out_runbook_creates_the_bucket_and_gives_each_process_its_own
             aws_secret_access_key="change-me-too",
             region_name="us-east-1",
         )
-        assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["acme-bss"]
+        # The moto server may be shared with earlier tests' buckets: the runbook's is there.
+        assert "acme-bss" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
     finally:
         moto.stop()
     commands = [line for line in machine_block.replace("\\\n", " ").splitlines() if "bss " in line]
