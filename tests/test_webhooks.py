@@ -188,7 +188,9 @@ def test_pending_delivery_survives_a_restart(bss_server, receiver, tmp_path):
     admin, member, seg = _setup(proc, hook.url)
     job = member.run(41, legacy([f"9,{seg}:0"]))["job_id"]
     deadline = time.monotonic() + 30
-    while not hook.attempts:
+    # kill only once the failed attempt is on record: the receiver can see a request
+    # before the service has written down that it was made
+    while not member.get("/webhook-delivery")["webhook_deliveries"][0]["attempts"]:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     proc.kill9()
