@@ -144,3 +144,140 @@ def test_id_link_skips_bad_entries_with_a_warning_each(bss_server) -> None:
     scope = _post_links(admin, 5, [], scope="everyone")
     assert scope["_http"] == 400 and scope["error"] == 'scope must be "member" or "shared"'
     assert _post_links(admin, 77, [])["_http"] == 404
+
+
+def _link_job(api: Api, member_id: int, content: bytes) -> dict[str, Any]:
+    job = api.ok("POST", "/batch-segment", params={"member_id": member_id, "file_type": "links"})[
+        "batch_segment_upload_job"
+    ]
+    assert job["file_type"] == "links"
+    assert api.upload(job, content)["status"] == "OK"
+    return api.wait(member_id, job["job_id"])
+
+
+def test_link_files_in_csv_and_avro_through_the_job_flow(bss_server) -> None:
+    import gzip
+    import io
+    import json
+    from importlib.resources import files
+
+    import fastavro
+
+    srv = bss_server()
+    admin = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
+    admin.member(6)
+    s = admin.segment(6, "s")
+    seg_job = admin.run(6, legacy([f"31,{s['id']}:0"]))
+    assert seg_job["file_type"] == "segments"
+    text = (
+        'uid=31,"ext=6:PS,1"\n'
+        '"ext=6:PS,1","eid=LiveRamp.com:a""b"\n'
+        "uid=31,uid=0\n"
+        "uid=31,uid=32,5\n"
+        "uid=31\n"
+        "uid=32,uid=32\n"
+        '"device=idfa:AB,CD",uid=33\n'
+        "uid=31,uid=34\n"
+        "uid=34,uid=31,-1\n"
+    )
+    job = _link_job(admin, 6, gzip.compress(text.encode()))
+    assert job["phase"] == "completed", job
+    counters = {k: job[k] for k in ("num_valid", "num_invalid_format", "num_invalid_user")}
+    assert counters == {"num_valid": 5, "num_invalid_format": 2, "num_invalid_user": 2}
+    assert job["error_log_lines"].splitlines() == [
+        "num_invalid_user-uid=31,uid=0 junk ID 'uid=0'",
+        "num_invalid_format-uid=31,uid=32,5 the third field must be -1 (remove) or absent",
+        "num_invalid_format-uid=31 a link is ID_A,ID_B or ID_A,ID_B,-1",
+        "num_invalid_user-uid=32,uid=32 a link joins two different IDs",
+    ]
+    links = admin.ok("GET", "/user-links", params={"member_id": 6, "uid": 31})
+    assert links["ids"] == ["uid=31", "ext=6:PS,1", 'eid=liveramp.com:a"b']
+    by_device = admin.ok("GET", "/user-links", params={"member_id": 6, "id": "device=idfa:ab,cd"})
+    assert by_device["ids"] == ["device=idfa:ab,cd", "uid=33"]
+    got = admin.ok(
+        "GET",
+        "/user-segments",
+        params={"member_id": 6, "external_id": "PS,1", "related": "true"},
+    )["segments"]
+    assert [(x["code"], x["via"]) for x in got] == [("s", "uid=31")]
+
+    schema = fastavro.parse_schema(
+        json.loads(files("bss.formats.schema").joinpath("xandr_link.avsc").read_text())
+    )
+    buffer = io.BytesIO()
+    fastavro.writer(
+        buffer,
+        schema,
+        [
+            {"a": 41, "b": ("xandr.avro.external_id", {"id": "Q7", "member_id": 0})},
+            {"a": ("xandr.avro.device_id", {"id": "EE", "domain": "aaid"}), "b": 41},
+            {"a": 0, "b": 41},
+            {
+                "a": 41,
+                "b": ("xandr.avro.external_id", {"id": "Q7", "member_id": 0}),
+                "remove": True,
+            },
+        ],
+    )
+    avro_job = _link_job(admin, 6, buffer.getvalue())
+    assert avro_job["phase"] == "completed", avro_job
+    assert (avro_job["num_valid"], avro_job["num_invalid_user"]) == (3, 1)
+    assert "anid 0 is not a valid user ID" in avro_job["error_log_lines"]
+    assert admin.ok("GET", "/user-links", params={"member_id": 6, "uid": 41})["ids"] == [
+        "uid=41",
+        "device=aaid:ee",
+    ]
+    bad = admin.call("POST", "/batch-segment", params={"member_id": 6, "file_type": "graph"})
+    assert bad["_http"] == 400 and bad["error"] == "file_type must be one of: segments, links"
+    history = admin.ok("GET", "/batch-segment", params={"member_id": 6})["batch_segment_upload_job"]
+    assert sorted(j["file_type"] for j in history) == ["links", "links", "segments"]
+
+
+def test_cli_validates_and_uploads_link_files(bss_server, tmp_path) -> None:
+    import json
+    import os
+    import subprocess
+
+    from conftest import BSS
+
+    path = tmp_path / "links.csv"
+    path.write_text('uid=51,"eid=id5:x,y"\nuid=51,uid=0\nuid=51\nuid=52,uid=51,-1\n')
+    dry = subprocess.run(
+        [str(BSS), "validate", str(path), "--member-id", "7", "--file-type", "links"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dry.returncode == 0, dry.stderr
+    fields = json.loads(dry.stdout)
+    assert (fields["num_valid"], fields["num_invalid_user"], fields["num_invalid_format"]) == (
+        2,
+        1,
+        1,
+    )
+    no_registry = subprocess.run(
+        [str(BSS), "validate", str(path), "--member-id", "7"], capture_output=True, text=True
+    )
+    assert no_registry.returncode == 2
+    assert no_registry.stderr == "error: --segments is required for a segment file\n"
+
+    srv = bss_server()
+    Api(srv.url, ADMIN_USER, ADMIN_PASSWORD).member(7)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BSS_")}
+    env.update(BSS_URL=srv.url, BSS_USERNAME=ADMIN_USER, BSS_PASSWORD=ADMIN_PASSWORD)
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "cfg")
+    out = subprocess.run(
+        [str(BSS), "upload", str(path), "--member-id", "7", "--file-type", "links", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    job = json.loads(out.stdout)
+    assert job["file_type"] == "links" and job["phase"] == "completed"
+    assert (job["num_valid"], job["num_invalid_user"], job["num_invalid_format"]) == (2, 1, 1)
+    admin = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
+    assert admin.ok("GET", "/user-links", params={"member_id": 7, "uid": 51})["ids"] == [
+        "uid=51",
+        "eid=id5:x,y",
+    ]

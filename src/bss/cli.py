@@ -57,7 +57,7 @@ def validate(
         ...,
         exists=True,
         dir_okay=False,
-        help="Segment file (legacy text or Avro, optionally gzip).",
+        help="Segment file (legacy text or Avro), or link file (CSV or Avro), optionally gzip.",
     ),
     config: Path | None = typer.Option(
         None,
@@ -65,13 +65,17 @@ def validate(
         exists=True,
         help="JSON holding a batch_segment_upload_config object; default config if omitted.",
     ),
-    segments: Path = typer.Option(
-        ...,
+    segments: Path | None = typer.Option(
+        None,
         "--segments",
         exists=True,
         help="The member's segments: the CSV `bss segment import` takes "
         "(id,code,short_name,state,expire_minutes; they belong to --member-id), or a JSON list "
-        "of segment objects (id, code, member_id, state, expire_minutes).",
+        "of segment objects (id, code, member_id, state, expire_minutes); required for a "
+        "segment file.",
+    ),
+    file_type: str = typer.Option(
+        "segments", "--file-type", help="segments, or links for a link file (docs/identity.md)."
     ),
     member_id: int = typer.Option(..., "--member-id", help="The uploading member."),
     apply: bool = typer.Option(
@@ -87,13 +91,11 @@ def validate(
         None, "--error-report", help="Write every rejected line as CSV here."
     ),
 ) -> None:
-    """Check a segment file and print the job's result fields as JSON (a dry run unless --apply)."""
-    from bss import clock
+    """Check a segment or link file and print the job's result fields as JSON (a dry run
+    unless --apply)."""
     from bss.db import init_db, make_engine
     from bss.errors import StoreUrlError
     from bss.formats.config import BatchSegmentConfig, ConfigError, load_config
-    from bss.ingest.engine import ingest_file
-    from bss.ingest.registry import SegmentRegistry
     from bss.settings import Settings
     from bss.store import JOB_SEQ_SPAN, MembershipStore, open_store, seqs
     from bss.store.dry import DryRunStore
@@ -103,7 +105,7 @@ def validate(
     except (ConfigError, json.JSONDecodeError) as exc:
         typer.echo(f"error: invalid config: {exc}", err=True)
         raise typer.Exit(2) from exc
-    registry = SegmentRegistry.from_records(_segment_records(segments, member_id))
+    registry = _validate_registry(file_type, segments, member_id)
     settings = Settings(data_dir=data_dir)
     store: MembershipStore
     seq_base = 0
@@ -126,17 +128,8 @@ def validate(
         store = DryRunStore()
     started = time.monotonic()
     try:
-        result = ingest_file(
-            file,
-            member_id=member_id,
-            seq_base=seq_base,
-            config=cfg,
-            registry=registry,
-            store=store,
-            now=clock.now_s(),
-            error_report_path=error_report,
-            max_decompressed_bytes=settings.max_decompressed_bytes,
-            chunk_bytes=settings.chunk_bytes,
+        result = _validate_ingest(
+            file, file_type, member_id, seq_base, cfg, registry, store, settings, error_report
         )
     finally:
         store.close()
@@ -148,6 +141,63 @@ def validate(
         # The job object has no field for the reason; it goes to stderr.
         typer.echo(f"error: {result.error_code}: {result.error_message}", err=True)
         raise typer.Exit(1)
+
+
+def _validate_registry(file_type: str, segments: Path | None, member_id: int) -> Any:
+    """The segment registry `bss validate` checks against (none for a link file)."""
+    from bss.ingest.registry import SegmentRegistry
+
+    if file_type not in ("segments", "links"):
+        typer.echo("error: --file-type must be segments or links", err=True)
+        raise typer.Exit(2)
+    if segments is None:
+        if file_type == "segments":
+            typer.echo("error: --segments is required for a segment file", err=True)
+            raise typer.Exit(2)
+        return SegmentRegistry.from_records([])
+    return SegmentRegistry.from_records(_segment_records(segments, member_id))
+
+
+def _validate_ingest(
+    file: Path,
+    file_type: str,
+    member_id: int,
+    seq_base: int,
+    cfg: Any,
+    registry: Any,
+    store: Any,
+    settings: Any,
+    error_report: Path | None,
+) -> Any:
+    """`bss validate`'s run of a segment or a link file."""
+    from bss import clock
+    from bss.identity.ingest import ingest_links_file
+    from bss.ingest.engine import ingest_file
+
+    if file_type == "links":
+        return ingest_links_file(
+            file,
+            member_id=member_id,
+            seq_base=seq_base,
+            store=store,
+            asserted_at=clock.now_s(),
+            ttl_days=settings.link_ttl_days,
+            max_decompressed_bytes=settings.max_decompressed_bytes,
+            error_report_path=error_report,
+            log_limit=cfg.num_error_log_lines,
+        )
+    return ingest_file(
+        file,
+        member_id=member_id,
+        seq_base=seq_base,
+        config=cfg,
+        registry=registry,
+        store=store,
+        now=clock.now_s(),
+        error_report_path=error_report,
+        max_decompressed_bytes=settings.max_decompressed_bytes,
+        chunk_bytes=settings.chunk_bytes,
+    )
 
 
 def _segment_records(path: Path, member_id: int) -> list[dict[str, Any]]:

@@ -32,6 +32,9 @@ def upload(
         ..., exists=True, dir_okay=False, help="Segment file (gzip or plain, legacy or Avro)."
     ),
     member_id: int = _MEMBER,
+    file_type: str = typer.Option(
+        "segments", "--file-type", help="segments, or links for a link file (docs/identity.md)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the final job as JSON."),
     replace: bool = typer.Option(
         False,
@@ -69,7 +72,9 @@ def upload(
     with connect(url, username, password, token) as client:
         if force and not replace:
             fail("--force only applies with --replace", 2)
-        job = client.create_job(member_id, replace=replace, force=force)
+        if replace and file_type == "links":
+            fail("--replace applies to segment files, not --file-type links", 2)
+        job = client.create_job(member_id, file_type, replace=replace, force=force)
         limit = job.get("max_file_bytes") or DOCUMENTED_MAX_FILE_BYTES
         if size > limit:
             fail(

@@ -130,11 +130,19 @@ class BssClient:
     # --- jobs -------------------------------------------------------------------------------
 
     def create_job(
-        self, member_id: int, *, replace: bool = False, force: bool = False
+        self,
+        member_id: int,
+        file_type: str = "segments",
+        *,
+        replace: bool = False,
+        force: bool = False,
     ) -> dict[str, Any]:
         """The new job; `max_file_bytes` in it is the service's per-file limit (when it says).
-        `replace`: a replace-mode upload (`force`: past the removal guard)."""
+        `file_type` "links" for a link file; `replace`: a replace-mode upload (`force`: past
+        the removal guard)."""
         params: dict[str, Any] = {"member_id": member_id}
+        if file_type != "segments":
+            params["file_type"] = file_type
         if replace:
             params.update(mode="replace", force="true" if force else "false")
         body = self.request("POST", "/batch-segment", params=params)
@@ -232,9 +240,10 @@ class BssClient:
         wait: bool = True,
         poll: float = 1.0,
         timeout: float | None = None,
+        file_type: str = "segments",
     ) -> dict[str, Any]:
         """Create a job, stream the file, and (by default) wait until completed or error."""
-        job = self.create_job(member_id)
+        job = self.create_job(member_id, file_type)
         self.upload(job["upload_url"], path)
         if not wait:
             return self.get_job(member_id, job["job_id"])

@@ -20,6 +20,8 @@ jobs = Table(
     #: "api", "s3" or "folder"
     Column("upload_source", String(10), nullable=False, default="api"),
     Column("source_key", Text, nullable=True),
+    #: "links" for a link file (bss.identity.ingest); null for a segment file.
+    Column("file_type", String(10), nullable=True),
     Column("created_on", BigInteger, nullable=False),
     Column("last_modified", BigInteger, nullable=False),
     Column("start_time", BigInteger, nullable=True),

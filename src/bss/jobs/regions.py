@@ -17,6 +17,7 @@ import threading
 from typing import Any
 
 from bss.formats.config import BatchSegmentConfig
+from bss.identity.ingest import LINKS, ingest_links_file, replay_ttl_days
 from bss.ingest.engine import ingest_file
 from bss.ingest.registry import SegmentRegistry
 from bss.jobs.models import jobs
@@ -65,6 +66,8 @@ class RegionCatchUp:
                 regions.apply_batch(
                     self.stores.get(row["region"]), regions.read_batch(row["batch"])
                 )
+            elif row["links_scope"] is not None:
+                self.stores.get(row["region"]).delete_scope_links(row["links_scope"])
             else:
                 store = self.stores.get(row["region"])
                 store.delete_segment(row["segment_id"], row["delete_seq"])
@@ -123,23 +126,37 @@ class RegionCatchUp:
         beat.start()
         try:
             with files.local_copy(job["file_path"]) as path:
-                result = ingest_file(
-                    path,
-                    member_id=job["member_id"],
-                    seq_base=job["seq_base"],
-                    config=BatchSegmentConfig.model_validate_json(config_json),
-                    registry=SegmentRegistry.from_records(records),
-                    store=store,
-                    now=applied_as_of,
-                    max_decompressed_bytes=self.settings.max_decompressed_bytes,
-                    chunk_bytes=self.settings.chunk_bytes,
-                    progress=progress,
-                    write_progress=progress,
-                    # The same list decides as locally: by seq, whenever the replay runs.
-                    suppress=functools.partial(
-                        SuppressionList.of(self.db, self.settings).write_mask, job["member_id"]
-                    ),
+                # The same list decides as locally: by seq, whenever the replay runs.
+                suppress = functools.partial(
+                    SuppressionList.of(self.db, self.settings).write_mask, job["member_id"]
                 )
+                if job["file_type"] == LINKS:
+                    result = ingest_links_file(
+                        path,
+                        member_id=job["member_id"],
+                        seq_base=job["seq_base"],
+                        store=store,
+                        asserted_at=applied_as_of,
+                        ttl_days=replay_ttl_days(config_json),
+                        max_decompressed_bytes=self.settings.max_decompressed_bytes,
+                        progress=progress,
+                        suppress=suppress,
+                    )
+                else:
+                    result = ingest_file(
+                        path,
+                        member_id=job["member_id"],
+                        seq_base=job["seq_base"],
+                        config=BatchSegmentConfig.model_validate_json(config_json),
+                        registry=SegmentRegistry.from_records(records),
+                        store=store,
+                        now=applied_as_of,
+                        max_decompressed_bytes=self.settings.max_decompressed_bytes,
+                        chunk_bytes=self.settings.chunk_bytes,
+                        progress=progress,
+                        write_progress=progress,
+                        suppress=suppress,
+                    )
             if job["mode"] == REPLACE and job["phase"] == "completed":
                 # The region gets the floors with the job: after its pairs, as locally.
                 replay_floors(store, job["replace_state"], job["seq_base"])

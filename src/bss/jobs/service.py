@@ -33,6 +33,7 @@ from bss.db import (
 from bss.errors import ERR_PENDING, Invalid, limit_exceeded
 from bss.files import FileStore, open_files
 from bss.files.local import LocalFiles
+from bss.identity.ingest import E_LINKS_REPLACE, FILE_TYPES, LINKS
 from bss.ingest.result import COUNTER_NAMES
 from bss.jobs.models import PHASES, jobs
 from bss.leases import live_processes_query
@@ -135,6 +136,8 @@ class JobService:
         out["mode"] = row["mode"] or APPEND
         if row["mode"] == REPLACE:
             out["replace_removed"] = replace_removed_total(row["replace_state"])
+        # Extra: what the file holds (bss.identity.ingest for "links").
+        out["file_type"] = row["file_type"] or "segments"
         return out
 
     def _url_expired(self, row: Any, now: int) -> bool:
@@ -262,10 +265,17 @@ class JobService:
     # --- job creation and the upload ------------------------------------------------------
 
     def create_job(
-        self, member_id: int, base_url: str, *, mode: str = APPEND, force: bool = False
+        self,
+        member_id: int,
+        base_url: str,
+        file_type: str = "segments",
+        *,
+        mode: str = APPEND,
+        force: bool = False,
     ) -> dict[str, Any]:
         """A new job in phase "starting"; an older unused URL of the member is invalidated.
-        `mode` "replace" makes it a replace-mode upload (bss.lifecycle.replace)."""
+        `file_type` "links" makes it a link file's job; `mode` "replace" a replace-mode
+        upload (bss.lifecycle.replace) of a segment file."""
         if self.pending_count(member_id) >= self.settings.max_pending_jobs:
             raise limit_exceeded(ERR_PENDING)
         now = now_s()
@@ -292,7 +302,7 @@ class JobService:
                     created_on=now,
                     last_modified=now,
                     percent_complete=0,
-                    **mode_columns(mode, force),
+                    **_kind_columns(file_type, mode, force),
                 )
             )
             new_id = inserted_id(inserted)
@@ -470,6 +480,7 @@ class JobService:
         *,
         upload_source: str,
         source_key: str,
+        file_type: str = "segments",
         mode: str = APPEND,
         force: bool = False,
     ) -> dict[str, Any]:
@@ -488,7 +499,7 @@ class JobService:
                     uploaded_time=now,
                     file_path=file_ref,
                     file_bytes=nbytes,
-                    **mode_columns(mode, force),
+                    **_kind_columns(file_type, mode, force),
                 )
             )
             new_id = inserted_id(inserted)
@@ -721,6 +732,19 @@ class JobService:
             if (row is None or row["phase"] != "uploading") and part.stat().st_mtime < now - 60:
                 part.unlink(missing_ok=True)
         return {"urls_expired": expired, "files_deleted": files, "jobs_deleted": len(old)}
+
+
+def _kind_columns(file_type: str, mode: str, force: bool) -> dict[str, Any]:
+    """jobs.file_type (null for segment files: every job before link files was one) and
+    the mode columns. Replace mode sets segments' members: a link file has none."""
+    if file_type not in FILE_TYPES:
+        raise ValueError(f"file_type must be one of {FILE_TYPES}")
+    if file_type == LINKS and mode == REPLACE:
+        raise ValueError(E_LINKS_REPLACE)
+    return {
+        "file_type": None if file_type == "segments" else file_type,
+        **mode_columns(mode, force),
+    }
 
 
 def _passive_job(

@@ -27,6 +27,7 @@ from bss.api.params import (
 )
 from bss.db import parse_ts
 from bss.errors import Invalid, NotFound
+from bss.identity.ingest import E_LINKS_REPLACE, FILE_TYPES, LINKS
 from bss.jobs.service import FILTER_FIELDS, SORT_FIELDS, JobService
 from bss.jobs.uploads import OCTET_STREAM, CutOff, RefusedMidway, Uploads
 
@@ -66,19 +67,25 @@ def post_job(
     mode: Literal["append", "replace"] = Query(
         "append",
         description="Extra: replace makes each segment the file adds to exactly the file's "
-        "members once the job completes (docs/lifecycle.md)",
+        "members once the job completes (docs/lifecycle.md); segment files only",
     ),
     force: bool = Query(
         False,
         description="Extra, with mode=replace: replace even when more than the member's "
         "max_replace_removal_fraction of a segment's members would be removed",
     ),
+    file_type: Text = None,
 ) -> Any:
     scoped = member_scope(p, member_id)
+    file_type = file_type or "segments"
+    if file_type not in FILE_TYPES:
+        raise Invalid(f"file_type must be one of: {', '.join(FILE_TYPES)}")
+    if file_type == LINKS and mode == "replace":
+        raise Invalid(E_LINKS_REPLACE)
     if not member_exists(jobs.db, scoped):
         raise NotFound(f"member {scoped} not found")
     base_url = (settings.public_url or str(request.base_url)).rstrip("/")
-    job = jobs.create_job(scoped, base_url, mode=mode, force=force)
+    job = jobs.create_job(scoped, base_url, file_type, mode=mode, force=force)
     log.info("job created", extra={"job_id": job["job_id"], "member_id": scoped})
     return ok(
         NAME,

@@ -23,6 +23,7 @@ from sqlalchemy import Connection
 
 from bss.db import now_s
 from bss.formats.config import BatchSegmentConfig
+from bss.identity.ingest import LINKS, ingest_links_file, link_replay_config
 from bss.ingest.engine import ingest_file, segment_log
 from bss.ingest.registry import SegmentRegistry
 from bss.jobs.service import JobService
@@ -280,24 +281,43 @@ class Worker:
         beat = threading.Thread(target=heartbeat, name=f"lease-{job_id[:8]}", daemon=True)
         beat.start()
         log.info("job processing", extra=ctx)
+        links = row["file_type"] == LINKS
+        # A link file's links are asserted at the job's recorded upload time: every run and
+        # every region gives them the same expiry.
+        asserted_at = row["uploaded_time"] or row["created_on"]
         try:
             with files.local_copy(row["file_path"]) as path:
-                result = ingest_file(
-                    path,
-                    member_id=row["member_id"],
-                    seq_base=seq_base,
-                    config=config,
-                    registry=registry,
-                    store=store,
-                    now=now,
-                    error_report_path=report,
-                    max_decompressed_bytes=self.settings.max_decompressed_bytes,
-                    chunk_bytes=self.settings.chunk_bytes,
-                    progress=functools.partial(report_progress, "validating"),
-                    write_progress=functools.partial(report_progress, "processing"),
-                    on_applied=loads.add,
-                    suppress=functools.partial(suppression.write_mask, row["member_id"]),
-                )
+                if links:
+                    result = ingest_links_file(
+                        path,
+                        member_id=row["member_id"],
+                        seq_base=seq_base,
+                        store=store,
+                        asserted_at=asserted_at,
+                        ttl_days=self.settings.link_ttl_days,
+                        max_decompressed_bytes=self.settings.max_decompressed_bytes,
+                        error_report_path=report,
+                        log_limit=config.num_error_log_lines,
+                        progress=functools.partial(report_progress, "validating"),
+                        suppress=functools.partial(suppression.write_mask, row["member_id"]),
+                    )
+                else:
+                    result = ingest_file(
+                        path,
+                        member_id=row["member_id"],
+                        seq_base=seq_base,
+                        config=config,
+                        registry=registry,
+                        store=store,
+                        now=now,
+                        error_report_path=report,
+                        max_decompressed_bytes=self.settings.max_decompressed_bytes,
+                        chunk_bytes=self.settings.chunk_bytes,
+                        progress=functools.partial(report_progress, "validating"),
+                        write_progress=functools.partial(report_progress, "processing"),
+                        on_applied=loads.add,
+                        suppress=functools.partial(suppression.write_mask, row["member_id"]),
+                    )
             refused = None
             if replace is not None and result.error_code is None:
                 # Under the lease (the heartbeat still runs): the walks take a while.
@@ -346,6 +366,17 @@ class Worker:
         def owe_other_regions(conn: Connection) -> None:
             # With the result, in one transaction: the other regions are owed exactly what
             # this run applied (bss.store.regions), replayed later from the kept file.
+            if links:
+                regions.record_job(
+                    conn,
+                    job_pk,
+                    self.stores.remote_regions,
+                    applied_as_of=asserted_at,
+                    config_json=link_replay_config(self.settings.link_ttl_days),
+                    registry_records=[],
+                    owed=result.pairs_added + result.pairs_removed > 0,
+                )
+                return
             regions.record_job(
                 conn,
                 job_pk,

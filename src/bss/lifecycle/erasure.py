@@ -7,7 +7,8 @@ records that it happened. Then, in the membership store: every segment of the me
 deletion marker at a seq reserved after that transaction, in the local region at once and in
 every other region through the region catch-up (bss.store.regions), so no entry written
 before is readable again and a segment later created under a freed id, or by the member
-created again with the same id, starts empty. Then the kept files and error reports go.
+created again with the same id, starts empty; its links (the identity graph's member scope)
+go in every region the same way. Then the kept files and error reports go.
 
 The seq is reserved after the rows are gone on purpose: a job can only write after it
 renews its lease on its row with the seq base it reserved, so every write of the member's
@@ -136,6 +137,7 @@ def _finish(
         with write_tx(db) as conn:
             for segment_id in segment_ids:
                 regions.record_segment_deletion(conn, segment_id, seq, other_regions)
+            regions.record_scope_links_deletion(conn, row["member_id"], other_regions)
             conn.execute(
                 update(member_erasures)
                 .where(member_erasures.c.id == erasure_pk)
@@ -143,7 +145,8 @@ def _finish(
             )
     for segment_id in segment_ids:
         store.delete_segment(segment_id, seq)
-    # The member's own links (the identity graph's member scope), in the local region.
+    # The member's own links (the identity graph's member scope): here, and owed to every
+    # other region with the same erasure.
     store.delete_scope_links(row["member_id"])
     for ref in json.loads(row["files"]):
         files.delete(ref)

@@ -71,6 +71,8 @@ region_writes = Table(
     #: ... a segment deletion: the segment and the seq it was deleted at.
     Column("segment_id", Integer, nullable=True),
     Column("delete_seq", BigInteger, nullable=True),
+    #: ... or a deleted member's links: every link of this scope goes.
+    Column("links_scope", BigInteger, nullable=True),
     Column("state", String(10), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("error", Text, nullable=True),
@@ -128,6 +130,12 @@ def record_segment_deletion(
     """Owe a segment deletion (at `seq`) to every other region."""
     if regions:
         _owe(conn, regions, PENDING, segment_id=segment_id, delete_seq=seq)
+
+
+def record_scope_links_deletion(conn: Connection, scope: int, regions: Sequence[str]) -> None:
+    """Owe the deletion of every link of a scope (a deleted member's) to every other region."""
+    if regions:
+        _owe(conn, regions, PENDING, links_scope=scope)
 
 
 def record_batch(conn: Connection, batch: pa.Table, regions: Sequence[str]) -> None:
