@@ -281,3 +281,35 @@ def test_cli_validates_and_uploads_link_files(bss_server, tmp_path) -> None:
         "uid=51",
         "eid=id5:x,y",
     ]
+
+
+def test_passive_files_named_links_are_link_files(tmp_path) -> None:
+    from passive_util import Pipeline
+
+    from bss.db import now_s
+    from bss.passive.scanner import passive_file_type
+
+    assert passive_file_type("submitted/crm.links.csv.gz") == "links"
+    assert passive_file_type("submitted/a/today.LINKS") == "links"
+    assert passive_file_type("submitted/links.csv") == "segments"
+    assert passive_file_type("submitted/mylinks.txt") == "segments"
+    pipeline = Pipeline(tmp_path / "data", max_file_bytes=10_000)
+    try:
+        pipeline.add_member(8002)
+        folder = tmp_path / "data" / "passive" / "8002" / "submitted"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "crm.links.csv").write_text('uid=71,"ext=8002:A,B"\nuid=71,null\n')
+        (folder / "users.txt").write_bytes(pipeline.good_file(8002, 2))
+        scanner = pipeline.scanner()
+        scanner.scan_once()
+        scanner.drain(timeout=120)
+        _, listed = pipeline.service.list_jobs(8002)
+        jobs_by_key = {job["source_key"]: job for job in listed}
+        link_job = jobs_by_key["submitted/crm.links.csv"]
+        assert link_job["file_type"] == "links" and link_job["phase"] == "completed"
+        assert (link_job["num_valid"], link_job["num_invalid_user"]) == (1, 1)
+        assert jobs_by_key["submitted/users.txt"]["file_type"] == "segments"
+        found = pipeline.stores.get().top_links([(1, "71")], [8002], now_s(), 25)
+        assert [(x.kind, x.key) for x in found[0]] == [(4, "8002:A,B")]
+    finally:
+        pipeline.close()

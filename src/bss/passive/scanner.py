@@ -14,6 +14,11 @@ existing bucket bss-<member_id>-<region>) and:
    reaches `completed` or `error` moves the file to done/ or failed/
    `<relative name>-<JOB_ID>`, then marks the claim `moved`.
 
+A file whose name has `.links` as one of its dotted parts (`crm.links.csv.gz`,
+`graph.links.avro`, `today.links`) is a link file (`file_type` links, bss.identity.ingest);
+every other file is a segment file. A link file named as a replace-mode upload
+(`replace.graph.links`) gets a job in error `replace_links`: replace mode is for segment files.
+
 Every step is idempotent and recorded before the next one starts, so a crash anywhere
 (including between S3's copy and delete) is finished by the next scanner without a
 second job, and without losing the file.
@@ -35,7 +40,8 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from bss.lifecycle.replace import passive_mode
+from bss.identity.ingest import E_LINKS_REPLACE, LINKS
+from bss.lifecycle.replace import REPLACE, passive_mode
 from bss.passive.claims import ClaimStore, claim_identity, utcnow
 from bss.passive.folder import FolderBackend, UnsafePath
 from bss.passive.models import CLAIMED, JOB_CREATED, MOVED, passive_claims
@@ -57,6 +63,14 @@ FILESIZE_LIMIT_EXCEEDED = "FILESIZE_LIMIT_EXCEEDED"
 FILESIZE_MESSAGE = "Member exceeds maximum byte size allowed for a file"
 EMPTY_FILE = "EMPTY_FILE"
 EMPTY_MESSAGE = "The file is empty (0 bytes)"
+#: A link file named as a replace-mode upload (replace.*): never processed.
+REPLACE_LINKS = "replace_links"
+
+
+def passive_file_type(key: str) -> str:
+    """The naming convention: a file named `<anything>.links[.<ext>...]` is a link file."""
+    name = key.rsplit("/", 1)[-1]
+    return LINKS if LINKS in name.lower().split(".")[1:] else "segments"
 
 
 @dataclass(slots=True)
@@ -458,13 +472,20 @@ class PassiveScanner:
             return self._rejected_job(
                 area.member_id, file, FILESIZE_LIMIT_EXCEEDED, FILESIZE_MESSAGE, **common
             )
+        file_type, (mode, force) = passive_file_type(file.key), passive_mode(file.key)
+        if file_type == LINKS and mode == REPLACE:
+            self._ensure_ours(flight)
+            return self._rejected_job(
+                area.member_id, file, REPLACE_LINKS, E_LINKS_REPLACE, **common
+            )
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.upload"
         try:
             area.fetch(flight.work_key, file, tmp)
             self._ensure_ours(flight)  # the download may have been long
-            mode, force = passive_mode(file.key)
-            return self.jobs.submit_file(area.member_id, tmp, mode=mode, force=force, **common)
+            return self.jobs.submit_file(
+                area.member_id, tmp, file_type=file_type, mode=mode, force=force, **common
+            )
         finally:
             tmp.unlink(missing_ok=True)
 
