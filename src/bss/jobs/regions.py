@@ -66,11 +66,12 @@ class RegionCatchUp:
                 regions.apply_batch(
                     self.stores.get(row["region"]), regions.read_batch(row["batch"])
                 )
-            elif row["links_scope"] is not None:
-                self.stores.get(row["region"]).delete_scope_links(row["links_scope"])
             else:
                 store = self.stores.get(row["region"])
-                store.delete_segment(row["segment_id"], row["delete_seq"])
+                if row["segment_id"] is not None:
+                    store.delete_segment(row["segment_id"], row["delete_seq"])
+                if row["links_scope"] is not None:
+                    store.delete_scope_links(row["links_scope"])
         except (LeaseLost, Stopping) as exc:
             if isinstance(exc, Stopping):
                 regions.give_back(self.db, row, self.name)

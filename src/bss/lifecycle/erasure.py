@@ -135,9 +135,15 @@ def _finish(
     if seq is None:
         seq = seqs.reserve(db, 1)
         with write_tx(db) as conn:
+            # The member's links go with its first segment's deletion (alone without one).
+            links_scope = row["member_id"]
             for segment_id in segment_ids:
-                regions.record_segment_deletion(conn, segment_id, seq, other_regions)
-            regions.record_scope_links_deletion(conn, row["member_id"], other_regions)
+                regions.record_segment_deletion(
+                    conn, segment_id, seq, other_regions, links_scope=links_scope
+                )
+                links_scope = None
+            if links_scope is not None:
+                regions.record_scope_links_deletion(conn, links_scope, other_regions)
             conn.execute(
                 update(member_erasures)
                 .where(member_erasures.c.id == erasure_pk)

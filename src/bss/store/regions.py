@@ -71,7 +71,7 @@ region_writes = Table(
     #: ... a segment deletion: the segment and the seq it was deleted at.
     Column("segment_id", Integer, nullable=True),
     Column("delete_seq", BigInteger, nullable=True),
-    #: ... or a deleted member's links: every link of this scope goes.
+    #: ... and/or a deleted member's links: every link of this scope goes.
     Column("links_scope", BigInteger, nullable=True),
     Column("state", String(10), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
@@ -125,11 +125,17 @@ def record_job(
 
 
 def record_segment_deletion(
-    conn: Connection, segment_id: int, seq: int, regions: Sequence[str]
+    conn: Connection,
+    segment_id: int,
+    seq: int,
+    regions: Sequence[str],
+    *,
+    links_scope: int | None = None,
 ) -> None:
-    """Owe a segment deletion (at `seq`) to every other region."""
+    """Owe a segment deletion (at `seq`) to every other region; with `links_scope`, the
+    deletion of that scope's links too (a deleted member's segment and links)."""
     if regions:
-        _owe(conn, regions, PENDING, segment_id=segment_id, delete_seq=seq)
+        _owe(conn, regions, PENDING, segment_id=segment_id, delete_seq=seq, links_scope=links_scope)
 
 
 def record_scope_links_deletion(conn: Connection, scope: int, regions: Sequence[str]) -> None:
