@@ -54,6 +54,7 @@ TABLE_MODULES = (
     "bss.realtime.models",
     "bss.lifecycle.models",
     "bss.targeting.models",
+    "bss.identity.models",
 )
 
 

@@ -318,6 +318,31 @@ class Settings(BaseSettings):
         "missing and the job database lists completed jobs that wrote memberships; without "
         "it, start-up stops with one line naming the file (restore it from a backup).",
     )
+
+    uid_cookie: str = Field(
+        "uuid2",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="ID sync: name of the service's user-ID cookie (GET /getuid, /mapuid, "
+        "/optout).",
+    )
+    sync_redirect_hosts: str = Field(
+        "",
+        description="ID sync: host names (comma-separated) GET /getuid may redirect to; any "
+        "other is refused with 400 (no open redirect). Empty: getuid redirects nowhere.",
+    )
+    sync_uid_per_minute: int = Field(
+        10,
+        ge=1,
+        description="ID sync: GET /mapuid calls per minute per browser uid; more are answered "
+        "429 and store nothing.",
+    )
+    sync_member_per_minute: int = Field(
+        6000,
+        ge=1,
+        description="ID sync: GET /mapuid calls per minute per member; more are answered 429 "
+        "and store nothing.",
+    )
+
     webhook_allowed_networks: str = Field(
         "",
         description="Completion webhooks: networks (CIDR, comma-separated) webhook targets may "
@@ -421,6 +446,11 @@ class Settings(BaseSettings):
                 f"({', '.join(regions)}), not {self.local_region!r}"
             )
         return self
+
+    @cached_property
+    def sync_hosts(self) -> tuple[str, ...]:
+        """BSS_SYNC_REDIRECT_HOSTS as lower-case host names."""
+        return tuple(h.strip().lower() for h in self.sync_redirect_hosts.split(",") if h.strip())
 
     @cached_property
     def graph_caps(self) -> Caps:

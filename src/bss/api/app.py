@@ -27,6 +27,7 @@ from bss.api.openapi import install as install_openapi
 from bss.api.params import validation_message
 from bss.db import init_db, is_sqlite, make_engine
 from bss.errors import BssError, Invalid, NotAuthenticated, StoreUnavailable, Unavailable
+from bss.identity.sync_views import router as id_sync_router
 from bss.identity.views import router as identity_router
 from bss.jobs.service import JobService
 from bss.jobs.views import router as jobs_router
@@ -183,6 +184,7 @@ def create_app(
     app.include_router(jobs_router)
     app.include_router(lookup_router)
     app.include_router(identity_router)
+    app.include_router(id_sync_router)
     app.include_router(realtime_router)
     app.include_router(webhooks_router)
     app.include_router(reports_router)
