@@ -181,3 +181,35 @@ def test_getuid_mapuid_in_chromium(bss_server, browser) -> None:
     )
     assert signed.status_code == 200 and signed.headers["content-type"] == "image/gif"
     assert mapped("77") == ["uid=77", f"ext={MEMBER}:PS1"]
+
+
+def test_dashboard_lookup_shows_related_ids_and_expanded_segments(bss_server, browser) -> None:
+    from conftest import legacy
+
+    srv = bss_server()
+    admin = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
+    admin.member(MEMBER)
+    seg = admin.segment(MEMBER, "autos")
+    assert admin.run(MEMBER, legacy([f"91,{seg['id']}:0"]))["num_valid"] == 1
+    admin.ok(
+        "POST",
+        "/id-link",
+        params={"member_id": MEMBER},
+        json={"links": [{"a": "uid=91", "b": f"ext={MEMBER}:<b>x</b>"}]},
+    )
+    ctx = browser.new_context()
+    ctx.add_cookies([{"name": "bss_token", "value": admin.token, "url": srv.url}])
+    page = ctx.new_page()
+    page.goto(f"{srv.url}/ui/lookup")
+    page.select_option("#lookup-form [name=member_id]", str(MEMBER))  # the member's links
+    page.select_option("#kind", "external_id")
+    page.fill("#external_id", "<b>x</b>")
+    page.fill("#external_member_id", str(MEMBER))
+    page.check("#related")
+    page.click("#lookup-form button[type=submit]")
+    page.wait_for_selector("#related-result:not([hidden])", timeout=WAIT_S * 1000)
+    assert page.locator("#lookup-empty").is_visible()  # the ID itself is in no segment
+    assert page.locator("#related-ids li").all_inner_texts() == [f"ext={MEMBER}:<b>x</b>", "uid=91"]
+    cells = page.locator("#related-table tbody tr").first.locator("td").all_inner_texts()
+    assert cells[:4] == [str(seg["id"]), "autos", str(MEMBER), "uid=91"]
+    ctx.close()

@@ -6,6 +6,8 @@ const kind = document.getElementById("kind");
 const error = document.getElementById("lookup-error");
 const result = document.getElementById("lookup-result");
 const tbody = document.querySelector("#lookup-table tbody");
+const related = document.getElementById("related");
+const relatedResult = document.getElementById("related-result");
 
 function showKind() {
   for (const set of form.querySelectorAll("fieldset.kind")) {
@@ -50,8 +52,35 @@ form.addEventListener("submit", async (event) => {
     document.getElementById("lookup-empty").hidden = body.segments.length > 0;
     document.getElementById("lookup-table").hidden = body.segments.length === 0;
     result.hidden = false;
+    relatedResult.hidden = true;
+    if (related.checked) await showRelated(query);
   } catch (err) {
     result.hidden = true;
+    relatedResult.hidden = true;
     showError(error, err);
   }
 });
+
+// The related IDs (GET /user-links) and the segments reached through them (related=true).
+async function showRelated(query) {
+  const links = await api("GET", `/user-links?${query}`);
+  document.getElementById("related-ids").replaceChildren(...links.ids.map((id) => el("li", id)));
+  query.set("related", "true");
+  const body = await api("GET", `/user-segments?${query}`);
+  document.querySelector("#related-table tbody").replaceChildren(
+    ...body.segments.map((s) => {
+      const row = el("tr");
+      row.append(
+        el("td", s.id, "num"),
+        el("td", s.code ?? "–", "mono"),
+        el("td", s.member_id ?? "–"),
+        el("td", s.via, "mono"),
+        el("td", s.expiry ?? "never", "nowrap"),
+      );
+      return row;
+    }),
+  );
+  document.getElementById("related-empty").hidden = body.segments.length > 0;
+  document.getElementById("related-table").hidden = body.segments.length === 0;
+  relatedResult.hidden = false;
+}
