@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -42,6 +42,9 @@ def _redirect(url: str) -> RedirectResponse:
     "/getuid",
     tags=["id-sync"],
     summary="Redirect to ?<URL> with $UID replaced by the browser's uid (0 when unknown)",
+    response_class=RedirectResponse,
+    status_code=302,
+    responses={302: {"description": "To the URL with $UID replaced (or to itself once)"}},
 )
 def get_uid(request: Request) -> Any:
     settings = request.app.state.settings
@@ -65,6 +68,8 @@ def get_uid(request: Request) -> Any:
     "/mapuid",
     tags=["id-sync"],
     summary="Link the member's user ID to the browser's uid (a 1x1 GIF)",
+    response_class=Response,
+    responses={200: {"description": "A 1x1 GIF", "content": {"image/gif": {}}}},
 )
 def get_map_uid(
     request: Request,
@@ -104,7 +109,12 @@ def get_map_uid(
     return pixel
 
 
-@router.get("/optout", tags=["id-sync"], summary="Opt this browser out of ID sync")
+@router.get(
+    "/optout",
+    tags=["id-sync"],
+    summary="Opt this browser out of ID sync",
+    response_class=PlainTextResponse,
+)
 def get_optout(request: Request) -> Any:
     response = Response("This browser is opted out: it is never synced.\n", media_type="text/plain")
     _set_cookie(response, request, OPTED_OUT_UID)
