@@ -1,8 +1,8 @@
 """Identity graph: jobs.file_type (a link file's job) and region_writes.links_scope (a deleted
 member's links owed to the other store regions).
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-06 02:55:00
 """
 
@@ -11,14 +11,14 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    # init_db of the branch that added them may have made the columns already.
+    # A database whose revision table was lost and that has them already keeps them.
     inspector = sa.inspect(op.get_bind())
     if "file_type" not in {c["name"] for c in inspector.get_columns("jobs")}:
         with op.batch_alter_table("jobs", schema=None) as batch_op:

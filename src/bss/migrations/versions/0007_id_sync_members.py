@@ -1,7 +1,7 @@
 """ID sync: id_sync_members (per member: mapUID enabled, its signing secret).
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-06 03:10:00
 """
 
@@ -10,15 +10,15 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
     if "id_sync_members" in sa.inspect(op.get_bind()).get_table_names():
-        return  # made by init_db of the branch that added it
+        return  # a database whose revision table was lost keeps the table it has
     op.create_table(
         "id_sync_members",
         sa.Column("member_id", sa.Integer(), nullable=False),
