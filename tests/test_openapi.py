@@ -64,6 +64,7 @@ DOCUMENTED_REFUSALS = {
     "POST /id-link": "the body's own rules (links that cannot be applied are warnings)",
     "POST /user-optout": "each user names one ID form, as GET /user-segments takes them",
     "DELETE /user-optout": "exactly one user ID is needed",
+    "POST /batch-segment": "a file_type other than segments or links; mode=replace of links",
 }
 
 

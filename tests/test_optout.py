@@ -296,3 +296,42 @@ def test_related_ids_and_their_links_and_bss_optout_add(bss_server, tmp_path: Pa
         timeout=120,
     )
     assert refused.returncode == 2 and "line 2" in refused.stderr, refused.stderr
+
+
+def _link_job(api: Api, member_id: int, text: str) -> dict[str, Any]:
+    job = api.ok("POST", "/batch-segment", params={"member_id": member_id, "file_type": "links"})[
+        "batch_segment_upload_job"
+    ]
+    assert api.upload(job, text.encode())["status"] == "OK"
+    return api.wait(member_id, job["job_id"])
+
+
+def _links(api: Api, member_id: int, uid: int) -> list[str]:
+    return api.ok("GET", "/user-links", params={"member_id": member_id, "uid": uid})["ids"]
+
+
+def test_a_link_file_skips_links_of_opted_out_ids(bss_server) -> None:
+    srv = bss_server()
+    api = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
+    api.member(M)
+    api.member(N)
+    _optout(api, [11], member_id=M)
+
+    # Either end opted out: the link is counted in num_opted_out and reported, not applied.
+    job = _link_job(api, M, "uid=11,uid=12\nuid=13,uid=11\nuid=12,uid=13\n")
+    assert job["phase"] == "completed", job
+    assert (job["file_type"], job["num_valid"], job["num_opted_out"]) == ("links", 1, 2), job
+    assert "opted out" in job["error_log_lines"]
+    assert _links(api, M, 12) == ["uid=12", "uid=13"]
+    assert _links(api, M, 11) == ["uid=11"]  # itself only: no link applied
+    # Member N's scope is not M's opt-out's.
+    other = _link_job(api, N, "uid=11,uid=12\n")
+    assert (other["num_valid"], other["num_opted_out"]) == (1, 0), other
+    assert _links(api, N, 11) == ["uid=11", "uid=12"]
+
+    # Replace mode sets segments' members: a link file cannot have it.
+    bad = api.call(
+        "POST", "/batch-segment", params={"member_id": M, "file_type": "links", "mode": "replace"}
+    )
+    assert (bad["_http"], bad["error_id"]) == (400, "SYNTAX"), bad
+    assert "not to link files" in bad["error"], bad

@@ -246,6 +246,25 @@ def test_passive_replace_file(bss_server) -> None:
     assert _members(api, list(range(8100, 8105)), SEG_A) == {8103, 8104}
 
 
+def test_a_passive_link_file_named_replace_is_refused(bss_server) -> None:
+    srv = bss_server(passive_min_age_seconds=0, passive_scan_seconds=1)
+    api = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
+    api.member(MEMBER)
+    submitted = srv.data_dir / "passive" / str(MEMBER) / "submitted"
+    submitted.mkdir(parents=True)
+    (submitted / "replace.graph.links").write_bytes(b"uid=8201,uid=8202\n")
+
+    def passive_job() -> Any:
+        body = api.ok("GET", "/batch-segment", params={"member_id": MEMBER})
+        jobs = [j for j in body["batch_segment_upload_job"] if j["upload_source"] == "folder"]
+        return jobs and jobs[0]["phase"] in ("completed", "error") and jobs[0]
+
+    job = _until(passive_job, "the passive job")
+    assert (job["phase"], job["error_code"]) == ("error", "replace_links"), job
+    links = api.ok("GET", "/user-links", params={"member_id": MEMBER, "uid": 8201})["ids"]
+    assert "uid=8202" not in links
+
+
 # --- during the job: readers, real-time posts, kill -9 -------------------------------------
 
 

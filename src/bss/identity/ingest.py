@@ -40,8 +40,8 @@ from bss.identity.ids import InvalidId, format_id, parse_id
 from bss.identity.links import DAY_SECONDS
 from bss.ingest.engine import OPTED_OUT, Suppress
 from bss.ingest.report import ErrorReport
-from bss.lifecycle.optout import REASON_OPTED_OUT
 from bss.ingest.result import IngestResult
+from bss.lifecycle.optout import REASON_OPTED_OUT
 from bss.store.base import LINK_SCHEMA, MembershipStore
 
 #: jobs.file_type of a link file (null, shown as "segments", for segment files).
