@@ -37,6 +37,11 @@ HELP = {
         "counter",
         "User/segment pairs written by POST /rt-segment (this process).",
     ),
+    "bss_request_head_timeouts_total": (
+        "counter",
+        "Connections closed because a request head took longer than BSS_REQUEST_HEAD_TIMEOUT "
+        "(this process).",
+    ),
 }
 
 

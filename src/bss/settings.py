@@ -146,6 +146,15 @@ class Settings(BaseSettings):
         description="An upload that sends no bytes for this long is failed and its connection "
         "closed (a stalled client cannot hold a concurrent-upload slot).",
     )
+    request_head_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client may take to send a request's head (request line and "
+        "headers), counted from the connection's opening or the first byte of a later request "
+        "on it; past it the connection is closed (a partial head gets 408 first) and "
+        "bss_request_head_timeouts_total counts it. Bodies are bounded by "
+        "upload_idle_seconds instead.",
+    )
     max_pending_jobs: int = Field(
         200,
         description="Jobs of one member waiting to be processed; past it, uploads get 429 "

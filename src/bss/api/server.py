@@ -14,6 +14,7 @@ import threading
 
 import uvicorn
 
+from bss.api.head_guard import protocol_with_head_timeout
 from bss.jobs.worker import StoreHandle
 from bss.settings import Settings
 from bss.startup import check_files, engines_in_use, open_database
@@ -51,6 +52,8 @@ def serve(settings: Settings, host: str, port: int, *, fd: int | None = None) ->
         # The client address comes from X-Forwarded-For only behind BSS_TRUSTED_PROXIES
         # (bss.api.deps.client_address); uvicorn's own rewrite would believe any local peer.
         proxy_headers=False,
+        # Slow request heads (slowloris) are cut by our protocol, uvicorn has no bound of its own.
+        http=protocol_with_head_timeout(settings.request_head_timeout),
         timeout_keep_alive=30,
         h11_max_incomplete_event_size=1 << 20,
     )
