@@ -164,7 +164,7 @@ def test_bad_entries_are_skipped_with_documented_warnings(world):
         ("Invalid user_id 'not-a-number': invalid user ID.", None),
         ("Invalid user_id 'x-y': invalid idfa device ID.", None),
         ("segment 999999 does not exist.", "num_invalid_segment"),
-        (f"segment {other_member_only} is not yours to write.", "num_unauth_segment"),
+        (f"segment {other_member_only} does not exist.", "num_invalid_segment"),
         (f"segment {seg['off']} is inactive.", "num_inactive_segment"),
         ("VALUE outside -2147483648..2147483647.", "num_other_error"),
         ("EXPIRATION below -2.", "num_other_error"),
@@ -174,6 +174,29 @@ def test_bad_entries_are_skipped_with_documented_warnings(world):
     assert answer["warnings"][7]["entity"] == entries[3]["seg_block"][0]
     assert sorted(live(api, "777")) == [seg["bikes"]]
     assert live(api, "777")[seg["bikes"]]["value"] == 5
+
+
+def test_another_members_segment_is_answered_like_no_segment(world):
+    """The same post, naming a segment of a member 501 may not write (by id and by code),
+    gets exactly the same answer before and after those segments are deleted."""
+    api, admin = world["api"], world["admin"]
+    admin.member(503)
+    hidden = admin.segment(503, "hidden")["id"]
+    body = {"rt_segment": [{"user_id": "31337", "seg_block": [
+        block(hidden), block(None, seg_code="HIDDEN", member_id=503),
+    ]}]}  # fmt: skip
+
+    def answer() -> dict[str, Any]:
+        return {k: v for k, v in post(api, body).items() if k != "dbg_info"}
+
+    while_it_exists = answer()
+    admin.ok("DELETE", "/segment", params={"id": hidden})
+    assert while_it_exists == answer()
+    assert [(w["message"], w["counter"]) for w in while_it_exists["warnings"][:2]] == [
+        (f"segment {hidden} does not exist.", "num_invalid_segment"),
+        ("segment 503:HIDDEN does not exist.", "num_invalid_segment"),
+    ]
+    assert live(api, "31337") == {}
 
 
 def test_nothing_valid_says_so(world):

@@ -271,19 +271,33 @@ def test_report_flow(server):
     )
     data = api.get("/report-download", id=only_shared["id"])["report_data"]
     assert data["rows"] == [{"segment_id": shared, "total_loads": 1}]
-    refused = api.call(
-        "POST",
-        "/report",
-        params={"member_id": 61},
-        json={
-            "report": {
-                "report_type": "segment_load",
-                "columns": ["segment_id"],
-                "filters": [{"segment_id": private}],
-            }
-        },
-    )
-    assert refused["_http"] == 403 and refused["error_id"] == "UNAUTH"
+    refused = _refused(api, 61, private)
+    assert (refused["_http"], refused["error_id"]) == (404, "NOTFOUND")
+    assert refused["error"] == f"segment(s) [{private}] not found"
+
+
+def _refused(api: Api, member_id: int, segment_id: int) -> dict:
+    """POST /report for one segment, refused: the answer without its debug info."""
+    report = {
+        "report_type": "segment_load",
+        "columns": ["segment_id"],
+        "filters": [{"segment_id": segment_id}],
+    }
+    body = api.call("POST", "/report", params={"member_id": member_id}, json={"report": report})
+    assert body["status"] == "ERROR", body
+    return {k: v for k, v in body.items() if k != "dbg_info"}
+
+
+def test_another_members_segment_is_refused_like_no_segment(server):
+    """The same report request, naming a segment the member may not read, gets exactly the
+    same answer before and after that segment is deleted."""
+    api = Api(server.url, ADMIN_USER, ADMIN_PASSWORD)
+    api.member(64)
+    api.member(65)
+    theirs = api.segment(65, "theirs")["id"]
+    while_it_exists = _refused(api, 64, theirs)
+    api.ok("DELETE", "/segment", params={"id": theirs})
+    assert while_it_exists == _refused(api, 64, theirs)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,9 @@ expiration in range; 0 = the 180-day maximum; -1 removes). Valid pairs go to the
 with seqs reserved from the global counter, in post order, so the later write wins by the
 time the service applied it; they are visible to lookups when the answer is sent.
 
+A segment of another member the poster may not write gets the same warning and counter as
+one that does not exist, so that posts cannot probe which ids exist.
+
 Only a body that is not the documented shape is refused whole (400, nothing applied); a bad
 entry is skipped with a warning naming it and why, as documented.
 """
@@ -28,7 +31,15 @@ from bss.errors import Conflict, Invalid, RateLimited
 from bss.formats.config import BatchSegmentConfig
 from bss.formats.legacy import DEVICE_ID_DOMAINS, parse_user_ids
 from bss.formats.records import MAX_VALUE, MIN_VALUE, PAIR_SCHEMA
-from bss.ingest.engine import OPTED_OUT, VALID, PairRules, problem_reason, store_batch
+from bss.ingest.engine import (
+    INVALID_SEGMENT,
+    OPTED_OUT,
+    UNAUTH_SEGMENT,
+    VALID,
+    PairRules,
+    problem_reason,
+    store_batch,
+)
 from bss.ingest.registry import SegmentRegistry
 from bss.lifecycle.optout import REASON_OPTED_OUT, SuppressionList
 from bss.metrics import COUNTERS
@@ -170,6 +181,15 @@ def _registry(db: Engine, ids: set[int], codes: set[tuple[int, str]]) -> Segment
         with db.connect() as conn:
             rows = [dict(r) for r in conn.execute(q).mappings()]
     return SegmentRegistry.from_records(rows)
+
+
+def _foreign_as_unknown(resolved: pl.DataFrame) -> pl.DataFrame:
+    """Another member's segment warned about, and counted, as one that does not exist: a
+    different answer would tell the poster which ids exist for other members."""
+    status = pl.col("status")
+    return resolved.with_columns(
+        status=pl.when(status == UNAUTH_SEGMENT).then(pl.lit(INVALID_SEGMENT)).otherwise(status)
+    )
 
 
 class RealtimeService:
@@ -372,7 +392,7 @@ class RealtimeService:
         }
         now = now_s()
         rules = PairRules(member_id, config, _registry(self.db, ids, codes))
-        resolved = rules.resolve(pairs, now).sort("line_no", "pos")
+        resolved = _foreign_as_unknown(rules.resolve(pairs, now)).sort("line_no", "pos")
         block_of = {(u, p): b for u, p, b in blocks}
         problems = resolved.filter(pl.col("status") != VALID).with_columns(reason=problem_reason())
         for user_row, pos, status, reason in problems.select(

@@ -25,7 +25,7 @@ import polars as pl
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from bss.db import fmt_ts, now_s, parse_ts, write_tx
-from bss.errors import BssError, Forbidden, Invalid, NotFound
+from bss.errors import BssError, Invalid, NotFound
 from bss.formats.config import BatchSegmentConfig
 from bss.reports.models import reports, segment_load_sources, segment_loads
 from bss.reports.sketch import UniqueSketch, user_hashes
@@ -351,13 +351,12 @@ def _segments_in_scope(
     rows = {
         r["id"]: r for r in conn.execute(select(segments).where(segments.c.id.in_(ids))).mappings()
     }
-    missing = [i for i in ids if i not in rows]
-    if missing:
-        raise NotFound(f"segment(s) {missing} not found")
     owners = config.authorized_owners(member_id)
-    foreign = [i for i in ids if rows[i]["member_id"] not in owners]
-    if foreign:
-        raise Forbidden(f"segment(s) {foreign} are not yours to report on")
+    # Another member's segment is answered as one that does not exist: telling them apart
+    # would tell a member which ids exist elsewhere.
+    unknown = [i for i in ids if i not in rows or rows[i]["member_id"] not in owners]
+    if unknown:
+        raise NotFound(f"segment(s) {unknown} not found")
     return rows
 
 
