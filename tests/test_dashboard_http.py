@@ -62,6 +62,17 @@ def test_a_member_sees_only_its_own_jobs(server: ServerProc, world: dict[str, st
         assert carol.get(f"/ui/jobs/{world['job']}").status_code == 200
 
 
+def test_the_job_page_says_which_counters_count_each_segment_once(
+    server: ServerProc, world: dict[str, str]
+) -> None:
+    from bss.ingest.engine import DEDUPLICATED
+
+    with browser(server, world["carol"]) as carol:
+        html = carol.get(f"/ui/jobs/{world['job']}").text
+    note = html.split("count each segment once per job", 1)[0].rsplit("<p", 1)[-1]
+    assert all(name in note for name in DEDUPLICATED)
+
+
 def test_uploaded_lines_are_escaped(server: ServerProc, world: dict[str, str]) -> None:
     with browser(server, world["carol"]) as carol:
         html = carol.get(f"/ui/jobs/{world['job']}").text

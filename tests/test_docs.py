@@ -166,15 +166,46 @@ def test_the_walkthrough_no_longer_describes_the_duckdb_one_process_rule():
     assert "bss worker" in walkthrough and "processes.md" in walkthrough
 
 
-def test_every_job_error_code_and_the_once_per_job_counters_are_documented():
+#: Job error codes the BSS API documents, kept to the letter whatever their case.
+DOCUMENTED_JOB_CODES = {"uploading-error", "processing-error", "FILESIZE_LIMIT_EXCEEDED"}
+
+
+def _job_error_codes() -> set[str]:
+    """Every error_code a job can end with: the named ones, and every code a file reader
+    raises by its literal (InputError("..."), found in the source so a new one is not missed)."""
+    from bss.formats.avro_container import CORRUPT
+    from bss.formats.avro_schema import SCHEMA_INVALID
     from bss.formats.detect import EMPTY_FILE, NOT_A_SEGMENT_FILE
-    from bss.ingest.engine import DEDUPLICATED
+    from bss.ingest.engine import TOO_MANY_INVALID
+    from bss.lifecycle.replace import REMOVAL_OVER_LIMIT
+    from bss.passive.scanner import FILESIZE_LIMIT_EXCEEDED, REPLACE_LINKS
+
+    named = {CORRUPT, SCHEMA_INVALID, EMPTY_FILE, NOT_A_SEGMENT_FILE, TOO_MANY_INVALID}
+    named |= {REMOVAL_OVER_LIMIT, FILESIZE_LIMIT_EXCEEDED, REPLACE_LINKS}
+    jobs = {"uploading-error", "processing-error", "upload_url_expired", "upload_url_replaced"}
+    jobs.add("file_missing")
+    source = "\n".join(p.read_text() for p in (ROOT / "src" / "bss").rglob("*.py"))
+    raised = set(re.findall(r'InputError\(\s*"([^"]+)"', source))
+    return named | jobs | raised
+
+
+def test_job_error_codes_are_lower_snake_case_documented_and_explained():
     from bss.web.views import FAILURE_HELP
 
+    codes = _job_error_codes()
+    assert {"empty_file", "not_a_segment_file", "corrupt_gzip", "invalid_avro"} <= codes
+    own = sorted(c for c in codes - DOCUMENTED_JOB_CODES if not re.fullmatch(r"[a-z][a-z0-9_]*", c))
+    assert own == []
     walkthrough = (ROOT / "docs" / "http-walkthrough.md").read_text()
     table = set(re.findall(r"^\| `([A-Za-z_-]+)` \|", walkthrough, flags=re.M))
-    codes = {*FAILURE_HELP, EMPTY_FILE, NOT_A_SEGMENT_FILE, "processing-error"}
     assert codes <= table, sorted(codes - table)
+    assert codes <= set(FAILURE_HELP), sorted(codes - set(FAILURE_HELP))  # the dashboard's help
+
+
+def test_the_once_per_job_counters_are_documented():
+    from bss.ingest.engine import DEDUPLICATED
+
+    walkthrough = (ROOT / "docs" / "http-walkthrough.md").read_text()
     once = walkthrough.split("count each segment once per job", 1)[0].rsplit("\n\n", 1)[-1]
     assert all(f"`{name}`" in once for name in DEDUPLICATED)
     dashboard = (ROOT / "docs" / "dashboard.md").read_text()

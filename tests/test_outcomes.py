@@ -56,11 +56,11 @@ def _passive(srv: ServerProc, api: Api, name: str, content: bytes) -> dict:
 @pytest.mark.parametrize(
     ("name", "content", "error_code"),
     [
-        ("empty.txt", b"", "EMPTY_FILE"),
-        ("empty.gz", gzip.compress(b""), "EMPTY_FILE"),
-        ("binary.bin", BINARY, "NOT_A_SEGMENT_FILE"),
-        ("binary.gz", gzip.compress(BINARY), "NOT_A_SEGMENT_FILE"),
-        ("controls.txt", CONTROLS, "NOT_A_SEGMENT_FILE"),
+        ("empty.txt", b"", "empty_file"),
+        ("empty.gz", gzip.compress(b""), "empty_file"),
+        ("binary.bin", BINARY, "not_a_segment_file"),
+        ("binary.gz", gzip.compress(BINARY), "not_a_segment_file"),
+        ("controls.txt", CONTROLS, "not_a_segment_file"),
     ],
 )
 def test_api_and_passive_drop_end_alike(srv, api, name, content, error_code):

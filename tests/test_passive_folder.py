@@ -134,9 +134,9 @@ def test_folder_failures_are_clear(pipeline):
         job = pipeline.service.get_job(key.rsplit("-", 1)[1])
         assert job["phase"] == "error" and job["error_code"]
         codes[job["source_key"]] = job["error_code"]
-    assert codes["submitted/empty.txt"] == "EMPTY_FILE"
+    assert codes["submitted/empty.txt"] == "empty_file"
     assert codes["submitted/big.txt"] == "FILESIZE_LIMIT_EXCEEDED"
-    assert codes[f"submitted/{long_name}"] == "EMPTY_FILE"
+    assert codes[f"submitted/{long_name}"] == "empty_file"
     (shortened,) = [k for k in failed if k.startswith("LLLL")]
     assert len(shortened.encode()) <= 255 and "~" in shortened
 

@@ -176,7 +176,7 @@ def test_zero_byte_oversized_and_broken_files_fail_clearly(pipeline, s3_server):
         assert job["source_key"] == f"submitted/{name}"
         codes[name] = job["error_code"]
     assert codes["big.txt"] == "FILESIZE_LIMIT_EXCEEDED"
-    assert codes["empty.txt"] == "EMPTY_FILE"
+    assert codes["empty.txt"] == "empty_file"
 
 
 def test_two_scanners_at_once_process_each_file_exactly_once(pipeline, s3_server):

@@ -34,9 +34,9 @@ Kind = Literal["legacy", "avro"]
 
 #: A file with no bytes (after decompression) ends in this error, through the API and the
 #: passive drop alike (the passive scanner refuses a 0-byte file with the same code).
-EMPTY_FILE = "EMPTY_FILE"
+EMPTY_FILE = "empty_file"
 #: A file that is not Avro and not text: one error instead of a format error per "line".
-NOT_A_SEGMENT_FILE = "NOT_A_SEGMENT_FILE"
+NOT_A_SEGMENT_FILE = "not_a_segment_file"
 #: How much of the start of a legacy file is looked at to tell text from binary data.
 SNIFF_BYTES = 64 * 1024
 #: Control bytes other than TAB, LF and CR a text file may have in its first SNIFF_BYTES.

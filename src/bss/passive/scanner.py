@@ -40,6 +40,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from bss.formats.detect import EMPTY_FILE
 from bss.identity.ingest import E_LINKS_REPLACE, LINKS
 from bss.lifecycle.replace import REPLACE, passive_mode
 from bss.passive.claims import ClaimStore, claim_identity, utcnow
@@ -61,7 +62,6 @@ FINAL_PHASES = {"completed": DONE, "error": FAILED}
 
 FILESIZE_LIMIT_EXCEEDED = "FILESIZE_LIMIT_EXCEEDED"
 FILESIZE_MESSAGE = "Member exceeds maximum byte size allowed for a file"
-EMPTY_FILE = "EMPTY_FILE"
 EMPTY_MESSAGE = "The file is empty (0 bytes)"
 #: A link file named as a replace-mode upload (replace.*): never processed.
 REPLACE_LINKS = "replace_links"

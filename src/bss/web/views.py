@@ -60,6 +60,19 @@ FAILURE_HELP: dict[str, tuple[str, str]] = {
         "Open the error log below or download the complete report, fix the lines it names "
         "(their counter says which rule they broke), and upload the corrected file as a new job.",
     ),
+    "empty_file": (
+        "The file has no bytes, or is gzip that decompresses to nothing.",
+        "Check that the file was written completely, then upload it again as a new job.",
+    ),
+    "not_a_segment_file": (
+        "The file is binary data: neither Avro nor a text segment file.",
+        "Upload the segment file itself (plain text, gzip or Avro), not another kind of file.",
+    ),
+    "FILESIZE_LIMIT_EXCEEDED": (
+        "The file dropped for passive upload is larger than the service's file limit, so it "
+        "was not read.",
+        "Split the data into several smaller files and drop each as its own file.",
+    ),
     "corrupt_gzip": (
         "The file starts like gzip but cannot be decompressed.",
         "Check the file with `gzip -t FILE`, compress it again, and upload it as a new job.",
@@ -76,9 +89,25 @@ FAILURE_HELP: dict[str, tuple[str, str]] = {
         "The file uses a compression this service does not read.",
         "Send plain text, gzip, or Avro with the null, deflate or snappy codec.",
     ),
+    "invalid_avro": (
+        "The Avro link file cannot be read.",
+        "Write the file again with the documented link schema and upload it as a new job.",
+    ),
     "decompression_limit_exceeded": (
         "The file expands to more than the service allows once decompressed.",
         "Split the data into several smaller files and upload each as its own job.",
+    ),
+    "replace_removal_over_limit": (
+        "Replacing would have removed more of a segment's members than the member's config "
+        "allows (max_replace_removal_fraction), so nothing was removed.",
+        "Check that the file is complete; if the removals are meant, upload it again forced "
+        "(force=true, bss upload --force, or a passive file named replace-force.*) or raise "
+        "the fraction in the config.",
+    ),
+    "replace_links": (
+        "A link file was named as a replace-mode upload (replace.*); link files are only "
+        "added, never replaced, so it was not processed.",
+        "Drop the file again under a name without the replace. prefix.",
     ),
     "upload_url_expired": (
         "No file arrived at the job's upload URL in time, so the URL expired.",
