@@ -322,3 +322,44 @@ def test_schema_from_a_newer_bss_is_refused(tmp_path: Path) -> None:
         "bss: the database schema is at revision 9999, which this bss does not know (its "
         f"newest is {migrate.head()}): it was upgraded by a newer bss; run that version"
     ]
+
+
+def test_kept_jobs_get_the_lower_case_file_error_codes(tmp_path: Path) -> None:
+    """Jobs that ended with EMPTY_FILE or NOT_A_SEGMENT_FILE before the codes were lower-cased
+    read as empty_file and not_a_segment_file after the upgrade; other codes are untouched."""
+    script = next(
+        s
+        for s in migrate._scripts().walk_revisions()
+        if s.path.endswith("_lower_case_file_error_codes.py")
+    )
+    engine = make_engine(f"sqlite:///{tmp_path / 'bss.db'}")
+    config = migrate._config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, script.down_revision)
+    codes = {"j1": "EMPTY_FILE", "j2": "NOT_A_SEGMENT_FILE", "j3": "corrupt_gzip", "j4": None}
+    with engine.begin() as conn:
+        for job_id, code in codes.items():
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (job_id, member_id, phase, upload_source, created_on, "
+                    "last_modified, percent_complete, num_valid, num_invalid_format, "
+                    "num_valid_user, num_invalid_user, num_invalid_segment, "
+                    "num_invalid_timestamp, num_unauth_segment, num_past_expiration, "
+                    "num_inactive_segment, num_other_error, file_bytes, file_lines, "
+                    "file_deleted, lines_read, pairs_added, pairs_removed, attempts, "
+                    "error_code) VALUES (:job_id, 7, 'error', 'api', 1, 2, 0, 0, 0, 0, 0, 0, "
+                    "0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, :code)"
+                ),
+                {"job_id": job_id, "code": code},
+            )
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        found = dict(conn.execute(text("SELECT job_id, error_code FROM jobs")).all())
+    assert found == {
+        "j1": "empty_file",
+        "j2": "not_a_segment_file",
+        "j3": "corrupt_gzip",
+        "j4": None,
+    }
+    engine.dispose()
