@@ -42,6 +42,10 @@ HELP = {
         "Connections closed because a request head took longer than BSS_REQUEST_HEAD_TIMEOUT "
         "(this process).",
     ),
+    "bss_request_heads_too_large_total": (
+        "counter",
+        "Connections closed because a request head passed 1 MiB (this process).",
+    ),
 }
 
 

@@ -14,7 +14,7 @@ import threading
 
 import uvicorn
 
-from bss.api.head_guard import protocol_with_head_timeout
+from bss.api.head_guard import MAX_HEAD_BYTES, guarded_protocol
 from bss.jobs.worker import StoreHandle
 from bss.settings import Settings
 from bss.startup import check_files, engines_in_use, open_database
@@ -52,10 +52,11 @@ def serve(settings: Settings, host: str, port: int, *, fd: int | None = None) ->
         # The client address comes from X-Forwarded-For only behind BSS_TRUSTED_PROXIES
         # (bss.api.deps.client_address); uvicorn's own rewrite would believe any local peer.
         proxy_headers=False,
-        # Slow request heads (slowloris) are cut by our protocol, uvicorn has no bound of its own.
-        http=protocol_with_head_timeout(settings.request_head_timeout),
+        # Slow (slowloris) and huge request heads are cut by our protocol: uvicorn's httptools
+        # protocol bounds neither.
+        http=guarded_protocol(settings.request_head_timeout, MAX_HEAD_BYTES),
         timeout_keep_alive=30,
-        h11_max_incomplete_event_size=1 << 20,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
     )
     server = uvicorn.Server(config)
     # Everything made at start-up (modules, app, routes) lives as long as the process: kept

@@ -1,6 +1,6 @@
-"""BSS_REQUEST_HEAD_TIMEOUT against a real `bss serve` on loopback: a client trickling its
-request head is cut off, an idle connection too, while normal requests, kept-alive
-connections and slow bodies are not."""
+"""The request head guard against a real `bss serve` on loopback: a client trickling its
+request head is cut off after BSS_REQUEST_HEAD_TIMEOUT, an idle connection too, a head over
+1 MiB is refused, while normal requests, kept-alive connections and slow bodies are not."""
 
 from __future__ import annotations
 
@@ -30,11 +30,15 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     proc.stop()
 
 
-def timeouts(server: ServerProc) -> int:
+def metric(server: ServerProc, name: str) -> int:
     for line in httpx.get(f"{server.url}/metrics").text.splitlines():
-        if line.startswith("bss_request_head_timeouts_total "):
+        if line.startswith(f"{name} "):
             return int(float(line.split()[1]))
-    raise AssertionError("bss_request_head_timeouts_total missing from /metrics")
+    raise AssertionError(f"{name} missing from /metrics")
+
+
+def timeouts(server: ServerProc) -> int:
+    return metric(server, "bss_request_head_timeouts_total")
 
 
 def connect(server: ServerProc) -> socket.socket:
@@ -148,6 +152,35 @@ def test_slow_body_is_not_cut_off(guarded: ServerProc) -> None:
     done = admin.wait(501, job["job_id"])
     assert (done["phase"], done["num_valid"]) == ("completed", 6)
     assert timeouts(guarded) == before
+
+
+def too_large(server: ServerProc) -> int:
+    return metric(server, "bss_request_heads_too_large_total")
+
+
+def test_head_over_a_mebibyte_is_refused(guarded: ServerProc) -> None:
+    """httptools alone keeps every header it is sent; the guard stops at MAX_HEAD_BYTES."""
+    before = too_large(guarded)
+    header = b"X-Big: " + b"a" * 8000 + b"\r\n"
+    received = b""
+    with connect(guarded) as sock:
+        try:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n")
+            for _ in range(1000):  # 8 MB, far past the bound, unless the server closes first
+                sock.sendall(header)
+            while chunk := sock.recv(65536):
+                received += chunk
+        except OSError:  # reset: the server closed with our bytes unread
+            pass
+    # When the close overtakes the answer (a reset), only the close and the count are seen.
+    assert received == b"" or received.startswith(b"HTTP/1.1 431 ")
+    assert too_large(guarded) == before + 1
+
+
+def test_a_large_head_under_the_bound_is_taken(guarded: ServerProc) -> None:
+    cookie = "c=" + "a" * 200_000
+    with httpx.Client(base_url=guarded.url) as client:
+        assert client.get("/health", headers={"Cookie": cookie}).status_code == 200
 
 
 def test_normal_requests_work(guarded: ServerProc) -> None:
