@@ -157,3 +157,20 @@ def test_a_body_that_is_not_an_object_is_the_documented_400(admin, member_id):
         ):
             body = admin.call(method, path, params=params, content=raw)
             assert (body["_http"], body["error_id"]) == (400, "SYNTAX"), (path, raw, body)
+
+
+def test_a_query_parameter_given_twice_is_a_400(admin, member_id):
+    """`?num_elements=x&num_elements=` is refused by name: the last value does not silently
+    win over the others (the empty last one would have read as no value at all)."""
+    for path, query in (
+        ("/segment", [("member_id", member_id), ("num_elements", "x"), ("num_elements", "")]),
+        ("/segment", [("member_id", member_id), ("member_id", member_id)]),
+        ("/id-sync", [("member_id", member_id), ("member_id", "")]),
+    ):
+        body = admin.call("GET", path, params=query)
+        name = query[-1][0]
+        assert (body["_http"], body["error_id"], body["error"]) == (
+            400,
+            "SYNTAX",
+            f"{name} is given more than once",
+        ), (path, body)

@@ -65,6 +65,8 @@ DOCUMENTED_REFUSALS = {
     "POST /user-optout": "each user names one ID form, as GET /user-segments takes them",
     "DELETE /user-optout": "exactly one user ID is needed",
     "POST /batch-segment": "a file_type other than segments or links; mode=replace of links",
+    "GET /id-sync": "an admin names the member (a member's users default to their own)",
+    "GET /getuid": "the redirect URL is the whole query string, which no parameter describes",
 }
 
 

@@ -11,7 +11,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
 from anyio import to_thread
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import Engine
@@ -24,7 +24,7 @@ from bss.api.docs import add_docs_routes
 from bss.api.envelope import error_response, http_error_response
 from bss.api.lookup import router as lookup_router
 from bss.api.openapi import install as install_openapi
-from bss.api.params import validation_message
+from bss.api.params import one_value_per_query_parameter, validation_message
 from bss.db import init_db, is_sqlite, make_engine
 from bss.errors import BssError, Invalid, NotAuthenticated, StoreUnavailable, Unavailable
 from bss.identity.sync_views import router as id_sync_router
@@ -179,17 +179,23 @@ def create_app(
 
     app.add_middleware(AccessLog)
 
-    app.include_router(accounts_router)
-    app.include_router(segments_router)
-    app.include_router(jobs_router)
-    app.include_router(lookup_router)
-    app.include_router(identity_router)
+    single_values = [Depends(one_value_per_query_parameter)]
+    for router in (
+        accounts_router,
+        segments_router,
+        jobs_router,
+        lookup_router,
+        identity_router,
+        realtime_router,
+        webhooks_router,
+        reports_router,
+        targeting_router,
+        lifecycle_router,
+    ):
+        app.include_router(router, dependencies=single_values)
+    # ID sync: the query of GET /getuid is a partner's URL, whose own parameters may
+    # repeat; its settings routes check their parameters themselves.
     app.include_router(id_sync_router)
-    app.include_router(realtime_router)
-    app.include_router(webhooks_router)
-    app.include_router(reports_router)
-    app.include_router(targeting_router)
-    app.include_router(lifecycle_router)
     mount_dashboard(app)  # the web dashboard at / and /ui/...
 
     @app.get(

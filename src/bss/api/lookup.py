@@ -281,7 +281,12 @@ class LookupBody(BaseModel):
         '{"device_id": "...", "domain": "idfa"}, ...]}'
     )
     users: list[Any] = Field(
-        json_schema_extra={"maxItems": MAX_LOOKUP_USERS, "items": {"type": "object"}}
+        json_schema_extra={
+            "maxItems": MAX_LOOKUP_USERS,
+            # Documented: an entry that is not a user object is answered by an error in its
+            # place, the rest of the batch being answered as usual.
+            "items": {"description": 'a user object such as {"uid": "..."}'},
+        }
     )
     related: bool | str | None = Field(
         None,

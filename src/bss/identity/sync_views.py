@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from bss.accounts.service import Principal, member_exists
 from bss.api.deps import member_scope, principal, require_admin
 from bss.api.envelope import ok
+from bss.api.params import one_value_per_query_parameter
 from bss.errors import NotFound, RateLimited
 from bss.identity import sync
 from bss.identity.ids import OPTED_OUT_UID
@@ -130,7 +131,12 @@ class IdSyncBody(BaseModel):
     id_sync: IdSyncSettings
 
 
-@router.put("/id-sync", tags=["id-sync"], summary="A member's ID-sync settings (admins)")
+@router.put(
+    "/id-sync",
+    tags=["id-sync"],
+    dependencies=[Depends(one_value_per_query_parameter)],
+    summary="A member's ID-sync settings (admins)",
+)
 async def put_id_sync(
     body: IdSyncBody,
     request: Request,
@@ -150,7 +156,12 @@ async def put_id_sync(
                           "has_secret": bool(body.id_sync.secret)})  # fmt: skip
 
 
-@router.get("/id-sync", tags=["id-sync"], summary="A member's ID-sync settings")
+@router.get(
+    "/id-sync",
+    tags=["id-sync"],
+    dependencies=[Depends(one_value_per_query_parameter)],
+    summary="A member's ID-sync settings",
+)
 def get_id_sync(
     request: Request, member_id: int | None = Query(None), p: Principal = Depends(principal)
 ) -> Any:
