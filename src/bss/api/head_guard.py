@@ -5,9 +5,9 @@ uvicorn bounds the wait between requests of a kept-alive connection, but not the
 request: a client that trickles a header byte now and then (slowloris) holds its connection,
 and its file descriptor, for as long as it likes, and its httptools parser keeps every header
 it is sent, however many megabytes. This protocol closes such a connection. The clock starts
-when the connection opens, or at the first byte of each later request on it, and stops once
-the head is parsed: a slow body is left to the upload's own idle bound
-(BSS_UPLOAD_IDLE_SECONDS).
+when the connection opens, or when the first part of a later request's head on it arrives
+without the rest (a head that arrives whole costs no timer), and stops once the head is
+parsed: a slow body is left to the upload's own idle bound (BSS_UPLOAD_IDLE_SECONDS).
 """
 
 from __future__ import annotations
@@ -58,9 +58,12 @@ class HeadGuardProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self._head_timer is None or self.transport.is_closing():
-            self._head_bytes = 0  # no head in progress: the last one was complete
+        if not self._head_started and self._head_timer is None:
+            return  # the usual case: no head in progress, the last one came whole
+        if self.transport.is_closing():
             return
+        if self._head_timer is None:  # a later request on a kept-alive connection, in parts
+            self._arm_head_timer()
         self._head_bytes += len(data)
         if self._head_bytes > self.max_head_bytes:
             self._refuse_head(TOO_LARGE_METRIC, _TOO_LARGE_RESPONSE)
@@ -68,12 +71,11 @@ class HeadGuardProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_started = True
-        if self._head_timer is None:  # a later request on a kept-alive connection
-            self._arm_head_timer()
 
     def on_headers_complete(self) -> None:
         self._cancel_head_timer()
         self._head_started = False
+        self._head_bytes = 0
         super().on_headers_complete()
 
     def _arm_head_timer(self) -> None:
