@@ -335,3 +335,56 @@ def test_a_link_file_skips_links_of_opted_out_ids(bss_server) -> None:
     )
     assert (bad["_http"], bad["error_id"]) == (400, "SYNTAX"), bad
     assert "not to link files" in bad["error"], bad
+
+
+def _post_links(api: Api, member_id: int, links: list[Any], **extra: Any) -> dict[str, Any]:
+    return api.ok(
+        "POST", "/id-link", params={"member_id": member_id}, json={"links": links, **extra}
+    )
+
+
+def test_a_link_post_skips_links_of_opted_out_ids(bss_server) -> None:
+    srv = bss_server()
+    api = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
+    api.member(M)
+    api.member(N)
+    _optout(api, [21], member_id=M)
+
+    # Either end opted out: a warning per link, counted as num_opted_out, not applied; the
+    # post's other skipped entries keep their own warnings.
+    links = [
+        {"a": "uid=21", "b": "uid=22"},
+        {"a": "uid=22", "b": "uid=23"},
+        {"a": "uid=0", "b": "uid=22"},
+        {"a": "uid=24", "b": "uid=21", "remove": False},
+    ]
+    posted = _post_links(api, M, links)
+    assert posted["message"] == {"links_in_request": 4, "links_applied": 1}, posted
+    opted = [(w["index"], w["entity"]) for w in posted["warnings"] if w.get("counter")]
+    assert opted == [(0, links[0]), (3, links[3])], posted
+    assert {w["counter"] for w in posted["warnings"] if "counter" in w} == {"num_opted_out"}
+    assert [w["index"] for w in posted["warnings"]] == [2, 0, 3], posted
+    assert _links(api, M, 22) == ["uid=22", "uid=23"]
+    assert _links(api, M, 21) == ["uid=21"]
+
+    # Nothing left to apply: the post says so, as one of only bad entries does.
+    only = _post_links(api, M, [links[0]])
+    assert only["message"] == {"links_in_request": 1, "links_applied": 0}, only
+    assert [w.get("counter") for w in only["warnings"]] == ["num_opted_out", None], only
+
+    # Member N's scope, and the shared scope, are not M's opt-out's ...
+    assert _post_links(api, N, [links[0]])["message"]["links_applied"] == 1
+    shared = _post_links(api, M, [{"a": "uid=21", "b": "uid=25"}], scope="shared")
+    assert shared["message"]["links_applied"] == 1, shared
+    # ... but a platform-wide opt-out suppresses shared links and every member's.
+    _optout(api, [26])
+    for member, scope in ((M, "shared"), (N, "member")):
+        refused = _post_links(api, member, [{"a": "uid=26", "b": "uid=27"}], scope=scope)
+        assert refused["message"]["links_applied"] == 0, refused
+        assert refused["warnings"][0]["counter"] == "num_opted_out", refused
+
+    # Withdrawn: links posted after the withdrawal apply again.
+    api.ok("DELETE", "/user-optout", params={"member_id": M, "uid": "21"})
+    assert _post_links(api, M, [links[0]])["message"]["links_applied"] == 1
+    # (An admin's listing follows the shared link to uid 25 as well.)
+    assert sorted(_links(api, M, 21)) == ["uid=21", "uid=22", "uid=23", "uid=25"]

@@ -16,6 +16,7 @@ from bss.db import now_s
 from bss.errors import Forbidden, Invalid, NotFound
 from bss.identity.ids import InvalidId, parse_id
 from bss.identity.service import MAX_LINKS_PER_POST, post_links, user_links
+from bss.lifecycle.optout import SuppressionList
 from bss.realtime.views import read_json_body
 from bss.store import MembershipStore
 from bss.store.base import SHARED_SCOPE
@@ -62,6 +63,7 @@ async def post_id_link(
             body=body,
             now=now_s(),
             ttl_days=settings.link_ttl_days,
+            suppression=SuppressionList.of(db, settings),
         )
     )
     return ok("message", result.message(), warnings=result.warnings)
