@@ -369,3 +369,56 @@ def test_redis_master_killed_mid_job(topo: Topology) -> None:
 def test_metrics_and_health_on_every_api(topo: Topology) -> None:
     for proc in topo.apis:
         assert httpx.get(f"{proc.url}/health").status_code == 200
+
+
+def _job_row(topo: Topology, job_pk: int) -> dict[str, Any]:
+    dsn = topo.pg_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn) as conn:
+        cur = conn.execute(
+            "SELECT attempts, failures, lost_leases, written_without_replica FROM jobs "
+            "WHERE id = %s",
+            (job_pk,),
+        )
+        names = [d.name for d in cur.description or ()]
+        row = cur.fetchone()
+    assert row is not None
+    return dict(zip(names, row, strict=True))
+
+
+def test_master_and_worker_killed_mid_job_dead_node_stays_dead(topo: Topology) -> None:
+    """The failover the hardening issue found: a master AND the worker holding the job are
+    killed mid-job and the dead master is not brought back, so its promoted replica has no
+    replica of its own. With the default BSS_STORE_WAIT_REPLICAS=attached the other worker
+    takes the job over and completes it with exact counters; no failure is counted against
+    the job. (Runs last: the cluster stays degraded.)"""
+    api = topo.api(0)
+    member_id = MEMBERS[1]
+    job, content, users = _big_job(topo, api, member_id, 15_000)
+    _wait_mid_job(api, member_id, job["job_id"])
+    owner = topo.claimed_by(job["id"])
+    assert owner is not None
+    pid = int(owner.split(":")[1])
+    worker = next(w for w in topo.workers if w.proc is not None and w.proc.pid == pid)
+    master = topo.cluster.master_of("{1}")
+    master.kill9()
+    worker.kill9()
+    try:
+        topo.cluster.wait_ok(timeout=60)  # the replica is promoted; the dead node stays dead
+        done = wait_job(topo.api(1), member_id, job["job_id"], timeout=300)
+    finally:
+        worker.start()
+    expected = reference_job(topo, member_id, content)
+    assert done["phase"] == "completed", done
+    assert counters(done) == counters(expected)
+    assert done["num_valid"] > 0
+    assert done["waiting_reason"] is None
+    # The other worker's replay wrote to the promoted master, which has no replica.
+    assert done["written_without_replica"] is True
+    row = _job_row(topo, job["id"])
+    assert row["failures"] == 0 and row["attempts"] >= 2
+    assert topo.claimed_by(job["id"]) != owner
+    users = users[::40]
+    assert memberships(topo.store, users) == reference_memberships(topo, users)
+    assert_counts_equal(topo, member_id)
+    survivor = next(w for w in topo.workers if w is not worker)
+    assert "has no replica attached" in survivor.log_path.read_text(errors="replace")

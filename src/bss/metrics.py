@@ -16,6 +16,11 @@ class Counters:
         with self._lock:
             self._values[name] += amount
 
+    def set(self, name: str, value: float) -> None:
+        """A gauge: the value now."""
+        with self._lock:
+            self._values[name] = value
+
     def snapshot(self) -> dict[str, float]:
         with self._lock:
             return dict(self._values)
@@ -33,6 +38,11 @@ HELP = {
     "bss_lines_processed_total": ("counter", "Input lines read by the engine (this process)."),
     "bss_jobs_finished_total": ("counter", "Jobs finished by workers of this process."),
     "bss_http_requests_total": ("counter", "HTTP requests served by this process."),
+    "bss_store_shards_without_replica": (
+        "gauge",
+        "Redis masters this process last wrote to that had no replica attached "
+        "(BSS_STORE_WAIT_REPLICAS=attached wrote to them unconfirmed).",
+    ),
     "bss_rt_pairs_applied_total": (
         "counter",
         "User/segment pairs written by POST /rt-segment (this process).",

@@ -10,7 +10,7 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,12 +65,14 @@ class Settings(BaseSettings):
         description="Store regions: longest wait between two attempts to catch a region up "
         "(the first retry comes after 5 s and the wait doubles up to this).",
     )
-    store_wait_replicas: int | None = Field(
-        None,
-        ge=0,
-        description="Replicas a Redis write must reach (WAIT) before a batch counts as applied, so "
-        "that a failover never loses an acknowledged write. Unset: 1 on a Redis Cluster, 0 on "
-        "one Redis server.",
+    store_wait_replicas: int | Literal["attached"] = Field(
+        "attached",
+        description="Replicas a Redis write must reach (WAIT) before a batch counts as applied. "
+        "`attached`: as many as the master has attached now, so that writes go on after a "
+        "failover left a shard without a replica (logged as a warning, counted in "
+        "bss_store_shards_without_replica, and marked on the jobs written meanwhile); a "
+        "number: exactly that many, and jobs wait while fewer are attached. "
+        "docs/scale-out.md says what each risks.",
     )
     files_url: str | None = Field(
         None,
@@ -189,6 +191,21 @@ class Settings(BaseSettings):
         60,
         description="A worker that has not renewed its claim on a job for this long is presumed "
         "dead; another one takes the job.",
+    )
+    job_max_attempts: int = Field(
+        5,
+        ge=1,
+        description="Runs a job may fail by its own fault (an unexpected error processing its "
+        "file, or 3 workers in a row lost while running it without getting further) before it "
+        "ends in error. Failures of the store, database or files store never count: the job "
+        "waits for them (job_infra_wait_max).",
+    )
+    job_infra_wait_max: int = Field(
+        86400,
+        ge=1,
+        description="Seconds a queued job waits, retrying, while the store, database or files "
+        "store is unavailable before it ends as `infrastructure-timeout` (its file kept for "
+        "another upload). The job shows why it waits in its waiting_reason field.",
     )
     sweep_seconds: int = Field(
         3600,

@@ -49,7 +49,22 @@ jobs = Table(
     #: it works; an expired lease means the worker died and the job is claimed again.
     Column("claimed_until", BigInteger, nullable=True),
     Column("claimed_by", String(64), nullable=True),
+    #: Runs started (claims). What may end a job is `failures`, not this.
     Column("attempts", Integer, nullable=False, default=0),
+    #: Runs that failed by the job's own fault (bss.queue.failures), counted against
+    #: BSS_JOB_MAX_ATTEMPTS; a failure of the infrastructure never counts.
+    Column("failures", Integer, nullable=True, default=0),
+    #: Leases that lapsed in a row (a worker killed or out of memory) without the job getting
+    #: further than before (`progress_mark`); every LOST_LEASES_PER_FAILURE count as one failure.
+    Column("lost_leases", Integer, nullable=True, default=0),
+    #: The furthest a run of the job got (phase rank * 1000 + per mille of the phase).
+    Column("progress_mark", Integer, nullable=True, default=0),
+    #: While the job waits for the infrastructure (store, database, files store): why, and
+    #: since when (UNIX seconds); both cleared when a run gets through.
+    Column("waiting_reason", Text, nullable=True),
+    Column("waiting_since", BigInteger, nullable=True),
+    #: 1 when the store wrote some of the job while a shard had no replica to confirm it.
+    Column("written_without_replica", Integer, nullable=True),
     #: First of the JOB_SEQ_SPAN store seqs reserved at the job's first run; a replay of an
     #: interrupted run reuses them (bss.store.seqs).
     Column("seq_base", BigInteger, nullable=True),

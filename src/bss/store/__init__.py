@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from bss.errors import StoreUrlError
 from bss.store.base import APPLY_SCHEMA, JOB_SEQ_SPAN, Membership, MembershipStore
@@ -12,14 +13,18 @@ __all__ = ["APPLY_SCHEMA", "JOB_SEQ_SPAN", "Membership", "MembershipStore", "ope
 
 
 def open_store(
-    url: str, *, wait_replicas: int | None = None, held_data: Callable[[], bool] | None = None
+    url: str,
+    *,
+    wait_replicas: int | Literal["attached"] | None = None,
+    held_data: Callable[[], bool] | None = None,
 ) -> MembershipStore:
     """`lmdb:///path/to/dir` (the embedded default: an LMDB environment directory),
     `redis://host:port/db` (one Redis server) or `redis+cluster://host:port[,host:port...]`
     (a Redis Cluster).
 
-    `wait_replicas`: replicas a Redis write must reach before it counts as applied (default
-    1 on a cluster, 0 on one server). `held_data`: see LmdbStore (asked if its file is gone)."""
+    `wait_replicas`: replicas a Redis write must reach before it counts as applied: a
+    number, or "attached" (the default: as many as each master has attached now).
+    `held_data`: see LmdbStore (asked if its file is gone)."""
     scheme, sep, rest = url.partition("://")
     if sep and scheme == "lmdb":
         from bss.store.keyvalue import LmdbStore

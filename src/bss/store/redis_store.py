@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from importlib.resources import files
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import duckdb
@@ -52,6 +52,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
 from bss.errors import StoreUnavailable
+from bss.metrics import COUNTERS
 from bss.store import redis_links
 from bss.store.base import APPLY_SCHEMA, Link, Membership
 
@@ -128,16 +129,16 @@ class RedisStore:
         self,
         url: str,
         *,
-        wait_replicas: int | None = None,
+        wait_replicas: int | Literal["attached"] | None = None,
         wait_timeout_ms: int = 2000,
         retry_seconds: float = 30.0,
         connect_timeout: float = 5.0,
     ) -> None:
         parts = urlsplit(url)
         self.cluster = parts.scheme == "redis+cluster"
-        # A cluster without replicas cannot survive a failover anyway; one server usually
-        # runs alone, so it waits for none unless told otherwise.
-        self.wait_replicas = (1 if self.cluster else 0) if wait_replicas is None else wait_replicas
+        self.replicas = ReplicaWait(
+            "attached" if wait_replicas is None else wait_replicas, alone_is_degraded=self.cluster
+        )
         self.wait_timeout_ms = wait_timeout_ms
         self.retry_seconds = retry_seconds
         # One thread: the pack is small and the machine runs Redis and other processes too.
@@ -246,11 +247,15 @@ class RedisStore:
         self, buckets: Sequence[int], command: Callable[[int], Command], *, wait: bool
     ) -> dict[int, Any]:
         groups = self._route(buckets)
-        replicas = self.wait_replicas if wait else 0
 
         def on_master(node: redis.Redis, node_buckets: list[int]) -> list[Any]:
             commands = [command(bucket) for bucket in node_buckets]
-            return _send(node, commands, replicas, self.wait_timeout_ms)
+            replicas = self.replicas.for_master(node) if wait else 0
+            try:
+                return _send(node, commands, replicas, self.wait_timeout_ms)
+            except StoreUnavailable:
+                self.replicas.forget(node)  # attached replicas are counted again next time
+                raise
 
         if len(groups) == 1:  # a lookup of one user, one server: no thread hop
             ((node, node_buckets),) = groups.items()
@@ -625,6 +630,86 @@ def _fixed_binary(values: np.ndarray, width: int) -> pa.Array:
         pa.binary(width), len(data), [None, pa.py_buffer(data.tobytes())]
     )
     return fixed.cast(pa.binary())
+
+
+#: How long a master's count of attached replicas is trusted (one INFO call per master
+#: per this many seconds while writing).
+_ATTACHED_TTL = 1.0
+SHARDS_WITHOUT_REPLICA = "bss_store_shards_without_replica"
+
+
+def _address(node: redis.Redis) -> str:
+    kwargs = node.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
+class ReplicaWait:
+    """How many replicas each master's writes WAIT for.
+
+    A number: that many, always (a master with fewer attached fails the write, and the job
+    waits until they are back). `attached`: as many as the master has online now (INFO
+    replication, cached for _ATTACHED_TTL): after a failover the promoted replica has none
+    until the dead node returns, and its writes go on unconfirmed; such a master is logged
+    once, counted in the bss_store_shards_without_replica gauge, and every unconfirmed write
+    adds one to `unconfirmed_writes` (a job compares it before and after its run). One
+    Redis server usually runs alone: there (`alone_is_degraded` False) none is expected."""
+
+    def __init__(self, mode: int | Literal["attached"], *, alone_is_degraded: bool) -> None:
+        self.mode = mode
+        self.alone_is_degraded = alone_is_degraded
+        self._lock = threading.Lock()
+        self._attached: dict[str, tuple[float, int]] = {}
+        self._alone: set[str] = set()
+        self.unconfirmed_writes = 0
+
+    def for_master(self, node: redis.Redis) -> int:
+        if self.mode != "attached":
+            return self.mode
+        address = _address(node)
+        with self._lock:
+            cached = self._attached.get(address)
+        if cached is not None and time.monotonic() - cached[0] < _ATTACHED_TTL:
+            attached = cached[1]
+        else:
+            attached = _online_replicas(node)
+            with self._lock:
+                self._attached[address] = (time.monotonic(), attached)
+        self._note(address, attached)
+        return attached
+
+    def forget(self, node: redis.Redis) -> None:
+        with self._lock:
+            self._attached.pop(_address(node), None)
+
+    def _note(self, address: str, attached: int) -> None:
+        if not self.alone_is_degraded:
+            return
+        with self._lock:
+            if attached:
+                if address in self._alone:
+                    self._alone.discard(address)
+                    log.warning("Redis master %s has a replica again", address)
+            else:
+                self.unconfirmed_writes += 1
+                if address not in self._alone:
+                    self._alone.add(address)
+                    log.warning(
+                        "Redis master %s has no replica attached: its writes are not "
+                        "confirmed by a replica until one is back (BSS_STORE_WAIT_REPLICAS="
+                        "attached)",
+                        address,
+                    )
+            COUNTERS.set(SHARDS_WITHOUT_REPLICA, len(self._alone))
+
+
+def _online_replicas(node: redis.Redis) -> int:
+    """Replicas attached to `node` and online (INFO replication's slaveN lines)."""
+    info = node.info("replication")
+    return sum(
+        1
+        for key, value in info.items()
+        if key.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+    )
 
 
 def _send(node: redis.Redis, commands: list[Command], replicas: int, timeout_ms: int) -> list[Any]:
