@@ -1,8 +1,8 @@
 """jobs: the queue's failure rules (failures, lost_leases, progress_mark), why a job waits
 for the infrastructure (waiting_reason, waiting_since) and written_without_replica.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-06 02:50:00
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
