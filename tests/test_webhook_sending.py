@@ -13,16 +13,21 @@ import ipaddress
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import legacy
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import insert, select, update
 from test_webhooks import FAST_RETRIES, SECRET, Receiver, _setup
 
+from bss.db import init_db, make_engine, now_s, write_tx
 from bss.settings import Settings
+from bss.webhooks.models import webhook_deliveries
 from bss.webhooks.sender import GuardedBackend, TargetRefused, permitted, resolve_target
+from bss.webhooks.service import WebhookSender
 
 # IANA special-purpose address registries: the blocks that are not globally reachable, and
 # the forwarding, anycast and documentation blocks a webhook has no business reaching.
@@ -307,3 +312,46 @@ def test_redirects_are_not_followed(bss_server):
     finally:
         hop.close()
         target.close()
+
+
+def test_a_delivery_the_infrastructure_failed_counts_no_attempt(tmp_path: Path) -> None:
+    """The config cannot be read (the database unreachable): no attempt is counted, the
+    delivery says why and waits its backoff; once the database is back, attempts count."""
+    settings = Settings(data_dir=tmp_path, **FAST_RETRIES)
+    db = make_engine(settings.resolved_database_url)
+    init_db(db)
+    with write_tx(db) as conn:
+        conn.execute(
+            insert(webhook_deliveries).values(
+                delivery_id="d-1",
+                member_id=7,
+                event="e",
+                body="{}",
+                state="pending",
+                attempts=0,
+                created_on=now_s(),
+                next_attempt_ms=0,
+            )
+        )
+    sender = WebhookSender(db, settings, name="s")
+
+    def send_one() -> Any:
+        assert sender.run_once()
+        for thread in list(sender._sending):
+            thread.join()
+        with db.connect() as conn:
+            return conn.execute(select(webhook_deliveries)).mappings().one()
+
+    sender.db = make_engine(f"sqlite:///{tmp_path}/not-there/bss.db")
+    row = send_one()
+    assert (row["attempts"], row["last_attempt_on"], row["claimed_by"]) == (0, None, None)
+    assert row["state"] == "pending"
+    assert row["last_error"].startswith("service unavailable, will retry: OperationalError")
+    assert row["next_attempt_ms"] > time.time() * 1000
+    assert sender.claim_next() is None  # it waits out its backoff
+
+    sender.db = db
+    with write_tx(db) as conn:
+        conn.execute(update(webhook_deliveries).values(next_attempt_ms=0, claimed_until=None))
+    row = send_one()
+    assert (row["attempts"], row["last_error"]) == (1, "the member has no webhook_url")

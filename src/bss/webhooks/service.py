@@ -3,7 +3,7 @@
 The `webhook_deliveries` table is an outbox written in the same transaction that finishes
 the job, so no finished job is missed however the process ends. Senders (threads of
 `bss serve` and `bss worker`, any number of processes) claim the oldest pending delivery of
-a member with a lease in the database: one delivery per member in flight, in order. A
+a member from the leased queue (bss.queue): one delivery per member in flight, in order. A
 delivery that keeps failing is retried with doubling delays and marked failed once the
 retry window has passed; then the member's next delivery goes.
 
@@ -20,11 +20,12 @@ import time
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, exists, func, insert, select
 
 from bss.db import fmt_ts, now_s, write_tx
 from bss.errors import Invalid
 from bss.formats.config import WEBHOOK_FIELDS
+from bss.queue import Fault, LeasedQueue, QueueTable, Runner, backoff, classify
 from bss.segments.models import batch_segment_configs
 from bss.settings import Settings
 from bss.webhooks.models import webhook_deliveries
@@ -156,13 +157,47 @@ def retry_delay(settings: Settings, failures: int) -> float:
     return min(delay, settings.webhook_max_retry_seconds)
 
 
+#: Waits of a delivery whose sending the infrastructure failed (the database or the
+#: config unreadable): first, doubling, cap; no attempt is counted.
+INFRA_RETRY_FIRST_SECONDS = 5.0
+INFRA_RETRY_MAX_SECONDS = 60.0
+
+_earlier = webhook_deliveries.alias("earlier")
+
+
+def _due(now: float) -> ColumnElement[bool]:
+    """Pending, past its next attempt, and the oldest pending delivery of its member (one
+    delivery per member in flight, in order)."""
+    d = webhook_deliveries
+    earlier = select(_earlier.c.id).where(
+        _earlier.c.member_id == d.c.member_id,
+        _earlier.c.state == "pending",
+        _earlier.c.id < d.c.id,
+    )
+    return and_(d.c.state == "pending", d.c.next_attempt_ms <= int(now * 1000), ~exists(earlier))
+
+
+DELIVERY_QUEUE = QueueTable(
+    table=webhook_deliveries,
+    holder=webhook_deliveries.c.claimed_by,
+    until=webhook_deliveries.c.claimed_until,
+    ready=_due,
+    order=(webhook_deliveries.c.next_attempt_ms, webhook_deliveries.c.id),
+    owned=webhook_deliveries.c.state == "pending",
+)
+
+
 class WebhookSender:
     """Claims due deliveries (the oldest pending one per member) and sends them.
 
     Up to webhook_in_flight claimed deliveries are sent at once, each on a thread of its own.
     A member has at most one delivery in flight, and an attempt ends by its total deadline,
     so a slow receiver holds one of those places for at most webhook_timeout_seconds while
-    the other members' deliveries go on.
+    the other members' deliveries go on. The lease outlasts one attempt with room to record
+    it, so no heartbeat renews it.
+
+    An attempt that could not be made because the infrastructure failed (bss.queue.classify)
+    counts nothing: the delivery says why in last_error and waits a bounded backoff.
     """
 
     def __init__(self, db: Engine, settings: Settings, name: str) -> None:
@@ -171,20 +206,16 @@ class WebhookSender:
         self.name = name
         # The lease outlasts one attempt (its total deadline) with room to record it.
         self.lease_seconds = int(2 * settings.webhook_timeout_seconds) + 5
+        self.queue = LeasedQueue(db, DELIVERY_QUEUE, self.lease_seconds)
         self._places = threading.BoundedSemaphore(settings.webhook_in_flight)
         self._sending: set[threading.Thread] = set()
+        #: Infrastructure failures in a row, of this sender (the database is everyone's).
+        self._infra_failures = 0
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("webhook sender started", extra={"sender": self.name})
-        while not stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:  # database trouble: back off, try again
-                log.exception("webhook sender failed", extra={"sender": self.name})
-                worked = False
-                stop.wait(5)
-            if not worked:
-                stop.wait(self.settings.webhook_poll_seconds)
+        poll = self.settings.webhook_poll_seconds
+        Runner(self.name, self.run_once, stop, poll_seconds=poll).run_forever()
         for thread in list(self._sending):
             thread.join()
 
@@ -207,53 +238,57 @@ class WebhookSender:
         thread.start()
         return True
 
-    def _send_and_free(self, row: Any) -> None:
+    def _send_and_free(self, row: dict[str, Any]) -> None:
         try:
             self.deliver(row)
-        except Exception:  # database trouble: the lease runs out and another attempt follows
-            log.exception("webhook delivery failed", extra={"sender": self.name})
+            self._infra_failures = 0
+        except Exception as exc:
+            self._failed(row, exc)
         finally:
             self._sending.discard(threading.current_thread())
             self._places.release()
 
-    def claim_next(self) -> Any | None:
-        d = webhook_deliveries
-        now = now_s()
-        heads = (
-            select(d.c.member_id, func.min(d.c.id).label("head"))
-            .where(d.c.state == "pending")
-            .group_by(d.c.member_id)
-            .subquery()
-        )
-        free = or_(d.c.claimed_until.is_(None), d.c.claimed_until < now)
-        due = (
-            select(d.c.id)
-            .join(heads, d.c.id == heads.c.head)
-            .where(d.c.next_attempt_ms <= int(time.time() * 1000), free)
-            .order_by(d.c.next_attempt_ms, d.c.id)
-            .limit(8)
-        )
-        with self.db.connect() as conn:
-            candidates = conn.execute(due).scalars().all()
-        for delivery_pk in candidates:
-            with write_tx(self.db) as conn:
-                claimed = conn.execute(
-                    update(d)
-                    .where(and_(d.c.id == delivery_pk, d.c.state == "pending", free))
-                    .values(claimed_by=self.name, claimed_until=now + self.lease_seconds)
-                ).rowcount
-                if claimed == 1:
-                    return conn.execute(select(d).where(d.c.id == delivery_pk)).mappings().one()
-        return None
+    def _failed(self, row: dict[str, Any], exc: Exception) -> None:
+        """Sending raised: the infrastructure's failure waits, the delivery's own is an attempt
+        that failed. If even that cannot be written, the lease runs out and it goes again."""
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        try:
+            if classify(exc) is Fault.INFRASTRUCTURE:
+                self._infra_failures += 1
+                self._wait_for_infrastructure(row, reason)
+            else:
+                log.exception("webhook delivery failed", extra={"sender": self.name})
+                self._record(row, Attempt(None, reason, None))
+        except Exception:
+            log.exception("webhook delivery failed", extra={"sender": self.name})
 
-    def deliver(self, row: Any) -> None:
+    def _wait_for_infrastructure(self, row: dict[str, Any], reason: str) -> None:
+        delay = backoff(
+            self._infra_failures, first=INFRA_RETRY_FIRST_SECONDS, cap=INFRA_RETRY_MAX_SECONDS
+        )
+        log.warning(
+            "webhook delivery waits for the infrastructure",
+            extra={"delivery_id": row["delivery_id"], "reason": reason, "retry_in": delay},
+        )
+        self.queue.release(
+            row["id"],
+            self.name,
+            delay,
+            last_error=f"service unavailable, will retry: {reason}",
+            next_attempt_ms=int((time.time() + delay) * 1000),
+        )
+
+    def claim_next(self) -> dict[str, Any] | None:
+        """Claim the due delivery that waited longest, under a lease."""
+        return self.queue.claim(self.name)
+
+    def deliver(self, row: dict[str, Any]) -> None:
         with self.db.connect() as conn:
             url, secret = _webhook_of(conn, row["member_id"])
         attempt = send(url, secret or "", row["delivery_id"], row["body"].encode(), self.settings)
         self._record(row, attempt)
 
-    def _record(self, row: Any, attempt: Attempt) -> None:
-        d = webhook_deliveries
+    def _record(self, row: dict[str, Any], attempt: Attempt) -> None:
         now = now_s()
         attempts = row["attempts"] + 1
         first = row["first_attempt_on"] or now
@@ -264,20 +299,19 @@ class WebhookSender:
             "url": attempt.url,
             "last_status_code": attempt.status_code,
             "last_error": attempt.error,
-            "claimed_by": None,
-            "claimed_until": None,
         }
         delay = retry_delay(self.settings, attempts)
         if attempt.ok:
-            values.update(state="delivered", finished_on=now)
+            state = "delivered"
         elif now + delay > first + self.settings.webhook_retry_window_seconds:
-            values.update(state="failed", finished_on=now)
+            state = "failed"
         else:
+            state = "pending"
+        if state == "pending":
             values["next_attempt_ms"] = int((time.time() + delay) * 1000)
-        with write_tx(self.db) as conn:
-            conn.execute(
-                update(d).where(d.c.id == row["id"], d.c.claimed_by == self.name).values(**values)
-            )
+            self.queue.release(row["id"], self.name, **values)
+        else:
+            self.queue.finish(row["id"], self.name, {**values, "state": state, "finished_on": now})
         log.info(
             "webhook attempt",
             extra={
@@ -287,6 +321,6 @@ class WebhookSender:
                 "attempt": attempts,
                 "status_code": attempt.status_code,
                 "error": attempt.error,
-                "state": values.get("state", "pending"),
+                "state": state,
             },
         )
