@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from passive_util import Pipeline
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from bss.jobs.models import jobs
 from bss.passive.claims import utcnow
@@ -529,3 +530,41 @@ def test_clean_shutdown_hands_unfinished_work_over_at_once(pipeline):
     b.drain(timeout=60)
     (job,) = all_jobs(pipeline)
     assert files(pipeline, "done") == [f"handover.txt-{job['job_id']}"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "longest_wait"),
+    [
+        (OperationalError("INSERT INTO jobs", {}, Exception("database is locked")), 60),
+        (ValueError("a failure of the file's own"), 1000),
+    ],
+)
+def test_a_start_the_infrastructure_failed_is_retried_within_a_minute(
+    pipeline, failure, longest_wait
+):
+    """Failures are classified as the queue's rule says (bss.queue.classify): an outage of
+    the database or the bucket is retried within a minute however often it failed, so the
+    claim goes on soon after it ends; a failure of the file's own waits longer each time."""
+    drop(pipeline, "outage.txt", pipeline.good_file(MEMBER, 2))
+    a = pipeline.scanner(owner="scanner-a", retry_seconds=1000)
+
+    class Failing:
+        def __getattr__(self, name):
+            return getattr(pipeline.service, name)
+
+        def submit_file(self, *args, **kwargs):
+            raise failure
+
+    a.jobs = Failing()
+    assert a.scan_once().claimed == ["submitted/outage.txt"]
+    (flight,) = a.inflight.values()
+    assert flight.job_id is None and flight.failures == 1
+    wait = flight.retry_at - time.monotonic()
+    assert longest_wait - 5 < wait <= longest_wait
+    assert claims(pipeline)["submitted/outage.txt"]["state"] == CLAIMED
+
+    a.jobs = pipeline.service
+    flight.retry_at = 0.0  # skip the wait
+    a.drain(timeout=60)
+    (job,) = all_jobs(pipeline)
+    assert files(pipeline, "done") == [f"outage.txt-{job['job_id']}"]

@@ -1,16 +1,23 @@
-"""Database operations on `passive_claims` (every write is a compare-and-set on the owner)."""
+"""Database operations on `passive_claims`, a leased queue (bss.queue) of file versions.
+
+A claim is made by the INSERT of its unique identity; from then on it is a row of the
+leased queue: its owner renews the lease, every write is guarded on the owner, and a claim
+whose lease ran out (its scanner died) or was let go is claimed again by another scanner.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, insert, or_, select, update
+from sqlalchemy import Engine, and_, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from bss.db import inserted_id
 from bss.passive.models import CLAIMED, JOB_CREATED, MOVED, passive_claims
+from bss.queue import LeasedQueue, QueueTable
 
 T = passive_claims
 
@@ -18,6 +25,25 @@ T = passive_claims
 def utcnow() -> datetime:
     """Naive UTC (what the DateTime columns hold on every dialect)."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def lease_end(at: float) -> datetime:
+    """UNIX seconds as `lease_until` holds them (naive UTC)."""
+    return datetime.fromtimestamp(at, UTC).replace(tzinfo=None)
+
+
+#: Claims not moved yet are work: their owner holds them, or anyone may take them over.
+_OPEN = T.c.state.in_((CLAIMED, JOB_CREATED))
+
+CLAIM_QUEUE = QueueTable(
+    table=T,
+    holder=T.c.owner,
+    until=T.c.lease_until,
+    ready=lambda _now: _OPEN,
+    order=(T.c.id,),
+    owned=_OPEN,
+    to_db_time=lease_end,
+)
 
 
 def claim_identity(backend: str, location: str, key: str, fingerprint: str) -> str:
@@ -78,89 +104,48 @@ class ClaimStore:
             return None
         return {c.name: values.get(c.name) for c in T.columns}
 
-    def pending(self, location: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(T)
-                .where(T.c.location == location, T.c.state.in_((CLAIMED, JOB_CREATED)))
-                .order_by(T.c.id)
-            ).mappings()
-            return [dict(r) for r in rows]
+    def _queue(self, lease_seconds: float) -> LeasedQueue:
+        return LeasedQueue(self.engine, CLAIM_QUEUE, lease_seconds)
+
+    def take_over_next(
+        self, location: str, owner: str, lease_seconds: float, skip: Collection[int] = ()
+    ) -> dict[str, Any] | None:
+        """Take the oldest abandoned claim at `location` (its lease ran out or was let go)
+        that is not in `skip`; None when there is none."""
+        where = and_(T.c.location == location, T.c.id.not_in(list(skip)))
+        return self._queue(lease_seconds).claim(owner, where=where, updated_at=utcnow())
 
     def take_over(self, row: dict[str, Any], owner: str, lease_seconds: float) -> bool:
         """Take an abandoned claim (lease expired), atomically; False if someone beat us."""
-        now = utcnow()
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                update(T)
-                .where(
-                    T.c.id == row["id"],
-                    T.c.state == row["state"],
-                    or_(T.c.lease_until.is_(None), T.c.lease_until < now),
-                    # the owner we saw: guards against two takers racing
-                    T.c.owner == row["owner"] if row["owner"] is not None else T.c.owner.is_(None),
-                )
-                .values(
-                    owner=owner,
-                    lease_until=now + timedelta(seconds=lease_seconds),
-                    updated_at=now,
-                )
-            )
-            return result.rowcount == 1
+        queue = self._queue(lease_seconds)
+        return queue.claim(owner, where=T.c.id == row["id"], updated_at=utcnow()) is not None
 
     def renew(self, claim_ids: list[int], owner: str, lease_seconds: float) -> set[int]:
         """Extend our leases; returns the ids we still own."""
-        if not claim_ids:
-            return set()
-        now = utcnow()
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(T)
-                .where(T.c.id.in_(claim_ids), T.c.owner == owner, T.c.state != MOVED)
-                .values(lease_until=now + timedelta(seconds=lease_seconds), updated_at=now)
-            )
-            rows = conn.execute(
-                select(T.c.id).where(T.c.id.in_(claim_ids), T.c.owner == owner)
-            ).scalars()
-            return set(rows)
-
-    def _owned(self, claim_id: int, owner: str):  # noqa: ANN202 - a where clause
-        return and_(T.c.id == claim_id, T.c.owner == owner)
+        return self._queue(lease_seconds).renew_many(claim_ids, owner, updated_at=utcnow())
 
     def set_job(self, claim_id: int, owner: str, job_id: str, job_db_id: int | None) -> bool:
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                update(T)
-                .where(self._owned(claim_id, owner), T.c.state == CLAIMED)
-                .values(state=JOB_CREATED, job_id=job_id, job_db_id=job_db_id, updated_at=utcnow())
-            )
-            return result.rowcount == 1
+        values = dict(state=JOB_CREATED, job_id=job_id, job_db_id=job_db_id, updated_at=utcnow())
+        return self._queue(0).write(claim_id, owner, values, where=T.c.state == CLAIMED)
 
     def set_outcome(
         self, claim_id: int, owner: str, outcome: str, dest_key: str, error: str | None
     ) -> bool:
         """Record where the file goes (once; a later taker reuses the same destination)."""
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                update(T)
-                .where(self._owned(claim_id, owner), T.c.dest_key.is_(None))
-                .values(outcome=outcome, dest_key=dest_key, error=error, updated_at=utcnow())
-            )
-            return result.rowcount == 1
+        values = dict(outcome=outcome, dest_key=dest_key, error=error, updated_at=utcnow())
+        return self._queue(0).write(claim_id, owner, values, where=T.c.dest_key.is_(None))
 
     def set_moved(self, claim_id: int, owner: str, error: str | None = None) -> bool:
-        values: dict[str, Any] = {"state": MOVED, "lease_until": None, "updated_at": utcnow()}
+        values: dict[str, Any] = {"state": MOVED, "updated_at": utcnow()}
         if error is not None:
             values["error"] = error
-        with self.engine.begin() as conn:
-            result = conn.execute(update(T).where(self._owned(claim_id, owner)).values(**values))
-            return result.rowcount == 1
+        return self._queue(0).finish(claim_id, owner, values)
 
     def release(self, claim_id: int, owner: str) -> bool:
         """Drop a claim that never got a job (the file vanished or changed before we took it)."""
         with self.engine.begin() as conn:
             result = conn.execute(
-                delete(T).where(self._owned(claim_id, owner), T.c.state == CLAIMED)
+                delete(T).where(T.c.id == claim_id, T.c.owner == owner, T.c.state == CLAIMED)
             )
             return result.rowcount == 1
 
@@ -174,12 +159,5 @@ class ClaimStore:
 
     def let_go(self, claim_ids: list[int], owner: str) -> int:
         """End our leases now (clean shutdown): the next scanner resumes them at once."""
-        if not claim_ids:
-            return 0
-        now = utcnow()
-        with self.engine.begin() as conn:
-            return conn.execute(
-                update(T)
-                .where(T.c.id.in_(claim_ids), T.c.owner == owner, T.c.state != MOVED)
-                .values(lease_until=now - timedelta(seconds=1), updated_at=now)
-            ).rowcount
+        queue = self._queue(0)
+        return sum(queue.release(claim_id, owner, updated_at=utcnow()) for claim_id in claim_ids)

@@ -43,7 +43,7 @@ from sqlalchemy import Engine, select
 from bss.formats.detect import EMPTY_FILE
 from bss.identity.ingest import E_LINKS_REPLACE, LINKS
 from bss.lifecycle.replace import REPLACE, passive_mode
-from bss.passive.claims import ClaimStore, claim_identity, utcnow
+from bss.passive.claims import ClaimStore, claim_identity
 from bss.passive.folder import FolderBackend, UnsafePath
 from bss.passive.models import CLAIMED, JOB_CREATED, MOVED, passive_claims
 from bss.passive.storage import (
@@ -55,6 +55,7 @@ from bss.passive.storage import (
     SubmittedFile,
     destination_key,
 )
+from bss.queue import Fault, Heartbeat, Runner, backoff, classify
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ FILESIZE_MESSAGE = "Member exceeds maximum byte size allowed for a file"
 EMPTY_MESSAGE = "The file is empty (0 bytes)"
 #: A link file named as a replace-mode upload (replace.*): never processed.
 REPLACE_LINKS = "replace_links"
+#: Longest wait of a claim whose step the infrastructure failed.
+INFRA_RETRY_MAX_SECONDS = 60.0
 
 
 def passive_file_type(key: str) -> str:
@@ -176,6 +179,11 @@ class PassiveScanner:
         self.tmp_dir = Path(settings.data_dir) / "passive-tmp"
         self.inflight: dict[int, _InFlight] = {}
         self._last_renew = 0.0
+        # The loop's schedule (run/step).
+        self._scan_every = 300.0
+        self._next_scan = 0.0
+        self._next_housekeeping = 0.0
+        self._after_scan = 0
         #: claims another scanner took from us (our lease ran out): drop, never finish
         self._lost: set[int] = set()
         self._renew_lock = threading.Lock()
@@ -186,43 +194,44 @@ class PassiveScanner:
         scan_every = float(getattr(self.settings, "passive_scan_seconds", 300))
         poll_every = float(getattr(self.settings, "passive_poll_seconds", 2.0) or 2.0)
         poll_every = max(0.05, min(poll_every, scan_every))
+        self._scan_every = scan_every
         # Leases are renewed by their own thread, so a long download or a slow scan never
         # lets them run out while this scanner is alive.
-        beat = threading.Thread(
-            target=self._heartbeat, args=(stop_event,), name="passive-lease", daemon=True
-        )
-        beat.start()
-        next_scan = 0.0
-        next_housekeeping = 0.0
-        after_scan = 0
+        beat = Heartbeat("passive-lease", self._renew_all, max(0.05, self.lease_seconds / 4))
         try:
-            while not stop_event.is_set():
-                now = time.monotonic()
-                if now >= next_housekeeping:
-                    next_housekeeping = now + 3600
-                    try:
-                        self.housekeeping()
-                    except Exception:  # noqa: BLE001
-                        log.exception("passive housekeeping failed")
-                if now >= next_scan:
-                    next_scan = now + scan_every
-                    try:
-                        self.scan_once()
-                    except Exception:  # noqa: BLE001 - the loop must survive anything
-                        log.exception("passive scan failed")
-                    after_scan = len(self.inflight)
-                try:
-                    stats = self.poll_once()
-                except Exception:  # noqa: BLE001
-                    log.exception("passive poll failed")
-                    stats = ScanStats()
-                if self._backlog and (stats.moved or len(self.inflight) < after_scan):
-                    next_scan = 0.0  # files were deferred and a slot is free: scan again now
-                    continue
-                stop_event.wait(poll_every)
+            with beat:
+                Runner(
+                    f"passive:{self.owner}", self.step, stop_event, poll_seconds=poll_every
+                ).run_forever()
         finally:
-            beat.join(timeout=5)
             self.shutdown()
+
+    def step(self) -> bool:
+        """Housekeeping and a scan when they are due, then a poll; True when deferred files
+        can be scanned again at once (a slot came free)."""
+        now = time.monotonic()
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + 3600
+            try:
+                self.housekeeping()
+            except Exception:  # noqa: BLE001
+                log.exception("passive housekeeping failed")
+        if now >= self._next_scan:
+            self._next_scan = now + self._scan_every
+            try:
+                self.scan_once()
+            except Exception:  # noqa: BLE001 - the loop must survive anything
+                log.exception("passive scan failed")
+            self._after_scan = len(self.inflight)
+        try:
+            stats = self.poll_once()
+        except Exception:  # noqa: BLE001
+            log.exception("passive poll failed")
+            stats = ScanStats()
+        if self._backlog and (stats.moved or len(self.inflight) < self._after_scan):
+            self._next_scan = 0.0  # files were deferred and a slot is free: scan again now
+            return True
+        return False
 
     def shutdown(self) -> None:
         """Hand our unfinished claims over: whoever scans next resumes them immediately."""
@@ -246,12 +255,11 @@ class PassiveScanner:
         days = float(getattr(self.settings, "history_days", 30))
         self.claims.purge_moved(days * 86400)
 
-    def _heartbeat(self, stop_event: threading.Event) -> None:
-        while not stop_event.wait(max(0.05, self.lease_seconds / 4)):
-            try:
-                self.renew_leases()
-            except Exception:  # noqa: BLE001 - database hiccup: try again next beat
-                log.exception("renewing passive leases failed")
+    def _renew_all(self) -> bool:
+        """The heartbeat's beat: the scanner's leases as a whole are never lost (a claim
+        taken over is dropped by the next poll)."""
+        self.renew_leases()
+        return True
 
     def renew_leases(self) -> None:
         """Extend the leases of every claim we hold; note the ones we lost."""
@@ -304,15 +312,12 @@ class PassiveScanner:
     def _scan_area(self, area: PassiveArea, stats: ScanStats) -> None:
         area.ensure_layout()
         listing = area.list_submitted()
-        now = utcnow()
-        # 1. abandoned claims at this place (their scanner died)
-        for row in self.claims.pending(area.location):
-            if row["id"] in self.inflight:
-                continue
-            if row["lease_until"] is not None and row["lease_until"] > now:
-                continue  # a live scanner holds it
-            if not self.claims.take_over(row, self.owner, self.lease_seconds):
-                continue
+        # 1. abandoned claims at this place (their scanner died or let them go)
+        while (
+            row := self.claims.take_over_next(
+                area.location, self.owner, self.lease_seconds, skip=list(self.inflight)
+            )
+        ) is not None:
             log.warning("taking over abandoned passive claim %s (%s)", row["id"], row["source_key"])
             stats.resumed.append(row["source_key"])
             self._resume(area, row)
@@ -417,10 +422,8 @@ class PassiveScanner:
         except _LostClaim:
             self.inflight.pop(flight.claim_id, None)
             return
-        except Exception as exc:  # noqa: BLE001 - transient: keep the claim, retry later
-            flight.failures += 1
-            flight.retry_at = time.monotonic() + min(self.retry_seconds * flight.failures, 3600)
-            log.warning("starting the job for %s failed (%s); will retry", file.key, exc)
+        except Exception as exc:  # noqa: BLE001 - keep the claim, retry later
+            self._retry_later(flight, exc, "starting the job for")
             return
         if not self.claims.set_job(flight.claim_id, self.owner, job["job_id"], job.get("id")):
             # Only possible if our lease ran out between the check in _create_job and here.
@@ -534,11 +537,32 @@ class PassiveScanner:
                 continue
             try:
                 self._check(flight, stats)
-            except Exception as exc:  # noqa: BLE001 - transient: retry later
-                flight.failures += 1
-                flight.retry_at = time.monotonic() + min(self.retry_seconds * flight.failures, 3600)
-                log.warning("finishing %s failed (%s); will retry", flight.file.key, exc)
+            except Exception as exc:  # noqa: BLE001 - retry later
+                self._retry_later(flight, exc, "finishing")
         return stats
+
+    def _retry_later(self, flight: _InFlight, exc: Exception, doing: str) -> None:
+        """A step of the claim failed: tried again later. An outage of the infrastructure
+        (the database, the bucket) is retried within a minute however long it lasts, so the
+        claim goes on soon after it ends; a failure of the file's own waits longer each time."""
+        flight.failures += 1
+        if classify(exc) is Fault.INFRASTRUCTURE:
+            wait = backoff(
+                flight.failures,
+                first=min(self.retry_seconds, INFRA_RETRY_MAX_SECONDS),
+                cap=INFRA_RETRY_MAX_SECONDS,
+            )
+            log.warning(
+                "%s %s waits for the infrastructure (%s); will retry in %.0f s",
+                doing,
+                flight.file.key,
+                exc,
+                wait,
+            )
+        else:
+            wait = min(self.retry_seconds * flight.failures, 3600)
+            log.warning("%s %s failed (%s); will retry", doing, flight.file.key, exc)
+        flight.retry_at = time.monotonic() + wait
 
     def _check(self, flight: _InFlight, stats: ScanStats) -> None:
         if flight.dest_key is None:

@@ -78,9 +78,12 @@ class LeasedQueue:
 
     # --- claiming ------------------------------------------------------------------------
 
-    def claim(self, holder: str, **values: Any) -> dict[str, Any] | None:
+    def claim(
+        self, holder: str, *, where: ColumnElement[bool] | None = None, **values: Any
+    ) -> dict[str, Any] | None:
         """Take the first ready, free row (in `order`) under a lease; None when none is.
-        `values` are written with the claim (they may be SQL expressions)."""
+        `where` narrows the rows this claim may take (e.g. one place's); `values` are
+        written with the claim (they may be SQL expressions)."""
         now = time.time()
         claim_values = {
             self.spec.holder.name: holder,
@@ -90,22 +93,22 @@ class LeasedQueue:
         }
         if self.spec.attempts is not None:
             claim_values[self.spec.attempts.name] = self.spec.attempts + 1
+        claimable = and_(
+            self.spec.free(now), self.spec.ready(now), true() if where is None else where
+        )
         with write_tx(self.db) as conn:
             if is_sqlite(self.db):
-                return self._claim_sqlite(conn, now, claim_values)
-            return self._claim_locked(conn, now, claim_values)
-
-    def _claimable(self, now: float) -> ColumnElement[bool]:
-        return and_(self.spec.free(now), self.spec.ready(now))
+                return self._claim_sqlite(conn, claimable, claim_values)
+            return self._claim_locked(conn, claimable, claim_values)
 
     def _claim_sqlite(
-        self, conn: Connection, now: float, values: dict[str, Any]
+        self, conn: Connection, claimable: ColumnElement[bool], values: dict[str, Any]
     ) -> dict[str, Any] | None:
         # One guarded UPDATE ... RETURNING: no read-then-write window at all.
         t = self.spec.table
         first = (
             select(self.spec.pk)
-            .where(self._claimable(now))
+            .where(claimable)
             .order_by(*self.spec.order)
             .limit(1)
             # Not correlated to the UPDATE's table: the candidate is picked from all rows.
@@ -114,10 +117,7 @@ class LeasedQueue:
         )
         row = (
             conn.execute(
-                update(t)
-                .where(self.spec.pk == first, self._claimable(now))
-                .values(**values)
-                .returning(*t.c)
+                update(t).where(self.spec.pk == first, claimable).values(**values).returning(*t.c)
             )
             .mappings()
             .first()
@@ -125,12 +125,12 @@ class LeasedQueue:
         return dict(row) if row is not None else None
 
     def _claim_locked(
-        self, conn: Connection, now: float, values: dict[str, Any]
+        self, conn: Connection, claimable: ColumnElement[bool], values: dict[str, Any]
     ) -> dict[str, Any] | None:
         t = self.spec.table
         pk = conn.execute(
             select(self.spec.pk)
-            .where(self._claimable(now))
+            .where(claimable)
             .order_by(*self.spec.order)
             .limit(1)
             .with_for_update(skip_locked=True, of=t)
@@ -159,15 +159,17 @@ class LeasedQueue:
         holder: str,
         values: Mapping[str, Any],
         then: Callable[[Connection], None] | None = None,
+        *,
+        where: ColumnElement[bool] | None = None,
     ) -> bool:
-        """Write to a row only while `holder` still holds it; False otherwise. `then` runs
-        in the same transaction when the write happened."""
+        """Write to a row only while `holder` still holds it (and `where` holds); False
+        otherwise. `then` runs in the same transaction when the write happened."""
+        guard = self._owned_by(row_id, holder)
+        if where is not None:
+            guard = and_(guard, where)
         with write_tx(self.db) as conn:
             written = (
-                conn.execute(
-                    update(self.spec.table).where(self._owned_by(row_id, holder)).values(**values)
-                ).rowcount
-                == 1
+                conn.execute(update(self.spec.table).where(guard).values(**values)).rowcount == 1
             )
             if written and then is not None:
                 then(conn)
@@ -179,8 +181,8 @@ class LeasedQueue:
         until = self.spec.to_db_time(time.time() + self.lease_seconds)
         return self.write(row_id, holder, {self.spec.until.name: until, **values})
 
-    def renew_many(self, row_ids: Sequence[Any], holder: str) -> set[Any]:
-        """Extend the leases of several rows; the ids still held."""
+    def renew_many(self, row_ids: Sequence[Any], holder: str, **values: Any) -> set[Any]:
+        """Extend the leases of several rows (and write `values`); the ids still held."""
         if not row_ids:
             return set()
         until = self.spec.to_db_time(time.time() + self.lease_seconds)
@@ -190,7 +192,9 @@ class LeasedQueue:
             self.spec.owned if self.spec.owned is not None else true(),
         )
         with write_tx(self.db) as conn:
-            conn.execute(update(self.spec.table).where(held).values({self.spec.until.name: until}))
+            conn.execute(
+                update(self.spec.table).where(held).values({self.spec.until.name: until, **values})
+            )
             return set(conn.execute(select(self.spec.pk).where(held)).scalars())
 
     def release(self, row_id: Any, holder: str, delay: float = 0.0, **values: Any) -> bool:
