@@ -38,6 +38,7 @@ from bss.lifecycle.replace import (
     passive_mode,
 )
 from bss.reports.models import segment_loads
+from bss.segments.models import segment_floors
 from bss.store import APPLY_SCHEMA, open_store
 from bss.store.keyvalue import LmdbStore
 
@@ -279,7 +280,7 @@ NEW = range(1_100_000, 1_300_000)  # 50k users in both files
 def _watch(api: Api, job_id: str, atomic_batches: bool) -> tuple[threading.Thread, dict[str, Any]]:
     """A reader thread: users in both files never leave A; old-only users stay until the
     floor is set, then never come back; with `atomic_batches` one lookup of many users sees
-    all of them or none (one read transaction)."""
+    all of them or none (the floor is one step for readers)."""
     both = list(range(1_100_000, 1_100_000 + 300, 3))
     old_only = list(range(1_000_000, 1_000_000 + 300, 3))
     seen: dict[str, Any] = {"rounds": 0, "gone_at": None, "errors": []}
@@ -366,8 +367,9 @@ def test_reader_thread_and_a_real_time_add_during_a_replace_redis_cluster(
     srv = bss_server(store_url=redis_cluster.url)
     api = Api(srv.url, ADMIN_USER, ADMIN_PASSWORD)
     _setup(api)
-    # On Redis each user's bucket takes the floor in one call: per user, never a mix.
-    _reader_thread_and_real_time_add(api, atomic_batches=False)
+    # The floor is one database row every read applies, not one write per master: one
+    # lookup of many users (spread over every master) sees all old members or none.
+    _reader_thread_and_real_time_add(api, atomic_batches=True)
 
 
 def test_kill_9_mid_replace_then_replay(bss_server) -> None:
@@ -462,6 +464,11 @@ def test_other_regions_get_the_floor_with_the_job(bss_server, tmp_path: Path) ->
         assert _members(api, users, SEG_A, region=region) == set(users[5:15])
         assert _members(api, users, SEG_B, region=region) == set(users[:10])
     assert _counts(api, region="eu") == _counts(api) == {SEG_A: 10, SEG_B: 10, SEG_C: 0}
+    # Each region's floor is a row of its own, written once that region had the pairs.
+    db = make_engine(f"sqlite:///{srv.data_dir / 'bss.db'}")
+    with db.connect() as conn:
+        rows = conn.execute(select(segment_floors.c.region, segment_floors.c.segment_id)).all()
+    assert sorted(rows) == [("eu", SEG_A), ("us", SEG_A)]
 
 
 # --- the rule itself: floors and seqs on every engine against a reference ------------------
@@ -494,7 +501,11 @@ _write = st.tuples(
     st.booleans(),
 )
 _floor = st.tuples(
-    st.just("floor"), st.just(""), st.sampled_from(_SEGS), st.integers(1, 60), st.just(False)
+    st.sampled_from(["floor", "read_floor"]),
+    st.just(""),
+    st.sampled_from(_SEGS),
+    st.integers(1, 60),
+    st.just(False),
 )
 
 
@@ -507,11 +518,25 @@ _floor = st.tuples(
 def test_floors_and_seqs_follow_the_reference(stores: Stores, ops: list[tuple]) -> None:
     """A floor at seq F hides every entry of its segment below F, now and for any later
     write below F; entries at or above F, and later writes above it, are unaffected. The
-    reference: per (user, segment) the highest seq that is not below the floor wins."""
+    reference: per (user, segment) the highest seq that is not below the floor wins. A read
+    floor (the database's, bss.lifecycle.floors) hides the same entries from every read
+    before the store drops them (`delete_segment`, then the counts drop too)."""
     now = now_s()
     store = stores.fresh()
+    read_floors: dict[int, int] = {}
+    store.floors = lambda: read_floors
     entries: dict[tuple[str, int], tuple[int, bool]] = {}
     floors: dict[int, int] = {}
+
+    def visible() -> dict[tuple[str, int], tuple[int, bool]]:
+        return {k: v for k, v in entries.items() if v[0] >= read_floors.get(k[1], 0)}
+
+    def purge(seg: int, seq: int) -> None:
+        nonlocal entries
+        store.delete_segment(seg, seq)
+        floors[seg] = max(floors.get(seg, 0), seq)
+        entries = {k: v for k, v in entries.items() if k[1] != seg or v[0] >= floors[seg]}
+
     try:
         for op, user, seg, seq, removed in ops:
             if op == "write":
@@ -519,17 +544,26 @@ def test_floors_and_seqs_follow_the_reference(stores: Stores, ops: list[tuple]) 
                 stored = entries.get((user, seg))
                 if seq >= floors.get(seg, 0) and (stored is None or seq > stored[0]):
                     entries[(user, seg)] = (seq, removed)
+                continue
+            probe = {s: store.count_below(s, seq, now) for s in _SEGS}
+            assert probe == {
+                s: sum(1 for (_, es), (q, r) in visible().items() if es == s and not r and q < seq)
+                for s in _SEGS
+            }
+            if op == "floor":
+                purge(seg, seq)
             else:
-                probe = {s: store.count_below(s, seq, now) for s in _SEGS}
-                assert probe == {
-                    s: sum(
-                        1 for (_, es), (q, r) in entries.items() if es == s and not r and q < seq
-                    )
-                    for s in _SEGS
-                }
-                store.delete_segment(seg, seq)
-                floors[seg] = max(floors.get(seg, 0), seq)
-                entries = {k: v for k, v in entries.items() if k[1] != seg or v[0] >= floors[seg]}
+                read_floors[seg] = max(read_floors.get(seg, 0), seq)
+            for user in _USERS:
+                want = sorted(s for (u, s), (_, r) in visible().items() if u == user and not r)
+                assert [m.segment_id for m in store.user_segments(0, user, now)] == want
+            for s in _SEGS:
+                want_members = sorted(
+                    u for (u, es), (_, r) in visible().items() if es == s and not r
+                )
+                assert sorted(k for _, k, _ in store.segment_members(s, now)) == want_members
+        for seg, seq in sorted(read_floors.items()):
+            purge(seg, seq)
         for user in _USERS:
             want = sorted(s for (u, s), (_, r) in entries.items() if u == user and not r)
             assert [m.segment_id for m in store.user_segments(0, user, now)] == want

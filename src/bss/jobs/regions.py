@@ -23,6 +23,7 @@ from bss.ingest.registry import SegmentRegistry
 from bss.jobs.models import jobs
 from bss.jobs.service import JobService
 from bss.jobs.worker import LeaseLost, Stopping, StoreHandle
+from bss.lifecycle.floors import set_floors
 from bss.lifecycle.optout import SuppressionList
 from bss.lifecycle.replace import REPLACE, replay_floors
 from bss.store import regions
@@ -160,7 +161,14 @@ class RegionCatchUp:
                     )
             if job["mode"] == REPLACE and job["phase"] == "completed":
                 # The region gets the floors with the job: after its pairs, as locally.
-                replay_floors(store, job["replace_state"], job["seq_base"])
+                replay_floors(
+                    store,
+                    job["replace_state"],
+                    job["seq_base"],
+                    functools.partial(
+                        set_floors, self.db, seq=job["seq_base"], region=row["region"]
+                    ),
+                )
         finally:
             done.set()
             beat.join()

@@ -30,6 +30,7 @@ from bss.identity.ingest import LINKS, ingest_links_file, link_replay_config
 from bss.ingest.engine import ingest_file, segment_log
 from bss.ingest.registry import SegmentRegistry
 from bss.ingest.result import IngestResult
+from bss.lifecycle.floors import set_floors
 from bss.lifecycle.optout import SuppressionList
 from bss.lifecycle.replace import REPLACE, Refused, ReplaceState, apply_floors, counts_before
 from bss.metrics import COUNTERS
@@ -217,6 +218,9 @@ class JobRun:
             force=bool(self.row["replace_force"]),
             now=now_s(),
             keep_state=self._keep_replace_state,
+            publish=functools.partial(
+                set_floors, self.service.db, seq=seq_base, region=self.worker.stores.local_region
+            ),
         )
 
     def _progress(self, phase: str, fraction: float) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from bss.jobs.run import JobRun, LeaseLost, Stopping
 from bss.jobs.service import JobService
+from bss.lifecycle.floors import SegmentFloors
 from bss.queue import Runner
 from bss.settings import Settings
 from bss.store import MembershipStore, open_store
@@ -57,8 +58,11 @@ class StoreHandle:
         regions: Mapping[str, str] | None = None,
         local_region: str | None = None,
         held_data: Callable[[], bool] | None = None,
+        floors: SegmentFloors | None = None,
     ) -> None:
         self.url = url
+        #: The replace floors every read applies (bss.lifecycle.floors), per region.
+        self.floors = floors
         self.wait_replicas = wait_replicas
         #: Whether the job database says the store held data (asked if its file is gone).
         self.held_data = held_data
@@ -80,6 +84,7 @@ class StoreHandle:
             regions=settings.regions,
             local_region=settings.local_region,
             held_data=None if settings.store_allow_empty else jobs_wrote_memberships(settings),
+            floors=SegmentFloors.for_url(settings.resolved_database_url),
         )
 
     @property
@@ -101,6 +106,8 @@ class StoreHandle:
                 store = self._stores[region] = open_store(
                     url, wait_replicas=self.wait_replicas, held_data=self.held_data
                 )
+                if self.floors is not None:
+                    store.floors = self.floors.reader(region or self.local_region)
             return store
 
     def close(self) -> None:

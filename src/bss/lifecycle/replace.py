@@ -4,32 +4,38 @@
 --replace`). The job writes its pairs as any job does, with seqs `seq_base + i`, so until it
 completes a reader sees the old members plus the adds written so far. Once every pair is
 written, each segment with at least one valid add in the file gets a floor at the job's
-seq base: its entries below the floor are hidden and dropped, exactly as a segment deletion
-at that seq would (`MembershipStore.delete_segment`), without deleting the segment. What
-stays is the file's adds (with their expirations) and every write with a higher seq (a
-real-time post or a job that started after this one). A job that started earlier and
-applies later loses in the replaced segments: its seqs are below the floor.
+seq base: its entries below the floor are hidden, exactly as a segment deletion at that
+seq would hide them, without deleting the segment. What stays is the file's adds (with
+their expirations) and every write with a higher seq (a real-time post or a job that started
+after this one). A job that started earlier and applies later loses in the replaced
+segments: its seqs are below the floor.
 
-The floor is one write transaction per segment on LMDB; on Redis each user's bucket takes it
-in one Function call (a lookup of a user sees the old or the new members, never a mix), the
-buckets of all masters in one round. The removal guard: a job that would remove more than
+The floors of a job are one database transaction (bss.lifecycle.floors): every read of the
+store applies them, so readers switch from the old members to the new ones in one step, on
+LMDB and Redis alike. The store's entries below them are dropped afterwards
+(`MembershipStore.delete_segment`, once every process's copy of the floors holds them),
+before the job completes, so the member counts a completed job shows have dropped. The
+removal guard: a job that would remove more than
 the member's `max_replace_removal_fraction` of a segment's members (counted before the job
 first ran) ends in `error` with REMOVAL_OVER_LIMIT and removes nothing, unless the upload
 said `force=true`. A job that ends in `error` for any reason removes nothing.
 
 A replay (a worker killed mid-job, another region) writes the same entries with the same
-seqs and sets the same floors; what the floors removed is kept with the job before they are
-set, so the counts a replay reports are the first run's.
+seqs and sets the same floors (another region's in its own rows, once its replay has written
+the pairs); what the floors removed is kept with the job before they are set, so the counts
+a replay reports are the first run's.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bss.formats.config import BatchSegmentConfig
+from bss.lifecycle.floors import PURGE_DELAY_SECONDS
 from bss.store.base import MembershipStore
 
 APPEND = "append"
@@ -114,10 +120,14 @@ def apply_floors(
     force: bool,
     now: int,
     keep_state: Callable[[ReplaceState], None],
+    publish: Callable[[Sequence[int]], None] | None = None,
 ) -> Refused | None:
     """Set the floors of a replace job whose pairs are all written: count what each floor
-    removes, check the guard, keep the counts with the job (`keep_state`), then set them.
-    Refused (and nothing removed) when the guard stops the job."""
+    removes, check the guard, keep the counts with the job (`keep_state`), then set them:
+    `publish` writes them where every read applies them (bss.lifecycle.floors.set_floors),
+    and once every reader has them the store drops the entries below. Without `publish`
+    (a store no other process reads) the store drops them at once. Refused (and nothing
+    removed) when the guard stops the job."""
     replaced = sorted(seg for seg, n in added.items() if n > 0)
     if state.removed is None:
         removed = {seg: store.count_below(seg, seq_base, now) for seg in replaced}
@@ -127,15 +137,35 @@ def apply_floors(
                 return refused
         state.removed = removed
         keep_state(state)
-    for seg in replaced:
-        store.delete_segment(seg, seq_base)
+    _set(store, replaced, seq_base, publish)
     return None
 
 
-def replay_floors(store: MembershipStore, state_text: str | None, seq_base: int) -> None:
+def replay_floors(
+    store: MembershipStore,
+    state_text: str | None,
+    seq_base: int,
+    publish: Callable[[Sequence[int]], None] | None = None,
+) -> None:
     """Another region's replay of a completed replace job: the same floors."""
     state = ReplaceState.load(state_text)
-    for seg in sorted((state.removed or {}) if state is not None else ()):
+    _set(store, sorted((state.removed or {}) if state is not None else ()), seq_base, publish)
+
+
+def _set(
+    store: MembershipStore,
+    replaced: Sequence[int],
+    seq_base: int,
+    publish: Callable[[Sequence[int]], None] | None,
+) -> None:
+    if not replaced:
+        return
+    if publish is not None:
+        publish(replaced)
+        # Readers whose copy of the floors is older than the floor still read the old
+        # members: they must not meet the store half purged.
+        time.sleep(PURGE_DELAY_SECONDS)
+    for seg in replaced:
         store.delete_segment(seg, seq_base)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, String, Table, Text
+from sqlalchemy import BigInteger, Column, Index, Integer, PrimaryKeyConstraint, String, Table, Text
 
 from bss.db import metadata
 
@@ -25,6 +25,19 @@ segments = Table(
     Column("created_on", BigInteger, nullable=False),
     Column("last_modified", BigInteger, nullable=False),
     Index("ux_segments_member_code", "member_id", "code_key", unique=True),
+)
+
+#: Replace floors (bss.lifecycle.floors): per segment and store region, the seq below which
+#: every read hides the segment's entries. Written when a replace job's pairs are all in
+#: the region; one row is read by every lookup of that region, so a replace is one step.
+segment_floors = Table(
+    "segment_floors",
+    metadata,
+    Column("segment_id", Integer, nullable=False),
+    #: The store region's name ("" without store regions).
+    Column("region", String(40), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("segment_id", "region"),
 )
 
 #: One row: the highest segment id ever given out or taken explicitly. Automatic ids continue

@@ -9,7 +9,7 @@ writes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 import pyarrow as pa
@@ -62,6 +62,16 @@ LINK_SCHEMA = pa.schema(
 )
 
 
+#: Read floors: segment id -> the seq below which the segment's entries are hidden from every
+#: read (a replace's floor kept in the database, bss.lifecycle.floors). A provider is asked
+#: once per read call.
+Floors = Callable[[], Mapping[int, int]]
+
+
+def no_floors() -> Mapping[int, int]:
+    return {}
+
+
 class Membership(NamedTuple):
     """One live membership. A named tuple: lookups build millions of these, and a tuple is
     built several times faster than a frozen dataclass."""
@@ -97,8 +107,12 @@ class MembershipStore(Protocol):
     higher than the stored one changes nothing, so applying a batch twice (a replayed job) or
     out of order never undoes a later write. Removals are kept as tombstones until their
     `expires_at` (now + 180 days) for the same reason. Expiry and future start times are
-    applied at read time against `now`.
+    applied at read time against `now`, and so are the read floors: every read (lookups,
+    `segment_members`, `count_below`) hides a segment's entries below the floor `floors()`
+    gives it, before `delete_segment` drops them (the counts drop then).
     """
+
+    floors: Floors
 
     def apply(self, batch: pa.Table) -> None:
         """Write a batch (APPLY_SCHEMA) under the seq rule, atomically per (user, segment).

@@ -6,12 +6,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-from bss.store.base import Link, Membership
+from bss.store.base import Link, Membership, no_floors
 
 
 class DryRunStore:
     def __init__(self) -> None:
         self.rows_seen = 0
+        self.floors = no_floors
 
     def apply(self, batch: pa.Table) -> None:
         self.rows_seen += batch.num_rows

@@ -36,7 +36,7 @@ import itertools
 import operator
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 
 from bss.errors import StoreUnavailable
 from bss.read_ahead import read_ahead
-from bss.store.base import Link, Membership
+from bss.store.base import Floors, Link, Membership, no_floors
 from bss.store.lmdb_links import LmdbLinks
 from bss.store.lmdb_parts import (
     ENTRY,
@@ -93,9 +93,9 @@ def _membership(key: bytes, value: bytes) -> Membership:
     )
 
 
-def _live(value: bytes, now: int) -> bool:
-    _seq, timestamp, expires_at, _val, removed = _unpack_entry(value)
-    return not removed and timestamp <= now < expires_at
+def _live(value: bytes, now: int, floor: int = 0) -> bool:
+    seq, timestamp, expires_at, _val, removed = _unpack_entry(value)
+    return not removed and timestamp <= now < expires_at and seq >= floor
 
 
 def _write_ranges(
@@ -190,6 +190,7 @@ class LmdbStore:
         self._links = LmdbLinks(self._env)
         self._runs_root = path / "runs"
         remove_abandoned(self._runs_root)
+        self.floors: Floors = no_floors
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -525,16 +526,20 @@ class LmdbStore:
     # -- reads -------------------------------------------------------------------------------
 
     def user_segments(self, user_kind: int, user_key: str, now: int) -> list[Membership]:
+        floors = self.floors()
         with self._env.begin(db=self._members, buffers=False) as txn:
-            return self._read_user(txn.cursor(), _user_prefix(user_kind, user_key), now)
+            return self._read_user(txn.cursor(), _user_prefix(user_kind, user_key), now, floors)
 
     def users_segments(self, users: Sequence[tuple[int, str]], now: int) -> list[list[Membership]]:
+        floors = self.floors()
         with self._env.begin(db=self._members) as txn:
             cursor = txn.cursor()
-            return [self._read_user(cursor, _user_prefix(k, key), now) for k, key in users]
+            return [self._read_user(cursor, _user_prefix(k, key), now, floors) for k, key in users]
 
     @staticmethod
-    def _read_user(cursor: lmdb.Cursor, prefix: bytes, now: int) -> list[Membership]:
+    def _read_user(
+        cursor: lmdb.Cursor, prefix: bytes, now: int, floors: Mapping[int, int]
+    ) -> list[Membership]:
         # The hot path of every lookup: one seek, then the user's entries, each decoded once
         # with bound functions (no attribute lookups, no intermediate objects).
         found: list[Membership] = []
@@ -544,15 +549,13 @@ class LmdbStore:
         for key, value in cursor:
             if key[:width] != prefix:
                 break
-            _seq, timestamp, expires_at, val, removed = _unpack_entry(value)
+            seq, timestamp, expires_at, val, removed = _unpack_entry(value)
             if not removed and timestamp <= now < expires_at:
+                segment = _from_bytes(key[-8:], "big")
+                if floors and seq < floors.get(segment, 0):
+                    continue
                 found.append(
-                    Membership(
-                        _from_bytes(key[-8:], "big"),
-                        None if val == NULL_VALUE else val,
-                        timestamp,
-                        expires_at,
-                    )
+                    Membership(segment, None if val == NULL_VALUE else val, timestamp, expires_at)
                 )
         return found
 
@@ -576,18 +579,21 @@ class LmdbStore:
         return {seg: n for seg, n in sorted(counts.items()) if n > 0}
 
     def segment_members(self, segment_id: int, now: int) -> Iterator[tuple[int, str, Membership]]:
+        floor = self.floors().get(segment_id, 0)
         for key, value in self._segment_entries(segment_id):
-            if _live(value, now):
+            if _live(value, now, floor):
                 yield key[0], key[1:-9].decode(), _membership(key, value)
 
     def count_below(self, segment_id: int, seq: int, now: int) -> int:
         below = 0
+        floor = self.floors().get(segment_id, 0)
         for chunk in self._segment_chunks(segment_id):
             # A chunk's entries checked at once in numpy, not one by one.
             entries = np.frombuffer(b"".join(map(_value_of, chunk)), dtype=ENTRY)
             below += int(
                 np.count_nonzero(
                     (entries["seq"] < seq)
+                    & (entries["seq"] >= floor)
                     & (entries["removed"] == 0)
                     & (entries["timestamp"] <= now)
                     & (entries["expires_at"] > now)

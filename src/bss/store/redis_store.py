@@ -35,7 +35,7 @@ import struct
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from importlib.resources import files
@@ -54,7 +54,7 @@ from redis.exceptions import RedisClusterException
 from bss.errors import StoreUnavailable
 from bss.metrics import COUNTERS
 from bss.store import redis_links
-from bss.store.base import APPLY_SCHEMA, Link, Membership
+from bss.store.base import APPLY_SCHEMA, Floors, Link, Membership, no_floors
 
 log = logging.getLogger("bss.store.redis")
 
@@ -97,20 +97,23 @@ _FIXED = struct.Struct(">QBqq")
 _VALUE = struct.Struct(">q")
 
 
-def _memberships(records: bytes, now: int) -> Iterator[Membership]:
-    """The live entries among stored records (see redis_functions.lua)."""
+def _memberships(
+    records: bytes, now: int, floors: Mapping[int, int] | None = None
+) -> Iterator[Membership]:
+    """The live entries among stored records (see redis_functions.lua), none of a segment
+    below its read floor."""
     pos, end = 0, len(records)
     while pos < end:
         n = records[pos]
         segment = int(records[pos + 1 : pos + 1 + n])
         pos += 1 + n
-        _, flags, ts, exp = _FIXED.unpack_from(records, pos)
+        seq, flags, ts, exp = _FIXED.unpack_from(records, pos)
         pos += _FIXED.size
         value = None
         if flags & 2:
             (value,) = _VALUE.unpack_from(records, pos)
             pos += _VALUE.size
-        if not flags & 1 and ts <= now < exp:
+        if not flags & 1 and ts <= now < exp and not (floors and seq < floors.get(segment, 0)):
             yield Membership(segment, value, ts, exp)
 
 
@@ -141,6 +144,7 @@ class RedisStore:
         )
         self.wait_timeout_ms = wait_timeout_ms
         self.retry_seconds = retry_seconds
+        self.floors: Floors = no_floors
         # One thread: the pack is small and the machine runs Redis and other processes too.
         self._pack_db = duckdb.connect(config={"threads": 1})
         self._pack_lock = threading.Lock()
@@ -339,11 +343,12 @@ class RedisStore:
             kks = [f"{users[i][0]}:{users[i][1]}" for i in by_bucket[bucket]]
             return ("FCALL", "bss_read_users", 1, _key(bucket), bucket, *kks)
 
+        floors = self.floors()
         replies = self._on_every_master(sorted(by_bucket), call)
         out: list[list[Membership]] = [[] for _ in users]
         for bucket, per_user in replies.items():
             for i, records in zip(by_bucket[bucket], per_user, strict=True):
-                out[i] = sorted(_memberships(records, now), key=lambda m: m.segment_id)
+                out[i] = sorted(_memberships(records, now, floors), key=lambda m: m.segment_id)
         return out
 
     def segment_member_counts(self, now: int) -> dict[int, int]:
@@ -359,17 +364,19 @@ class RedisStore:
         return {seg: n for seg, n in totals.items() if n > 0}
 
     def segment_members(self, segment_id: int, now: int) -> Iterator[tuple[int, str, Membership]]:
+        floors = self.floors()
         for kk, records in self._segment_records(segment_id):
-            for membership in _memberships(records, now):
+            for membership in _memberships(records, now, floors):
                 kind, _, key = kk.decode().partition(":")
                 yield int(kind), key, membership
 
     def count_below(self, segment_id: int, seq: int, now: int) -> int:
+        floor = self.floors().get(segment_id, 0)
         return sum(
             1
             for _kk, records in self._segment_records(segment_id)
             for entry_seq, live in _seqs_and_liveness(records, now)
-            if live and entry_seq < seq
+            if live and floor <= entry_seq < seq
         )
 
     def _segment_records(self, segment_id: int) -> Iterator[tuple[bytes, bytes]]:
