@@ -30,6 +30,8 @@ from typing import Any
 import httpx
 import pytest
 
+from bss.client import BssClient
+
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin-password-1"
 BSS = Path(sys.executable).with_name("bss")
@@ -162,16 +164,26 @@ class ServerProc:
 
 
 class Api:
-    """httpx + the envelope: `api.get(...)` returns the `response` object (any status)."""
+    """The shipped `BssClient` for setting things up, plus the envelope at any status for
+    asserting refusals: `api.get(...)` returns the `response` object with `_http`, its status."""
 
     def __init__(self, url: str, username: str | None = None, password: str | None = None) -> None:
         self.url = url
-        self.http = httpx.Client(base_url=url, timeout=60)
-        self.token: str | None = None
+        self.client = BssClient(url, timeout=60)
+        self.http = self.client.http
         if username is not None:
             self.login(username, password or "")
 
+    @property
+    def token(self) -> str | None:
+        return self.client.token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        self.client.token = value
+
     def login(self, username: str, password: str) -> dict[str, Any]:
+        """Any answer, a refusal included; an accepted login's token is used from then on."""
         body = self.call(
             "POST", "/auth", json={"auth": {"username": username, "password": password}}
         )
@@ -199,12 +211,10 @@ class Api:
         assert body["status"] == "OK", body
         return body
 
-    # --- set-up helpers (admin) ---------------------------------------------------------
+    # --- set-up, through the shipped client --------------------------------------------------
 
     def member(self, member_id: int, name: str = "") -> dict[str, Any]:
-        return self.ok(
-            "POST", "/member", json={"member": {"id": member_id, "name": name or f"m{member_id}"}}
-        )["member"]
+        return self.client.create_member({"id": member_id, "name": name or f"m{member_id}"})
 
     def user(
         self,
@@ -213,56 +223,35 @@ class Api:
         user_type: str = "member",
         password: str = "password-123",
     ) -> dict:
-        body = {
-            "user": {
+        return self.client.create_user(
+            {
                 "username": username,
                 "password": password,
                 "user_type": user_type,
                 "member_id": member_id,
             }
-        }
-        return self.ok("POST", "/user", json=body)["user"]
+        )
 
     def segment(self, member_id: int, code: str, **fields: Any) -> dict[str, Any]:
-        return self.ok(
-            "POST",
-            "/segment",
-            params={"member_id": member_id},
-            json={"segment": {"code": code, **fields}},
-        )["segment"]
+        return self.client.create_segment(member_id, {"code": code, **fields})
 
     def config(self, member_id: int, **fields: Any) -> dict[str, Any]:
-        return self.ok(
-            "POST",
-            "/batch-segment-config",
-            params={"member_id": member_id},
-            json={"batch_segment_upload_config": fields},
-        )["batch_segment_upload_config"]
+        return self.client.set_config(member_id, fields)
 
     # --- jobs ---------------------------------------------------------------------------
 
     def new_job(self, member_id: int) -> dict[str, Any]:
-        job = self.ok("POST", "/batch-segment", params={"member_id": member_id})[
-            "batch_segment_upload_job"
-        ]
-        return job[0] if isinstance(job, list) else job
+        return self.client.create_job(member_id)
 
     def upload(
         self, job: dict[str, Any], content: Any, content_type: str = "application/octet-stream"
     ) -> dict:
-        resp = self.http.post(
-            job["upload_url"],
-            content=content,
-            headers={"Content-Type": content_type, "Authorization": self.token or ""},
-        )
-        body = resp.json()["response"]
-        body["_http"] = resp.status_code
-        return body
+        """Any bytes (the client streams files), any answer."""
+        headers = {"Content-Type": content_type}
+        return self.call("POST", job["upload_url"], content=content, headers=headers)
 
     def job(self, member_id: int, job_id: str) -> dict[str, Any]:
-        body = self.ok("GET", "/batch-segment", params={"member_id": member_id, "job_id": job_id})
-        job = body["batch_segment_upload_job"]
-        return job[0] if isinstance(job, list) else job
+        return self.client.get_job(member_id, job_id)
 
     def wait(
         self,
@@ -271,6 +260,7 @@ class Api:
         phases: tuple[str, ...] = ("completed", "error"),
         timeout: float = 120,
     ) -> dict:
+        """Until the job reaches one of `phases` (the client waits for a final one only)."""
         deadline = time.monotonic() + timeout
         while True:
             job = self.job(member_id, job_id)
@@ -287,11 +277,7 @@ class Api:
         return self.wait(member_id, job["job_id"])
 
     def segments_of(self, member_id: int | None = None, **user: Any) -> dict[int, Any]:
-        params = dict(user)
-        if member_id is not None:
-            params["member_id"] = member_id
-        body = self.ok("GET", "/user-segments", params=params)
-        return {s["id"]: s for s in body["segments"]}
+        return {s["id"]: s for s in self.client.user_segments(member_id, **user)}
 
 
 @pytest.fixture
