@@ -533,6 +533,7 @@ def test_truncated_at_each_boundary_of_a_small_file(codec):
         check_prefix_or_corrupt(data[:cut], small_file_raws(codec))
 
 
+@pytest.mark.slow  # a long property run: the full suite's, not the quick run's
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(codec=st.sampled_from(sorted(SMALL_FILES)), draw=st.data())
 def test_truncated_at_generated_offsets_of_a_small_file(codec, draw):
@@ -588,6 +589,7 @@ def test_truncated_files_parse_a_prefix_or_fail_cleanly(name, cut):
     check_prefix_or_corrupt(data[: int(len(data) * cut)], corruption_file_raws(name))
 
 
+@pytest.mark.slow  # a long property run: the full suite's, not the quick run's
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     name=st.sampled_from(sorted(CORRUPTION_FILES)),
@@ -739,6 +741,7 @@ segments_strategy = st.lists(
 )
 
 
+@pytest.mark.slow  # a long property run: the full suite's, not the quick run's
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     records=st.lists(

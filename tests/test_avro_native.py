@@ -258,6 +258,7 @@ def assert_same(native: tuple[Any, ...], reference: tuple[Any, ...]) -> None:
         assert frame["h"].n_unique() == frame["raw"].n_unique()
 
 
+@pytest.mark.slow  # a long property run: the full suite's, not the quick run's
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     file=file_st(),
@@ -298,6 +299,7 @@ CORRUPTION_FILE = write_fastavro(
 )
 
 
+@pytest.mark.slow  # a long property run: the full suite's, not the quick run's
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     flips=st.lists(st.tuples(st.floats(0.05, 1), st.integers(1, 255)), min_size=1, max_size=3),
@@ -434,6 +436,7 @@ def ingest(path: Path, tmp_path: Path, native: bool, config: BatchSegmentConfig 
     return result, report.read_text(), store.applied()
 
 
+@pytest.mark.slow  # a long property run: the full suite's, not the quick run's
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     file=file_st(),

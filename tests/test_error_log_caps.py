@@ -15,6 +15,7 @@ import io
 from pathlib import Path
 
 import polars as pl
+import pytest
 from conftest import legacy
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,6 +38,7 @@ def reference_cut(line: str, limit: int = LOG_LINE_BYTES) -> str:
     return head + MARK.format(len(line.encode()) - len(head.encode()))
 
 
+@pytest.mark.slow  # a long property run: the full suite's, not the quick run's
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=1500), st.integers(min_value=1, max_value=1200))
 def test_cut_line_matches_the_reference(line, limit):

@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from cluster_util import (  # noqa: F401 - fixtures
     Stores,
     redis_cluster_fixture,
@@ -193,6 +194,7 @@ def _ingest(
     return store, result
 
 
+@pytest.mark.slow  # a long property run: the full suite's, not the quick run's
 @settings(
     max_examples=60,
     deadline=None,
@@ -258,6 +260,7 @@ def _pair_problem_entries(lines: list[Line], segments) -> int:
     return total
 
 
+@pytest.mark.slow  # a long property run: the full suite's, not the quick run's
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     blob=st.one_of(

@@ -1038,6 +1038,7 @@ def files(draw):
     return config, truths_, blank, crlf
 
 
+@pytest.mark.slow  # a long property run: the full suite's, not the quick run's
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(files())
 def test_parser_recovers_the_generated_truth(case):

@@ -257,6 +257,7 @@ _signal = st.one_of(
 )
 
 
+@pytest.mark.slow  # a long property run: the full suite's, not the quick run's
 @settings(max_examples=500, deadline=None)
 @given(
     gdpr=_signal,

@@ -414,6 +414,7 @@ def mangled_requests(draw: Any) -> dict[str, Any]:
     return request
 
 
+@pytest.mark.slow  # a long property run: the full suite's, not the quick run's
 @settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
