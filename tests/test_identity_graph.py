@@ -380,3 +380,72 @@ def test_remove_links_of_tombstones_every_live_link_in_one_scope(stores: Stores)
             )
         )
         assert store.top_links([USERS[0]], [MEMBER], NOW, 25) == [[]]
+
+
+#: Pieces IDs are made of in the property test of `normal_ids`: forms in both cases, parts
+#: that parse_id normalises (case, leading zeros, legacy device types, spaces), junk.
+_ID_PIECES = st.sampled_from(
+    ["uid=", "UID=", "device=", "ifa=", "ext=", "eid=", "xfa=", "idfa", "IDFA", "aaid", "3",
+     "foo", ":", "=", "0", "00", "007", "1", "42", "18446744073709551615", "18446744073709551616",
+     "99999999999999999999", "-", ".", "-1", "null", "NULL", "Unknown", "ab", "AB", " ", "\t",
+     "é", "\x00", "\xa0", "\u2028", "x" * 600]
+)  # fmt: skip
+
+
+_FORMS = st.sampled_from(["uid=", "device=", "ifa=", "ext=", "eid=", "xfa=", "Ifa=", ""])
+_HEADS = st.sampled_from(["idfa", "IDFA", "aaid", "3", "foo", "LiveRamp.com", "456", "0", ""])
+_PARTS = st.lists(_ID_PIECES, max_size=3).map("".join)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(
+        st.tuples(_FORMS, _HEADS, st.just(":"), _PARTS).map("".join),
+        st.lists(_ID_PIECES, min_size=1, max_size=6).map("".join),
+    )
+)
+def test_ids_taken_vectorised_are_those_parse_id_takes_unchanged(text: str) -> None:
+    """Link files take IDs already in their normal form in bulk (bss.identity.ids.normal_ids):
+    each one must be exactly what parse_id makes of it, a valid ID unchanged."""
+    import polars as pl
+
+    from bss.identity.ids import InvalidId, normal_ids, parse_id
+
+    normal, kind, key = normal_ids(pl.col("text"))
+    row = pl.DataFrame({"text": [text]}).select(normal=normal, kind=kind, key=key).row(0)
+    try:
+        parsed: tuple[int, str] | None = parse_id(text)
+    except InvalidId:
+        parsed = None
+    if row[0]:
+        assert parsed is not None and (int(parsed[0]), parsed[1]) == (row[1], row[2])
+        assert text == format_id(*parsed)
+
+
+def test_ids_in_their_normal_form_are_taken_vectorised() -> None:
+    import polars as pl
+
+    from bss.identity.ids import normal_ids
+
+    texts = [
+        "uid=7652266028043224430",
+        "device=idfa:6d92078a-8246-4ba4-ae5b-76104861e7dc",
+        "ifa=aaid:ab-cd",
+        "ext=456:PS,123".replace(",", ""),
+        "eid=liveramp.com:XY123",
+        # parse_id's business: a case to fold, a legacy type, a uid of 20 digits, junk
+        "ifa=IDFA:ab",
+        "device=3:ab",
+        "uid=18446744073709551615",
+        "ext=456:NULL",
+    ]
+    normal, kind, key = normal_ids(pl.col("text"))
+    got = pl.DataFrame({"text": texts}).select(normal=normal, kind=kind, key=key).rows()
+    assert [row[0] for row in got] == [True] * 5 + [False] * 4
+    assert [row[1:] for row in got[:5]] == [
+        (1, "7652266028043224430"),
+        (2, "idfa:6d92078a-8246-4ba4-ae5b-76104861e7dc"),
+        (3, "aaid:ab-cd"),
+        (4, "456:PS123"),
+        (5, "liveramp.com:XY123"),
+    ]

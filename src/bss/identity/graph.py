@@ -26,9 +26,10 @@ hop is one `top_links` call on the store (one round trip per master on Redis).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from bss.identity.ids import format_id
 from bss.store.base import SHARED_SCOPE, Link, Membership, MembershipStore
@@ -107,7 +108,7 @@ class _Walk:
 
     def step(self, hop: int, per_user: list[list[Link]], max_ids: int) -> None:
         """Take the frontier's links (ranked, capped), in frontier order."""
-        found, next_frontier = self.found, []
+        found, seen, followed, next_frontier = self.found, self.seen_links, self.links, []
         for user, links in zip(self.frontier, per_user, strict=True):
             parent_shared = found[user].shared
             for link in links:
@@ -122,11 +123,28 @@ class _Walk:
                 elif reached.hop == hop and reached.shared and not shared:
                     # Also reached at this hop through the member's own links only.
                     found[other] = reached._replace(shared=False)
-                pair = (user, other) if user <= other else (other, user)
-                if (*pair, link.scope) not in self.seen_links:
-                    self.seen_links.add((*pair, link.scope))
-                    self.links.append(FollowedLink(pair[0], pair[1], link))
+                seen_key = (user, other, link.scope) if user <= other else (other, user, link.scope)
+                if seen_key not in seen:
+                    seen.add(seen_key)
+                    followed.append(FollowedLink(seen_key[0], seen_key[1], link))
         self.frontier = next_frontier
+
+
+class _Reads(Protocol):
+    """What an expansion reads: a store, or one snapshot of it (`snapshot_reads`)."""
+
+    def top_links(
+        self, users: Sequence[User], scopes: Sequence[int], now: int, limit: int
+    ) -> list[list[Link]]: ...
+
+    def users_segments(self, users: Sequence[User], now: int) -> list[list[Membership]]: ...
+
+
+def _reading(store: MembershipStore) -> AbstractContextManager[_Reads]:
+    """One read transaction for a whole expansion where the store offers one (LMDB); the
+    store itself otherwise (Redis: each hop one round trip per master anyway)."""
+    snapshot = getattr(store, "snapshot_reads", None)
+    return nullcontext(store) if snapshot is None else snapshot()
 
 
 def expand_many(
@@ -134,13 +152,28 @@ def expand_many(
 ) -> list[Expansion]:
     """`expand` of each group of users, all groups' hops read together: one `top_links`
     call per hop however many groups (a POST /user-segments of 1000 users)."""
+    with _reading(store) as reads:
+        return _expand_many(reads, groups, scopes, now, caps)
+
+
+def _expand_many(
+    reads: _Reads, groups: list[list[User]], scopes: list[int], now: int, caps: Caps
+) -> list[Expansion]:
     walks = [_Walk(users, caps) for users in groups]
     for hop in range(1, caps.max_hops + 1):
+        if len(walks) == 1:
+            walk = walks[0]
+            if not walk.frontier:
+                break
+            walk.step(
+                hop, reads.top_links(walk.frontier, scopes, now, caps.links_per_id), caps.max_ids
+            )
+            continue
         wanted = list(dict.fromkeys(u for walk in walks for u in walk.frontier))
         if not wanted:
             break
         read = dict(
-            zip(wanted, store.top_links(wanted, scopes, now, caps.links_per_id), strict=True)
+            zip(wanted, reads.top_links(wanted, scopes, now, caps.links_per_id), strict=True)
         )
         for walk in walks:
             walk.step(hop, [read[u] for u in walk.frontier], caps.max_ids)
@@ -157,20 +190,35 @@ def expanded_segments_many(
 ) -> list[tuple[Expansion, list[tuple[Membership, str]]]]:
     """`expanded_segments` of each group, with one read of memberships for all. An ID for
     which `hidden(kind, key)` is true (an opt-out standing for it) contributes no segment."""
-    expansions = expand_many(store, groups, scopes_of(member_id), now, caps)
-    users = list(dict.fromkeys((r.kind, r.key) for e in expansions for r in e.ids))
+    with _reading(store) as reads:
+        expansions = _expand_many(reads, groups, scopes_of(member_id), now, caps)
+        return _segments_of(reads, expansions, now, hidden)
+
+
+def _segments_of(
+    reads: _Reads,
+    expansions: list[Expansion],
+    now: int,
+    hidden: Callable[[int, str], bool] | None,
+) -> list[tuple[Expansion, list[tuple[Membership, str]]]]:
+    if len(expansions) == 1:
+        users = [(r.kind, r.key) for r in expansions[0].ids]  # each once already
+    else:
+        users = list(dict.fromkeys((r.kind, r.key) for e in expansions for r in e.ids))
     if hidden is not None:
         users = [u for u in users if not hidden(*u)]
-    segments = dict(zip(users, store.users_segments(users, now), strict=True))
+    segments = dict(zip(users, reads.users_segments(users, now), strict=True))
     out = []
     for expansion in expansions:
-        best: dict[int, tuple[Membership, str]] = {}
+        # segment id -> (the membership that expires last, the ID it came from); the via
+        # text is made for the winners only.
+        best: dict[int, tuple[Membership, Reached]] = {}
         for reached in expansion.ids:
             for m in segments.get((reached.kind, reached.key), ()):
                 held = best.get(m.segment_id)
                 if held is None or m.expires_at > held[0].expires_at:
-                    best[m.segment_id] = (m, Expansion.via(reached))
-        out.append((expansion, [best[s] for s in sorted(best)]))
+                    best[m.segment_id] = (m, reached)
+        out.append((expansion, [(m, Expansion.via(r)) for m, r in (best[s] for s in sorted(best))]))
     return out
 
 

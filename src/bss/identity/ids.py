@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 
+import polars as pl
+
 from bss.formats.records import DEVICE_DOMAINS, LEGACY_DEVICE_TYPES, MAX_UID, UserKind
 
 #: The user-ID cookie's value once a browser opted out (GET /optout): never a user.
@@ -42,6 +44,8 @@ _PREFIX = {
     UserKind.XFA: "xfa",
 }
 _KIND = {prefix: kind for kind, prefix in _PREFIX.items()}
+#: The same by plain int: format_id runs for every ID an answer names.
+_PREFIX_OF_INT = {int(kind): prefix for kind, prefix in _PREFIX.items()}
 FORMS = "uid=, device=<domain>:<id>, ifa=<type>:<id>, ext=<member>:<id>, eid=<source>:<id>, xfa=<make>:<model>:<ip>"
 
 
@@ -113,4 +117,41 @@ def parse_id(text: str) -> tuple[UserKind, str]:  # noqa: C901  one branch per d
 
 def format_id(kind: int, key: str) -> str:
     """(UserKind, store key) -> the link text form (`uid=123`)."""
-    return f"{_PREFIX[UserKind(kind)]}={key}"
+    prefix = _PREFIX_OF_INT.get(kind)
+    if prefix is None:
+        prefix = _PREFIX[UserKind(kind)]  # ValueError for a kind that is none
+    return f"{prefix}={key}"
+
+
+#: Printable ASCII but ":" and upper-case letters; the same with ":"; any printable ASCII.
+_HEAD, _LOWER, _ANY = r"[!-9;-@\[-~]", r"[!-@\[-~]", r"[!-~]"
+#: IDs already in their normal form, for which parse_id returns (kind, the text after "=")
+#: or raises JunkId: lower-case form, printable ASCII without spaces (so nothing to strip
+#: and no control character), a uid of at most 19 digits without leading zeros (below
+#: 2^64), parts lower-cased where parse_id lower-cases them, a device domain by its name.
+_NORMAL = (
+    "^(?:uid=[1-9][0-9]{0,18}"
+    f"|device=(?:{'|'.join(sorted(d for d in DEVICE_DOMAINS if d not in LEGACY_DEVICE_TYPES))})"
+    f":{_LOWER}+"
+    f"|ifa={_HEAD}+:{_LOWER}+"
+    f"|ext=[1-9][0-9]*:{_ANY}+"
+    f"|eid={_HEAD}+:{_ANY}+)$"
+)
+
+
+def normal_ids(text: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    """Vectorised parse_id for the IDs already in their normal form (most IDs of a file):
+    (whether `text` is one and names a user, its kind, its store key). Where the first is
+    false the other two mean nothing: such an ID is for parse_id, which says what it is."""
+    form = text.str.splitn("=", 2)
+    ident = text.str.splitn(":", 2).struct.field("field_1")
+    junk = ident.str.to_lowercase().is_in(list(_PLACEHOLDERS)) | ident.str.contains(
+        _ALL_ZEROS.pattern
+    )
+    normal = (
+        text.str.contains(_NORMAL) & (text.str.len_bytes() <= MAX_ID_CHARS) & ~junk.fill_null(False)
+    )
+    kind = form.struct.field("field_0").replace_strict(
+        {prefix: int(kind) for prefix, kind in _KIND.items()}, default=None, return_dtype=pl.UInt8
+    )
+    return normal.fill_null(False), kind, form.struct.field("field_1")

@@ -48,7 +48,7 @@ import pyarrow.compute as pc
 from bss.errors import StoreUnavailable
 from bss.read_ahead import read_ahead
 from bss.store.base import Floors, Link, Membership, no_floors
-from bss.store.lmdb_links import LmdbLinks
+from bss.store.lmdb_links import LmdbLinks, SnapshotReads
 from bss.store.lmdb_parts import (
     ENTRY,
     NULL_VALUE,
@@ -533,8 +533,17 @@ class LmdbStore:
     def users_segments(self, users: Sequence[tuple[int, str]], now: int) -> list[list[Membership]]:
         floors = self.floors()
         with self._env.begin(db=self._members) as txn:
-            cursor = txn.cursor()
-            return [self._read_user(cursor, _user_prefix(k, key), now, floors) for k, key in users]
+            return self._read_users(txn.cursor(), users, now, floors)
+
+    @classmethod
+    def _read_users(
+        cls,
+        cursor: lmdb.Cursor,
+        users: Sequence[tuple[int, str]],
+        now: int,
+        floors: Mapping[int, int],
+    ) -> list[list[Membership]]:
+        return [cls._read_user(cursor, _user_prefix(k, key), now, floors) for k, key in users]
 
     @staticmethod
     def _read_user(
@@ -637,6 +646,18 @@ class LmdbStore:
         self, users: Sequence[tuple[int, str]], scopes: Sequence[int], now: int, limit: int
     ) -> list[list[Link]]:
         return self._links.top_links(users, scopes, now, limit)
+
+    def snapshot_reads(self) -> contextlib.AbstractContextManager[SnapshotReads]:
+        """`top_links` and `users_segments` in one read transaction (bss.identity.graph: an
+        expansion's hops and memberships)."""
+        floors = self.floors()  # before the snapshot, as users_segments reads them
+
+        def read_users(
+            cursor: lmdb.Cursor, users: Sequence[tuple[int, str]], now: int
+        ) -> list[list[Membership]]:
+            return self._read_users(cursor, users, now, floors)
+
+        return self._links.reading(self._members, read_users)
 
     def delete_scope_links(self, scope: int) -> None:
         self._links.delete_scope(scope)

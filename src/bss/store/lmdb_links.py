@@ -9,93 +9,196 @@ ever dropped); `purge` reclaims the lapsed ones and `delete_scope` a deleted mem
 
 from __future__ import annotations
 
+import contextlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import lmdb
+import numpy as np
+import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from bss.store.base import LINK_SCHEMA, Link, link_order
+from bss.store.base import LINK_SCHEMA, Link, Membership, link_order
 
 _LINK = struct.Struct("<qqqB")
 _SCOPE = struct.Struct(">q")
+_unpack = _LINK.unpack
+#: Builds a Link without the Python-level __new__ of a NamedTuple: one per link read.
+_new_link = tuple.__new__
+#: Scopes whose emptiness is remembered (beyond it the memory starts again).
+_SCOPES_REMEMBERED = 1024
 #: Keys walked per read transaction when purging.
 _WALK_CHUNK = 20_000
 
 
-def _end(kind: int, key: str) -> bytes:
-    return bytes((kind,)) + key.encode()
+#: A stored row's value as a numpy record: `_LINK`'s layout, packed.
+_VALUE = np.dtype([("seq", "<i8"), ("asserted", "<i8"), ("expires", "<i8"), ("removed", "u1")])
 
 
-def _prefix(scope: int, kind: int, key: str) -> bytes:
-    return _SCOPE.pack(scope) + _end(kind, key) + b"\x00"
+def _fixed(values: np.ndarray, width: int) -> pa.Array:
+    """Each item's `width` bytes (a contiguous numpy array) as a binary array."""
+    buffer = pa.py_buffer(np.ascontiguousarray(values).tobytes())
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(values), [None, buffer]).cast(
+        pa.binary()
+    )
 
 
-def link_keys(batch: pa.Table) -> dict[bytes, bytes]:
-    """The stored rows of a batch (both ends of every link), each key once with its highest
-    seq: {key: value}."""
-    batch = batch.select(LINK_SCHEMA.names).cast(LINK_SCHEMA)
-    cols = [batch[name].to_pylist() for name in LINK_SCHEMA.names]
-    rows: dict[bytes, bytes] = {}
-    for scope, a_kind, a_key, b_kind, b_key, asserted, expires, removed, seq in zip(
-        *cols, strict=True
-    ):
-        value = _LINK.pack(seq, asserted, expires, removed)
-        scope_bytes = _SCOPE.pack(scope)
-        a, b = _end(a_kind, a_key), _end(b_kind, b_key)
-        for key in (scope_bytes + a + b"\x00" + b, scope_bytes + b + b"\x00" + a):
-            old = rows.get(key)
-            if old is None or _LINK.unpack(old)[0] < seq:
-                rows[key] = value
-    return rows
+def link_rows(batch: pa.Table) -> tuple[list[bytes], list[bytes], list[int]]:
+    """The stored rows of a batch (both ends of every link), in key order, each key once
+    with its highest seq (the first of the batch's rows on a tie): keys, values, seqs."""
+    batch = batch.select(LINK_SCHEMA.names).cast(LINK_SCHEMA).combine_chunks()
+    n = batch.num_rows
+    if not n:
+        return [], [], []
+    col = {name: batch[name].chunk(0) for name in LINK_SCHEMA.names}
+    scope = _fixed(np.asarray(col["scope"], dtype=">i8"), 8)
+    value = np.empty(n, dtype=_VALUE)
+    value["seq"], value["asserted"] = np.asarray(col["seq"]), np.asarray(col["asserted_at"])
+    value["expires"] = np.asarray(col["expires_at"])
+    value["removed"] = np.asarray(col["removed"], dtype=np.uint8)
+    a_kind = _fixed(np.asarray(col["a_kind"], dtype=np.uint8), 1)
+    b_kind = _fixed(np.asarray(col["b_kind"], dtype=np.uint8), 1)
+    a_key, b_key = col["a_key"].cast(pa.binary()), col["b_key"].cast(pa.binary())
+    nul = pa.scalar(b"\x00", pa.binary())
+    empty = pa.scalar(b"", pa.binary())
+    ends = pl.DataFrame(
+        {
+            "key": pa.chunked_array(
+                [
+                    pc.binary_join_element_wise(scope, a_kind, a_key, nul, b_kind, b_key, empty),
+                    pc.binary_join_element_wise(scope, b_kind, b_key, nul, a_kind, a_key, empty),
+                ]
+            ),
+            "value": pa.chunked_array([_fixed(value, _VALUE.itemsize)] * 2),
+            "seq": np.tile(value["seq"], 2),
+            # Row i's ends come 2i and 2i + 1: ties go to the batch's first row.
+            "order": np.concatenate([np.arange(0, 2 * n, 2), np.arange(1, 2 * n, 2)]),
+        }
+    )
+    rows = ends.sort(["key", "seq", "order"], descending=[False, True, False]).unique(
+        "key", keep="first", maintain_order=True
+    )
+    return rows["key"].to_list(), rows["value"].to_list(), rows["seq"].to_list()
+
+
+def _read_links(
+    cursor: lmdb.Cursor[bytes],
+    heads: list[tuple[int, bytes]],
+    kind: int,
+    key: str,
+    now: int,
+    limit: int,
+) -> list[Link]:
+    """One user's live links in the scopes `heads` (scope, its key prefix), ranked, at most
+    `limit`. The hot path of every expansion: one seek per scope, each row decoded once."""
+    found: list[Link] = []
+    end = bytes((kind,)) + key.encode() + b"\x00"
+    width = len(end) + 8
+    for scope, head in heads:
+        prefix = head + end
+        if not cursor.set_range(prefix):
+            continue
+        for stored_key, value in cursor:
+            if stored_key[:width] != prefix:
+                break
+            seq, asserted, expires, removed = _unpack(value)
+            if not removed and asserted <= now < expires:
+                other = stored_key[width:]
+                found.append(
+                    _new_link(Link, (other[0], other[1:].decode(), scope, seq, asserted, expires))
+                )
+    if len(found) > 1:
+        found.sort(key=link_order)
+    return found[:limit]
+
+
+#: Reads the memberships of users through a cursor of the members database.
+ReadUsers = Callable[[lmdb.Cursor, Sequence[tuple[int, str]], int], list[list[Membership]]]
+
+
+class SnapshotReads:
+    """`top_links` and `users_segments` over one read transaction (LmdbLinks.reading)."""
+
+    def __init__(
+        self,
+        links: LmdbLinks,
+        txn: lmdb.Transaction[bytes],
+        members: lmdb.Cursor,
+        read_users: ReadUsers,
+    ) -> None:
+        self._links, self._txn = links, txn
+        self._cursor = txn.cursor(db=links.db)
+        self._members, self._read_users = members, read_users
+
+    def top_links(
+        self, users: Sequence[tuple[int, str]], scopes: Sequence[int], now: int, limit: int
+    ) -> list[list[Link]]:
+        cursor = self._cursor
+        heads = self._links.heads(self._txn, cursor, scopes)
+        return [_read_links(cursor, heads, kind, key, now, limit) for kind, key in users]
+
+    def users_segments(self, users: Sequence[tuple[int, str]], now: int) -> list[list[Membership]]:
+        return self._read_users(self._members, users, now)
 
 
 class LmdbLinks:
     def __init__(self, env: lmdb.Environment) -> None:
         self._env = env
-        self._db = env.open_db(b"links")
+        self.db = self._db = env.open_db(b"links")
+        #: scope key prefix -> (transaction id, whether the scope holds links then).
+        self._scopes_seen: dict[bytes, tuple[int, bool]] = {}
 
     def apply(self, batch: pa.Table) -> None:
-        rows = link_keys(batch)
-        if not rows:
+        keys, values, seqs = link_rows(batch)
+        if not keys:
             return
-        keys = sorted(rows)
         with self._env.begin(write=True, db=self._db) as txn:
             cursor = txn.cursor()
-            stored = dict(cursor.getmulti(keys))
-            winners = []
-            for key in keys:
-                old = stored.get(key)
-                value = rows[key]
-                if old is None or _LINK.unpack(old)[0] < _LINK.unpack(value)[0]:
-                    winners.append((key, value))
-            cursor.putmulti(winners)
+            stored = cursor.getmulti(keys)
+            rows = zip(keys, values, strict=True)
+            if stored:  # the seq rule: a stored row with a seq as high stays
+                seq_of = dict(zip(keys, seqs, strict=True))
+                kept = {key for key, old in stored if _unpack(old)[0] >= seq_of[key]}
+                rows = ((key, value) for key, value in rows if key not in kept)  # type: ignore[assignment]
+            cursor.putmulti(rows)
 
     def top_links(
         self, users: Sequence[tuple[int, str]], scopes: Sequence[int], now: int, limit: int
     ) -> list[list[Link]]:
-        out: list[list[Link]] = []
         with self._env.begin(db=self._db, buffers=False) as txn:
             cursor = txn.cursor()
-            for kind, key in users:
-                found: list[Link] = []
-                for scope in scopes:
-                    prefix = _prefix(scope, kind, key)
-                    if not cursor.set_range(prefix):
-                        continue
-                    width = len(prefix)
-                    for stored_key, value in cursor:
-                        if stored_key[:width] != prefix:
-                            break
-                        seq, asserted, expires, removed = _LINK.unpack(value)
-                        if not removed and asserted <= now < expires:
-                            other = stored_key[width:]
-                            found.append(
-                                Link(other[0], other[1:].decode(), scope, seq, asserted, expires)
-                            )
-                found.sort(key=link_order)
-                out.append(found[:limit])
-        return out
+            heads = self.heads(txn, cursor, scopes)
+            return [_read_links(cursor, heads, kind, key, now, limit) for kind, key in users]
+
+    @contextlib.contextmanager
+    def reading(self, members: lmdb._Database, read_users: ReadUsers) -> Iterator[SnapshotReads]:
+        """Links and memberships (the `members` database, read by `read_users`) of one
+        read transaction: an expansion's hops and its memberships see one snapshot and pay
+        for one transaction and two cursors."""
+        with self._env.begin(buffers=False) as txn:
+            yield SnapshotReads(self, txn, txn.cursor(db=members), read_users)
+
+    def heads(
+        self, txn: lmdb.Transaction, cursor: lmdb.Cursor, scopes: Sequence[int]
+    ) -> list[tuple[int, bytes]]:
+        """(scope, its key prefix) of the `scopes` that hold links."""
+        return [(s, head) for s in scopes if self._holds(txn, cursor, head := _SCOPE.pack(s))]
+
+    def _holds(self, txn: lmdb.Transaction, cursor: lmdb.Cursor, head: bytes) -> bool:
+        """Whether any link is stored under the scope `head`, as of `txn`'s snapshot: most
+        reads follow a scope (the shared one) that holds none, and a seek per ID into it
+        would cost as much as the reads that find links. Remembered per snapshot: a write
+        commits a new transaction id."""
+        snapshot = txn.id()
+        held = self._scopes_seen.get(head)
+        if held is not None and held[0] == snapshot:
+            return held[1]
+        found = cursor.set_range(head) and cursor.key()[:8] == head
+        if len(self._scopes_seen) > _SCOPES_REMEMBERED:
+            self._scopes_seen.clear()
+        self._scopes_seen[head] = (snapshot, found)
+        return found
 
     def delete_scope(self, scope: int) -> None:
         prefix = _SCOPE.pack(scope)
