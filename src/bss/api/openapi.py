@@ -1,7 +1,8 @@
 """The OpenAPI description served at /openapi.json (and rendered at /docs and /redoc).
 
 Parameters and bodies are generated from the views' declared parameters and pydantic
-models (bss.api.params). This module adds what those cannot say: the token scheme (header
+models (bss.api.params), the answers' schemas from bss.api.answers. This module adds what
+those cannot say: the token scheme (header
 or cookie), the documented envelope around each operation's payload, the error responses
 (400 SYNTAX instead of FastAPI's 422), and the schemas of bodies that a service reads and
 checks itself (bss.api.params.body_of).
@@ -14,165 +15,15 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from bss.api.answers import answer_schemas
 from bss.api.deps import TOKEN_COOKIE
 from bss.api.params import BODY_MODELS, CHECKED_BY_VIEW
-from bss.db import INT32_MAX
 
 _REF = "#/components/schemas/"
 
 
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": _REF + name}
-
-
-_NULLABLE_STR = {"type": ["string", "null"]}
-_NULLABLE_INT = {"type": ["integer", "null"]}
-_DATE = {"type": ["string", "null"], "description": "YYYY-MM-DD HH:MM:SS (UTC)"}
-
-SCHEMAS: dict[str, Any] = {
-    "Member": {
-        "type": "object",
-        "required": ["id", "name", "state"],
-        "properties": {
-            "id": {"type": "integer"},
-            "name": {"type": "string"},
-            "state": {"type": "string", "enum": ["active", "inactive"]},
-            "created_on": _DATE,
-            "last_modified": _DATE,
-        },
-    },
-    "User": {
-        "type": "object",
-        "required": ["id", "username", "user_type", "member_id"],
-        "properties": {
-            "id": {"type": "integer"},
-            "username": {"type": "string"},
-            "user_type": {"type": "string", "enum": ["admin", "member", "data_provider"]},
-            "member_id": _NULLABLE_INT,
-            "created_on": _DATE,
-            "last_modified": _DATE,
-        },
-    },
-    "Segment": {
-        "type": "object",
-        "required": ["id", "code", "member_id", "state", "expire_minutes"],
-        "properties": {
-            "id": {"type": "integer", "minimum": 1, "maximum": INT32_MAX},
-            "code": _NULLABLE_STR,
-            "short_name": _NULLABLE_STR,
-            "description": _NULLABLE_STR,
-            "member_id": {"type": "integer"},
-            "state": {"type": "string", "enum": ["active", "inactive"]},
-            "expire_minutes": _NULLABLE_INT,
-            "member_count": _NULLABLE_INT,
-            "created_on": _DATE,
-            "last_modified": _DATE,
-        },
-    },
-    "BatchSegmentUploadConfig": {
-        "type": "object",
-        "required": ["member_id", "separator_1", "segment_fields"],
-        "properties": {
-            "id": _NULLABLE_INT,
-            "member_id": {"type": "integer"},
-            "separator_1": {"type": "string"},
-            **{f"separator_{i}": _NULLABLE_STR for i in range(2, 6)},
-            "segment_fields": {"type": "string", "description": 'e.g. "[SEG_ID,EXPIRATION]"'},
-            "default_expiration": {"type": "integer"},
-            "num_error_log_lines": {"type": "integer"},
-            "num_invalid_before_error": _NULLABLE_INT,
-            "daily_byte_limit": _NULLABLE_INT,
-            "hourly_byte_limit": _NULLABLE_INT,
-            "daily_num_lines_limit": _NULLABLE_INT,
-            "hourly_num_lines_limit": _NULLABLE_INT,
-            "max_concurrent_uploads": {"type": "integer"},
-            "use_external_uids": {"type": "boolean"},
-            "external_member_uid": _NULLABLE_INT,
-            "member_segment_access": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {"segment_owner_member_id": {"type": "integer"}},
-                },
-            },
-            "created_on": _DATE,
-            "last_modified": _DATE,
-        },
-    },
-    "BatchSegmentUploadJob": {
-        "type": "object",
-        "required": ["id", "job_id", "member_id", "phase"],
-        "properties": {
-            "id": {"type": "integer"},
-            "job_id": {"type": "string"},
-            "member_id": {"type": "integer"},
-            "phase": {
-                "type": "string",
-                "enum": ["starting", "uploading", "validating", "processing", "completed", "error"],
-            },
-            "upload_url": _NULLABLE_STR,
-            "error_code": _NULLABLE_STR,
-            "error_log_lines": _NULLABLE_STR,
-            "segment_log_lines": _NULLABLE_STR,
-            "percent_complete": _NULLABLE_INT,
-            "time_to_process": _NULLABLE_STR,
-            "last_modified": _DATE,
-            "mode": {
-                "type": "string",
-                "enum": ["append", "replace"],
-                "description": "Extra: replace makes each segment the file adds to exactly "
-                "the file's members once the job completes (docs/lifecycle.md)",
-            },
-            "replace_removed": {
-                "type": "integer",
-                "description": "Extra, replace jobs only: memberships the replace removed",
-            },
-            "regions": {
-                "type": "object",
-                "description": "Extra, with store regions only: region -> pending, applying, "
-                "applied or error: <reason> (docs/scale-out.md)",
-                "additionalProperties": {"type": "string"},
-            },
-        },
-    },
-    "UserSegment": {
-        "type": "object",
-        "required": ["id", "member_id"],
-        "properties": {
-            "id": {"type": "integer"},
-            "code": _NULLABLE_STR,
-            "member_id": _NULLABLE_INT,
-            "value": _NULLABLE_INT,
-            "timestamp": _DATE,
-            "expiry": _DATE,
-        },
-    },
-    "Error": {
-        "type": "object",
-        "description": (
-            "The documented error envelope. Upload limits carry only status, error_code and "
-            "errors (word for word as documented); extra fields may follow."
-        ),
-        "required": ["response"],
-        "properties": {
-            "response": {
-                "type": "object",
-                "required": ["status"],
-                "properties": {
-                    "status": {"const": "ERROR"},
-                    "error_id": {
-                        "type": "string",
-                        "enum": ["NOAUTH", "UNAUTH", "NOTFOUND", "SYNTAX", "SYSTEM"],
-                    },
-                    "error": {"type": "string"},
-                    "error_description": {"type": "string"},
-                    "error_code": _NULLABLE_STR,
-                    "errors": {"type": "array", "items": {"type": "string"}},
-                },
-            }
-        },
-    },
-}
 
 
 def _list_of(name: str) -> dict[str, Any]:
@@ -297,7 +148,7 @@ def install(app: FastAPI) -> None:
             )
             schema["openapi"] = "3.1.0"
             components = schema.setdefault("components", {})
-            components.setdefault("schemas", {}).update(SCHEMAS)
+            components.setdefault("schemas", {}).update(answer_schemas(_REF + "{model}"))
             for name, model in BODY_MODELS.items():
                 body = model.model_json_schema(ref_template=_REF + "{model}")
                 components["schemas"].update(body.pop("$defs", {}))
