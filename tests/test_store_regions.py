@@ -25,7 +25,9 @@ from conftest import ADMIN_PASSWORD, ADMIN_USER, BSS, Api, ServerProc, legacy
 from sqlalchemy import select, update
 
 from bss.db import init_db, make_engine, now_s, write_tx
+from bss.errors import StoreUnavailable
 from bss.jobs.models import jobs
+from bss.jobs.regions import RegionCatchUp
 from bss.jobs.service import JobService
 from bss.settings import Settings
 from bss.store import regions
@@ -359,3 +361,41 @@ def test_region_rows_are_claimed_once_and_keep_their_job_and_file(
     assert (uploads / owed[0]["job_id"]).exists()
     assert svc.get_job(owed[0]["job_id"]) is not None
     assert not any((uploads / job["job_id"]).exists() for job in owed[1:])
+
+
+class _FailingStores:
+    """Store regions whose every store fails to open with `exc`."""
+
+    remote_regions = ["eu"]
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def get(self, region: str | None = None) -> Any:
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "region_waits"),
+    [
+        (StoreUnavailable("cannot reach the Redis store of eu"), True),
+        (ValueError("a failure of the row's own"), False),
+    ],
+)
+def test_a_region_that_is_down_holds_its_rows_back_a_row_that_fails_only_itself(
+    region_service: JobService, tmp_path: Path, exc: Exception, region_waits: bool
+) -> None:
+    """Failures are classified by the queue's rule (bss.queue.classify): the region being
+    down is tried once per backoff, whatever it owes; a row failing by its own fault waits
+    alone, the region's other rows go on. Either is retried and shown."""
+    svc = region_service
+    first, second = (_finished_job(svc, tmp_path, f"job-{i}", owed=True) for i in range(2))
+    catch_up = RegionCatchUp(svc, _FailingStores(exc), threading.Event(), name="p")  # type: ignore[arg-type]
+    assert catch_up.run_once()
+    shown = svc.get_job(first["job_id"])["regions"]["eu"]
+    assert shown == f"error: {type(exc).__name__}: {exc} (attempt 1; retried)"
+    row = regions.claim_due(svc.db, "p9", 60)
+    if region_waits:
+        assert row is None
+    else:
+        assert row is not None and row["job_id"] == second["id"]

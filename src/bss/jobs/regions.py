@@ -4,9 +4,10 @@ A job completes in the local region; every other region is owed a replay of its 
 with the job's seq base, as of the job's own time, with the config and segment registry of
 its run (bss.store.regions keeps them), so the replay writes exactly the local memberships.
 Real-time posts are owed their batch as applied (seqs and all), segment deletions their
-seq. One loop per process takes due rows under a lease
-(never two processes on one row), and a region that cannot be reached is retried with a
-backoff until it is back: nothing is lost, and the file stays until every region has it.
+seq. One loop per process (a bss.queue Runner) takes due rows from the
+leased queue (never two processes on one row), and a region that cannot be reached is
+retried with a backoff until it is back: nothing is lost, and the file stays until every
+region has it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from bss.jobs.worker import LeaseLost, Stopping, StoreHandle
 from bss.lifecycle.floors import set_floors
 from bss.lifecycle.optout import SuppressionList
 from bss.lifecycle.replace import REPLACE, replay_floors
+from bss.queue import Fault, Heartbeat, Runner, classify
 from bss.store import regions
 
 log = logging.getLogger("bss.regions")
@@ -44,15 +46,9 @@ class RegionCatchUp:
         self.lease = self.settings.job_lease_seconds
 
     def run_forever(self) -> None:
-        while not self.stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:  # the database is down, ...: back off
-                log.exception("region catch-up loop failed")
-                worked = False
-                self.stop.wait(5)
-            if not worked:
-                self.stop.wait(self.settings.worker_poll_seconds)
+        Runner(
+            self.name, self.run_once, self.stop, poll_seconds=self.settings.worker_poll_seconds
+        ).run_forever()
 
     def run_once(self) -> bool:
         """Apply one due row; False when none was due."""
@@ -61,18 +57,7 @@ class RegionCatchUp:
             return False
         ctx = {"region": row["region"], "attempt": row["attempts"]}
         try:
-            if row["job_id"] is not None:
-                self._replay(row, ctx)
-            elif row["batch"] is not None:
-                regions.apply_batch(
-                    self.stores.get(row["region"]), regions.read_batch(row["batch"])
-                )
-            else:
-                store = self.stores.get(row["region"])
-                if row["segment_id"] is not None:
-                    store.delete_segment(row["segment_id"], row["delete_seq"])
-                if row["links_scope"] is not None:
-                    store.delete_scope_links(row["links_scope"])
+            self._apply(row, ctx)
         except (LeaseLost, Stopping) as exc:
             if isinstance(exc, Stopping):
                 regions.give_back(self.db, row, self.name)
@@ -81,19 +66,43 @@ class RegionCatchUp:
             log.error("region write cannot be applied", extra={**ctx, "reason": str(exc)})
             regions.mark_failed(self.db, row, self.name, str(exc), retry_max_seconds=0, final=True)
             return True
-        except Exception as exc:  # the region is down or failing: retried after a backoff
-            log.warning("region catch-up failed; will retry", extra={**ctx, "reason": str(exc)})
-            regions.mark_failed(
-                self.db,
-                row,
-                self.name,
-                f"{type(exc).__name__}: {exc}",
-                retry_max_seconds=self.settings.region_retry_max_seconds,
-            )
+        except Exception as exc:
+            self._failed(row, ctx, exc)
             return True
         if regions.mark_applied(self.db, row, self.name):
             log.info("region caught up", extra={**ctx, "job": row["job_id"]})
         return True
+
+    def _apply(self, row: dict[str, Any], ctx: dict[str, Any]) -> None:
+        if row["job_id"] is not None:
+            self._replay(row, ctx)
+        elif row["batch"] is not None:
+            regions.apply_batch(self.stores.get(row["region"]), regions.read_batch(row["batch"]))
+        else:
+            store = self.stores.get(row["region"])
+            if row["segment_id"] is not None:
+                store.delete_segment(row["segment_id"], row["delete_seq"])
+            if row["links_scope"] is not None:
+                store.delete_scope_links(row["links_scope"])
+
+    def _failed(self, row: dict[str, Any], ctx: dict[str, Any], exc: Exception) -> None:
+        """Retried after a backoff, whoever's fault it is (a region is owed its writes for as
+        long as it takes). The region being down holds its other rows back as long, so it
+        is tried once per backoff; a failure of the row's own holds back only that row."""
+        down = classify(exc) is Fault.INFRASTRUCTURE
+        reason = f"{type(exc).__name__}: {exc}"
+        if down:
+            log.warning("region catch-up failed; will retry", extra={**ctx, "reason": reason})
+        else:
+            log.exception("region write failed; will retry", extra=ctx)
+        regions.mark_failed(
+            self.db,
+            row,
+            self.name,
+            reason,
+            retry_max_seconds=self.settings.region_retry_max_seconds,
+            region_waits=down,
+        )
 
     def _replay(self, row: dict[str, Any], ctx: dict[str, Any]) -> None:
         job = self._job(row["job_id"])
@@ -106,27 +115,19 @@ class RegionCatchUp:
         ctx["job_id"] = job["job_id"]
         applied_as_of, config_json, records = inputs
         store = self.stores.get(row["region"])  # a region that is down raises here
-        lost = threading.Event()
-        done = threading.Event()
-
-        def heartbeat() -> None:
-            while not done.wait(max(1.0, self.lease / 3)):
-                try:
-                    if not regions.renew(self.db, row["id"], self.name, self.lease):
-                        lost.set()
-                        return
-                except Exception:  # database briefly unreachable: try again next beat
-                    log.warning("region lease renewal failed", extra=ctx, exc_info=True)
+        beat = Heartbeat(
+            "region-lease",
+            lambda: regions.renew(self.db, row["id"], self.name, self.lease),
+            max(1.0, self.lease / 3),
+        )
 
         def progress(_fraction: float) -> None:
-            if lost.is_set():
+            if beat.lost.is_set():
                 raise LeaseLost(job["job_id"])
             if self.stop.is_set():
                 raise Stopping(job["job_id"])
 
-        beat = threading.Thread(target=heartbeat, name="region-lease", daemon=True)
-        beat.start()
-        try:
+        with beat:
             with files.local_copy(job["file_path"]) as path:
                 # The same list decides as locally: by seq, whenever the replay runs.
                 suppress = functools.partial(
@@ -169,9 +170,6 @@ class RegionCatchUp:
                         set_floors, self.db, seq=job["seq_base"], region=row["region"]
                     ),
                 )
-        finally:
-            done.set()
-            beat.join()
         applied = (result.pairs_added, result.pairs_removed)
         if applied != (job["pairs_added"], job["pairs_removed"]):
             # Same file, seqs, time, config and registry: this would be a bug, not a fault.

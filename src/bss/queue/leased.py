@@ -197,13 +197,23 @@ class LeasedQueue:
             )
             return set(conn.execute(select(self.spec.pk).where(held)).scalars())
 
-    def release(self, row_id: Any, holder: str, delay: float = 0.0, **values: Any) -> bool:
-        """Give the row back: no holder, claimable again after `delay` seconds."""
+    def release(
+        self,
+        row_id: Any,
+        holder: str,
+        delay: float = 0.0,
+        *,
+        then: Callable[[Connection], None] | None = None,
+        **values: Any,
+    ) -> bool:
+        """Give the row back: no holder, claimable again after `delay` seconds. `then` runs
+        in the same transaction when the row was still the holder's."""
         not_before = self.spec.to_db_time(time.time() + delay) if delay > 0 else None
         return self.write(
             row_id,
             holder,
             {self.spec.holder.name: None, self.spec.until.name: not_before, **values},
+            then,
         )
 
     def finish(

@@ -3,8 +3,8 @@
 With BSS_STORE_REGIONS every write to the memberships reaches every region. A job completes
 when the local region has it; for each other region a `region_writes` row records the
 replay still owed (a job's file, applied again with the job's seq base), a real-time
-post's batch (kept as it was applied, seqs and all) or a segment deletion (its seq), and a catch-up loop (bss.jobs.regions) works the rows off, claimed with
-a lease like jobs are, retried with backoff while a region is down. Under the seq rule a
+post's batch (kept as it was applied, seqs and all) or a segment deletion (its seq), and a catch-up loop (bss.jobs.regions) works the rows off: they are
+a leased queue (bss.queue) like jobs, retried with backoff while a region is down. Under the seq rule a
 replay with the same seqs writes exactly the memberships the local region has, in any order
 and as often as it takes.
 
@@ -44,6 +44,7 @@ from sqlalchemy import (
 )
 
 from bss.db import metadata, now_s, write_tx
+from bss.queue import LeasedQueue, QueueTable, backoff
 from bss.store.base import LINK_SCHEMA, MembershipStore
 
 #: A row waits for its first attempt (or was given back by a process that stopped).
@@ -196,90 +197,63 @@ def replay_inputs(db: Engine, job_pk: int) -> tuple[int, str, list[dict[str, Any
     return row.applied_as_of, row.config_json, json.loads(zlib.decompress(row.registry))
 
 
-def claim_due(db: Engine, holder: str, lease_seconds: int) -> dict[str, Any] | None:
-    """Take the oldest row that is due (waiting, failed and past its backoff, or held by a
-    process whose lease ran out): one guarded UPDATE, so two processes never hold one row."""
-    now = now_s()
-    free = or_(region_writes.c.claimed_until.is_(None), region_writes.c.claimed_until < now)
-    due = and_(
-        free,
-        or_(
-            and_(region_writes.c.state.in_((PENDING, ERROR)), region_writes.c.next_try <= now),
-            region_writes.c.state == APPLYING,  # its holder died
-        ),
+def _due(now: float) -> Any:
+    """Waiting, or failed and past its backoff (a row still `applying` whose lease is free
+    lost its holder: the queue takes it over)."""
+    waiting = and_(
+        region_writes.c.state.in_((PENDING, ERROR)), region_writes.c.next_try <= int(now)
     )
-    with db.connect() as conn:
-        row_id = conn.execute(
-            select(region_writes.c.id).where(due).order_by(region_writes.c.id).limit(1)
-        ).scalar()
-    if row_id is None:
-        return None
-    with write_tx(db) as conn:
-        claimed = conn.execute(
-            update(region_writes)
-            .where(region_writes.c.id == row_id, due)
-            .values(
-                state=APPLYING,
-                claimed_by=holder,
-                claimed_until=now + lease_seconds,
-                attempts=region_writes.c.attempts + 1,
-                updated_at=now,
-            )
-        ).rowcount
-        if claimed != 1:
-            return None  # another process was quicker
-        return dict(
-            conn.execute(select(region_writes).where(region_writes.c.id == row_id)).mappings().one()
-        )
+    return or_(waiting, region_writes.c.state == APPLYING)
 
 
-def _owned(row_id: int, holder: str) -> Any:
-    return and_(
-        region_writes.c.id == row_id,
-        region_writes.c.claimed_by == holder,
-        region_writes.c.state == APPLYING,
-    )
+REGION_QUEUE = QueueTable(
+    table=region_writes,
+    holder=region_writes.c.claimed_by,
+    until=region_writes.c.claimed_until,
+    ready=_due,
+    order=(region_writes.c.id,),
+    attempts=region_writes.c.attempts,
+    owned=region_writes.c.state == APPLYING,
+    on_claim={"state": APPLYING},
+)
 
 
-def renew(db: Engine, row_id: int, holder: str, lease_seconds: int) -> bool:
+def queue(db: Engine, lease_seconds: float) -> LeasedQueue:
+    return LeasedQueue(db, REGION_QUEUE, lease_seconds)
+
+
+def claim_due(db: Engine, holder: str, lease_seconds: float) -> dict[str, Any] | None:
+    """Take the oldest due row under a lease (never two processes on one row)."""
+    return queue(db, lease_seconds).claim(holder, updated_at=now_s())
+
+
+def renew(db: Engine, row_id: int, holder: str, lease_seconds: float) -> bool:
     """Extend the lease; False when the row is no longer this holder's."""
-    with write_tx(db) as conn:
-        return (
-            conn.execute(
-                update(region_writes)
-                .where(_owned(row_id, holder))
-                .values(claimed_until=now_s() + lease_seconds)
-            ).rowcount
-            == 1
-        )
+    return queue(db, lease_seconds).renew(row_id, holder)
 
 
 def mark_applied(db: Engine, row: dict[str, Any], holder: str) -> bool:
     """The region has it; a job's replay inputs go once every region has the job."""
-    now = now_s()
-    with write_tx(db) as conn:
-        done = conn.execute(
-            update(region_writes)
-            .where(_owned(row["id"], holder))
-            .values(
-                state=APPLIED,
-                error=None,
-                batch=None,  # its bytes are not needed any more
-                claimed_by=None,
-                claimed_until=None,
-                updated_at=now,
+    job_pk = row["job_id"]
+
+    def drop_inputs(conn: Connection) -> None:
+        if job_pk is None:
+            return
+        owed = conn.execute(
+            select(region_writes.c.id).where(
+                region_writes.c.job_id == job_pk, region_writes.c.state != APPLIED
             )
-        ).rowcount
-        job_pk = row["job_id"]
-        if done and job_pk is not None:
-            owed = conn.execute(
-                select(region_writes.c.id).where(
-                    region_writes.c.job_id == job_pk, region_writes.c.state != APPLIED
-                )
-            ).first()
-            if owed is None:
-                conn.execute(delete(job_replays).where(job_replays.c.job_id == job_pk))
-    return bool(done)
+        ).first()
+        if owed is None:
+            conn.execute(delete(job_replays).where(job_replays.c.job_id == job_pk))
+
+    values = {
+        "state": APPLIED,
+        "error": None,
+        "batch": None,  # its bytes are not needed any more
+        "updated_at": now_s(),
+    }
+    return queue(db, 0).finish(row["id"], holder, values, drop_inputs)
 
 
 def mark_failed(
@@ -290,52 +264,51 @@ def mark_failed(
     *,
     retry_max_seconds: float,
     final: bool = False,
+    region_waits: bool = True,
 ) -> None:
     """The attempt failed: retried after a backoff that doubles per attempt (or never, when
-    `final`). The region's other waiting rows wait as long: a region that is down is tried
-    once per backoff, not once per row (each try can take a store's whole retry time)."""
+    `final`). With `region_waits` (the region is down: the infrastructure's failure) the
+    region's other waiting rows wait as long: a region that is down is tried once per
+    backoff, not once per row (each try can take a store's whole retry time)."""
     now = now_s()
-    wait = min(retry_max_seconds, FIRST_RETRY_SECONDS * 2 ** max(0, row["attempts"] - 1))
+    wait = backoff(max(1, row["attempts"]), first=FIRST_RETRY_SECONDS, cap=retry_max_seconds)
     next_try = now + int(wait + 0.999)
-    with write_tx(db) as conn:
-        if not final:
-            conn.execute(
-                update(region_writes)
-                .where(
-                    region_writes.c.region == row["region"],
-                    region_writes.c.state.in_((PENDING, ERROR)),
-                    region_writes.c.next_try < next_try,
-                )
-                .values(next_try=next_try)
-            )
+    values: dict[str, Any] = {
+        "state": FAILED if final else ERROR,
+        "error": error[:2000],
+        "next_try": next_try,
+        "updated_at": now,
+    }
+    if final:
+        queue(db, 0).finish(row["id"], holder, values)
+        return
+
+    def region_waits_too(conn: Connection) -> None:
         conn.execute(
             update(region_writes)
-            .where(_owned(row["id"], holder))
-            .values(
-                state=FAILED if final else ERROR,
-                error=error[:2000],
-                next_try=next_try,
-                claimed_by=None,
-                claimed_until=None,
-                updated_at=now,
+            .where(
+                region_writes.c.region == row["region"],
+                region_writes.c.state.in_((PENDING, ERROR)),
+                region_writes.c.next_try < next_try,
             )
+            .values(next_try=next_try)
         )
+
+    queue(db, 0).release(
+        row["id"], holder, then=region_waits_too if region_waits else None, **values
+    )
 
 
 def give_back(db: Engine, row: dict[str, Any], holder: str) -> None:
-    """The process is stopping: the row is due again at once, for any process."""
-    with write_tx(db) as conn:
-        conn.execute(
-            update(region_writes)
-            .where(_owned(row["id"], holder))
-            .values(
-                state=PENDING,
-                attempts=region_writes.c.attempts - 1,
-                next_try=now_s(),
-                claimed_by=None,
-                claimed_until=None,
-            )
-        )
+    """The process is stopping: the row is due again at once, for any process (the attempt
+    it was given back in does not count)."""
+    queue(db, 0).release(
+        row["id"],
+        holder,
+        state=PENDING,
+        attempts=region_writes.c.attempts - 1,
+        next_try=now_s(),
+    )
 
 
 def job_region_states(db: Engine, job_pks: Sequence[int]) -> dict[int, dict[str, str]]:
