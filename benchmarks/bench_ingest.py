@@ -26,6 +26,10 @@ holds 90% of those members, so the replace removes the other 10% (the issue's 10
 segment replaced by 9M users is `--lines 10000000`).
 
     python benchmarks/bench_ingest.py --replace --lines 1000000
+
+The replace side does what a replace job does at its end: counts what the floor removes,
+writes the floor to a database (SQLite, bss.lifecycle.floors), waits until every reader's
+copy holds it (one second) and drops the entries below it from the store.
 """
 
 from __future__ import annotations
@@ -284,7 +288,11 @@ def _ingest_one_segment(path: Path, store: Any, seq_base: int) -> Any:
 
 
 def run_replace_job(path: Path, replace: bool) -> dict[str, float]:
+    import functools
+
+    from bss.db import init_db, make_engine
     from bss.formats.config import BatchSegmentConfig
+    from bss.lifecycle.floors import SegmentFloors, set_floors
     from bss.lifecycle.replace import ReplaceState, apply_floors
     from bss.store.base import JOB_SEQ_SPAN
     from bss.store.keyvalue import LmdbStore
@@ -293,7 +301,11 @@ def run_replace_job(path: Path, replace: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         copy = Path(tmp) / "m.lmdb"
         shutil.copytree(base, copy)
+        url = f"sqlite:///{Path(tmp) / 'bss.db'}"
+        db = make_engine(url)
+        init_db(db)
         store = LmdbStore(copy)
+        store.floors = SegmentFloors.for_url(url).reader(None)
         before = store.segment_member_counts(int(time.time()))
         started = time.perf_counter()
         result = _ingest_one_segment(new_file, store, 2 * JOB_SEQ_SPAN)
@@ -309,6 +321,7 @@ def run_replace_job(path: Path, replace: bool) -> dict[str, float]:
                 force=True,
                 now=int(time.time()),
                 keep_state=lambda _state: None,
+                publish=functools.partial(set_floors, db, seq=2 * JOB_SEQ_SPAN, region=None),
             )
             removed = sum((state.removed or {}).values())
         elapsed = time.perf_counter() - started

@@ -30,7 +30,6 @@ The functions other parts call:
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import threading
@@ -41,7 +40,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bss.db import fmt_ts, inserted_id, now_s, write_tx
@@ -97,7 +96,7 @@ def _secret(db: Engine, settings: Settings) -> bytes:
 
 
 def _hash(secret: bytes, user_kind: int, user_key: str) -> str:
-    return hmac.new(secret, f"{user_kind}:{user_key}".encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(secret, f"{user_kind}:{user_key}".encode(), "sha256").hex()
 
 
 @dataclass(slots=True)
@@ -117,6 +116,10 @@ class SuppressionList:
         self.secret = _secret(db, settings)
         self._loaded_at = -1.0
         self._scopes: dict[int, dict[str, list[_Interval]]] = {}
+        #: The same, keyed by the raw digests: what write checks compare.
+        self._digests: dict[int, dict[bytes, list[_Interval]]] = {}
+        #: The newest request id when the list was read (None: never read).
+        self._version: int | None = None
 
     @classmethod
     def of(cls, db: Engine, settings: Settings) -> SuppressionList:
@@ -128,20 +131,31 @@ class SuppressionList:
 
     def invalidate(self) -> None:
         self._loaded_at = -1.0
+        self._version = None
 
     def _current(self) -> dict[int, dict[str, list[_Interval]]]:
         if time.monotonic() - self._loaded_at > CACHE_SECONDS:
-            t = optout_suppressions
+            # Every opt-out and withdrawal adds a request row in the transaction that changes
+            # the list: the list is read again only when the newest request is another.
             with self.db.connect() as conn:
-                rows = conn.execute(
-                    select(t.c.scope, t.c.id_hash, t.c.optout_seq, t.c.withdrawn_seq)
-                ).all()
-            scopes: dict[int, dict[str, list[_Interval]]] = {}
-            for scope, id_hash, optout_seq, withdrawn_seq in rows:
-                interval = _Interval(optout_seq, _NEVER if withdrawn_seq is None else withdrawn_seq)
-                scopes.setdefault(scope, {}).setdefault(id_hash, []).append(interval)
-            self._scopes, self._loaded_at = scopes, time.monotonic()
+                version = conn.execute(select(func.max(optout_requests.c.id))).scalar()
+                if version != self._version or self._version is None:
+                    self._load(conn)
+                    self._version = version
+            self._loaded_at = time.monotonic()
         return self._scopes
+
+    def _load(self, conn: Connection) -> None:
+        t = optout_suppressions
+        rows = conn.execute(select(t.c.scope, t.c.id_hash, t.c.optout_seq, t.c.withdrawn_seq))
+        scopes: dict[int, dict[str, list[_Interval]]] = {}
+        for scope, id_hash, optout_seq, withdrawn_seq in rows:
+            interval = _Interval(optout_seq, _NEVER if withdrawn_seq is None else withdrawn_seq)
+            scopes.setdefault(scope, {}).setdefault(id_hash, []).append(interval)
+        self._scopes = scopes
+        self._digests = {
+            scope: {bytes.fromhex(h): iv for h, iv in ids.items()} for scope, ids in scopes.items()
+        }
 
     def hash(self, user_kind: int, user_key: str) -> str:
         return _hash(self.secret, user_kind, user_key)
@@ -182,18 +196,24 @@ class SuppressionList:
         below its withdrawal's, in the member's scope or platform-wide. Deterministic for a
         given list: a replay decides as the first run did."""
         out = np.zeros(len(seq), dtype=bool)
-        if not self.active_for(member_id):
+        self._current()
+        digests = self._digests
+        scopes = [PLATFORM] if member_id == PLATFORM else [PLATFORM, member_id]
+        by_digest = [digests[scope] for scope in scopes if digests.get(scope)]
+        if not by_digest:
             return out
-        hashes: dict[tuple[int, str], str] = {}
-        for i, (kind, key, s) in enumerate(
-            zip(user_kind.tolist(), user_key, seq.tolist(), strict=True)
-        ):
-            id_hash = hashes.get((kind, key))
-            if id_hash is None:
-                id_hash = hashes[(kind, key)] = self.hash(kind, key)
-            out[i] = any(
-                iv.optout_seq < s < iv.withdrawn_seq for iv in self._intervals(member_id, id_hash)
-            )
+        # Every user costs one keyed hash (rows of one user share it), one C call, and a
+        # dict lookup per scope; the intervals are walked only for the few users found.
+        secret, digest = self.secret, hmac.digest
+        users: dict[tuple[int, str], tuple[_Interval, ...]] = {}
+        for i, user in enumerate(zip(user_kind.tolist(), user_key, strict=True)):
+            found = users.get(user)
+            if found is None:
+                mac = digest(secret, f"{user[0]}:{user[1]}".encode(), "sha256")
+                found = users[user] = tuple(iv for ids in by_digest for iv in ids.get(mac, ()))
+            if found:
+                s = int(seq[i])
+                out[i] = any(iv.optout_seq < s < iv.withdrawn_seq for iv in found)
         return out
 
 
