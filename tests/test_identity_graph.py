@@ -405,18 +405,24 @@ _PARTS = st.lists(_ID_PIECES, max_size=3).map("".join)
     )
 )
 def test_ids_taken_vectorised_are_those_parse_id_takes_unchanged(text: str) -> None:
-    """Link files take IDs already in their normal form in bulk (bss.identity.ids.normal_ids):
-    each one must be exactly what parse_id makes of it, a valid ID unchanged."""
+    """Link files take IDs already in their normal form in bulk (bss.identity.ids.normal_ids),
+    parse_id takes plain ones by a short path: each must be exactly what every rule of
+    parse_id makes of it (a valid ID unchanged, for normal_ids)."""
     import polars as pl
 
-    from bss.identity.ids import InvalidId, normal_ids, parse_id
+    from bss.identity.ids import InvalidId, normal_ids, parse_id, parse_id_fully
 
     normal, kind, key = normal_ids(pl.col("text"))
     row = pl.DataFrame({"text": [text]}).select(normal=normal, kind=kind, key=key).row(0)
     try:
-        parsed: tuple[int, str] | None = parse_id(text)
-    except InvalidId:
+        parsed: tuple[int, str] | None = parse_id_fully(text)
+    except InvalidId as exc:
         parsed = None
+        # parse_id's short path leaves every refusal, and its message, to the full one.
+        with pytest.raises(type(exc), match=re.escape(str(exc))):
+            parse_id(text)
+    else:
+        assert parse_id(text) == parsed
     if row[0]:
         assert parsed is not None and (int(parsed[0]), parsed[1]) == (row[1], row[2])
         assert text == format_id(*parsed)

@@ -110,7 +110,8 @@ def _read_links(
                 )
     if len(found) > 1:
         found.sort(key=link_order)
-    return found[:limit]
+        del found[limit:]
+    return found
 
 
 #: Reads the memberships of users through a cursor of the members database.
