@@ -201,25 +201,25 @@ def _segments_of(
     now: int,
     hidden: Callable[[int, str], bool] | None,
 ) -> list[tuple[Expansion, list[tuple[Membership, str]]]]:
-    if len(expansions) == 1:
-        users = [(r.kind, r.key) for r in expansions[0].ids]  # each once already
-    else:
-        users = list(dict.fromkeys((r.kind, r.key) for e in expansions for r in e.ids))
+    users = list(dict.fromkeys((r.kind, r.key) for e in expansions for r in e.ids))
     if hidden is not None:
         users = [u for u in users if not hidden(*u)]
     segments = dict(zip(users, reads.users_segments(users, now), strict=True))
-    out = []
-    for expansion in expansions:
-        # segment id -> (the membership that expires last, the ID it came from); the via
-        # text is made for the winners only.
-        best: dict[int, tuple[Membership, Reached]] = {}
-        for reached in expansion.ids:
-            for m in segments.get((reached.kind, reached.key), ()):
-                held = best.get(m.segment_id)
-                if held is None or m.expires_at > held[0].expires_at:
-                    best[m.segment_id] = (m, reached)
-        out.append((expansion, [(m, Expansion.via(r)) for m, r in (best[s] for s in sorted(best))]))
-    return out
+    return [(e, _best(e, segments)) for e in expansions]
+
+
+def _best(
+    expansion: Expansion, segments: dict[User, list[Membership]]
+) -> list[tuple[Membership, str]]:
+    """Each segment once: the membership that expires last (on a tie the ID reached first),
+    with its via (made for the winners only), by segment id."""
+    best: dict[int, tuple[Membership, Reached]] = {}
+    for reached in expansion.ids:
+        for m in segments.get((reached.kind, reached.key), ()):
+            held = best.get(m.segment_id)
+            if held is None or m.expires_at > held[0].expires_at:
+                best[m.segment_id] = (m, reached)
+    return [(m, Expansion.via(r)) for m, r in (best[s] for s in sorted(best))]
 
 
 def expanded_segments(

@@ -9,9 +9,8 @@ ever dropped); `purge` reclaims the lapsed ones and `delete_scope` a deleted mem
 
 from __future__ import annotations
 
-import contextlib
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import lmdb
 import numpy as np
@@ -119,24 +118,31 @@ ReadUsers = Callable[[lmdb.Cursor, Sequence[tuple[int, str]], int], list[list[Me
 
 
 class SnapshotReads:
-    """`top_links` and `users_segments` over one read transaction (LmdbLinks.reading)."""
+    """`top_links` and `users_segments` over one read transaction, begun on entering and
+    ended on leaving (LmdbLinks.reading): an expansion's hops and its memberships see one
+    snapshot and pay for one transaction and two cursors."""
 
-    def __init__(
-        self,
-        links: LmdbLinks,
-        txn: lmdb.Transaction[bytes],
-        members: lmdb.Cursor,
-        read_users: ReadUsers,
-    ) -> None:
-        self._links, self._txn = links, txn
-        self._cursor = txn.cursor(db=links.db)
-        self._members, self._read_users = members, read_users
+    def __init__(self, links: LmdbLinks, members: lmdb._Database, read_users: ReadUsers) -> None:
+        self._links, self._members_db, self._read_users = links, members, read_users
+        #: scopes -> those of them that hold links, for this snapshot.
+        self._heads: dict[tuple[int, ...], list[tuple[int, bytes]]] = {}
+
+    def __enter__(self) -> SnapshotReads:
+        self._txn = self._links.env.begin(buffers=False)
+        self._cursor = self._txn.cursor(db=self._links.db)
+        self._members = self._txn.cursor(db=self._members_db)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._txn.abort()
 
     def top_links(
         self, users: Sequence[tuple[int, str]], scopes: Sequence[int], now: int, limit: int
     ) -> list[list[Link]]:
         cursor = self._cursor
-        heads = self._links.heads(self._txn, cursor, scopes)
+        heads = self._heads.get(tuple(scopes))
+        if heads is None:
+            heads = self._heads[tuple(scopes)] = self._links.heads(self._txn, cursor, scopes)
         return [_read_links(cursor, heads, kind, key, now, limit) for kind, key in users]
 
     def users_segments(self, users: Sequence[tuple[int, str]], now: int) -> list[list[Membership]]:
@@ -145,7 +151,7 @@ class SnapshotReads:
 
 class LmdbLinks:
     def __init__(self, env: lmdb.Environment) -> None:
-        self._env = env
+        self.env = self._env = env
         self.db = self._db = env.open_db(b"links")
         #: scope key prefix -> (transaction id, whether the scope holds links then).
         self._scopes_seen: dict[bytes, tuple[int, bool]] = {}
@@ -172,13 +178,10 @@ class LmdbLinks:
             heads = self.heads(txn, cursor, scopes)
             return [_read_links(cursor, heads, kind, key, now, limit) for kind, key in users]
 
-    @contextlib.contextmanager
-    def reading(self, members: lmdb._Database, read_users: ReadUsers) -> Iterator[SnapshotReads]:
-        """Links and memberships (the `members` database, read by `read_users`) of one
-        read transaction: an expansion's hops and its memberships see one snapshot and pay
-        for one transaction and two cursors."""
-        with self._env.begin(buffers=False) as txn:
-            yield SnapshotReads(self, txn, txn.cursor(db=members), read_users)
+    def reading(self, members: lmdb._Database, read_users: ReadUsers) -> SnapshotReads:
+        """Links and memberships (the `members` database, read by `read_users`) of one read
+        transaction, as a context manager."""
+        return SnapshotReads(self, members, read_users)
 
     def heads(
         self, txn: lmdb.Transaction, cursor: lmdb.Cursor, scopes: Sequence[int]
