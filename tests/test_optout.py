@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from cluster_util import RedisServer, needs_redis
 from conftest import ADMIN_PASSWORD, ADMIN_USER, BSS, Api, legacy
@@ -24,7 +25,8 @@ from sqlalchemy import select
 
 from bss.db import init_db, make_engine
 from bss.lifecycle.models import optout_requests, optout_suppressions, service_secrets
-from bss.lifecycle.optout import SuppressionList, is_opted_out
+from bss.lifecycle.optout import SuppressionList, is_opted_out, opt_out
+from bss.lifecycle.tags import id_tags, tag_keys
 from bss.settings import Settings
 
 M, N = 801, 802
@@ -192,14 +194,17 @@ def test_regions_and_replays_decide_by_seq(bss_server, tmp_path: Path, eu_redis)
     assert _segs(api, 7, region="eu") == [SEG_A]
 
 
-def test_write_mask_follows_the_intervals(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tagged", [True, False], ids=["tagged", "rows-without-tags"])
+def test_write_mask_follows_the_intervals(tmp_path: Path, tagged: bool) -> None:
     """Suppressed: seqs strictly between an opt-out and its withdrawal, in the member's scope
-    or platform-wide; `is_opted_out` is the standing state the read paths ask for."""
+    or platform-wide; `is_opted_out` is the standing state the read paths ask for. Rows
+    kept with their tags are prefiltered by them; rows kept before tags, by HMAC alone."""
     db = make_engine(f"sqlite:///{tmp_path / 'bss.db'}")
     init_db(db)
     settings = Settings(data_dir=tmp_path, optout_secret="k")
     suppression = SuppressionList.of(db, settings)
     key = suppression.hash(0, "9")
+    tag_9, tag_8 = suppression.tags([(0, "9"), (0, "8")]) if tagged else (None, None)
     with db.begin() as conn:
         conn.execute(
             optout_requests.insert().values(
@@ -222,6 +227,7 @@ def test_write_mask_follows_the_intervals(tmp_path: Path) -> None:
                     "optout_seq": 10,
                     "withdrawn_seq": 20,
                     "request_id": 1,
+                    "id_tag": tag_9,
                 },
                 {
                     "scope": M,
@@ -229,6 +235,7 @@ def test_write_mask_follows_the_intervals(tmp_path: Path) -> None:
                     "optout_seq": 30,
                     "withdrawn_seq": None,
                     "request_id": 1,
+                    "id_tag": tag_9,
                 },
                 {
                     "scope": 0,
@@ -236,6 +243,7 @@ def test_write_mask_follows_the_intervals(tmp_path: Path) -> None:
                     "optout_seq": 50,
                     "withdrawn_seq": None,
                     "request_id": 1,
+                    "id_tag": tag_8,
                 },
             ],
         )
@@ -249,6 +257,55 @@ def test_write_mask_follows_the_intervals(tmp_path: Path) -> None:
     assert is_opted_out(db, settings, M, 0, "9") and not is_opted_out(db, settings, N, 0, "9")
     assert is_opted_out(db, settings, None, 0, "8") and is_opted_out(db, settings, N, 0, "8")
     assert not is_opted_out(db, settings, None, 0, "9")
+
+
+def test_the_tag_prefilter_never_lets_a_suppressed_id_through(tmp_path: Path) -> None:
+    """Opted out through opt_out (tags kept): among 20,000 IDs of every shape (long, short,
+    empty, not ASCII, one kind's key under another kind), in batches sliced anywhere, the
+    mask is exactly the suppressed rows, and an ID's tag is the same alone or in a batch."""
+    db = make_engine(f"sqlite:///{tmp_path / 'bss.db'}")
+    init_db(db)
+    settings = Settings(data_dir=tmp_path, optout_secret="k")
+    rng = np.random.default_rng(5)
+    shapes = ["{}", "idfa:{}-ABCDEF", "éé{}üü", "x" * 40 + "{}", "{}" + "y" * 40]
+    users = [
+        (int(rng.integers(1, 7)), shapes[i % len(shapes)].format(int(rng.integers(0, 10**12))))
+        for i in range(20_000)
+    ]
+    users += [(1, ""), (2, "1"), (1, "1")]
+    picked = [users[i] for i in rng.choice(len(users), 500, replace=False)] + [(2, "1")]
+
+    class _NoStore:
+        remote_regions: list[str] = []
+
+        def get(self, region: str | None = None) -> Any:
+            return _Empty()
+
+    class _Empty:
+        def users_segments(self, users: Any, now: int) -> list[list[Any]]:
+            return [[] for _ in users]
+
+        def top_links(self, users: Any, scopes: Any, now: int, limit: int) -> list[list[Any]]:
+            return [[] for _ in users]
+
+        def apply_links(self, batch: Any) -> None:
+            pass
+
+    done = opt_out(db, settings, _NoStore(), member_id=M, users=picked, requested_by="t")
+    suppression = SuppressionList.of(db, settings)
+    alone = [suppression.tags([u])[0] for u in users[:300]]
+    assert alone == suppression.tags(users[:300])
+    wanted = set(picked)
+    keys_of = tag_keys(suppression.secret)
+    for start in range(0, len(users), 7_001):
+        batch = users[start : start + 7_001]
+        kinds = np.array([k for k, _ in batch], np.uint8)
+        keys = [k for _, k in batch]
+        sliced = pa.array(["pad", *keys]).slice(1)
+        assert (id_tags(keys_of, kinds, sliced) == id_tags(keys_of, kinds, keys)).all()
+        for given in (keys, sliced):  # as link files and real-time posts give them; as files
+            mask = suppression.write_mask(M, kinds, given, np.full(len(batch), done.seq + 1))
+            assert [batch[i] for i in np.flatnonzero(mask)] == [u for u in batch if u in wanted]
 
 
 def test_related_ids_and_their_links_and_bss_optout_add(bss_server, tmp_path: Path) -> None:

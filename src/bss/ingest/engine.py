@@ -87,7 +87,7 @@ class _SeenLines:
 
 
 #: (user kinds, user keys, seqs) of pairs -> where an opt-out suppresses the write.
-Suppress = Callable[[np.ndarray, list[str], np.ndarray], np.ndarray]
+Suppress = Callable[[np.ndarray, list[str] | pa.Array, np.ndarray], np.ndarray]
 
 
 class _Aborted(Exception):
@@ -398,7 +398,8 @@ class _Job:
         assert self.suppress is not None
         seq = (pairs["_index"].cast(pl.Int64) + self.seq_base).to_numpy()
         mask = (
-            self.suppress(pairs["user_kind"].to_numpy(), pairs["user_key"].to_list(), seq)
+            # The keys as Arrow: a batch is checked in numpy, no Python string a pair.
+            self.suppress(pairs["user_kind"].to_numpy(), pairs["user_key"].to_arrow(), seq)
             & (pairs["status"] == VALID).to_numpy()
         )
         if not mask.any():

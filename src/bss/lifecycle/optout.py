@@ -46,6 +46,7 @@ from sqlalchemy.exc import IntegrityError
 from bss.db import fmt_ts, inserted_id, now_s, write_tx
 from bss.identity.links import remove_links_of
 from bss.lifecycle.models import optout_requests, optout_suppressions, service_secrets
+from bss.lifecycle.tags import TagSet, id_tags, tag_keys
 from bss.segments.models import segments
 from bss.settings import Settings
 from bss.store import APPLY_SCHEMA, MembershipStore, regions, seqs
@@ -120,6 +121,10 @@ class SuppressionList:
         self._digests: dict[int, dict[bytes, list[_Interval]]] = {}
         #: The newest request id when the list was read (None: never read).
         self._version: int | None = None
+        self._tag_keys = tag_keys(self.secret)
+        #: Every kept tag's bit, and the scopes with rows kept without one.
+        self._tags = TagSet(np.zeros(0, np.int64))
+        self._untagged: set[int] = set()
 
     @classmethod
     def of(cls, db: Engine, settings: Settings) -> SuppressionList:
@@ -147,11 +152,21 @@ class SuppressionList:
 
     def _load(self, conn: Connection) -> None:
         t = optout_suppressions
-        rows = conn.execute(select(t.c.scope, t.c.id_hash, t.c.optout_seq, t.c.withdrawn_seq))
+        rows = conn.execute(
+            select(t.c.scope, t.c.id_hash, t.c.optout_seq, t.c.withdrawn_seq, t.c.id_tag)
+        )
         scopes: dict[int, dict[str, list[_Interval]]] = {}
-        for scope, id_hash, optout_seq, withdrawn_seq in rows:
+        tags: list[int] = []
+        untagged: set[int] = set()
+        for scope, id_hash, optout_seq, withdrawn_seq, id_tag in rows:
             interval = _Interval(optout_seq, _NEVER if withdrawn_seq is None else withdrawn_seq)
             scopes.setdefault(scope, {}).setdefault(id_hash, []).append(interval)
+            if id_tag is None:
+                untagged.add(scope)
+            else:
+                tags.append(id_tag)
+        self._tags = TagSet(np.array(tags, dtype=np.int64))
+        self._untagged = untagged
         self._scopes = scopes
         self._digests = {
             scope: {bytes.fromhex(h): iv for h, iv in ids.items()} for scope, ids in scopes.items()
@@ -159,6 +174,11 @@ class SuppressionList:
 
     def hash(self, user_kind: int, user_key: str) -> str:
         return _hash(self.secret, user_kind, user_key)
+
+    def tags(self, users: Sequence[User]) -> list[int]:
+        """The IDs' tags as kept."""
+        kinds = np.array([kind for kind, _ in users], dtype=np.uint8)
+        return id_tags(self._tag_keys, kinds, [key for _, key in users]).tolist()
 
     def _intervals(self, member_id: int | None, id_hash: str) -> Iterable[_Interval]:
         scopes = self._current()
@@ -190,7 +210,11 @@ class SuppressionList:
         return bool(scopes.get(PLATFORM) or scopes.get(member_id))
 
     def write_mask(
-        self, member_id: int, user_kind: np.ndarray, user_key: Sequence[str], seq: np.ndarray
+        self,
+        member_id: int,
+        user_kind: np.ndarray,
+        user_key: Sequence[str] | pa.Array,
+        seq: np.ndarray,
     ) -> np.ndarray:
         """Which writes (one per row) an opt-out suppresses: a seq above an opt-out's and
         below its withdrawal's, in the member's scope or platform-wide. Deterministic for a
@@ -202,11 +226,20 @@ class SuppressionList:
         by_digest = [digests[scope] for scope in scopes if digests.get(scope)]
         if not by_digest:
             return out
-        # Every user costs one keyed hash (rows of one user share it), one C call, and a
-        # dict lookup per scope; the intervals are walked only for the few users found.
+        if self._untagged.intersection(scopes):
+            rows: Sequence[int] = range(len(seq))
+            if isinstance(user_key, pa.Array):
+                user_key = user_key.to_pylist()
+        else:
+            # The kept tags leave the suppressed IDs (and the rare collision: tags.py).
+            rows = self._tags.matches(id_tags(self._tag_keys, user_kind, user_key)).tolist()
+        # A user left costs one keyed hash (rows of one user share it) and a dict lookup
+        # per scope; the intervals are walked only for the few users found.
         secret, digest = self.secret, hmac.digest
         users: dict[tuple[int, str], tuple[_Interval, ...]] = {}
-        for i, user in enumerate(zip(user_kind.tolist(), user_key, strict=True)):
+        for i in rows:
+            key = user_key[i]
+            user = (int(user_kind[i]), key if isinstance(key, str) else key.as_py())
             found = users.get(user)
             if found is None:
                 mac = digest(secret, f"{user[0]}:{user[1]}".encode(), "sha256")
@@ -287,8 +320,9 @@ def opt_out(
                         "optout_seq": seq,
                         "withdrawn_seq": None,
                         "request_id": request_id,
+                        "id_tag": tag,
                     }
-                    for kind, key in users
+                    for (kind, key), tag in zip(users, suppression.tags(users), strict=True)
                 ],
             )
         if removals.num_rows:
