@@ -35,6 +35,8 @@ from bss.identity.ids import format_id
 from bss.store.base import SHARED_SCOPE, Link, Membership, MembershipStore
 
 User = tuple[int, str]
+#: Builds a named tuple without its Python-level __new__: several per link followed.
+_new = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,21 +114,21 @@ class _Walk:
         for user, links in zip(self.frontier, per_user, strict=True):
             parent_shared = found[user].shared
             for link in links:
-                other = (link.kind, link.key)
-                shared = parent_shared or link.scope == SHARED_SCOPE
+                other, scope = link[:2], link[2]  # (kind, key), built by one slice
+                shared = parent_shared or scope == SHARED_SCOPE
                 reached = found.get(other)
                 if reached is None:
                     if len(found) >= max_ids:
                         continue
-                    found[other] = Reached(other[0], other[1], hop, shared)
+                    found[other] = _new(Reached, (other[0], other[1], hop, shared))
                     next_frontier.append(other)
                 elif reached.hop == hop and reached.shared and not shared:
                     # Also reached at this hop through the member's own links only.
                     found[other] = reached._replace(shared=False)
-                seen_key = (user, other, link.scope) if user <= other else (other, user, link.scope)
+                seen_key = (user, other, scope) if user <= other else (other, user, scope)
                 if seen_key not in seen:
                     seen.add(seen_key)
-                    followed.append(FollowedLink(seen_key[0], seen_key[1], link))
+                    followed.append(_new(FollowedLink, (seen_key[0], seen_key[1], link)))
         self.frontier = next_frontier
 
 
