@@ -171,33 +171,15 @@ def _validate_ingest(
 ) -> Any:
     """`bss validate`'s run of a segment or a link file."""
     from bss import clock
-    from bss.identity.ingest import ingest_links_file
-    from bss.ingest.engine import ingest_file
+    from bss.ingest.files import FileRun, LinkFile, SegmentFile, run_file
 
-    if file_type == "links":
-        return ingest_links_file(
-            file,
-            member_id=member_id,
-            seq_base=seq_base,
-            store=store,
-            asserted_at=clock.now_s(),
-            ttl_days=settings.link_ttl_days,
-            max_decompressed_bytes=settings.max_decompressed_bytes,
-            error_report_path=error_report,
-            log_limit=cfg.num_error_log_lines,
-        )
-    return ingest_file(
-        file,
-        member_id=member_id,
-        seq_base=seq_base,
-        config=cfg,
-        registry=registry,
-        store=store,
-        now=clock.now_s(),
-        error_report_path=error_report,
-        max_decompressed_bytes=settings.max_decompressed_bytes,
-        chunk_bytes=settings.chunk_bytes,
+    kind = (
+        LinkFile(settings.link_ttl_days, cfg.num_error_log_lines)
+        if file_type == "links"
+        else SegmentFile(cfg, registry)
     )
+    run = FileRun(member_id, seq_base, store, clock.now_s(), kind, error_report_path=error_report)
+    return run_file(file, run, settings)
 
 
 def _segment_records(path: Path, member_id: int) -> list[dict[str, Any]]:

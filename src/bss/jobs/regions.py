@@ -18,8 +18,8 @@ import threading
 from typing import Any
 
 from bss.formats.config import BatchSegmentConfig
-from bss.identity.ingest import LINKS, ingest_links_file, replay_ttl_days
-from bss.ingest.engine import ingest_file
+from bss.identity.ingest import LINKS, replay_ttl_days
+from bss.ingest.files import FileRun, LinkFile, SegmentFile, run_file
 from bss.ingest.registry import SegmentRegistry
 from bss.jobs.models import jobs
 from bss.jobs.service import JobService
@@ -133,33 +133,25 @@ class RegionCatchUp:
                 suppress = functools.partial(
                     SuppressionList.of(self.db, self.settings).write_mask, job["member_id"]
                 )
-                if job["file_type"] == LINKS:
-                    result = ingest_links_file(
-                        path,
-                        member_id=job["member_id"],
-                        seq_base=job["seq_base"],
-                        store=store,
-                        asserted_at=applied_as_of,
-                        ttl_days=replay_ttl_days(config_json),
-                        max_decompressed_bytes=self.settings.max_decompressed_bytes,
-                        progress=progress,
-                        suppress=suppress,
+                kind: SegmentFile | LinkFile = (
+                    LinkFile(replay_ttl_days(config_json))
+                    if job["file_type"] == LINKS
+                    else SegmentFile(
+                        BatchSegmentConfig.model_validate_json(config_json),
+                        SegmentRegistry.from_records(records),
                     )
-                else:
-                    result = ingest_file(
-                        path,
-                        member_id=job["member_id"],
-                        seq_base=job["seq_base"],
-                        config=BatchSegmentConfig.model_validate_json(config_json),
-                        registry=SegmentRegistry.from_records(records),
-                        store=store,
-                        now=applied_as_of,
-                        max_decompressed_bytes=self.settings.max_decompressed_bytes,
-                        chunk_bytes=self.settings.chunk_bytes,
-                        progress=progress,
-                        write_progress=progress,
-                        suppress=suppress,
-                    )
+                )
+                run = FileRun(
+                    job["member_id"],
+                    job["seq_base"],
+                    store,
+                    applied_as_of,
+                    kind,
+                    progress=progress,
+                    write_progress=progress,
+                    suppress=suppress,
+                )
+                result = run_file(path, run, self.settings)
             if job["mode"] == REPLACE and job["phase"] == "completed":
                 # The region gets the floors with the job: after its pairs, as locally.
                 replay_floors(

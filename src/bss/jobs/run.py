@@ -26,8 +26,9 @@ from sqlalchemy import Connection
 
 from bss.db import now_s
 from bss.formats.config import BatchSegmentConfig
-from bss.identity.ingest import LINKS, ingest_links_file, link_replay_config
-from bss.ingest.engine import ingest_file, segment_log
+from bss.identity.ingest import LINKS, link_replay_config
+from bss.ingest.engine import segment_log
+from bss.ingest.files import FileRun, LinkFile, SegmentFile, run_file
 from bss.ingest.registry import SegmentRegistry
 from bss.ingest.result import IngestResult
 from bss.lifecycle.floors import set_floors
@@ -143,39 +144,25 @@ class JobRun:
         )
         self.heartbeat = beat
         log.info("job processing", extra=self.ctx)
+        kind: SegmentFile | LinkFile = (
+            LinkFile(settings.link_ttl_days, inputs.config.num_error_log_lines)
+            if self.links
+            else SegmentFile(inputs.config, inputs.registry)
+        )
+        run = FileRun(
+            member_id,
+            seq_base,
+            store,
+            applied_as_of=self.asserted_at if self.links else now,
+            kind=kind,
+            error_report_path=report,
+            progress=functools.partial(self._progress, "validating"),
+            write_progress=functools.partial(self._progress, "processing"),
+            on_applied=loads.add,
+            suppress=functools.partial(suppression.write_mask, member_id),
+        )
         with beat, self.service.files.local_copy(self.row["file_path"]) as path:
-            if self.links:
-                result = ingest_links_file(
-                    path,
-                    member_id=member_id,
-                    seq_base=seq_base,
-                    store=store,
-                    asserted_at=self.asserted_at,
-                    ttl_days=settings.link_ttl_days,
-                    max_decompressed_bytes=settings.max_decompressed_bytes,
-                    error_report_path=report,
-                    log_limit=inputs.config.num_error_log_lines,
-                    progress=functools.partial(self._progress, "validating"),
-                    suppress=functools.partial(suppression.write_mask, member_id),
-                )
-                inputs.report = report
-                return result, inputs
-            result = ingest_file(
-                path,
-                member_id=member_id,
-                seq_base=seq_base,
-                config=inputs.config,
-                registry=inputs.registry,
-                store=store,
-                now=now,
-                error_report_path=report,
-                max_decompressed_bytes=settings.max_decompressed_bytes,
-                chunk_bytes=settings.chunk_bytes,
-                progress=functools.partial(self._progress, "validating"),
-                write_progress=functools.partial(self._progress, "processing"),
-                on_applied=loads.add,
-                suppress=functools.partial(suppression.write_mask, member_id),
-            )
+            result = run_file(path, run, settings)
             if inputs.replace is not None and result.error_code is None:
                 # Under the lease (the heartbeat still runs): the walks take a while.
                 inputs.refused = self._set_floors(
