@@ -133,14 +133,14 @@ def test_a_region_that_is_down_is_caught_up_from_the_kept_file(
     assert job2["regions"]["eu"] == "pending" or job2["regions"]["eu"].startswith(
         ("applying", "error")
     ), job2["regions"]
+
     # The catch-up has tried and failed: the job says so, and keeps retrying.
-    failed = _until(
-        lambda: (
-            _regions(api, job2["job_id"])["eu"].startswith("error")
-            and _regions(api, job2["job_id"])
-        ),
-        "a failed attempt on eu",
-    )
+    def failed_on_eu() -> dict[str, str] | None:
+        # one read: the state moves on between two (error, then applying again)
+        states = _regions(api, job2["job_id"])
+        return states if states["eu"].startswith("error") else None
+
+    failed = _until(failed_on_eu, "a failed attempt on eu")
     assert "retried" in failed["eu"], failed
 
     uploads = srv.data_dir / "uploads"
