@@ -57,9 +57,9 @@ def _passive(srv: ServerProc, api: Api, name: str, content: bytes) -> dict:
     ("name", "content", "error_code"),
     [
         ("empty.txt", b"", "empty_file"),
-        ("empty.gz", gzip.compress(b""), "empty_file"),
+        ("empty.gz", gzip.compress(b"", mtime=0), "empty_file"),
         ("binary.bin", BINARY, "not_a_segment_file"),
-        ("binary.gz", gzip.compress(BINARY), "not_a_segment_file"),
+        ("binary.gz", gzip.compress(BINARY, mtime=0), "not_a_segment_file"),
         ("controls.txt", CONTROLS, "not_a_segment_file"),
     ],
 )

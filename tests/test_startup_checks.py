@@ -69,6 +69,8 @@ def moto() -> Iterator[MotoServer]:
             "URL from given URL string",
         ),
     ],
+    # stable ids: the missing database's name is random, and parallel runs collect alike
+    ids=["refused", "no-such-database", "no-driver", "not-a-url"],
 )
 def test_a_database_url_that_cannot_be_used_stops_start_up(
     command: str, url: str, expected: str, tmp_path: Path
