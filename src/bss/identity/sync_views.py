@@ -11,19 +11,27 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from bss.accounts.service import Principal, member_exists
-from bss.api.deps import member_scope, principal, require_admin
+from bss.api.deps import (
+    AppSettings,
+    Db,
+    Limiter,
+    Stores,
+    member_scope,
+    principal,
+    require_admin,
+)
 from bss.api.envelope import ok
 from bss.api.params import one_value_per_query_parameter
 from bss.errors import NotFound, RateLimited
 from bss.identity import sync
 from bss.identity.ids import OPTED_OUT_UID
+from bss.settings import Settings
 
 router = APIRouter()
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-def _set_cookie(response: Response, request: Request, value: str) -> None:
-    settings = request.app.state.settings
+def _set_cookie(response: Response, settings: Settings, value: str) -> None:
     secure = (settings.public_url or "").lower().startswith("https://")
     response.set_cookie(
         settings.uid_cookie,
@@ -47,8 +55,7 @@ def _redirect(url: str) -> RedirectResponse:
     status_code=302,
     responses={302: {"description": "To the URL with $UID replaced (or to itself once)"}},
 )
-def get_uid(request: Request) -> Any:
-    settings = request.app.state.settings
+def get_uid(request: Request, settings: AppSettings) -> Any:
     params, url, check = sync.split_getuid_query(request.url.query)
     url = sync.check_redirect(url, settings.sync_hosts)
     uid = sync.cookie_uid(request.cookies.get(settings.uid_cookie))
@@ -56,12 +63,12 @@ def get_uid(request: Request) -> Any:
         return _redirect(sync.with_uid(url, "0"))
     if uid is not None:
         response = _redirect(sync.with_uid(url, uid))
-        _set_cookie(response, request, uid)  # kept another Max-Age
+        _set_cookie(response, settings, uid)  # kept another Max-Age
         return response
     if check:  # the browser did not keep the cookie: third-party cookies blocked
         return _redirect(sync.with_uid(url, "0"))
     response = _redirect(f"{request.url.path}?{sync.COOKIE_CHECK}&{request.url.query}")
-    _set_cookie(response, request, sync.new_uid())
+    _set_cookie(response, settings, sync.new_uid())
     return response
 
 
@@ -74,12 +81,14 @@ def get_uid(request: Request) -> Any:
 )
 def get_map_uid(
     request: Request,
+    db: Db,
+    settings: AppSettings,
+    stores: Stores,
+    limiter: Limiter,
     member: int = Query(..., ge=1, le=2**31 - 1, description="The member whose ID this is."),
     user: str = Query(..., min_length=1, max_length=400, description="The member's user ID."),
     sig: str | None = Query(None, max_length=200, description="HMAC when the member set one."),
 ) -> Any:
-    state = request.app.state
-    settings = state.settings
     pixel = Response(sync.PIXEL_GIF, media_type="image/gif", headers=NO_STORE)
     uid = sync.cookie_uid(request.cookies.get(settings.uid_cookie))
     params = {k: v for k, v in request.query_params.items() if k in sync.CONSENT_PARAMS}
@@ -91,16 +100,16 @@ def get_map_uid(
         (f"mapuid:uid:{uid}", settings.sync_uid_per_minute),
         (f"mapuid:member:{member}", settings.sync_member_per_minute),
     ):
-        verdict = state.limiter.hit(key, limit, 60)
+        verdict = limiter.hit(key, limit, 60)
         if not verdict.allowed:
             raise RateLimited(
                 f"Rate limit exceeded: at most {limit} mapuid calls per minute",
                 retry_after=verdict.retry_after,
             )
     sync.map_uid(
-        state.db,
-        state.stores.get(),
-        state.stores.remote_regions,
+        db,
+        stores.get(),
+        stores.remote_regions,
         member_id=member,
         user=user,
         sig=sig,
@@ -116,9 +125,9 @@ def get_map_uid(
     summary="Opt this browser out of ID sync",
     response_class=PlainTextResponse,
 )
-def get_optout(request: Request) -> Any:
+def get_optout(settings: AppSettings) -> Any:
     response = Response("This browser is opted out: it is never synced.\n", media_type="text/plain")
-    _set_cookie(response, request, OPTED_OUT_UID)
+    _set_cookie(response, settings, OPTED_OUT_UID)
     return response
 
 
@@ -139,12 +148,11 @@ class IdSyncBody(BaseModel):
 )
 async def put_id_sync(
     body: IdSyncBody,
-    request: Request,
+    db: Db,
     member_id: int = Query(..., ge=1, le=2**31 - 1),
     p: Principal = Depends(principal),
 ) -> Any:
     require_admin(p)
-    db = request.app.state.db
     if not await run_in_threadpool(member_exists, db, member_id):
         raise NotFound(f"member {member_id} not found")
     await run_in_threadpool(
@@ -163,10 +171,10 @@ async def put_id_sync(
     summary="A member's ID-sync settings",
 )
 def get_id_sync(
-    request: Request, member_id: int | None = Query(None), p: Principal = Depends(principal)
+    db: Db, member_id: int | None = Query(None), p: Principal = Depends(principal)
 ) -> Any:
     mid = member_scope(p, member_id)
-    found = sync.sync_settings(request.app.state.db, mid)
+    found = sync.sync_settings(db, mid)
     return ok(
         "id_sync",
         {"member_id": mid, "enabled": found["enabled"], "has_secret": bool(found["secret"])},

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from bss.accounts.service import Principal
-from bss.api.deps import member_scope, principal
+from bss.api.deps import AppSettings, Db, Stores, member_scope, principal
 from bss.api.envelope import ok, ok_list
 from bss.api.lookup import user_key
 from bss.db import now_s
@@ -59,25 +59,26 @@ def _parsed(users: list[dict[str, Any]], member_id: int | None) -> list[tuple[in
     "memberships and links go in every region and later writes for them are not applied",
 )
 async def post_optout(
-    request: Request,
+    db: Db,
+    settings: AppSettings,
+    stores: Stores,
     body: OptOutRequest = Body(...),
     member_id: int | None = Query(None, ge=1, le=2**31 - 1),
     p: Principal = Depends(principal),
 ) -> Any:
     scope = member_scope(p, member_id, required=False)
     users = _parsed(body.users, scope)
-    state = request.app.state
 
     def run() -> optout.OptOutResult:
-        store = state.stores.get()
+        store = stores.get()
         expanded = users
         if body.related:
-            found = related_ids(store, users, scope, now_s(), state.settings.graph_caps)
+            found = related_ids(store, users, scope, now_s(), settings.graph_caps)
             expanded = [*users, *((r.kind, r.key) for r in found.ids)]
         return optout.opt_out(
-            state.db,
-            state.settings,
-            state.stores,
+            db,
+            settings,
+            stores,
             member_id=scope,
             users=expanded,
             requested_by=p.username,
@@ -103,16 +104,14 @@ async def post_optout(
     "without it: the platform-wide ones), newest first: who, when, how many IDs and removals",
 )
 def get_optouts(
-    request: Request,
+    db: Db,
     member_id: int | None = Query(None, ge=1, le=2**31 - 1),
     start_element: int = Query(0, ge=0, le=2**31 - 1),
     num_elements: int = Query(100, ge=1, le=100),
     p: Principal = Depends(principal),
 ) -> Any:
     scope = member_scope(p, member_id, required=False)
-    total, items = optout.list_requests(
-        request.app.state.db, scope, start=start_element, limit=num_elements
-    )
+    total, items = optout.list_requests(db, scope, start=start_element, limit=num_elements)
     return ok_list(
         "user_optouts",
         items,
@@ -130,14 +129,16 @@ def get_optouts(
 )
 def delete_optout(
     request: Request,
+    db: Db,
+    settings: AppSettings,
     member_id: int | None = Query(None, ge=1, le=2**31 - 1),
     p: Principal = Depends(principal),
 ) -> Any:
     scope = member_scope(p, member_id, required=False)
     kind, key = user_key(request.query_params, scope)
     withdrawn = optout.withdraw(
-        request.app.state.db,
-        request.app.state.settings,
+        db,
+        settings,
         member_id=scope,
         user=(int(kind), key),
         requested_by=p.username,
