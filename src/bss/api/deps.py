@@ -243,3 +243,12 @@ def region_store(request: Request, region: RegionQuery = None) -> MembershipStor
         known = ", ".join(stores.regions) or "none: BSS_STORE_REGIONS is not set"
         raise Invalid(f"unknown region {region!r} (regions: {known})")
     return stores.get(region)
+
+
+async def region_store_dependency(request: Request, region: RegionQuery = None) -> MembershipStore:
+    """region_store as a route's dependency: the local store on the event loop (a dict
+    read), another region's in a thread (opening its first connection may wait on the
+    network). A sync dependency would take a thread hop on every request."""
+    if not region:
+        return region_store(request)
+    return await run_in_threadpool(region_store, request, region)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, WithJsonSchema
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from bss.api.deps import AppSettings, Caller, Db, can_touch, member_scope, region_store
+from bss.api.deps import AppSettings, Caller, Db, can_touch, member_scope, region_store_dependency
 from bss.api.envelope import ok, ok_list
 from bss.api.params import Int32, JsonBodyRoute, MemberIdQuery, PositiveId, Text
 from bss.db import fmt_ts, now_s
@@ -162,14 +162,14 @@ def _lookup(
     return [([m for m, _ in found], [v for _, v in found]) for _, found in answers]
 
 
-Region = Annotated[MembershipStore, Depends(region_store)]
+Region = Annotated[MembershipStore, Depends(region_store_dependency)]
 
 
 def _text(description: str) -> Any:
     return Query(description=description)
 
 
-def _user_query(
+async def _user_query(
     uid: Annotated[
         str | None,
         WithJsonSchema({"type": "string", "pattern": "^[0-9]{1,20}$"}),

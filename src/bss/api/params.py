@@ -51,7 +51,7 @@ def _int_between(lo: int, hi: int) -> Callable[[Any], int | None]:
     return check
 
 
-def one_value_per_query_parameter(request: Request) -> None:
+async def one_value_per_query_parameter(request: Request) -> None:
     """Every query parameter of the API is one value: a repeated one (`?n=5&n=x`) is a 400
     naming it, rather than the last value silently winning over the others."""
     seen: set[str] = set()
@@ -165,7 +165,7 @@ class Page:
     num: int
 
 
-def _page(
+async def _page(
     start_element: Annotated[Count, Query(description="First item of the page (0-based)")] = None,
     num_elements: Annotated[
         PositiveId, Query(description="Items per page (at most 100; more is read as 100)")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from bss.accounts.service import member_exists
-from bss.api.deps import AppSettings, Caller, Db, Stores, member_scope, region_store
+from bss.api.deps import AppSettings, Caller, Db, Stores, member_scope, region_store_dependency
 from bss.api.envelope import ok
 from bss.api.lookup import user_key
 from bss.api.params import MemberIdQuery, ScopedMemberIdQuery
@@ -78,7 +78,7 @@ def get_user_links(
     request: Request,
     p: Caller,
     settings: AppSettings,
-    store: Annotated[MembershipStore, Depends(region_store)],
+    store: Annotated[MembershipStore, Depends(region_store_dependency)],
     member_id: MemberIdQuery = None,
     id: str | None = Query(None, description="The user in the link text form (uid=..., ext=M:ID)."),
 ) -> Any:

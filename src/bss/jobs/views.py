@@ -107,7 +107,7 @@ class JobFilters:
     filters: dict[str, Any]
 
 
-def _job_filters(
+async def _job_filters(
     sort: Annotated[
         str | None,
         WithJsonSchema({"type": "string", "enum": _SORTS}),

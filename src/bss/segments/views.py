@@ -18,7 +18,7 @@ from bss.api.deps import (
     Stores,
     can_touch,
     member_scope,
-    region_store,
+    region_store_dependency,
     require_admin,
 )
 from bss.api.envelope import ok, ok_list
@@ -108,7 +108,7 @@ class ConfigBody(BaseModel):
     batch_segment_upload_config: BatchSegmentConfig
 
 
-Region = Annotated[MembershipStore, Depends(region_store)]
+Region = Annotated[MembershipStore, Depends(region_store_dependency)]
 
 
 #: A config body, read as sent: the service validates it into BatchSegmentConfig (merging a
