@@ -66,8 +66,9 @@ class JobCreation(JobQueries):
                     last_modified=now,
                 )
             )
-            inserted = conn.execute(
-                insert(jobs).values(
+            row = _insert_job(
+                conn,
+                dict(
                     job_id=job_id,
                     member_id=member_id,
                     phase="starting",
@@ -77,10 +78,8 @@ class JobCreation(JobQueries):
                     last_modified=now,
                     percent_complete=0,
                     **_kind_columns(file_type, mode, force),
-                )
+                ),
             )
-            new_id = inserted_id(inserted)
-            row = conn.execute(select(jobs).where(jobs.c.id == new_id)).mappings().one()
         return self.job_out(row, now)
 
     def _lock_member(self, conn: Any, member_id: int) -> None:
@@ -262,18 +261,17 @@ class JobCreation(JobQueries):
         file_ref = self.files.put_upload(job_id, source_path)
         now = now_s()
         with write_tx(self.db) as conn:
-            inserted = conn.execute(
-                insert(jobs).values(
+            row = _insert_job(
+                conn,
+                dict(
                     **_passive_job(job_id, member_id, upload_source, source_key, now),
                     phase="validating",
                     uploaded_time=now,
                     file_path=file_ref,
                     file_bytes=nbytes,
                     **_kind_columns(file_type, mode, force),
-                )
+                ),
             )
-            new_id = inserted_id(inserted)
-            row = conn.execute(select(jobs).where(jobs.c.id == new_id)).mappings().one()
         log.info(
             "job submitted",
             extra={"job_id": job_id, "member_id": member_id, "upload_source": upload_source},
@@ -294,8 +292,9 @@ class JobCreation(JobQueries):
         now = now_s()
         job_id = new_job_id()
         with write_tx(self.db) as conn:
-            inserted = conn.execute(
-                insert(jobs).values(
+            row = _insert_job(
+                conn,
+                dict(
                     **_passive_job(job_id, member_id, upload_source, source_key, now),
                     phase="error",
                     completed_time=now,
@@ -303,11 +302,16 @@ class JobCreation(JobQueries):
                     error_message=error_message,
                     file_path=None,
                     file_bytes=file_bytes,
-                )
+                ),
             )
-            new_id = inserted_id(inserted)
-            self._job_finished(conn, new_id)
+            self._job_finished(conn, row["id"])
         return self.get_job(job_id)  # type: ignore[return-value]
+
+
+def _insert_job(conn: Any, values: dict[str, Any]) -> Any:
+    """Insert one job and read its row back (ids and defaults as the database gave them)."""
+    new_id = inserted_id(conn.execute(insert(jobs).values(**values)))
+    return conn.execute(select(jobs).where(jobs.c.id == new_id)).mappings().one()
 
 
 def _kind_columns(file_type: str, mode: str, force: bool) -> dict[str, Any]:
