@@ -27,8 +27,8 @@ from bss.api.openapi import install as install_openapi
 from bss.api.params import one_value_per_query_parameter, validation_message
 from bss.db import init_db, is_sqlite, make_engine
 from bss.errors import BssError, Invalid, NotAuthenticated, StoreUnavailable, Unavailable
-from bss.identity.sync_views import router as id_sync_router
 from bss.identity.views import router as identity_router
+from bss.identity.views import sync_router as id_sync_router
 from bss.jobs.service import JobService
 from bss.jobs.views import router as jobs_router
 from bss.jobs.worker import StoreHandle

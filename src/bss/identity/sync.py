@@ -1,6 +1,6 @@
 """ID sync as the hosted service has it: getUID (the member keeps the mapping), mapUID (the
 service keeps it, as a link `ext=M:ID` - `uid=...` in member M's scope), and the opt-out
-cookie. Below the web layer: the views (bss.identity.sync_views) only read the request and
+cookie. Below the web layer: the views (bss.identity.views) only read the request and
 write the answer.
 
 The user-ID cookie (`BSS_UID_COOKIE`) holds a random 64-bit uid; an opted-out browser holds
