@@ -10,11 +10,13 @@ from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Annotated, Any, Literal, overload
 
 from fastapi import Depends, Request
+from pydantic import BaseModel
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from bss.accounts.service import Principal, cached_principal, principal_for_token
 from bss.api.params import RegionQuery
+from bss.api.query import query_model
 from bss.errors import Forbidden, Invalid, RateLimited
 from bss.jobs.service import JobService
 from bss.jobs.worker import StoreHandle
@@ -231,7 +233,7 @@ Limiter = Annotated[RateLimiter, Depends(_limiter)]
 Caller = Annotated[Principal, Depends(principal)]
 
 
-def region_store(request: Request, region: RegionQuery = None) -> MembershipStore:
+def region_store(request: Request, region: str | None = None) -> MembershipStore:
     """The membership store a read answers from: the local one, or the store region named
     by `region=` (400 for a region this service does not have). Called directly, without
     the declared parameter, it reads `region=` from the query itself."""
@@ -245,10 +247,19 @@ def region_store(request: Request, region: RegionQuery = None) -> MembershipStor
     return stores.get(region)
 
 
-async def region_store_dependency(request: Request, region: RegionQuery = None) -> MembershipStore:
+class RegionChoice(BaseModel):
+    """region=, the store region a read answers from."""
+
+    region: RegionQuery = None
+
+
+async def region_store_dependency(
+    request: Request, choice: Annotated[RegionChoice, Depends(query_model(RegionChoice))]
+) -> MembershipStore:
     """region_store as a route's dependency: the local store on the event loop (a dict
     read), another region's in a thread (opening its first connection may wait on the
     network). A sync dependency would take a thread hop on every request."""
+    region = choice.region
     if not region:
         return region_store(request)
     return await run_in_threadpool(region_store, request, region)

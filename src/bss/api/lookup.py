@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from bss.api.deps import AppSettings, Caller, Db, can_touch, member_scope, region_store_dependency
 from bss.api.envelope import ok, ok_list
 from bss.api.params import Int32, JsonBodyRoute, MemberIdQuery, PositiveId, Text
+from bss.api.query import query_model
 from bss.db import fmt_ts, now_s
 from bss.errors import BssError, Forbidden, Invalid
 from bss.formats.records import DEVICE_DOMAINS, LEGACY_DEVICE_TYPES, MAX_UID, UserKind
@@ -169,47 +170,6 @@ def _text(description: str) -> Any:
     return Query(description=description)
 
 
-async def _user_query(
-    uid: Annotated[
-        str | None,
-        WithJsonSchema({"type": "string", "pattern": "^[0-9]{1,20}$"}),
-        _text("Platform user ID (1 to 2^64-1)"),
-    ] = None,
-    device_id: Annotated[Text, _text("Device ID (with domain)")] = None,
-    domain: Annotated[Text, _text("Device ID type: idfa, aaid, ... or a legacy number")] = None,
-    ifa: Annotated[Text, _text("IFA (with ifa_type)")] = None,
-    ifa_type: Annotated[Text, _text("e.g. idfa, aaid")] = None,
-    external_id: Annotated[
-        Text, _text("External user ID (with external_member_id or member_id)")
-    ] = None,
-    external_member_id: Annotated[Int32, Query(description="Owner of the external ID")] = None,
-    eid: Annotated[Text, _text("Extended ID (with source)")] = None,
-    source: Annotated[Text, _text("EID source, e.g. liveramp.com")] = None,
-    xfa_ip: Annotated[
-        Text, _text("Synthetic ID's IP (with device_make_id, device_model_id)")
-    ] = None,
-    device_make_id: Annotated[Int32, Query(description="Device make")] = None,
-    device_model_id: Annotated[Int32, Query(description="Device model")] = None,
-) -> dict[str, str]:
-    """The user a GET names, as user_key reads it (the given, non-empty parameters)."""
-    given = {
-        "uid": uid,
-        "device_id": device_id,
-        "domain": domain,
-        "ifa": ifa,
-        "ifa_type": ifa_type,
-        "external_id": external_id,
-        "external_member_id": external_member_id,
-        "eid": eid,
-        "source": source,
-        "xfa_ip": xfa_ip,
-        "device_make_id": device_make_id,
-        "device_model_id": device_model_id,
-    }
-    return {k: str(v) for k, v in given.items() if v is not None and v != ""}
-
-
-UserQuery = Annotated[dict[str, str], Depends(_user_query)]
 #: true or false in any letter case, or 1 or 0 (absent or empty: false).
 _FLAG = "^([tT][rR][uU][eE]|[fF][aA][lL][sS][eE]|[01])?$"
 RelatedQuery = Annotated[
@@ -217,6 +177,54 @@ RelatedQuery = Annotated[
     WithJsonSchema({"type": "string", "pattern": _FLAG}),
     Query(description="true: expand through the identity graph (each segment once, with via)"),
 ]
+
+
+class UserSegmentsQuery(BaseModel):
+    """The user a GET /user-segments names, and how to answer."""
+
+    uid: Annotated[
+        str | None,
+        WithJsonSchema({"type": "string", "pattern": "^[0-9]{1,20}$"}),
+        _text("Platform user ID (1 to 2^64-1)"),
+    ] = None
+    device_id: Annotated[Text, _text("Device ID (with domain)")] = None
+    domain: Annotated[Text, _text("Device ID type: idfa, aaid, ... or a legacy number")] = None
+    ifa: Annotated[Text, _text("IFA (with ifa_type)")] = None
+    ifa_type: Annotated[Text, _text("e.g. idfa, aaid")] = None
+    external_id: Annotated[
+        Text, _text("External user ID (with external_member_id or member_id)")
+    ] = None
+    external_member_id: Annotated[Int32, Query(description="Owner of the external ID")] = None
+    eid: Annotated[Text, _text("Extended ID (with source)")] = None
+    source: Annotated[Text, _text("EID source, e.g. liveramp.com")] = None
+    xfa_ip: Annotated[Text, _text("Synthetic ID's IP (with device_make_id, device_model_id)")] = (
+        None
+    )
+    device_make_id: Annotated[Int32, Query(description="Device make")] = None
+    device_model_id: Annotated[Int32, Query(description="Device model")] = None
+    member_id: MemberIdQuery = None
+    related: RelatedQuery = None
+
+    #: The fields naming the user, as user_key reads them.
+    USER_FIELDS: ClassVar[tuple[str, ...]] = (
+        "uid",
+        "device_id",
+        "domain",
+        "ifa",
+        "ifa_type",
+        "external_id",
+        "external_member_id",
+        "eid",
+        "source",
+        "xfa_ip",
+        "device_make_id",
+        "device_model_id",
+    )
+
+    def user(self) -> dict[str, str]:
+        """The given, non-empty user parameters, as user_key reads them."""
+        given = ((name, getattr(self, name)) for name in self.USER_FIELDS)
+        return {name: str(v) for name, v in given if v is not None and v != ""}
 
 
 @router.get(
@@ -229,16 +237,14 @@ async def get_user_segments(
     request: Request,
     p: Caller,
     db: Db,
-    user: UserQuery,
+    query: Annotated[UserSegmentsQuery, Depends(query_model(UserSegmentsQuery))],
     store: Region,
     settings: AppSettings,
-    member_id: MemberIdQuery = None,
-    related: RelatedQuery = None,
-    region: Annotated[Text, Query(include_in_schema=False)] = None,
 ) -> Any:
-    scoped = member_scope(p, member_id, required=False)
-    kind, key = user_key(user, scoped)
-    expand = related_flag(related)
+    scoped = member_scope(p, query.member_id, required=False)
+    kind, key = user_key(query.user(), scoped)
+    expand = related_flag(query.related)
+    region = request.query_params.get("region")
     lookup = partial(_user_segments, db, store, settings, (int(kind), key), scoped, expand)
     # A local LMDB seek and a SQLite read take microseconds and never wait on a lock: on the
     # event loop, without a thread hop; Redis, PostgreSQL or another region: in a thread.

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request, Response
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, BeforeValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from bss.api.query import TypedRoute, query_model
 from bss.errors import Invalid
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -157,25 +156,26 @@ RegionQuery = Annotated[
 ]
 
 
-@dataclass(frozen=True)
-class Page:
-    """A page of a list: its first item (0-based) and its size (1 to 100)."""
+class Page(BaseModel):
+    """A page of a list: start_element and num_elements as asked; `start`, its first item
+    (0-based), and `num`, its size (1 to 100)."""
 
-    start: int
-    num: int
-
-
-async def _page(
-    start_element: Annotated[Count, Query(description="First item of the page (0-based)")] = None,
+    start_element: Annotated[Count, Query(description="First item of the page (0-based)")] = None
     num_elements: Annotated[
         PositiveId, Query(description="Items per page (at most 100; more is read as 100)")
-    ] = None,
-) -> Page:
-    return Page(start_element or 0, min(num_elements or 100, 100))
+    ] = None
+
+    @property
+    def start(self) -> int:
+        return self.start_element or 0
+
+    @property
+    def num(self) -> int:
+        return min(self.num_elements or 100, 100)
 
 
 #: start_element and num_elements.
-Paging = Annotated[Page, Depends(_page)]
+Paging = Annotated[Page, Depends(query_model(Page))]
 
 
 # --- JSON bodies --------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ class _JsonRequest(Request):
         return self._json
 
 
-class JsonBodyRoute(APIRoute):
+class JsonBodyRoute(TypedRoute):
     """A route whose declared body is read as JSON whatever its Content-Type says (the
     documented curl examples send it with `-d`, which says form-urlencoded), nested at most
     MAX_JSON_DEPTH levels. A body model's `wrong_shape` text is the message for a body that

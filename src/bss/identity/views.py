@@ -26,6 +26,7 @@ from bss.api.deps import (
 from bss.api.envelope import ok
 from bss.api.lookup import user_key
 from bss.api.params import MemberIdQuery, ScopedMemberIdQuery, one_value_per_query_parameter
+from bss.api.query import TypedRoute
 from bss.db import now_s
 from bss.errors import Forbidden, Invalid, NotFound, RateLimited
 from bss.identity import sync
@@ -37,7 +38,7 @@ from bss.settings import Settings
 from bss.store import MembershipStore
 from bss.store.base import SHARED_SCOPE
 
-router = APIRouter()
+router = APIRouter(route_class=TypedRoute)
 
 
 @router.post(
@@ -116,7 +117,7 @@ def get_user_links(
 
 # --- ID sync (getuid, mapuid, optout) and its per-member settings -------------------------
 
-sync_router = APIRouter()
+sync_router = APIRouter(route_class=TypedRoute)
 NO_STORE = {"Cache-Control": "no-store"}
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import WithJsonSchema
+from pydantic import BaseModel, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -25,13 +24,14 @@ from bss.api.params import (
     ScopedMemberIdQuery,
     Text,
 )
+from bss.api.query import TypedRoute, query_model
 from bss.db import parse_ts
 from bss.errors import Invalid, NotFound
 from bss.identity.ingest import E_LINKS_REPLACE, FILE_TYPES, LINKS
 from bss.jobs.service import FILTER_FIELDS, SORT_FIELDS, JobService
 from bss.jobs.uploads import OCTET_STREAM, CutOff, RefusedMidway, Uploads
 
-router = APIRouter()
+router = APIRouter(route_class=TypedRoute)
 log = logging.getLogger("bss.upload")
 
 NAME = "batch_segment_upload_job"
@@ -99,45 +99,44 @@ def post_job(
     )
 
 
-@dataclass(frozen=True)
-class JobFilters:
+class JobHistoryQuery(BaseModel):
     """The job history's order and filters (see GET /batch-segment/meta)."""
 
-    sort: str | None
-    filters: dict[str, Any]
-
-
-async def _job_filters(
     sort: Annotated[
         str | None,
         WithJsonSchema({"type": "string", "enum": _SORTS}),
         Query(description="FIELD.asc or FIELD.desc (see /batch-segment/meta)"),
-    ] = None,
-    min_last_modified: DateQuery = None,
-    max_last_modified: DateQuery = None,
+    ] = None
+    min_last_modified: DateQuery = None
+    max_last_modified: DateQuery = None
     phase: Annotated[
         Text,
         Query(description="starting, uploading, validating, processing, completed or error"),
-    ] = None,
-    upload_source: Annotated[Text, Query(description="api or passive")] = None,
-    id: IdQuery = None,
-) -> JobFilters:
-    filters: dict[str, Any] = {}
-    for key, value in (
-        ("min_last_modified", min_last_modified),
-        ("max_last_modified", max_last_modified),
-    ):
-        if value:
-            try:
-                filters[key] = parse_ts(value)
-            except ValueError as exc:
-                raise Invalid(str(exc)) from exc
-    for key, text in (("phase", phase), ("upload_source", upload_source)):
-        if text:
-            filters[key] = text
-    if id is not None:
-        filters["id"] = id
-    return JobFilters(sort, filters)
+    ] = None
+    upload_source: Annotated[Text, Query(description="api or passive")] = None
+    id: IdQuery = None
+
+    def filters(self) -> dict[str, Any]:
+        """The filters given, as JobService.list_jobs takes them (dates as UTC seconds)."""
+        filters: dict[str, Any] = {}
+        for key in ("min_last_modified", "max_last_modified"):
+            value = getattr(self, key)
+            if value:
+                try:
+                    filters[key] = parse_ts(value)
+                except ValueError as exc:
+                    raise Invalid(str(exc)) from exc
+        for key in ("phase", "upload_source"):
+            if text := getattr(self, key):
+                filters[key] = text
+        if self.id is not None:
+            filters["id"] = self.id
+        return filters
+
+
+class JobQuery(BaseModel):
+    job_id: JobIdQuery = None
+    member_id: MemberIdQuery = None
 
 
 @router.get(
@@ -150,18 +149,19 @@ async def get_jobs(
     p: Caller,
     jobs: Jobs,
     page: Paging,
-    history: Annotated[JobFilters, Depends(_job_filters)],
-    job_id: JobIdQuery = None,
-    member_id: MemberIdQuery = None,
+    history: Annotated[JobHistoryQuery, Depends(query_model(JobHistoryQuery))],
+    query: Annotated[JobQuery, Depends(query_model(JobQuery))],
 ) -> Any:
-    scoped = member_scope(p, member_id, required=False)
+    scoped = member_scope(p, query.member_id, required=False)
+    filters = history.filters()
+    job_id = query.job_id
     # A job's status (one SQLite read, microseconds, never waiting on a writer in WAL mode)
     # on the event loop; the history, or any read on PostgreSQL, in a thread.
     if job_id:
         if request.app.state.inline_reads:
             return _one_job(p, jobs, job_id, scoped)
         return await run_in_threadpool(_one_job, p, jobs, job_id, scoped)
-    return await run_in_threadpool(_history, jobs, scoped, page, history)
+    return await run_in_threadpool(_history, jobs, scoped, page, history.sort, filters)
 
 
 def _one_job(p: Principal, jobs: JobService, job_id: str, member_id: int | None) -> Any:
@@ -171,9 +171,11 @@ def _one_job(p: Principal, jobs: JobService, job_id: str, member_id: int | None)
     return ok(NAME, _payload(p, job), count=1, start_element=0, num_elements=100)
 
 
-def _history(jobs: JobService, member_id: int | None, page: Page, history: JobFilters) -> Any:
+def _history(
+    jobs: JobService, member_id: int | None, page: Page, sort: str | None, filters: dict[str, Any]
+) -> Any:
     total, items = jobs.list_jobs(
-        member_id, start=page.start, num=page.num, sort=history.sort, filters=history.filters
+        member_id, start=page.start, num=page.num, sort=sort, filters=filters
     )
     return ok_list(NAME, items, count=total, start_element=page.start, num_elements=page.num)
 

@@ -12,12 +12,13 @@ from bss.accounts.service import Principal
 from bss.api.deps import AppSettings, Db, Stores, member_scope, principal
 from bss.api.envelope import ok, ok_list
 from bss.api.lookup import user_key
+from bss.api.query import TypedRoute
 from bss.db import now_s
 from bss.errors import BssError, Invalid, NotFound
 from bss.identity.graph import related_ids
 from bss.lifecycle import optout
 
-router = APIRouter()
+router = APIRouter(route_class=TypedRoute)
 
 NAME = "user_optout"
 

@@ -13,11 +13,12 @@ from bss.accounts.service import member_exists, principal_for_token
 from bss.api.deps import AppSettings, Db, Limiter, Stores, member_scope, token_of
 from bss.api.envelope import ok
 from bss.api.params import ScopedMemberIdQuery, Text, body_of, parse_json
+from bss.api.query import TypedRoute
 from bss.errors import Invalid, NotFound, TooLarge
 from bss.realtime.service import RealtimeService
 from bss.segments.service import get_config
 
-router = APIRouter()
+router = APIRouter(route_class=TypedRoute)
 MAX_IDEMPOTENCY_KEY = 200
 
 

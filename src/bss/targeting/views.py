@@ -14,13 +14,14 @@ from bss.accounts.service import Principal
 from bss.api.deps import Db, member_scope, principal, region_store
 from bss.api.envelope import ok
 from bss.api.params import ScopedMemberIdQuery
+from bss.api.query import TypedRoute
 from bss.errors import Invalid, NotFound, TooLarge
 from bss.lifecycle.optout import SuppressionList
 from bss.targeting import data_settings
 from bss.targeting.catalog import Catalog, MemberSettings, write_member_settings
 from bss.targeting.service import Targeting, merge_user_data
 
-router = APIRouter(tags=["openrtb"])
+router = APIRouter(route_class=TypedRoute, tags=["openrtb"])
 
 _BID_REQUEST_BODY = {
     "requestBody": {

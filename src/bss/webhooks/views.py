@@ -10,11 +10,12 @@ from pydantic import WithJsonSchema
 from bss.api.deps import Caller, Db, member_scope
 from bss.api.envelope import ok_list
 from bss.api.params import MemberIdQuery, Paging, Text
+from bss.api.query import TypedRoute
 from bss.errors import Invalid
 from bss.webhooks.models import DELIVERY_STATES
 from bss.webhooks.service import list_deliveries
 
-router = APIRouter()
+router = APIRouter(route_class=TypedRoute)
 
 
 @router.get(
