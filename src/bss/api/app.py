@@ -11,7 +11,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
 from anyio import to_thread
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import Engine
@@ -19,12 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bss.accounts.service import ensure_admin
 from bss.accounts.views import router as accounts_router
-from bss.api.deps import SingleFlight
+from bss.api.deps import AppParts, SingleFlight
 from bss.api.docs import add_docs_routes
 from bss.api.envelope import error_response, http_error_response
 from bss.api.lookup import router as lookup_router
 from bss.api.openapi import install as install_openapi
-from bss.api.params import one_value_per_query_parameter, validation_message
+from bss.api.params import validation_message
 from bss.db import init_db, is_sqlite, make_engine
 from bss.errors import BssError, Invalid, NotAuthenticated, StoreUnavailable, Unavailable
 from bss.identity.views import router as identity_router
@@ -150,6 +150,7 @@ def create_app(
     #: store: microseconds, less than a thread hop costs. Over a network (PostgreSQL, Redis)
     #: they keep to a thread.
     app.state.inline_reads = is_sqlite(db) and app.state.stores.url.startswith("lmdb://")
+    app.state.parts = AppParts(db, settings, app.state.stores, app.state.inline_reads)
     app.state.process_id = process_id or new_process_id()
 
     @app.exception_handler(BssError)
@@ -179,12 +180,13 @@ def create_app(
 
     app.add_middleware(AccessLog)
 
-    single_values = [Depends(one_value_per_query_parameter)]
+    # Routes are matched in order, router by router: the hot reads (a lookup, a job's
+    # status) first.
     for router in (
+        lookup_router,
+        jobs_router,
         accounts_router,
         segments_router,
-        jobs_router,
-        lookup_router,
         identity_router,
         realtime_router,
         webhooks_router,
@@ -192,9 +194,9 @@ def create_app(
         targeting_router,
         lifecycle_router,
     ):
-        app.include_router(router, dependencies=single_values)
+        app.include_router(router)
     # ID sync: the query of GET /getuid is a partner's URL, whose own parameters may
-    # repeat; its settings routes check their parameters themselves.
+    # repeat (RepeatableQueryRoute); its settings routes check their parameters themselves.
     app.include_router(id_sync_router)
     mount_dashboard(app)  # the web dashboard at / and /ui/...
 

@@ -18,9 +18,19 @@ from pydantic import BaseModel, Field, WithJsonSchema
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from bss.api.deps import AppSettings, Caller, Db, can_touch, member_scope, region_store_dependency
+from bss.api.deps import (
+    AppParts,
+    AppSettings,
+    Caller,
+    Db,
+    Parts,
+    can_touch,
+    member_scope,
+    region_store_dependency,
+    store_of,
+)
 from bss.api.envelope import ok, ok_list
-from bss.api.params import Int32, JsonBodyRoute, MemberIdQuery, PositiveId, Text
+from bss.api.params import Int32, JsonBodyRoute, MemberIdQuery, PositiveId, RegionQuery, Text
 from bss.api.query import query_model
 from bss.db import fmt_ts, now_s
 from bss.errors import BssError, Forbidden, Invalid
@@ -204,6 +214,7 @@ class UserSegmentsQuery(BaseModel):
     device_model_id: Annotated[Int32, Query(description="Device model")] = None
     member_id: MemberIdQuery = None
     related: RelatedQuery = None
+    region: RegionQuery = None
 
     #: The fields naming the user, as user_key reads them.
     USER_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -236,31 +247,29 @@ class UserSegmentsQuery(BaseModel):
 async def get_user_segments(
     request: Request,
     p: Caller,
-    db: Db,
+    parts: Parts,
     query: Annotated[UserSegmentsQuery, Depends(query_model(UserSegmentsQuery))],
-    store: Region,
-    settings: AppSettings,
 ) -> Any:
     scoped = member_scope(p, query.member_id, required=False)
     kind, key = user_key(query.user(), scoped)
     expand = related_flag(query.related)
-    region = request.query_params.get("region")
-    lookup = partial(_user_segments, db, store, settings, (int(kind), key), scoped, expand)
+    lookup = partial(_user_segments, parts, query.region, (int(kind), key), scoped, expand)
     # A local LMDB seek and a SQLite read take microseconds and never wait on a lock: on the
-    # event loop, without a thread hop; Redis, PostgreSQL or another region: in a thread.
-    if request.app.state.inline_reads and not region and not expand:
+    # event loop, without a thread hop; Redis, PostgreSQL or another region (whose first
+    # connection may wait on the network): in a thread.
+    if parts.inline_reads and not query.region and not expand:
         return lookup()
     return await run_in_threadpool(lookup)
 
 
 def _user_segments(
-    db: Engine,
-    store: MembershipStore,
-    settings: Settings,
+    parts: AppParts,
+    region: str | None,
     user: tuple[int, str],
     member_id: int | None,
     related: bool,
 ) -> Any:
+    db, settings, store = parts.db, parts.settings, store_of(parts.stores, region)
     kind, key = user
     suppression = _suppression(db, settings)
     ((memberships, vias),) = _lookup(store, settings, [user], member_id, related, suppression)

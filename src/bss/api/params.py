@@ -50,16 +50,6 @@ def _int_between(lo: int, hi: int) -> Callable[[Any], int | None]:
     return check
 
 
-async def one_value_per_query_parameter(request: Request) -> None:
-    """Every query parameter of the API is one value: a repeated one (`?n=5&n=x`) is a 400
-    naming it, rather than the last value silently winning over the others."""
-    seen: set[str] = set()
-    for name, _ in request.query_params.multi_items():
-        if name in seen:
-            raise Invalid(f"{name} is given more than once")
-        seen.add(name)
-
-
 def read_int(value: Any, name: str, lo: int = INT32_MIN, hi: int = INT32_MAX) -> int | None:
     """An integer read by hand (the dashboard's pages), checked as the declared ones are."""
     try:

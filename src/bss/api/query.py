@@ -13,15 +13,17 @@ OpenAPI parameters, as FastAPI would describe them had they been declared one by
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from fastapi import Request
+from fastapi import Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+
+from bss.errors import Invalid
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -31,7 +33,7 @@ def query_model(model: type[M]) -> Callable[[Request], Awaitable[M]]:
     """A dependency reading the request's query into `model` (one instance per model, so
     that FastAPI reads it once per request however many dependencies ask for it). Unknown
     parameters are ignored, as declared ones are; a repeated one is refused before
-    (bss.api.deps.one_value_per_query_parameter)."""
+    (TypedRoute)."""
 
     async def read(request: Request) -> M:
         try:
@@ -77,8 +79,24 @@ def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     return parameters
 
 
+async def one_value_per_query_parameter(request: Request) -> None:
+    """Every query parameter of the API is one value: a repeated one (`?n=5&n=x`) is a 400
+    naming it, rather than the last value silently winning over the others."""
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name in seen:
+            raise Invalid(f"{name} is given more than once")
+        seen.add(name)
+
+
 class TypedRoute(APIRoute):
-    """A route whose query models (query_model) are documented as its parameters."""
+    """A route whose query models (query_model) are documented as its parameters, and
+    whose query parameters are one value each (one_value_per_query_parameter), checked
+    before its dependencies are solved (as a dependency, the check cost FastAPI's
+    dependency machinery on every request)."""
+
+    #: Whether a query parameter may be repeated (a partner's URL passed on as is).
+    repeatable_query: ClassVar[bool] = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -93,3 +111,21 @@ class TypedRoute(APIRoute):
         if added:
             extra["parameters"] = [*extra.get("parameters", []), *added]
             self.openapi_extra = extra
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.repeatable_query:
+            return handler
+
+        async def one_value_each(request: Request) -> Response:
+            if b"&" in request.scope["query_string"]:
+                await one_value_per_query_parameter(request)
+            return await handler(request)
+
+        return one_value_each
+
+
+class RepeatableQueryRoute(TypedRoute):
+    """A TypedRoute whose query parameters may repeat."""
+
+    repeatable_query = True

@@ -25,8 +25,8 @@ from bss.api.deps import (
 )
 from bss.api.envelope import ok
 from bss.api.lookup import user_key
-from bss.api.params import MemberIdQuery, ScopedMemberIdQuery, one_value_per_query_parameter
-from bss.api.query import TypedRoute
+from bss.api.params import MemberIdQuery, ScopedMemberIdQuery
+from bss.api.query import RepeatableQueryRoute, TypedRoute, one_value_per_query_parameter
 from bss.db import now_s
 from bss.errors import Forbidden, Invalid, NotFound, RateLimited
 from bss.identity import sync
@@ -117,7 +117,7 @@ def get_user_links(
 
 # --- ID sync (getuid, mapuid, optout) and its per-member settings -------------------------
 
-sync_router = APIRouter(route_class=TypedRoute)
+sync_router = APIRouter(route_class=RepeatableQueryRoute)
 NO_STORE = {"Cache-Control": "no-store"}
 
 

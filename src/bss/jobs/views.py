@@ -20,7 +20,6 @@ from bss.api.params import (
     IdQuery,
     MemberIdQuery,
     Page,
-    Paging,
     ScopedMemberIdQuery,
     Text,
 )
@@ -134,7 +133,9 @@ class JobHistoryQuery(BaseModel):
         return filters
 
 
-class JobQuery(BaseModel):
+class JobsQuery(Page, JobHistoryQuery):
+    """GET /batch-segment: one job (job_id) or a page of the history."""
+
     job_id: JobIdQuery = None
     member_id: MemberIdQuery = None
 
@@ -148,12 +149,10 @@ async def get_jobs(
     request: Request,
     p: Caller,
     jobs: Jobs,
-    page: Paging,
-    history: Annotated[JobHistoryQuery, Depends(query_model(JobHistoryQuery))],
-    query: Annotated[JobQuery, Depends(query_model(JobQuery))],
+    query: Annotated[JobsQuery, Depends(query_model(JobsQuery))],
 ) -> Any:
     scoped = member_scope(p, query.member_id, required=False)
-    filters = history.filters()
+    filters = query.filters()
     job_id = query.job_id
     # A job's status (one SQLite read, microseconds, never waiting on a writer in WAL mode)
     # on the event loop; the history, or any read on PostgreSQL, in a thread.
@@ -161,7 +160,7 @@ async def get_jobs(
         if request.app.state.inline_reads:
             return _one_job(p, jobs, job_id, scoped)
         return await run_in_threadpool(_one_job, p, jobs, job_id, scoped)
-    return await run_in_threadpool(_history, jobs, scoped, page, history.sort, filters)
+    return await run_in_threadpool(_history, jobs, scoped, query, query.sort, filters)
 
 
 def _one_job(p: Principal, jobs: JobService, job_id: str, member_id: int | None) -> Any:
