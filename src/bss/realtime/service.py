@@ -277,7 +277,7 @@ class RealtimeService:
 
     # -- the post ----------------------------------------------------------------------------
 
-    def apply(  # noqa: C901, PLR0915  to be split (issue 24.5): validation, apply and counting in one pass
+    def apply(
         self,
         *,
         member_id: int,
@@ -293,126 +293,49 @@ class RealtimeService:
         settings = self.settings
         result = RtResult(post_sha256=post_sha256(body) if idempotency_key else None)
         warn = result.warnings
-        max_users, max_segments = settings.rt_max_users_per_post, settings.rt_max_segments_per_user
+        max_users = settings.rt_max_users_per_post
         for entry in entries[max_users:]:
             warn.append({"message": W_TOO_MANY_USERS, "entity": entry})
         entries = entries[:max_users]
+        nothing_valid = {"message": W_NO_VALID_REQUEST, "entity": {"rt_segment": entries}}
 
-        # 1. the documented required fields, per user and per SEG block
-        users: list[tuple[int, dict[str, Any], str, str | None]] = []
-        blocks: list[tuple[int, int, dict[str, Any]]] = []  # (user row, pos, block)
-        for entry in entries:
-            user_id = entry.get("user_id")
-            user_text = "" if user_id is None else str(user_id).strip()
-            if not user_text:
-                warn.append({"message": W_NO_USER, "entity": entry})
-                continue
-            if entry.get("seg_block") is None:
-                warn.append({"message": W_NO_SEG_BLOCK, "entity": entry})
-                continue
-            domain = entry.get("domain", default_domain)
-            domain = domain.strip().lower() if isinstance(domain, str) and domain.strip() else None
-            mine: list[tuple[int, int, dict[str, Any]]] = []
-            for pos, block in enumerate(entry["seg_block"]):
-                if pos >= max_segments:
-                    message = W_TOO_MANY_SEGMENTS.format(user_id=user_text, limit=max_segments)
-                    warn.append({"message": message, "entity": block})
-                    continue
-                has_id = block.get("seg_id") is not None
-                code = block.get("seg_code")
-                has_code = isinstance(code, str) and code.strip() != ""
-                if has_id and has_code:
-                    warn.append({"message": W_BOTH_SEGMENT_KEYS, "entity": block})
-                elif not has_id and not (has_code and block.get("member_id") is not None):
-                    warn.append({"message": W_NO_SEGMENT, "entity": block})
-                else:
-                    mine.append((len(users), pos, block))
-            if not mine:
-                message = W_NO_VALID_SEGMENTS.format(user_id=user_text)
-                warn.append({"message": message, "entity": entry})
-                continue
-            users.append((len(users), entry, user_text, domain))
-            blocks.extend(mine)
+        users, blocks = _required_fields(
+            entries, default_domain, settings.rt_max_segments_per_user, warn
+        )
         result.users_in_request = len(users)
         result.segments_in_request = len(blocks)
         self._take_users(member_id, len(users))
         if not users:
-            warn.append({"message": W_NO_VALID_REQUEST, "entity": {"rt_segment": entries}})
+            warn.append(nothing_valid)
             return result
-
-        # 2. user IDs by the batch format's rules
-        for _row, entry, _user_text, domain in users:
-            if domain is not None and domain not in DEVICE_ID_DOMAINS:
-                domains = ", ".join(sorted(DEVICE_ID_DOMAINS))
-                message = W_BAD_DOMAIN.format(domain=domain, domains=domains)
-                warn.append({"message": message, "entity": entry})
-        known = [u for u in users if u[3] is None or u[3] in DEVICE_ID_DOMAINS]
-        parsed = parse_user_ids(
-            [u[2] for u in known], [u[3] for u in known], config, member_id
-        ).with_columns(pl.Series("user_row", [u[0] for u in known], dtype=pl.Int64))
-        for (_row, entry, user_text, _d), error in zip(
-            known, parsed["user_error"].to_list(), strict=True
-        ):
-            if error is not None:
-                message = W_BAD_USER.format(user_id=user_text, reason=error)
-                warn.append({"message": message, "entity": entry})
-        good_users = parsed.filter(pl.col("user_error").is_null()).select(
-            "user_row", "user_kind", "user_key"
-        )
-
-        # 3. pairs by the ingest engine's rules
-        rows = [
-            {
-                "line_no": user_row,
-                "pos": pos,
-                "seg_id": block.get("seg_id"),
-                "seg_code": None if block.get("seg_id") is not None else block.get("seg_code"),
-                "seg_member_id": block.get("member_id") if block.get("seg_id") is None else None,
-                "expiration": block.get("expiration"),
-                "timestamp": None,
-                "value": block.get("value"),
-                "removal": False,
-                "timestamp_invalid": False,
-                "value_invalid": block.get("value") is not None
-                and not MIN_VALUE <= block["value"] <= MAX_VALUE,
-                "expiration_invalid": block.get("expiration") is not None
-                and block["expiration"] < -2,
-            }
-            for user_row, pos, block in blocks
-        ]
-        pairs = pl.DataFrame(rows, schema=PAIR_SCHEMA).with_columns(
-            value=pl.when(pl.col("value_invalid")).then(None).otherwise(pl.col("value"))
-        )
-        pairs = pairs.join(good_users, left_on="line_no", right_on="user_row", how="inner")
-        ids = {int(b["seg_id"]) for _u, _p, b in blocks if b.get("seg_id") is not None}
-        codes = {
-            (int(b["member_id"]), b["seg_code"].strip().lower())
-            for _u, _p, b in blocks
-            if b.get("seg_id") is None
-        }
+        good_users = _parsed_users(users, config, member_id, warn)
         now = now_s()
-        rules = PairRules(member_id, config, _registry(self.db, ids, codes))
-        resolved = _foreign_as_unknown(rules.resolve(pairs, now)).sort("line_no", "pos")
+        rules = PairRules(member_id, config, _registry(self.db, *_segments_named(blocks)))
+        valid = _valid_pairs(rules, blocks, good_users, now, warn)
         block_of = {(u, p): b for u, p, b in blocks}
-        problems = resolved.filter(pl.col("status") != VALID).with_columns(reason=problem_reason())
-        for user_row, pos, status, reason in problems.select(
-            "line_no", "pos", "status", "reason"
-        ).iter_rows():
-            warn.append(
-                {"message": f"{reason}.", "entity": block_of[(user_row, pos)], "counter": status}
-            )
-        valid = resolved.filter(pl.col("status") == VALID)
+        if not valid.is_empty():
+            first = reserve(self.db, len(valid))  # seqs in post order
+            valid = valid.with_columns(_seq=pl.int_range(0, len(valid), dtype=pl.Int64) + first)
+            valid = self._drop_opted_out(member_id, valid, block_of, warn)
         if valid.is_empty():
-            warn.append({"message": W_NO_VALID_REQUEST, "entity": {"rt_segment": entries}})
+            warn.append(nothing_valid)
             return result
+        self._store(member_id, valid, store, now, idempotency_key, other_regions, result)
+        return result
 
-        # 4. apply: seqs in post order, the same store as files
-        first = reserve(self.db, len(valid))
-        valid = valid.with_columns(_seq=pl.int_range(0, len(valid), dtype=pl.Int64) + first)
-        valid = self._drop_opted_out(member_id, valid, block_of, warn)
-        if valid.is_empty():
-            warn.append({"message": W_NO_VALID_REQUEST, "entity": {"rt_segment": entries}})
-            return result
+    def _store(
+        self,
+        member_id: int,
+        valid: pl.DataFrame,
+        store: MembershipStore,
+        now: int,
+        idempotency_key: str | None,
+        other_regions: Sequence[str],
+        result: RtResult,
+    ) -> None:
+        """Apply the valid pairs to the same store as files, then record their loads, the
+        other regions' debt and the post's answer (for its Idempotency-Key) in one
+        transaction."""
         applied = store_batch(valid, pl.col("_seq"))
         store.apply(applied)
         result.pairs_applied = len(valid)
@@ -430,7 +353,6 @@ class RealtimeService:
                     .where(k.c.member_id == member_id, k.c.idempotency_key == idempotency_key)
                     .values(response_json=result.stored())
                 )
-        return result
 
     def _drop_opted_out(
         self,
@@ -474,3 +396,140 @@ class RealtimeService:
                 )
                 .values(response_json=result.stored())
             )
+
+
+#: A user of a post: (its row, its entry, its user_id as text, its device ID domain).
+_User = tuple[int, dict[str, Any], str, str | None]
+#: A SEG block of a post: (its user's row, its position, the block).
+_Block = tuple[int, int, dict[str, Any]]
+
+
+def _required_fields(
+    entries: list[dict[str, Any]],
+    default_domain: Any,
+    max_segments: int,
+    warn: list[dict[str, Any]],
+) -> tuple[list[_User], list[_Block]]:
+    """The users and SEG blocks that have the documented required fields; a warning for
+    each that does not (a user left without a usable block is dropped with its own)."""
+    users: list[_User] = []
+    blocks: list[_Block] = []
+    for entry in entries:
+        user_id = entry.get("user_id")
+        user_text = "" if user_id is None else str(user_id).strip()
+        if not user_text:
+            warn.append({"message": W_NO_USER, "entity": entry})
+            continue
+        if entry.get("seg_block") is None:
+            warn.append({"message": W_NO_SEG_BLOCK, "entity": entry})
+            continue
+        domain = entry.get("domain", default_domain)
+        domain = domain.strip().lower() if isinstance(domain, str) and domain.strip() else None
+        mine = _usable_blocks(len(users), entry["seg_block"], user_text, max_segments, warn)
+        if not mine:
+            message = W_NO_VALID_SEGMENTS.format(user_id=user_text)
+            warn.append({"message": message, "entity": entry})
+            continue
+        users.append((len(users), entry, user_text, domain))
+        blocks.extend(mine)
+    return users, blocks
+
+
+def _usable_blocks(
+    row: int, seg_blocks: list[Any], user_text: str, max_segments: int, warn: list[dict[str, Any]]
+) -> list[_Block]:
+    """A user's SEG blocks that name one segment (by id, or by code and member), up to
+    `max_segments` of them."""
+    mine: list[_Block] = []
+    for pos, block in enumerate(seg_blocks):
+        if pos >= max_segments:
+            message = W_TOO_MANY_SEGMENTS.format(user_id=user_text, limit=max_segments)
+            warn.append({"message": message, "entity": block})
+            continue
+        has_id = block.get("seg_id") is not None
+        code = block.get("seg_code")
+        has_code = isinstance(code, str) and code.strip() != ""
+        if has_id and has_code:
+            warn.append({"message": W_BOTH_SEGMENT_KEYS, "entity": block})
+        elif not has_id and not (has_code and block.get("member_id") is not None):
+            warn.append({"message": W_NO_SEGMENT, "entity": block})
+        else:
+            mine.append((row, pos, block))
+    return mine
+
+
+def _parsed_users(
+    users: list[_User], config: BatchSegmentConfig, member_id: int, warn: list[dict[str, Any]]
+) -> pl.DataFrame:
+    """(user_row, user_kind, user_key) of the users whose ID the batch format's rules
+    accept; a warning for each other."""
+    for _row, entry, _user_text, domain in users:
+        if domain is not None and domain not in DEVICE_ID_DOMAINS:
+            domains = ", ".join(sorted(DEVICE_ID_DOMAINS))
+            message = W_BAD_DOMAIN.format(domain=domain, domains=domains)
+            warn.append({"message": message, "entity": entry})
+    known = [u for u in users if u[3] is None or u[3] in DEVICE_ID_DOMAINS]
+    parsed = parse_user_ids(
+        [u[2] for u in known], [u[3] for u in known], config, member_id
+    ).with_columns(pl.Series("user_row", [u[0] for u in known], dtype=pl.Int64))
+    for (_row, entry, user_text, _d), error in zip(
+        known, parsed["user_error"].to_list(), strict=True
+    ):
+        if error is not None:
+            message = W_BAD_USER.format(user_id=user_text, reason=error)
+            warn.append({"message": message, "entity": entry})
+    return parsed.filter(pl.col("user_error").is_null()).select("user_row", "user_kind", "user_key")
+
+
+def _segments_named(blocks: list[_Block]) -> tuple[set[int], set[tuple[int, str]]]:
+    """The segment ids and (member, code) pairs the blocks name."""
+    ids = {int(b["seg_id"]) for _u, _p, b in blocks if b.get("seg_id") is not None}
+    codes = {
+        (int(b["member_id"]), b["seg_code"].strip().lower())
+        for _u, _p, b in blocks
+        if b.get("seg_id") is None
+    }
+    return ids, codes
+
+
+def _valid_pairs(
+    rules: PairRules,
+    blocks: list[_Block],
+    good_users: pl.DataFrame,
+    now: int,
+    warn: list[dict[str, Any]],
+) -> pl.DataFrame:
+    """The (user, segment) pairs the ingest engine's rules accept, in post order; a warning
+    for each other, with its counter."""
+    rows = [
+        {
+            "line_no": user_row,
+            "pos": pos,
+            "seg_id": block.get("seg_id"),
+            "seg_code": None if block.get("seg_id") is not None else block.get("seg_code"),
+            "seg_member_id": block.get("member_id") if block.get("seg_id") is None else None,
+            "expiration": block.get("expiration"),
+            "timestamp": None,
+            "value": block.get("value"),
+            "removal": False,
+            "timestamp_invalid": False,
+            "value_invalid": block.get("value") is not None
+            and not MIN_VALUE <= block["value"] <= MAX_VALUE,
+            "expiration_invalid": block.get("expiration") is not None and block["expiration"] < -2,
+        }
+        for user_row, pos, block in blocks
+    ]
+    pairs = pl.DataFrame(rows, schema=PAIR_SCHEMA).with_columns(
+        value=pl.when(pl.col("value_invalid")).then(None).otherwise(pl.col("value"))
+    )
+    pairs = pairs.join(good_users, left_on="line_no", right_on="user_row", how="inner")
+    resolved = _foreign_as_unknown(rules.resolve(pairs, now)).sort("line_no", "pos")
+    block_of = {(u, p): b for u, p, b in blocks}
+    problems = resolved.filter(pl.col("status") != VALID).with_columns(reason=problem_reason())
+    for user_row, pos, status, reason in problems.select(
+        "line_no", "pos", "status", "reason"
+    ).iter_rows():
+        warn.append(
+            {"message": f"{reason}.", "entity": block_of[(user_row, pos)], "counter": status}
+        )
+    return resolved.filter(pl.col("status") == VALID)
