@@ -241,85 +241,18 @@ def _filters(raw: Any) -> dict[str, list[Any]]:
     return out
 
 
-def parse_report_request(body: Any, now: int) -> tuple[ReportSpec, dict[str, Any]]:  # noqa: C901, PLR0915  to become a typed request model (issue 24.2)
-    """Validate a POST /report body; returns the spec and the request as stored."""
+def parse_report_request(body: Any, now: int) -> tuple[ReportSpec, dict[str, Any]]:
+    """Validate a POST /report body; returns the spec and the request as stored. The body
+    is checked here, not by a model, so that each rule answers with its own message."""
     if not isinstance(body, dict) or not isinstance(body.get("report"), dict):
         raise Invalid('expected {"report": {"report_type": "segment_load", "columns": [...]}}')
     req = body["report"]
     if req.get("report_type") != REPORT_TYPE:
         raise Invalid(f'report_type must be "{REPORT_TYPE}" (the only report this service runs)')
-    columns = req.get("columns")
-    if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
-        raise Invalid("columns must be a non-empty list of column names")
-    unknown = [c for c in columns if c not in DIMENSIONS + METRICS]
-    if unknown:
-        raise Invalid(f"unknown column(s) {unknown}; columns: {', '.join(DIMENSIONS + METRICS)}")
-    if len(set(columns)) != len(columns):
-        raise Invalid("columns lists a column more than once")
-    groups = req.get("groups") or []
-    if not isinstance(groups, list) or any(g not in DIMENSIONS for g in groups):
-        raise Invalid(f"groups must list dimensions: {', '.join(DIMENSIONS)}")
-    missing = [g for g in groups if g not in columns]
-    if missing:
-        raise Invalid(f"groups {missing} must also be columns")
-    if "daily_uniques" in columns and "day" not in columns:
-        raise Invalid("daily_uniques needs the day dimension (add day to columns)")
-    for metric in ("monthly_uniques", "avg_daily_uniques"):
-        if metric in columns and ("month" not in columns or "day" in columns):
-            raise Invalid(f"{metric} needs the month dimension, without day")
-
-    today = now // DAY
-    interval = req.get("report_interval")
-    start_date, end_date = req.get("start_date"), req.get("end_date")
-    if interval is not None and (start_date is not None or end_date is not None):
-        raise Invalid("give report_interval or start_date/end_date, not both")
-    if start_date is not None or end_date is not None:
-        if start_date is None or end_date is None:
-            raise Invalid("start_date and end_date go together")
-        start_day, end_day = _parse_day(start_date, "start_date"), _parse_end_day(end_date)
-        if end_day <= start_day:
-            raise Invalid("end_date must be after start_date")
-        if end_day - start_day > MAX_REPORT_DAYS:
-            raise Invalid(f"a report covers at most {MAX_REPORT_DAYS} days")
-    else:
-        interval = interval if interval is not None else DEFAULT_INTERVAL
-        if interval not in INTERVALS:
-            raise Invalid(f"report_interval must be one of {', '.join(INTERVALS)}")
-        start_day, end_day = _interval_days(interval, today)
-
-    filters = _filters(req.get("filters"))
-    segment_ids = None
-    if "segment_id" in filters:
-        try:
-            segment_ids = sorted({int(v) for v in filters["segment_id"] if not isinstance(v, bool)})
-        except (TypeError, ValueError) as exc:
-            raise Invalid("segment_id filters must be integers") from exc
-        if not segment_ids or any(not 0 < v < 2**31 for v in segment_ids):
-            raise Invalid("segment_id filters must be integers between 1 and 2147483647")
-    days = {_parse_day(v, "day filter") for v in filters["day"]} if "day" in filters else None
-    months = None
-    if "month" in filters:
-        months = set()
-        for v in filters["month"]:
-            try:
-                months.add(datetime.strptime(str(v), "%Y-%m").strftime("%Y-%m"))
-            except ValueError as exc:
-                raise Invalid(f"month filter {v!r} is not YYYY-MM") from exc
-
-    orders: list[tuple[str, bool]] = []
-    for item in req.get("orders") or []:
-        name: str | None  # a dict item's "order_by" may be missing (or not a string)
-        if isinstance(item, str):
-            name, direction = item, "ASC"
-        elif isinstance(item, dict):
-            name, direction = item.get("order_by"), str(item.get("direction", "ASC"))
-        else:
-            raise Invalid('orders must list column names or {"order_by": ..., "direction": ...}')
-        if not isinstance(name, str) or name not in columns:
-            raise Invalid(f"cannot order by {name!r}: not a column of the report")
-        if direction.upper() not in ("ASC", "DESC"):
-            raise Invalid("order direction must be ASC or DESC")
-        orders.append((name, direction.upper() == "DESC"))
+    columns = _columns(req)
+    start_day, end_day, interval = _date_range(req, now // DAY)
+    segment_ids, days, months = _selection(_filters(req.get("filters")))
+    orders = _orders(req.get("orders") or [], columns)
     fmt = str(req.get("format") or "csv").lower()
     if fmt not in FORMATS:
         raise Invalid(f"format must be one of {', '.join(FORMATS)}")
@@ -341,6 +274,94 @@ def parse_report_request(body: Any, now: int) -> tuple[ReportSpec, dict[str, Any
     return spec, stored
 
 
+def _columns(req: dict[str, Any]) -> list[str]:
+    """The report's columns, checked with its groups and the metrics' dimensions."""
+    columns = req.get("columns")
+    if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
+        raise Invalid("columns must be a non-empty list of column names")
+    unknown = [c for c in columns if c not in DIMENSIONS + METRICS]
+    if unknown:
+        raise Invalid(f"unknown column(s) {unknown}; columns: {', '.join(DIMENSIONS + METRICS)}")
+    if len(set(columns)) != len(columns):
+        raise Invalid("columns lists a column more than once")
+    groups = req.get("groups") or []
+    if not isinstance(groups, list) or any(g not in DIMENSIONS for g in groups):
+        raise Invalid(f"groups must list dimensions: {', '.join(DIMENSIONS)}")
+    missing = [g for g in groups if g not in columns]
+    if missing:
+        raise Invalid(f"groups {missing} must also be columns")
+    if "daily_uniques" in columns and "day" not in columns:
+        raise Invalid("daily_uniques needs the day dimension (add day to columns)")
+    for metric in ("monthly_uniques", "avg_daily_uniques"):
+        if metric in columns and ("month" not in columns or "day" in columns):
+            raise Invalid(f"{metric} needs the month dimension, without day")
+    return columns
+
+
+def _date_range(req: dict[str, Any], today: int) -> tuple[int, int, str | None]:
+    """(first day, day after the last, the named interval if one was given or defaulted)."""
+    interval = req.get("report_interval")
+    start_date, end_date = req.get("start_date"), req.get("end_date")
+    if interval is not None and (start_date is not None or end_date is not None):
+        raise Invalid("give report_interval or start_date/end_date, not both")
+    if start_date is None and end_date is None:
+        interval = interval if interval is not None else DEFAULT_INTERVAL
+        if interval not in INTERVALS:
+            raise Invalid(f"report_interval must be one of {', '.join(INTERVALS)}")
+        return (*_interval_days(interval, today), interval)
+    if start_date is None or end_date is None:
+        raise Invalid("start_date and end_date go together")
+    start_day, end_day = _parse_day(start_date, "start_date"), _parse_end_day(end_date)
+    if end_day <= start_day:
+        raise Invalid("end_date must be after start_date")
+    if end_day - start_day > MAX_REPORT_DAYS:
+        raise Invalid(f"a report covers at most {MAX_REPORT_DAYS} days")
+    return start_day, end_day, interval
+
+
+def _selection(
+    filters: dict[str, list[Any]],
+) -> tuple[list[int] | None, set[int] | None, set[str] | None]:
+    """The filters' segment ids, days and months (None: not filtered by it)."""
+    segment_ids = None
+    if "segment_id" in filters:
+        try:
+            segment_ids = sorted({int(v) for v in filters["segment_id"] if not isinstance(v, bool)})
+        except (TypeError, ValueError) as exc:
+            raise Invalid("segment_id filters must be integers") from exc
+        if not segment_ids or any(not 0 < v < 2**31 for v in segment_ids):
+            raise Invalid("segment_id filters must be integers between 1 and 2147483647")
+    days = {_parse_day(v, "day filter") for v in filters["day"]} if "day" in filters else None
+    months = None
+    if "month" in filters:
+        months = set()
+        for v in filters["month"]:
+            try:
+                months.add(datetime.strptime(str(v), "%Y-%m").strftime("%Y-%m"))
+            except ValueError as exc:
+                raise Invalid(f"month filter {v!r} is not YYYY-MM") from exc
+    return segment_ids, days, months
+
+
+def _orders(items: Any, columns: list[str]) -> list[tuple[str, bool]]:
+    """(column, descending) for each order, as given."""
+    orders: list[tuple[str, bool]] = []
+    for item in items:
+        name: str | None  # a dict item's "order_by" may be missing (or not a string)
+        if isinstance(item, str):
+            name, direction = item, "ASC"
+        elif isinstance(item, dict):
+            name, direction = item.get("order_by"), str(item.get("direction", "ASC"))
+        else:
+            raise Invalid('orders must list column names or {"order_by": ..., "direction": ...}')
+        if not isinstance(name, str) or name not in columns:
+            raise Invalid(f"cannot order by {name!r}: not a column of the report")
+        if direction.upper() not in ("ASC", "DESC"):
+            raise Invalid("order direction must be ASC or DESC")
+        orders.append((name, direction.upper() == "DESC"))
+    return orders
+
+
 def _segments_in_scope(
     conn: Connection, member_id: int, config: BatchSegmentConfig, ids: list[int] | None
 ) -> dict[int, Any]:
@@ -360,15 +381,20 @@ def _segments_in_scope(
     return rows
 
 
-def run_report(  # noqa: PLR0915  one query per column group of the report; to be split (issue 24.5)
+@dataclass(slots=True)
+class _Figures:
+    """One row of a report, as the kept figures add up."""
+
+    loads: int = 0
+    removals: int = 0
+    sketch: UniqueSketch | None = None
+    daily_sum: int = 0
+
+
+def run_report(
     db: Engine, member_id: int, config: BatchSegmentConfig, spec: ReportSpec, now: int
 ) -> list[list[Any]]:
     """The report's rows (in column order), from the kept figures."""
-    columns = spec.columns
-    by_segment = any(c in columns for c in ("segment_id", "segment_name", "segment"))
-    grain = "day" if "day" in columns else "month" if "month" in columns else None
-    wants_sketch = any(c in columns for c in ("daily_uniques", "monthly_uniques"))
-    wants_avg = "avg_daily_uniques" in columns
     with db.connect() as conn:
         scope = _segments_in_scope(conn, member_id, config, spec.segment_ids)
         q = select(segment_loads).where(
@@ -381,15 +407,25 @@ def run_report(  # noqa: PLR0915  one query per column group of the report; to b
                 segments.c.member_id == member_id
             )
         figures = list(conn.execute(q).mappings())
+    rows = _added_up(figures, scope, spec)
+    out = [_row_values(key, row, scope, spec, now) for key, row in rows.items()]
+    return _in_order(out, spec)
 
-    @dataclass(slots=True)
-    class Row:
-        loads: int = 0
-        removals: int = 0
-        sketch: UniqueSketch | None = None
-        daily_sum: int = 0
 
-    rows: dict[tuple[Any, Any], Row] = {}
+def _grain(columns: list[str]) -> str | None:
+    return "day" if "day" in columns else "month" if "month" in columns else None
+
+
+def _added_up(
+    figures: list[Any], scope: dict[int, Any], spec: ReportSpec
+) -> dict[tuple[Any, Any], _Figures]:
+    """The selected figures added up per (segment or None, day or month or None)."""
+    columns = spec.columns
+    by_segment = any(c in columns for c in ("segment_id", "segment_name", "segment"))
+    grain = _grain(columns)
+    wants_sketch = any(c in columns for c in ("daily_uniques", "monthly_uniques"))
+    wants_avg = "avg_daily_uniques" in columns
+    rows: dict[tuple[Any, Any], _Figures] = {}
     for f in figures:
         segment_id, day = f["segment_id"], f["day"]
         if segment_id not in scope:
@@ -403,7 +439,7 @@ def run_report(  # noqa: PLR0915  one query per column group of the report; to b
             segment_id if by_segment else None,
             day if grain == "day" else month if grain == "month" else None,
         )
-        row = rows.setdefault(key, Row())
+        row = rows.setdefault(key, _Figures())
         row.loads += f["loads"]
         row.removals += f["removals"]
         if wants_sketch or wants_avg:
@@ -414,35 +450,47 @@ def run_report(  # noqa: PLR0915  one query per column group of the report; to b
                     row.sketch = sketch
                 else:
                     row.sketch.merge(sketch)
+    return rows
 
-    today = now // DAY
-    last_day = min(spec.end_day, today + 1)
 
-    def days_in(month: str) -> int:
-        year, mon = int(month[:4]), int(month[5:])
-        first = date(year, mon, 1).toordinal() - date(1970, 1, 1).toordinal()
-        after = first + calendar.monthrange(year, mon)[1]
-        return max(1, min(after, last_day) - max(first, spec.start_day))
+def _row_values(
+    key: tuple[Any, Any], row: _Figures, scope: dict[int, Any], spec: ReportSpec, now: int
+) -> list[Any]:
+    """One report row, in column order."""
+    segment_id, when = key
+    grain = _grain(spec.columns)
+    segment = scope.get(segment_id) if segment_id is not None else None
+    name = (segment["short_name"] or "") if segment is not None else None
+    uniques = row.sketch.count() if row.sketch is not None else 0
+    values: dict[str, Any] = {
+        "segment_id": segment_id,
+        "segment_name": name,
+        "segment": f"{name} ({segment_id})" if segment is not None else None,
+        "day": _day_text(when) if grain == "day" else None,
+        "month": (_month_of(when) if grain == "day" else when if grain == "month" else None),
+        "total_loads": row.loads,
+        "total_removals": row.removals,
+        "daily_uniques": uniques,
+        "monthly_uniques": uniques,
+        "avg_daily_uniques": (
+            round(row.daily_sum / _days_counted(when, spec, now)) if grain == "month" else None
+        ),
+    }
+    return [values[c] for c in spec.columns]
 
-    out: list[list[Any]] = []
-    for (segment_id, when), row in rows.items():
-        segment = scope.get(segment_id) if segment_id is not None else None
-        name = (segment["short_name"] or "") if segment is not None else None
-        values: dict[str, Any] = {
-            "segment_id": segment_id,
-            "segment_name": name,
-            "segment": f"{name} ({segment_id})" if segment is not None else None,
-            "day": _day_text(when) if grain == "day" else None,
-            "month": (_month_of(when) if grain == "day" else when if grain == "month" else None),
-            "total_loads": row.loads,
-            "total_removals": row.removals,
-            "daily_uniques": row.sketch.count() if row.sketch is not None else 0,
-            "monthly_uniques": row.sketch.count() if row.sketch is not None else 0,
-            "avg_daily_uniques": (
-                round(row.daily_sum / days_in(when)) if grain == "month" else None
-            ),
-        }
-        out.append([values[c] for c in columns])
+
+def _days_counted(month: str, spec: ReportSpec, now: int) -> int:
+    """The days of `month` the report covers, up to today (at least one)."""
+    last_day = min(spec.end_day, now // DAY + 1)
+    year, mon = int(month[:4]), int(month[5:])
+    first = date(year, mon, 1).toordinal() - date(1970, 1, 1).toordinal()
+    after = first + calendar.monthrange(year, mon)[1]
+    return max(1, min(after, last_day) - max(first, spec.start_day))
+
+
+def _in_order(out: list[list[Any]], spec: ReportSpec) -> list[list[Any]]:
+    """Rows by their dimensions, then by the orders asked for (the first one first)."""
+    columns = spec.columns
 
     def sort_key(values: list[Any]) -> tuple[Any, ...]:
         return tuple((v is None, v) for v in values)
