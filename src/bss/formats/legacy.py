@@ -16,7 +16,7 @@ without a format error.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
 from typing import BinaryIO, Final
@@ -278,7 +278,7 @@ def _lit(text: str) -> pl.Expr:
     return pl.lit(text, dtype=pl.String)
 
 
-def _parse_lines(  # noqa: PLR0915  the legacy line rules as one lazy query plan; to be split (issue 24.5)
+def _parse_lines(
     frame: pl.LazyFrame,
     config: BatchSegmentConfig,
     member_id: int,
@@ -288,113 +288,17 @@ def _parse_lines(  # noqa: PLR0915  the legacy line rules as one lazy query plan
     may_be_long: bool,
     has_plus: bool,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    sep1 = config.separator_1
-    sep2, sep3 = config.separator_2, config.separator_3
+    """The legacy line rules as one lazy query plan, in stages: UID and rest, the device
+    type after SEPARATOR5, the SEG blocks, the line's format error, the user ID; then the
+    SEG blocks' own rules on the collected lines."""
     raw = pl.col("raw")
-
-    # -- stage 1: UID / rest, separator counts ---------------------------------------------
-    frame = _splitn2(frame, raw, sep1, ("uid", "rest"))
-    rest = pl.col("rest")
-    stage1 = []
-    too_long = pl.lit(False)
-    if may_be_long:
-        stage1.append(raw.str.len_bytes().alias("_len"))
-        too_long = pl.col("_len") > MAX_LINE_BYTES
-    if sep1 != sep3:
-        # the UID ends at the first SEPARATOR1: another one is in the rest
-        stage1.append(rest.str.contains(sep1, literal=True).alias("_more1"))
-    if sep4 is not None:
-        stage1.append(raw.str.count_matches(sep4, literal=True).alias("_n4"))
-    if sep5 is not None:
-        stage1.append(raw.str.count_matches(sep5, literal=True).alias("_n5"))
-    if stage1:
-        frame = frame.with_columns(stage1)
-
-    # -- stage 2: body / what follows SEPARATOR5 -----------------------------------------
-    rest = pl.col("rest")
-    if sep5 is not None:
-        has5 = pl.col("_n5") > 0
-        frame = _splitn2(frame, pl.when(has5).then(rest), sep5, ("_body", "_tail"))
-        frame = frame.with_columns(pl.coalesce("_body", rest).alias("_body"))
-        tail = pl.col("_tail")
-        domain = tail.replace_strict(LEGACY_DEVICE_TYPES, default=None, return_dtype=pl.String)
-        frame = frame.with_columns(
-            domain.alias("_domain"),
-            tail.str.contains(_DIGITS_RE).alias("_tail_digits"),
-        )
-    else:
-        frame = frame.with_columns(rest.alias("_body"))
-
-    # -- stage 3: the SEG blocks, adds first, then removals ------------------------------------
-    # Blocks are split at SEPARATOR2, or at "\n" (never inside a line) when there is none, so
-    # that a SEPARATOR4 can be turned into a block boundary by one replace.
-    split_at = sep2 if sep2 is not None else "\n"
-    body = pl.col("_body")
-    if sep4 is not None:
-        has4 = pl.col("_n4") > 0
-        lead = body.str.starts_with(sep4)  # nothing to add, only removals
-        no_segments = (body == "") | (body == sep4)
-        # (masked first, so that the string work is only done on lines with a SEPARATOR4)
-        with_sep4 = pl.when(has4).then(body)
-        joined = pl.coalesce(
-            with_sep4.str.strip_prefix(sep4).str.replace(sep4, split_at, literal=True, n=1), body
-        )
-        frame = frame.with_columns(joined.str.split(split_at).alias("_blocks"))
-        frame = frame.with_columns(pl.col("_blocks").list.len().cast(pl.Int32).alias("_n_blocks"))
-        adds = pl.when(has4 & ~lead).then(body).str.splitn(sep4, 2).struct.field("field_0")
-        frame = frame.with_columns(adds.alias("_adds"))
-        adds = pl.col("_adds")
-        n_adds_before_sep4 = (
-            adds.str.count_matches(split_at, literal=True) + 1 if sep2 is not None else pl.lit(1)
-        )
-        n_adds = (
-            pl.when(lead)
-            .then(pl.lit(0, dtype=pl.Int32))
-            .when(adds.is_not_null())
-            .then(n_adds_before_sep4.cast(pl.Int32))
-            .otherwise(pl.col("_n_blocks"))
-        )
-        frame = frame.with_columns(n_adds.alias("_n_adds"))
-    else:
-        no_segments = body == ""
-        frame = frame.with_columns(body.str.split(split_at).alias("_blocks"))
-        frame = frame.with_columns(pl.col("_blocks").list.len().cast(pl.Int32).alias("_n_blocks"))
-        frame = frame.with_columns(pl.col("_n_blocks").alias("_n_adds"))
-
-    # -- line-level format errors, in the order a reader meets them ---------------------------
-    err: Then | ChainedThen = pl.when(too_long).then(_lit(REASON_LINE_TOO_LONG))
-    err = err.when(pl.col("rest").is_null()).then(_lit(REASON_NO_SEPARATOR1))
-    if sep1 != sep3:
-        err = err.when(pl.col("_more1")).then(_lit(REASON_MANY_SEPARATOR1))
-    if sep4 is not None:
-        err = err.when(pl.col("_n4") > 1).then(_lit(REASON_MANY_SEPARATOR4))
-    if sep5 is not None:
-        tail = pl.col("_tail")
-        err = (
-            err.when(pl.col("_n5") > 1)
-            .then(_lit(REASON_MANY_SEPARATOR5))
-            .when(tail == "")
-            .then(_lit(REASON_EMPTY_AFTER_SEPARATOR5))
-            .when(tail == "6")
-            .then(_lit(REASON_SHA1MAC))
-            .when(pl.col("_tail_digits") & pl.col("_domain").is_null())
-            .then(pl.concat_str(_lit(REASON_UNKNOWN_DEVICE_TYPE), tail))
-        )
-    format_error = (
-        err.when(no_segments)
-        .then(_lit(REASON_NO_SEGMENTS))
-        .when(pl.col("_n_blocks") > MAX_SEGMENTS_PER_LINE)
-        .then(_lit(REASON_TOO_MANY_SEGMENTS))
-        .otherwise(pl.lit(None, dtype=pl.String))
-    )
-
-    # -- the user ID -------------------------------------------------------------------------
+    frame, too_long = _uid_and_rest(frame, config, sep4=sep4, sep5=sep5, may_be_long=may_be_long)
+    frame = _device_type(frame, sep5)
+    frame, no_segments = _seg_blocks(frame, config.separator_2, sep4)
+    format_error = _format_error(config, too_long, no_segments, sep4=sep4, sep5=sep5)
     frame, kind, key, uerr = _user_id(
         frame, config, member_id, has_plus=has_plus, with_domain=sep5 is not None
     )
-    null_str = pl.lit(None, dtype=pl.String)
-    null_kind = pl.lit(None, dtype=pl.UInt8)
-
     frame = frame.with_columns(
         format_error.alias("format_error"),
         kind.alias("user_kind"),
@@ -416,10 +320,139 @@ def _parse_lines(  # noqa: PLR0915  the legacy line rules as one lazy query plan
         "_blocks",
         "_n_adds",
     ).collect(engine=_ENGINE)
-
-    # -- SEG blocks ---------------------------------------------------------------------------
     pairs, block_errors = _parse_blocks(lines, config, has_plus=has_plus)
+    return _with_block_errors(lines, pairs, block_errors)
 
+
+def _uid_and_rest(
+    frame: pl.LazyFrame,
+    config: BatchSegmentConfig,
+    *,
+    sep4: str | None,
+    sep5: str | None,
+    may_be_long: bool,
+) -> tuple[pl.LazyFrame, pl.Expr]:
+    """Stage 1: `uid` and `rest` (split at the first SEPARATOR1) and the separator counts
+    the format errors need; also the line-too-long test."""
+    sep1, sep3 = config.separator_1, config.separator_3
+    raw = pl.col("raw")
+    frame = _splitn2(frame, raw, sep1, ("uid", "rest"))
+    rest = pl.col("rest")
+    stage1 = []
+    too_long = pl.lit(False)
+    if may_be_long:
+        stage1.append(raw.str.len_bytes().alias("_len"))
+        too_long = pl.col("_len") > MAX_LINE_BYTES
+    if sep1 != sep3:
+        # the UID ends at the first SEPARATOR1: another one is in the rest
+        stage1.append(rest.str.contains(sep1, literal=True).alias("_more1"))
+    if sep4 is not None:
+        stage1.append(raw.str.count_matches(sep4, literal=True).alias("_n4"))
+    if sep5 is not None:
+        stage1.append(raw.str.count_matches(sep5, literal=True).alias("_n5"))
+    if stage1:
+        frame = frame.with_columns(stage1)
+    return frame, too_long
+
+
+def _device_type(frame: pl.LazyFrame, sep5: str | None) -> pl.LazyFrame:
+    """Stage 2: `_body`, the rest before SEPARATOR5, and after it `_tail`, the device type
+    (`_domain`, its name, or null)."""
+    rest = pl.col("rest")
+    if sep5 is None:
+        return frame.with_columns(rest.alias("_body"))
+    has5 = pl.col("_n5") > 0
+    frame = _splitn2(frame, pl.when(has5).then(rest), sep5, ("_body", "_tail"))
+    frame = frame.with_columns(pl.coalesce("_body", rest).alias("_body"))
+    tail = pl.col("_tail")
+    domain = tail.replace_strict(LEGACY_DEVICE_TYPES, default=None, return_dtype=pl.String)
+    return frame.with_columns(
+        domain.alias("_domain"),
+        tail.str.contains(_DIGITS_RE).alias("_tail_digits"),
+    )
+
+
+def _seg_blocks(
+    frame: pl.LazyFrame, sep2: str | None, sep4: str | None
+) -> tuple[pl.LazyFrame, pl.Expr]:
+    """Stage 3: `_blocks`, the SEG blocks (adds first, then removals), `_n_blocks` and
+    `_n_adds`; and the no-segments test.
+
+    Blocks are split at SEPARATOR2, or at a newline (never inside a line) when there is none, so
+    that a SEPARATOR4 can be turned into a block boundary by one replace."""
+    split_at = sep2 if sep2 is not None else "\n"
+    body = pl.col("_body")
+    if sep4 is None:
+        frame = frame.with_columns(body.str.split(split_at).alias("_blocks"))
+        frame = frame.with_columns(pl.col("_blocks").list.len().cast(pl.Int32).alias("_n_blocks"))
+        return frame.with_columns(pl.col("_n_blocks").alias("_n_adds")), body == ""
+    has4 = pl.col("_n4") > 0
+    lead = body.str.starts_with(sep4)  # nothing to add, only removals
+    no_segments = (body == "") | (body == sep4)
+    # (masked first, so that the string work is only done on lines with a SEPARATOR4)
+    with_sep4 = pl.when(has4).then(body)
+    joined = pl.coalesce(
+        with_sep4.str.strip_prefix(sep4).str.replace(sep4, split_at, literal=True, n=1), body
+    )
+    frame = frame.with_columns(joined.str.split(split_at).alias("_blocks"))
+    frame = frame.with_columns(pl.col("_blocks").list.len().cast(pl.Int32).alias("_n_blocks"))
+    adds = pl.when(has4 & ~lead).then(body).str.splitn(sep4, 2).struct.field("field_0")
+    frame = frame.with_columns(adds.alias("_adds"))
+    adds = pl.col("_adds")
+    n_adds_before_sep4 = (
+        adds.str.count_matches(split_at, literal=True) + 1 if sep2 is not None else pl.lit(1)
+    )
+    n_adds = (
+        pl.when(lead)
+        .then(pl.lit(0, dtype=pl.Int32))
+        .when(adds.is_not_null())
+        .then(n_adds_before_sep4.cast(pl.Int32))
+        .otherwise(pl.col("_n_blocks"))
+    )
+    return frame.with_columns(n_adds.alias("_n_adds")), no_segments
+
+
+def _format_error(
+    config: BatchSegmentConfig,
+    too_long: pl.Expr,
+    no_segments: pl.Expr,
+    *,
+    sep4: str | None,
+    sep5: str | None,
+) -> pl.Expr:
+    """A line's format error (or null), the first in the order a reader meets them."""
+    err: Then | ChainedThen = pl.when(too_long).then(_lit(REASON_LINE_TOO_LONG))
+    err = err.when(pl.col("rest").is_null()).then(_lit(REASON_NO_SEPARATOR1))
+    if config.separator_1 != config.separator_3:
+        err = err.when(pl.col("_more1")).then(_lit(REASON_MANY_SEPARATOR1))
+    if sep4 is not None:
+        err = err.when(pl.col("_n4") > 1).then(_lit(REASON_MANY_SEPARATOR4))
+    if sep5 is not None:
+        tail = pl.col("_tail")
+        err = (
+            err.when(pl.col("_n5") > 1)
+            .then(_lit(REASON_MANY_SEPARATOR5))
+            .when(tail == "")
+            .then(_lit(REASON_EMPTY_AFTER_SEPARATOR5))
+            .when(tail == "6")
+            .then(_lit(REASON_SHA1MAC))
+            .when(pl.col("_tail_digits") & pl.col("_domain").is_null())
+            .then(pl.concat_str(_lit(REASON_UNKNOWN_DEVICE_TYPE), tail))
+        )
+    return (
+        err.when(no_segments)
+        .then(_lit(REASON_NO_SEGMENTS))
+        .when(pl.col("_n_blocks") > MAX_SEGMENTS_PER_LINE)
+        .then(_lit(REASON_TOO_MANY_SEGMENTS))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+
+
+def _with_block_errors(
+    lines: pl.DataFrame, pairs: pl.DataFrame, block_errors: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A SEG block's error is its line's format error (when the line had none before), and
+    such a line keeps no pairs and no user."""
     if block_errors.height:
         lines = lines.join(block_errors, on="line_no", how="left", maintain_order="left")
         lines = lines.with_columns(
@@ -427,11 +460,15 @@ def _parse_lines(  # noqa: PLR0915  the legacy line rules as one lazy query plan
         )
         pairs = pairs.filter(~pl.col("line_no").is_in(block_errors.get_column("line_no").implode()))
     bad = pl.col("format_error").is_not_null()
+    null_str = pl.lit(None, dtype=pl.String)
     lines = lines.select(
         "line_no",
         "raw",
         "format_error",
-        pl.when(bad).then(null_kind).otherwise(pl.col("user_kind")).alias("user_kind"),
+        pl.when(bad)
+        .then(pl.lit(None, dtype=pl.UInt8))
+        .otherwise(pl.col("user_kind"))
+        .alias("user_kind"),
         pl.when(bad).then(null_str).otherwise(pl.col("user_key")).alias("user_key"),
         pl.when(bad).then(null_str).otherwise(pl.col("user_error")).alias("user_error"),
     )
@@ -542,14 +579,47 @@ def _int_syntax(text: pl.Expr, parsed: pl.Expr, has_plus: bool) -> pl.Expr:
     return (parsed.is_not_null() & ~_plus(text, has_plus)) | overflow
 
 
-def _parse_blocks(  # noqa: PLR0915  the SEG-block rules as one query plan; to be split (issue 24.5)
+def _parse_blocks(
     lines: pl.DataFrame, config: BatchSegmentConfig, *, has_plus: bool
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Explode the SEG blocks of well-formed lines; return (pairs, first block error per line)."""
-    fields = config.segment_fields
-    n_fields = len(fields)
-    sep3 = config.separator_3
+    exploded = _exploded_blocks(lines, config)
+    block = pl.col("_blocks")
+    # (condition, reason) in the order they are checked; the first that holds is the reason
+    checks: list[tuple[pl.Expr, str]] = [
+        (block == "", REASON_EMPTY_BLOCK),
+        (pl.col("_count_err"), REASON_ILLEGAL_FIELDS),
+    ]
+    field_checks, out, casts = _field_rules(config.segment_fields, has_plus)
+    checks += field_checks
+    any_bad = pl.any_horizontal([cond.fill_null(False) for cond, _ in checks])
+    if casts:
+        exploded = exploded.with_columns(casts)
+    blocks = exploded.with_columns(
+        any_bad.alias("_bad"),
+        (pl.col("pos") >= pl.col("_n_adds")).alias("removal"),
+        *[expr.alias(name) for name, expr in out.items()],
+    ).collect(engine=_ENGINE)
 
+    # The reasons are only worked out for the (usually few) bad blocks.
+    first_error: Then | ChainedThen = pl.when(checks[0][0]).then(_lit(checks[0][1]))
+    for cond, message in checks[1:]:
+        first_error = first_error.when(cond).then(_lit(message))
+    errors = (
+        blocks.lazy()
+        .filter(pl.col("_bad"))
+        .unique(subset="line_no", keep="first", maintain_order=True)
+        .select("line_no", first_error.alias("_block_error"))
+        .collect(engine=_ENGINE)
+    )
+    return blocks.select(list(PAIR_SCHEMA)), errors
+
+
+def _exploded_blocks(lines: pl.DataFrame, config: BatchSegmentConfig) -> pl.LazyFrame:
+    """One row per SEG block of the well-formed lines: its position in its line (`pos`),
+    its fields (`_f0`, `_f1`, ...) and whether it has another number of them (`_count_err`)."""
+    n_fields = len(config.segment_fields)
+    sep3 = config.separator_3
     good = (
         lines.lazy()
         .filter(pl.col("format_error").is_null())
@@ -564,24 +634,24 @@ def _parse_blocks(  # noqa: PLR0915  the SEG-block rules as one query plan; to b
         (pl.int_range(pl.len(), dtype=pl.Int64) - pl.col("_start")).cast(pl.Int32).alias("pos")
     )
     block = pl.col("_blocks")
-
     if n_fields > 1:
         exploded = exploded.with_columns(block.str.split(sep3).alias("_fields"))
         parts = pl.col("_fields")
-        exploded = exploded.with_columns(
+        return exploded.with_columns(
             [parts.list.get(i, null_on_oob=True).alias(f"_f{i}") for i in range(n_fields)]
             + [(parts.list.len() != n_fields).alias("_count_err")]
         )
-    else:
-        exploded = exploded.with_columns(block.alias("_f0"))
-        count_err = block.str.contains(sep3, literal=True) if sep3 is not None else pl.lit(False)
-        exploded = exploded.with_columns(count_err.alias("_count_err"))
+    exploded = exploded.with_columns(block.alias("_f0"))
+    count_err = block.str.contains(sep3, literal=True) if sep3 is not None else pl.lit(False)
+    return exploded.with_columns(count_err.alias("_count_err"))
 
-    # (condition, reason) in the order they are checked; the first that holds is the reason
-    checks: list[tuple[pl.Expr, str]] = [
-        (block == "", REASON_EMPTY_BLOCK),
-        (pl.col("_count_err"), REASON_ILLEGAL_FIELDS),
-    ]
+
+def _field_rules(
+    fields: Sequence[str], has_plus: bool
+) -> tuple[list[tuple[pl.Expr, str]], dict[str, pl.Expr], list[pl.Expr]]:
+    """Per SEG field (in the config's order): its (condition, reason) checks, the pair
+    columns it gives, and the integer casts (`_n0`, ...) they read."""
+    checks: list[tuple[pl.Expr, str]] = []
     out: dict[str, pl.Expr] = {
         "seg_id": pl.lit(None, dtype=pl.Int64),
         "seg_code": pl.lit(None, dtype=pl.String),
@@ -609,18 +679,14 @@ def _parse_blocks(  # noqa: PLR0915  the SEG-block rules as one query plan; to b
             checks.append((length == 0, REASON_EMPTY_SEG_CODE))
             checks.append((length > MAX_SEG_CODE_CHARS, REASON_LONG_SEG_CODE))
             out["seg_code"] = text
-        elif name == "EXPIRATION":
+        elif name in ("EXPIRATION", "VALUE"):
             syntax = _int_syntax(text, num, has_plus)
-            checks.append((~syntax, REASON_BAD_EXPIRATION))
-            ok = num >= -2
-            out["expiration"] = pl.when(ok).then(num)
-            out["expiration_invalid"] = ~ok.fill_null(False)
-        elif name == "VALUE":
-            syntax = _int_syntax(text, num, has_plus)
-            checks.append((~syntax, REASON_BAD_VALUE))
-            ok = num.is_between(MIN_VALUE, MAX_VALUE)
-            out["value"] = pl.when(ok).then(num)
-            out["value_invalid"] = ~ok.fill_null(False)
+            is_value = name == "VALUE"
+            checks.append((~syntax, REASON_BAD_VALUE if is_value else REASON_BAD_EXPIRATION))
+            ok = num.is_between(MIN_VALUE, MAX_VALUE) if is_value else num >= -2
+            column = "value" if is_value else "expiration"
+            out[column] = pl.when(ok).then(num)
+            out[f"{column}_invalid"] = ~ok.fill_null(False)
         elif name == "TIMESTAMP":
             ok = (
                 (num >= 0)
@@ -633,25 +699,4 @@ def _parse_blocks(  # noqa: PLR0915  the SEG-block rules as one query plan; to b
             out["timestamp_invalid"] = ~ok
         else:  # pragma: no cover - config validation rejects unknown names
             raise ValueError(f"unknown SEG field {name!r}")
-    any_bad = pl.any_horizontal([cond.fill_null(False) for cond, _ in checks])
-
-    if casts:
-        exploded = exploded.with_columns(casts)
-    blocks = exploded.with_columns(
-        any_bad.alias("_bad"),
-        (pl.col("pos") >= pl.col("_n_adds")).alias("removal"),
-        *[expr.alias(name) for name, expr in out.items()],
-    ).collect(engine=_ENGINE)
-
-    # The reasons are only worked out for the (usually few) bad blocks.
-    first_error: Then | ChainedThen = pl.when(checks[0][0]).then(_lit(checks[0][1]))
-    for cond, message in checks[1:]:
-        first_error = first_error.when(cond).then(_lit(message))
-    errors = (
-        blocks.lazy()
-        .filter(pl.col("_bad"))
-        .unique(subset="line_no", keep="first", maintain_order=True)
-        .select("line_no", first_error.alias("_block_error"))
-        .collect(engine=_ENGINE)
-    )
-    return blocks.select(list(PAIR_SCHEMA)), errors
+    return checks, out, casts
