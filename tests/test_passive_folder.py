@@ -436,7 +436,7 @@ def test_claim_insert_has_exactly_one_winner(pipeline):
 
     def take(i: int) -> None:
         barrier.wait()
-        results.append(store.take_over(row, f"t{i}", 60))
+        results.append(store.take_over_next(row["location"], f"t{i}", 60) is not None)
 
     threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
     for t in threads:

@@ -115,11 +115,6 @@ class ClaimStore:
         where = and_(T.c.location == location, T.c.id.not_in(list(skip)))
         return self._queue(lease_seconds).claim(owner, where=where, updated_at=utcnow())
 
-    def take_over(self, row: dict[str, Any], owner: str, lease_seconds: float) -> bool:
-        """Take an abandoned claim (lease expired), atomically; False if someone beat us."""
-        queue = self._queue(lease_seconds)
-        return queue.claim(owner, where=T.c.id == row["id"], updated_at=utcnow()) is not None
-
     def renew(self, claim_ids: list[int], owner: str, lease_seconds: float) -> set[int]:
         """Extend our leases; returns the ids we still own."""
         return self._queue(lease_seconds).renew_many(claim_ids, owner, updated_at=utcnow())
