@@ -36,6 +36,7 @@ from bss.leases import new_process_id
 from bss.lifecycle.views import router as lifecycle_router
 from bss.metrics import COUNTERS, render, scrape_allowed
 from bss.ratelimit import DatabaseRateLimiter, ReservedBudget
+from bss.realtime.service import RealtimeService
 from bss.realtime.views import router as realtime_router
 from bss.reports.views import router as reports_router
 from bss.segments.views import router as segments_router
@@ -142,6 +143,7 @@ def create_app(
     app.state.jobs = JobService(db, settings)
     app.state.stores = stores or StoreHandle.for_settings(settings)
     app.state.limiter = DatabaseRateLimiter(db)
+    app.state.realtime = RealtimeService(db, settings, app.state.limiter)
     app.state.budget = ReservedBudget(app.state.limiter)  # API requests per member
     app.state.trusted_proxies = trusted_networks(settings.trusted_proxies)
     app.state.flights = SingleFlight()
@@ -150,7 +152,9 @@ def create_app(
     #: store: microseconds, less than a thread hop costs. Over a network (PostgreSQL, Redis)
     #: they keep to a thread.
     app.state.inline_reads = is_sqlite(db) and app.state.stores.url.startswith("lmdb://")
-    app.state.parts = AppParts(db, settings, app.state.stores, app.state.inline_reads)
+    app.state.parts = AppParts(
+        db, settings, app.state.stores, app.state.jobs, app.state.inline_reads
+    )
     app.state.process_id = process_id or new_process_id()
 
     @app.exception_handler(BssError)

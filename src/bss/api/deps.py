@@ -229,6 +229,7 @@ class AppParts:
     db: Engine
     settings: Settings
     stores: StoreHandle
+    jobs: JobService
     #: Whether the reads may answer on the event loop (bss.api.app).
     inline_reads: bool
 
@@ -237,7 +238,7 @@ async def _parts(request: Request) -> AppParts:
     return request.app.state.parts
 
 
-#: The database, the settings and the stores, in one dependency.
+#: The database, the settings, the stores and the job service, in one dependency.
 Parts = Annotated[AppParts, Depends(_parts)]
 #: The database engine.
 Db = Annotated[Engine, Depends(_db)]

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from bss.accounts.service import Principal, member_exists, principal_for_token
-from bss.api.deps import AppSettings, Caller, Db, Jobs, count_request, member_scope, token_of
+from bss.api.deps import AppSettings, Caller, Db, Jobs, Parts, count_request, member_scope, token_of
 from bss.api.envelope import error_response, ok, ok_list
 from bss.api.params import (
     CHECKED_BY_VIEW,
@@ -146,18 +146,18 @@ class JobsQuery(Page, JobHistoryQuery):
     summary="One job (?job_id=) or the member's job history",
 )
 async def get_jobs(
-    request: Request,
     p: Caller,
-    jobs: Jobs,
+    parts: Parts,
     query: Annotated[JobsQuery, Depends(query_model(JobsQuery))],
 ) -> Any:
+    jobs = parts.jobs
     scoped = member_scope(p, query.member_id, required=False)
     filters = query.filters()
     job_id = query.job_id
     # A job's status (one SQLite read, microseconds, never waiting on a writer in WAL mode)
     # on the event loop; the history, or any read on PostgreSQL, in a thread.
     if job_id:
-        if request.app.state.inline_reads:
+        if parts.inline_reads:
             return _one_job(p, jobs, job_id, scoped)
         return await run_in_threadpool(_one_job, p, jobs, job_id, scoped)
     return await run_in_threadpool(_history, jobs, scoped, query, query.sort, filters)

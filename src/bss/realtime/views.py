@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from bss.accounts.service import member_exists, principal_for_token
-from bss.api.deps import AppSettings, Db, Limiter, Stores, member_scope, token_of
+from bss.api.deps import AppSettings, Db, Stores, member_scope, token_of
 from bss.api.envelope import ok
 from bss.api.params import ScopedMemberIdQuery, Text, body_of, parse_json
 from bss.api.query import TypedRoute
@@ -73,12 +73,9 @@ async def read_json_body(request: Request, limit: int) -> Any:
         raise Invalid(f"request body is not valid JSON: {exc}") from exc
 
 
-async def _realtime(request: Request, db: Db, settings: AppSettings, limiter: Limiter) -> Any:
-    """The real-time service, one per application (it holds the admission counters)."""
-    state = request.app.state
-    if getattr(state, "realtime", None) is None:
-        state.realtime = RealtimeService(db, settings, limiter)
-    return state.realtime
+async def _realtime(request: Request) -> RealtimeService:
+    """The real-time service, one per application (bss.api.app)."""
+    return request.app.state.realtime
 
 
 Realtime = Annotated[RealtimeService, Depends(_realtime)]
