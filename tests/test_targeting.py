@@ -20,8 +20,11 @@ from privacy_strings import gpp_string, tc_string, us_national
 import bss.targeting
 from bss.accounts.service import create_member
 from bss.db import init_db, make_engine
+from bss.formats.records import DEVICE_DOMAINS
+from bss.identity.ids import InvalidId, parse_id
 from bss.segments.service import create_segment, update_segment
 from bss.settings import Settings
+from bss.targeting.bidrequest import read_ids
 from bss.targeting.catalog import MemberSettings, write_member_settings
 from bss.targeting.service import Targeting, merge_user_data
 
@@ -425,3 +428,37 @@ def test_mangled_requests_are_answered_never_raise(world, request):
     assert (answer["data"] == []) == (answer["reason"] is not None)
     json.dumps(answer)  # an answer is always JSON
     assert len(answer["skipped"]) <= 21
+
+
+def _parsed(text: str, where: str) -> tuple[list[tuple[int, str]], list[str]]:
+    """What reading one ID gives by parse_id itself: the ID, or the note saying why not."""
+    try:
+        kind, key = parse_id(text)
+    except InvalidId as exc:
+        return [], [f"{where}: {exc}"[:200]]
+    return [(int(kind), key)], []
+
+
+@settings(max_examples=300, deadline=None)
+@given(buyeruid=st.from_regex(r"0?[0-9]{1,21}", fullmatch=True) | st.text(max_size=24))
+def test_a_buyeruid_is_read_as_parse_id_reads_it(buyeruid):
+    """The reader takes a uid in its normal form without parsing it: the same ID."""
+    found = read_ids({"user": {"buyeruid": buyeruid}}, M, user_id_is_external=False, max_ids=50)
+    assert (found.ids, found.notes) == _parsed(f"uid={buyeruid}", "user.buyeruid")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(DEVICE_DOMAINS)),
+    ifa=st.sampled_from([IDFA, IDFA.upper(), " " + IDFA + " ", "0000-0000", "null"])
+    | st.text(max_size=40),
+)
+def test_an_ifa_of_a_device_domain_is_read_in_both_forms_as_parse_id_reads_them(kind, ifa):
+    """The ifa form's key is taken from the device form's: parse_id gives both one key."""
+    device = {"ifa": ifa, "ext": {"ifa_type": kind}}
+    found = read_ids({"device": device}, M, user_id_is_external=False, max_ids=50)
+    as_device = _parsed(f"device={kind}:{ifa}", "device.ifa")
+    as_ifa = _parsed(f"ifa={kind}:{ifa}", "device.ifa")
+    expected = list(dict.fromkeys(as_device[0] + as_ifa[0]))
+    assert (found.ids, found.notes) == (expected, as_device[1] + as_ifa[1])
+    assert [key for _, key in as_device[0]] == [key for _, key in as_ifa[0]]

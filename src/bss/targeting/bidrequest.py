@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from bss.formats.records import DEVICE_DOMAINS
+from bss.formats.records import DEVICE_DOMAINS, UserKind
 from bss.identity.ids import InvalidId, parse_id
 
 User = tuple[int, str]
@@ -24,6 +24,11 @@ IFA_KIND_BY_OS = {"ios": "idfa", "ipados": "idfa", "tvos": "idfa", "android": "a
 #: name the same user across sellers.
 SCOPED_IFA_TYPES = frozenset({"ppid", "sspid", "sessionid", "idfv"})
 _IFA_TYPE = re.compile(r"[a-z0-9_-]{1,32}")
+#: A uid in its normal form (1 .. 2^64-1 without leading zeros): what parse_id returns for
+#: uid=<it> unchanged, so the reader takes it without parsing (every request has one).
+_NORMAL_UID = re.compile(r"[1-9][0-9]{0,18}")
+_ANID = int(UserKind.ANID)
+_IFA = int(UserKind.IFA)
 #: Notes kept about skipped parts (the rest are counted in the last note).
 MAX_NOTES = 20
 
@@ -37,16 +42,30 @@ class FoundIds:
     notes: list[str] = field(default_factory=list)
     _more_notes: int = 0
 
-    def add(self, text: str, where: str) -> None:
+    def add(self, text: str, where: str, index: tuple[int, int] | None = None) -> User | None:
+        """Take `text` (an ID in the link text form) read from `where` (uids[j] of its [i]th
+        entry when `index` is given: the place is spelled out only for a note). Returns the
+        ID, None when it names no user."""
         try:
-            user = parse_id(text)
+            kind, key = parse_id(text)
         except InvalidId as exc:
-            self.note(f"{where}: {exc}")
-            return
+            self.note(f"{_place(where, index)}: {exc}")
+            return None
+        # A plain int kind: the expansion hashes and compares every ID many times, and an
+        # IntEnum member costs a Python-level call each time.
+        user = (int(kind), key)
+        self.take(user, where, index)
+        return user
+
+    def take(self, user: User, where: str, index: tuple[int, int] | None = None) -> None:
+        """Keep `user` (parsed) unless already kept or `max_ids` are."""
         if user in self.ids:
             return
         if len(self.ids) >= self.max_ids:
-            self.note(f"{where}: more than {self.max_ids} IDs in the request, the rest not read")
+            self.note(
+                f"{_place(where, index)}: more than {self.max_ids} IDs in the request, "
+                "the rest not read"
+            )
             return
         self.ids.append(user)
 
@@ -59,6 +78,10 @@ class FoundIds:
     def all_notes(self) -> list[str]:
         extra = [f"{self._more_notes} more parts skipped"] if self._more_notes else []
         return self.notes + extra
+
+
+def _place(where: str, index: tuple[int, int] | None) -> str:
+    return where if index is None else f"{where}[{index[0]}].uids[{index[1]}]"
 
 
 def _obj(value: Any) -> dict[str, Any]:
@@ -83,7 +106,10 @@ def read_ids(
     buyeruid = user.get("buyeruid")
     if buyeruid is not None:
         if isinstance(buyeruid, str):
-            found.add(f"uid={buyeruid}", "user.buyeruid")
+            if _NORMAL_UID.fullmatch(buyeruid):  # parse_id would give it back as it is
+                found.take((_ANID, buyeruid), "user.buyeruid")
+            else:
+                found.add(f"uid={buyeruid}", "user.buyeruid")
         else:
             found.note("user.buyeruid: not a string")
     _read_ifa(device, found)
@@ -126,7 +152,11 @@ def _read_ifa(device: dict[str, Any], found: FoundIds) -> None:
         found.note(f"device.ifa: ifa_type {kind} is publisher- or session-scoped, not used")
         return
     if kind in DEVICE_DOMAINS:
-        found.add(f"device={kind}:{ifa}", "device.ifa")
+        as_device = found.add(f"device={kind}:{ifa}", "device.ifa")
+        if as_device is not None:
+            # A device domain is its own ifa type: parse_id gives both forms one key.
+            found.take((_IFA, as_device[1]), "device.ifa")
+            return
     found.add(f"ifa={kind}:{ifa}", "device.ifa")
 
 
@@ -135,22 +165,23 @@ def _read_eids(eids: Any, where: str, found: FoundIds) -> None:
         found.note(f"{where}: not an array")
         return
     for i, eid in enumerate(eids):
-        source = _text(_obj(eid).get("source"))
-        uids = _obj(eid).get("uids")
-        if source is None or ":" in source or not isinstance(uids, list):
+        eid = _obj(eid)
+        source, uids = eid.get("source"), eid.get("uids")
+        if not isinstance(source, str) or not source or ":" in source or not isinstance(uids, list):
             found.note(f"{where}[{i}]: needs a source (a domain) and a uids array")
             continue
+        prefix = f"eid={source.lower()}:"
         for j, uid in enumerate(uids):
-            ident = _text(_obj(uid).get("id"))
-            if ident is None:
+            ident = uid.get("id") if isinstance(uid, dict) else None
+            if not isinstance(ident, str) or not ident:
                 found.note(f"{where}[{i}].uids[{j}]: no id")
             else:
-                found.add(f"eid={source.lower()}:{ident}", f"{where}[{i}].uids[{j}]")
+                found.add(prefix + ident, where, (i, j))
 
 
-@dataclass(frozen=True, slots=True)
-class Signals:
-    """The privacy signals of a request, as bss.privacy.decision takes them."""
+class Signals(NamedTuple):
+    """The privacy signals of a request, as bss.privacy.decision takes them (a named tuple:
+    one is made for every request)."""
 
     gdpr: Any = None
     consent: Any = None
@@ -165,16 +196,18 @@ def read_signals(request: dict[str, Any]) -> Signals:
     places in regs.ext / user.ext; regs.coppa."""
     regs, user = _obj(request.get("regs")), _obj(request.get("user"))
     regs_ext, user_ext = _obj(regs.get("ext")), _obj(user.get("ext"))
-
-    def either(own: dict[str, Any], ext: dict[str, Any], name: str) -> Any:
-        value = own.get(name)
-        return ext.get(name) if value is None else value
-
+    gdpr, us_privacy, gpp, gpp_sid = (
+        regs.get("gdpr"),
+        regs.get("us_privacy"),
+        regs.get("gpp"),
+        regs.get("gpp_sid"),
+    )
+    consent = user.get("consent")
     return Signals(
-        gdpr=either(regs, regs_ext, "gdpr"),
-        consent=either(user, user_ext, "consent"),
-        us_privacy=either(regs, regs_ext, "us_privacy"),
-        gpp=either(regs, regs_ext, "gpp"),
-        gpp_sid=either(regs, regs_ext, "gpp_sid"),
-        coppa=regs.get("coppa"),
+        regs_ext.get("gdpr") if gdpr is None else gdpr,
+        user_ext.get("consent") if consent is None else consent,
+        regs_ext.get("us_privacy") if us_privacy is None else us_privacy,
+        regs_ext.get("gpp") if gpp is None else gpp,
+        regs_ext.get("gpp_sid") if gpp_sid is None else gpp_sid,
+        regs.get("coppa"),
     )

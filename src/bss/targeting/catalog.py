@@ -35,6 +35,11 @@ class SegmentFacts:
     active: bool
     taxonomy_id: int | None
     taxonomy_node: str | None
+    #: What answers name the segment by, worked out once rather than for every membership
+    #: answered: its taxonomy (None unless it has a node in one), and its segment[].id by
+    #: the member's segment_id_field, "id" (then "code").
+    segtax: int | None = None
+    openrtb_ids: tuple[str, str] = ("", "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,15 +84,21 @@ class Catalog:
 
     def segments(self, ids: list[int]) -> dict[int, SegmentFacts | None]:
         """Facts of each segment id (None: no such segment)."""
+        return dict(zip(ids, self.facts(ids), strict=True))
+
+    def facts(self, ids: list[int]) -> list[SegmentFacts | None]:
+        """Facts of each segment id, in order (None: no such segment)."""
         self._fresh()
         known = self._segments
-        missing = [i for i in ids if i not in known]
-        if missing:
+        try:
+            return [known[i] for i in ids]
+        except KeyError:  # segments not seen yet: read in one query
+            missing = [i for i in dict.fromkeys(ids) if i not in known]
             rows = segments_by_ids(self.db, missing)
             for i in missing:
                 row = rows.get(i)
                 known[i] = None if row is None else _facts(row)
-        return {i: known[i] for i in ids}
+            return [known[i] for i in ids]
 
     def member(self, member_id: int) -> MemberSettings | None:
         """The member's settings; None when there is no such member."""
@@ -101,12 +112,20 @@ class Catalog:
 
 
 def _facts(row: Any) -> SegmentFacts:
+    code, taxonomy_id, node = row["code"], row.get("taxonomy_id"), row.get("taxonomy_node")
+    by_id = str(row["id"])
+    if taxonomy_id is not None and node:  # a taxonomy node names it whatever the setting
+        segtax, openrtb_ids = taxonomy_id, (node, node)
+    else:
+        segtax, openrtb_ids = None, (by_id, code or by_id)
     return SegmentFacts(
         member_id=row["member_id"],
-        code=row["code"],
+        code=code,
         active=row["state"] == "active",
-        taxonomy_id=row.get("taxonomy_id"),
-        taxonomy_node=row.get("taxonomy_node"),
+        taxonomy_id=taxonomy_id,
+        taxonomy_node=node,
+        segtax=segtax,
+        openrtb_ids=openrtb_ids,
     )
 
 

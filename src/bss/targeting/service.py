@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from bss.db import now_s
 from bss.identity.graph import Caps, expanded_segments
@@ -20,7 +20,10 @@ from bss.lifecycle.optout import SuppressionList
 from bss.privacy import REASONS, decision
 from bss.store import Membership, MembershipStore
 from bss.targeting.bidrequest import read_ids, read_signals
-from bss.targeting.catalog import Catalog, MemberSettings, SegmentFacts
+from bss.targeting.catalog import Catalog, MemberSettings
+
+#: Builds a named tuple without its Python-level __new__: one per segment answered.
+_new = tuple.__new__
 
 #: Why an answer holds no segments, beyond the privacy reasons (bss.privacy.REASONS).
 NONE_REASONS = {
@@ -40,10 +43,10 @@ class DataSettings:
     caps: Caps
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentSource:
+class SegmentSource(NamedTuple):
     """One segment of an answer, where its Data object names it, and the ID its membership
-    came from (the dashboard's explanation)."""
+    came from (the dashboard's explanation). A named tuple: one is made per segment
+    answered."""
 
     segment_id: int
     code: str | None
@@ -129,55 +132,54 @@ class Targeting:
             answer.reason = "no_ids"
             return answer
         caps = self.settings.caps if related else Caps(max_hops=0)
-        suppression = self.suppression
         expansion, memberships = expanded_segments(
-            self.store,
-            found.ids,
-            member_id,
-            self.clock(),
-            caps,
-            hidden=None
-            if suppression is None
-            else lambda kind, key: suppression.standing(member_id, kind, key),
+            self.store, found.ids, member_id, self.clock(), caps, hidden=self._hidden(member_id)
         )
-        given = set(found.ids)
-        answer.related_ids = [
-            format_id(r.kind, r.key) for r in expansion.ids if (r.kind, r.key) not in given
-        ]
-        facts = self.catalog.segments([m.segment_id for m, _ in memberships])
-        owned = [
-            (m, via, f)
-            for m, via in memberships
-            if (f := facts[m.segment_id]) is not None and f.member_id == member_id and f.active
-        ]
-        answer.sources = [self._source(m, via, f, member) for m, via, f in owned]
+        # The given IDs are the expansion's first (hop 0); the related ones come after.
+        answer.related_ids = [format_id(r.kind, r.key) for r in expansion.ids if r.hop]
+        answer.sources = self._sources(memberships, member_id, member)
         answer.data = self._data_objects(answer.sources)
         if not answer.data:
             answer.reason = "no_segments"
         return answer
 
-    @staticmethod
-    def _source(m: Membership, via: str, f: SegmentFacts, member: MemberSettings) -> SegmentSource:
-        segtax: int | None = None
-        openrtb_id = str(m.segment_id)
-        if f.taxonomy_id is not None and f.taxonomy_node:
-            segtax, openrtb_id = f.taxonomy_id, f.taxonomy_node
-        elif member.segment_id_field == "code" and f.code:
-            openrtb_id = f.code
-        value = None if m.value is None else str(m.value)
-        return SegmentSource(m.segment_id, f.code, via, segtax, openrtb_id, value)
+    def _hidden(self, member_id: int) -> Callable[[int, str], bool] | None:
+        """Whether an opt-out stands for an ID in the member's reads; None when none stands
+        in its scope or platform-wide (no ID then needs asking)."""
+        suppression = self.suppression
+        if suppression is None or not suppression.active_for(member_id):
+            return None
+        return lambda kind, key: suppression.standing(member_id, kind, key)
+
+    def _sources(
+        self, memberships: list[tuple[Membership, str]], member_id: int, member: MemberSettings
+    ) -> list[SegmentSource]:
+        """The memberships in live segments the member owns, where its Data objects name
+        each."""
+        facts = self.catalog.facts([m.segment_id for m, _ in memberships])
+        by = 1 if member.segment_id_field == "code" else 0
+        sources = []
+        for (m, via), f in zip(memberships, facts, strict=True):
+            if f is None or f.member_id != member_id or not f.active:
+                continue
+            value = None if m.value is None else str(m.value)
+            source = (m.segment_id, f.code, via, f.segtax, f.openrtb_ids[by], value)
+            sources.append(_new(SegmentSource, source))
+        return sources
 
     def _data_objects(self, sources: list[SegmentSource]) -> list[dict[str, Any]]:
         by_taxonomy: dict[int | None, dict[str, dict[str, str]]] = {}
-        for source in sources:
-            segments = by_taxonomy.setdefault(source.segtax, {})
-            if source.openrtb_id not in segments:  # two segments on one node (or code): once
-                segment = {"id": source.openrtb_id}
-                if source.value is not None:
-                    segment["value"] = source.value
-                segments[source.openrtb_id] = segment
+        for _, _, _, segtax, openrtb_id, value in sources:
+            segments = by_taxonomy.get(segtax)
+            if segments is None:
+                segments = by_taxonomy[segtax] = {}
+            if openrtb_id not in segments:  # two segments on one node (or code): once
+                segment = {"id": openrtb_id}
+                if value is not None:
+                    segment["value"] = value
+                segments[openrtb_id] = segment
         out = []
-        for taxonomy in sorted(by_taxonomy, key=lambda t: -1 if t is None else t):
+        for taxonomy in sorted(by_taxonomy, key=_taxonomy_order):
             data: dict[str, Any] = {
                 "id": self.settings.data_id,
                 "name": self.settings.data_name,
@@ -187,6 +189,11 @@ class Targeting:
                 data["ext"] = {"segtax": taxonomy}
             out.append(data)
         return out
+
+
+def _taxonomy_order(segtax: int | None) -> int:
+    """Segments without a taxonomy first, then by taxonomy."""
+    return -1 if segtax is None else segtax
 
 
 def merge_user_data(
