@@ -6,12 +6,14 @@ half of them member M's), gives a share of its users an IDFA and a RampID-like E
 their uid in member M's scope (groups of three related IDs) with memberships of their own,
 and measures, on requests of about 3 KB carrying a buyeruid, an IFA and an EID:
 
-* in process, one core: `Targeting.answer` on the parsed request (requests/s, p50/p99)
-  against the same run's expanded lookups (`expanded_segments` of one ID: the graph's
-  in-process read), as a ratio;
+* in process, one core: the answer of `bss.targeting.open(data_dir=...)` (opt-out list
+  included) to the parsed request (per second of wall time and of CPU time, p50/p99 of
+  each) against the same run's expanded lookups (`expanded_segments` of one ID: the
+  graph's in-process read), as a ratio;
 * over HTTP against a real `bss serve` on that data dir, with bench_api's asyncio load
   generator: POST /openrtb/user-data against GET /user-segments (and its related=true form)
-  at the same concurrency, as ratios of throughput and of p99.
+  at the same concurrency, as ratios of throughput and of p99, with the server's CPU per
+  request.
 
     python benchmarks/bench_openrtb.py --lines 200000 --clients 32 --seconds 6
 
@@ -37,14 +39,13 @@ from bench_api import get_request, measure, wait_for_sweep
 from bench_store import NOW, SEGMENTS
 from harness import ADMIN, PASSWORD
 
+import bss.targeting
 from bss.accounts.service import create_member
 from bss.db import init_db, make_engine
-from bss.identity.graph import Caps, expanded_segments
+from bss.identity.graph import expanded_segments
 from bss.identity.links import link_batch
 from bss.segments.service import create_segments
 from bss.store.keyvalue import LmdbStore
-from bss.targeting.catalog import Catalog
-from bss.targeting.service import DataSettings, Targeting
 
 M, OTHER = 100, 200
 LINK_SEQ = 1 << 50  # above every seq of the bench_store jobs
@@ -189,10 +190,10 @@ def in_process(data_dir: Path, requests: list[dict[str, Any]], rounds: int) -> d
     """Expanded lookups (baseline) and bid requests alternated in short turns, each call
     timed in wall time and in this thread's CPU time: under other load, wall percentiles
     hold the scheduler's time slices (a few ms each), CPU time only the work."""
-    store = LmdbStore(data_dir / "memberships.lmdb")
-    db = make_engine(f"sqlite:///{data_dir / 'bss.db'}")
-    caps = Caps()
-    targeting = Targeting(store, Catalog(db), DataSettings("bss", "BSS", None, caps))
+    # As a bidder opens it (opt-out list included), with the BSS_* settings' defaults.
+    opened = bss.targeting.open(data_dir=data_dir)
+    targeting, store = opened.targeting, opened.targeting.store
+    caps = targeting.settings.caps
     users = [(1, r["user"]["buyeruid"]) for r in requests]
     for r in requests:  # untimed: pages mapped, segment facts read once, as in a running process
         targeting.answer(r, M)
@@ -217,8 +218,7 @@ def in_process(data_dir: Path, requests: list[dict[str, Any]], rounds: int) -> d
                 call(item)
                 w = pc() - w
                 w_out[base + i], c_out[base + i] = w, tt() - c
-    store.close()
-    db.dispose()
+    opened.close()
     for name in cases:
         cpu[name] = np.maximum(cpu[name] - overhead, 0)
     return {

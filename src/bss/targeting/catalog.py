@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, select
 
@@ -28,8 +28,9 @@ CATALOG_SECONDS = 5.0
 REFRESH_CHUNK = 500
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentFacts:
+class SegmentFacts(NamedTuple):
+    """A named tuple: a refresh makes one for every segment known, every few seconds."""
+
     member_id: int
     code: str | None
     active: bool
@@ -118,15 +119,8 @@ def _facts(row: Any) -> SegmentFacts:
         segtax, openrtb_ids = taxonomy_id, (node, node)
     else:
         segtax, openrtb_ids = None, (by_id, code or by_id)
-    return SegmentFacts(
-        member_id=row["member_id"],
-        code=code,
-        active=row["state"] == "active",
-        taxonomy_id=taxonomy_id,
-        taxonomy_node=node,
-        segtax=segtax,
-        openrtb_ids=openrtb_ids,
-    )
+    active = row["state"] == "active"
+    return SegmentFacts(row["member_id"], code, active, taxonomy_id, node, segtax, openrtb_ids)
 
 
 def read_member_settings(db: Engine, member_id: int) -> MemberSettings | None:
