@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from bss.formats.records import DEVICE_DOMAINS, UserKind
-from bss.identity.ids import InvalidId, parse_id
+from bss.identity.ids import parse_id
 
 User = tuple[int, str]
 
@@ -48,7 +48,7 @@ class FoundIds:
         ID, None when it names no user."""
         try:
             kind, key = parse_id(text)
-        except InvalidId as exc:
+        except ValueError as exc:  # InvalidId, or a digit int() does not read (uid=²)
             self.note(f"{_place(where, index)}: {exc}")
             return None
         # A plain int kind: the expansion hashes and compares every ID many times, and an
