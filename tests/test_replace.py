@@ -444,6 +444,34 @@ def test_replace_floors_are_kept_with_the_job_and_a_replay_changes_nothing(
         store.close()
 
 
+def test_the_embedded_store_counts_and_drops_in_one_transaction(tmp_path: Path) -> None:
+    """`drop_below` counts what it drops as `count_below` does (live, at or above the read
+    floor) and keeps nothing when the decision says no: the guard refuses after the walk."""
+    store = LmdbStore(tmp_path / "store")
+    now = now_s()
+    try:
+        store.apply(_batch([("a", SEG_A, 1), ("b", SEG_A, 2), ("c", SEG_A, 3)], now))
+        store.apply(_batch([("d", SEG_A, 4)], now, removed=True))
+        store.apply(_batch([("b", SEG_A, 20), ("e", SEG_B, 5)], now))
+        store.floors = lambda: {SEG_A: 2}
+        assert store.count_below(SEG_A, 10, now) == 1  # c: a is below the floor, d removed
+        seen: list[dict[int, int]] = []
+        assert not store.drop_below([SEG_A, SEG_B], 10, now, lambda c: seen.append(c) or False)
+        assert seen == [{SEG_A: 1, SEG_B: 1}]
+        store.floors = lambda: {}
+        assert store.segment_member_counts(now) == {SEG_A: 3, SEG_B: 1}
+        assert sorted(k for _, k, _ in store.segment_members(SEG_A, now)) == ["a", "b", "c"]
+        assert store.drop_below([SEG_A], 10, now, lambda c: seen.append(c) or True)
+        assert seen[-1] == {SEG_A: 2}  # a and c (b is above, d removed)
+        assert store.segment_member_counts(now) == {SEG_A: 1, SEG_B: 1}
+        assert sorted(k for _, k, _ in store.segment_members(SEG_A, now)) == ["b"]
+        # The deletion marker came with it: a later write below is dropped as it applies.
+        store.apply(_batch([("late", SEG_A, 9)], now))
+        assert store.user_segments(0, "late", now) == []
+    finally:
+        store.close()
+
+
 # --- regions ---------------------------------------------------------------------------------
 
 

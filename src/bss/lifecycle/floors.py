@@ -9,10 +9,12 @@ the store, so a read that sees a floor also sees every add of the job (they were
 before the floor was), and one that does not see it sees the old members plus the adds.
 
 Each process keeps a copy of the table, read again at most every CACHE_SECONDS (its own
-writes at once). The entries below a floor are then dropped from the store
-(`MembershipStore.delete_segment`, which also makes the counts drop and keeps later writes
-below the floor out) PURGE_DELAY_SECONDS after the floor was written: by then every
-process's copy holds the floor, so no read that missed it meets a half-purged segment.
+writes at once). The entries below a floor are then dropped from the store (which also
+makes the counts drop and keeps later writes below the floor out): on LMDB in the write
+transaction that counted them, committed after the floor (bss.lifecycle.replace), on a store
+that purges in several steps (Redis) PURGE_DELAY_SECONDS after the floor was written: by
+then every process's copy holds the floor, so no read that missed it meets a half-purged
+segment.
 """
 
 from __future__ import annotations

@@ -12,13 +12,16 @@ segments: its seqs are below the floor.
 
 The floors of a job are one database transaction (bss.lifecycle.floors): every read of the
 store applies them, so readers switch from the old members to the new ones in one step, on
-LMDB and Redis alike. The store's entries below them are dropped afterwards
-(`MembershipStore.delete_segment`, once every process's copy of the floors holds them),
-before the job completes, so the member counts a completed job shows have dropped. The
-removal guard: a job that would remove more than
-the member's `max_replace_removal_fraction` of a segment's members (counted before the job
-first ran) ends in `error` with REMOVAL_OVER_LIMIT and removes nothing, unless the upload
-said `force=true`. A job that ends in `error` for any reason removes nothing.
+LMDB and Redis alike. The store's entries below them are dropped before the job completes,
+so the member counts a completed job shows have dropped. A store with `drop_below` (LMDB)
+counts, drops and publishes in one walk and one write transaction whose commit follows the
+floors': a reader without the floors sees the segment whole or purged, so nothing waits.
+Another (Redis, one write per master) counts first and drops (`delete_segment`) only once
+every process's copy of the floors holds them. The removal guard: a job that would remove
+more than the member's `max_replace_removal_fraction` of a segment's members (counted
+before the job first ran) ends in `error` with REMOVAL_OVER_LIMIT and removes nothing,
+unless the upload said `force=true`. A job that ends in `error` for any reason removes
+nothing.
 
 A replay (a worker killed mid-job, another region) writes the same entries with the same
 seqs and sets the same floors (another region's in its own rows, once its replay has written
@@ -37,6 +40,9 @@ from typing import Any
 from bss.formats.config import BatchSegmentConfig
 from bss.lifecycle.floors import PURGE_DELAY_SECONDS
 from bss.store.base import MembershipStore
+
+#: Writes a job's floors where every read applies them (bss.lifecycle.floors.set_floors).
+Publish = Callable[[Sequence[int]], None]
 
 APPEND = "append"
 REPLACE = "replace"
@@ -120,48 +126,73 @@ def apply_floors(
     force: bool,
     now: int,
     keep_state: Callable[[ReplaceState], None],
-    publish: Callable[[Sequence[int]], None] | None = None,
+    publish: Publish | None = None,
 ) -> Refused | None:
     """Set the floors of a replace job whose pairs are all written: count what each floor
     removes, check the guard, keep the counts with the job (`keep_state`), then set them:
     `publish` writes them where every read applies them (bss.lifecycle.floors.set_floors),
-    and once every reader has them the store drops the entries below. Without `publish`
-    (a store no other process reads) the store drops them at once. Refused (and nothing
-    removed) when the guard stops the job."""
+    and the store drops the entries below. Without `publish` (a store no other process
+    reads) the store drops them at once. Refused (and nothing removed) when the guard stops
+    the job."""
     replaced = sorted(seg for seg, n in added.items() if n > 0)
-    if state.removed is None:
-        removed = {seg: store.count_below(seg, seq_base, now) for seg in replaced}
-        if not force:
-            refused = _guard(removed, state.before, config.max_replace_removal_fraction)
-            if refused is not None:
-                return refused
-        state.removed = removed
-        keep_state(state)
-    _set(store, replaced, seq_base, publish)
-    return None
+    refused: list[Refused] = []
+
+    def decide(removed: dict[int, int]) -> bool:
+        if state.removed is None:
+            if not force:
+                refusal = _guard(removed, state.before, config.max_replace_removal_fraction)
+                if refusal is not None:
+                    refused.append(refusal)
+                    return False
+            state.removed = removed
+            keep_state(state)
+        if publish is not None and replaced:
+            publish(replaced)
+        return True
+
+    drop_below = getattr(store, "drop_below", None)
+    if drop_below is not None and replaced:
+        # One walk: the store counts what it drops, and keeps the drops only once the guard
+        # passed and the floors are published, in one write transaction.
+        drop_below(replaced, seq_base, now, decide)
+    else:
+        counted = state.removed is None
+        if decide({seg: store.count_below(seg, seq_base, now) for seg in replaced if counted}):
+            _purge(store, replaced, seq_base, published=publish is not None)
+    return refused[0] if refused else None
 
 
 def replay_floors(
     store: MembershipStore,
     state_text: str | None,
     seq_base: int,
-    publish: Callable[[Sequence[int]], None] | None = None,
+    publish: Publish | None = None,
 ) -> None:
     """Another region's replay of a completed replace job: the same floors."""
     state = ReplaceState.load(state_text)
-    _set(store, sorted((state.removed or {}) if state is not None else ()), seq_base, publish)
-
-
-def _set(
-    store: MembershipStore,
-    replaced: Sequence[int],
-    seq_base: int,
-    publish: Callable[[Sequence[int]], None] | None,
-) -> None:
+    replaced = sorted((state.removed or {}) if state is not None else ())
     if not replaced:
         return
+    drop_below = getattr(store, "drop_below", None)
+    if drop_below is not None:
+        drop_below(replaced, seq_base, 0, lambda _counts: _publish(publish, replaced))
+        return
+    _publish(publish, replaced)
+    _purge(store, replaced, seq_base, published=publish is not None)
+
+
+def _publish(publish: Publish | None, replaced: Sequence[int]) -> bool:
     if publish is not None:
         publish(replaced)
+    return True
+
+
+def _purge(store: MembershipStore, replaced: Sequence[int], seq_base: int, published: bool) -> None:
+    """Drop the entries below the floors on a store that cannot do it in one step for
+    readers (one write per Redis master): only once every reader's copy holds the floors."""
+    if not replaced:
+        return
+    if published:
         # Readers whose copy of the floors is older than the floor still read the old
         # members: they must not meet the store half purged.
         time.sleep(PURGE_DELAY_SECONDS)

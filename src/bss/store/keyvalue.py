@@ -31,6 +31,7 @@ then its index keys by key range of `by_segment` (docs/store.md says why and wha
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import operator
@@ -38,7 +39,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import lmdb
 import numpy as np
@@ -415,26 +416,66 @@ class LmdbStore:
         return _I64.unpack(raw)[0] if raw else -1
 
     def delete_segment(self, segment_id: int, seq: int) -> None:
-        prefix = _SEG.pack(segment_id)
         with self._env.begin(write=True) as txn:
-            raw = txn.get(prefix, db=self._deleted)
-            if raw is None or _I64.unpack(raw)[0] < seq:
-                txn.put(prefix, _I64.pack(seq), db=self._deleted)
-            index = txn.cursor(db=self._by_segment)
-            members = txn.cursor(db=self._members)
-            batch: list[bytes] = []
-            more = index.set_range(prefix)
-            while more:
-                key = index.key()
-                if not key.startswith(prefix):
-                    break
-                batch.append(key)
-                more = index.next()
-                if len(batch) == _WALK_CHUNK or not more:
-                    self._drop_below(txn, members, segment_id, batch, seq)
-                    batch = []
-            if batch:
-                self._drop_below(txn, members, segment_id, batch, seq)
+            self._delete_below(txn, segment_id, seq)
+
+    def drop_below(
+        self,
+        segment_ids: Sequence[int],
+        seq: int,
+        now: int,
+        decide: Callable[[dict[int, int]], bool],
+    ) -> bool:
+        """`delete_segment(s, seq)` of each segment and `count_below(s, seq, now)` of what
+        it drops, in one walk and one write transaction: `decide(counts)` runs before the
+        commit and says whether to keep the deletions (True) or change nothing (False).
+        Readers see the segments whole before the commit and purged after it, never half
+        purged; no write lands between the count and the deletions."""
+        txn = self._env.begin(write=True)
+        try:
+            floors = self.floors()
+            counts = {
+                seg: self._delete_below(txn, seg, seq, now, floors.get(seg, 0))
+                for seg in segment_ids
+            }
+            keep = decide(counts)
+        except BaseException:
+            txn.abort()
+            raise
+        if keep:
+            txn.commit()
+        else:
+            txn.abort()
+        return keep
+
+    def _delete_below(
+        self, txn: lmdb.Transaction, segment_id: int, seq: int, now: int = 0, floor: int = 0
+    ) -> int:
+        """Mark the segment deleted at `seq` and drop its entries below; return how many of
+        them were live at `now` and not below `floor` (count_below's figure)."""
+        prefix = _SEG.pack(segment_id)
+        raw = txn.get(prefix, db=self._deleted)
+        if raw is None or _I64.unpack(raw)[0] < seq:
+            txn.put(prefix, _I64.pack(seq), db=self._deleted)
+        end = _SEG.pack(segment_id + 1)
+        index = txn.cursor(db=self._by_segment)
+        members = txn.cursor(db=self._members)
+        live = 0
+        resume = prefix
+        while index.set_range(resume):
+            # A chunk of keys read in C; those past the segment cut off by bisection.
+            # bytes, not buffers: the transaction was begun without buffers=True.
+            batch = cast(
+                list[bytes], list(itertools.islice(index.iternext(values=False), _WALK_CHUNK))
+            )
+            cut = bisect.bisect_left(batch, end)
+            if cut:
+                live += self._drop_below(txn, members, segment_id, batch[:cut], seq, now, floor)
+            if cut < _WALK_CHUNK:
+                break
+            # The smallest key after the chunk's last: the cursor moved as keys were deleted.
+            resume = batch[-1] + b"\x00"
+        return live
 
     def _drop_below(
         self,
@@ -443,16 +484,19 @@ class LmdbStore:
         segment_id: int,
         index_keys: list[bytes],
         seq: int,
-    ) -> None:
-        """Remove the entries (and their index keys and counts) older than a deletion."""
+        now: int = 0,
+        floor: int = 0,
+    ) -> int:
+        """Remove the entries (and their index keys and counts) older than a deletion;
+        return how many of them were live at `now` and not below `floor`."""
         main_keys = [k[8:] + b"\x00" + k[:8] for k in index_keys]
         found = members.getmulti(main_keys)
         if not found:
-            return
+            return 0
         seqs = np.frombuffer(b"".join(map(_value_of, found)), dtype=ENTRY)["seq"]
         below = np.flatnonzero(seqs < seq).tolist()
         if not below:
-            return
+            return 0
         gone = [bytes(found[i][1]) for i in below]
         gone_keys = [(key[-8:] + key[:-9], key) for key in (bytes(found[i][0]) for i in below)]
         self._add(txn, self._meta, _DROPPED, len(gone))
@@ -463,6 +507,14 @@ class LmdbStore:
         for index_key, key in gone_keys:
             txn.delete(key, db=self._members)
             txn.delete(index_key, db=self._by_segment)
+        return int(
+            np.count_nonzero(
+                (entries["seq"] >= floor)
+                & (entries["removed"] == 0)
+                & (entries["timestamp"] <= now)
+                & (entries["expires_at"] > now)
+            )
+        )
 
     def purge_expired(self, now: int) -> int:
         """Memberships dropped are counted; lapsed links and tombstones go too, uncounted."""
