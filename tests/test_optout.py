@@ -27,7 +27,10 @@ from bss.db import init_db, make_engine
 from bss.lifecycle.models import optout_requests, optout_suppressions, service_secrets
 from bss.lifecycle.optout import SuppressionList, is_opted_out, opt_out
 from bss.lifecycle.tags import id_tags, tag_keys
+from bss.segments.models import segments
 from bss.settings import Settings
+from bss.store import APPLY_SCHEMA
+from bss.store.keyvalue import LmdbStore
 
 M, N = 801, 802
 SEG_A, SEG_B, SEG_X = 9301, 9302, 9303
@@ -445,3 +448,108 @@ def test_a_link_post_skips_links_of_opted_out_ids(bss_server) -> None:
     assert _post_links(api, M, [links[0]])["message"]["links_applied"] == 1
     # (An admin's listing follows the shared link to uid 25 as well.)
     assert sorted(_links(api, M, 21)) == ["uid=21", "uid=22", "uid=23", "uid=25"]
+
+
+class _Stores:
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.remote_regions: list[str] = []
+
+    def get(self, region: str | None = None) -> Any:
+        return self.store
+
+
+class _LookupThenApply:
+    """The embedded store without its one-transaction removal: the path other engines take
+    (a lookup, then `apply` of the removals)."""
+
+    def __init__(self, store: LmdbStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "remove_memberships":
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
+
+def _removal_fixture(path: Path) -> tuple[Any, LmdbStore, int]:
+    db = make_engine(f"sqlite:///{path / 'bss.db'}")
+    init_db(db)
+    with db.begin() as conn:
+        conn.execute(
+            segments.insert(),
+            [
+                {"id": s, "member_id": m, "code": f"s{s}", "code_key": f"s{s}", "state": "active",
+                 "created_on": 0, "last_modified": 0}
+                for s, m in ((1, M), (2, N))
+            ],
+        )  # fmt: skip
+    store = LmdbStore(path / "store")
+    now = int(time.time())
+    rows = [  # user, segment, seq, removed, expires_at
+        ("1", 1, 5, False, now + 3600),
+        ("1", 2, 5, False, now + 3600),
+        ("2", 1, 1 << 50, False, now + 3600),  # above the opt-out's seq: stays
+        ("3", 1, 5, True, now + 3600),
+        ("4", 1, 5, False, now - 1),
+    ]
+    store.apply(
+        pa.table(
+            {
+                "user_kind": [0] * len(rows),
+                "user_key": [r[0] for r in rows],
+                "segment_id": [r[1] for r in rows],
+                "value": [None] * len(rows),
+                "timestamp": [now - 60] * len(rows),
+                "expires_at": [r[4] for r in rows],
+                "removed": [r[3] for r in rows],
+                "seq": [r[2] for r in rows],
+            },
+            schema=APPLY_SCHEMA,
+        )
+    )
+    return db, store, now
+
+
+def test_the_embedded_stores_one_pass_removal_matches_lookup_then_apply(tmp_path: Path) -> None:
+    """The embedded store removes an opt-out's memberships in the transaction that finds
+    them; what stays and the member counts are the lookup-then-apply path's, and a failure
+    before its commit leaves the store as it was."""
+    users = [(0, "1"), (0, "2"), (0, "3"), (0, "4"), (0, "5")]
+    outcomes = []
+    for name, wrap in (("one-pass", lambda s: s), ("lookup", _LookupThenApply)):
+        (tmp_path / name).mkdir()
+        db, store, now = _removal_fixture(tmp_path / name)
+        settings = Settings(data_dir=tmp_path / name, optout_secret="k")
+        done = opt_out(
+            db, settings, _Stores(wrap(store)), member_id=M, users=users, requested_by="t"
+        )
+        with db.connect() as conn:
+            audit = conn.execute(select(optout_requests.c.memberships_removed)).scalar_one()
+        outcomes.append(
+            (
+                done.memberships_removed,
+                audit,
+                [[m.segment_id for m in ms] for ms in store.users_segments(users, now)],
+                store.segment_member_counts(now),
+            )
+        )
+        store.close()
+    # The same memberships stay; the one pass counts only what its removals beat (user 2's
+    # entry above the opt-out's seq stays either way, the lookup counted it).
+    assert outcomes[0] == (1, 1, [[2], [1], [], [], []], {1: 1, 2: 1})
+    assert outcomes[1] == (2, 2, [[2], [1], [], [], []], {1: 1, 2: 1})
+
+    (tmp_path / "failed").mkdir()
+    db, store, now = _removal_fixture(tmp_path / "failed")
+
+    def fail(_rows: list[tuple[int, str, int]]) -> None:
+        raise RuntimeError("the database is gone")
+
+    with pytest.raises(RuntimeError):
+        store.remove_memberships(
+            users, 1 << 45, now=now, expires_at=now + 60, owned=None, before_commit=fail
+        )
+    assert store.segment_member_counts(now) == {1: 2, 2: 1}
+    assert [len(ms) for ms in store.users_segments(users, now)] == [2, 1, 0, 0, 0]
+    store.close()

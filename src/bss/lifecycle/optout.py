@@ -5,7 +5,9 @@ seq S and, in member M's scope (or platform-wide, scope 0):
 
 - removes every membership of the IDs in M's segments (every segment, platform-wide): a
   removal at seq S per membership, in the local store at once and owed to every other
-  region as a recorded batch, so the seq rule makes every region and every replay agree;
+  region as a recorded batch, so the seq rule makes every region and every replay agree
+  (the embedded store finds and removes them in one write transaction,
+  `LmdbStore.remove_memberships`, committed after the database's rows);
 - removes their links in M's scope (the shared scope, platform-wide), the same way;
 - puts the IDs on the suppression list (as HMAC-SHA256 keyed hashes, never in the clear):
   a write for a suppressed ID (a file line, a real-time entry) with a seq above S is not
@@ -284,8 +286,7 @@ def opt_out(
     users = list(dict.fromkeys(users))
     store = stores.get()
     seq = seqs.reserve(db, 1)
-    scope = PLATFORM if member_id is None else member_id
-    removals = _removals(db, store, member_id, users, seq, now)
+    owned = _owned_segments(db, member_id)
     links = remove_links_of(
         store,
         users,
@@ -295,70 +296,109 @@ def opt_out(
         ttl_days=settings.link_ttl_days,
     )
     suppression = SuppressionList.of(db, settings)
-    with write_tx(db) as conn:
-        request_id = inserted_id(
-            conn.execute(
-                insert(optout_requests).values(
-                    member_id=member_id,
-                    kind="optout",
-                    requested_on=now,
-                    requested_by=requested_by,
-                    seq=seq,
-                    ids=len(users),
-                    memberships_removed=removals.num_rows,
-                    links_removed=links.num_rows,
+    request = _Request(member_id, users, seq, now, requested_by, links, suppression)
+    remove = getattr(store, "remove_memberships", None)
+    if remove is not None and users:
+        # The embedded store finds and removes the memberships in one write transaction,
+        # committed after the database's rows (the removals are owed to the other regions
+        # before the local store has them, as below).
+        rows = remove(
+            users,
+            seq,
+            now=now,
+            expires_at=now + _REMOVAL_LIFETIME,
+            owned=owned,
+            before_commit=lambda found: request.record(db, stores, _removal_batch(found, seq, now)),
+        )
+        removed = len(rows)
+    else:
+        found = store.users_segments(users, now) if users else []
+        removals = _removal_batch(
+            [
+                (kind, key, m.segment_id)
+                for (kind, key), memberships in zip(users, found, strict=True)
+                for m in memberships
+                if owned is None or m.segment_id in owned
+            ],
+            seq,
+            now,
+        )
+        request.record(db, stores, removals)
+        if removals.num_rows:
+            store.apply(removals)
+        removed = removals.num_rows
+    suppression.invalidate()
+    return OptOutResult(request.request_id, seq, len(users), removed, links.num_rows)
+
+
+@dataclass(slots=True)
+class _Request:
+    """An opt-out's database rows: the audit row, the suppressions, what regions are owed."""
+
+    member_id: int | None
+    users: list[User]
+    seq: int
+    now: int
+    requested_by: str | None
+    links: pa.Table
+    suppression: SuppressionList
+    request_id: int = 0
+
+    def record(self, db: Engine, stores: StoreSource, removals: pa.Table) -> None:
+        users, seq = self.users, self.seq
+        scope = PLATFORM if self.member_id is None else self.member_id
+        secret = self.suppression.secret
+        with write_tx(db) as conn:
+            self.request_id = inserted_id(
+                conn.execute(
+                    insert(optout_requests).values(
+                        member_id=self.member_id,
+                        kind="optout",
+                        requested_on=self.now,
+                        requested_by=self.requested_by,
+                        seq=seq,
+                        ids=len(users),
+                        memberships_removed=removals.num_rows,
+                        links_removed=self.links.num_rows,
+                    )
                 )
             )
+            if users:
+                tags = self.suppression.tags(users)
+                conn.execute(
+                    insert(optout_suppressions),
+                    [
+                        {
+                            "scope": scope,
+                            "id_hash": _hash(secret, kind, key),
+                            "optout_seq": seq,
+                            "withdrawn_seq": None,
+                            "request_id": self.request_id,
+                            "id_tag": tag,
+                        }
+                        for (kind, key), tag in zip(users, tags, strict=True)
+                    ],
+                )
+            if removals.num_rows:
+                regions.record_batch(conn, removals, stores.remote_regions)
+            if self.links.num_rows:
+                regions.record_batch(conn, self.links, stores.remote_regions)
+
+
+def _owned_segments(db: Engine, member_id: int | None) -> set[int] | None:
+    """The segments an opt-out in the member's scope removes memberships of (None: all)."""
+    if member_id is None:
+        return None
+    with db.connect() as conn:
+        return set(
+            conn.execute(select(segments.c.id).where(segments.c.member_id == member_id))
+            .scalars()
+            .all()
         )
-        if users:
-            conn.execute(
-                insert(optout_suppressions),
-                [
-                    {
-                        "scope": scope,
-                        "id_hash": suppression.hash(kind, key),
-                        "optout_seq": seq,
-                        "withdrawn_seq": None,
-                        "request_id": request_id,
-                        "id_tag": tag,
-                    }
-                    for (kind, key), tag in zip(users, suppression.tags(users), strict=True)
-                ],
-            )
-        if removals.num_rows:
-            regions.record_batch(conn, removals, stores.remote_regions)
-        if links.num_rows:
-            regions.record_batch(conn, links, stores.remote_regions)
-    suppression.invalidate()
-    if removals.num_rows:
-        store.apply(removals)
-    return OptOutResult(request_id, seq, len(users), removals.num_rows, links.num_rows)
 
 
-def _removals(
-    db: Engine,
-    store: MembershipStore,
-    member_id: int | None,
-    users: Sequence[User],
-    seq: int,
-    now: int,
-) -> pa.Table:
-    """A removal at `seq` for every live membership of `users` in the scope's segments."""
-    found = store.users_segments(users, now) if users else []
-    owned: set[int] | None = None
-    if member_id is not None:
-        with db.connect() as conn:
-            owned = set(
-                conn.execute(select(segments.c.id).where(segments.c.member_id == member_id))
-                .scalars()
-                .all()
-            )
-    rows = [
-        (kind, key, m.segment_id)
-        for (kind, key), memberships in zip(users, found, strict=True)
-        for m in memberships
-        if owned is None or m.segment_id in owned
-    ]
+def _removal_batch(rows: Sequence[tuple[int, str, int]], seq: int, now: int) -> pa.Table:
+    """A removal at `seq` of each (user kind, user key, segment)."""
     n = len(rows)
     return pa.table(
         {
