@@ -174,3 +174,18 @@ def test_a_query_parameter_given_twice_is_a_400(admin, member_id):
             "SYNTAX",
             f"{name} is given more than once",
         ), (path, body)
+
+
+def test_digits_outside_ascii_are_not_a_number(admin, member_id):
+    """`str.isdigit()` holds for "²" and "٣", which int() refuses: a member_id or uid written
+    so is the documented 400, never a 500 (an admin's member_id was read as an int to key
+    its request budget)."""
+    for path, query, name in (
+        ("/user-segments", {"uid": "1", "member_id": "²"}, "member_id"),
+        ("/user-segments", {"uid": "²", "member_id": member_id}, "uid"),
+        ("/segment", {"member_id": "٣"}, "member_id"),
+        ("/batch-segment", {"member_id": "²"}, "member_id"),
+    ):
+        body = admin.call("GET", path, params=query)
+        assert (body["_http"], body["error_id"]) == (400, "SYNTAX"), (path, query, body)
+        assert body["error"].startswith(name), body

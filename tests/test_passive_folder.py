@@ -270,6 +270,9 @@ def test_crash_at_each_step_is_finished_once(pipeline):
 
 def test_unknown_members_are_ignored(pipeline):
     drop(pipeline, "x.txt", b"1,2:0\n", member_id=9999)
+    # digits int() refuses ("²") or reads ("٣") outside ASCII: not a member's folder
+    for name in ("²", "٣"):
+        (member_dir(pipeline).parent / name / "submitted").mkdir(parents=True)
     assert [a.member_id for a in FolderBackend(member_dir(pipeline).parent).areas([MEMBER])] == []
     s = pipeline.scanner()
     assert s.scan_once().claimed == []

@@ -92,7 +92,11 @@ def reap_dead_local_processes(db: Engine) -> int:
 def _is_dead_local(holder: str) -> bool:
     host, _, rest = holder.partition(":")
     pid_text, _, _nonce = rest.partition(":")
-    if host != HOSTNAME or not pid_text.isdigit() or int(pid_text) == os.getpid():
+    if (
+        host != HOSTNAME
+        or not (pid_text.isascii() and pid_text.isdigit())
+        or int(pid_text) == os.getpid()
+    ):
         return False
     try:
         os.kill(int(pid_text), 0)

@@ -154,7 +154,7 @@ def user_show(
     user: str = typer.Argument(..., help="The user's id or username."),
 ) -> None:
     """Print one user as JSON."""
-    if user.isdigit():
+    if user.isascii() and user.isdigit():
         print_json(client.get_user(int(user)))
         return
     found = [u for u in client.list_users() if u["username"] == user]

@@ -20,7 +20,7 @@ BATCH = 1000
 def _user(line: str, number: int) -> dict[str, Any]:
     """A line: a platform user ID (digits), or a JSON object as POST /user-segments names a
     user ({"device_id": "...", "domain": "idfa"}, {"eid": "...", "source": "..."}, ...)."""
-    if line.isdigit():
+    if line.isascii() and line.isdigit():
         return {"uid": line}
     try:
         user = json.loads(line)

@@ -109,7 +109,9 @@ def _member_key(request: Request, found: Principal) -> str:
     if found.member_id is not None:
         return f"member:{found.member_id}"
     member = request.query_params.get("member_id") or ""
-    known = member.isdigit() and len(member) <= 10  # never a key made of arbitrary text
+    known = (
+        member.isascii() and member.isdigit() and len(member) <= 10
+    )  # never a key made of arbitrary text
     return f"member:{int(member)}" if known else f"user:{found.user_id}"
 
 

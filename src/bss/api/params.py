@@ -35,7 +35,12 @@ def _int_between(lo: int, hi: int) -> Callable[[Any], int | None]:
     def check(value: Any) -> int | None:
         if value is None or value == "":
             return None
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        if (
+            isinstance(value, bool)
+            or (isinstance(value, float) and not value.is_integer())
+            # int() also reads other scripts' digits ("٣"): the API's numbers are ASCII
+            or (isinstance(value, str) and not value.isascii())
+        ):
             raise PydanticCustomError("bss_not_int", "must be an integer")
         try:
             number = int(value)

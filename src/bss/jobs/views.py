@@ -257,7 +257,7 @@ async def upload(job_id: str, request: Request, uploads: Uploading, db: Db) -> A
         await run_in_threadpool(count_request, request, f"member:{row['member_id']}")
     uploads.check_content_type(request.headers.get("content-type", ""))
     declared = request.headers.get("content-length")
-    size = int(declared) if declared and declared.isdigit() else None
+    size = int(declared) if declared and declared.isascii() and declared.isdigit() else None
     await run_in_threadpool(uploads.check_declared_size, row, size)
     limits = await run_in_threadpool(uploads.begin, row)
     try:

@@ -295,7 +295,9 @@ class FolderBackend(PassiveBackend):
         out = []
         for child in sorted(self.base.iterdir()):
             name = child.name
-            if not (name.isdigit() and str(int(name)) == name and int(name) in known):
+            if not (
+                name.isascii() and name.isdigit() and str(int(name)) == name and int(name) in known
+            ):
                 continue
             mode = child.lstat().st_mode
             if stat.S_ISLNK(mode):

@@ -58,7 +58,7 @@ async def read_json_body(request: Request, limit: int) -> Any:
     bss.api.params.MAX_JSON_DEPTH levels."""
     declared = request.headers.get("content-length")
     too_large = TooLarge(f"the JSON payload exceeds {limit} bytes")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_large
     raw = bytearray()
     async for chunk in request.stream():

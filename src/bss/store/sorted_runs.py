@@ -137,7 +137,7 @@ def remove_abandoned(root: Path) -> None:
         return
     for folder in root.iterdir():
         pid_text = folder.name.partition("-")[0]
-        if not pid_text.isdigit() or _alive(int(pid_text)):
+        if not (pid_text.isascii() and pid_text.isdigit()) or _alive(int(pid_text)):
             continue
         with contextlib.suppress(OSError):
             shutil.rmtree(folder)

@@ -77,7 +77,7 @@ def targeting_of(request: Request) -> Targeting:
 async def _bid_request(request: Request, limit: int) -> dict[str, Any]:
     declared = request.headers.get("content-length")
     too_large = TooLarge(f"the bid request exceeds {limit} bytes")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_large
     raw = bytearray()
     async for chunk in request.stream():

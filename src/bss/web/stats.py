@@ -122,6 +122,6 @@ def parse_segment_log(text: str | None) -> list[tuple[str, int, int]]:
             action = line[:-1]
             continue
         seg, _, count = line.partition(":")
-        if seg.isdigit() and count.isdigit():
+        if seg.isascii() and seg.isdigit() and count.isascii() and count.isdigit():
             out.append((action, int(seg), int(count)))
     return out
