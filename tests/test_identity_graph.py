@@ -96,8 +96,11 @@ class Reference:
 
     def expand(
         self, starts: list[tuple[int, str]], scopes: list[int], now: int, caps: Caps
-    ) -> list[tuple[tuple[int, str], int, bool]]:
-        """[(user, hop, needed a shared link)] in the order first reached."""
+    ) -> tuple[list[tuple[tuple[int, str], int, bool]], list[tuple[Any, Any, int]]]:
+        """[(user, hop, needed a shared link)] in the order first reached, and the links
+        followed between reached IDs [(lesser end, greater end, scope)] in the order first
+        read, each once."""
+        followed: list[tuple[Any, Any, int]] = []
         order: list[tuple[int, str]] = []
         hop_of: dict[tuple[int, str], int] = {}
         shared: dict[tuple[int, str], bool] = {}
@@ -118,8 +121,11 @@ class Reference:
                         hop_of[other], shared[other] = hop, needs
                     elif hop_of.get(other) == hop:
                         shared[other] = shared[other] and needs
+                    pair = (min(user, other), max(user, other), link.scope)
+                    if other in hop_of and pair not in followed:
+                        followed.append(pair)
             level = new
-        return [(u, hop_of[u], shared[u]) for u in order]
+        return [(u, hop_of[u], shared[u]) for u in order], followed
 
 
 def link_rows() -> Any:
@@ -182,7 +188,12 @@ def check(store: Any, ref: Reference, now: int) -> None:
             # Many expansions read hop by hop together answer as each alone.
             together = expand_many(store, groups, scopes, now, caps)
             for one in (got, together):
-                assert [[((r.kind, r.key), r.hop, r.shared) for r in e.ids] for e in one] == want
+                assert [[((r.kind, r.key), r.hop, r.shared) for r in e.ids] for e in one] == [
+                    ids for ids, _ in want
+                ]
+                assert [[(f.a, f.b, f.link.scope) for f in e.links] for e in one] == [
+                    links for _, links in want
+                ]
 
 
 @given(script=ops, shuffle=st.randoms(use_true_random=False))

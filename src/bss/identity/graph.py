@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from bss.identity.ids import format_id
@@ -65,10 +65,42 @@ class FollowedLink(NamedTuple):
     link: Link
 
 
-@dataclass(slots=True)
 class Expansion:
-    ids: list[Reached] = field(default_factory=list)
-    links: list[FollowedLink] = field(default_factory=list)
+    """The IDs an expansion reached (`ids`, in the order first reached) and the links it
+    followed between them (`links`). The links are put together when first asked for: most
+    readers (lookups, OpenRTB) want only the IDs, and a link is read from both of its ends."""
+
+    __slots__ = ("_found", "_read", "_links")
+
+    def __init__(self, found: dict[User, Reached], read: list[tuple[User, list[Link]]]) -> None:
+        #: Each reached ID -> how, in the order first reached.
+        self._found = found
+        #: Each ID whose links were read, with those links (ranked, capped), in read order.
+        self._read = read
+        self._links: list[FollowedLink] | None = None
+
+    @property
+    def ids(self) -> list[Reached]:
+        return list(self._found.values())
+
+    @property
+    def links(self) -> list[FollowedLink]:
+        """Each link between two reached IDs that a read took, once, in the order first
+        read. A link read is between reached IDs exactly when its other end was reached:
+        the expansion only stops adding IDs once it holds `max_ids`, and never restarts."""
+        if self._links is None:
+            found, seen, followed = self._found, set(), []
+            for user, links in self._read:
+                for link in links:
+                    other = link[:2]
+                    if other not in found:
+                        continue
+                    key = (user, other, link[2]) if user <= other else (other, user, link[2])
+                    if key not in seen:
+                        seen.add(key)
+                        followed.append(_new(FollowedLink, (key[0], key[1], link)))
+            self._links = followed
+        return self._links
 
     @staticmethod
     def via(reached: Reached) -> str:
@@ -103,32 +135,34 @@ class _Walk:
         self.found: dict[User, Reached] = {}
         for user in users:
             if user not in self.found and len(self.found) < caps.max_ids:
-                self.found[user] = Reached(user[0], user[1], 0, False)
+                self.found[user] = _new(Reached, (user[0], user[1], 0, False))
         self.frontier = list(self.found)
-        self.links: list[FollowedLink] = []
-        self.seen_links: set[tuple[User, User, int]] = set()
+        self.read: list[tuple[User, list[Link]]] = []
 
     def step(self, hop: int, per_user: list[list[Link]], max_ids: int) -> None:
-        """Take the frontier's links (ranked, capped), in frontier order."""
-        found, seen, followed, next_frontier = self.found, self.seen_links, self.links, []
+        """Take the frontier's links (ranked, capped), in frontier order. The hot loop of
+        every expansion: per link one slice and one dict look-up in the common case."""
+        found, read, next_frontier = self.found, self.read, []
         for user, links in zip(self.frontier, per_user, strict=True):
+            if not links:
+                continue
+            read.append((user, links))
             parent_shared = found[user].shared
             for link in links:
-                other, scope = link[:2], link[2]  # (kind, key), built by one slice
-                shared = parent_shared or scope == SHARED_SCOPE
+                other = link[:2]  # (kind, key), built by one slice
                 reached = found.get(other)
                 if reached is None:
-                    if len(found) >= max_ids:
-                        continue
-                    found[other] = _new(Reached, (other[0], other[1], hop, shared))
-                    next_frontier.append(other)
-                elif reached.hop == hop and reached.shared and not shared:
+                    if len(found) < max_ids:
+                        shared = parent_shared or link[2] == SHARED_SCOPE
+                        found[other] = _new(Reached, (link[0], link[1], hop, shared))
+                        next_frontier.append(other)
+                elif (
+                    reached.hop == hop
+                    and reached.shared
+                    and not (parent_shared or link[2] == SHARED_SCOPE)
+                ):
                     # Also reached at this hop through the member's own links only.
                     found[other] = reached._replace(shared=False)
-                seen_key = (user, other, scope) if user <= other else (other, user, scope)
-                if seen_key not in seen:
-                    seen.add(seen_key)
-                    followed.append(_new(FollowedLink, (seen_key[0], seen_key[1], link)))
         self.frontier = next_frontier
 
 
@@ -179,7 +213,7 @@ def _expand_many(
         )
         for walk in walks:
             walk.step(hop, [read[u] for u in walk.frontier], caps.max_ids)
-    return [Expansion(list(walk.found.values()), walk.links) for walk in walks]
+    return [Expansion(walk.found, walk.read) for walk in walks]
 
 
 def expanded_segments_many(
@@ -203,7 +237,10 @@ def _segments_of(
     now: int,
     hidden: Callable[[int, str], bool] | None,
 ) -> list[tuple[Expansion, list[tuple[Membership, str]]]]:
-    users = list(dict.fromkeys((r.kind, r.key) for e in expansions for r in e.ids))
+    if len(expansions) == 1:
+        users = list(expansions[0]._found)
+    else:
+        users = list(dict.fromkeys(u for e in expansions for u in e._found))
     if hidden is not None:
         users = [u for u in users if not hidden(*u)]
     segments = dict(zip(users, reads.users_segments(users, now), strict=True))
@@ -216,12 +253,14 @@ def _best(
     """Each segment once: the membership that expires last (on a tie the ID reached first),
     with its via (made for the winners only), by segment id."""
     best: dict[int, tuple[Membership, Reached]] = {}
-    for reached in expansion.ids:
-        for m in segments.get((reached.kind, reached.key), ()):
-            held = best.get(m.segment_id)
-            if held is None or m.expires_at > held[0].expires_at:
-                best[m.segment_id] = (m, reached)
-    return [(m, Expansion.via(r)) for m, r in (best[s] for s in sorted(best))]
+    for user, reached in expansion._found.items():
+        for m in segments.get(user, ()):
+            held = best.get(m[0])  # segment_id
+            if held is None or m[3] > held[0][3]:  # expires_at
+                best[m[0]] = (m, reached)
+    vias: dict[Reached, str] = {}  # most segments come from a few IDs: each named once
+    winners = [best[s] for s in sorted(best)]
+    return [(m, vias.get(r) or vias.setdefault(r, Expansion.via(r))) for m, r in winners]
 
 
 def expanded_segments(

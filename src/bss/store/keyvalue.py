@@ -65,6 +65,8 @@ from bss.store.sorted_runs import SortedRuns, remove_abandoned
 _ENTRY_STRUCT = struct.Struct("<qqqqB")
 _unpack_entry = _ENTRY_STRUCT.unpack
 _value_of = operator.itemgetter(1)
+#: Builds a Membership without the Python-level __new__ of a NamedTuple: one per entry read.
+_new_membership = tuple.__new__
 _from_bytes = int.from_bytes
 _I64 = struct.Struct("<q")
 _SEG = struct.Struct(">q")
@@ -645,7 +647,7 @@ class LmdbStore:
     def user_segments(self, user_kind: int, user_key: str, now: int) -> list[Membership]:
         floors = self.floors()
         with self._env.begin(db=self._members, buffers=False) as txn:
-            return self._read_user(txn.cursor(), _user_prefix(user_kind, user_key), now, floors)
+            return self._read_user(txn.cursor(), user_kind, user_key, now, floors)
 
     def users_segments(self, users: Sequence[tuple[int, str]], now: int) -> list[list[Membership]]:
         floors = self.floors()
@@ -660,28 +662,35 @@ class LmdbStore:
         now: int,
         floors: Mapping[int, int],
     ) -> list[list[Membership]]:
-        return [cls._read_user(cursor, _user_prefix(k, key), now, floors) for k, key in users]
+        read = cls._read_user
+        return [read(cursor, kind, key, now, floors) for kind, key in users]
 
     @staticmethod
     def _read_user(
-        cursor: lmdb.Cursor, prefix: bytes, now: int, floors: Mapping[int, int]
+        cursor: lmdb.Cursor, kind: int, key: str, now: int, floors: Mapping[int, int]
     ) -> list[Membership]:
         # The hot path of every lookup: one seek, then the user's entries, each decoded once
-        # with bound functions (no attribute lookups, no intermediate objects).
+        # with bound functions (no attribute lookups, no intermediate objects, no Python-level
+        # NamedTuple __new__). Most IDs an expansion reaches hold no entries: the key under the
+        # cursor tells so without starting an iteration.
         found: list[Membership] = []
-        if not cursor.set_range(prefix):
-            return found
+        prefix = b"%c%b\x00" % (kind, key.encode())  # _user_prefix, without its call
         width = len(prefix)
-        for key, value in cursor:
-            if key[:width] != prefix:
+        if not cursor.set_range(prefix) or cursor.key()[:width] != prefix:
+            return found
+        for stored_key, value in cursor:
+            if stored_key[:width] != prefix:
                 break
             seq, timestamp, expires_at, val, removed = _unpack_entry(value)
             if not removed and timestamp <= now < expires_at:
-                segment = _from_bytes(key[-8:], "big")
+                segment = _from_bytes(stored_key[-8:], "big")
                 if floors and seq < floors.get(segment, 0):
                     continue
                 found.append(
-                    Membership(segment, None if val == NULL_VALUE else val, timestamp, expires_at)
+                    _new_membership(
+                        Membership,
+                        (segment, None if val == NULL_VALUE else val, timestamp, expires_at),
+                    )
                 )
         return found
 
