@@ -45,13 +45,13 @@ def _fixed(values: np.ndarray, width: int) -> pa.Array:
     )
 
 
-def link_rows(batch: pa.Table) -> tuple[list[bytes], list[bytes], list[int]]:
+def link_rows(batch: pa.Table) -> tuple[list[bytes], list[bytes]]:
     """The stored rows of a batch (both ends of every link), in key order, each key once
-    with its highest seq (the first of the batch's rows on a tie): keys, values, seqs."""
+    with its highest seq (the first of the batch's rows on a tie): keys, values."""
     batch = batch.select(LINK_SCHEMA.names).cast(LINK_SCHEMA).combine_chunks()
     n = batch.num_rows
     if not n:
-        return [], [], []
+        return [], []
     col = {name: batch[name].chunk(0) for name in LINK_SCHEMA.names}
     scope = _fixed(np.asarray(col["scope"], dtype=">i8"), 8)
     value = np.empty(n, dtype=_VALUE)
@@ -80,7 +80,7 @@ def link_rows(batch: pa.Table) -> tuple[list[bytes], list[bytes], list[int]]:
     rows = ends.sort(["key", "seq", "order"], descending=[False, True, False]).unique(
         "key", keep="first", maintain_order=True
     )
-    return rows["key"].to_list(), rows["value"].to_list(), rows["seq"].to_list()
+    return rows["key"].to_list(), rows["value"].to_list()
 
 
 def _read_links(
@@ -165,7 +165,7 @@ class LmdbLinks:
         self._scopes_seen: dict[bytes, tuple[int, bool]] = {}
 
     def apply(self, batch: pa.Table) -> None:
-        keys, values, seqs = link_rows(batch)
+        keys, values = link_rows(batch)
         if not keys:
             return
         with self._env.begin(write=True, db=self._db) as txn:
@@ -173,8 +173,8 @@ class LmdbLinks:
             stored = cursor.getmulti(keys)
             rows = zip(keys, values, strict=True)
             if stored:  # the seq rule: a stored row with a seq as high stays
-                seq_of = dict(zip(keys, seqs, strict=True))
-                kept = {key for key, old in stored if _unpack(old)[0] >= seq_of[key]}
+                new = dict(zip(keys, values, strict=True))
+                kept = {key for key, old in stored if _unpack(old)[0] >= _unpack(new[key])[0]}
                 rows = ((key, value) for key, value in rows if key not in kept)  # type: ignore[assignment]
             cursor.putmulti(rows)
 
