@@ -346,6 +346,11 @@ def test_junk_ids_are_refused(text: str) -> None:
         ("cookie=12", "not an ID of the form"),
         ("uid=1\x00", "control character"),
         ("xfa=a:2:1.2.3.4", "device_make_id"),
+        # digits outside ASCII: int() refuses "²" (a 500 once) and reads "٣" as 3
+        ("uid=²", "between 1 and 2^64-1"),
+        ("uid=٣", "between 1 and 2^64-1"),
+        ("ext=٣:PS", "member id"),
+        ("xfa=1:²:1.2.3.4", "device_make_id"),
     ],
 )
 def test_bad_ids_say_why(text: str, message: str) -> None:
@@ -466,3 +471,12 @@ def test_ids_in_their_normal_form_are_taken_vectorised() -> None:
         (4, "456:PS123"),
         (5, "liveramp.com:XY123"),
     ]
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "0", "18446744073709551616", "12a", ""])
+def test_a_cookie_holding_no_platform_uid_is_none(value: str) -> None:
+    """The ID-sync cookie is read as a uid only when it is one: "²" made getuid a 500."""
+    from bss.identity.sync import cookie_uid
+
+    assert cookie_uid(value) is None
+    assert cookie_uid("42") == "42"

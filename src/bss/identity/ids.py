@@ -84,6 +84,12 @@ def parse_id(text: str) -> tuple[UserKind, str]:
     return parse_id_fully(text)
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also holds for "²", which int() refuses, and for
+    other scripts' digits, which it reads."""
+    return text.isascii() and text.isdigit()
+
+
 def _parse_plain(form: str, rest: str) -> tuple[UserKind, str] | None:
     """What parse_id_fully makes of `form=rest` (a match of _PLAIN) when that is a valid ID;
     None for anything else (parse_id_fully then says what is wrong). The short path of a
@@ -121,19 +127,19 @@ def parse_id_fully(text: str) -> tuple[UserKind, str]:  # noqa: C901  one branch
     if kind == UserKind.ANID:
         if _junk(rest):
             raise JunkId(f"junk ID {text[:80]!r}")
-        if not rest.isdigit() or not 0 < int(rest) <= MAX_UID:
+        if not _digits(rest) or not 0 < int(rest) <= MAX_UID:
             raise InvalidId("uid= must be a platform user ID between 1 and 2^64-1")
         return kind, str(int(rest))
     if kind == UserKind.XFA:
         parts = rest.split(":", 2)
-        if len(parts) != 3 or not all(p.isdigit() for p in parts[:2]) or not parts[2]:
+        if len(parts) != 3 or not all(_digits(p) for p in parts[:2]) or not parts[2]:
             raise InvalidId("xfa= needs <device_make_id>:<device_model_id>:<ip>")
         if _junk(parts[2]):
             raise JunkId(f"junk ID {text[:80]!r}")
         return kind, f"{int(parts[0])}:{int(parts[1])}:{parts[2]}"
     if kind == UserKind.EXTERNAL:
         owner, ident = _split(rest, "ext", "<member id>:<id>")
-        if not owner.isdigit() or int(owner) < 1:
+        if not _digits(owner) or int(owner) < 1:
             raise InvalidId("ext= needs a member id before the colon (ext=456:PS123)")
         if _junk(ident):
             raise JunkId(f"junk ID {text[:80]!r}")

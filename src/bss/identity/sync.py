@@ -89,7 +89,7 @@ def cookie_uid(value: str | None) -> str | None:
     """The uid a cookie holds (OPTED_OUT_UID for an opted-out browser), or None."""
     if value == OPTED_OUT_UID:
         return value
-    if value and value.isdigit() and 0 < int(value) <= MAX_UID:
+    if value and value.isascii() and value.isdigit() and 0 < int(value) <= MAX_UID:
         return str(int(value))
     return None
 
