@@ -216,8 +216,9 @@ def create_app(
             render(app.state.jobs.counts_by_phase()), media_type="text/plain; version=0.0.4"
         )
 
+    # On the event loop: a sync route would take a thread hop on every liveness probe.
     @app.get("/health", tags=["ops"], summary="Liveness")
-    def health() -> Any:
+    async def health() -> Any:
         return {"response": {"status": "OK", "dbg_info": {"output_term": None}}}
 
     return app
