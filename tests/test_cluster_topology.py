@@ -53,7 +53,11 @@ class WorkerProc:
         self.log_path = data_dir.parent / f"{data_dir.name}-worker.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> WorkerProc:
+    def start(self, timeout: float = 60) -> WorkerProc:
+        """Start the worker and wait until it says it started: a test that kills a Redis
+        master right after restarting a worker must not do so while the worker still
+        checks the store at start-up (it would stop there, as it does on an unreachable
+        store, and leave no survivor to take a job over)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [str(BSS), "worker", "--data-dir", str(self.data_dir)],
@@ -61,6 +65,16 @@ class WorkerProc:
             stdout=self.log_path.open("ab"),
             stderr=subprocess.STDOUT,
         )
+        pid = f":{self.proc.pid}:"  # the worker's id is host:pid:...
+        deadline = time.monotonic() + timeout
+        while not any(
+            '"worker started"' in line and pid in line
+            for line in self.log_path.read_text(errors="replace").splitlines()
+        ):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise AssertionError(f"worker did not start (exit {self.proc.poll()}):\n{tail}")
+            time.sleep(0.1)
         return self
 
     def kill9(self) -> None:
