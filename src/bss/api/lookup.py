@@ -255,9 +255,10 @@ async def get_user_segments(
     expand = related_flag(query.related)
     lookup = partial(_user_segments, parts, query.region, (int(kind), key), scoped, expand)
     # A local LMDB seek and a SQLite read take microseconds and never wait on a lock: on the
-    # event loop, without a thread hop; Redis, PostgreSQL or another region (whose first
-    # connection may wait on the network): in a thread.
-    if parts.inline_reads and not query.region and not expand:
+    # event loop, without a thread hop, and so does an expansion over them (at most
+    # BSS_CLUSTER_MAX_IDS IDs, as POST /openrtb/user-data reads them); Redis, PostgreSQL or
+    # another region (whose first connection may wait on the network): in a thread.
+    if parts.inline_reads and not query.region:
         return lookup()
     return await run_in_threadpool(lookup)
 
