@@ -109,9 +109,8 @@ def _member_key(request: Request, found: Principal) -> str:
     if found.member_id is not None:
         return f"member:{found.member_id}"
     member = request.query_params.get("member_id") or ""
-    known = (
-        member.isascii() and member.isdigit() and len(member) <= 10
-    )  # never a key made of arbitrary text
+    # never a key made of arbitrary text
+    known = member.isascii() and member.isdigit() and len(member) <= 10
     return f"member:{int(member)}" if known else f"user:{found.user_id}"
 
 
@@ -285,7 +284,7 @@ async def region_store_dependency(
     """region_store as a route's dependency: the local store on the event loop (a dict
     read), another region's in a thread (opening its first connection may wait on the
     network). A sync dependency would take a thread hop on every request."""
-    region = choice.region
+    stores, region = request.app.state.stores, choice.region
     if not region:
-        return region_store(request)
-    return await run_in_threadpool(region_store, request, region)
+        return stores.get()
+    return await run_in_threadpool(store_of, stores, region)

@@ -189,8 +189,8 @@ RelatedQuery = Annotated[
 ]
 
 
-class UserSegmentsQuery(BaseModel):
-    """The user a GET /user-segments names, and how to answer."""
+class UserIdQuery(BaseModel):
+    """The user a GET names, by any one of the ID forms user_key reads."""
 
     uid: Annotated[
         str | None,
@@ -212,30 +212,19 @@ class UserSegmentsQuery(BaseModel):
     )
     device_make_id: Annotated[Int32, Query(description="Device make")] = None
     device_model_id: Annotated[Int32, Query(description="Device model")] = None
-    member_id: MemberIdQuery = None
-    related: RelatedQuery = None
-    region: RegionQuery = None
-
-    #: The fields naming the user, as user_key reads them.
-    USER_FIELDS: ClassVar[tuple[str, ...]] = (
-        "uid",
-        "device_id",
-        "domain",
-        "ifa",
-        "ifa_type",
-        "external_id",
-        "external_member_id",
-        "eid",
-        "source",
-        "xfa_ip",
-        "device_make_id",
-        "device_model_id",
-    )
 
     def user(self) -> dict[str, str]:
         """The given, non-empty user parameters, as user_key reads them."""
-        given = ((name, getattr(self, name)) for name in self.USER_FIELDS)
+        given = ((name, getattr(self, name)) for name in UserIdQuery.model_fields)
         return {name: str(v) for name, v in given if v is not None and v != ""}
+
+
+class UserSegmentsQuery(UserIdQuery):
+    """GET /user-segments: the user, and how to answer."""
+
+    member_id: MemberIdQuery = None
+    related: RelatedQuery = None
+    region: RegionQuery = None
 
 
 @router.get(
