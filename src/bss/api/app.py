@@ -138,6 +138,23 @@ def create_app(
     )
     install_openapi(app)
     add_docs_routes(app)
+    _set_state(app, settings, db, stores, process_id)
+    _add_error_handlers(app)
+    app.add_middleware(AccessLog)
+    _include_routers(app)
+    mount_dashboard(app)  # the web dashboard at / and /ui/...
+    _add_ops_routes(app, settings)
+    return app
+
+
+def _set_state(
+    app: FastAPI,
+    settings: Settings,
+    db: Engine,
+    stores: StoreHandle | None,
+    process_id: str | None,
+) -> None:
+    """The application's long-lived parts, which the views' dependencies hand out."""
     app.state.settings = settings
     app.state.db = db
     app.state.jobs = JobService(db, settings)
@@ -156,6 +173,10 @@ def create_app(
         db, settings, app.state.stores, app.state.jobs, app.state.inline_reads
     )
     app.state.process_id = process_id or new_process_id()
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answered in the documented envelope."""
 
     @app.exception_handler(BssError)
     async def _api_error(_request: Request, exc: BssError) -> Any:
@@ -182,8 +203,8 @@ def create_app(
         log.exception("unhandled error", extra={"path": request.url.path})
         return http_error_response(500, "SYSTEM", "Internal error; see the server log")
 
-    app.add_middleware(AccessLog)
 
+def _include_routers(app: FastAPI) -> None:
     # Routes are matched in order, router by router: the hot reads (a lookup, a job's
     # status) first.
     for router in (
@@ -202,7 +223,10 @@ def create_app(
     # ID sync: the query of GET /getuid is a partner's URL, whose own parameters may
     # repeat (RepeatableQueryRoute); its settings routes check their parameters themselves.
     app.include_router(id_sync_router)
-    mount_dashboard(app)  # the web dashboard at / and /ui/...
+
+
+def _add_ops_routes(app: FastAPI, settings: Settings) -> None:
+    """GET /metrics (with the metrics token) and GET /health."""
 
     @app.get(
         "/metrics", tags=["ops"], summary="Prometheus metrics", response_class=PlainTextResponse
@@ -220,5 +244,3 @@ def create_app(
     @app.get("/health", tags=["ops"], summary="Liveness")
     async def health() -> Any:
         return {"response": {"status": "OK", "dbg_info": {"output_term": None}}}
-
-    return app
