@@ -491,7 +491,10 @@ class LmdbStore:
     ) -> int:
         """Remove the entries (and their index keys and counts) older than a deletion;
         return how many of them were live at `now` and not below `floor`."""
-        main_keys = [k[8:] + b"\x00" + k[:8] for k in index_keys]
+        # An index key is the segment then the user; the entry's key the user, a zero
+        # byte, the segment: one segment's suffix serves every key.
+        suffix = b"\x00" + _SEG.pack(segment_id)
+        main_keys = [k[8:] + suffix for k in index_keys]
         found = members.getmulti(main_keys)
         if not found:
             return 0
@@ -499,16 +502,18 @@ class LmdbStore:
         below = np.flatnonzero(seqs < seq).tolist()
         if not below:
             return 0
-        gone = [bytes(found[i][1]) for i in below]
-        gone_keys = [(key[-8:] + key[:-9], key) for key in (bytes(found[i][0]) for i in below)]
-        self._add(txn, self._meta, _DROPPED, len(gone))
-        entries = np.frombuffer(b"".join(gone), dtype=ENTRY)
+        entries = np.frombuffer(b"".join([found[i][1] for i in below]), dtype=ENTRY)
+        if len(found) < len(main_keys):  # an entry missing: the keys of those found
+            main_keys = [bytes(key) for key, _ in found]
+            index_keys = [key[-8:] + key[:-9] for key in main_keys]
+        self._add(txn, self._meta, _DROPPED, len(below))
         self._count(
-            txn, np.full(len(gone), segment_id, np.int64), entries, -np.ones(len(gone), np.int64)
+            txn, np.full(len(below), segment_id, np.int64), entries, -np.ones(len(below), np.int64)
         )
-        for index_key, key in gone_keys:
-            txn.delete(key, db=self._members)
-            txn.delete(index_key, db=self._by_segment)
+        delete = txn.delete
+        for i in below:
+            delete(main_keys[i], db=self._members)
+            delete(index_keys[i], db=self._by_segment)
         return int(
             np.count_nonzero(
                 (entries["seq"] >= floor)
