@@ -350,7 +350,10 @@ class _Apply:
         self.asserted_at, self.expires_at = fixed["asserted_at"], fixed["expires_at"]
         self.records = 0
 
-    def block(self, block: _Block, report: ErrorReport, suppress: Suppress | None) -> None:
+    def block(
+        self, block: _Block, report: ErrorReport, suppress: Suppress | None
+    ) -> pa.Table | None:
+        """Count the block and report its rejections; its links to apply (None: none)."""
         result, counters = self.result, self.result.counters
         links = block.links.with_columns(seq=pl.col("index") + (self.seq_base + self.records))
         self.records += block.records
@@ -372,10 +375,9 @@ class _Apply:
         counters.num_valid_user += links.height
         result.pairs_removed += removed
         result.pairs_added += links.height - removed
-        if links.height:
-            self.store.apply_links(self._table(links))
         if rejected:
             report.add(pl.DataFrame(rejected, schema=list(REPORT_COLUMNS), orient="row"))
+        return self._table(links) if links.height else None
 
     @staticmethod
     def _opted_out(links: pl.DataFrame, suppress: Suppress) -> np.ndarray:
@@ -433,20 +435,28 @@ def ingest_links_file(
         expires_at=asserted_at + ttl_days * DAY_SECONDS,
     )
     with ErrorReport(error_report_path, log_limit) as report:
-        try:
-            with open_input(path, max_decompressed_bytes) as source:
-                blocks = (
-                    _outcome_blocks(_avro_records(source, member_id))
-                    if source.kind == "avro"
-                    else _csv_blocks(source.stream)
-                )
-                for block in blocks:
-                    apply.block(block, report, suppress)
-                    if progress is not None:
-                        progress(source.fraction_read())
-        except InputError as exc:
-            result.error_code = exc.error_code
-            result.error_message = exc.message
+
+        def tables() -> Iterator[pa.Table]:
+            # A file that stops being readable ends the stream: what it held before is
+            # applied, as documented.
+            try:
+                with open_input(path, max_decompressed_bytes) as source:
+                    blocks = (
+                        _outcome_blocks(_avro_records(source, member_id))
+                        if source.kind == "avro"
+                        else _csv_blocks(source.stream)
+                    )
+                    for block in blocks:
+                        table = apply.block(block, report, suppress)
+                        if table is not None:
+                            yield table
+                        if progress is not None:
+                            progress(source.fraction_read())
+            except InputError as exc:
+                result.error_code = exc.error_code
+                result.error_message = exc.message
+
+        store.apply_links_many(tables())
         if report.total:
             result.error_log_lines = report.log_lines()
     return result

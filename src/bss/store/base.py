@@ -167,6 +167,11 @@ class MembershipStore(Protocol):
         unordered pair of users): the row with the highest seq wins, a removal stays as a
         tombstone until its `expires_at`. Visible to readers once this returns."""
 
+    def apply_links_many(self, batches: Iterable[pa.Table]) -> None:
+        """Apply a link job's batches, as `apply_links` would one by one; all are visible
+        once this returns, some may be before (an engine may hold them back to write them
+        in a better order, as `apply_many` does)."""
+
     def top_links(
         self, users: Sequence[tuple[int, str]], scopes: Sequence[int], now: int, limit: int
     ) -> list[list[Link]]:

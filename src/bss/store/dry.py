@@ -47,6 +47,10 @@ class DryRunStore:
     def apply_links(self, batch: pa.Table) -> None:
         self.rows_seen += batch.num_rows
 
+    def apply_links_many(self, batches: Iterable[pa.Table]) -> None:
+        for batch in batches:
+            self.apply_links(batch)
+
     def top_links(
         self, users: Sequence[tuple[int, str]], scopes: Sequence[int], now: int, limit: int
     ) -> list[list[Link]]:

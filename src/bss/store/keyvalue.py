@@ -773,6 +773,9 @@ class LmdbStore:
     def apply_links(self, batch: pa.Table) -> None:
         self._links.apply(batch)
 
+    def apply_links_many(self, batches: Iterable[pa.Table]) -> None:
+        self._links.apply_many(batches, self._runs_root)
+
     def top_links(
         self, users: Sequence[tuple[int, str]], scopes: Sequence[int], now: int, limit: int
     ) -> list[list[Link]]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import operator
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import lmdb
 import numpy as np
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bss.store.base import LINK_SCHEMA, Link, Membership
+from bss.store.sorted_runs import SortedRuns
 
 _LINK = struct.Struct("<qqqB")
 _SCOPE = struct.Struct(">q")
@@ -29,6 +31,8 @@ _seq_of = operator.itemgetter(3)  # Link.seq
 _new_link = tuple.__new__
 #: Scopes whose emptiness is remembered (beyond it the memory starts again).
 _SCOPES_REMEMBERED = 1024
+#: Rows per write transaction when a job's sorted runs are merged (as for memberships).
+_MERGE_ROWS = 1 << 18
 #: Keys walked per read transaction when purging.
 _WALK_CHUNK = 20_000
 
@@ -45,13 +49,14 @@ def _fixed(values: np.ndarray, width: int) -> pa.Array:
     )
 
 
-def link_rows(batch: pa.Table) -> tuple[list[bytes], list[bytes]]:
-    """The stored rows of a batch (both ends of every link), in key order, each key once
-    with its highest seq (the first of the batch's rows on a tie): keys, values."""
+def link_rows(batch: pa.Table) -> pa.Table:
+    """The stored rows of a batch (both ends of every link) as a table of `key`, `value`
+    and `seq`, in key order, each key once with its highest seq (the first of the batch's
+    rows on a tie)."""
     batch = batch.select(LINK_SCHEMA.names).cast(LINK_SCHEMA).combine_chunks()
     n = batch.num_rows
     if not n:
-        return [], []
+        return _ROWS.empty_table()
     col = {name: batch[name].chunk(0) for name in LINK_SCHEMA.names}
     scope = _fixed(np.asarray(col["scope"], dtype=">i8"), 8)
     value = np.empty(n, dtype=_VALUE)
@@ -77,10 +82,23 @@ def link_rows(batch: pa.Table) -> tuple[list[bytes], list[bytes]]:
             "order": np.concatenate([np.arange(0, 2 * n, 2), np.arange(1, 2 * n, 2)]),
         }
     )
-    rows = ends.sort(["key", "seq", "order"], descending=[False, True, False]).unique(
-        "key", keep="first", maintain_order=True
+    return _highest_seq_per_key(ends, ["key", "seq", "order"])
+
+
+#: The columns of `link_rows`.
+_ROWS = pa.schema([("key", pa.binary()), ("value", pa.binary()), ("seq", pa.int64())])
+
+
+def _highest_seq_per_key(rows: pl.DataFrame, order: list[str]) -> pa.Table:
+    """Each key once, with its row of highest seq (ties by the rest of `order`), by key."""
+    descending = [False, True] + [False] * (len(order) - 2)
+    return (
+        rows.sort(order, descending=descending)
+        .unique("key", keep="first", maintain_order=True)
+        .select("key", "value", "seq")
+        .to_arrow()
+        .cast(_ROWS)
     )
-    return rows["key"].to_list(), rows["value"].to_list()
 
 
 def _read_links(
@@ -165,18 +183,39 @@ class LmdbLinks:
         self._scopes_seen: dict[bytes, tuple[int, bool]] = {}
 
     def apply(self, batch: pa.Table) -> None:
-        keys, values = link_rows(batch)
-        if not keys:
-            return
+        rows = link_rows(batch)
+        if rows.num_rows:
+            self._write(rows["key"].to_pylist(), rows["value"].to_pylist())
+
+    def apply_many(self, batches: Iterable[pa.Table], runs_root: Path) -> None:
+        """A job's batches, held back as sorted runs (bss.store.sorted_runs) and written in
+        key order once `batches` is exhausted, a key range per write transaction: each
+        page of the tree is written about once per job, where writing batch by batch in
+        file order rewrote pages all over the tree for every batch."""
+        runs = SortedRuns(runs_root)
+        try:
+            for batch in batches:
+                runs.add(link_rows(batch))
+            for part in runs.merged(_MERGE_ROWS):
+                # A key in several runs: the highest seq wins (seqs of a job are distinct).
+                rows = _highest_seq_per_key(pl.from_arrow(part), ["key", "seq"])  # type: ignore[arg-type]
+                self._write(rows["key"].to_pylist(), rows["value"].to_pylist())
+        finally:
+            runs.close()
+
+    def _write(self, keys: list[bytes], values: list[bytes]) -> None:
+        """Rows sorted by key, each key once, under the seq rule, in one transaction."""
         with self._env.begin(write=True, db=self._db) as txn:
             cursor = txn.cursor()
-            stored = cursor.getmulti(keys)
+            # Keys all beyond the stored ones meet none: MDB_APPEND, no search, full pages.
+            append = not cursor.last() or cursor.key() < keys[0]
+            stored = [] if append else cursor.getmulti(keys)
             rows = zip(keys, values, strict=True)
             if stored:  # the seq rule: a stored row with a seq as high stays
                 new = dict(zip(keys, values, strict=True))
                 kept = {key for key, old in stored if _unpack(old)[0] >= _unpack(new[key])[0]}
                 rows = ((key, value) for key, value in rows if key not in kept)  # type: ignore[assignment]
-            cursor.putmulti(rows)
+            cursor.putmulti(rows, append=append)
 
     def top_links(
         self, users: Sequence[tuple[int, str]], scopes: Sequence[int], now: int, limit: int

@@ -454,6 +454,10 @@ class RedisStore:
 
         self._on_every_master(sorted(calls), call, wait=True)
 
+    def apply_links_many(self, batches: Iterable[pa.Table]) -> None:
+        for batch in batches:
+            self.apply_links(batch)
+
     def top_links(
         self, users: Sequence[tuple[int, str]], scopes: Sequence[int], now: int, limit: int
     ) -> list[list[Link]]:
