@@ -122,16 +122,23 @@ def bid_request(uid: str, ifa: str, eid: str) -> dict[str, Any]:
     }
 
 
-def prepare(data_dir: Path, lines: int, linked: int) -> list[dict[str, Any]]:
+def prepare(data_dir: Path, lines: int, linked: int, sampled: int) -> list[dict[str, Any]]:
     """The store filled (bench_lookup), segments and members in the database, `linked` users
-    each given an IFA and an EID linked to their uid with memberships: their requests."""
+    each given an IFA and an EID linked to their uid with memberships (written in chunks, so
+    that millions fit in memory): the requests of the first `sampled` of them."""
     uids, _pairs = bench_lookup.fill(data_dir, lines)
     db = make_engine(f"sqlite:///{data_dir / 'bss.db'}")
     init_db(db)
     marker = data_dir / "bench-openrtb.json"
     rng = np.random.default_rng(11)
     chosen = uids[rng.choice(len(uids), linked, replace=False)].astype(str).tolist()
-    groups = [(u, f"{i:08x}-0000-4000-8000-{i:012x}", f"XY{i:09d}") for i, u in enumerate(chosen)]
+
+    def groups(start: int, stop: int) -> list[tuple[str, str, str]]:
+        return [
+            (chosen[i], f"{i:08x}-0000-4000-8000-{i:012x}", f"XY{i:09d}")
+            for i in range(start, min(stop, linked))
+        ]
+
     if not marker.exists():
         create_member(db, {"id": M, "name": "bench"})
         create_member(db, {"id": OTHER, "name": "other"})
@@ -140,38 +147,50 @@ def prepare(data_dir: Path, lines: int, linked: int) -> list[dict[str, Any]]:
                 ids = range(start, min(start + 1000, first + SEGMENTS // 2))
                 create_segments(db, owner, [{"id": i, "code": f"s{i}"} for i in ids])
         store = LmdbStore(data_dir / "memberships.lmdb")
-        pairs = [((1, u), (2, f"idfa:{ifa}"), (5, f"liveramp.com:{eid}")) for u, ifa, eid in groups]
-        links = [(a, b, False) for a, dev, eid in pairs for b in (dev, eid)]
-        store.apply_links(
-            link_batch(M, links, asserted_at=NOW - 60, ttl_days=180, first_seq=LINK_SEQ)
-        )
-        import pyarrow as pa
-
-        from bss.store import APPLY_SCHEMA
-
-        rows = [
-            {
-                "user_kind": kind,
-                "user_key": key,
-                "segment_id": int(seg),
-                "value": None,
-                "timestamp": NOW - 60,
-                "expires_at": NOW + 86400,
-                "removed": False,
-                "seq": LINK_SEQ + len(links) + i,
-            }
-            for i, ((kind, key), seg) in enumerate(
-                (user, seg)
-                for group in pairs
-                for user in group[1:]
-                for seg in rng.integers(1, SEGMENTS + 1, 2)
-            )
-        ]
-        store.apply(pa.Table.from_pylist(rows, schema=APPLY_SCHEMA))
+        for start in range(0, linked, _CHUNK):
+            _link_chunk(store, groups(start, start + _CHUNK), 6 * start, rng)
         store.close()
         marker.write_text(json.dumps({"linked": linked}))
     db.dispose()
-    return [bid_request(u, ifa.upper(), eid) for u, ifa, eid in groups]
+    return [bid_request(u, ifa.upper(), eid) for u, ifa, eid in groups(0, sampled)]
+
+
+#: Linked users written per store call.
+_CHUNK = 200_000
+
+
+def _link_chunk(
+    store: LmdbStore, groups: list[tuple[str, str, str]], seq: int, rng: np.random.Generator
+) -> None:
+    """Link each group's IFA and EID to its uid; give each two segments of its own."""
+    import pyarrow as pa
+
+    from bss.store import APPLY_SCHEMA
+
+    pairs = [((1, u), (2, f"idfa:{ifa}"), (5, f"liveramp.com:{eid}")) for u, ifa, eid in groups]
+    links = [(a, b, False) for a, dev, eid in pairs for b in (dev, eid)]
+    store.apply_links(
+        link_batch(M, links, asserted_at=NOW - 60, ttl_days=180, first_seq=LINK_SEQ + seq)
+    )
+    rows = [
+        {
+            "user_kind": kind,
+            "user_key": key,
+            "segment_id": int(segment),
+            "value": None,
+            "timestamp": NOW - 60,
+            "expires_at": NOW + 86400,
+            "removed": False,
+            "seq": LINK_SEQ + seq + len(links) + i,
+        }
+        for i, ((kind, key), segment) in enumerate(
+            (user, segment)
+            for group in pairs
+            for user in group[1:]
+            for segment in rng.integers(1, SEGMENTS + 1, 2)
+        )
+    ]
+    store.apply(pa.Table.from_pylist(rows, schema=APPLY_SCHEMA))
 
 
 def _timer_cost() -> float:
@@ -321,6 +340,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=200_000)
     parser.add_argument("--linked", type=int, default=5_000, help="users with related IDs")
+    parser.add_argument(
+        "--sampled", type=int, default=5_000, help="linked users whose requests are measured"
+    )
     parser.add_argument("--rounds", type=int, default=4, help="in-process passes over them")
     parser.add_argument("--seconds", type=float, default=6.0, help="HTTP seconds per case")
     parser.add_argument("--clients", type=int, default=32)
@@ -330,7 +352,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir or Path(tmp) / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
-        requests = prepare(data_dir, args.lines, args.linked)
+        requests = prepare(data_dir, args.lines, args.linked, min(args.sampled, args.linked))
         size = sum(len(json.dumps(r)) for r in requests) / len(requests)
         targets = report_in_process(in_process(data_dir, requests, args.rounds), size)
         if not args.no_http:
