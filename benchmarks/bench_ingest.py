@@ -302,6 +302,8 @@ def run_replace_job(path: Path, replace: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         copy = Path(tmp) / "m.lmdb"
         shutil.copytree(base, copy)
+        # The copy's pages written back now, not behind the timed job's own syncs.
+        os.sync()
         url = f"sqlite:///{Path(tmp) / 'bss.db'}"
         db = make_engine(url)
         init_db(db)
