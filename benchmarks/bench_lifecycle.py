@@ -21,7 +21,6 @@ With --store-dir the built store is kept and reused by runs with the same --pair
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import statistics
 import tempfile
@@ -40,7 +39,7 @@ from bss.formats.records import UserKind
 from bss.ingest.engine import ingest_file
 from bss.ingest.registry import SegmentRegistry
 from bss.lifecycle.models import optout_requests, optout_suppressions
-from bss.lifecycle.optout import SuppressionList, opt_out
+from bss.lifecycle.optout import MemberSuppression, SuppressionList, opt_out
 from bss.segments.models import segments
 from bss.settings import Settings
 from bss.store import APPLY_SCHEMA, JOB_SEQ_SPAN, MembershipStore
@@ -124,7 +123,9 @@ def bench_optout(store_path: Path, n_users: int, tmp: Path) -> None:
     db, settings = _database(tmp / "optout.db")
     store = LmdbStore(store_path)
     stores = _Stores(store)
-    rng = np.random.default_rng(3)
+    # Users of this run only: a kept store (--store-dir) has lost the memberships of the
+    # users an earlier run opted out.
+    rng = np.random.default_rng()
     picked = rng.choice(n_users, 5 * 1000, replace=False) + 1
     now = int(time.time())
     try:
@@ -199,7 +200,7 @@ def _ingest(path: Path, tmp: Path, suppression: SuppressionList) -> tuple[float,
             store=store,
             now=int(time.time()),
             max_decompressed_bytes=10 * 536_870_912,
-            suppress=functools.partial(suppression.write_mask, MEMBER_ID),
+            suppress=MemberSuppression(suppression, MEMBER_ID),
         )
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         store.close()

@@ -257,6 +257,9 @@ def test_write_mask_follows_the_intervals(tmp_path: Path, tagged: bool) -> None:
     assert not suppression.write_mask(N, np.zeros(1, np.uint8), ["9"], np.array([15]))[0]
     plat = suppression.write_mask(N, np.zeros(2, np.uint8), ["8", "8"], np.array([49, 51]))
     assert plat.tolist() == [False, True]
+    # The sieve before the check: a superset of the IDs that may be suppressed.
+    sifted = suppression.candidates(M, np.zeros(3, np.uint8), ["9", "8", "7"]).tolist()
+    assert sifted == ([True, True, False] if tagged else [True, True, True])
     assert is_opted_out(db, settings, M, 0, "9") and not is_opted_out(db, settings, N, 0, "9")
     assert is_opted_out(db, settings, None, 0, "8") and is_opted_out(db, settings, N, 0, "8")
     assert not is_opted_out(db, settings, None, 0, "9")

@@ -12,7 +12,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -86,8 +86,19 @@ class _SeenLines:
         return repeats
 
 
-#: (user kinds, user keys, seqs) of pairs -> where an opt-out suppresses the write.
-Suppress = Callable[[np.ndarray, list[str] | pa.Array, np.ndarray], np.ndarray]
+class Suppress(Protocol):
+    """Where opt-outs suppress a member's writes (bss.lifecycle.optout.MemberSuppression)."""
+
+    def __call__(
+        self, user_kind: np.ndarray, user_key: list[str] | pa.Array, seq: np.ndarray
+    ) -> np.ndarray:
+        """(user kinds, user keys, seqs) of writes -> where an opt-out suppresses one."""
+        ...
+
+    def candidates(self, user_kind: np.ndarray, user_key: pa.Array) -> np.ndarray:
+        """Which of these IDs an opt-out may stand for: a cheap superset, so that the
+        writes of the others need no check."""
+        ...
 
 
 class _Aborted(Exception):
@@ -383,7 +394,7 @@ class _Job:
         self.pairs_seen += len(pairs)
         pairs = self._resolve(pairs.join(good_lines, on="line_no", how="inner"))
         if self.suppress is not None and not pairs.is_empty():
-            pairs = self._mark_opted_out(pairs)
+            pairs = self._mark_opted_out(pairs, good_lines)
 
         valid = pairs.filter(pl.col("status") == VALID)
         self._apply(valid)
@@ -393,17 +404,25 @@ class _Job:
         self._report(lines, format_bad, user_bad, pairs, chunk.render_raw)
         return stop
 
-    def _mark_opted_out(self, pairs: pl.DataFrame) -> pl.DataFrame:
-        """Valid pairs an opt-out suppresses at their seq become OPTED_OUT."""
+    def _mark_opted_out(self, pairs: pl.DataFrame, lines: pl.DataFrame) -> pl.DataFrame:
+        """Valid pairs an opt-out suppresses at their seq become OPTED_OUT. The lines' IDs
+        are sifted first, as Arrow in numpy (a line's pairs share its ID): only the pairs of
+        the few lines left are checked, with a Python string each."""
         assert self.suppress is not None
-        seq = (pairs["_index"].cast(pl.Int64) + self.seq_base).to_numpy()
-        mask = (
-            # The keys as Arrow: a batch is checked in numpy, no Python string a pair.
-            self.suppress(pairs["user_kind"].to_numpy(), pairs["user_key"].to_arrow(), seq)
-            & (pairs["status"] == VALID).to_numpy()
+        flagged = self.suppress.candidates(
+            lines["user_kind"].to_numpy(), lines["user_key"].to_arrow()
         )
-        if not mask.any():
+        if not flagged.any():
             return pairs
+        rows = pairs["line_no"].is_in(lines["line_no"].filter(pl.Series(flagged))).arg_true()
+        checked = pairs[rows]
+        seq = (checked["_index"].cast(pl.Int64) + self.seq_base).to_numpy()
+        hit = self.suppress(checked["user_kind"].to_numpy(), checked["user_key"].to_list(), seq)
+        hit &= (checked["status"] == VALID).to_numpy()
+        if not hit.any():
+            return pairs
+        mask = np.zeros(len(pairs), dtype=bool)
+        mask[rows.to_numpy()[hit]] = True
         return pairs.with_columns(
             status=pl.when(pl.Series(mask)).then(pl.lit(OPTED_OUT)).otherwise(pl.col("status"))
         )

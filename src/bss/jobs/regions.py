@@ -25,7 +25,7 @@ from bss.jobs.models import jobs
 from bss.jobs.service import JobService
 from bss.jobs.worker import LeaseLost, Stopping, StoreHandle
 from bss.lifecycle.floors import set_floors
-from bss.lifecycle.optout import SuppressionList
+from bss.lifecycle.optout import MemberSuppression, SuppressionList
 from bss.lifecycle.replace import REPLACE, replay_floors
 from bss.queue import Fault, Heartbeat, Runner, classify
 from bss.store import regions
@@ -130,8 +130,8 @@ class RegionCatchUp:
         with beat:
             with files.local_copy(job["file_path"]) as path:
                 # The same list decides as locally: by seq, whenever the replay runs.
-                suppress = functools.partial(
-                    SuppressionList.of(self.db, self.settings).write_mask, job["member_id"]
+                suppress = MemberSuppression(
+                    SuppressionList.of(self.db, self.settings), job["member_id"]
                 )
                 kind: SegmentFile | LinkFile = (
                     LinkFile(replay_ttl_days(config_json))

@@ -32,7 +32,7 @@ from bss.ingest.files import FileRun, LinkFile, SegmentFile, run_file
 from bss.ingest.registry import SegmentRegistry
 from bss.ingest.result import IngestResult
 from bss.lifecycle.floors import set_floors
-from bss.lifecycle.optout import SuppressionList
+from bss.lifecycle.optout import MemberSuppression, SuppressionList
 from bss.lifecycle.replace import REPLACE, Refused, ReplaceState, apply_floors, counts_before
 from bss.metrics import COUNTERS
 from bss.queue import Fault, Heartbeat, classify
@@ -159,7 +159,7 @@ class JobRun:
             progress=functools.partial(self._progress, "validating"),
             write_progress=functools.partial(self._progress, "processing"),
             on_applied=loads.add,
-            suppress=functools.partial(suppression.write_mask, member_id),
+            suppress=MemberSuppression(suppression, member_id),
         )
         with beat, self.service.files.local_copy(self.row["file_path"]) as path:
             result = run_file(path, run, settings)

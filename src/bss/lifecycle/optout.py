@@ -211,6 +211,20 @@ class SuppressionList:
         scopes = self._current()
         return bool(scopes.get(PLATFORM) or scopes.get(member_id))
 
+    def candidates(
+        self, member_id: int, user_kind: np.ndarray, user_key: Sequence[str] | pa.Array
+    ) -> np.ndarray:
+        """Which of these IDs an opt-out in the member's scope (or platform-wide) may stand
+        for: those whose tag is kept (tags.py), all when the scopes hold rows without a tag,
+        none when they hold no row."""
+        self._current()
+        scopes = [PLATFORM] if member_id == PLATFORM else [PLATFORM, member_id]
+        if not any(self._digests.get(scope) for scope in scopes):
+            return np.zeros(len(user_kind), dtype=bool)
+        if self._untagged.intersection(scopes):
+            return np.ones(len(user_kind), dtype=bool)
+        return self._tags.bitmap[id_tags(self._tag_keys, user_kind, user_key)]
+
     def write_mask(
         self,
         member_id: int,
@@ -250,6 +264,23 @@ class SuppressionList:
                 s = int(seq[i])
                 out[i] = any(iv.optout_seq < s < iv.withdrawn_seq for iv in found)
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSuppression:
+    """The suppression list as one member's writes are checked against it (a job's
+    `suppress`: bss.ingest.engine.Suppress)."""
+
+    suppression: SuppressionList
+    member_id: int
+
+    def __call__(
+        self, user_kind: np.ndarray, user_key: Sequence[str] | pa.Array, seq: np.ndarray
+    ) -> np.ndarray:
+        return self.suppression.write_mask(self.member_id, user_kind, user_key, seq)
+
+    def candidates(self, user_kind: np.ndarray, user_key: Sequence[str] | pa.Array) -> np.ndarray:
+        return self.suppression.candidates(self.member_id, user_kind, user_key)
 
 
 def is_opted_out(
