@@ -363,7 +363,7 @@ def test_the_store_reports_its_writing_after_the_file_is_read(
     """The embedded store writes a job once its file is read; `write_progress` hears how far
     (the worker shows it as the `processing` phase's percent_complete). Stopping there (a
     lost lease) keeps what was written and raises."""
-    monkeypatch.setattr("bss.store.keyvalue._MERGE_ROWS", 5_000)
+    monkeypatch.setattr("bss.store.keyvalue.MERGE_ROWS", 5_000)
     path = tmp_path / "job.txt"
     path.write_text("".join(f"{i},1:0\n" for i in range(1, 20_001)))
     read: list[float] = []

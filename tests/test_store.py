@@ -222,7 +222,7 @@ def test_a_segment_deleted_while_a_job_writes_loses_every_entry_of_the_job(
 ) -> None:
     """LMDB writes a job's entries, then their segment index keys: a deletion between the two
     still takes every entry the job wrote to the segment, as a deletion before or after."""
-    monkeypatch.setattr("bss.store.keyvalue._MERGE_ROWS", 50)
+    monkeypatch.setattr("bss.store.keyvalue.MERGE_ROWS", 50)
     s = LmdbStore(tmp_path / "m.lmdb")
     users = [str(i) for i in range(1, 201)]
     batches = [
@@ -252,7 +252,7 @@ def test_a_segment_deleted_while_a_job_writes_loses_every_entry_of_the_job(
 def test_a_job_repeating_pairs_across_batches_reports_its_writing_up_to_the_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("bss.store.keyvalue._MERGE_ROWS", 40)
+    monkeypatch.setattr("bss.store.keyvalue.MERGE_ROWS", 40)
     s = LmdbStore(tmp_path / "m.lmdb")
     users = [str(i) for i in range(1, 101)]
     # The same 100 pairs in both batches, the second with higher seqs.

@@ -240,7 +240,7 @@ def test_engine_matches_model(
 ) -> None:
     # The embedded store merges a job's runs in ranges of this many rows: tiny here, so that
     # a few rows make several ranges and keys repeated across runs meet at range edges.
-    monkeypatch.setattr("bss.store.keyvalue._MERGE_ROWS", 3)
+    monkeypatch.setattr("bss.store.keyvalue.MERGE_ROWS", 3)
     model = Model()
     now = NOW
     users = USERS

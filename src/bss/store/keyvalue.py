@@ -60,7 +60,7 @@ from bss.store.lmdb_parts import (
     keyed_batch,
     sum_by,
 )
-from bss.store.sorted_runs import SortedRuns, remove_abandoned
+from bss.store.sorted_runs import MERGE_ROWS, SortedRuns, remove_abandoned
 
 _ENTRY_STRUCT = struct.Struct("<qqqqB")
 _unpack_entry = _ENTRY_STRUCT.unpack
@@ -76,9 +76,6 @@ _DROPPED = b"dropped_by_deletions"
 _FOLD_LAG_SECONDS = 60
 #: Keys read and written per transaction when walking a segment or the whole store.
 _WALK_CHUNK = 20_000
-#: Rows per write transaction when a job's sorted runs are merged: a key range narrow enough
-#: that its transaction dirties few pages, wide enough that commits stay few.
-_MERGE_ROWS = 1 << 18
 #: Readers across the threads and processes sharing the environment.
 MAX_READERS = 2048
 
@@ -222,7 +219,7 @@ class LmdbStore:
         def entry_parts() -> Iterator[EntryPart]:
             # Each key range, once sorted, gives its index run too: sorting by segment
             # (stable) puts member-key-ordered rows in index key order.
-            for table in runs.merged(_MERGE_ROWS):
+            for table in runs.merged(MERGE_ROWS):
                 part = EntryPart.merged(table)
                 index_runs.add(index_run(part.table))
                 yield part
@@ -234,7 +231,7 @@ class LmdbStore:
             _write_ranges(entry_parts(), self._apply_sorted, progress, 0.0, 0.5, runs.rows)
             runs.close()
             _write_ranges(
-                map(IndexPart, index_runs.merged(_MERGE_ROWS)),
+                map(IndexPart, index_runs.merged(MERGE_ROWS)),
                 self._apply_index,
                 progress,
                 0.5,

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bss.store.base import LINK_SCHEMA, Link, Membership
-from bss.store.sorted_runs import SortedRuns
+from bss.store.sorted_runs import MERGE_ROWS, SortedRuns
 
 _LINK = struct.Struct("<qqqB")
 _SCOPE = struct.Struct(">q")
@@ -31,8 +31,6 @@ _seq_of = operator.itemgetter(3)  # Link.seq
 _new_link = tuple.__new__
 #: Scopes whose emptiness is remembered (beyond it the memory starts again).
 _SCOPES_REMEMBERED = 1024
-#: Rows per write transaction when a job's sorted runs are merged (as for memberships).
-_MERGE_ROWS = 1 << 18
 #: Keys walked per read transaction when purging.
 _WALK_CHUNK = 20_000
 
@@ -196,7 +194,7 @@ class LmdbLinks:
         try:
             for batch in batches:
                 runs.add(link_rows(batch))
-            for part in runs.merged(_MERGE_ROWS):
+            for part in runs.merged(MERGE_ROWS):
                 # A key in several runs: the highest seq wins (seqs of a job are distinct).
                 rows = _highest_seq_per_key(pl.from_arrow(part), ["key", "seq"])  # type: ignore[arg-type]
                 self._write(rows["key"].to_pylist(), rows["value"].to_pylist())

@@ -21,6 +21,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+#: Rows per write transaction when a job's sorted runs are merged and written (memberships,
+#: links): a key range narrow enough that its transaction dirties few pages, wide enough
+#: that commits stay few.
+MERGE_ROWS = 1 << 18
+
 
 class SortedRuns:
     """Tables sorted by a unique binary `key` column, merged back in key order.
