@@ -9,8 +9,10 @@ users, their devices and CRM ids, a few hubs with more links than BSS_LINKS_PER_
 segment ingest in pairs/s and link ingest in links/s (same run), then expanded lookups of
 IDs with 2-5 related IDs (rate, rate per CPU second, p50, p99) and plain lookups on the store
 with links against the same lookups on the store without (the ratio). One core: the lookups
-run on one thread, the three kinds taking turns so that all see the same load. Figures
-depend on the machine and its load: compare ratios from one run.
+run on one thread, the three kinds taking turns so that all see the same load. The store
+files are read into the page cache first, as a serving process's traffic keeps them
+(`--cold` skips that); the page faults that went to disk while measuring are printed.
+Figures depend on the machine and its load: compare ratios from one run.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import harness
 
 MEMBER_ID = 1
 SEGMENTS = 20
@@ -133,6 +137,12 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=100_000, help="users in the segment file")
     parser.add_argument("--links", type=int, default=100_000, help="links in the link file")
     parser.add_argument("--lookups", type=int, default=20_000, help="lookups per measurement")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="measure the stores as the build left them, without reading them into the page "
+        "cache first",
+    )
     args = parser.parse_args()
 
     from bss.identity.graph import Caps, expanded_segments
@@ -154,8 +164,12 @@ def main() -> None:
         users = [(int(k), key) for k, key in users]
         caps = Caps()
         now = int(time.time())
+        if not args.cold:
+            for name in ("linked.lmdb", "plain.lmdb"):
+                harness.warm_page_cache(tmp / name / "data.mdb")
         with_links, without = LmdbStore(tmp / "linked.lmdb"), LmdbStore(tmp / "plain.lmdb")
         try:
+            faults = harness.major_faults()
             got = timed(
                 {
                     "expanded": lambda u: expanded_segments(with_links, [u], MEMBER_ID, now, caps),
@@ -164,13 +178,15 @@ def main() -> None:
                 },
                 users,
             )
+            faults = harness.major_faults() - faults
             rate, cpu_rate, p50, p99 = got["expanded"]
             print(f"expanded lookups: {rate:,.0f}/s ({cpu_rate:,.0f} per CPU second), "
                   f"p50 {p50:.3f} ms, p99 {p99:.3f} ms")  # fmt: skip
             same, base = got["plain"][0], got["plain, no links"][0]
             print(f"plain lookups: {same:,.0f}/s with links, {base:,.0f}/s without "
                   f"(ratio {same / base:.2f})")  # fmt: skip
-            print(f"load average {os.getloadavg()[0]:.1f}")
+            print(f"load average {os.getloadavg()[0]:.1f}; page faults read from disk while "
+                  f"measuring: {faults:,}")  # fmt: skip
         finally:
             with_links.close()
             without.close()

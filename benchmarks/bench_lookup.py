@@ -81,18 +81,6 @@ def fill(data_dir: Path, lines: int) -> tuple[np.ndarray, int]:
     return bench_store.lookup_uids(lines), pairs
 
 
-def warm(data_dir: Path) -> None:
-    """Read the store file once, so lookups find its pages in the page cache as a running
-    service's would (on a shared machine other work evicts them between runs)."""
-    started = time.perf_counter()
-    path = data_dir / "memberships.lmdb" / "data.mdb"
-    with path.open("rb", buffering=0) as fh:
-        while fh.read(64 << 20):
-            pass
-    took = time.perf_counter() - started
-    print(f"page cache warmed: {path.stat().st_size / 1e9:.1f} GB read in {took:.0f} s")
-
-
 def in_process(data_dir: Path, uids: np.ndarray, lookups: int, batches: int) -> dict:
     store = LmdbStore(data_dir / "memberships.lmdb")
     rng = np.random.default_rng(5)
@@ -146,7 +134,7 @@ def main() -> None:
         uids, pairs = fill(data_dir, args.lines)
         if args.fill_only:
             return
-        warm(data_dir)
+        harness.warm_page_cache(data_dir / "memberships.lmdb" / "data.mdb")
         local = in_process(data_dir, uids, args.lookups, args.batches)
         print(f"load average {os.getloadavg()[0]:.1f}")
         print("in process:", {k: round(float(v), 3) for k, v in local.items()})

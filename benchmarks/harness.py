@@ -7,6 +7,7 @@ name from the script's own folder.
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -17,6 +18,24 @@ from pathlib import Path
 import httpx
 
 ADMIN, PASSWORD = "bench-admin", "bench-password-1"
+
+
+def warm_page_cache(path: Path) -> None:
+    """Read a store file once, so that lookups find its pages in the page cache as a
+    running service's traffic keeps them. On a shared machine other work evicts them, and
+    some machines page out what no one touched for a minute (a proactive reclaim such as
+    DAMON's): a store built and then left idle is read back from disk."""
+    started = time.perf_counter()
+    with path.open("rb", buffering=0) as fh:
+        while fh.read(64 << 20):
+            pass
+    took = time.perf_counter() - started
+    print(f"page cache warmed: {path.stat().st_size / 1e9:.1f} GB read in {took:.0f} s")
+
+
+def major_faults() -> int:
+    """This process's page faults that needed a disk read, so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_majflt
 
 
 def free_port() -> int:
