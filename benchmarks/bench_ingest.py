@@ -27,9 +27,10 @@ segment replaced by 9M users is `--lines 10000000`).
 
     python benchmarks/bench_ingest.py --replace --lines 1000000
 
-The replace side does what a replace job does at its end: in one walk of the segment and
-one store write transaction, drops the entries below the floor counting them, and before
-committing writes the floor to a database (SQLite, bss.lifecycle.floors). Three rounds,
+The replace side does what a replace job does: the store keeps the keys it writes
+(`written_keys`), then in one walk of the segment and one store write transaction it drops
+the entries below the floor counting them (reading only the entries the job did not
+write), and before committing writes the floor to a database (SQLite, bss.lifecycle.floors). Three rounds,
 alternating; each line gives wall and CPU seconds of both sides, then the median ratios.
 """
 
@@ -271,7 +272,7 @@ def _replace_paths(path: Path) -> tuple[Path, Path]:
     return path.parent / f"{path.name}.store", path.parent / f"{path.name}.new"
 
 
-def _ingest_one_segment(path: Path, store: Any, seq_base: int) -> Any:
+def _ingest_one_segment(path: Path, store: Any, seq_base: int, written: Any = None) -> Any:
     from bss.formats.config import BatchSegmentConfig
     from bss.ingest.engine import ingest_file
     from bss.ingest.registry import SegmentRegistry
@@ -285,6 +286,7 @@ def _ingest_one_segment(path: Path, store: Any, seq_base: int) -> Any:
         store=store,
         now=int(time.time()),
         max_decompressed_bytes=10 * 536_870_912,
+        written=written,
     )
 
 
@@ -310,10 +312,11 @@ def run_replace_job(path: Path, replace: bool) -> dict[str, float]:
         store = LmdbStore(copy)
         store.floors = SegmentFloors.for_url(url).reader(None)
         before = store.segment_member_counts(int(time.time()))
+        written = store.written_keys() if replace else None
         started, cpu = time.perf_counter(), time.process_time()
-        result = _ingest_one_segment(new_file, store, 2 * JOB_SEQ_SPAN)
+        result = _ingest_one_segment(new_file, store, 2 * JOB_SEQ_SPAN, written)
         removed = 0
-        if replace:
+        if written is not None:
             state = ReplaceState(before=before)
             apply_floors(
                 store,
@@ -325,7 +328,9 @@ def run_replace_job(path: Path, replace: bool) -> dict[str, float]:
                 now=int(time.time()),
                 keep_state=lambda _state: None,
                 publish=functools.partial(set_floors, db, seq=2 * JOB_SEQ_SPAN, region=None),
+                written=written,
             )
+            written.close()
             removed = sum((state.removed or {}).values())
         elapsed, used = time.perf_counter() - started, time.process_time() - cpu
         members = store.segment_member_counts(int(time.time())).get(1, 0)

@@ -605,3 +605,82 @@ def test_floors_and_seqs_follow_the_reference(stores: Stores, ops: list[tuple]) 
             assert sorted(k for _, k, _ in store.segment_members(seg, now)) == want_members
     finally:
         store.close()
+
+
+_MANY_USERS = [f"u{i:02d}" for i in range(12)]
+_old_or_later = st.tuples(
+    st.sampled_from(_MANY_USERS), st.sampled_from(_SEGS), st.integers(1, 299), st.booleans()
+)
+_JOB_BASE = 100
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    old=st.lists(_old_or_later, max_size=30),
+    job=st.lists(st.tuples(st.sampled_from(_MANY_USERS), st.sampled_from(_SEGS)), max_size=30),
+    later=st.lists(_old_or_later, max_size=12),
+)
+def test_the_walk_that_skips_the_jobs_own_keys_drops_what_the_full_walk_drops(
+    tmp_path_factory: Any,
+    monkeypatch: Any,
+    old: list[tuple[str, int, int, bool]],
+    job: list[tuple[str, int]],
+    later: list[tuple[str, int, int, bool]],
+) -> None:
+    """The embedded store's replace walk reads only the entries its job did not write (the
+    keys the store kept as it wrote them). Against a reference of the seq rule, with writes
+    before the job, the job's (seqs from its base), and writes after it above and below the
+    base, in key ranges and walk chunks of a few keys: both walks count and drop exactly
+    the entries below the floor, and leave the same members."""
+    monkeypatch.setattr("bss.store.keyvalue.MERGE_ROWS", 3)
+    monkeypatch.setattr("bss.store.keyvalue._WALK_CHUNK", 4)
+    now = now_s()
+    entries: dict[tuple[str, int], tuple[int, bool]] = {}
+
+    def note(rows: list[tuple[str, int, int, bool]]) -> None:
+        for user, seg, seq, removed in rows:
+            stored = entries.get((user, seg))
+            if stored is None or seq > stored[0]:
+                entries[(user, seg)] = (seq, removed)
+
+    job_rows = [(u, s, _JOB_BASE + i, False) for i, (u, s) in enumerate(job)]
+    note(old)
+    note(job_rows)
+    note(later)
+    replaced = sorted({s for _, s in job})
+    want_removed = {
+        seg: sum(1 for (_, s), (q, r) in entries.items() if s == seg and q < _JOB_BASE and not r)
+        for seg in replaced
+    }
+    for skip in (True, False):
+        store = LmdbStore(tmp_path_factory.mktemp("store") / "m.lmdb")
+        try:
+            for user, seg, seq, removed in old:
+                store.apply(_batch([(user, seg, seq)], now, removed))
+            with store.written_keys() as written:
+                batches = [_batch([(u, s, q)], now) for u, s, q, _ in job_rows]
+                store.apply_many(batches, written=written)
+                for user, seg, seq, removed in later:
+                    store.apply(_batch([(user, seg, seq)], now, removed))
+                seen: list[dict[int, int]] = []
+                store.drop_below(
+                    replaced,
+                    _JOB_BASE,
+                    now,
+                    lambda counts, seen=seen: seen.append(counts) or True,
+                    written if skip else None,
+                )
+            assert seen == [want_removed]
+            for seg in _SEGS:
+                floor = _JOB_BASE if seg in replaced else 0
+                want = sorted(
+                    u for (u, s), (q, r) in entries.items() if s == seg and not r and q >= floor
+                )
+                assert sorted(k for _, k, _ in store.segment_members(seg, now)) == want
+                assert store.segment_member_counts(now).get(seg, 0) == len(want)
+        finally:
+            store.close()

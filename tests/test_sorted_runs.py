@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bss.store.lmdb_parts import sorted_unique, stable_segment_order
-from bss.store.sorted_runs import SortedRuns, remove_abandoned
+from bss.store.sorted_runs import KeysOutside, SortedRuns, WrittenKeys, remove_abandoned
 
 
 def run_table(keys: list[bytes], tag: int) -> pa.Table:
@@ -123,3 +123,42 @@ def test_sorted_unique_keeps_each_key_once_with_its_highest_seq(
     order, sorted_keys = sorted_unique(keys, seq)
     assert sorted_keys.to_pylist() == sorted(best)
     assert order.tolist() == [best[k] for k in sorted(best)]
+
+
+@given(
+    keys=st.lists(
+        st.tuples(
+            st.integers(1, 4), st.binary(min_size=0, max_size=3), st.booleans(), st.booleans()
+        ),
+        max_size=60,
+        unique_by=lambda t: (t[0], t[1]),
+    ),
+    batch=st.integers(1, 7),
+    chunk=st.integers(1, 9),
+)
+@settings(max_examples=150, deadline=None)
+def test_keys_outside_what_a_job_wrote_are_exactly_the_others(
+    tmp_path_factory: pytest.TempPathFactory,
+    keys: list[tuple[int, bytes, bool, bool]],
+    batch: int,
+    chunk: int,
+) -> None:
+    """A job's written keys, kept by segment in batches of any size, sieve sorted chunks of
+    any size of a segment's keys: what comes through is exactly the keys it did not write,
+    also where some written keys are gone by then (a later deletion)."""
+    rows = sorted((seg.to_bytes(8, "big") + key, seg, kept, gone) for seg, key, kept, gone in keys)
+    written = [(key, seg) for key, seg, kept, _ in rows if kept]
+    with WrittenKeys(tmp_path_factory.mktemp("written")) as keeper:
+        for start in range(0, len(written), batch):
+            part = written[start : start + batch]
+            keeper.add(np.array([s for _, s in part]), pa.array([k for k, _ in part], pa.binary()))
+        for seg in range(1, 5):
+            sieve = KeysOutside(keeper.of(seg))
+            of_seg = [key for key, s, _, gone in rows if s == seg and not gone]
+            through = []
+            for start in range(0, len(of_seg), chunk):
+                through += sieve(of_seg[start : start + chunk])
+            assert through == [
+                key for key, s, kept, gone in rows if s == seg and not kept and not gone
+            ]
+    assert not list(tmp_path_factory.getbasetemp().glob("written*/*/*"))

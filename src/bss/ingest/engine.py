@@ -25,6 +25,7 @@ from bss.ingest.registry import SegmentRegistry
 from bss.ingest.report import ErrorReport
 from bss.ingest.result import IngestResult
 from bss.store.base import APPLY_SCHEMA, MembershipStore
+from bss.store.sorted_runs import WrittenKeys
 
 MAX_LIFETIME_SECONDS = 180 * 24 * 3600
 
@@ -114,10 +115,14 @@ class _StoreWriter:
     _ABORT = object()
 
     def __init__(
-        self, store: MembershipStore, progress: Callable[[float], None] | None = None
+        self,
+        store: MembershipStore,
+        progress: Callable[[float], None] | None = None,
+        written: WrittenKeys | None = None,
     ) -> None:
         self._store = store
         self._progress = progress
+        self._written = written
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None
         self._ended = False
@@ -133,7 +138,7 @@ class _StoreWriter:
 
     def _run(self) -> None:
         try:
-            self._store.apply_many(self._batches(), self._progress)
+            self._store.apply_many(self._batches(), self._progress, self._written)
         except _Aborted:
             pass
         except BaseException as exc:  # re-raised on the engine's thread
@@ -311,11 +316,12 @@ class _Job:
         on_applied: Callable[[pl.DataFrame], None] | None = None,
         write_progress: Callable[[float], None] | None = None,
         suppress: Suppress | None = None,
+        written: WrittenKeys | None = None,
     ) -> None:
         self.member_id = member_id
         self.suppress = suppress
         self.config = config
-        self.writer = _StoreWriter(store, write_progress)
+        self.writer = _StoreWriter(store, write_progress, written)
         self.now = now
         self.report = report
         self.result = IngestResult()
@@ -538,6 +544,7 @@ def ingest_file(
     write_progress: Callable[[float], None] | None = None,
     on_applied: Callable[[pl.DataFrame], None] | None = None,
     suppress: Suppress | None = None,
+    written: WrittenKeys | None = None,
 ) -> IngestResult:
     """Validate and apply one uploaded file; never raises for bad input.
 
@@ -551,6 +558,9 @@ def ingest_file(
 
     `suppress` (bss.lifecycle.optout) tells which valid pairs an opt-out suppresses at
     their seq: they are not applied, counted in `num_opted_out` and reported.
+
+    `written` (a replace job's, from the store's `written_keys`) keeps the keys the store
+    writes, for its `drop_below`.
 
     A file that cannot be read (corrupt, refused compression, too large once decompressed)
     or that passes num_invalid_before_error ends with `error_code` set; what was applied
@@ -568,6 +578,7 @@ def ingest_file(
             on_applied=on_applied,
             write_progress=write_progress,
             suppress=suppress,
+            written=written,
         )
         try:
             with open_input(path, max_decompressed_bytes) as source:

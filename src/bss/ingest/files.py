@@ -19,6 +19,7 @@ from bss.ingest.registry import SegmentRegistry
 from bss.ingest.result import IngestResult
 from bss.settings import Settings
 from bss.store.base import MembershipStore
+from bss.store.sorted_runs import WrittenKeys
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class FileRun:
     write_progress: Callable[[float], None] | None = None
     on_applied: Callable[[pl.DataFrame], None] | None = None
     suppress: Suppress | None = None
+    #: Segment files of a replace job only: keeps the keys the store writes (`ingest_file`).
+    written: WrittenKeys | None = None
 
 
 def run_file(path: Path, run: FileRun, settings: Settings) -> IngestResult:
@@ -88,4 +91,5 @@ def run_file(path: Path, run: FileRun, settings: Settings) -> IngestResult:
         write_progress=run.write_progress,
         on_applied=run.on_applied,
         suppress=run.suppress,
+        written=run.written,
     )

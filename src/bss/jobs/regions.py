@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from contextlib import nullcontext
 from typing import Any
 
 from bss.formats.config import BatchSegmentConfig
@@ -26,7 +27,7 @@ from bss.jobs.service import JobService
 from bss.jobs.worker import LeaseLost, Stopping, StoreHandle
 from bss.lifecycle.floors import set_floors
 from bss.lifecycle.optout import MemberSuppression, SuppressionList
-from bss.lifecycle.replace import REPLACE, replay_floors
+from bss.lifecycle.replace import REPLACE, replay_floors, written_keys
 from bss.queue import Fault, Heartbeat, Runner, classify
 from bss.store import regions
 
@@ -127,7 +128,8 @@ class RegionCatchUp:
             if self.stop.is_set():
                 raise Stopping(job["job_id"])
 
-        with beat:
+        replacing = job["mode"] == REPLACE
+        with beat, written_keys(store) if replacing else nullcontext() as written:
             with files.local_copy(job["file_path"]) as path:
                 # The same list decides as locally: by seq, whenever the replay runs.
                 suppress = MemberSuppression(
@@ -150,9 +152,10 @@ class RegionCatchUp:
                     progress=progress,
                     write_progress=progress,
                     suppress=suppress,
+                    written=written,
                 )
                 result = run_file(path, run, self.settings)
-            if job["mode"] == REPLACE and job["phase"] == "completed":
+            if replacing and job["phase"] == "completed":
                 # The region gets the floors with the job: after its pairs, as locally.
                 replay_floors(
                     store,
@@ -161,6 +164,7 @@ class RegionCatchUp:
                     functools.partial(
                         set_floors, self.db, seq=job["seq_base"], region=row["region"]
                     ),
+                    written,
                 )
         applied = (result.pairs_added, result.pairs_removed)
         if applied != (job["pairs_added"], job["pairs_removed"]):

@@ -18,6 +18,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,12 +34,20 @@ from bss.ingest.registry import SegmentRegistry
 from bss.ingest.result import IngestResult
 from bss.lifecycle.floors import set_floors
 from bss.lifecycle.optout import MemberSuppression, SuppressionList
-from bss.lifecycle.replace import REPLACE, Refused, ReplaceState, apply_floors, counts_before
+from bss.lifecycle.replace import (
+    REPLACE,
+    Refused,
+    ReplaceState,
+    apply_floors,
+    counts_before,
+    written_keys,
+)
 from bss.metrics import COUNTERS
 from bss.queue import Fault, Heartbeat, classify
 from bss.reports.service import SegmentLoads
 from bss.segments.service import get_config, registry_for
 from bss.store import JOB_SEQ_SPAN, MembershipStore, regions, seqs
+from bss.store.sorted_runs import WrittenKeys
 
 if TYPE_CHECKING:
     from bss.jobs.worker import Worker
@@ -149,24 +158,34 @@ class JobRun:
             if self.links
             else SegmentFile(inputs.config, inputs.registry)
         )
-        run = FileRun(
-            member_id,
-            seq_base,
-            store,
-            applied_as_of=self.asserted_at if self.links else now,
-            kind=kind,
-            error_report_path=report,
-            progress=functools.partial(self._progress, "validating"),
-            write_progress=functools.partial(self._progress, "processing"),
-            on_applied=loads.add,
-            suppress=MemberSuppression(suppression, member_id),
-        )
-        with beat, self.service.files.local_copy(self.row["file_path"]) as path:
+        with (
+            beat,
+            self.service.files.local_copy(self.row["file_path"]) as path,
+            written_keys(store) if inputs.replace is not None else nullcontext() as written,
+        ):
+            run = FileRun(
+                member_id,
+                seq_base,
+                store,
+                applied_as_of=self.asserted_at if self.links else now,
+                kind=kind,
+                error_report_path=report,
+                progress=functools.partial(self._progress, "validating"),
+                write_progress=functools.partial(self._progress, "processing"),
+                on_applied=loads.add,
+                suppress=MemberSuppression(suppression, member_id),
+                written=written,
+            )
             result = run_file(path, run, settings)
             if inputs.replace is not None and result.error_code is None:
                 # Under the lease (the heartbeat still runs): the walks take a while.
                 inputs.refused = self._set_floors(
-                    store, inputs.replace, inputs.config, result.added_by_segment, seq_base
+                    store,
+                    inputs.replace,
+                    inputs.config,
+                    result.added_by_segment,
+                    seq_base,
+                    written,
                 )
         inputs.report = report
         return result, inputs
@@ -195,6 +214,7 @@ class JobRun:
         config: BatchSegmentConfig,
         added: Mapping[int, int],
         seq_base: int,
+        written: WrittenKeys | None,
     ) -> Refused | None:
         return apply_floors(
             store,
@@ -208,6 +228,7 @@ class JobRun:
             publish=functools.partial(
                 set_floors, self.service.db, seq=seq_base, region=self.worker.stores.local_region
             ),
+            written=written,
         )
 
     def _progress(self, phase: str, fraction: float) -> None:

@@ -34,12 +34,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 from bss.formats.config import BatchSegmentConfig
 from bss.lifecycle.floors import PURGE_DELAY_SECONDS
 from bss.store.base import MembershipStore
+from bss.store.sorted_runs import WrittenKeys
 
 #: Writes a job's floors where every read applies them (bss.lifecycle.floors.set_floors).
 Publish = Callable[[Sequence[int]], None]
@@ -110,6 +112,13 @@ def counts_before(
     return {seg: n for seg, n in store.segment_member_counts(now).items() if seg in writable}
 
 
+def written_keys(store: MembershipStore) -> AbstractContextManager[WrittenKeys | None]:
+    """A keeper of the keys a replace job writes, for a store whose `drop_below` walk uses
+    them to skip the job's own entries (LMDB); nothing for another store."""
+    keeper = getattr(store, "written_keys", None)
+    return nullcontext() if keeper is None else keeper()
+
+
 @dataclass(slots=True)
 class Refused:
     error_code: str
@@ -127,13 +136,14 @@ def apply_floors(
     now: int,
     keep_state: Callable[[ReplaceState], None],
     publish: Publish | None = None,
+    written: WrittenKeys | None = None,
 ) -> Refused | None:
     """Set the floors of a replace job whose pairs are all written: count what each floor
     removes, check the guard, keep the counts with the job (`keep_state`), then set them:
     `publish` writes them where every read applies them (bss.lifecycle.floors.set_floors),
     and the store drops the entries below. Without `publish` (a store no other process
     reads) the store drops them at once. Refused (and nothing removed) when the guard stops
-    the job."""
+    the job. `written`: what the store kept of the keys the job wrote (`written_keys`)."""
     replaced = sorted(seg for seg, n in added.items() if n > 0)
     refused: list[Refused] = []
 
@@ -154,7 +164,7 @@ def apply_floors(
     if drop_below is not None and replaced:
         # One walk: the store counts what it drops, and keeps the drops only once the guard
         # passed and the floors are published, in one write transaction.
-        drop_below(replaced, seq_base, now, decide)
+        drop_below(replaced, seq_base, now, decide, written)
     else:
         counted = state.removed is None
         if decide({seg: store.count_below(seg, seq_base, now) for seg in replaced if counted}):
@@ -167,6 +177,7 @@ def replay_floors(
     state_text: str | None,
     seq_base: int,
     publish: Publish | None = None,
+    written: WrittenKeys | None = None,
 ) -> None:
     """Another region's replay of a completed replace job: the same floors."""
     state = ReplaceState.load(state_text)
@@ -175,7 +186,7 @@ def replay_floors(
         return
     drop_below = getattr(store, "drop_below", None)
     if drop_below is not None:
-        drop_below(replaced, seq_base, 0, lambda _counts: _publish(publish, replaced))
+        drop_below(replaced, seq_base, 0, lambda _counts: _publish(publish, replaced), written)
         return
     _publish(publish, replaced)
     _purge(store, replaced, seq_base, published=publish is not None)

@@ -14,6 +14,8 @@ from typing import NamedTuple, Protocol
 
 import pyarrow as pa
 
+from bss.store.sorted_runs import WrittenKeys
+
 #: Columns of a batch given to `MembershipStore.apply`.
 APPLY_SCHEMA = pa.schema(
     [
@@ -121,13 +123,18 @@ class MembershipStore(Protocol):
         """
 
     def apply_many(
-        self, batches: Iterable[pa.Table], progress: Callable[[float], None] | None = None
+        self,
+        batches: Iterable[pa.Table],
+        progress: Callable[[float], None] | None = None,
+        written: WrittenKeys | None = None,
     ) -> None:
         """Apply a job's batches, as `apply` would one by one; all are visible once this
         returns, some may be before. An engine may hold them back to write them in a better
         order (the embedded one writes a job in key order) once `batches` is exhausted;
         `progress` then hears the fraction of that writing done. An exception raised by
-        `progress` stops the writing (what is written stays written)."""
+        `progress` stops the writing (what is written stays written). `written`: a replace
+        job's keeper of the keys it writes, which an engine with `written_keys` fills for
+        its `drop_below` (others ignore it)."""
 
     def user_segments(self, user_kind: int, user_key: str, now: int) -> list[Membership]:
         """The user's live memberships (not removed, not expired, started by `now`), by id."""

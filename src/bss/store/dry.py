@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import pyarrow as pa
 
 from bss.store.base import Link, Membership, no_floors
+from bss.store.sorted_runs import WrittenKeys
 
 
 class DryRunStore:
@@ -18,7 +19,10 @@ class DryRunStore:
         self.rows_seen += batch.num_rows
 
     def apply_many(
-        self, batches: Iterable[pa.Table], progress: Callable[[float], None] | None = None
+        self,
+        batches: Iterable[pa.Table],
+        progress: Callable[[float], None] | None = None,
+        written: WrittenKeys | None = None,
     ) -> None:
         for batch in batches:
             self.apply(batch)

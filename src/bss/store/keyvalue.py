@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import itertools
 import operator
 import struct
@@ -60,7 +61,13 @@ from bss.store.lmdb_parts import (
     keyed_batch,
     sum_by,
 )
-from bss.store.sorted_runs import MERGE_ROWS, SortedRuns, remove_abandoned
+from bss.store.sorted_runs import (
+    MERGE_ROWS,
+    KeysOutside,
+    SortedRuns,
+    WrittenKeys,
+    remove_abandoned,
+)
 
 _ENTRY_STRUCT = struct.Struct("<qqqqB")
 _unpack_entry = _ENTRY_STRUCT.unpack
@@ -199,7 +206,10 @@ class LmdbStore:
             self._apply_sorted(EntryPart(keyed_batch(batch)))
 
     def apply_many(
-        self, batches: Iterable[pa.Table], progress: Callable[[float], None] | None = None
+        self,
+        batches: Iterable[pa.Table],
+        progress: Callable[[float], None] | None = None,
+        written: WrittenKeys | None = None,
     ) -> None:
         """A job's batches: each is sorted by member key and kept as a run as it comes (the
         first in memory, the rest on disk). Then the entries are written in member key order,
@@ -213,7 +223,8 @@ class LmdbStore:
         segments' indexes do not list yet, which the job's replay (any job is run again
         until it completes) adds, as it adds all of a job's index keys that are missing.
         A segment deleted in between takes the entries already written with it when their
-        index keys come (`_apply_index`)."""
+        index keys come (`_apply_index`). `written` (a replace job's) keeps the index keys
+        as they are written, for `drop_below`."""
         runs, index_runs = SortedRuns(self._runs_root), SortedRuns(self._runs_root)
 
         def entry_parts() -> Iterator[EntryPart]:
@@ -232,7 +243,7 @@ class LmdbStore:
             runs.close()
             _write_ranges(
                 map(IndexPart, index_runs.merged(MERGE_ROWS)),
-                self._apply_index,
+                functools.partial(self._apply_index, written=written),
                 progress,
                 0.5,
                 0.5,
@@ -241,6 +252,10 @@ class LmdbStore:
         finally:
             runs.close()
             index_runs.close()
+
+    def written_keys(self) -> WrittenKeys:
+        """A keeper of a job's written index keys (`apply_many`, `drop_below`); close it."""
+        return WrittenKeys(self._runs_root)
 
     def _apply_sorted(self, part: EntryPart) -> None:
         if part.size == 0:
@@ -321,9 +336,9 @@ class LmdbStore:
             zip(index_keys, itertools.repeat(b""), strict=False)
         )
 
-    def _apply_index(self, part: IndexPart) -> None:
+    def _apply_index(self, part: IndexPart, written: WrittenKeys | None = None) -> None:
         """Add the index keys of a key range of a job's entries (those present already are
-        left as they are)."""
+        left as they are); `written` keeps them."""
         with self._env.begin(write=True) as txn:
             hidden = self._deleted_rows(txn, part.table)
             if hidden is not None:
@@ -336,6 +351,8 @@ class LmdbStore:
             index.putmulti(
                 zip(part.key_list, itertools.repeat(b"")), overwrite=False, append=append
             )
+        if written is not None:
+            written.add(part.table["segment_id"].to_numpy(), part.keys)
 
     def _drop_deleted(self, txn: lmdb.Transaction, rows: pa.Table) -> None:
         """Drop the entries of index rows whose segment was deleted after the entries were
@@ -424,17 +441,29 @@ class LmdbStore:
         seq: int,
         now: int,
         decide: Callable[[dict[int, int]], bool],
+        written: WrittenKeys | None = None,
     ) -> bool:
         """`delete_segment(s, seq)` of each segment and `count_below(s, seq, now)` of what
         it drops, in one walk and one write transaction: `decide(counts)` runs before the
         commit and says whether to keep the deletions (True) or change nothing (False).
         Readers see the segments whole before the commit and purged after it, never half
-        purged; no write lands between the count and the deletions."""
+        purged; no write lands between the count and the deletions.
+
+        `written`: the index keys of the job whose seq base is `seq` (`apply_many`). Its
+        entries hold a seq at or above `seq` whatever came after (a later write has a higher
+        seq), so the walk reads the entries of the others only."""
         txn = self._env.begin(write=True)
         try:
             floors = self.floors()
             counts = {
-                seg: self._delete_below(txn, seg, seq, now, floors.get(seg, 0))
+                seg: self._delete_below(
+                    txn,
+                    seg,
+                    seq,
+                    now,
+                    floors.get(seg, 0),
+                    None if written is None else KeysOutside(written.of(seg)),
+                )
                 for seg in segment_ids
             }
             keep = decide(counts)
@@ -448,10 +477,17 @@ class LmdbStore:
         return keep
 
     def _delete_below(
-        self, txn: lmdb.Transaction, segment_id: int, seq: int, now: int = 0, floor: int = 0
+        self,
+        txn: lmdb.Transaction,
+        segment_id: int,
+        seq: int,
+        now: int = 0,
+        floor: int = 0,
+        outside: KeysOutside | None = None,
     ) -> int:
         """Mark the segment deleted at `seq` and drop its entries below; return how many of
-        them were live at `now` and not below `floor` (count_below's figure)."""
+        them were live at `now` and not below `floor` (count_below's figure). Only index
+        keys that `outside` lets through are looked at (all without it)."""
         prefix = _SEG.pack(segment_id)
         raw = txn.get(prefix, db=self._deleted)
         if raw is None or _I64.unpack(raw)[0] < seq:
@@ -468,8 +504,9 @@ class LmdbStore:
                 list[bytes], list(itertools.islice(index.iternext(values=False), _WALK_CHUNK))
             )
             cut = bisect.bisect_left(batch, end)
-            if cut:
-                live += self._drop_below(txn, members, segment_id, batch[:cut], seq, now, floor)
+            keys = batch[:cut] if outside is None or not cut else outside(batch[:cut])
+            if keys:
+                live += self._drop_below(txn, members, segment_id, keys, seq, now, floor)
             if cut < _WALK_CHUNK:
                 break
             # The smallest key after the chunk's last: the cursor moved as keys were deleted.

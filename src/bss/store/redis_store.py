@@ -55,6 +55,7 @@ from bss.errors import StoreUnavailable
 from bss.metrics import COUNTERS
 from bss.store import redis_links
 from bss.store.base import APPLY_SCHEMA, Floors, Link, Membership, no_floors
+from bss.store.sorted_runs import WrittenKeys
 
 log = logging.getLogger("bss.store.redis")
 
@@ -276,7 +277,10 @@ class RedisStore:
     # --- the interface ----------------------------------------------------------------------
 
     def apply_many(
-        self, batches: Iterable[pa.Table], progress: Callable[[float], None] | None = None
+        self,
+        batches: Iterable[pa.Table],
+        progress: Callable[[float], None] | None = None,
+        written: WrittenKeys | None = None,
     ) -> None:
         # Batches are applied together up to _MANY_ROWS rows: bigger calls per bucket cost the
         # masters less per pair (one APPEND per segment, one ZADD, one HSET per call). The

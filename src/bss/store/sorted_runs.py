@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -58,8 +59,7 @@ class SortedRuns:
 
     def _spill(self, table: pa.Table) -> None:
         if self._folder is None:
-            self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self._root))
+            self._folder = _private_folder(self._root)
         path = self._folder / f"{len(self._files)}.arrow"
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table.combine_chunks())
@@ -99,6 +99,106 @@ class SortedRuns:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
         self._files = []
+
+
+def _private_folder(root: Path) -> Path:
+    """A new folder under `root` named after this process (see `remove_abandoned`)."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=str(root)))
+
+
+_KEYS = pa.schema([("key", pa.binary())])
+
+
+class WrittenKeys:
+    """The index keys a job wrote, kept by segment on disk as the job writes them (in key
+    order: a segment's keys together, segments one after another) and read back in that
+    order: what a replace's walk of a segment skips without reading the entries
+    (bss.store.keyvalue.LmdbStore.drop_below). A file per segment in a private folder like
+    the runs'; memory: one batch."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._folder: Path | None = None
+        self._files: dict[int, list[Path]] = {}
+        self._segment: int | None = None
+        self._sink: pa.NativeFile | None = None
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+
+    def add(self, segments: np.ndarray, keys: pa.Array) -> None:
+        """Keep written index keys: sorted, with each key's segment."""
+        starts = [0, *(np.flatnonzero(np.diff(segments)) + 1).tolist()]
+        for start, end in zip(starts, [*starts[1:], len(keys)], strict=True):
+            batch = pa.record_batch([keys.slice(start, end - start)], schema=_KEYS)
+            self._writer_of(int(segments[start])).write_batch(batch)
+
+    def _writer_of(self, segment: int) -> pa.ipc.RecordBatchStreamWriter:
+        if segment != self._segment or self._writer is None:
+            self._end_file()
+            if self._folder is None:
+                self._folder = _private_folder(self._root)
+            files = self._files.setdefault(segment, [])
+            path = self._folder / f"{segment}.{len(files)}.arrow"
+            files.append(path)
+            self._sink = pa.OSFile(str(path), "wb")
+            self._writer = pa.ipc.new_stream(self._sink, _KEYS)
+            self._segment = segment
+        return self._writer
+
+    def _end_file(self) -> None:
+        if self._writer is not None and self._sink is not None:
+            self._writer.close()
+            self._sink.close()
+        self._writer = self._sink = None
+
+    def of(self, segment: int) -> Iterator[pa.Array]:
+        """The kept keys of `segment`, in the order they came, a batch at a time."""
+        self._end_file()
+        for path in self._files.get(segment, ()):
+            with pa.ipc.open_stream(pa.memory_map(str(path))) as reader:
+                for batch in reader:
+                    yield batch.column(0)
+
+    def __enter__(self) -> WrittenKeys:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._end_file()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+        self._files = {}
+
+
+class KeysOutside:
+    """Sieves sorted chunks of keys, taken in key order, against one segment's kept keys
+    (`WrittenKeys.of`), also in key order: a merge of the two, one chunk at a time."""
+
+    def __init__(self, kept: Iterator[pa.Array]) -> None:
+        self._kept = kept
+        self._window: pa.Array | None = None
+
+    def __call__(self, keys: list[bytes]) -> list[bytes]:
+        """The keys of a sorted chunk (above every earlier chunk's) that were not kept."""
+        last, taken = keys[-1], []
+        while True:
+            if self._window is None or not len(self._window):
+                self._window = next(self._kept, None)
+                if self._window is None:
+                    break
+            count = _count_at_most(self._window, last)
+            taken.append(self._window.slice(0, count))
+            self._window = self._window.slice(count)
+            if len(self._window):
+                break
+        written = pa.concat_arrays(taken) if taken else pa.array([], pa.binary())
+        if not len(written):
+            return keys
+        chunk = pa.array(keys, pa.binary())
+        return pc.filter(chunk, pc.invert(pc.is_in(chunk, value_set=written))).to_pylist()
 
 
 def _bound(windows: Iterable[pa.Array], rows: int) -> bytes:
