@@ -394,7 +394,10 @@ class RecordingStore:
         self.batches.append(batch)
 
     def apply_many(
-        self, batches: Iterable[pa.Table], progress: Callable[[float], None] | None = None
+        self,
+        batches: Iterable[pa.Table],
+        progress: Callable[[float], None] | None = None,
+        written: object = None,
     ) -> None:
         for batch in batches:
             self.apply(batch)

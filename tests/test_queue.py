@@ -197,14 +197,14 @@ class FlakyStore:
         self.failures = failures
         self.error = error
 
-    def apply_many(self, batches: Any, progress: Any = None) -> None:
+    def apply_many(self, batches: Any, progress: Any = None, written: Any = None) -> None:
         if self.failures > 0:
             self.failures -= 1
             first = next(iter(batches), None)
             if first is not None:
                 self.store.apply(first.slice(0, first.num_rows // 2))
             raise self.error
-        self.store.apply_many(batches, progress)
+        self.store.apply_many(batches, progress, written)
 
     def apply(self, batch: pa.Table) -> None:
         self.store.apply(batch)
