@@ -7,6 +7,10 @@ written about once per job (measured in docs/store.md). The job's batches are ea
 (and de-duplicated by key) by the caller and kept here as runs: the first in memory, all of
 them as Arrow IPC files once there are two, so memory stays bounded by one batch whatever
 the job's size. `merged()` then walks all runs at once and yields consecutive key ranges.
+
+`WrittenKeys` keeps the index keys a replace job wrote the same way (on disk, in key order),
+and `KeysOutside` sieves a segment's index keys against them: the replace's walk then reads
+the entries of only the keys the job did not write.
 """
 
 from __future__ import annotations
