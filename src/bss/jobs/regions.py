@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from contextlib import nullcontext
 from typing import Any
 
 from bss.formats.config import BatchSegmentConfig
@@ -129,7 +128,7 @@ class RegionCatchUp:
                 raise Stopping(job["job_id"])
 
         replacing = job["mode"] == REPLACE
-        with beat, written_keys(store) if replacing else nullcontext() as written:
+        with beat, written_keys(store, replacing) as written:
             with files.local_copy(job["file_path"]) as path:
                 # The same list decides as locally: by seq, whenever the replay runs.
                 suppress = MemberSuppression(

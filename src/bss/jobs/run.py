@@ -18,7 +18,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,7 +160,7 @@ class JobRun:
         with (
             beat,
             self.service.files.local_copy(self.row["file_path"]) as path,
-            written_keys(store) if inputs.replace is not None else nullcontext() as written,
+            written_keys(store, replacing=inputs.replace is not None) as written,
         ):
             run = FileRun(
                 member_id,

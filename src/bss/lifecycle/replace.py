@@ -112,10 +112,12 @@ def counts_before(
     return {seg: n for seg, n in store.segment_member_counts(now).items() if seg in writable}
 
 
-def written_keys(store: MembershipStore) -> AbstractContextManager[WrittenKeys | None]:
-    """A keeper of the keys a replace job writes, for a store whose `drop_below` walk uses
-    them to skip the job's own entries (LMDB); nothing for another store."""
-    keeper = getattr(store, "written_keys", None)
+def written_keys(
+    store: MembershipStore, replacing: bool
+) -> AbstractContextManager[WrittenKeys | None]:
+    """For a replace job (`replacing`) on a store whose `drop_below` walk uses them to skip
+    the job's own entries (LMDB): a keeper of the keys the job writes. Nothing otherwise."""
+    keeper = getattr(store, "written_keys", None) if replacing else None
     return nullcontext() if keeper is None else keeper()
 
 
